@@ -53,6 +53,9 @@ class OnnxArtifact(Artifact):
     Attributes:
         output_names: names of the graph outputs, in order.
         threads: intra-op threads for onnxruntime; ``None`` matches torch's thread count.
+        output_structure: a ``torch.utils._pytree`` spec that rebuilds the source model's tuple
+            or dict from the graph outputs; ``None`` returns one tensor, or a tuple of several.
+        data_files: external-data files the graph refers to (models over 2 GB), beside ``path``.
     """
 
     path: Path
@@ -60,6 +63,8 @@ class OnnxArtifact(Artifact):
     output_names: list[str] = field(default_factory=list)
     threads: int | None = None
     runtime: str = "onnxruntime"
+    output_structure: Any = None
+    data_files: list[Path] = field(default_factory=list)
 
     def session(self, device: torch.device) -> Any:
         """An ``onnxruntime.InferenceSession`` for ``device``."""
@@ -73,14 +78,26 @@ class OnnxArtifact(Artifact):
         return ort.InferenceSession(str(self.path), options, providers=onnxruntime_providers(device))
 
     def load(self, device: torch.device) -> Callable[[torch.Tensor], Any]:
+        """A callable that feeds a torch tensor to the graph and returns the model's own output
+        structure (tensor, tuple or dict) as CPU tensors.
+
+        The input is cast to the graph's input type (float16 for a half-precision export).
+        """
+        import numpy as np
         import torch
+        import torch.utils._pytree as pytree
 
         session = self.session(device)
-        input_name = session.get_inputs()[0].name
+        graph_input = session.get_inputs()[0]
+        input_dtype = np.float16 if graph_input.type == "tensor(float16)" else None
 
         def run(x: torch.Tensor) -> Any:
-            outputs = session.run(None, {input_name: x.detach().cpu().numpy()})
-            tensors = [torch.from_numpy(o) for o in outputs]
+            array = x.detach().cpu().numpy()
+            if input_dtype is not None:
+                array = array.astype(input_dtype)
+            tensors = [torch.from_numpy(o) for o in session.run(None, {graph_input.name: array})]
+            if self.output_structure is not None:
+                return pytree.tree_unflatten(tensors, self.output_structure)
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
         return run

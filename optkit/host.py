@@ -43,6 +43,7 @@ class Host:
     @property
     def broken(self) -> list[PluginRecord]:
         """Plugins that failed to load or to register, in load order."""
+        self.passes, self.sources  # noqa: B018 - registration failures are found by collecting
         return self.pm.broken
 
     @cached_property

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from optkit.errors import PipelineError
+from optkit.errors import PipelineError, PluginError
 from optkit.yaml_lines import line_of, load_yaml_with_lines
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ class WeightsSpec(_Strict):
     key: str | None = Field(None, description="Entry holding the weights: model, ema, state_dict, model_state_dict, ...; found automatically when unset.")
     map_location: str | dict[str, str] = Field("cpu", description="torch.load map_location: a device, or a mapping such as {'cuda:0': 'cuda:1'}.")
     match: Literal["name", "order"] = Field("name", description="Pair tensors by name (and shape), or by position while shapes agree.")
-    exclude: list[str] = Field(default_factory=list, description="Glob patterns of tensor names not to load (e.g. 'fc.*', 'head.*').")
+    exclude: list[str] = Field(default_factory=list, description="Tensor names not to load: module names (fc, head, final_layer) or globs ('layer4.*', '*.bias').")
     strict: bool = Field(False, description="Fail unless every tensor of model and checkpoint is paired.")
     min_loaded: float = Field(0.5, ge=0.0, le=1.0, description="Fail when less than this share of the model's tensors is filled.")
-    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling (only for files you trust).")
+    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling (only for files you trust); model.trust_checkpoint also applies here.")
 
 
 def _weights_kind(value: Any) -> str:
@@ -73,8 +73,9 @@ class ModelSpec(_Strict):
     ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
     input_shape: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 224, 224], min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model builder (e.g. num_classes).")
-    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling of file: sources (only for files you trust).")
-    freeze: list[str] | None = Field(None, description="Glob patterns of parameters to freeze (requires_grad=False); 'all_but_head' freezes all but the classifier.")
+    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling of file: sources and weights (only for files you trust); --trust-checkpoint sets it.")
+    freeze: list[str] | None = Field(None, description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.")
+    list_keys: bool = Field(False, description="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts; --verbose sets it.")
 
     @field_validator("source")
     @classmethod
@@ -88,6 +89,11 @@ class ModelSpec(_Strict):
     @classmethod
     def _none_means_none(cls, value: Any) -> Any:
         return None if value is None or (isinstance(value, str) and value.lower() == "none") else value
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _one_pattern_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @property
     def scheme(self) -> str:
@@ -251,6 +257,8 @@ def _parse_stage(i: int, item: Any, host: Host, source: _Source) -> Stage:
         pass_cls = host.get_pass(name)
     except PipelineError as exc:
         raise source.error(f"stage {number}: {exc.message}", base) from None
+    except PluginError as exc:  # two plugins claim the name
+        raise source.error(f"stage {number}: {exc}", base) from None
     try:
         parsed = pass_cls.Options.model_validate(options)
     except ValidationError as exc:

@@ -83,6 +83,11 @@ class OptkitPluginManager(pluggy.PluginManager):
 
     def add_plugin(self, plugin: object, record: PluginRecord) -> None:
         """Register ``plugin``; a plugin whose hooks do not fit the specs is recorded as broken."""
+        if self.is_registered(plugin):
+            # The same module reached twice (two entry points, or an installed plugin also passed
+            # in-process): its hooks already run once; registering again would call them twice.
+            log.debug("plugin %s is already registered as %s", record.name, self.get_name(plugin))
+            return
         try:
             self.register(plugin, name=record.name)
             self.check_pending()
@@ -127,7 +132,7 @@ def get_plugin_manager(
                 if existing.distribution == dist_name:
                     continue  # the same distribution seen twice on sys.path
                 record = PluginRecord(f"{dist_name}:{ep.name}", ep.value, dist_name, dist.version)
-            if ep.name in skip or dist_name in skip:
+            if skip & {ep.name, record.name, dist_name}:
                 pm.records[record.name] = PluginRecord(
                     record.name, record.value, dist_name, dist.version, disabled=True
                 )

@@ -36,7 +36,10 @@ class Registry(Generic[T]):
         self.conflicts: dict[str, list[Registered[T]]] = {}
 
     def add(self, name: str, obj: T, plugin: PluginRecord) -> None:
+        """Register ``obj`` as ``name``; a second, different object under that name is a conflict."""
         entry = Registered(name, obj, plugin)
+        if name in self._entries and self._entries[name].obj is obj:
+            return  # the very same object again (e.g. a class also passed in-process): no conflict
         if name in self.conflicts:
             self.conflicts[name].append(entry)
         elif name in self._entries:
@@ -53,7 +56,8 @@ class Registry(Generic[T]):
     def conflict_message(self, name: str) -> str:
         claims = self.conflicts[name]
         who = " and ".join(f"{e.plugin.origin} (plugin {e.plugin.name!r})" for e in claims)
-        hint = ", ".join(e.plugin.name for e in claims)
+        # Distribution names are unambiguous: two distributions may use the same entry-point name.
+        hint = ", ".join(e.plugin.distribution or e.plugin.name for e in claims)
         return (
             f"the {self.kind} {name!r} is registered by more than one plugin: {who}; "
             f"uninstall one, or disable it with {DISABLE_ENV}=<one of: {hint}>"

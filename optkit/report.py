@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from optkit.results import RunReport, StageResult
 
-__all__ = ["COLUMNS", "stage_rows", "render_markdown", "format_count"]
+__all__ = [
+    "COLUMNS", "stage_rows", "render_markdown", "format_count",
+    "COMPARISON_COLUMNS", "ComparedRun", "comparison_columns", "comparison_rows", "final_speedup",
+    "speedup_table", "environment_groups", "environment_text", "comparison_note", "render_comparison_markdown",
+]
 
 #: Column titles of the stage table (console and Markdown).
 COLUMNS = (
@@ -103,3 +108,182 @@ def render_markdown(report: RunReport) -> str:
 def _short(value: Any, limit: int = 300) -> str:
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- Comparison of several runs (sweeps, the model zoo, ``optkit report RUN_DIR...``) ---------
+
+#: Column titles of the comparison table; ``device`` is shown only when the runs differ in it.
+COMPARISON_COLUMNS = (
+    "model", "pipeline", "device", "stage", "status", "params", "GMACs", "p50 ms", "speed-up",
+    "max|Δ|", "cosine", "top-1",
+)
+
+
+@dataclass
+class ComparedRun:
+    """One run in a comparison: its report and the labels it is shown under.
+
+    Attributes:
+        report: the run's report (a stub with status ``failed`` when the run wrote none).
+        model: model label; default the part of ``model.source`` after the last ``:``.
+        pipeline: pipeline label; default the passes joined by ``+`` (``baseline`` when none).
+        run_dir: where the run's files are.
+        seconds: wall time of the job, when a sweep ran it.
+    """
+
+    report: RunReport
+    model: str = ""
+    pipeline: str = ""
+    run_dir: str | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.report.pipeline
+        if not self.model:
+            self.model = str((spec.get("model") or {}).get("source", "?")).rsplit(":", 1)[-1]
+        if not self.pipeline:
+            self.pipeline = "+".join(p.get("pass", "?") for p in spec.get("passes") or []) or "baseline"
+
+    @property
+    def device(self) -> str:
+        """The device name the run recorded ('' when it recorded none: it failed before measuring)."""
+        return str(self.report.environment.get("device") or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "pipeline": self.pipeline, "run_dir": self.run_dir,
+                "seconds": self.seconds, "report": self.report.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComparedRun:
+        from optkit.results import RunReport
+
+        return cls(RunReport.from_dict(data["report"]), data.get("model", ""), data.get("pipeline", ""),
+                   data.get("run_dir"), data.get("seconds"))
+
+
+def comparison_columns(runs: list[ComparedRun]) -> tuple[str, ...]:
+    """The comparison table's columns: ``device`` only when the runs were not all on one device."""
+    if _several_devices(runs):
+        return COMPARISON_COLUMNS
+    return tuple(c for c in COMPARISON_COLUMNS if c != "device")
+
+
+def _several_devices(runs: list[ComparedRun]) -> bool:
+    return len({run.device for run in runs if run.device}) > 1
+
+
+def comparison_rows(runs: list[ComparedRun]) -> list[dict[str, str]]:
+    """One row per stage of every run (formatted as in :func:`stage_rows`); a run without stages gets one row."""
+    rows = []
+    for run in runs:
+        labels = {"model": run.model, "pipeline": run.pipeline, "device": run.device}
+        stages = stage_rows(run.report) or [{"stage": "–", "status": run.report.status}]
+        rows += [{c: "" for c in COMPARISON_COLUMNS} | labels | {k: v for k, v in row.items() if k in COMPARISON_COLUMNS}
+                 for row in stages]
+    return rows
+
+
+def final_speedup(report: RunReport) -> float | None:
+    """p50 latency of the baseline over that of the last stage measured ``ok`` (``None`` if either is missing)."""
+    timed = [s for s in report.stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("p50")]
+    if len(timed) < 2 or timed[0].index != 0:
+        return None
+    return timed[0].metrics["latency_ms"]["p50"] / timed[-1].metrics["latency_ms"]["p50"]
+
+
+def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
+    """Models (by device when several) × pipelines: the final speed-up of each run, or why there is none.
+
+    Returns:
+        The header (``model`` then each pipeline) and one row per model.
+    """
+    several_devices = _several_devices(runs)
+    pipelines = list(dict.fromkeys(run.pipeline for run in runs))
+    cells: dict[str, dict[str, str]] = {}
+    for run in runs:
+        key = f"{run.model} ({run.device})" if several_devices else run.model
+        if run.report.status != "ok":
+            failed = next((s.name for s in run.report.stages if s.status in ("failed", "interrupted")), None)
+            text = f"{run.report.status} at {failed}" if failed else run.report.status
+        else:
+            value = final_speedup(run.report)
+            text = "–" if value is None else f"{value:.2f}×"
+        cells.setdefault(key, {})[run.pipeline] = text
+    header = ["model", *pipelines]
+    return header, [[model, *(row.get(p, "") for p in pipelines)] for model, row in cells.items()]
+
+
+def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], int]]:
+    """The distinct environments of ``runs`` (ignoring runs that recorded none) and how many runs each has."""
+    groups: list[tuple[dict[str, Any], int]] = []
+    for run in runs:
+        env = run.report.environment
+        if not env:
+            continue
+        for i, (known, count) in enumerate(groups):
+            if known == env:
+                groups[i] = (known, count + 1)
+                break
+        else:
+            groups.append((env, 1))
+    return groups
+
+
+def environment_text(env: dict[str, Any]) -> str:
+    """One line: device, threads, processor, platform and library versions."""
+    versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
+                          if env.get(k))
+    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {env.get('processor')} · "
+            f"{env.get('platform')} · {versions}")
+
+
+def comparison_note(runs: list[ComparedRun]) -> str:
+    """How many runs are ok, and how to read the figures."""
+    ok = sum(run.report.status == "ok" for run in runs)
+    return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
+            "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
+            "baseline, measured in the same process.")
+
+
+def _markdown_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows)]
+
+
+def render_comparison_markdown(
+    runs: list[ComparedRun], meta: dict[str, Any] | None = None, plots: dict[str, str] | None = None
+) -> str:
+    """Several runs as one Markdown report: environment header, speed-up summary, plots, stage table, errors.
+
+    Args:
+        runs: the runs, in the order to show them.
+        meta: ``title``, ``command`` (how to reproduce), ``executor``, ``created`` and ``notes``, each optional.
+        plots: caption → image path relative to the report.
+    """
+    meta = meta or {}
+    lines = [f"# {meta.get('title') or 'optkit comparison'}", ""]
+    if meta.get("command"):
+        lines += ["Reproduce with:", "", "```", str(meta["command"]), "```", ""]
+    groups = environment_groups(runs)
+    lines += ["## Environment", ""]
+    lines += [f"- {environment_text(env)}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or ["- (no run recorded one)"]
+    extra = [f"{key} {meta[key]}" for key in ("created", "executor", "optkit_version") if meta.get(key)]
+    lines += [f"- {' · '.join(extra)}"] if extra else []
+    lines += [f"- {note}" for note in meta.get("notes") or []]
+    failed = [run for run in runs if run.report.status != "ok"]
+    lines += ["", comparison_note(runs), ""]
+    if runs:
+        header, rows = speedup_table(runs)
+        lines += ["## Speed-up of each pipeline (last stage vs baseline, p50)", "", *_markdown_table(header, rows), ""]
+    for caption, path in (plots or {}).items():
+        lines += [f"![{caption}]({path})", ""]
+    columns = comparison_columns(runs)
+    lines += ["## Every stage", "", *_markdown_table(columns, [[row[c] for c in columns] for row in comparison_rows(runs)])]
+    if failed:
+        lines += ["", "## Errors", ""]
+        lines += [f"- **{run.model} / {run.pipeline}**: {_short(run.report.error or run.report.status, 600)}" for run in failed]
+    return "\n".join(lines) + "\n"

@@ -146,8 +146,8 @@ class _StageRunner:
         )
         ctx.details.update(result.details)
         product = None
+        start = time.perf_counter()
         try:
-            start = time.perf_counter()
             product = apply(ctx)
             result.duration_s = time.perf_counter() - start
             measurement = measure(product, self.inputs, self.settings, self.device)
@@ -168,10 +168,13 @@ class _StageRunner:
             ctx.artifacts.append(trace)
             self._fail(result, f"{type(exc).__name__}: {exc}")
         finally:
+            if product is None:  # the pass itself failed: its time until then
+                result.duration_s = time.perf_counter() - start
             result.details = ctx.details
             result.artifacts = [str(Path(p).relative_to(self.run_dir)) for p in ctx.artifacts]
-            if not any(stage_dir.iterdir()):
-                stage_dir.rmdir()
+            for folder in (stage_dir, stage_dir.parent):  # no empty stage folders left behind
+                if not any(folder.iterdir()):
+                    folder.rmdir()
             self.report.write(self.run_dir)
             self.host.stage_finished(result, self.info)
         return product if result.status == "ok" else None
@@ -184,7 +187,10 @@ class _StageRunner:
 
     def _add_drift(self, result: StageResult, measurement: Measurement, preserves_outputs: bool) -> None:
         if self.baseline is None:
+            # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
+            # every ok stage of report.json carries the same metric fields.
             self.baseline = self.previous = measurement
+            result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs)
             return
         drift = compare_outputs(measurement.outputs, self.baseline.outputs)
         drift["previous"] = compare_outputs(measurement.outputs, self.previous.outputs)

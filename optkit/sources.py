@@ -1,18 +1,26 @@
 """Model sources: ``scheme:target`` in a pipeline file becomes an ``nn.Module``.
 
-The standard schemes (``torchvision``, ``python``, ``file``) are registered by the
-``optkit_plugins.sources`` plugin through the same hook any plugin uses.
+The standard schemes are registered by the ``optkit_plugins.sources`` plugin through the same
+hook any plugin uses:
+
+- ``torchvision:NAME``: a torchvision model; ``weights: none``, a weights name (``DEFAULT``,
+  ``IMAGENET1K_V2``) or a checkpoint.
+- ``file:PATH``: a checkpoint holding a whole pickled module (``torch.save(model)``, YOLOv5's
+  ``{'model': ..., 'ema': ...}``); unpickling a module needs ``trust_checkpoint: true``.
+- ``python:package.module:callable``: any factory, called with ``model.kwargs``.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from optkit.errors import PipelineError
+from optkit.errors import CheckpointError, PipelineError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,6 +34,7 @@ __all__ = [
     "load_model",
     "load_torchvision",
     "load_python",
+    "load_file",
     "is_weights_path",
 ]
 
@@ -72,7 +81,8 @@ def load_model(spec: ModelSpec, host: Host, base_dir: Path) -> tuple[nn.Module, 
     Raises:
         PipelineError: unknown scheme, unknown model, unreadable or unsafe checkpoint.
     """
-    from optkit.checkpoints import apply_freeze, load_weights_into, weights_spec_of
+    from optkit.checkpoints import load_weights_into, weights_spec_of
+    from optkit.freezing import apply_freeze
 
     if spec.scheme not in host.sources:
         raise PipelineError(f"model.source: {host.unknown_message('model source scheme', spec.scheme, host.sources)}")
@@ -81,9 +91,9 @@ def load_model(spec: ModelSpec, host: Host, base_dir: Path) -> tuple[nn.Module, 
     model = loader(request)
     weights = weights_spec_of(spec)
     if weights is not None:
-        request.details["weights"] = load_weights_into(model, weights, base_dir)
+        request.details["weights"] = load_weights_into(model, weights, base_dir, list_keys=spec.list_keys)
     if spec.freeze:
-        request.details["freeze"] = apply_freeze(model, spec.freeze)
+        request.details["freeze"] = apply_freeze(model, spec.freeze, list_keys=spec.list_keys)
     return model.eval(), request.details
 
 
@@ -116,7 +126,7 @@ def load_torchvision(request: SourceRequest) -> nn.Module:
             f"model.weights: could not download {named} for {name} ({exc}); this machine may have no "
             f"network: download the file elsewhere and give its path, e.g. weights: {{path: {name}.pth}}"
         ) from exc
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # unknown keyword, or one that contradicts the weights (num_classes)
         raise PipelineError(f"model.kwargs: {name}: {exc}") from exc
     request.details["source"] = {"torchvision": name, "weights": named}
     return model
@@ -127,10 +137,7 @@ def load_python(request: SourceRequest) -> nn.Module:
     module_name, sep, attr = request.target.rpartition(":")
     if not sep or not module_name or not attr:
         raise PipelineError(f"model.source: expected python:package.module:callable, got python:{request.target}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PipelineError(f"model.source: cannot import {module_name!r}: {exc}") from exc
+    module = _import_beside(module_name, request.base_dir)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise PipelineError(f"model.source: {module_name} has no callable {attr!r}")
@@ -144,3 +151,75 @@ def load_python(request: SourceRequest) -> nn.Module:
         raise PipelineError(f"model.source: {request.target} returned {type(model).__name__}, not an nn.Module")
     request.details["source"] = {"python": request.target}
     return model
+
+
+def _import_beside(module_name: str, folder: Path) -> Any:
+    """Import ``module_name``; a module that is not installed is also looked for in ``folder``.
+
+    ``folder`` (the pipeline file's) is searched only after the installed packages, so a file
+    there never shadows an installed module of the same name.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        if exc.name != top or not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+            raise PipelineError(f"model.source: cannot import {module_name!r}: {exc}") from exc
+    except ImportError as exc:
+        raise PipelineError(f"model.source: cannot import {module_name!r}: {exc}") from exc
+    sys.path.append(str(folder))
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PipelineError(f"model.source: cannot import {module_name!r} from {folder}: {exc}") from exc
+    finally:
+        sys.path.remove(str(folder))
+
+
+def load_file(request: SourceRequest) -> nn.Module:
+    """``file:PATH``: a checkpoint that holds a whole model (``torch.save(model)``, YOLOv5 checkpoints).
+
+    A pickled module needs ``trust_checkpoint: true`` (or ``--trust-checkpoint``): without it the
+    file is read with ``weights_only=True`` and refused, naming the blocked class. A half-precision
+    model (YOLOv5 saves them so) is converted to float32, as YOLOv5's ``attempt_load`` does.
+
+    Raises:
+        CheckpointError: unreadable or refused file, or one that holds only weights (use the
+            architecture as source and the file as ``weights:``).
+    """
+    import torch
+    from torch import nn
+
+    from optkit.checkpoint_files import read_checkpoint
+    from optkit.state_dicts import WRAPPER_KEYS
+
+    checkpoint = read_checkpoint(request.resolve(request.target), trust=request.spec.trust_checkpoint, option="model.source")
+    obj, unwrapped = checkpoint.obj, None
+    if isinstance(obj, Mapping):
+        unwrapped = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), nn.Module)), None)
+        obj = obj[unwrapped] if unwrapped is not None else obj
+    if not isinstance(obj, nn.Module):
+        raise CheckpointError(
+            f"model.source: {checkpoint.path} holds {_what_it_holds(obj)}, not a whole model; give the "
+            f"architecture as source (torchvision:NAME or python:package.module:factory) and this file as "
+            f"weights: {request.target}"
+        )
+    details = checkpoint.account()
+    details.update({"unwrapped": unwrapped, "class": f"{type(obj).__module__}.{type(obj).__qualname__}"})
+    dtypes = {p.dtype for p in obj.parameters()}
+    if dtypes & {torch.float16, torch.bfloat16}:
+        obj = obj.float()
+        details["converted"] = f"{', '.join(sorted(str(d) for d in dtypes))} -> torch.float32"
+    request.details["source"] = {"file": details}
+    return obj
+
+
+def _what_it_holds(obj: Any) -> str:
+    import torch
+
+    if isinstance(obj, Mapping):
+        tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+        if tensors == len(obj):
+            return f"a state dict ({tensors} tensors)"
+        return f"a dict with entries {', '.join(map(str, list(obj)[:8]))}"
+    return f"a {type(obj).__name__}"

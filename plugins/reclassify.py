@@ -1,1 +1,152 @@
-"""(being written)"""
+"""The ``reclassify`` pass: give any classifier a new head with ``num_classes`` outputs.
+
+YOLOv5's ``load_classifier``, made general: the head is found structurally
+(:func:`optkit.classifier_head.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
+replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
+exactly the old logits with no training.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from torch import nn
+
+from optkit import Pass, PassContext, hookimpl
+from optkit.classifier_head import auxiliary_classifiers, find_classifier, head_out_features, replace_module
+from optkit.errors import PipelineError
+
+__all__ = ["Reclassify", "new_head"]
+
+log = logging.getLogger(__name__)
+
+
+def new_head(old: nn.Module, num_classes: int, keep: list[int] | None = None, init: str = "default") -> nn.Module:
+    """A head like ``old`` (same type, in-features, bias, device, dtype) with ``num_classes`` outputs.
+
+    Args:
+        old: an ``nn.Linear`` or a convolution (``groups=1``).
+        num_classes: outputs of the new head.
+        keep: old output rows to copy, in order: output ``i`` of the new head is output
+            ``keep[i]`` of the old one. Rows past ``len(keep)`` are initialised per ``init``.
+        init: ``default`` (PyTorch's own initialisation, from the current RNG) or ``zeros``.
+
+    Returns:
+        The new layer.
+    """
+    factory = {"device": old.weight.device, "dtype": old.weight.dtype}
+    bias = old.bias is not None
+    if isinstance(old, nn.Linear):
+        head: nn.Module = nn.Linear(old.in_features, num_classes, bias=bias, **factory)
+    else:
+        head = type(old)(
+            old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
+            dilation=old.dilation, groups=1, bias=bias, padding_mode=old.padding_mode, **factory,
+        )
+    with torch.no_grad():
+        if init == "zeros":
+            head.weight.zero_()
+            if bias:
+                head.bias.zero_()
+        if keep:
+            rows = torch.tensor(keep, device=old.weight.device)
+            head.weight[: len(keep)] = old.weight.index_select(0, rows)
+            if bias:
+                head.bias[: len(keep)] = old.bias.index_select(0, rows)
+    return head
+
+
+class Reclassify(Pass):
+    """Replace the classifier head (and auxiliary heads) with one of ``num_classes`` outputs."""
+
+    name = "reclassify"
+    summary = "Give a classifier a new head with num_classes outputs (optionally keeping old classes, freezing the backbone)."
+    preserves_outputs = False
+
+    class Options(BaseModel):
+        """Options of ``reclassify``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        num_classes: PositiveInt | None = Field(None, description="Outputs of the new head; default: len(keep).")
+        layer: str | None = Field(None, description="Dotted name of the head; default: found from the model's graph.")
+        init: Literal["default", "zeros"] = Field("default", description="How new rows are initialised.")
+        keep: list[NonNegativeInt] | None = Field(
+            None,
+            description="Old class indices whose rows start the new head: new logit i == old logit keep[i]; "
+            "rows past len(keep) are initialised per init.",
+        )
+        freeze: Literal["none", "backbone"] = Field("none", description="backbone: only the head(s) stay trainable.")
+        aux: bool = Field(True, description="Also replace auxiliary heads (GoogLeNet, Inception v3).")
+        seed: int = Field(0, description="Seed of the default initialisation (the global RNG is left as it was).")
+
+        @model_validator(mode="after")
+        def _sizes_agree(self) -> Reclassify.Options:
+            if self.num_classes is None and not self.keep:
+                raise ValueError("give num_classes, or keep (num_classes then defaults to len(keep))")
+            if self.keep is not None:
+                if len(set(self.keep)) != len(self.keep):
+                    raise ValueError(f"keep lists a class twice: {self.keep}")
+                if self.num_classes is not None and len(self.keep) > self.num_classes:
+                    raise ValueError(f"keep has {len(self.keep)} classes, more than num_classes={self.num_classes}")
+            return self
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        opts = self.options
+        num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep)
+        name, old = find_classifier(model, opts.layer)
+        heads = [(name, old)]
+        if opts.aux and opts.layer is None:
+            heads += auxiliary_classifiers(model)
+        replaced = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(opts.seed)
+            for head_name, head in heads:
+                self._check(head_name, head)
+                replace_module(model, head_name, new_head(head, num_classes, opts.keep, opts.init))
+                replaced.append({"layer": head_name, "type": type(head).__name__, "in_features": _in_width(head),
+                                 "old_classes": head_out_features(head), "new_classes": num_classes})
+        if opts.freeze == "backbone":
+            new_heads = {id(model.get_submodule(h["layer"])) for h in replaced}
+            for module in model.modules():
+                trainable = id(module) in new_heads
+                for p in module.parameters(recurse=False):
+                    p.requires_grad_(trainable)
+        ctx.details.update(
+            heads=replaced,
+            num_classes=num_classes,
+            init=opts.init,
+            freeze=opts.freeze,
+            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )
+        if opts.keep:
+            ctx.details["keep"] = list(opts.keep)
+            ctx.details["note"] = (
+                f"outputs 0..{len(opts.keep) - 1} are copies of old classes {opts.keep}: logits[:, i] equals the old "
+                f"logits[:, keep[i]] exactly, with no training"
+                + (f"; outputs {len(opts.keep)}..{num_classes - 1} are new ({opts.init} init)" if num_classes > len(opts.keep) else "")
+            )
+        ctx.logger.info("reclassify: %s -> %d classes", ", ".join(h["layer"] for h in replaced), num_classes)
+        return model
+
+    def _check(self, name: str, head: nn.Module) -> None:
+        keep = self.options.keep or []
+        classes = head_out_features(head)
+        out_of_range = [k for k in keep if k >= classes]
+        if out_of_range:
+            raise PipelineError(f"option keep: class index {out_of_range[0]} is out of range for head {name!r}, which has {classes} classes")
+        if not isinstance(head, nn.Linear) and head.groups != 1:
+            raise PipelineError(f"head {name!r} is a grouped convolution (groups={head.groups}); name another with option layer")
+
+
+def _in_width(head: nn.Module) -> int:
+    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
+
+
+@hookimpl
+def optkit_register_passes(register):
+    """Register :class:`Reclassify`."""
+    register(Reclassify)

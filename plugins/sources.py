@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from optkit import hookimpl
-from optkit.sources import load_python, load_torchvision
+from optkit.sources import load_file, load_python, load_torchvision
+
+
+__all__ = ["optkit_register_sources"]
 
 
 @hookimpl
 def optkit_register_sources(register):
+    """Register the ``torchvision``, ``python`` and ``file`` schemes."""
     register("torchvision", load_torchvision)
     register("python", load_python)
+    register("file", load_file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ def compare_outputs(outputs: Any, reference: Any) -> dict[str, Any]:
     Returns:
         ``max_abs`` (largest absolute difference), ``cosine`` (of the flattened outputs), and
         ``top1_agreement`` when the first output is a ``[batch, classes]`` logits matrix;
-        ``shape_mismatch`` when the outputs cannot be compared.
+        ``comparable`` is ``False`` (with both shape lists) when the outputs cannot be compared.
     """
     a, b = flatten_outputs(outputs), flatten_outputs(reference)
     shapes = [tuple(t.shape) for t in a], [tuple(t.shape) for t in b]
@@ -52,6 +53,8 @@ def drift_exceeds(drift: dict[str, Any], atol: float, rtol: float) -> str | None
     if not drift.get("comparable", False):
         return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
     allowed = atol + rtol * drift["reference_max_abs"]
+    if not math.isfinite(drift["max_abs"]):
+        return f"outputs are not finite (max |Δ| = {drift['max_abs']}); the stage produced NaN or infinity"
     if drift["max_abs"] > allowed:
         return (
             f"outputs drifted by max |Δ| = {drift['max_abs']:.3g}, over the tolerance {allowed:.3g} "

@@ -12,17 +12,29 @@ __all__ = ["count_params"]
 
 @torch.no_grad()
 def count_params(model: nn.Module) -> dict[str, Any]:
-    """Exact parameter counts of ``model`` (shared parameters counted once).
+    """Exact parameter counts of ``model`` (a parameter shared by several layers counts once).
+
+    Args:
+        model: the module; parameters on the ``meta`` device have shapes but no values, so their
+            non-zero count is unknown (``None``).
 
     Returns:
         ``params``, ``trainable_params``, ``nonzero_params`` and ``sparsity`` (share of zeros).
+
+    Example:
+        >>> count_params(nn.Linear(3, 2))["params"]
+        8
     """
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
-    nonzero = sum(int(torch.count_nonzero(p)) for p in params)
-    return {
+    counts: dict[str, Any] = {
         "params": total,
         "trainable_params": sum(p.numel() for p in params if p.requires_grad),
-        "nonzero_params": nonzero,
-        "sparsity": 0.0 if total == 0 else 1.0 - nonzero / total,
+        "nonzero_params": None,
+        "sparsity": None,
     }
+    if not any(p.is_meta for p in params):
+        nonzero = sum(int(torch.count_nonzero(p)) for p in params)
+        counts["nonzero_params"] = nonzero
+        counts["sparsity"] = 0.0 if total == 0 else 1.0 - nonzero / total
+    return counts

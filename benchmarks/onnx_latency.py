@@ -1,0 +1,178 @@
+"""onnxruntime against eager PyTorch on the CPU, side by side (issue #5: at least 2x for resnet50).
+
+The model (``weights=None``: latency does not depend on the weights) is exported by the
+``export_onnx`` pass itself, so the file timed is the verified artifact a pipeline produces.
+Eager PyTorch runs the eval model under ``torch.inference_mode()``; onnxruntime runs the file with
+all graph optimizations (``ORT_ENABLE_ALL``) and as many intra-op threads as torch uses. The two
+are timed interleaved, call by call (the order alternating every round), so that noise on a
+shared machine hits both alike; medians and their ratio are reported.
+
+With ``--fuse-bn`` both sides get the model after the ``fuse_bn`` pass (eager PyTorch then no longer
+pays for separate BatchNorm kernels; onnxruntime folds BatchNorm itself either way).
+
+Writes ``onnx_latency_<model>.md`` and ``.json`` to ``--output`` (default benchmarks/results).
+
+    .venv/bin/python benchmarks/onnx_latency.py                       # resnet50, batch 1, 224x224
+    .venv/bin/python benchmarks/onnx_latency.py --threads 2 --iters 100 --fuse-bn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torchvision
+
+from optkit.atomic import atomic_write_text
+from optkit.environment import environment
+from optkit.passes import PassContext
+from optkit_plugins.export_onnx import ExportOnnx
+
+log = logging.getLogger("onnx_latency")
+
+TARGET = 2.0
+
+
+def summarize(times_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(times_ms)
+    return {
+        "p50": statistics.median(ordered),
+        "p90": ordered[round(0.9 * (len(ordered) - 1))],
+        "mean": statistics.fmean(ordered),
+        "min": ordered[0],
+        "n": len(ordered),
+    }
+
+
+def time_interleaved(contenders: dict[str, Callable[[], Any]], warmup: int, iters: int) -> dict[str, list[float]]:
+    """Call each contender once per round, alternating the order every round; milliseconds per call."""
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                contenders[name]()
+        for round_index in range(iters):
+            for name in names if round_index % 2 == 0 else reversed(names):
+                start = time.perf_counter()
+                contenders[name]()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> tuple[Any, dict[str, Any]]:
+    """The verified ONNX artifact of ``model``, made by the export_onnx pass, and its details."""
+    ctx = PassContext(
+        device=torch.device("cpu"),
+        example_input=example,
+        output_dir=folder,
+        logger=log,
+    )
+    artifact = ExportOnnx(ExportOnnx.Options(dynamic_batch=True)).apply(model, ctx)
+    return artifact, ctx.details
+
+
+def fuse_batchnorm(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> torch.nn.Module:
+    """The model after the fuse_bn pass (looked up in the registry, as a pipeline would)."""
+    from optkit.host import Host
+
+    pass_cls = Host().get_pass("fuse_bn")
+    ctx = PassContext(device=torch.device("cpu"), example_input=example, output_dir=folder, logger=log)
+    return pass_cls().apply(model, ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50", help="torchvision classification model")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads (default: torch's)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--fuse-bn", action="store_true", help="apply the fuse_bn pass first (both sides)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    model = torchvision.models.get_model(args.model, weights=None).eval()
+    example = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+
+    with tempfile.TemporaryDirectory() as folder:
+        if args.fuse_bn:
+            model = fuse_batchnorm(model, example, Path(folder)).eval()
+        artifact, details = export(model, example, Path(folder))
+        artifact.threads = threads
+        onnx_run = artifact.load(torch.device("cpu"))
+        log.info("exported with %s (opset %s); parity max|Δ| %.2e", details["exporter"], details["opset"], details["parity"]["max_abs"])
+        times = time_interleaved(
+            {"torch": lambda: model(example), "onnxruntime": lambda: onnx_run(example)}, args.warmup, args.iters
+        )
+
+    torch_stats, ort_stats = summarize(times["torch"]), summarize(times["onnxruntime"])
+    ratio = torch_stats["p50"] / ort_stats["p50"]
+    result = {
+        "benchmark": "onnx_latency",
+        "model": args.model,
+        "input_shape": list(example.shape),
+        "fuse_bn": args.fuse_bn,
+        "threads": threads,
+        "graph_optimization": "ORT_ENABLE_ALL",
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "exporter": details["exporter"],
+        "opset": details["opset"],
+        "parity_max_abs": details["parity"]["max_abs"],
+        "latency_ms": {"torch_eager": torch_stats, "onnxruntime": ort_stats},
+        "speedup_p50": ratio,
+        "target": TARGET,
+        "meets_target": ratio >= TARGET,
+        "environment": environment(torch.device("cpu")),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    stem = f"onnx_latency_{args.model}" + ("_fuse_bn" if args.fuse_bn else "")
+    args.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output / f"{stem}.md", render_markdown(result))
+    print(render_markdown(result))
+    return 0
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    rows = [
+        f"| {label} | {s['p50']:.2f} | {s['p90']:.2f} | {s['mean']:.2f} | {s['min']:.2f} | {s['n']} |"
+        for label, s in (("eager PyTorch", result["latency_ms"]["torch_eager"]), ("onnxruntime", result["latency_ms"]["onnxruntime"]))
+    ]
+    verdict = "meets" if result["meets_target"] else "is below"
+    return "\n".join([
+        f"# onnxruntime vs eager PyTorch: {result['model']}" + (" (after fuse_bn)" if result["fuse_bn"] else ""),
+        "",
+        f"Input {result['input_shape']}, CPU ({env['processor']}), {result['threads']} intra-op thread(s) on both sides, "
+        f"onnxruntime {env['onnxruntime']} with {result['graph_optimization']}, torch {env['torch']} eager under inference_mode. "
+        f"Exported by export_onnx ({result['exporter']}, opset {result['opset']}; parity max|Δ| {result['parity_max_abs']:.2e}). "
+        f"Timed interleaved, {result['iters']} calls each after {result['warmup']} warm-up calls.",
+        "",
+        "| runtime | p50 ms | p90 ms | mean ms | min ms | n |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"**Speed-up (p50): {result['speedup_p50']:.2f}×**, which {verdict} the {result['target']:.0f}× target.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The MAC-counting convention: thop's rules, adjusted to count what torchvision's ``_ops`` count.
+
+torchvision's published figures (``weights.meta["_ops"]``, GMACs) count the multiply-accumulates
+of convolutions and matrix products only, at the level of aten operators (a ``TorchDispatchMode``
+counter over ``convolution``, ``mm``, ``addmm``, ``bmm``, ``baddbmm`` and attention; see
+pytorch/vision#6936). Normalization, pooling, activations, softmax and other elementwise work
+count zero. thop agrees for convolution and linear layers and adds a little for the rest (up to
+10% on small mobile networks); :data:`MAC_RULES` makes those zero and fixes transposed
+convolutions, so that thop's module rules and the aten counter for functional code (attention)
+speak the same unit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["MAC_RULES", "UNIT", "zero_macs", "conv_transpose_macs", "rules_for", "has_rule"]
+
+#: What the MAC figures mean; stored with every count.
+UNIT = (
+    "MACs (multiply-accumulates of convolutions and matrix products, batch included; "
+    "normalization, pooling and elementwise ops count zero, as in torchvision's _ops); GFLOPs = 2 x GMACs"
+)
+
+Rule = Callable[[nn.Module, tuple[Any, ...], Any], None]
+
+
+def zero_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    """A thop rule for modules that do no convolution or matrix product (counted as zero on purpose)."""
+    module.total_ops += torch.zeros(1, dtype=torch.float64)
+
+
+def conv_transpose_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    """A thop rule for transposed convolutions: every input element meets ``C_out/groups × kernel`` weights.
+
+    thop counts them like a forward convolution over the output, which overstates a stride-2
+    transposed convolution fourfold.
+    """
+    x = inputs[0]
+    per_input = module.weight.shape[1] * math.prod(module.weight.shape[2:])
+    module.total_ops += torch.tensor([float(x.numel() * per_input)], dtype=torch.float64)
+
+
+def _zero_rule_types() -> list[type[nn.Module]]:
+    names = [
+        # normalization
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm",
+        "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm", "RMSNorm",
+        # pooling and resampling
+        "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
+        "MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d",
+        "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle",
+        # activations
+        "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Hardswish",
+        "Hardsigmoid", "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softmax", "LogSoftmax", "Softmin",
+        # shape and regularization
+        "Identity", "Flatten", "Unflatten", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+        "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
+        "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d", "ReplicationPad2d",
+        "ReplicationPad3d", "CircularPad1d", "CircularPad2d", "CircularPad3d",
+    ]
+    types: list[type[nn.Module]] = [getattr(nn, name) for name in names if hasattr(nn, name)]
+    from torchvision.ops import Permute, StochasticDepth
+
+    return [*types, StochasticDepth, Permute]
+
+
+def _build_rules() -> dict[type[nn.Module], Rule]:
+    rules: dict[type[nn.Module], Rule] = {t: zero_macs for t in _zero_rule_types()}
+    for t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+        rules[t] = conv_transpose_macs
+    return rules
+
+
+#: thop ``custom_ops``: module type -> counting rule (convolution, linear and RNN rules stay thop's).
+MAC_RULES: dict[type[nn.Module], Rule] = _build_rules()
+
+
+def rules_for(model: nn.Module) -> dict[type[nn.Module], Rule]:
+    """thop ``custom_ops`` for ``model``: :data:`MAC_RULES`, plus inherited rules for its leaf subclasses.
+
+    thop looks rules up by exact type, so ``class LayerNorm2d(nn.LayerNorm)`` or
+    ``NonDynamicallyQuantizableLinear(nn.Linear)`` would get none. A leaf module whose class
+    derives from a class with a rule is counted by that rule (the nearest base in the MRO).
+    """
+    from thop.profile import register_hooks
+
+    known = {**register_hooks, **MAC_RULES}
+    rules = dict(MAC_RULES)
+    for module in model.modules():
+        kind = type(module)
+        if kind in known or kind in rules or next(module.children(), None) is not None:
+            continue
+        base = next((b for b in kind.__mro__[1:] if b in known and b not in (nn.Sequential, nn.ModuleList)), None)
+        if base is not None:
+            rules[kind] = known[base]
+    return rules
+
+
+def has_rule(module: nn.Module, rules: dict[type[nn.Module], Rule]) -> bool:
+    """Whether thop counts ``module`` itself (with ``rules`` as ``custom_ops``) rather than its children.
+
+    thop looks rules up by exact type and always descends into ``Sequential`` and ``ModuleList``.
+    """
+    from thop.profile import register_hooks
+
+    kind = type(module)
+    return (kind in rules or kind in register_hooks) and not isinstance(module, (nn.Sequential, nn.ModuleList))

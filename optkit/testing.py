@@ -1,0 +1,271 @@
+"""Pytest helpers for plugin authors: run a pass through the host, exactly as ``optkit run`` does.
+
+A pass is run in a real pipeline (baseline, then the pass) on a small model; the host's checks
+apply: the options are validated through the pipeline schema, a pass with
+``preserves_outputs = True`` fails when outputs drift beyond the tolerance, the report is
+written and must follow the ``report.json`` contract, and listed artifacts must exist::
+
+    from optkit.testing import run_pass
+
+    def test_strip_dropout(tmp_path):
+        run = run_pass("strip_dropout", {"kinds": ["Dropout"]}, tmp_path=tmp_path,
+                       source="torchvision:mobilenet_v3_small")
+        assert run.stage["details"]["count"] == 1
+        assert run.drift["max_abs"] == 0.0
+
+A pass class not installed through an entry point yet can be passed directly:
+``run_pass(MyPass, tmp_path=tmp_path)``. With ``pytest_plugins = ["optkit.testing"]`` in a
+``conftest.py``, the ``optkit_run_pass`` fixture does the same with ``tmp_path`` filled in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import pytest
+import yaml
+
+from optkit.hookspecs import hookimpl
+from optkit.passes import Pass, check_pass_class
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "TINY_MODEL",
+    "REPORT_FIELDS",
+    "STAGE_FIELDS",
+    "METRIC_FIELDS",
+    "PassRun",
+    "tiny_convnet",
+    "run_pass",
+    "check_report_contract",
+    "optkit_run_pass",
+]
+
+#: The default model: :func:`tiny_convnet`, through the ``python:`` source.
+TINY_MODEL = "python:optkit.testing:tiny_convnet"
+
+#: Fields of ``report.json`` (see the contract in the README), top level.
+REPORT_FIELDS = ("schema", "optkit_version", "environment", "pipeline", "status", "stages")
+ENVIRONMENT_FIELDS = ("python", "torch", "torchvision", "device", "threads")
+#: Fields of every stage.
+STAGE_FIELDS = ("name", "pass", "status", "duration_s", "metrics", "details", "artifacts", "error")
+#: Metrics every measured (``ok``) stage has; ``macs``/``gflops`` also need ``measure.flops``.
+METRIC_FIELDS = ("params", "nonzero_params", "size_bytes")
+LATENCY_FIELDS = ("p50", "p90", "mean", "std", "n", "warmup", "runtime")
+DRIFT_FIELDS = ("max_abs", "cosine")
+
+
+def tiny_convnet(num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
+    """A small seeded classifier with the layers passes usually touch.
+
+    Conv-BN-ReLU twice, global pooling, optional dropout, then a linear head: it runs in a few
+    milliseconds on a ``[2, 3, 64, 64]`` batch and returns ``[batch, num_classes]`` logits.
+
+    Args:
+        num_classes: outputs of the head.
+        dropout: probability of a ``nn.Dropout`` before the head (0 leaves it out).
+    """
+    import torch
+    from torch import nn
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        ]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(32, num_classes))
+        model = nn.Sequential(*layers)
+    finally:
+        torch.random.set_rng_state(generator_state)  # leave the caller's random stream alone
+    return model.eval()
+
+
+@dataclass
+class PassRun:
+    """The outcome of :func:`run_pass`.
+
+    Attributes:
+        report: ``report.json`` as written to disk (a dict).
+        run_dir: the run folder (report files, stage folders, ``model.pt``).
+    """
+
+    report: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def stage(self) -> dict[str, Any]:
+        """The stage of the pass under test (the last one)."""
+        return self.report["stages"][-1]
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        return self.report["stages"][0]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.stage["metrics"]
+
+    @property
+    def drift(self) -> dict[str, Any]:
+        """The pass's output drift against the baseline: ``max_abs``, ``cosine``, ``top1_agreement``."""
+        return self.metrics["drift"]
+
+    def artifact(self, filename: str) -> Path:
+        """The path of the stage artifact named ``filename``."""
+        for relative in self.stage["artifacts"]:
+            if Path(relative).name == filename:
+                return self.run_dir / relative
+        raise AssertionError(f"no artifact {filename!r} in {self.stage['artifacts']}")
+
+    def load_model(self) -> nn.Module:
+        """The final module the run saved as ``model.pt``."""
+        import torch
+
+        # model.pt is a whole pickled module this very run just wrote, so unpickling it is safe.
+        return torch.load(self.run_dir / "model.pt", weights_only=False)
+
+
+def _plugin_for(pass_cls: type[Pass]) -> object:
+    """An in-process plugin that registers ``pass_cls`` (for passes not installed yet)."""
+
+    class _SinglePassPlugin:
+        __name__ = f"optkit.testing:{pass_cls.__name__}"
+
+        @hookimpl
+        def optkit_register_passes(self, register: Callable[[type[Pass]], None]) -> None:
+            register(pass_cls)
+
+    return _SinglePassPlugin()
+
+
+def run_pass(
+    pass_ref: str | type[Pass],
+    options: dict[str, Any] | None = None,
+    *,
+    tmp_path: Path,
+    plugins: Iterable[object] = (),
+    source: str = TINY_MODEL,
+    input_shape: Iterable[int] = (2, 3, 64, 64),
+    model_kwargs: dict[str, Any] | None = None,
+    before: Iterable[str | dict[str, Any]] = (),
+    measure: dict[str, Any] | None = None,
+    expect_status: str = "ok",
+) -> PassRun:
+    """Run one pass through the host in a pipeline on a small model and check what the host checks.
+
+    Args:
+        pass_ref: the pass's name (installed, or registered by ``plugins``) or its class.
+        options: the stage's options, as a pipeline file would give them.
+        tmp_path: the folder for the pipeline file and the run (pytest's ``tmp_path``).
+        plugins: extra in-process plugins (modules or objects with ``@hookimpl`` functions).
+        source: the model source (default: :func:`tiny_convnet`); e.g. ``torchvision:resnet18``.
+        input_shape: the measured batch; small keeps tests fast.
+        model_kwargs: keyword arguments for the model builder (``model.kwargs``).
+        before: stages to run before the pass (names or ``{name: options}``).
+        measure: the pipeline's ``measure:`` section (default: 1 warm-up, 3 timed runs).
+        expect_status: ``ok`` (default) or ``failed``: the status the pass's stage must end with.
+
+    Returns:
+        The report as written to disk and the run folder.
+
+    Raises:
+        optkit.errors.PipelineError: the options or the pass name are wrong (as ``optkit validate``
+            would say).
+        AssertionError: the stage ended otherwise than ``expect_status`` (with its error), the
+            report breaks the contract, or a listed artifact is missing.
+    """
+    from optkit.host import Host
+    from optkit.pipeline import load_pipeline
+    from optkit.runner import run_pipeline
+
+    extra = list(plugins)
+    if isinstance(pass_ref, str):
+        name = pass_ref
+    else:
+        name = check_pass_class(pass_ref, f"optkit.testing: {pass_ref.__qualname__}")
+        extra.append(_plugin_for(pass_ref))
+    host = Host.with_plugins(*extra)
+    stage = {name: options} if options is not None else name
+    document = {
+        "model": {"source": source, "input_shape": list(input_shape), "kwargs": model_kwargs or {}},
+        "device": "cpu",
+        "measure": measure if measure is not None else {"warmup": 1, "iters": 3},
+        "passes": [*before, stage],
+        "output": str(tmp_path / "run"),
+    }
+    pipeline_path = tmp_path / "pipeline.yaml"
+    pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    pipeline = load_pipeline(pipeline_path, host)
+    _, run_dir = run_pipeline(pipeline, host)  # a second run in one tmp_path goes to run-2
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    check_report_contract(report)
+    run = PassRun(report, run_dir)
+    if run.stage["status"] != expect_status:
+        raise AssertionError(
+            f"stage {name!r} ended {run.stage['status']!r}, expected {expect_status!r}: "
+            f"{run.stage['error'] or report.get('error')}"
+        )
+    for relative in run.stage["artifacts"]:
+        assert (run_dir / relative).is_file(), f"stage {name!r} lists artifact {relative} but it is not on disk"
+    return run
+
+
+def check_report_contract(report: dict[str, Any]) -> None:
+    """Assert that a ``report.json`` dict has the fields of the contract.
+
+    Every stage has the stage fields; every ``ok`` stage has parameters, size, latency (when
+    measured) and drift (the baseline's is the identity: it is the reference).
+
+    Raises:
+        AssertionError: naming the first missing field and the stage.
+    """
+    _require(report, REPORT_FIELDS, "report")
+    _require(report["environment"], ENVIRONMENT_FIELDS, "environment")
+    _require(report["pipeline"], ("path", "model"), "pipeline")
+    _require(report["pipeline"]["model"], ("source", "input_shape"), "pipeline.model")
+    assert report["status"] in ("ok", "failed", "interrupted"), f"report status {report['status']!r}"
+    assert report["stages"] and report["stages"][0]["name"] == "baseline", "the first stage is the baseline"
+    for stage in report["stages"]:
+        where = f"stage {stage.get('name')!r}"
+        _require(stage, STAGE_FIELDS, where)
+        assert stage["status"] in ("ok", "failed", "skipped", "interrupted"), f"{where}: status {stage['status']!r}"
+        if stage["status"] != "ok":
+            assert stage["status"] == "skipped" or stage["error"], f"{where}: {stage['status']} without an error"
+            continue
+        metrics = stage["metrics"]
+        _require(metrics, METRIC_FIELDS, f"{where} metrics")
+        if "latency_ms" in metrics:
+            _require(metrics["latency_ms"], LATENCY_FIELDS, f"{where} latency_ms")
+        _require(metrics, ("drift",), f"{where} metrics")
+        if metrics["drift"].get("comparable", True):
+            _require(metrics["drift"], DRIFT_FIELDS, f"{where} drift")
+
+
+def _require(mapping: dict[str, Any], fields: Iterable[str], where: str) -> None:
+    missing = [f for f in fields if f not in mapping]
+    assert not missing, f"report.json: {where} lacks {', '.join(missing)}"
+
+
+@pytest.fixture
+def optkit_run_pass(tmp_path: Path) -> Callable[..., PassRun]:
+    """:func:`run_pass` with ``tmp_path`` filled in: ``optkit_run_pass("my_pass", {"k": 1})``."""
+
+    def run(pass_ref: str | type[Pass], options: dict[str, Any] | None = None, **kwargs: Any) -> PassRun:
+        return run_pass(pass_ref, options, tmp_path=tmp_path, **kwargs)
+
+    return run

@@ -1,0 +1,155 @@
+"""In-process test plugins: a tiny model and small passes that do one known thing each.
+
+Registered with ``Host.with_plugins(plugins_for_tests)``; the model is reached from pipeline
+files as ``python:plugins_for_tests:tiny_net`` (``tests/`` is on ``sys.path`` under pytest).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from optkit import Pass, PassContext, hookimpl
+
+__all__ = [
+    "TINY_PIPELINE",
+    "tiny_net",
+    "Identity",
+    "Scale",
+    "Raises",
+    "Drifts",
+    "Interrupts",
+    "WritesArtifact",
+    "ReturnsNothing",
+    "StageRecorder",
+]
+
+#: A pipeline on the tiny model, quick to measure; format it with the ``passes`` block.
+TINY_PIPELINE = """\
+model:
+  source: python:plugins_for_tests:tiny_net
+  input_shape: [2, 3, 64, 64]
+device: cpu
+measure: {{warmup: 1, iters: 3}}
+passes:
+{passes}
+"""
+
+
+def tiny_net(num_classes: int = 10) -> nn.Module:
+    """Conv-BN-ReLU, pooled, then a classifier: small, deterministic, has logits for top-1."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
+
+
+class Identity(Pass):
+    name = "identity"
+    summary = "Return the model unchanged."
+    preserves_outputs = True
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.details["touched"] = 0
+        return model
+
+
+class Scale(Pass):
+    """Multiplies the logits by ``factor``; typed options for the validation tests."""
+
+    name = "scale"
+    summary = "Multiply the outputs by a factor."
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        factor: float = Field(2.0, description="Output multiplier.")
+        mode: Literal["outputs", "weights"] = "outputs"
+        layers: list[int] = Field(default_factory=list)
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.details["factor"] = self.options.factor
+        return nn.Sequential(model, _Multiply(self.options.factor))
+
+
+class _Multiply(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class Raises(Pass):
+    name = "raises"
+    summary = "Fail with a RuntimeError."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        raise RuntimeError("boom from the raises pass")
+
+
+class Drifts(Pass):
+    """Claims to preserve outputs but shifts them by 0.5: the runner must fail the stage."""
+
+    name = "drifts"
+    summary = "Claim to preserve outputs, then shift them."
+    preserves_outputs = True
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        with torch.no_grad():
+            model[-1].bias += 0.5
+        return model
+
+
+class Interrupts(Pass):
+    name = "interrupts"
+    summary = "Raise KeyboardInterrupt, as Ctrl-C during a pass does."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        raise KeyboardInterrupt
+
+
+class WritesArtifact(Pass):
+    name = "writes_artifact"
+    summary = "Write a small text file as the stage's artifact."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.artifact_path("note.txt").write_text("written by writes_artifact\n")
+        return model
+
+
+class ReturnsNothing(Pass):
+    name = "returns_nothing"
+    summary = "Forget to return the model."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> None:
+        model.eval()
+
+
+@hookimpl
+def optkit_register_passes(register):
+    for pass_cls in (Identity, Scale, Raises, Drifts, Interrupts, WritesArtifact, ReturnsNothing):
+        register(pass_cls)
+
+
+class StageRecorder:
+    """An observer plugin: records every stage hook call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int, str]] = []
+
+    @hookimpl
+    def optkit_stage_started(self, stage, index, run):
+        self.calls.append(("started", stage, index, "running"))
+
+    @hookimpl
+    def optkit_stage_finished(self, result, run):
+        self.calls.append(("finished", result.name, result.index, result.status))

@@ -1,0 +1,95 @@
+"""prune_l1 over the torchvision model zoo (slow): channels at amount 0.5, and exact sparsity."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from optkit.classifier_head import find_classifier
+from optkit.measure import count_macs, count_params
+from optkit.passes import PassContext
+from optkit_plugins.prune_l1 import PruneL1
+
+pytestmark = pytest.mark.slow
+
+#: The models issue 6 names, with the smallest MACs and params reduction each must reach at 0.5.
+NAMED = {
+    "resnet18": 3.5, "resnet50": 3.5, "mobilenet_v2": 3.0, "mobilenet_v3_large": 3.0,
+    "efficientnet_b0": 3.0, "densenet121": 3.5, "regnet_y_400mf": 3.0, "vgg16_bn": 3.5,
+}
+#: Models no issue names: they must prune without error (shuffles and the like left alone).
+OTHERS = ["shufflenet_v2_x0_5", "squeezenet1_0", "mnasnet0_5", "resnext50_32x4d", "mobilenet_v3_small", "convnext_tiny"]
+
+
+def _ctx(tmp_path) -> PassContext:
+    inputs = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    return PassContext(torch.device("cpu"), inputs, tmp_path, logging.getLogger("test.prune_l1_zoo"))
+
+
+def _onnx_outputs(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (inputs,), buffer, dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (result,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+    return torch.from_numpy(np.asarray(result))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_channel_pruning_of_named_models(tmp_path):
+    failures = []
+    for name, min_ratio in NAMED.items():
+        model = torchvision.models.get_model(name, weights=None).eval()
+        ctx = _ctx(tmp_path)
+        pruned = PruneL1(PruneL1.Options(mode="channels", amount=0.5)).apply(model, ctx)
+        x = ctx.example_input
+        with torch.no_grad():
+            out, ref = pruned(x), model(x)
+        macs = count_macs(model, x)["macs"] / count_macs(pruned, x)["macs"]
+        params = count_params(model)["params"] / count_params(pruned)["params"]
+        if out.shape != ref.shape or macs < min_ratio or params < min_ratio - 0.5:
+            failures.append(f"{name}: shape {tuple(out.shape)}, MACs {macs:.2f}x, params {params:.2f}x")
+            continue
+        buffer = io.BytesIO()
+        torch.save(pruned, buffer)
+        buffer.seek(0)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), out, atol=0, rtol=0)
+        torch.testing.assert_close(_onnx_outputs(pruned, x), out, atol=1e-3, rtol=1e-3)
+    assert not failures, failures
+
+
+def test_channel_pruning_of_other_models(tmp_path):
+    for name in OTHERS:
+        model = torchvision.models.get_model(name, weights=None).eval()
+        ctx = _ctx(tmp_path)
+        pruned = PruneL1(PruneL1.Options(mode="channels", amount=0.5, round_to=4)).apply(model, ctx)
+        with torch.no_grad():
+            assert pruned(ctx.example_input).shape == model(ctx.example_input).shape, name
+        assert count_params(pruned)["params"] <= count_params(model)["params"], name
+        # Whatever was left alone is named with a reason.
+        assert all(f["layers"] and f["reason"] for f in ctx.details["left_alone"]), name
+        if name == "shufflenet_v2_x0_5":
+            assert any("view" in f["reason"] for f in ctx.details["left_alone"])
+
+
+def test_unstructured_sparsity_is_exact_across_models(tmp_path):
+    for name in ["resnet50", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "regnet_y_400mf"]:
+        for scope, amount in (("global", 0.5), ("layer", 0.7)):
+            model = torchvision.models.get_model(name, weights=None).eval()
+            ctx = _ctx(tmp_path)
+            pruned = PruneL1(PruneL1.Options(amount=amount, scope=scope)).apply(model, ctx)
+            head = find_classifier(pruned)[0]
+            layers = [m for n, m in pruned.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != head]
+            zeros = [int((m.weight == 0).sum()) for m in layers]
+            if scope == "global":
+                assert sum(zeros) == round(amount * sum(m.weight.numel() for m in layers)), name
+            else:
+                assert zeros == [round(amount * m.weight.numel()) for m in layers], name
+            assert int((pruned.get_submodule(head).weight == 0).sum()) == 0, name

@@ -1,0 +1,131 @@
+"""report.json (the contract in DESIGN.md), report.md and the stage table rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import plugins_for_tests
+from optkit.host import Host
+from optkit.pipeline import load_pipeline
+from optkit.report import COLUMNS, format_count, render_markdown, stage_rows
+from optkit.results import RunReport, StageResult
+from optkit.runner import run_pipeline
+from optkit.testing import check_report_contract
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One run with an ok, a failed and a skipped stage, read back from disk."""
+    host = Host.with_plugins(plugins_for_tests)
+    folder = tmp_path_factory.mktemp("report")
+    path = folder / "pipeline.yaml"
+    path.write_text(plugins_for_tests.TINY_PIPELINE.format(passes="  - scale: {factor: 2}\n  - raises\n  - identity"))
+    report, run_dir = run_pipeline(load_pipeline(path, host), host, output=folder / "run")
+    return report, json.loads((run_dir / "report.json").read_text()), run_dir
+
+
+def test_report_json_has_every_field_of_the_contract(finished_run):
+    _, data, _ = finished_run
+
+    check_report_contract(data)
+    assert data["schema"] == 1 and data["status"] == "failed"
+    assert data["optkit_version"] == "0.1.0"
+    env = data["environment"]
+    assert env["device"] == "cpu" and env["python"].count(".") == 2 and isinstance(env["threads"], int)
+    assert env["torch"].startswith("2.") and env["torchvision"]
+    assert data["pipeline"]["path"].endswith("pipeline.yaml")
+    assert data["pipeline"]["model"] == {**data["pipeline"]["model"], "source": "python:plugins_for_tests:tiny_net",
+                                         "input_shape": [2, 3, 64, 64]}
+    stages = data["stages"]
+    assert [(s["name"], s["pass"], s["status"]) for s in stages] == [
+        ("baseline", None, "ok"), ("scale", "scale", "ok"), ("raises", "raises", "failed"), ("identity", "identity", "skipped")
+    ]
+    for stage in stages[:2]:
+        m = stage["metrics"]
+        assert set(m) >= {"params", "nonzero_params", "macs", "gflops", "size_bytes", "latency_ms", "drift"}
+        assert m["gflops"] == pytest.approx(2 * m["macs"] / 1e9, rel=1e-12)
+        assert set(m["latency_ms"]) >= {"p50", "p90", "mean", "std", "n", "warmup", "runtime"}
+        assert (m["latency_ms"]["n"], m["latency_ms"]["warmup"], m["latency_ms"]["runtime"]) == (3, 1, "torch")
+        assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p90"]
+        assert set(m["drift"]) >= {"max_abs", "cosine", "top1_agreement"}
+        assert stage["error"] is None and stage["duration_s"] >= 0
+    assert stages[2]["error"] == "stage 2 (raises) failed: RuntimeError: boom from the raises pass"
+    assert stages[3]["metrics"] == {} and stages[3]["error"] is None
+
+
+def test_contract_check_names_what_is_missing(finished_run):
+    _, data, _ = finished_run
+    broken = json.loads(json.dumps(data))
+    del broken["stages"][1]["metrics"]["latency_ms"]["p90"]
+    with pytest.raises(AssertionError, match="report.json: stage 'scale' latency_ms lacks p90"):
+        check_report_contract(broken)
+    del broken["environment"]["torch"]
+    with pytest.raises(AssertionError, match="report.json: environment lacks torch"):
+        check_report_contract(broken)
+
+
+def test_report_round_trips_through_json(finished_run):
+    report, data, run_dir = finished_run
+    loaded = RunReport.load(run_dir)
+    assert loaded.to_dict() == data
+    assert loaded.stages[1] == StageResult.from_dict(data["stages"][1])
+
+
+def test_markdown_report_has_the_table_the_error_and_the_details(finished_run):
+    _, _, run_dir = finished_run
+    text = (run_dir / "report.md").read_text()
+
+    assert text.startswith("# optkit report: python:plugins_for_tests:tiny_net\n")
+    assert "Status: **failed** · input [2, 3, 64, 64]" in text
+    assert "| " + " | ".join(COLUMNS) + " |" in text
+    assert "**Error:** stage 2 (raises) failed: RuntimeError: boom from the raises pass" in text
+    assert "## 1. scale\n\n- factor: 2.0" in text
+    assert "- artifact: `stages/02-raises/traceback.txt`" in text
+
+
+def synthetic_report() -> RunReport:
+    def metrics(params, nonzero, macs, p50, max_abs=None):
+        m = {"params": params, "nonzero_params": nonzero, "sparsity": 1 - nonzero / params, "gmacs": macs / 1e9,
+             "gflops": 2 * macs / 1e9, "size_bytes": 4 * params, "latency_ms": {"p50": p50}}
+        if max_abs is not None:
+            m["drift"] = {"max_abs": max_abs, "cosine": 0.999, "top1_agreement": 0.75}
+        return m
+
+    return RunReport(
+        environment={"device": "cpu", "torch": "2.x", "threads": 2, "python": "3.11.7"},
+        pipeline={"model": {"source": "torchvision:resnet18", "input_shape": [1, 3, 224, 224]}},
+        stages=[
+            StageResult("baseline", None, 0, "ok", 0.0, metrics(11_689_512, 11_689_512, 1_814_073_344, 40.0, 0.0)),
+            StageResult("prune_l1", "prune_l1", 1, "ok", 1.5, metrics(5_844_756, 5_844_756, 907_036_672, 20.0, 0.25)),
+            StageResult("tta", "tta", 2, "skipped"),
+        ],
+        status="failed",
+    )
+
+
+def test_stage_rows_compute_deltas_against_the_baseline():
+    base, pruned, skipped = stage_rows(synthetic_report())
+
+    assert (base["Δparams"], base["speed-up"], base["params"]) == ("", "", "11.69M")
+    assert pruned["Δparams"] == "-50.0%"
+    assert pruned["speed-up"] == "2.00×"
+    assert (pruned["GMACs"], pruned["GFLOPs"]) == ("0.907", "1.814")
+    assert (pruned["max|Δ|"], pruned["cosine"], pruned["top-1"]) == ("2.50e-01", "0.999000", "75%")
+    assert (pruned["size MB"], pruned["time s"]) == ("23.38", "1.50")
+    assert (skipped["status"], skipped["params"], skipped["time s"]) == ("skipped", "–", "–")
+
+
+def test_markdown_of_a_synthetic_report_lists_every_stage():
+    text = render_markdown(synthetic_report())
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "stage" not in line]
+    assert [row.split(" | ")[1] for row in rows] == ["baseline", "prune_l1", "tta"]
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(None, "–"), (0, "0"), (999, "999"), (1_000, "1.00k"), (25_557_032, "25.56M"), (4_100_000_000, "4.10G"), (-2_500, "-2.50k")],
+)
+def test_format_count(count, text):
+    assert format_count(count) == text
