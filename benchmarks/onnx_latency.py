@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fuse-bn", action="store_true", help="apply the fuse_bn pass first (both sides)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # this script's progress; not the exporters' own chatter
 
     if args.threads:
         torch.set_num_threads(args.threads)

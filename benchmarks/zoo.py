@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=224, help="Square input size (default 224).")
     parser.add_argument("--warmup", type=int, help="Warm-up calls per stage (default: the zoo file's).")
     parser.add_argument("--iters", type=int, help="Timed calls per stage (default: the zoo file's).")
+    parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: the zoo file's, 1).")
     parser.add_argument("--executor", choices=EXECUTORS, default="local")
     parser.add_argument("--workers", type=int, default=1, help="Jobs at once (keep 1 for latency figures).")
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     sweep = select(load_sweep(ZOO_FILE), _names(args.models), _names(args.pipelines))
-    measure = sweep.measure.model_copy(update={k: v for k, v in {"warmup": args.warmup, "iters": args.iters}.items() if v is not None})
+    measure = sweep.measure.model_copy(update={k: v for k, v in {"warmup": args.warmup, "iters": args.iters, "threads": args.threads}.items() if v is not None})
     sweep = sweep.model_copy(update={"device": args.device, "input_size": args.input_size, "measure": measure})
     folder = _device_folder(args.device)
     results = args.results or ROOT / "results" / folder
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_sweep(sweep, executor, runs, on_done=progress, title=f"optkit model zoo · {folder}", command=command)
     meta = {**result.meta, "notes": [
         f"{len(sweep.models)} models × {len(sweep.pipelines)} pipelines, input [1, 3, {args.input_size}, {args.input_size}], "
-        f"random weights, measure warmup {measure.warmup} / iters {measure.iters}, {args.workers} job(s) at once",
+        f"random weights, warmup {measure.warmup} / iters {measure.iters}, {measure.threads or 'default'} thread(s), "
+        f"{args.workers} job(s) at once",
         *args.note,
     ]}
     written = write_comparison_report(result.runs, results, meta=meta, status=result.status)

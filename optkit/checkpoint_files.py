@@ -152,6 +152,12 @@ def _read_torch(path: Path, map_location: MapLocation, trust: bool, option: str)
         raise _unpickling_error(path, exc, option) from None
     except RuntimeError as exc:
         raise _runtime_error(path, exc, map_location, saved_on, option) from None
+    except (ModuleNotFoundError, AttributeError) as exc:  # full unpickling: the pickled class is not importable
+        raise CheckpointError(
+            f"{option}: {path}: the pickled objects need code this environment lacks ({exc}); install or put "
+            "on PYTHONPATH the package that defined them (YOLOv5 checkpoints need its `models` package), or "
+            "save a state dict and load it with model.weights"
+        ) from None
     # What torch raises on a cut-off zip (OSError from its reader) or a cut-off/foreign pickle.
     except (OSError, EOFError, KeyError, ValueError) as exc:
         raise CheckpointError(

@@ -45,8 +45,10 @@ def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> No
     """Add model sources by scheme (``torchvision``, ``file``, ``python``, or your own).
 
     A source ``scheme:rest`` in a pipeline file is handed to the loader registered for ``scheme``
-    as ``loader(rest, spec)``, where ``spec`` is the validated :class:`optkit.pipeline.ModelSpec`;
-    it returns an ``nn.Module``.
+    as ``loader(request)``, an :class:`optkit.sources.SourceRequest` with ``target`` (``rest``),
+    ``spec`` (the validated :class:`optkit.pipeline.ModelSpec`), ``base_dir`` (relative paths
+    resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
+    an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 

@@ -60,7 +60,8 @@ class WeightsSpec(_Strict):
 
 
 def _weights_kind(value: Any) -> str:
-    return "spec" if isinstance(value, dict) else "name"
+    # A mapping when validating a file, a WeightsSpec when serializing the validated model.
+    return "spec" if isinstance(value, (dict, WeightsSpec)) else "name"
 
 
 class ModelSpec(_Strict):

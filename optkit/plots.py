@@ -113,6 +113,10 @@ def latency_vs_gmacs_png(points: list[StagePoint]) -> bytes | None:
             ax.annotate(p.model, (p.gmacs, p.p50_ms), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="GMACs (multiply-accumulates, thop)", ylabel="p50 latency (ms)",
            title="Latency against compute, every stage")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on a log axis
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
@@ -142,6 +146,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
             values = {p.model: p.speedup_vs_previous for p in chosen if p.stage == stage}
             xs = [mi + (si - (len(stages) - 1) / 2) * width for mi, model in enumerate(models) if model in values]
             ax.bar(xs, [values[m] for m in models if m in values], width=width, label=stage, color=colors(si % 10))
+        ax.set_yscale("log")  # speed-ups are ratios: 2× and 0.5× lie as far from 1
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("speed-up vs previous stage")

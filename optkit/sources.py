@@ -60,6 +60,7 @@ class SourceRequest:
     details: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, path: str | Path) -> Path:
+        """``path`` made absolute against :attr:`base_dir` (``~`` expanded)."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
@@ -86,9 +87,16 @@ def load_model(spec: ModelSpec, host: Host, base_dir: Path) -> tuple[nn.Module, 
 
     if spec.scheme not in host.sources:
         raise PipelineError(f"model.source: {host.unknown_message('model source scheme', spec.scheme, host.sources)}")
-    loader = host.sources.get(spec.scheme).obj
+    from torch import nn
+
+    entry = host.sources.get(spec.scheme)
     request = SourceRequest(spec.target, spec, base_dir)
-    model = loader(request)
+    model = entry.obj(request)
+    if not isinstance(model, nn.Module):
+        raise PipelineError(
+            f"model.source: the {spec.scheme!r} loader of plugin {entry.plugin.name!r} returned "
+            f"{type(model).__name__}, not an nn.Module"
+        )
     weights = weights_spec_of(spec)
     if weights is not None:
         request.details["weights"] = load_weights_into(model, weights, base_dir, list_keys=spec.list_keys)
@@ -134,6 +142,7 @@ def load_torchvision(request: SourceRequest) -> nn.Module:
 
 def load_python(request: SourceRequest) -> nn.Module:
     """``python:package.module:callable`` called with ``model.kwargs``."""
+    _refuse_weights_name(request)
     module_name, sep, attr = request.target.rpartition(":")
     if not sep or not module_name or not attr:
         raise PipelineError(f"model.source: expected python:package.module:callable, got python:{request.target}")
@@ -191,6 +200,8 @@ def load_file(request: SourceRequest) -> nn.Module:
     from torch import nn
 
     from optkit.checkpoint_files import read_checkpoint
+
+    _refuse_weights_name(request)
     from optkit.state_dicts import WRAPPER_KEYS
 
     checkpoint = read_checkpoint(request.resolve(request.target), trust=request.spec.trust_checkpoint, option="model.source")
@@ -212,6 +223,16 @@ def load_file(request: SourceRequest) -> nn.Module:
         details["converted"] = f"{', '.join(sorted(str(d) for d in dtypes))} -> torch.float32"
     request.details["source"] = {"file": details}
     return obj
+
+
+def _refuse_weights_name(request: SourceRequest) -> None:
+    """A weights *name* (``DEFAULT``) means something only to torchvision: say so, never ignore it."""
+    weights = request.spec.weights
+    if isinstance(weights, str) and not is_weights_path(weights):
+        raise PipelineError(
+            f"model.weights: {weights!r} is not a file path (no '/' and no checkpoint suffix) and only "
+            f"torchvision: sources take weights names; give a checkpoint, e.g. weights: ./{weights}.pt"
+        )
 
 
 def _what_it_holds(obj: Any) -> str:

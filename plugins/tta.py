@@ -8,16 +8,19 @@ dense outputs (``N×C×H×W``, also inside dicts such as torchvision segmentatio
 ``{'out', 'aux'}``) have the padding cropped off, are resized back to a common size, have their
 flip undone, and are then averaged.
 
-Every branch calls the wrapped model, so thop counts each one, and there is no Python control
-flow on tensor values, so the wrapper exports to ONNX.
+Every branch calls the wrapped model, so thop counts each one. There is no Python control flow on
+tensor values (only on shapes), so ``torch.export`` captures every branch and the wrapper exports
+to ONNX; ``torch.fx.symbolic_trace``, which cannot see shapes, is refused with an error.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+import torch.fx
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: The tensor dimension each flip reverses (NCHW).
 FLIP_DIMS = {"horizontal": -1, "vertical": -2}
+MERGES = ("mean", "softmax")
+SAME_SHAPE_SCALES = "same_shape pads back to the input size, so scales must be <= 1.0"
 
 
 class TestTimeAugmentation(nn.Module):
@@ -59,8 +64,8 @@ class TestTimeAugmentation(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        scales: list[float] = (1.0,),
-        flips: list[str] = (),
+        scales: Sequence[float] = (1.0,),
+        flips: Sequence[str] = (),
         merge: str = "mean",
         stride: int = 32,
         pad_value: float = 0.0,
@@ -70,6 +75,10 @@ class TestTimeAugmentation(nn.Module):
         unknown = [f for f in flips if f not in FLIP_DIMS]
         if unknown:
             raise ValueError(f"unknown flip {unknown[0]!r}; known: {', '.join(FLIP_DIMS)}")
+        if merge not in MERGES:
+            raise ValueError(f"unknown merge {merge!r}; known: {', '.join(MERGES)}")
+        if same_shape and any(s > 1.0 for s in scales):
+            raise ValueError(SAME_SHAPE_SCALES)
         self.model = model
         self.scales = [float(s) for s in scales]
         self.flips = list(flips)
@@ -84,6 +93,12 @@ class TestTimeAugmentation(nn.Module):
         return [(scale, flip) for scale in self.scales for flip in (None, *self.flips)]
 
     def forward(self, x: torch.Tensor) -> Any:
+        if isinstance(x, torch.fx.Proxy):
+            # Outputs are restored by their rank, which symbolic tracing cannot see: it would
+            # silently keep one branch. torch.export (what the ONNX exporter uses) sees shapes.
+            raise torch.fx.proxy.TraceError(
+                "TestTimeAugmentation cannot be traced with torch.fx.symbolic_trace; use torch.export.export"
+            )
         height, width = x.shape[-2], x.shape[-1]
         outputs = []
         target = None
@@ -209,7 +224,7 @@ class TTA(Pass):
         @model_validator(mode="after")
         def _same_shape_shrinks(self) -> TTA.Options:
             if self.same_shape and any(s > 1.0 for s in self.scales):
-                raise ValueError("same_shape pads back to the input size, so scales must be <= 1.0")
+                raise ValueError(SAME_SHAPE_SCALES)
             return self
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:

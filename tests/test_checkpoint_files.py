@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def test_a_whole_module_needs_the_opt_in_and_loads_with_it(tmp_path: Path) -> No
     assert isinstance(loaded.obj, nn.Sequential) and loaded.trusted
     x = torch.randn(2, 4)
     torch.testing.assert_close(loaded.obj(x), model(x), rtol=0, atol=0)
+
+
+def test_a_trusted_module_whose_code_is_missing_names_the_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "optkit_test_vanishing.py").write_text("from torch import nn\n\nclass Net(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(code))
+    import optkit_test_vanishing
+
+    path = tmp_path / "whole.pt"
+    torch.save(optkit_test_vanishing.Net(2, 2), path)
+    monkeypatch.delitem(sys.modules, "optkit_test_vanishing")
+    sys.path.remove(str(code))
+    with pytest.raises(CheckpointError, match=r"need code this environment lacks \(No module named 'optkit_test_vanishing'\)"):
+        read_checkpoint(path, trust=True, option="model.source")
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on the plain pickle

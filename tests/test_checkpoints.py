@@ -180,35 +180,46 @@ def test_min_loaded_and_strict(tmp_path: Path) -> None:
     assert load(seeded(torchvision.models.resnet18, 1, num_classes=10), path, strict=True, exclude=["fc"])["filled"] > 0.98
 
 
-class _Block(nn.Module):
-    """torchvision's BasicBlock with every module renamed (same registration order)."""
+class _RenamedBlock(nn.Module):
+    """A torchvision residual block (basic or bottleneck) with every module renamed, same order."""
 
-    def __init__(self, source: torchvision.models.resnet.BasicBlock):
+    def __init__(self, block: nn.Module):
         super().__init__()
-        self.conv_a, self.norm_a, self.act = copy.deepcopy(source.conv1), copy.deepcopy(source.bn1), nn.ReLU()
-        self.conv_b, self.norm_b = copy.deepcopy(source.conv2), copy.deepcopy(source.bn2)
-        self.shortcut = copy.deepcopy(source.downsample) if source.downsample is not None else nn.Identity()
+        depth = 3 if hasattr(block, "conv3") else 2
+        self.units = nn.ModuleList(
+            nn.Sequential(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in range(1, depth + 1)
+        )
+        self.shortcut = block.downsample if block.downsample is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm_b(self.conv_b(self.act(self.norm_a(self.conv_a(x)))))
-        return self.act(y + self.shortcut(x))
+        y = x
+        for i, unit in enumerate(self.units):
+            y = unit(y) if i == len(self.units) - 1 else torch.relu(unit(y))
+        return torch.relu(y + self.shortcut(x))
 
 
 class RenamedResNet(nn.Module):
-    """A custom ResNet-18: torchvision's layout under other names, and a 10-class head."""
+    """A custom ResNet: a torchvision ResNet's layout under other names, and a 10-class head."""
 
-    def __init__(self) -> None:
+    def __init__(self, builder: Callable[..., nn.Module] = torchvision.models.resnet18) -> None:
         super().__init__()
-        layout = torchvision.models.resnet18()
+        layout = builder()
         self.stem = nn.Sequential(layout.conv1, layout.bn1, nn.ReLU(), layout.maxpool)
-        self.stages = nn.Sequential(*(nn.Sequential(*map(_Block, layer)) for layer in (layout.layer1, layout.layer2, layout.layer3, layout.layer4)))
-        self.classifier = nn.Linear(512, 10)
+        layers = (layout.layer1, layout.layer2, layout.layer3, layout.layer4)
+        self.stages = nn.Sequential(*(nn.Sequential(*map(_RenamedBlock, layer)) for layer in layers))
+        self.classifier = nn.Linear(layout.fc.in_features, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def torchvision_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision ResNet's pooled features (its output before ``fc``)."""
+    with torch.no_grad():
+        return torch.flatten(model.avgpool(nn.Sequential(*list(model.children())[:-2])(x)), 1)
 
 
 def test_match_order_fills_a_renamed_model(tmp_path: Path) -> None:
@@ -228,8 +239,7 @@ def test_match_order_fills_a_renamed_model(tmp_path: Path) -> None:
     assert "bn1.num_batches_tracked -> stem.1.num_batches_tracked" in account["keys"]["loaded"]
     x = torch.randn(*INPUT, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        expected = torch.flatten(original.avgpool(nn.Sequential(*list(original.children())[:-2])(x)), 1)
-        torch.testing.assert_close(custom.features(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(custom.features(x), torchvision_features(original, x), rtol=0, atol=0)
     assert custom.stem[1].num_batches_tracked.item() == original.bn1.num_batches_tracked.item() == 7
 
 
@@ -288,3 +298,29 @@ def test_freeze_patterns_and_a_pattern_that_matches_nothing() -> None:
     assert account["frozen_tensors"] == len(frozen)
     with pytest.raises(PipelineError, match=r"model\.freeze: 'backbone' matches no parameter \(names look like conv1\.weight"):
         apply_freeze(model, ["backbone"])
+
+
+@pytest.mark.slow
+def test_model_zoo_round_trips_and_a_renamed_resnet50(tmp_path: Path) -> None:
+    """Torchvision models saved in rotating layouts load exactly; a renamed ResNet-50 is filled by order."""
+    zoo = ["resnet50", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "regnet_y_400mf", "squeezenet1_1", "shufflenet_v2_x0_5"]
+    layouts = ["dataparallel", "compiled", "safetensors", "ema-over-model", "state_dict", "legacy-format", "model"]
+    for name, layout in zip(zoo, layouts):
+        builder = torchvision.models.get_model_builder(name)
+        original = seeded(builder, 0)
+        path = tmp_path / f"{name}.bin"
+        LAYOUTS[layout](original, path)
+        fresh = seeded(builder, 1)
+        account = load(fresh, path)
+        torch.testing.assert_close(outputs(fresh), outputs(original), rtol=0, atol=0, msg=f"{name} ({layout})")
+        assert account["filled"] == 1.0, name
+
+    original = seeded(torchvision.models.resnet50, 0)
+    path = tmp_path / "resnet50.pt"
+    torch.save(original.state_dict(), path)
+    custom = seeded(lambda: RenamedResNet(torchvision.models.resnet50), 1)
+    account = load(custom, path, match="order")
+    assert account["tensors"]["loaded"] == len(original.state_dict()) - 2  # all but fc
+    x = torch.randn(*INPUT, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(custom.features(x), torchvision_features(original, x), rtol=0, atol=0)

@@ -54,7 +54,8 @@ def test_fuse_bn_then_export_onnx_over_the_zoo(write_pipeline, cli, tmp_path):
         graph_input = onnx.load(str(onnx_path), load_external_data=False).graph.input[0]
         figures = details["parity"]["inputs"]
         checks = {
-            "fused pairs": fuse["metrics"]["params"] < report["stages"][0]["metrics"]["params"],
+            # BatchNorm parameters vanish with every fused pair; SqueezeNet has no BatchNorm.
+            "fused pairs": (fuse["metrics"]["params"] < report["stages"][0]["metrics"]["params"]) == (name != "squeezenet1_1"),
             "torch.export-based exporter": details["exporter"] == "dynamo",
             "symbolic batch": graph_input.type.tensor_type.shape.dim[0].dim_param == "batch",
             "batch sizes 1, 2, 8": sorted(f["batch"] for k, f in figures.items() if k != "example") == [1, 2, 8],

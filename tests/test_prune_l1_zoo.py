@@ -33,9 +33,9 @@ def _ctx(tmp_path) -> PassContext:
     return PassContext(torch.device("cpu"), inputs, tmp_path, logging.getLogger("test.prune_l1_zoo"))
 
 
-def _onnx_outputs(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def _onnx_outputs(model: nn.Module, inputs: torch.Tensor, dynamo: bool) -> torch.Tensor:
     buffer = io.BytesIO()
-    torch.onnx.export(model, (inputs,), buffer, dynamo=False)
+    torch.onnx.export(model, (inputs,), buffer, dynamo=dynamo)
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     (result,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
     return torch.from_numpy(np.asarray(result))
@@ -61,7 +61,9 @@ def test_channel_pruning_of_named_models(tmp_path):
         buffer.seek(0)
         with torch.no_grad():
             torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), out, atol=0, rtol=0)
-        torch.testing.assert_close(_onnx_outputs(pruned, x), out, atol=1e-3, rtol=1e-3)
+        # The TorchScript exporter cannot export VGG's 2x2 -> 7x7 adaptive pooling (at 64x64);
+        # the torch.export-based one can, and is covered here once.
+        torch.testing.assert_close(_onnx_outputs(pruned, x, dynamo=name == "vgg16_bn"), out, atol=1e-3, rtol=1e-3)
     assert not failures, failures
 
 

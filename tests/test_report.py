@@ -129,3 +129,23 @@ def test_markdown_of_a_synthetic_report_lists_every_stage():
 )
 def test_format_count(count, text):
     assert format_count(count) == text
+
+
+def test_console_table_is_whole_in_a_pipe_and_trimmed_in_a_narrow_terminal():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from optkit.console import print_report
+
+    piped = StringIO()
+    print_report(synthetic_report(), Console(file=piped, width=80), "runs/x")
+    header = next(line for line in piped.getvalue().splitlines() if "stage" in line)
+    assert all(column in header for column in COLUMNS)  # nothing squeezed into "…"
+
+    terminal = StringIO()
+    print_report(synthetic_report(), Console(file=terminal, width=80, force_terminal=True, color_system=None), "runs/x")
+    lines = terminal.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "| prune_l1 |" not in lines and any("prune_l1" in line and "2.00×" in line for line in lines)
+    assert "(terminal too narrow: " in terminal.getvalue() and "report.md has every column)" in " ".join(lines)

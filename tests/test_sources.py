@@ -130,7 +130,7 @@ def test_python_source_beside_the_pipeline_file_with_kwargs(host: Host, tmp_path
 
 
 class _ToySources:
-    """A plugin that adds the ``toy:`` scheme."""
+    """A plugin that adds the ``toy:`` scheme, and ``odd:`` whose loader returns no module."""
 
     @hookimpl
     def optkit_register_sources(self, register):
@@ -139,6 +139,7 @@ class _ToySources:
             return nn.Linear(3, int(request.target))
 
         register("toy", load_toy)
+        register("odd", lambda request: "a string")
 
 
 def test_plugins_add_schemes_and_unknown_schemes_are_named(tmp_path: Path) -> None:
@@ -147,6 +148,17 @@ def test_plugins_add_schemes_and_unknown_schemes_are_named(tmp_path: Path) -> No
     assert isinstance(model, nn.Linear) and model.out_features == 4 and details == {"source": {"toy": "4"}}
     with pytest.raises(PipelineError, match="unknown model source scheme 'tochvision'; did you mean 'torchvision'"):
         load_model(spec(source="tochvision:resnet18"), host, tmp_path)
+
+
+def test_a_loader_that_returns_no_module_is_named(tmp_path: Path) -> None:
+    host = Host.with_plugins(_ToySources())
+    with pytest.raises(PipelineError, match=r"the 'odd' loader of plugin .* returned str, not an nn\.Module"):
+        load_model(spec(source="odd:x"), host, tmp_path)
+
+
+def test_a_weights_name_is_refused_where_only_torchvision_understands_it(host: Host, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=r"model\.weights: 'DEFAULT' is not a file path .* only torchvision: sources"):
+        load_model(spec(source="python:plugins_for_tests:tiny_net", weights="DEFAULT"), host, tmp_path)
 
 
 # --- whole pipelines through the CLI ----------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 import onnxruntime
 import pytest
 import torch
+import torch.fx
 import torchvision
 from torch import nn
 from torch.nn import functional as F
@@ -180,6 +181,15 @@ def test_bad_options_are_refused(options, message):
         TTA.Options(**options)
 
 
+def test_wrapper_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="unknown flip 'diagonal'; known: horizontal, vertical"):
+        TestTimeAugmentation(nn.Identity(), flips=["diagonal"])
+    with pytest.raises(ValueError, match="unknown merge 'max'; known: mean, softmax"):
+        TestTimeAugmentation(nn.Identity(), merge="max")
+    with pytest.raises(ValueError, match="scales must be <= 1.0"):
+        TestTimeAugmentation(nn.Identity(), scales=[1.0, 1.5], same_shape=True)
+
+
 def test_wrapper_saves_and_reloads(tmp_path):
     wrapped = TestTimeAugmentation(toy_classifier(), scales=[1.0, 0.5], flips=["vertical"], merge="softmax")
     path = tmp_path / "tta.pt"
@@ -188,6 +198,17 @@ def test_wrapper_saves_and_reloads(tmp_path):
     assert type(reloaded) is TestTimeAugmentation and reloaded.branches == wrapped.branches
     with torch.inference_mode():
         torch.testing.assert_close(reloaded(images()), wrapped(images()), **EXACT)
+
+
+def test_torch_export_captures_every_branch_and_symbolic_trace_is_refused():
+    wrapped, x = TestTimeAugmentation(toy_dense_net(), scales=[1.0, 0.75], flips=["horizontal"]), images()
+    program = torch.export.export(wrapped, (x,))
+    convolutions = [n for n in program.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    assert len(convolutions) == 2 * 4  # two layers, four branches
+    with torch.inference_mode():
+        torch.testing.assert_close(program.module()(x), wrapped(x), **CLOSE)
+    with pytest.raises(torch.fx.proxy.TraceError, match="use torch.export.export"):
+        torch.fx.symbolic_trace(wrapped)
 
 
 def _onnx_parity(wrapped: nn.Module, x: torch.Tensor, path, batch_sizes=(2,)) -> None:

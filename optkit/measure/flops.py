@@ -126,14 +126,14 @@ def _profile(model: nn.Module, inputs: torch.Tensor, probe: str) -> MacsProfile:
         if not has_rule(module, rules) and next(module.children(), None) is None:
             module.register_forward_hook(lambda m, args, out: ran.add(id(m)))
     with _mha_fastpath_disabled(), FlopCounterMode(display=False, depth=None) as counter:
-        _, _, thop_tree = profile(model, inputs=(inputs,), custom_ops=rules, verbose=False, ret_layer_info=True)
+        thop_total, _, thop_tree = profile(model, inputs=(inputs,), custom_ops=rules, verbose=False, ret_layer_info=True)
     # FlopCounterMode counts 2 FLOPs per multiply-accumulate; its modules are named
     # "<RootType>.<child>.<grandchild>" (torch.utils.module_tracker.ModuleTracker).
     aten = {name: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items()}
     combined = _Combiner(aten, ran, rules)
     root = type(model).__name__
     if has_rule(model, rules):
-        combined.add_thop("", model, int(thop_tree_total(thop_tree, model)))
+        combined.add_thop("", model, int(thop_total))  # a bare layer: thop's total is its own count
     else:
         combined.walk(model, "", root, thop_tree)
     return MacsProfile(
@@ -144,11 +144,6 @@ def _profile(model: nn.Module, inputs: torch.Tensor, probe: str) -> MacsProfile:
         uncounted=dict(sorted(combined.uncounted.items())),
         probe=probe,
     )
-
-
-def thop_tree_total(tree: dict[str, Any], model: nn.Module) -> float:
-    """thop's count for a root module that has a rule of its own (a bare layer)."""
-    return float(model.total_ops.item()) if hasattr(model, "total_ops") else sum(entry[0] for entry in tree.values())
 
 
 def _qualname(module: nn.Module) -> str:

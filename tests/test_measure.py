@@ -1,0 +1,118 @@
+"""Parameters, size, latency statistics and drift."""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from optkit.measure import compare_outputs, count_params, drift_exceeds, measure, state_dict_bytes, summarize_times, time_callable
+from optkit.pipeline import MeasureSpec
+
+
+def test_params_total_trainable_nonzero_and_shared():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2))
+    model[3].weight.requires_grad_(False)
+    with torch.no_grad():
+        shared.weight[:2] = 0
+    counts = count_params(model)
+    assert counts["params"] == 20 + 10  # the shared layer once
+    assert counts["trainable_params"] == 30 - 8
+    assert counts["nonzero_params"] == 30 - 8 - int((shared.bias == 0).sum()) - int((model[3].bias == 0).sum()) - int((model[3].weight == 0).sum())
+    assert counts["sparsity"] == pytest.approx(1 - counts["nonzero_params"] / 30)
+
+
+def test_params_on_meta_have_no_nonzero_count():
+    with torch.device("meta"):
+        model = nn.Linear(3, 2)
+    assert count_params(model) == {"params": 8, "trainable_params": 8, "nonzero_params": None, "sparsity": None}
+
+
+def test_size_is_the_saved_state_dict():
+    model = nn.Linear(256, 256)
+    raw = 4 * (256 * 256 + 256)
+    assert raw < state_dict_bytes(model) < raw + 4096
+
+
+def test_summarize_times_known_values():
+    stats = summarize_times([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert stats["p50"] == 3.0
+    assert stats["p90"] == pytest.approx(4.6)
+    assert stats["mean"] == 3.0
+    assert stats["std"] == pytest.approx(math.sqrt(2.5))
+    assert stats["n"] == 5
+    assert summarize_times([7.0]) == {"p50": 7.0, "p90": 7.0, "mean": 7.0, "std": 0.0, "n": 1}
+    with pytest.raises(ValueError):
+        summarize_times([])
+
+
+def test_time_callable_on_cpu_counts_calls_and_records_settings():
+    calls = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(torch.is_inference_mode_enabled())
+        time.sleep(0.002)
+        return x
+
+    stats = time_callable(fn, torch.zeros(3, 5), torch.device("cpu"), warmup=2, iters=4)
+    assert len(calls) == 6 and all(calls)
+    assert stats["n"] == 4 and stats["warmup"] == 2 and stats["batch"] == 3
+    assert stats["threads"] == torch.get_num_threads()
+    assert stats["device"] == "cpu" and stats["timer"] == "perf_counter"
+    assert 2.0 <= stats["p50"] <= stats["p90"] and stats["mean"] >= 2.0
+    with pytest.raises(ValueError, match="iters"):
+        time_callable(fn, torch.zeros(1), torch.device("cpu"), warmup=0, iters=0)
+
+
+@pytest.mark.cuda
+def test_cuda_latency_is_synchronized_and_peak_memory_recorded():
+    device = torch.device("cuda", 0)
+    model = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 2048)).to(device)
+    x = torch.randn(256, 2048, device=device)
+    result = measure(model, x, MeasureSpec(warmup=3, iters=10), device)
+    latency = result.metrics["latency_ms"]
+    assert latency["timer"] == "cuda_event" and latency["device"] == "cuda:0" and latency["n"] == 10
+    assert latency["p50"] > 0.0
+    assert "cudnn_benchmark" in latency
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert result.metrics["peak_memory_bytes"] >= weights
+    # a slow kernel is timed whole: 20 chained matmuls take ~20x one
+    one = time_callable(lambda t: t @ t, torch.randn(2048, 2048, device=device), device, 3, 10)["p50"]
+    many = time_callable(lambda t: [t @ t for _ in range(20)], torch.randn(2048, 2048, device=device), device, 3, 10)["p50"]
+    assert many > 10 * one
+
+
+Pair = collections.namedtuple("Pair", "logits features")
+
+
+def test_drift_of_nested_outputs():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    features = torch.ones(2, 4)
+    changed = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 2.0]])
+    for wrap in (lambda a, b: (a, b), lambda a, b: {"a_logits": a, "b_features": b}, lambda a, b: Pair(a, b)):
+        drift = compare_outputs(wrap(changed, features), wrap(logits, features))
+        assert drift["comparable"]
+        assert drift["max_abs"] == pytest.approx(1.0)
+        assert drift["top1_agreement"] == pytest.approx(0.5)
+        reference = torch.cat([logits.flatten(), features.flatten()]).double()
+        ours = torch.cat([changed.flatten(), features.flatten()]).double()
+        assert drift["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(ours, reference, dim=0)), abs=1e-12)
+
+
+def test_drift_tolerance_messages():
+    reference = torch.tensor([[10.0, -10.0]])
+    within = compare_outputs(reference + 1e-4, reference)
+    assert drift_exceeds(within, atol=1e-5, rtol=1e-4) is None  # allowed 1e-5 + 1e-4 * 10
+    beyond = compare_outputs(reference + 0.1, reference)
+    message = drift_exceeds(beyond, atol=1e-5, rtol=1e-4)
+    assert message is not None and "max |Δ| = 0.1" in message and "atol 1e-05" in message
+    nan = compare_outputs(torch.tensor([[float("nan"), 0.0]]), reference)
+    assert "not finite" in drift_exceeds(nan, atol=1.0, rtol=1.0)
+    reshaped = compare_outputs(torch.zeros(1, 3), reference)
+    assert not reshaped["comparable"]
+    assert "changed shape" in drift_exceeds(reshaped, atol=1.0, rtol=1.0)
