@@ -145,7 +145,8 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
         for si, stage in enumerate(stages):
             values = {p.model: p.speedup_vs_previous for p in chosen if p.stage == stage}
             xs = [mi + (si - (len(stages) - 1) / 2) * width for mi, model in enumerate(models) if model in values]
-            ax.bar(xs, [values[m] for m in models if m in values], width=width, label=stage, color=colors(si % 10))
+            heights = [values[m] - 1.0 for m in models if m in values]  # bars grow from 1×, down for slow-downs
+            ax.bar(xs, heights, bottom=1.0, width=width, label=stage, color=colors(si % 10))
         ax.set_yscale("log")  # speed-ups are ratios: 2× and 0.5× lie as far from 1
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)

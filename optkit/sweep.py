@@ -203,7 +203,7 @@ def _keys_along(data: Any, loc: tuple[Any, ...]) -> set[str]:
                 continue
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-    if isinstance(loc[-1:][0] if loc else None, str):
+    if loc and isinstance(loc[-1], str):
         keys.add(loc[-1])  # a missing or unknown key is named even though it is not in the file
     return keys
 

@@ -279,3 +279,23 @@ def test_pipeline_reports_channels_and_measured_reduction(write_pipeline, cli, t
     assert sparse["details"]["sparsity"] == pytest.approx(0.5, abs=1e-6)
     assert sparse["metrics"]["params"] == channels["metrics"]["params"]
     assert sparse["metrics"]["nonzero_params"] < 0.6 * channels["metrics"]["params"]
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if x.sum() > 0:  # control flow on values: torch.fx cannot trace this
+            x = -x
+        return self.fc(x.mean((2, 3)))
+
+
+def test_untraceable_model_is_refused_with_the_way_out(tmp_path):
+    with pytest.raises(StageError, match=r"mode: channels needs a model torch.fx can trace .*DataDependent.*mode: unstructured works"):
+        _prune(DataDependent(), _ctx(tmp_path), mode="channels", amount=0.5)
+    pruned = _prune(DataDependent(), _ctx(tmp_path), amount=0.5)
+    assert int((pruned.conv.weight == 0).sum()) == round(0.5 * pruned.conv.weight.numel())

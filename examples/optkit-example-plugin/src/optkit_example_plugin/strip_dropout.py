@@ -8,7 +8,6 @@ fails the stage otherwise).
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,8 +16,6 @@ from torch import nn
 from optkit import Pass, PassContext, hookimpl
 
 __all__ = ["StripDropout", "DROPOUT_TYPES"]
-
-log = logging.getLogger(__name__)
 
 #: The dropout modules of ``torch.nn``, by class name.
 DROPOUT_TYPES: dict[str, type[nn.Module]] = {

@@ -1,0 +1,144 @@
+"""fuse_bn against the unfused model and torch.fx's fuser, side by side (issue #5).
+
+For each model (``weights=None``: latency does not depend on the values) three variants run:
+the unfused eval model, the model after optkit's ``fuse_bn``, and the model after
+``torch.fx.experimental.optimization.fuse``. They are timed round-robin, one call each per round
+with the order rotating every round, so that noise on a shared machine hits all three alike;
+each call is timed by optkit's own timer (``optkit.measure.latency.time_callable``: CUDA events
+on a GPU). Medians and speedups (unfused median / fused median) are reported, with the outputs
+of both fused variants checked against the unfused one.
+
+Writes ``fuse_bn_latency.md`` and ``.json`` to ``--output`` (default benchmarks/results).
+
+    .venv/bin/python benchmarks/fuse_bn_latency.py                      # CPU, batch 1, 224x224, 1 thread
+    .venv/bin/python benchmarks/fuse_bn_latency.py --device cuda --rounds 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torch.fx.experimental.optimization import fuse as fx_fuse
+
+from optkit.atomic import atomic_write_text
+from optkit.device import select_device
+from optkit.environment import environment
+from optkit.measure.drift import compare_outputs
+from optkit.measure.latency import summarize_times, time_callable
+from optkit_plugins.fuse_bn import fuse_batchnorm
+
+log = logging.getLogger("fuse_bn_latency")
+
+MODELS = ["resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0"]
+VARIANTS = ["unfused", "optkit", "fx"]
+
+
+def build_variants(name: str, x: torch.Tensor, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """The three variants of ``name`` on ``device``, and what fusing them did."""
+    model = torchvision.models.get_model(name, weights=None).eval().to(device)
+    result = fuse_batchnorm(model, x)
+    variants = {"unfused": model, "optkit": result.model}
+    info: dict[str, Any] = {"optkit_pairs": len(result.fused), "optkit_method": result.method}
+    try:
+        variants["fx"] = fx_fuse(model, inplace=False)
+        info["fx_pairs"] = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) - sum(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in variants["fx"].modules()
+        )
+    # fx's fuser traces the whole model; a model it cannot trace is reported, not fatal.
+    except Exception as exc:  # noqa: BLE001
+        info["fx_error"] = f"{type(exc).__name__}: {exc}"
+    with torch.inference_mode():
+        reference = model(x)
+        for variant in ("optkit", "fx"):
+            if variant in variants:
+                info[f"{variant}_max_abs_diff"] = compare_outputs(variants[variant](x), reference)["max_abs"]
+    return variants, info
+
+
+def time_round_robin(variants: dict[str, nn.Module], x: torch.Tensor, device: torch.device, warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each variant: one call each per round, the order rotating."""
+    names = list(variants)
+    for name in names:
+        time_callable(variants[name], x, device, warmup=warmup, iters=1)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            times[name].append(time_callable(variants[name], x, device, warmup=0, iters=1)["p50"])
+    return times
+
+
+def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    variants, info = build_variants(name, x, device)
+    times = time_round_robin(variants, x, device, args.warmup, args.rounds)
+    latency = {variant: summarize_times(t) for variant, t in times.items()}
+    unfused = latency["unfused"]["p50"]
+    speedup = {variant: unfused / latency[variant]["p50"] for variant in latency if variant != "unfused"}
+    # Per-round ratios: each pair of calls shares that round's noise.
+    paired = {v: statistics.median(u / f for u, f in zip(times["unfused"], times[v])) for v in speedup}
+    row = {"model": name, **info, "latency_ms": latency, "speedup": speedup, "paired_speedup": paired}
+    if "fx" in speedup:
+        row["optkit_vs_fx"] = latency["fx"]["p50"] / latency["optkit"]["p50"]
+    log.info("%s: %s", name, {k: round(v, 3) for k, v in speedup.items()})
+    return row
+
+
+def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "# fuse_bn latency: unfused vs optkit fuse_bn vs torch.fx fuse",
+        "",
+        f"Batch {args.batch}, {args.size}x{args.size}, {env.get('device')}, {args.threads} torch thread(s), "
+        f"{args.rounds} round-robin rounds after {args.warmup} warm-up calls; torch {env.get('torch')}.",
+        "Speedup = unfused median / fused median; `optkit/fx` = fx median / optkit median (>= 1: optkit at least as fast).",
+        "",
+        "| model | pairs (optkit / fx) | unfused p50 ms | optkit p50 ms | fx p50 ms | optkit speedup | fx speedup | optkit/fx | max abs diff (optkit / fx) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lat = row["latency_ms"]
+        fx_p50 = f"{lat['fx']['p50']:.2f}" if "fx" in lat else "n/a"
+        lines.append(
+            f"| {row['model']} | {row['optkit_pairs']} / {row.get('fx_pairs', 'n/a')} | {lat['unfused']['p50']:.2f} | "
+            f"{lat['optkit']['p50']:.2f} | {fx_p50} | {row['speedup']['optkit']:.3f}x | "
+            f"{row['speedup'].get('fx', float('nan')):.3f}x | {row.get('optkit_vs_fx', float('nan')):.3f} | "
+            f"{row['optkit_max_abs_diff']:.2g} / {row.get('fx_max_abs_diff', float('nan')):.2g} |"
+        )
+    lines += ["", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for the run)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    env = environment(device)
+    rows = [benchmark_model(name, args, device) for name in args.models]
+    stem = "fuse_bn_latency" if device.type == "cpu" else f"fuse_bn_latency_{device.type}"
+    payload = {"environment": env, "settings": {k: str(v) for k, v in vars(args).items()}, "results": rows}
+    atomic_write_text(args.output / f"{stem}.json", json.dumps(payload, indent=2))
+    atomic_write_text(args.output / f"{stem}.md", render_markdown(rows, env, args))
+    print(render_markdown(rows, env, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
