@@ -116,3 +116,23 @@ def test_drift_tolerance_messages():
     reshaped = compare_outputs(torch.zeros(1, 3), reference)
     assert not reshaped["comparable"]
     assert "changed shape" in drift_exceeds(reshaped, atol=1.0, rtol=1.0)
+
+
+def test_onnx_size_includes_external_data(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from optkit.measure import file_bytes
+
+    weight = numpy_helper.from_array(np.ones((64, 64), dtype=np.float32), name="w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [weight],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save_model(helper.make_model(graph), str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    data = tmp_path / "model.onnx.data"
+    assert data.stat().st_size >= 64 * 64 * 4
+    assert file_bytes(path) == path.stat().st_size + data.stat().st_size
