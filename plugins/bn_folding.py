@@ -55,9 +55,9 @@ def _overridden_method(module: nn.Module) -> str | None:
         if methods is not None:
             for method in methods:
                 if getattr(type(module), method) is not getattr(base, method):
-                    return method
+                    return f"{method}()"
             return None
-    return "forward"  # not a class this module knows
+    return "forward() of a class this fold does not know"
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -86,7 +86,7 @@ def fold_problem(layer: nn.Module, bn: nn.Module) -> str | None:
             return f"{type(module).__name__} is lazy and not yet initialized"
         method = _overridden_method(module)
         if method is not None:
-            return f"{type(module).__name__} overrides {method}(), so its arithmetic is unknown"
+            return f"{type(module).__name__} overrides {method}, so its arithmetic is unknown"
         if module._forward_hooks or module._forward_pre_hooks:
             return f"{type(module).__name__} has forward hooks, which would observe the change"
         if parametrize.is_parametrized(module):

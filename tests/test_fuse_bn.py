@@ -304,3 +304,17 @@ def test_unknown_option_is_a_pipeline_error(write_pipeline, host):
     )
     with pytest.raises(PipelineError, match="fuse_relu"):
         load_pipeline(path, host)
+
+
+class StandardizedConv(nn.Conv2d):
+    """Weight standardization: scaling the weight is undone each forward, so a fold would be lost."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_layer_subclass_with_its_own_forward_is_not_fused():
+    details = check_fused(nn.Sequential(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4)), torch.randn(1, 3, 8, 8), pairs=0)
+    assert details["skipped"][0]["reason"] == "StandardizedConv overrides forward(), so its arithmetic is unknown"
