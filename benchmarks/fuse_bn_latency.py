@@ -1,9 +1,10 @@
 """fuse_bn against the unfused model and torch.fx's fuser, side by side (issue #5).
 
-For each model (``weights=None``: latency does not depend on the values) three variants run:
-the unfused eval model, the model after optkit's ``fuse_bn``, and the model after
-``torch.fx.experimental.optimization.fuse``. They are timed round-robin, one call each per round
-with the order rotating every round, so that noise on a shared machine hits all three alike;
+For each model (``weights=None``: latency does not depend on the values) four variants run:
+the unfused eval model, the model after optkit's ``fuse_bn`` (its own classes kept, each
+BatchNorm an ``nn.Identity``), the same with ``graph_module: true`` (one flat fx GraphModule, the
+form torch.fx's fuser returns), and the model after ``torch.fx.experimental.optimization.fuse``.
+They are timed round-robin, one call each per round with the order rotating every round, so that noise on a shared machine hits all three alike;
 each call is timed by optkit's own timer (``optkit.measure.latency.time_callable``: CUDA events
 on a GPU). Medians and speedups (unfused median / fused median) are reported, with the outputs
 of both fused variants checked against the unfused one.
@@ -39,14 +40,13 @@ from optkit_plugins.fuse_bn import fuse_batchnorm
 log = logging.getLogger("fuse_bn_latency")
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0"]
-VARIANTS = ["unfused", "optkit", "fx"]
 
 
 def build_variants(name: str, x: torch.Tensor, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """The three variants of ``name`` on ``device``, and what fusing them did."""
+    """The variants of ``name`` on ``device``, and what fusing them did."""
     model = torchvision.models.get_model(name, weights=None).eval().to(device)
     result = fuse_batchnorm(model, x)
-    variants = {"unfused": model, "optkit": result.model}
+    variants = {"unfused": model, "optkit": result.model, "optkit_graph": fuse_batchnorm(model, x, graph_module=True).model}
     info: dict[str, Any] = {"optkit_pairs": len(result.fused), "optkit_method": result.method}
     try:
         variants["fx"] = fx_fuse(model, inplace=False)
@@ -58,7 +58,7 @@ def build_variants(name: str, x: torch.Tensor, device: torch.device) -> tuple[di
         info["fx_error"] = f"{type(exc).__name__}: {exc}"
     with torch.inference_mode():
         reference = model(x)
-        for variant in ("optkit", "fx"):
+        for variant in ("optkit", "optkit_graph", "fx"):
             if variant in variants:
                 info[f"{variant}_max_abs_diff"] = compare_outputs(variants[variant](x), reference)["max_abs"]
     return variants, info
@@ -88,29 +88,33 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
     row = {"model": name, **info, "latency_ms": latency, "speedup": speedup, "paired_speedup": paired}
     if "fx" in speedup:
         row["optkit_vs_fx"] = latency["fx"]["p50"] / latency["optkit"]["p50"]
+        row["optkit_graph_vs_fx"] = latency["fx"]["p50"] / latency["optkit_graph"]["p50"]
     log.info("%s: %s", name, {k: round(v, 3) for k, v in speedup.items()})
     return row
 
 
 def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
-        "# fuse_bn latency: unfused vs optkit fuse_bn vs torch.fx fuse",
+        "# fuse_bn latency: unfused vs optkit fuse_bn vs torch.fx fuse, side by side",
         "",
         f"Batch {args.batch}, {args.size}x{args.size}, {env.get('device')}, {args.threads} torch thread(s), "
         f"{args.rounds} round-robin rounds after {args.warmup} warm-up calls; torch {env.get('torch')}.",
-        "Speedup = unfused median / fused median; `optkit/fx` = fx median / optkit median (>= 1: optkit at least as fast).",
+        "Speedup = unfused median / fused median; `vs fx` = fx median / optkit median (>= 1: optkit at least as fast). "
+        "`optkit` keeps the model's classes; `graph` is `fuse_bn` with `graph_module: true`.",
         "",
-        "| model | pairs (optkit / fx) | unfused p50 ms | optkit p50 ms | fx p50 ms | optkit speedup | fx speedup | optkit/fx | max abs diff (optkit / fx) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | pairs (optkit / fx) | unfused p50 ms | optkit p50 ms | graph p50 ms | fx p50 ms | optkit speedup | graph speedup | fx speedup | optkit vs fx | graph vs fx | max abs diff (optkit / graph / fx) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lat = row["latency_ms"]
+        nan = float("nan")
         fx_p50 = f"{lat['fx']['p50']:.2f}" if "fx" in lat else "n/a"
         lines.append(
             f"| {row['model']} | {row['optkit_pairs']} / {row.get('fx_pairs', 'n/a')} | {lat['unfused']['p50']:.2f} | "
-            f"{lat['optkit']['p50']:.2f} | {fx_p50} | {row['speedup']['optkit']:.3f}x | "
-            f"{row['speedup'].get('fx', float('nan')):.3f}x | {row.get('optkit_vs_fx', float('nan')):.3f} | "
-            f"{row['optkit_max_abs_diff']:.2g} / {row.get('fx_max_abs_diff', float('nan')):.2g} |"
+            f"{lat['optkit']['p50']:.2f} | {lat['optkit_graph']['p50']:.2f} | {fx_p50} | {row['speedup']['optkit']:.3f}x | "
+            f"{row['speedup']['optkit_graph']:.3f}x | {row['speedup'].get('fx', nan):.3f}x | "
+            f"{row.get('optkit_vs_fx', nan):.3f} | {row.get('optkit_graph_vs_fx', nan):.3f} | "
+            f"{row['optkit_max_abs_diff']:.2g} / {row['optkit_graph_max_abs_diff']:.2g} / {row.get('fx_max_abs_diff', nan):.2g} |"
         )
     lines += ["", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`", ""]
     return "\n".join(lines)

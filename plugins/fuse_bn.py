@@ -22,7 +22,7 @@ from torch import nn
 from optkit import Pass, PassContext, hookimpl
 from optkit_plugins.bn_dataflow import DataflowRecord, probe_dataflow
 from optkit_plugins.bn_folding import NORM_LAYERS, fold_bn_into_layer, fold_problem
-from optkit_plugins.bn_graph import GraphEvidence, find_graph_pairs
+from optkit_plugins.bn_graph import GraphEvidence, find_graph_pairs, to_graph_module
 
 __all__ = ["FuseBatchNorm", "FusionResult", "fuse_batchnorm", "optkit_register_passes"]
 
@@ -40,6 +40,7 @@ class FusionResult:
         skipped: one entry per pair found but not fused, with its reason.
         unpaired: BatchNorms no layer feeds directly, with what feeds them.
         untraceable: modules that did not trace, with the error.
+        notes: anything else a reader of the report should know.
     """
 
     model: nn.Module
@@ -48,6 +49,7 @@ class FusionResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     unpaired: dict[str, str] = field(default_factory=dict)
     untraceable: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
         """A JSON-serializable summary for the run report."""
@@ -59,6 +61,7 @@ class FusionResult:
             "skipped": self.skipped,
             "unpaired_bn": self.unpaired,
             "untraceable": self.untraceable,
+            "notes": self.notes,
         }
 
 
@@ -87,7 +90,7 @@ def _pair_problem(
     modules: dict[str, nn.Module],
     registered: Counter[int],
     graphs: GraphEvidence,
-    probe: DataflowRecord | None,
+    record: DataflowRecord,
     from_graph: bool,
 ) -> str | None:
     layer, bn = modules[layer_name], modules[bn_name]
@@ -99,22 +102,20 @@ def _pair_problem(
             return f"{name} is registered under {registered[id(module)]} names (a module used twice)"
         if graphs.calls[name] > 1:
             return f"{name} is called {graphs.calls[name]} times in the traced graph"
-    if probe is None:
-        return _shape_problem(layer, bn, None)
     for name in (layer_name, bn_name):
-        if probe.calls[name] > 1:
-            return f"{name} was called {probe.calls[name]} times on the example input"
-    if from_graph and probe.calls[layer_name] != probe.calls[bn_name]:
+        if record.calls[name] > 1:
+            return f"{name} was called {record.calls[name]} times on the example input"
+    if from_graph and record.calls[layer_name] != record.calls[bn_name]:
         return f"{layer_name} and {bn_name} were not called together on the example input (a call outside the traced graph)"
-    if probe.calls[bn_name] and probe.bn_source.get(bn_name) != layer_name:
+    if record.calls[bn_name] and record.bn_source.get(bn_name) != layer_name:
         return f"on the example input {bn_name}'s input was not {layer_name}'s output"
-    if probe.foreign_uses.get(layer_name):
-        uses = ", ".join(sorted(set(probe.foreign_uses[layer_name])))
+    if record.foreign_uses.get(layer_name):
+        uses = ", ".join(sorted(set(record.foreign_uses[layer_name])))
         return f"{layer_name}'s output is also read by {uses} on the example input"
-    readers = [b for b, source in probe.bn_source.items() if source == layer_name]
+    readers = [b for b, source in record.bn_source.items() if source == layer_name]
     if len(readers) > 1:
         return f"{layer_name}'s output feeds several BatchNorms: {', '.join(sorted(readers))}"
-    return _shape_problem(layer, bn, probe.output_dims.get(layer_name))
+    return _shape_problem(layer, bn, record.output_dims.get(layer_name))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -122,7 +123,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), attr, module)
 
 
-def fuse_batchnorm(model: nn.Module, example_input: Any, *, inplace: bool = False, probe: bool = True) -> FusionResult:
+def fuse_batchnorm(
+    model: nn.Module, example_input: Any, *, inplace: bool = False, probe: bool = True, graph_module: bool = False
+) -> FusionResult:
     """Fold every BatchNorm that provably normalizes a Conv/ConvTranspose/Linear output into it.
 
     Args:
@@ -134,6 +137,9 @@ def fuse_batchnorm(model: nn.Module, example_input: Any, *, inplace: bool = Fals
         probe: also fuse pairs inside code that does not trace, when the probe shows the
             BatchNorm reads exactly the layer's output and nothing else does; with ``False``
             only pairs a traced graph proves are fused (the probe still checks them).
+        graph_module: return one flat ``torch.fx.GraphModule`` (as torch.fx's fuser does) when
+            the whole model traces: no Python call per container, but the model's own classes
+            are gone. Otherwise the model keeps its classes and each BatchNorm becomes ``nn.Identity``.
 
     Returns:
         A :class:`FusionResult`; ``result.model`` is the fused model, in eval mode.
@@ -181,6 +187,11 @@ def fuse_batchnorm(model: nn.Module, example_input: Any, *, inplace: bool = Fals
     for name, module in modules.items():
         if isinstance(module, NORM_LAYERS) and name not in seen:
             result.unpaired[name] = "no traced graph reaches it and it did not run on the example input"
+    if graph_module:
+        if graphs.whole_model_traced:
+            result.model = to_graph_module(model)
+        else:
+            result.notes.append("graph_module: the model does not trace as a whole, so it keeps its modules")
     log.info("fuse_bn (%s): %d pairs fused, %d skipped", result.method, len(result.fused), len(result.skipped))
     return result
 
@@ -202,10 +213,17 @@ class FuseBatchNorm(Pass):
             description="Also fuse pairs inside modules that do not trace, when a dataflow probe on the "
             "example input shows the BatchNorm reads exactly the layer's output and nothing else does.",
         )
+        graph_module: bool = Field(
+            False,
+            description="Return one flat torch.fx GraphModule when the model traces (as torch.fx's fuser does): "
+            "no Python call per container module, but the model's own classes are gone.",
+        )
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         """Fuse ``model`` in place (a training-mode model is copied) and report the pairs in ``ctx.details``."""
-        result = fuse_batchnorm(model, ctx.example_input, inplace=True, probe=self.options.probe)
+        result = fuse_batchnorm(
+            model, ctx.example_input, inplace=True, probe=self.options.probe, graph_module=self.options.graph_module
+        )
         ctx.details.update(result.details())
         for entry in result.skipped:
             ctx.logger.info("skipped %s -> %s: %s", entry["layer"], entry["bn"], entry["reason"])

@@ -318,3 +318,20 @@ class StandardizedConv(nn.Conv2d):
 def test_layer_subclass_with_its_own_forward_is_not_fused():
     details = check_fused(nn.Sequential(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4)), torch.randn(1, 3, 8, 8), pairs=0)
     assert details["skipped"][0]["reason"] == "StandardizedConv overrides forward(), so its arithmetic is unknown"
+
+
+def test_graph_module_output_is_flat_and_exact():
+    import torchvision
+    from torch import fx
+
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    details = check_fused(model, torch.randn(1, 3, 64, 64), pairs=34, graph_module=True)
+    assert details["notes"] == []
+    flat = fuse_batchnorm(model.eval(), torch.randn(1, 3, 64, 64), graph_module=True).model
+    assert isinstance(flat, fx.GraphModule)
+    assert not any(n.op == "call_module" and isinstance(flat.get_submodule(n.target), nn.Identity) for n in flat.graph.nodes)
+
+
+def test_graph_module_needs_a_traceable_model():
+    details = check_fused(DataDependent(), torch.randn(1, 3, 16, 16), pairs=3, graph_module=True)
+    assert details["notes"] == ["graph_module: the model does not trace as a whole, so it keeps its modules"]
