@@ -230,13 +230,10 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 def info(model: str, input_shape: str, weights: str | None, device: str, warmup: int, iters: int, no_latency: bool,
          threads: int | None, cudnn_benchmark: bool, trust_checkpoint: bool, verbose: bool, as_json: bool) -> None:
     """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency."""
-    import torch
-
     from optkit.measure.info import inspect_model, parse_input_shape, render_info
+    from optkit.measure.latency import configure_timing
 
-    if threads:
-        torch.set_num_threads(threads)
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+    configure_timing(threads, cudnn_benchmark)
     result = inspect_model(
         model, parse_input_shape(input_shape), weights=weights, device=device, warmup=warmup, iters=iters,
         latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint,

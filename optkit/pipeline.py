@@ -121,6 +121,7 @@ class MeasureSpec(_Strict):
     flops: bool = Field(True, description="Count MACs with thop.")
     cudnn_benchmark: bool = False
     threads: PositiveInt | None = Field(None, description="torch/onnxruntime intra-op threads; default: torch's.")
+    flush_denormal: bool = Field(True, description="Treat denormal floats as zero on the CPU (random-init models are otherwise timed on denormal arithmetic).")
     drift_tolerance: DriftTolerance = Field(default_factory=DriftTolerance)
 
 

@@ -23,6 +23,7 @@ from optkit.device import select_device
 from optkit.environment import environment, optkit_version
 from optkit.errors import OptkitError, PipelineError, StageError
 from optkit.measure import Measurement, compare_outputs, drift_exceeds, measure
+from optkit.measure.latency import configure_timing
 from optkit.passes import PassContext
 from optkit.results import RunInfo, RunReport, StageResult
 from optkit.sources import load_model
@@ -80,9 +81,7 @@ def run_pipeline(
     """
     settings = pipeline.measure
     torch_device = select_device(device if device is not None else pipeline.spec.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+    configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal)
     model, load_details = load_model(pipeline.model, host, pipeline.base_dir)
     model = model.to(torch_device)
     inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)
