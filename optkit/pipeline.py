@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -17,12 +14,11 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     Tag,
-    ValidationError,
     field_validator,
 )
 
+from optkit.config_files import ConfigDocument, parse_config, read_config
 from optkit.errors import PipelineError, PluginError
-from optkit.yaml_lines import line_of, load_yaml_with_lines
 
 if TYPE_CHECKING:
     from optkit.host import Host
@@ -202,48 +198,23 @@ def load_pipeline(path: str | Path, host: Host) -> Pipeline:
         PipelineError: unreadable file, bad YAML, unknown keys or passes, bad options; each with
             ``file:line`` where YAML gives one.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PipelineError("no such pipeline file", str(path)) from None
-    except IsADirectoryError:
-        raise PipelineError("is a folder, not a pipeline file", str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read pipeline file: {exc}", str(path)) from exc
-    return parse_pipeline(text, host, path=path)
+    return _build(read_config(path, "pipeline file"), host, Path(path))
 
 
 def parse_pipeline(text: str, host: Host, path: Path | None = None) -> Pipeline:
     """Validate pipeline YAML ``text`` (see :func:`load_pipeline`)."""
-    filename = str(path) if path is not None else "<pipeline>"
-    data, lines = load_yaml_with_lines(text, filename)
-    source = _Source(filename, lines, data)
-    if not isinstance(data, dict):
-        raise source.error("a pipeline file is a mapping with at least 'model:' and 'passes:'", ())
-    try:
-        spec = PipelineFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        ypath = _data_path(data, err["loc"])
-        raise source.error(_describe(err, PipelineFile, ypath, what="key"), ypath) from None
-    stages = tuple(_parse_stage(i, item, host, source) for i, item in enumerate(spec.passes))
+    return _build(parse_config(text, str(path) if path is not None else "<pipeline>"), host, path)
+
+
+def _build(doc: ConfigDocument, host: Host, path: Path | None) -> Pipeline:
+    if not isinstance(doc.data, dict):
+        raise doc.error("a pipeline file is a mapping with at least 'model:' and 'passes:'")
+    spec = doc.validate(PipelineFile, doc.data)
+    stages = tuple(_parse_stage(i, item, host, doc) for i, item in enumerate(spec.passes))
     return Pipeline(spec=spec, stages=stages, path=path)
 
 
-@dataclass(frozen=True)
-class _Source:
-    """A parsed file with its line map, for errors that point at the right line."""
-
-    filename: str
-    lines: dict[tuple[Any, ...], int]
-    data: Any
-
-    def error(self, message: str, ypath: tuple[Any, ...]) -> PipelineError:
-        return PipelineError(message, self.filename, line_of(self.lines, ypath))
-
-
-def _parse_stage(i: int, item: Any, host: Host, source: _Source) -> Stage:
+def _parse_stage(i: int, item: Any, host: Host, doc: ConfigDocument) -> Stage:
     number = i + 1
     if isinstance(item, str):
         name, options, base = item, {}, ("passes", i)
@@ -252,83 +223,17 @@ def _parse_stage(i: int, item: Any, host: Host, source: _Source) -> Stage:
         options = {} if options is None else options
         base = ("passes", i, name)
         if not isinstance(options, dict):
-            raise source.error(f"stage {number} ({name}): options must be a mapping, got {options!r}", base)
+            raise doc.error(f"stage {number} ({name}): options must be a mapping, got {options!r}", base)
     else:
-        raise source.error(f"stage {number}: expected a pass name or 'name: {{options}}', got {item!r}", ("passes", i))
+        raise doc.error(f"stage {number}: expected a pass name or 'name: {{options}}', got {item!r}", ("passes", i))
     try:
         pass_cls = host.get_pass(name)
     except PipelineError as exc:
-        raise source.error(f"stage {number}: {exc.message}", base) from None
+        raise doc.error(f"stage {number}: {exc.message}", base) from None
     except PluginError as exc:  # two plugins claim the name
-        raise source.error(f"stage {number}: {exc}", base) from None
-    try:
-        parsed = pass_cls.Options.model_validate(options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        opath = _data_path(options, err["loc"])
-        what = _describe(err, pass_cls.Options, opath, what="option")
-        raise source.error(f"stage {number} ({name}): {what}", base + opath) from None
-    return Stage(number, name, pass_cls, parsed, line_of(source.lines, base))
-
-
-def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The part of a pydantic ``loc`` that exists in ``data`` (drops union tags and the like)."""
-    path: list[Any] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and part not in node and part == loc[-1]:
-            pass  # a missing key: keep it for the message, the line comes from its parent
-        else:
-            continue
-        path.append(part)
-    return tuple(path)
-
-
-def _describe(err: dict[str, Any], model: type[BaseModel], ypath: tuple[Any, ...], what: str) -> str:
-    dotted = ".".join(str(p) for p in ypath) or "(top level)"
-    kind = err["type"]
-    if kind == "missing":
-        return f"missing required {what} {dotted!r}"
-    if kind == "extra_forbidden":
-        known = _known_keys(model, ypath[:-1])
-        message = f"unknown {what} {dotted!r}"
-        close = difflib.get_close_matches(str(ypath[-1]), known, n=1, cutoff=0.6)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
-        if known:
-            message += f" (known: {', '.join(known)})"
-        return message
-    return f"{what} {dotted!r}: {err['msg']}, got {err.get('input')!r}"
-
-
-def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
-    """Field names of the nested model at ``path`` under ``model`` (best effort, for messages)."""
-    current: Any = model
-    for part in path:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
-            return []
-        current = _model_in(current.model_fields[part].annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType, Annotated, list):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+        raise doc.error(f"stage {number}: {exc}", base) from None
+    parsed = doc.validate(pass_cls.Options, options, base, what="option", prefix=f"stage {number} ({name}): ")
+    return Stage(number, name, pass_cls, parsed, doc.line(base))
 
 
 def pipeline_json_schema(host: Host) -> dict[str, Any]:

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
+from optkit.config_files import ConfigDocument, parse_config, read_config
 from optkit.errors import PipelineError
 from optkit.pipeline import MeasureSpec
-from optkit.yaml_lines import line_of, load_yaml_with_lines
 
 if TYPE_CHECKING:
     from optkit.executors import Executor
@@ -167,45 +167,18 @@ def load_sweep(path: str | Path) -> SweepFile:
     Raises:
         PipelineError: unreadable file, bad YAML or a wrong key, with ``file:line``.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PipelineError("no such sweep file", str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read sweep file: {exc}", str(path)) from exc
-    return parse_sweep(text, str(path))
+    return _validate(read_config(path, "sweep file"))
 
 
 def parse_sweep(text: str, filename: str = "<sweep>") -> SweepFile:
     """Validate sweep YAML ``text`` (see :func:`load_sweep`)."""
-    data, lines = load_yaml_with_lines(text, filename)
-    if not isinstance(data, dict):
-        raise PipelineError("a sweep file is a mapping with at least 'models:' and 'pipelines:'", filename, 1)
-    try:
-        return SweepFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if isinstance(p, int) or p in _keys_along(data, err["loc"]))
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        raise PipelineError(f"{where}: {err['msg']}", filename, line_of(lines, loc)) from None
+    return _validate(parse_config(text, filename))
 
 
-def _keys_along(data: Any, loc: tuple[Any, ...]) -> set[str]:
-    """Keys present in ``data`` along ``loc`` (pydantic adds union tags that are not in the file)."""
-    keys: set[str] = set()
-    node = data
-    for part in loc:
-        if isinstance(node, dict):
-            keys.update(k for k in node if isinstance(k, str))
-            if part in node:
-                node = node[part]
-                continue
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-    if loc and isinstance(loc[-1], str):
-        keys.add(loc[-1])  # a missing or unknown key is named even though it is not in the file
-    return keys
+def _validate(doc: ConfigDocument) -> SweepFile:
+    if not isinstance(doc.data, dict):
+        raise doc.error("a sweep file is a mapping with at least 'models:' and 'pipelines:'")
+    return doc.validate(SweepFile, doc.data)
 
 
 def _safe_name(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import matplotlib.image as matplotlib_image
 import pytest
 import torch
 
@@ -11,7 +12,6 @@ from optkit.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
 from optkit.report import ComparedRun
 from optkit.results import RunReport, StageResult
 
-matplotlib_image = pytest.importorskip("matplotlib.image")
 
 
 def _stage(name: str, index: int, p50: float | None, gmacs: float | None = 1.0, status: str = "ok") -> StageResult:

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib.image as matplotlib_image
 import pytest
 import torch
 from torch import nn
@@ -19,7 +20,6 @@ from optkit.report import ComparedRun, final_speedup, speedup_table
 from optkit.results import RunReport, StageResult
 from optkit.runner import run_pipeline
 
-matplotlib_image = pytest.importorskip("matplotlib.image")
 
 
 class Halve(Pass):
