@@ -89,10 +89,8 @@ def render_markdown(report: RunReport) -> str:
         "MACs are multiply-accumulates (thop's unit); GFLOPs = 2 × GMACs. Latency is the median "
         "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        *_markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in stage_rows(report)]),
     ]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in stage_rows(report)]
     if report.error:
         lines += ["", f"**Error:** {report.error}"]
     for stage in report.stages:

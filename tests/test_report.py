@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -79,7 +80,7 @@ def test_markdown_report_has_the_table_the_error_and_the_details(finished_run):
 
     assert text.startswith("# optkit report: python:plugins_for_tests:tiny_net\n")
     assert "Status: **failed** · input [2, 3, 64, 64]" in text
-    assert "| " + " | ".join(COLUMNS) + " |" in text
+    assert "| " + " | ".join(c.replace("|", "\\|") for c in COLUMNS) + " |" in text  # max|Δ| escaped
     assert "**Error:** stage 2 (raises) failed: RuntimeError: boom from the raises pass" in text
     assert "## 1. scale\n\n- factor: 2.0" in text
     assert "- artifact: `stages/02-raises/traceback.txt`" in text
@@ -149,3 +150,11 @@ def test_console_table_is_whole_in_a_pipe_and_trimmed_in_a_narrow_terminal():
     assert max(len(line) for line in lines) <= 80
     assert "| prune_l1 |" not in lines and any("prune_l1" in line and "2.00×" in line for line in lines)
     assert "(terminal too narrow: " in terminal.getvalue() and "report.md has every column)" in " ".join(lines)
+
+
+def test_markdown_table_rows_have_as_many_cells_as_columns():
+    """Column titles such as ``max|Δ|`` must not split cells: every row has len(COLUMNS) cells."""
+    table = [line for line in render_markdown(synthetic_report()).splitlines() if line.startswith("|")]
+    cells = [re.split(r"(?<!\\)\|", line.strip())[1:-1] for line in table]
+    assert len(table) == 2 + len(synthetic_report().stages)
+    assert {len(row) for row in cells} == {len(COLUMNS)}
