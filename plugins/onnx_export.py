@@ -154,6 +154,11 @@ def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
 def _export_dynamo(
     model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, output_names: list[str]
 ) -> onnx.ModelProto:
+    if dynamic_batch and example.shape[0] == 1:
+        # torch.export specializes dimensions of size 0 and 1: traced at batch 1, the graph input is
+        # symbolic but inner reshapes (nn.MultiheadAttention's, for one) keep batch 1 and fail on any
+        # other batch. Traced at batch 2, the batch stays symbolic all through.
+        example = example.repeat(2, *([1] * (example.dim() - 1)))
     # torch.export prints progress to stdout, which a pipeline run keeps for the CLI; a failed
     # opset conversion is logged with a traceback by onnxscript, and is reported by the caller
     # as the reason for the fallback instead.

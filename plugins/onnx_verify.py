@@ -71,11 +71,18 @@ def measure_parity(model: nn.Module, run: Callable[[torch.Tensor], Any], inputs:
         ``reference_max_abs``, ``comparable``; and ``shapes``/``reference_shapes`` when the
         outputs differ in shape.
     """
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFailure
+
     figures: dict[str, dict[str, Any]] = {}
     for label, x in inputs.items():
         with torch.inference_mode():
             reference = model(x)
-        drift = compare_outputs(run(x), reference)
+        try:
+            outputs = run(x)
+        except OrtFailure as error:
+            message = str(error).splitlines()[0][:400]
+            raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {int(x.shape[0])}): {message}") from error
+        drift = compare_outputs(outputs, reference)
         drift.pop("top1_agreement", None)
         drift["batch"] = int(x.shape[0])
         if drift["comparable"]:

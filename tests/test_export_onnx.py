@@ -127,6 +127,22 @@ def test_dynamo_export_is_valid_symbolic_in_batch_and_matches_torch(tmp_path):
         torch.testing.assert_close(run(x), model.eval()(x), **CLOSE)
 
 
+def test_attention_model_keeps_a_symbolic_batch_all_through(tmp_path):
+    """torch.export specializes a size-1 dimension: traced at batch 1, nn.MultiheadAttention's
+    reshapes kept batch 1 while the graph input said 'batch', and batch 2 failed in onnxruntime."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5).eval()
+    artifact, ctx = export(model, tmp_path)
+
+    assert ctx.details["exporter"] == "dynamo" and ctx.details["batch_dim"] == "batch"
+    assert {k: v["batch"] for k, v in ctx.details["parity"]["inputs"].items()} == {"example": 1, "batch_1": 1, "batch_2": 2, "batch_8": 8}
+    run, x = artifact.load(torch.device("cpu")), torch.randn(3, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(run(x), model(x), **CLOSE)
+
+
 def test_tuple_outputs_get_names_and_come_back_as_a_tuple(tmp_path):
     model = make_model(two_heads=True)
     artifact, ctx = export(model, tmp_path)
