@@ -122,6 +122,11 @@ def latency_vs_gmacs_png(points: list[StagePoint]) -> bytes | None:
     return _png(fig)
 
 
+def _times(value: float, _position: int) -> str:
+    """Tick labels of a ratio axis: ``0.5×``, ``2×`` (not ``5×10⁻¹``)."""
+    return f"{value:.2g}×"
+
+
 def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     """Grouped bars, one panel per pipeline (and device): per model, each pass's speed-up over the stage before.
 
@@ -132,6 +137,9 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     if not points:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
+    ratio_labels = FuncFormatter(_times)
     panels = list(dict.fromkeys((p.pipeline, p.device) for p in points))
     several_devices = len({device for _, device in panels}) > 1
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.7 * len({p.model for p in points}) + 3), 3.2 * len(panels)),
@@ -148,6 +156,8 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
             heights = [values[m] - 1.0 for m in models if m in values]  # bars grow from 1×, down for slow-downs
             ax.bar(xs, heights, bottom=1.0, width=width, label=stage, color=colors(si % 10))
         ax.set_yscale("log")  # speed-ups are ratios: 2× and 0.5× lie as far from 1
+        ax.yaxis.set_major_formatter(ratio_labels)
+        ax.yaxis.set_minor_formatter(ratio_labels)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("speed-up vs previous stage")
