@@ -31,6 +31,7 @@ import torch
 import torchvision
 
 from optkit.atomic import atomic_write_text
+from optkit.measure.latency import configure_timing
 from optkit.measure import count_params, profile_macs, time_callable
 
 log = logging.getLogger("flops_vs_torchvision")
@@ -182,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
 
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     rows = []

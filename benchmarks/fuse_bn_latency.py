@@ -31,6 +31,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
 from optkit.atomic import atomic_write_text
+from optkit.measure.latency import configure_timing
 from optkit.device import select_device
 from optkit.environment import environment
 from optkit.measure.drift import compare_outputs
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
     device = select_device(args.device)
     env = environment(device)
     rows = [benchmark_model(name, args, device) for name in args.models]

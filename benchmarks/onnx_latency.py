@@ -32,6 +32,7 @@ import torch
 import torchvision
 
 from optkit.atomic import atomic_write_text
+from optkit.measure.latency import configure_timing
 from optkit.environment import environment
 from optkit.passes import PassContext
 from optkit_plugins.export_onnx import ExportOnnx
@@ -103,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)  # this script's progress; not the exporters' own chatter
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
     threads = torch.get_num_threads()
     model = torchvision.models.get_model(args.model, weights=None).eval()
     example = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))

@@ -34,6 +34,7 @@ import torchvision
 from torch import nn
 
 from optkit.atomic import atomic_write_text
+from optkit.measure.latency import configure_timing
 from optkit.classifier_head import find_classifier
 from optkit.environment import environment
 from optkit.measure import count_macs, count_params
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "prune_channels")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
     rows = []
     for model in args.models.split(","):
         for amount in (float(a) for a in args.amounts.split(",")):
