@@ -8,7 +8,6 @@ stage for its artifacts, and ``model.pt`` (the final module) on success.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -21,11 +20,12 @@ from optkit.artifacts import Artifact
 from optkit.atomic import atomic_write_text
 from optkit.device import select_device
 from optkit.environment import environment, optkit_version
-from optkit.errors import OptkitError, PipelineError, StageError
+from optkit.errors import OptkitError, StageError
 from optkit.measure import Measurement, compare_outputs, drift_exceeds, measure
 from optkit.measure.latency import configure_timing
 from optkit.passes import PassContext
 from optkit.results import RunInfo, RunReport, StageResult
+from optkit.run_dirs import prepare_run_dir
 from optkit.sources import load_model
 
 if TYPE_CHECKING:
@@ -41,29 +41,6 @@ def example_input(shape: list[int], seed: int, device: torch.device) -> torch.Te
     """The one seeded batch every stage is measured on (the same on every machine)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=generator).to(device)
-
-
-def prepare_run_dir(folder: Path, overwrite: bool = False) -> Path:
-    """The run folder to use; a previous run's report is never silently overwritten.
-
-    An earlier run in ``folder`` makes it ``folder-2`` (then ``-3``, ...) unless ``overwrite``,
-    which clears that earlier run. A non-empty folder that is not a run folder is refused.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise PipelineError(f"output {folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not (folder / "report.json").exists():
-            raise PipelineError(f"output {folder} is not empty and holds no optkit run; choose another --output")
-        if overwrite:
-            shutil.rmtree(folder)
-        else:
-            n = 2
-            while (candidate := folder.with_name(f"{folder.name}-{n}")).exists():
-                n += 1
-            folder = candidate
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def run_pipeline(

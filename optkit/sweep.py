@@ -311,7 +311,7 @@ def run_sweep(
         command: the command line that reproduces the sweep (written in the report header).
     """
     from optkit.html_report import write_comparison_report
-    from optkit.runner import prepare_run_dir
+    from optkit.run_dirs import prepare_run_dir
 
     output = prepare_run_dir(Path(output))
     jobs = plan_jobs(sweep, output)
