@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torchvision
 
-from optkit.atomic import atomic_write_text
+from optkit.files import atomic_write_text
 from optkit.measure.latency import configure_timing
 from optkit.measure import count_params, profile_macs, time_callable
 

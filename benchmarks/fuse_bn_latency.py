@@ -30,10 +30,10 @@ import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
-from optkit.atomic import atomic_write_text
+from optkit.files import atomic_write_text
 from optkit.measure.latency import configure_timing
-from optkit.device import select_device
-from optkit.environment import environment
+from optkit.run.device import select_device
+from optkit.run.environment import environment
 from optkit.measure.drift import compare_outputs
 from optkit.measure.latency import summarize_times, time_callable
 from optkit_plugins.fuse_bn import fuse_batchnorm

@@ -31,9 +31,9 @@ from typing import Any, Callable
 import torch
 import torchvision
 
-from optkit.atomic import atomic_write_text
+from optkit.files import atomic_write_text
 from optkit.measure.latency import configure_timing
-from optkit.environment import environment
+from optkit.run.environment import environment
 from optkit.passes import PassContext
 from optkit_plugins.export_onnx import ExportOnnx
 

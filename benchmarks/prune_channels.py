@@ -33,13 +33,13 @@ import torch
 import torchvision
 from torch import nn
 
-from optkit.atomic import atomic_write_text
+from optkit.files import atomic_write_text
 from optkit.measure.latency import configure_timing
-from optkit.classifier_head import find_classifier
-from optkit.environment import environment
+from optkit.models import find_classifier
+from optkit.run.environment import environment
 from optkit.measure import count_macs, count_params
 from optkit.passes import PassContext
-from optkit.report import format_count
+from optkit.reporting import format_count
 from optkit_plugins.prune_l1 import PruneL1
 
 log = logging.getLogger("benchmarks.prune_channels")

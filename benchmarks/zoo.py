@@ -21,9 +21,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from optkit.executors import EXECUTORS, make_executor
-from optkit.html_report import write_comparison_report
-from optkit.sweep import JobOutcome, SweepFile, load_sweep, run_sweep
+from optkit.sweep.executors import EXECUTORS, make_executor
+from optkit.reporting import write_comparison_report
+from optkit.config import SweepFile, load_sweep
+from optkit.sweep.driver import run_sweep
+from optkit.sweep.jobs import JobOutcome
 
 __all__ = ["ZOO_FILE", "main", "select"]
 

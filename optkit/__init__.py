@@ -4,30 +4,43 @@ Plugins import what they need from here::
 
     from optkit import Pass, PassContext, hookimpl
 
-Importing optkit imports neither torch nor pydantic: ``Pass``, ``PassContext`` and
-``__version__`` are resolved on first use, so ``optkit --help`` stays fast.
+Everything is resolved on first use (PEP 562): importing optkit imports neither torch nor
+pydantic nor pluggy, so ``optkit --help`` stays fast. The public API is the names below, the
+top-level modules (:mod:`optkit.errors`, :mod:`optkit.files`, :mod:`optkit.passes`,
+:mod:`optkit.artifacts`, :mod:`optkit.results`, :mod:`optkit.testing`) and what each package's
+``__init__`` exports (:mod:`optkit.models`, :mod:`optkit.measure`, ...).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from optkit.hookspecs import hookimpl
-
 if TYPE_CHECKING:
-    from optkit.passes import Pass, PassContext
+    from optkit.artifacts import Artifact, OnnxArtifact
+    from optkit.host import hookimpl
+    from optkit.passes import Pass, PassContext, Tolerance
 
-__all__ = ["Pass", "PassContext", "hookimpl", "__version__"]
+__all__ = ["Pass", "PassContext", "Tolerance", "Artifact", "OnnxArtifact", "hookimpl", "__version__"]
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Pass": "optkit.passes",
+    "PassContext": "optkit.passes",
+    "Tolerance": "optkit.passes",
+    "Artifact": "optkit.artifacts",
+    "OnnxArtifact": "optkit.artifacts",
+    "hookimpl": "optkit.host",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: the pass API pulls in pydantic, the version importlib.metadata; only when asked for.
-    if name in ("Pass", "PassContext"):
-        from optkit import passes
-
-        return getattr(passes, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     if name == "__version__":
-        from optkit.environment import optkit_version
-
-        return optkit_version()
+        return importlib.import_module("optkit.results").optkit_version()
     raise AttributeError(f"module 'optkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -51,11 +51,10 @@ class OnnxArtifact(Artifact):
     """An ONNX file, run with onnxruntime (all graph optimizations on).
 
     Attributes:
-        output_names: names of the graph outputs, in order.
+        output_names: the graph outputs to fetch, in order (all of them when empty).
         threads: intra-op threads for onnxruntime; ``None`` matches torch's thread count.
         output_structure: a ``torch.utils._pytree`` spec that rebuilds the source model's tuple
             or dict from the graph outputs; ``None`` returns one tensor, or a tuple of several.
-        data_files: external-data files the graph refers to (models over 2 GB), beside ``path``.
     """
 
     path: Path
@@ -64,7 +63,6 @@ class OnnxArtifact(Artifact):
     threads: int | None = None
     runtime: str = "onnxruntime"
     output_structure: Any = None
-    data_files: list[Path] = field(default_factory=list)
 
     def session(self, device: torch.device) -> Any:
         """An ``onnxruntime.InferenceSession`` for ``device``."""
@@ -95,7 +93,7 @@ class OnnxArtifact(Artifact):
             array = x.detach().cpu().numpy()
             if input_dtype is not None:
                 array = array.astype(input_dtype)
-            tensors = [torch.from_numpy(o) for o in session.run(None, {graph_input.name: array})]
+            tensors = [torch.from_numpy(o) for o in session.run(self.output_names or None, {graph_input.name: array})]
             if self.output_structure is not None:
                 return pytree.tree_unflatten(tensors, self.output_structure)
             return tensors[0] if len(tensors) == 1 else tuple(tensors)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["OptkitError", "PipelineError", "PluginError", "StageError", "CheckpointError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["OptkitError", "PipelineError", "PluginError", "StageError", "CheckpointError", "did_you_mean", "closest"]
 
 
 class OptkitError(Exception):
@@ -49,3 +52,19 @@ class StageError(OptkitError):
     """A stage failed: a pass raised, or its result broke a guarantee (e.g. drift tolerance)."""
 
     exit_code = 1
+
+
+def closest(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The entries of ``known`` that look like ``name``, closest first (for "did you mean")."""
+    return difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x' or 'y'?"`` for the entries of ``known`` close to ``name``, else ``""``.
+
+    Example:
+        >>> did_you_mean("prune_l2", ["prune_l1", "fuse_bn"])
+        "; did you mean 'prune_l1'?"
+    """
+    close = closest(name, known, n, cutoff)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

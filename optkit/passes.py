@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from optkit.errors import PluginError
 
@@ -18,16 +21,35 @@ if TYPE_CHECKING:
 
     from optkit.artifacts import Artifact
 
-__all__ = ["Pass", "PassContext", "check_pass_class"]
+__all__ = ["Pass", "PassContext", "Tolerance", "check_pass_class"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class Pass:
+class Tolerance(BaseModel):
+    """How far a stage's outputs may drift from the stage before: ``max|Δ| <= atol + rtol × max|reference|``.
+
+    The pipeline's ``measure.drift_tolerance`` is one; a pass that preserves outputs may declare
+    its own (see :meth:`Pass.tolerance`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    atol: float = Field(1e-4, ge=0, description="Absolute tolerance.")
+    rtol: float = Field(1e-4, ge=0, description="Tolerance relative to the largest reference output.")
+
+
+class Pass(ABC):
     """Base class of every optimization pass.
 
     Subclasses set ``name`` (what pipeline files use), ``summary`` (one line for
-    ``optkit passes``), an ``Options`` pydantic model, and implement :meth:`apply`.
+    ``optkit passes``), an ``Options`` class derived from :class:`Pass.Options`, and implement
+    :meth:`apply`. Registration refuses a class that breaks any of these.
+
+    What a pass promises about its outputs is one declared policy, which the runner enforces:
+    with ``preserves_outputs = True`` the stage fails when its outputs on the seeded batch
+    drift from the previous stage's beyond :meth:`tolerance` (the pipeline's
+    ``measure.drift_tolerance`` unless the pass declares its own).
 
     Example:
         >>> class Identity(Pass):
@@ -40,17 +62,26 @@ class Pass:
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    #: When true, the runner fails the stage if outputs drift beyond the pipeline's tolerance.
     preserves_outputs: ClassVar[bool] = False
 
     class Options(BaseModel):
-        """The pass's options; unknown options are rejected."""
+        """The pass's options; unknown options are rejected (subclasses inherit ``extra="forbid"``)."""
 
         model_config = ConfigDict(extra="forbid")
 
-    def __init__(self, options: BaseModel | None = None) -> None:
-        self.options = options if options is not None else self.Options()
+    #: The validated options; subclasses annotate ``options: Options`` for their own type.
+    options: Pass.Options
 
+    def __init__(self, options: BaseModel | Mapping[str, Any] | None = None) -> None:
+        if options is None or isinstance(options, Mapping):
+            options = self.Options.model_validate(dict(options or {}))
+        self.options = options
+
+    def tolerance(self) -> Tolerance | None:
+        """The drift this stage may show when ``preserves_outputs``; ``None``: the pipeline's own."""
+        return None
+
+    @abstractmethod
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module | Artifact:
         """Transform ``model`` and return the result.
 
@@ -65,7 +96,6 @@ class Pass:
             file), which the runner measures under its own runtime; the model is then carried
             on unchanged to the next stage.
         """
-        raise NotImplementedError(f"{type(self).__name__}.apply")
 
 
 @dataclass
@@ -101,7 +131,7 @@ def check_pass_class(obj: object, origin: str) -> str:
     """Validate a class given to ``register`` and return its name.
 
     Raises:
-        PluginError: naming ``origin`` and what is missing.
+        PluginError: naming ``origin`` (the plugin) and what to fix.
     """
     if not (isinstance(obj, type) and issubclass(obj, Pass)):
         raise PluginError(f"{origin}: register() takes an optkit.Pass subclass, got {obj!r}")
@@ -110,6 +140,12 @@ def check_pass_class(obj: object, origin: str) -> str:
         raise PluginError(f"{origin}: {obj.__name__}.name must be a lower_snake_case string, got {name!r}")
     if not isinstance(getattr(obj, "summary", None), str):
         raise PluginError(f"{origin}: {obj.__name__}.summary must be a one-line string")
-    if not (isinstance(obj.Options, type) and issubclass(obj.Options, BaseModel)):
-        raise PluginError(f"{origin}: {obj.__name__}.Options must be a pydantic BaseModel")
+    if not (isinstance(obj.Options, type) and issubclass(obj.Options, Pass.Options)):
+        raise PluginError(
+            f"{origin}: {obj.__name__}.Options must subclass optkit.Pass.Options (write `class Options(Pass.Options):`), "
+            "so that unknown options are rejected instead of silently ignored"
+        )
+    if inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        raise PluginError(f"{origin}: {obj.__name__} does not implement {missing}")
     return name

@@ -1,24 +1,67 @@
-"""What a run produces: per-stage results and the run report (the ``report.json`` contract)."""
+"""What a run produces: per-stage results and the run report (the ``report.json`` contract).
+
+These are data classes only: rendering and writing live in :mod:`optkit.reporting`.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optkit.atomic import atomic_write_text
+from optkit.errors import PipelineError
 
 if TYPE_CHECKING:
-    from optkit.pipeline import Pipeline
+    from optkit.config import Pipeline
 
-__all__ = ["SCHEMA_VERSION", "StageResult", "RunInfo", "RunReport"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STAGE_STATUSES",
+    "RUN_STATUSES",
+    "StageResult",
+    "RunInfo",
+    "RunReport",
+    "optkit_version",
+    "read_report_json",
+]
 
 #: Bumped only when a field is renamed or removed; fields are otherwise only added.
 SCHEMA_VERSION = 1
 
+#: What a stage can end as (``skipped``: not reached).
 STAGE_STATUSES = ("ok", "failed", "skipped", "interrupted")
+#: What a run can be in: ``running`` until it ends.
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")
+
+
+def optkit_version() -> str:
+    """The installed optkit's version (``unknown`` when run from a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("optkit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def read_report_json(path: str | Path) -> dict[str, Any]:
+    """The ``report.json`` of a run or sweep folder (or the file itself), as a dict.
+
+    Raises:
+        FileNotFoundError: there is none.
+        PipelineError: it cannot be read, is not JSON, or is not an optkit report.
+    """
+    path = Path(path)
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read report: {exc}", str(file)) from exc
+    if not isinstance(data, dict) or not ("runs" in data or "stages" in data):
+        raise PipelineError("not an optkit report (no 'stages' or 'runs')", str(file))
+    return data
 
 
 @dataclass
@@ -31,7 +74,7 @@ class StageResult:
         index: 0 for the baseline, then 1, 2, ...
         status: ``ok``, ``failed``, ``skipped`` (not reached) or ``interrupted``.
         duration_s: wall time of the pass itself (measurement excluded).
-        metrics: params, MACs, GFLOPs, size, latency and drift (see DESIGN.md).
+        metrics: params, MACs, GFLOPs, size, latency and drift (see README, "Reports").
         details: what the pass (or model loading, for the baseline) reported.
         artifacts: files written by the stage, relative to the run folder.
         error: the message when the stage failed.
@@ -77,7 +120,7 @@ class RunInfo:
 
 @dataclass
 class RunReport:
-    """The run report; ``write`` produces ``report.json`` and ``report.md`` atomically."""
+    """The run report: what ``report.json`` holds (:func:`optkit.reporting.write_run_report` writes it)."""
 
     environment: dict[str, Any]
     pipeline: dict[str, Any]
@@ -111,20 +154,10 @@ class RunReport:
         )
 
     @classmethod
-    def load(cls, path: Path) -> RunReport:
+    def load(cls, path: str | Path) -> RunReport:
         """Read a ``report.json`` (or the folder holding one)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "report.json"
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_report_json(path))
 
     @property
     def baseline(self) -> StageResult | None:
         return self.stages[0] if self.stages and self.stages[0].index == 0 else None
-
-    def write(self, folder: Path) -> None:
-        """Write ``report.json`` and ``report.md`` into ``folder``, each atomically."""
-        from optkit.report import render_markdown
-
-        atomic_write_text(Path(folder) / "report.json", json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        atomic_write_text(Path(folder) / "report.md", render_markdown(self))

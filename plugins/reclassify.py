@@ -1,7 +1,7 @@
 """The ``reclassify`` pass: give any classifier a new head with ``num_classes`` outputs.
 
 YOLOv5's ``load_classifier``, made general: the head is found structurally
-(:func:`optkit.classifier_head.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
+(:func:`optkit.models.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
 replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
 exactly the old logits with no training.
 """
@@ -12,12 +12,12 @@ import logging
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
-from optkit.classifier_head import auxiliary_classifiers, find_classifier, head_out_features, replace_module
-from optkit.errors import PipelineError
+from optkit.errors import StageError
+from optkit.models import ClassifierNotFoundError, auxiliary_classifiers, find_classifier, in_width, out_width, replace_module
 
 __all__ = ["Reclassify", "new_head"]
 
@@ -66,10 +66,8 @@ class Reclassify(Pass):
     summary = "Give a classifier a new head with num_classes outputs (optionally keeping old classes, freezing the backbone)."
     preserves_outputs = False
 
-    class Options(BaseModel):
+    class Options(Pass.Options):
         """Options of ``reclassify``."""
-
-        model_config = ConfigDict(extra="forbid")
 
         num_classes: PositiveInt | None = Field(None, description="Outputs of the new head; default: len(keep).")
         layer: str | None = Field(None, description="Dotted name of the head; default: found from the model's graph.")
@@ -94,10 +92,15 @@ class Reclassify(Pass):
                     raise ValueError(f"keep has {len(self.keep)} classes, more than num_classes={self.num_classes}")
             return self
 
+    options: Options
+
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         opts = self.options
         num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep)
-        name, old = find_classifier(model, opts.layer)
+        try:
+            name, old = find_classifier(model, opts.layer)
+        except ClassifierNotFoundError as exc:  # a stage failure: the model was loaded and measured
+            raise StageError(exc.message) from None
         heads = [(name, old)]
         if opts.aux and opts.layer is None:
             heads += auxiliary_classifiers(model)
@@ -107,8 +110,8 @@ class Reclassify(Pass):
             for head_name, head in heads:
                 self._check(head_name, head)
                 replace_module(model, head_name, new_head(head, num_classes, opts.keep, opts.init))
-                replaced.append({"layer": head_name, "type": type(head).__name__, "in_features": _in_width(head),
-                                 "old_classes": head_out_features(head), "new_classes": num_classes})
+                replaced.append({"layer": head_name, "type": type(head).__name__, "in_features": in_width(head),
+                                 "old_classes": out_width(head), "new_classes": num_classes})
         if opts.freeze == "backbone":
             new_heads = {id(model.get_submodule(h["layer"])) for h in replaced}
             for module in model.modules():
@@ -134,16 +137,12 @@ class Reclassify(Pass):
 
     def _check(self, name: str, head: nn.Module) -> None:
         keep = self.options.keep or []
-        classes = head_out_features(head)
+        classes = out_width(head)
         out_of_range = [k for k in keep if k >= classes]
         if out_of_range:
-            raise PipelineError(f"option keep: class index {out_of_range[0]} is out of range for head {name!r}, which has {classes} classes")
+            raise StageError(f"option keep: class index {out_of_range[0]} is out of range for head {name!r}, which has {classes} classes")
         if not isinstance(head, nn.Linear) and head.groups != 1:
-            raise PipelineError(f"head {name!r} is a grouped convolution (groups={head.groups}); name another with option layer")
-
-
-def _in_width(head: nn.Module) -> int:
-    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
+            raise StageError(f"head {name!r} is a grouped convolution (groups={head.groups}); name another with option layer")
 
 
 @hookimpl

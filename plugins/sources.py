@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optkit import hookimpl
-from optkit.sources import load_file, load_python, load_torchvision
+from optkit.models import load_file, load_python, load_torchvision
 
 
 __all__ = ["optkit_register_sources"]

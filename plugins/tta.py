@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 import torch.fx
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -198,10 +198,8 @@ class TTA(Pass):
     summary = "Test-time augmentation: run the model at several scales and flips in one forward and merge the outputs."
     preserves_outputs = False
 
-    class Options(BaseModel):
+    class Options(Pass.Options):
         """Options of ``tta``."""
-
-        model_config = ConfigDict(extra="forbid")
 
         scales: list[PositiveFloat] = Field([1.0, 0.83, 0.67], min_length=1, description="Resize factors (1.0: as is).")
         flips: list[Literal["horizontal", "vertical"]] = Field(
@@ -226,6 +224,8 @@ class TTA(Pass):
             if self.same_shape and any(s > 1.0 for s in self.scales):
                 raise ValueError(SAME_SHAPE_SCALES)
             return self
+
+    options: Options
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         opts = self.options

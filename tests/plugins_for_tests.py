@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
@@ -68,8 +68,7 @@ class Scale(Pass):
     name = "scale"
     summary = "Multiply the outputs by a factor."
 
-    class Options(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Options(Pass.Options):
         factor: float = Field(2.0, description="Output multiplier.")
         mode: Literal["outputs", "weights"] = "outputs"
         layers: list[int] = Field(default_factory=list)

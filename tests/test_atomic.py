@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from optkit.atomic import atomic_write_text
+from optkit.files import atomic_write_text
 
 
 def test_writes_with_the_mode_of_a_plain_open(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from optkit.checkpoint_files import read_checkpoint, sniff_format
+from optkit.models.checkpoint_files import read_checkpoint, sniff_format
 from optkit.errors import CheckpointError
 
 

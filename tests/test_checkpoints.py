@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
-from optkit.checkpoints import load_weights_into, weights_spec_of
+from optkit.models.weights import load_weights_into, weights_spec_of
 from optkit.errors import CheckpointError, PipelineError
-from optkit.freezing import apply_freeze
-from optkit.pipeline import ModelSpec, WeightsSpec
+from optkit.models.freezing import apply_freeze
+from optkit.config import ModelSpec, WeightsSpec
 
 INPUT = (2, 3, 64, 64)
 

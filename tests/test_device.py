@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optkit.device import select_device
+from optkit.run.device import select_device
 from optkit.errors import PipelineError
 
 

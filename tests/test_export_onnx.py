@@ -15,8 +15,8 @@ from torch import nn
 from optkit.errors import StageError
 from optkit.passes import PassContext
 from optkit_plugins.export_onnx import ExportOnnx
-from optkit_plugins.onnx_export import output_layout
-from optkit_plugins.onnx_verify import check_onnx_file, parity_failure
+from optkit_plugins.export_onnx.exporter import output_layout
+from optkit_plugins.export_onnx.verify import check_onnx_file, parity_failure
 
 # What onnxruntime must match PyTorch to in fp32 (the pass's default tolerance, elementwise here).
 CLOSE = {"atol": 1e-5, "rtol": 1e-3}

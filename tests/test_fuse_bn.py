@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from optkit.pipeline import load_pipeline
-from optkit.runner import run_pipeline
+from optkit.config import load_pipeline
+from optkit.run.runner import run_pipeline
 from optkit_plugins.fuse_bn import fuse_batchnorm
 
 # Folding is done in float64 and rounded once to float32: the fused layer differs from the
@@ -283,7 +283,7 @@ def test_pass_in_a_pipeline_reports_pairs_and_keeps_outputs(write_pipeline, host
         output: {tmp_path / "run"}
         """
     )
-    report, run_dir = run_pipeline(load_pipeline(path, host), host, device="cpu")
+    report, run_dir = run_pipeline(load_pipeline(path, host.get_pass), host, device="cpu")
     saved = json.loads((run_dir / "report.json").read_text())
     stage = saved["stages"][1]
     assert saved["status"] == "ok", saved.get("error")
@@ -303,7 +303,7 @@ def test_unknown_option_is_a_pipeline_error(write_pipeline, host):
         """
     )
     with pytest.raises(PipelineError, match="fuse_relu"):
-        load_pipeline(path, host)
+        load_pipeline(path, host.get_pass)
 
 
 class StandardizedConv(nn.Conv2d):

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from optkit_plugins.bn_folding import FOLDABLE_LAYERS, NORM_LAYERS
+from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS
 from optkit_plugins.fuse_bn import fuse_batchnorm
 
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)

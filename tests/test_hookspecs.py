@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import optkit
-from optkit import hookspecs
+from optkit.host import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "optkit_spec")]
@@ -67,5 +67,5 @@ def test_plugin_hooks_have_tests():
 def test_guide_names_the_disable_variable_and_the_test_kit():
     guide = plugin_guide()
     for needed in ("[project.entry-points.optkit]", "OPTKIT_DISABLE_PLUGINS", "optkit.testing", "run_pass",
-                   "class Options(BaseModel)", "preserves_outputs", "from optkit import Pass, PassContext, hookimpl"):
+                   "class Options(Pass.Options)", "preserves_outputs", "from optkit import Pass, PassContext, hookimpl"):
         assert needed in guide, needed

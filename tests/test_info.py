@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from optkit.measure.info import parse_input_shape
+from optkit.run.info import parse_input_shape
 
 
 def aten_macs(model: torch.nn.Module, shape: list[int]) -> int:
@@ -59,7 +59,7 @@ def test_info_table_for_a_person(cli):
     "args, message",
     [
         (["torchvision:resnet18", "-s", "1,3,abc"], "--input-shape '1,3,abc'"),
-        (["torchvision:resnett18"], "did you mean resnet18"),
+        (["torchvision:resnett18"], "did you mean 'resnet18'"),
         (["resnet18"], "expected scheme:name"),
         (["torchvision:resnet18", "--device", "gpu"], "expected auto, cpu, cuda"),
     ],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from optkit.measure import compare_outputs, count_params, drift_exceeds, measure, state_dict_bytes, summarize_times, time_callable
-from optkit.pipeline import MeasureSpec
+from optkit.config import MeasureSpec
 
 
 def test_params_total_trainable_nonzero_and_shared():

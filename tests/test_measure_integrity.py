@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from optkit.measure import count_macs, measure
-from optkit.pipeline import MeasureSpec
+from optkit.config import MeasureSpec
 
 
 def fingerprint(model: nn.Module) -> dict[str, object]:

@@ -10,8 +10,8 @@ import pytest
 import plugins_for_tests
 from optkit.errors import PipelineError
 from optkit.host import Host
-from optkit.pipeline import Pipeline, load_pipeline, parse_pipeline, pipeline_json_schema
-from optkit.yaml_lines import load_yaml_with_lines
+from optkit.config import Pipeline, load_pipeline, parse_pipeline, pipeline_json_schema
+from optkit.config.yaml_lines import load_yaml_with_lines
 
 GOOD = """\
 model:
@@ -37,14 +37,14 @@ def test_host() -> Host:
 def load_error(write_pipeline, test_host: Host, text: str) -> PipelineError:
     path = write_pipeline(text)
     with pytest.raises(PipelineError) as info:
-        load_pipeline(path, test_host)
+        load_pipeline(path, test_host.get_pass)
     return info.value
 
 
 def test_good_pipeline_resolves_passes_options_and_lines(write_pipeline, test_host):
     path = write_pipeline(GOOD)
 
-    pipeline = load_pipeline(path, test_host)
+    pipeline = load_pipeline(path, test_host.get_pass)
 
     assert isinstance(pipeline, Pipeline)
     assert [(s.index, s.pass_name, s.line) for s in pipeline.stages] == [
@@ -60,7 +60,7 @@ def test_good_pipeline_resolves_passes_options_and_lines(write_pipeline, test_ho
 
 
 def test_summary_is_json_and_lists_stage_options(write_pipeline, test_host):
-    pipeline = load_pipeline(write_pipeline(GOOD), test_host)
+    pipeline = load_pipeline(write_pipeline(GOOD), test_host.get_pass)
 
     summary = json.loads(json.dumps(pipeline.summary()))
 
@@ -70,7 +70,7 @@ def test_summary_is_json_and_lists_stage_options(write_pipeline, test_host):
 
 def test_default_output_folder_is_named_for_the_file(write_pipeline, test_host):
     text = GOOD.replace("output: runs/tiny\n", "")
-    assert load_pipeline(write_pipeline(text, "my-model.yaml"), test_host).output_dir == Path("runs/my-model")
+    assert load_pipeline(write_pipeline(text, "my-model.yaml"), test_host.get_pass).output_dir == Path("runs/my-model")
 
 
 def test_duplicate_key_is_rejected_with_both_lines(write_pipeline, test_host):
@@ -172,13 +172,13 @@ def test_wrong_type_in_the_file_settings(write_pipeline, test_host):
 
 def test_missing_file(tmp_path, test_host):
     with pytest.raises(PipelineError) as info:
-        load_pipeline(tmp_path / "nope.yaml", test_host)
+        load_pipeline(tmp_path / "nope.yaml", test_host.get_pass)
     assert str(info.value) == f"{tmp_path / 'nope.yaml'}: no such pipeline file"
 
 
 def test_folder_instead_of_a_file(tmp_path, test_host):
     with pytest.raises(PipelineError) as info:
-        load_pipeline(tmp_path, test_host)
+        load_pipeline(tmp_path, test_host.get_pass)
     assert str(info.value) == f"{tmp_path}: is a folder, not a pipeline file"
 
 
@@ -186,7 +186,7 @@ def test_file_that_is_not_utf8(tmp_path, test_host):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("model: {source: 'python:caf\xe9:net'}\n".encode("latin-1"))
     with pytest.raises(PipelineError) as info:
-        load_pipeline(path, test_host)
+        load_pipeline(path, test_host.get_pass)
     assert str(info.value).startswith(f"{path}: cannot read pipeline file: 'utf-8' codec can't decode byte 0xe9")
 
 
@@ -218,12 +218,12 @@ def test_line_map_covers_nested_keys_and_list_items():
 
 def test_parse_without_a_file_uses_a_placeholder_name(test_host):
     with pytest.raises(PipelineError) as info:
-        parse_pipeline("model: {source: 'python:x:y'}\nbogus: 1\n", test_host)
+        parse_pipeline("model: {source: 'python:x:y'}\nbogus: 1\n", test_host.get_pass)
     assert str(info.value).startswith("<pipeline>:2: unknown key 'bogus'")
 
 
 def test_json_schema_has_every_pass_and_its_options(test_host):
-    schema = pipeline_json_schema(test_host)
+    schema = pipeline_json_schema(e.obj for e in test_host.passes)
 
     json.dumps(schema)  # serializable as-is
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"

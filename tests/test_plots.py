@@ -8,8 +8,8 @@ import matplotlib.image as matplotlib_image
 import pytest
 import torch
 
-from optkit.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
-from optkit.report import ComparedRun
+from optkit.reporting.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
+from optkit.reporting import ComparedRun
 from optkit.results import RunReport, StageResult
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import pytest
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 import plugins_for_tests
 from fake_distributions import FakeDistribution, install_fake_distributions, write_module
 from optkit import hookimpl
+from optkit.config import parse_pipeline
 from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.pipeline import parse_pipeline
-from optkit.plugins import DISABLE_ENV, PluginRecord, disabled_from_env, get_plugin_manager
-from optkit.runner import run_pipeline
+from optkit.host import DISABLE_ENV, Host, PluginRecord, disabled_from_env, get_plugin_manager
+from optkit.run.runner import run_pipeline
 
 TEST_PASSES = FakeDistribution("optkit-test-passes", "1.2.3", {"test_passes": "plugins_for_tests"})
 
@@ -69,7 +71,7 @@ def test_pipeline_not_using_a_broken_plugin_runs(monkeypatch, tmp_path):
     install_fake_distributions(monkeypatch, FakeDistribution("optkit-broken", "0.9", {"broken": "optkit_broken_plugin"}))
     host = Host.with_plugins(plugins_for_tests)
 
-    report, _ = run_pipeline(parse_pipeline(pipeline_text("  - identity"), host), host, output=tmp_path / "run")
+    report, _ = run_pipeline(parse_pipeline(pipeline_text("  - identity"), host.get_pass), host, output=tmp_path / "run")
 
     assert [s.status for s in report.stages] == ["ok", "ok"]
 
@@ -185,11 +187,17 @@ def test_registering_something_that_is_not_a_pass_is_refused_by_name():
     [
         ({"name": "Bad Name", "summary": "s"}, "BadPass.name must be a lower_snake_case string, got 'Bad Name'"),
         ({"name": "bad", "summary": None}, "BadPass.summary must be a one-line string"),
-        ({"name": "bad", "summary": "s", "Options": dict}, "BadPass.Options must be a pydantic BaseModel"),
+        ({"name": "bad", "summary": "s", "Options": dict}, "BadPass.Options must subclass optkit.Pass.Options"),
+        # A plain pydantic model would silently ignore misspelled options: refused, with the fix.
+        ({"name": "bad", "summary": "s", "Options": type("Options", (BaseModel,), {"__annotations__": {"k": int}, "k": 1})},
+         "BadPass.Options must subclass optkit.Pass.Options (write `class Options(Pass.Options):`), so that unknown "
+         "options are rejected instead of silently ignored"),
+        ({"name": "bad", "summary": "s", "apply": abstractmethod(lambda self, model, ctx: model)},
+         "BadPass does not implement apply"),
     ],
 )
 def test_malformed_pass_class_is_refused_with_what_is_missing(attributes, problem):
-    bad = type("BadPass", (plugins_for_tests.Identity,), attributes)
+    bad = ABCMeta("BadPass", (plugins_for_tests.Identity,), attributes)
 
     class Registers:
         __name__ = "registers-bad"
@@ -198,8 +206,10 @@ def test_malformed_pass_class_is_refused_with_what_is_missing(attributes, proble
         def optkit_register_passes(self, register):
             register(bad)
 
-    [broken] = Host.with_plugins(Registers()).broken
-    assert broken.error == f"registers-bad: {problem}"
+    host = Host.with_plugins(Registers())
+    [broken] = host.broken
+    assert broken.error.startswith(f"registers-bad: {problem}")
+    assert "bad" not in host.passes
 
 
 # One test per hook (tests/test_hookspecs.py checks that every hook has one).
@@ -232,7 +242,7 @@ def test_hook_optkit_register_sources(tmp_path):
     text = "model: {source: 'linear:3', input_shape: [2, 4], kwargs: {k: 1}}\ndevice: cpu\n" \
            "measure: {warmup: 0, iters: 1}\npasses: [identity]\n"
 
-    report, _ = run_pipeline(parse_pipeline(text, host), host, output=tmp_path / "run")
+    report, _ = run_pipeline(parse_pipeline(text, host.get_pass), host, output=tmp_path / "run")
 
     assert calls == [("3", {"k": 1})]
     assert report.stages[0].details == {"built": "3"}
@@ -241,7 +251,7 @@ def test_hook_optkit_register_sources(tmp_path):
 
 def test_unknown_source_scheme_names_the_registered_ones(tmp_path):
     host = Host.with_plugins(plugins_for_tests)
-    pipeline = parse_pipeline("model: {source: 'pythn:pkg:f'}\npasses: []\n", host)
+    pipeline = parse_pipeline("model: {source: 'pythn:pkg:f'}\npasses: []\n", host.get_pass)
     with pytest.raises(PipelineError, match=r"^model.source: unknown model source scheme 'pythn'; did you mean 'python'\?"):
         run_pipeline(pipeline, host, output=tmp_path / "run")
 
@@ -258,7 +268,7 @@ def test_hook_optkit_stage_started(tmp_path):
             seen_runs.append((run.stage_names, run.stage_count, run.device, run.output_dir))
 
     host = Host.with_plugins(plugins_for_tests, recorder, RunWatcher())
-    pipeline = parse_pipeline(pipeline_text("  - identity\n  - scale"), host)
+    pipeline = parse_pipeline(pipeline_text("  - identity\n  - scale"), host.get_pass)
 
     _, run_dir = run_pipeline(pipeline, host, output=tmp_path / "run")
 
@@ -271,7 +281,7 @@ def test_hook_optkit_stage_started(tmp_path):
 def test_hook_optkit_stage_finished(tmp_path):
     recorder = plugins_for_tests.StageRecorder()
     host = Host.with_plugins(plugins_for_tests, recorder)
-    pipeline = parse_pipeline(pipeline_text("  - identity\n  - raises\n  - scale"), host)
+    pipeline = parse_pipeline(pipeline_text("  - identity\n  - raises\n  - scale"), host.get_pass)
 
     run_pipeline(pipeline, host, output=tmp_path / "run")
 
@@ -294,7 +304,7 @@ def test_stage_finished_sees_measured_metrics(tmp_path):
             results.append(result)
 
     host = Host.with_plugins(plugins_for_tests, Collector())
-    run_pipeline(parse_pipeline(pipeline_text("  - scale: {factor: 3}"), host), host, output=tmp_path / "run")
+    run_pipeline(parse_pipeline(pipeline_text("  - scale: {factor: 3}"), host.get_pass), host, output=tmp_path / "run")
 
     model = plugins_for_tests.tiny_net()
     assert results[0].metrics["params"] == sum(p.numel() for p in model.parameters())

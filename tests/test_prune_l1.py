@@ -18,7 +18,7 @@ from torch import nn
 from optkit.errors import PipelineError, StageError
 from optkit.measure import count_macs, count_params
 from optkit.passes import PassContext
-from optkit.pipeline import load_pipeline
+from optkit.config import load_pipeline
 from optkit_plugins.prune_l1 import PruneL1
 
 X64 = (1, 3, 64, 64)
@@ -122,7 +122,7 @@ def test_bad_option_in_pipeline_names_file_and_line(write_pipeline, host):
         """
     )
     with pytest.raises(PipelineError) as err:
-        load_pipeline(path, host)
+        load_pipeline(path, host.get_pass)
     assert f"{path}:3" in str(err.value) and "scope: global is for mode: unstructured" in str(err.value)
 
 

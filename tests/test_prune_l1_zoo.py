@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from optkit.classifier_head import find_classifier
+from optkit.models import find_classifier
 from optkit.measure import count_macs, count_params
 from optkit.passes import PassContext
 from optkit_plugins.prune_l1 import PruneL1

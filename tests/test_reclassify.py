@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 
 from optkit import PassContext
-from optkit.classifier_head import ClassifierNotFoundError, auxiliary_classifiers, find_classifier, head_out_features
-from optkit.errors import PipelineError
+from optkit.models import ClassifierNotFoundError, auxiliary_classifiers, find_classifier, out_width
+from optkit.errors import PipelineError, StageError
 from optkit_plugins.reclassify import Reclassify, new_head
 
 EXACT = {"rtol": 0.0, "atol": 0.0}
@@ -130,7 +130,7 @@ def test_explicit_layer(tmp_path):
 
     model, details = apply(TwoHeads(), tmp_path, num_classes=2, layer="cls")
     assert model(torch.randn(3, 6)).shape == (3, 2)
-    with pytest.raises(ClassifierNotFoundError, match="TwoHeads has no layer 'head'"):
+    with pytest.raises(StageError, match="TwoHeads has no layer 'head'"):
         apply(TwoHeads(), tmp_path, num_classes=2, layer="head")
 
 
@@ -152,13 +152,13 @@ def test_bad_options_are_refused(options, message):
 
 
 def test_keep_out_of_range_names_the_option_and_the_head(tmp_path):
-    with pytest.raises(PipelineError, match=r"option keep: class index 10 is out of range for head 'fc', which has 10 classes"):
+    with pytest.raises(StageError, match=r"option keep: class index 10 is out of range for head 'fc', which has 10 classes"):
         apply(torchvision.models.resnet18(num_classes=10), tmp_path, keep=[0, 10])
 
 
 def test_model_without_classifier_fails_naming_candidates(tmp_path):
     model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)
-    with pytest.raises(ClassifierNotFoundError, match=r"candidate layers .*classifier\.high_classifier"):
+    with pytest.raises(StageError, match=r"candidate layers .*classifier\.high_classifier"):
         apply(model, tmp_path, num_classes=3)
 
 
@@ -221,7 +221,7 @@ def test_every_torchvision_classifier(tmp_path):
         assert after.shape == (1, 4), name
         torch.testing.assert_close(after[:, :3], before[:, keep], **EXACT, msg=lambda m, n=name: f"{n}: {m}")
         assert [h["layer"] for h in details["heads"]] == [find_classifier(model)[0], *aux_before], name
-        assert all(head_out_features(model.get_submodule(h["layer"])) == 4 for h in details["heads"]), name
+        assert all(out_width(model.get_submodule(h["layer"])) == 4 for h in details["heads"]), name
         timings[name] = time.perf_counter() - start
         del model
     assert {"googlenet", "inception_v3", "squeezenet1_0", "vit_h_14", "swin_v2_t", "maxvit_t"} <= timings.keys()

@@ -10,9 +10,9 @@ import plugins_for_tests
 from fake_distributions import FakeDistribution, install_fake_distributions, write_module
 from optkit.errors import PipelineError, PluginError
 from optkit.host import Host
-from optkit.pipeline import parse_pipeline
-from optkit.plugins import PluginRecord
-from optkit.registry import Registry
+from optkit.config import parse_pipeline
+from optkit.host import PluginRecord
+from optkit.host import Registry
 
 ALPHA = PluginRecord("alpha", "alpha_mod", "optkit-alpha", "1.0")
 BETA = PluginRecord("beta", "beta_mod", "optkit-beta", "2.0")
@@ -95,7 +95,7 @@ def test_conflicting_distributions_fail_the_pipeline_that_uses_the_name(two_shar
     text = plugins_for_tests.TINY_PIPELINE.format(passes="  - identity\n  - sharpen")
 
     with pytest.raises(PipelineError) as info:
-        parse_pipeline(text, host)
+        parse_pipeline(text, host.get_pass)
 
     assert info.value.line == 8
     assert info.value.message == (
@@ -107,7 +107,7 @@ def test_conflicting_distributions_fail_the_pipeline_that_uses_the_name(two_shar
 
 def test_conflicting_distributions_do_not_block_other_passes(two_sharpen_distributions):
     host = Host.with_plugins(plugins_for_tests)
-    pipeline = parse_pipeline(plugins_for_tests.TINY_PIPELINE.format(passes="  - identity"), host)
+    pipeline = parse_pipeline(plugins_for_tests.TINY_PIPELINE.format(passes="  - identity"), host.get_pass)
     assert [s.pass_name for s in pipeline.stages] == ["identity"]
 
 

@@ -9,10 +9,10 @@ import pytest
 
 import plugins_for_tests
 from optkit.host import Host
-from optkit.pipeline import load_pipeline
-from optkit.report import COLUMNS, format_count, render_markdown, stage_rows
+from optkit.config import load_pipeline
+from optkit.reporting import COLUMNS, format_count, render_markdown, stage_rows
 from optkit.results import RunReport, StageResult
-from optkit.runner import run_pipeline
+from optkit.run.runner import run_pipeline
 from optkit.testing import check_report_contract
 
 
@@ -23,7 +23,7 @@ def finished_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     path = folder / "pipeline.yaml"
     path.write_text(plugins_for_tests.TINY_PIPELINE.format(passes="  - scale: {factor: 2}\n  - raises\n  - identity"))
-    report, run_dir = run_pipeline(load_pipeline(path, host), host, output=folder / "run")
+    report, run_dir = run_pipeline(load_pipeline(path, host.get_pass), host, output=folder / "run")
     return report, json.loads((run_dir / "report.json").read_text()), run_dir
 
 
@@ -137,7 +137,7 @@ def test_console_table_is_whole_in_a_pipe_and_trimmed_in_a_narrow_terminal():
 
     from rich.console import Console
 
-    from optkit.console import print_report
+    from optkit.reporting import print_report
 
     piped = StringIO()
     print_report(synthetic_report(), Console(file=piped, width=80), "runs/x")

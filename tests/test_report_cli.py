@@ -15,10 +15,10 @@ from torch import nn
 
 from optkit import Pass, hookimpl
 from optkit.host import Host
-from optkit.pipeline import parse_pipeline
-from optkit.report import ComparedRun, final_speedup, speedup_table
+from optkit.config import parse_pipeline
+from optkit.reporting import ComparedRun, final_speedup, speedup_table
 from optkit.results import RunReport, StageResult
-from optkit.runner import run_pipeline
+from optkit.run.runner import run_pipeline
 
 
 
@@ -62,7 +62,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("runs")
     run_dirs = []
     for name, channels, passes in (("halved", 8, "[halve_channels]"), ("plain", 16, "[]")):
-        pipeline = parse_pipeline(PIPELINE.format(channels=channels, passes=passes), host)
+        pipeline = parse_pipeline(PIPELINE.format(channels=channels, passes=passes), host.get_pass)
         report, run_dir = run_pipeline(pipeline, host, output=folder / name)
         assert report.status == "ok", report.error
         run_dirs.append(run_dir)

@@ -10,8 +10,8 @@ import torch
 import plugins_for_tests
 from optkit.errors import PipelineError
 from optkit.host import Host
-from optkit.pipeline import parse_pipeline
-from optkit.runner import example_input, prepare_run_dir, run_pipeline
+from optkit.config import parse_pipeline
+from optkit.run.runner import example_input, prepare_run_dir, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_host() -> Host:
 
 def run(test_host, tmp_path, passes: str, extra: str = "", **kwargs):
     text = plugins_for_tests.TINY_PIPELINE.format(passes=passes) + extra
-    return run_pipeline(parse_pipeline(text, test_host), test_host, output=tmp_path / "run", **kwargs)
+    return run_pipeline(parse_pipeline(text, test_host.get_pass), test_host, output=tmp_path / "run", **kwargs)
 
 
 def reference_outputs() -> torch.Tensor:
@@ -95,7 +95,7 @@ def test_drift_tolerance_from_the_pipeline_applies(test_host, tmp_path):
     loose = plugins_for_tests.TINY_PIPELINE.format(passes=text).replace(
         "measure: {warmup: 1, iters: 3}", "measure: {warmup: 1, iters: 3, drift_tolerance: {atol: 0.6}}"
     )
-    report, _ = run_pipeline(parse_pipeline(loose, test_host), test_host, output=tmp_path / "loose")
+    report, _ = run_pipeline(parse_pipeline(loose, test_host.get_pass), test_host, output=tmp_path / "loose")
     assert report.stages[1].status == "ok"
 
 
@@ -161,5 +161,5 @@ def test_the_example_input_is_seeded():
 def test_model_that_cannot_be_built_fails_before_any_output(test_host, tmp_path):
     text = plugins_for_tests.TINY_PIPELINE.format(passes="  - identity").replace("tiny_net", "no_such_net")
     with pytest.raises(PipelineError, match="^model.source: plugins_for_tests has no callable 'no_such_net'$"):
-        run_pipeline(parse_pipeline(text, test_host), test_host, output=tmp_path / "run")
+        run_pipeline(parse_pipeline(text, test_host.get_pass), test_host, output=tmp_path / "run")
     assert not (tmp_path / "run").exists()

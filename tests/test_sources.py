@@ -17,8 +17,8 @@ from torch import nn
 from optkit import hookimpl
 from optkit.errors import CheckpointError, PipelineError
 from optkit.host import Host
-from optkit.pipeline import ModelSpec
-from optkit.sources import SourceRequest, load_model
+from optkit.config import ModelSpec
+from optkit.models import SourceRequest
 
 INPUT = (1, 3, 64, 64)
 
@@ -41,16 +41,16 @@ def spec(**fields) -> ModelSpec:
 
 
 def test_torchvision_without_weights_and_with_kwargs(host: Host, tmp_path: Path) -> None:
-    model, details = load_model(spec(source="torchvision:resnet18", kwargs={"num_classes": 7}), host, tmp_path)
+    model, details = host.load_model(spec(source="torchvision:resnet18", kwargs={"num_classes": 7}), tmp_path)
     assert isinstance(model, torchvision.models.ResNet) and model.fc.out_features == 7 and not model.training
     assert details == {"source": {"torchvision": "resnet18", "weights": None}}
 
 
 def test_torchvision_unknown_model_and_unknown_weights_name(host: Host, tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="torchvision has no model 'resnet181'; did you mean resnet18"):
-        load_model(spec(source="torchvision:resnet181"), host, tmp_path)
+    with pytest.raises(PipelineError, match="torchvision has no model 'resnet181'; did you mean 'resnet18'"):
+        host.load_model(spec(source="torchvision:resnet181"), tmp_path)
     with pytest.raises(PipelineError, match=r"'IMAGENET' is not a weights name of resnet18 \(known: DEFAULT, IMAGENET1K_V1\)"):
-        load_model(spec(source="torchvision:resnet18", weights="IMAGENET"), host, tmp_path)
+        host.load_model(spec(source="torchvision:resnet18", weights="IMAGENET"), tmp_path)
 
 
 def test_torchvision_weights_that_cannot_be_downloaded_say_how_to_give_a_file(
@@ -61,7 +61,7 @@ def test_torchvision_weights_that_cannot_be_downloaded_say_how_to_give_a_file(
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(PipelineError) as info:
-        load_model(spec(source="torchvision:resnet18", weights="DEFAULT"), host, tmp_path)
+        host.load_model(spec(source="torchvision:resnet18", weights="DEFAULT"), tmp_path)
     message = str(info.value)
     assert "could not download" in message and "no network" in message
     assert "weights: {path: resnet18.pth}" in message
@@ -69,7 +69,7 @@ def test_torchvision_weights_that_cannot_be_downloaded_say_how_to_give_a_file(
 
 def test_torchvision_kwargs_that_contradict_the_weights_are_named(host: Host, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"model\.kwargs: resnet18: .*num_classes"):
-        load_model(spec(source="torchvision:resnet18", weights="DEFAULT", kwargs={"num_classes": 10}), host, tmp_path)
+        host.load_model(spec(source="torchvision:resnet18", weights="DEFAULT", kwargs={"num_classes": 10}), tmp_path)
 
 
 # --- file: ------------------------------------------------------------------------------------
@@ -80,9 +80,9 @@ def test_file_source_needs_the_opt_in_and_then_loads_the_whole_model(host: Host,
     torch.save(original, tmp_path / "whole.pt")
 
     with pytest.raises(CheckpointError, match=r"model\.source: .*refused to unpickle GLOBAL torchvision\.models\.resnet\.ResNet"):
-        load_model(spec(source="file:whole.pt"), host, tmp_path)
+        host.load_model(spec(source="file:whole.pt"), tmp_path)
 
-    model, details = load_model(spec(source="file:whole.pt", trust_checkpoint=True), host, tmp_path)
+    model, details = host.load_model(spec(source="file:whole.pt", trust_checkpoint=True), tmp_path)
     torch.testing.assert_close(outputs(model), outputs(original), rtol=0, atol=0)
     assert details["source"]["file"]["class"] == "torchvision.models.resnet.ResNet"
     assert details["source"]["file"]["trusted"] is True and details["source"]["file"]["saved_on"] == ["cpu"]
@@ -92,7 +92,7 @@ def test_file_source_unwraps_a_half_precision_yolov5_checkpoint(host: Host, tmp_
     original = seeded_resnet18()
     torch.save({"epoch": -1, "model": copy.deepcopy(original).half(), "ema": None, "optimizer": None}, tmp_path / "best.pt")
 
-    model, details = load_model(spec(source="file:best.pt", trust_checkpoint=True), host, tmp_path)
+    model, details = host.load_model(spec(source="file:best.pt", trust_checkpoint=True), tmp_path)
 
     assert details["source"]["file"]["unwrapped"] == "model"
     assert details["source"]["file"]["converted"] == "torch.float16 -> torch.float32"
@@ -103,7 +103,7 @@ def test_file_source_unwraps_a_half_precision_yolov5_checkpoint(host: Host, tmp_
 def test_file_source_holding_only_weights_points_to_weights(host: Host, tmp_path: Path) -> None:
     torch.save(seeded_resnet18().state_dict(), tmp_path / "sd.pt")
     with pytest.raises(CheckpointError, match=r"holds a state dict \(122 tensors\), not a whole model; .* weights: sd\.pt"):
-        load_model(spec(source="file:sd.pt"), host, tmp_path)
+        host.load_model(spec(source="file:sd.pt"), tmp_path)
 
 
 # --- python: and plugin schemes ---------------------------------------------------------------
@@ -116,17 +116,16 @@ def test_python_source_beside_the_pipeline_file_with_kwargs(host: Host, tmp_path
         def build(width=4, classes=3):
             return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
     """))
-    model, details = load_model(
-        spec(source="python:optkit_test_beside_models:build", kwargs={"width": 6, "classes": 5}), host, tmp_path
+    model, details = host.load_model(spec(source="python:optkit_test_beside_models:build", kwargs={"width": 6, "classes": 5}), tmp_path
     )
     assert model[0].out_channels == 6 and model[3].out_features == 5
     assert details["source"] == {"python": "optkit_test_beside_models:build"}
     assert str(tmp_path) not in __import__("sys").path
 
     with pytest.raises(PipelineError, match=r"model\.kwargs: optkit_test_beside_models:build: .*depth"):
-        load_model(spec(source="python:optkit_test_beside_models:build", kwargs={"depth": 2}), host, tmp_path)
+        host.load_model(spec(source="python:optkit_test_beside_models:build", kwargs={"depth": 2}), tmp_path)
     with pytest.raises(PipelineError, match="cannot import 'no_such_module_here'"):
-        load_model(spec(source="python:no_such_module_here:build"), host, tmp_path)
+        host.load_model(spec(source="python:no_such_module_here:build"), tmp_path)
 
 
 class _ToySources:
@@ -144,21 +143,21 @@ class _ToySources:
 
 def test_plugins_add_schemes_and_unknown_schemes_are_named(tmp_path: Path) -> None:
     host = Host.with_plugins(_ToySources())
-    model, details = load_model(spec(source="toy:4"), host, tmp_path)
+    model, details = host.load_model(spec(source="toy:4"), tmp_path)
     assert isinstance(model, nn.Linear) and model.out_features == 4 and details == {"source": {"toy": "4"}}
     with pytest.raises(PipelineError, match="unknown model source scheme 'tochvision'; did you mean 'torchvision'"):
-        load_model(spec(source="tochvision:resnet18"), host, tmp_path)
+        host.load_model(spec(source="tochvision:resnet18"), tmp_path)
 
 
 def test_a_loader_that_returns_no_module_is_named(tmp_path: Path) -> None:
     host = Host.with_plugins(_ToySources())
     with pytest.raises(PipelineError, match=r"the 'odd' loader of plugin .* returned str, not an nn\.Module"):
-        load_model(spec(source="odd:x"), host, tmp_path)
+        host.load_model(spec(source="odd:x"), tmp_path)
 
 
 def test_a_weights_name_is_refused_where_only_torchvision_understands_it(host: Host, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"model\.weights: 'DEFAULT' is not a file path .* only torchvision: sources"):
-        load_model(spec(source="python:plugins_for_tests:tiny_net", weights="DEFAULT"), host, tmp_path)
+        host.load_model(spec(source="python:plugins_for_tests:tiny_net", weights="DEFAULT"), tmp_path)
 
 
 # --- whole pipelines through the CLI ----------------------------------------------------------

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from optkit.errors import PipelineError
-from optkit.sweep import parse_sweep, plan_jobs
+from optkit.config import parse_sweep
+from optkit.sweep.plan import plan_jobs
 
 SMALL_SWEEP = """
 output: {output}
@@ -130,7 +131,7 @@ def test_bad_sweep_files_name_file_line_and_key(text: str, message: str) -> None
 
 
 def test_unknown_executor_and_missing_file(cli, tmp_path: Path) -> None:
-    from optkit.executors import make_executor
+    from optkit.sweep.executors import make_executor
 
     with pytest.raises(PipelineError, match="unknown executor 'dask'"):
         make_executor("dask")

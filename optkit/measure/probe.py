@@ -1,15 +1,13 @@
-"""Copies to measure on, and evaluation mode that leaves every ``training`` flag as it was."""
+"""Copies to measure on: a deep copy whose weights live on the ``meta`` device."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["meta_copy", "eval_mode"]
+__all__ = ["meta_copy"]
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -32,20 +30,3 @@ def meta_copy(model: nn.Module) -> nn.Module:
         empty = torch.empty_like(tensor, device="meta")
         memo[id(tensor)] = nn.Parameter(empty, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
     return copy.deepcopy(model, memo)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block, then restore each one's own flag.
-
-    ``model.train(previous)`` would set every submodule to the root's flag; a model whose
-    submodules differ (a frozen backbone in eval mode under a training head) would come back
-    changed. Here each module gets exactly its own flag back, also when the block raises.
-    """
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training

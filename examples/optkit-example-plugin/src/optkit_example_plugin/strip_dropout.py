@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
@@ -33,9 +33,7 @@ class StripDropout(Pass):
     summary = "Replace dropout layers (no-ops at inference) with nn.Identity."
     preserves_outputs = True
 
-    class Options(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
+    class Options(Pass.Options):  # unknown options are errors (extra="forbid" is inherited)
         kinds: list[DropoutKind] = Field(
             default_factory=lambda: list(DROPOUT_TYPES),
             description="Dropout classes to replace (default: all of torch.nn's).",
@@ -55,8 +53,7 @@ class StripDropout(Pass):
         # Exact types: a subclass of a dropout may do more than drop.
         replaced = [name for name, module in model.named_modules() if name and type(module) in kinds]
         for name in replaced:
-            parent_name, _, child_name = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child_name, nn.Identity())
+            model.set_submodule(name, nn.Identity())
         ctx.details["replaced"] = replaced
         ctx.details["count"] = len(replaced)
         ctx.logger.info("replaced %d dropout module(s)", len(replaced))

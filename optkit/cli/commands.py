@@ -1,0 +1,255 @@
+"""The ``optkit`` command group and its commands. Heavy modules (torch, plugins) load inside
+commands, never at import, so ``optkit --help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from optkit.errors import OptkitError
+
+__all__ = ["cli"]
+
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    a stage failed (earlier stages and a partial report are kept)
+  2    usage, pipeline-file or plugin error (nothing was run)
+  130  interrupted (Ctrl-C; the partial report is kept)"""
+
+
+class _Group(click.Group):
+    """Turns optkit errors into a one-line message and their exit code, Ctrl-C into 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OptkitError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="yellow", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES)
+@click.version_option(package_name="optkit", prog_name="optkit")
+def cli() -> None:
+    """optkit: run optimization passes over a PyTorch model and measure every stage.
+
+    \b
+    optkit run examples/resnet18.yaml     run a pipeline, print the stage table
+    optkit validate PIPELINE              check a pipeline file without running it
+    optkit passes                         list installed passes and broken plugins
+    optkit sweep examples/sweep.yaml      run many (model × pipeline) jobs, one combined report
+    optkit report RUN_DIR...              compare runs: Markdown, HTML page and plots
+    """
+
+
+def _host() -> Any:
+    from optkit.host import Host
+
+    return Host()
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    from optkit.reporting import report_json
+
+    click.echo(report_json(data), nl=False)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--device", help="auto | cpu | cuda | cuda:N | N (overrides the file).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Run folder (overrides the file).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in the output folder instead of using FOLDER-2.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (progress goes to stderr).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of the model's checkpoints (whole pickled modules); only for files you trust.")
+@click.option("--verbose", "-v", is_flag=True, help="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts.")
+def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool, as_json: bool, trust_checkpoint: bool, verbose: bool) -> None:
+    """Run PIPELINE: load the model, measure a baseline, apply and measure each stage."""
+    from optkit.cli.progress import ConsoleProgress
+    from optkit.config import load_pipeline
+    from optkit.reporting import print_report
+    from optkit.run.runner import run_pipeline
+
+    host = _host()
+    spec = load_pipeline(pipeline, host.get_pass)
+    if trust_checkpoint:
+        spec.model.trust_checkpoint = True
+    if verbose:
+        spec.model.list_keys = True
+    console = _stderr_console()
+    host.pm.register(ConsoleProgress(console), name="optkit-console")
+    report, run_dir = run_pipeline(spec, host, device=device, output=output, overwrite=overwrite)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        from rich.console import Console
+
+        print_report(report, Console(), str(run_dir))
+    sys.exit({"ok": 0, "failed": 1, "interrupted": 130}.get(report.status, 1))
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+def validate(pipeline: Path) -> None:
+    """Check PIPELINE (YAML, keys, passes, options) without running it."""
+    from optkit.config import load_pipeline
+
+    spec = load_pipeline(pipeline, _host().get_pass)
+    stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
+    click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def passes(as_json: bool) -> None:
+    """List installed passes (name, summary, plugin) and plugins that failed to load."""
+    host = _host()
+    registry = host.passes
+    rows = [
+        {
+            "name": e.name,
+            "summary": e.obj.summary,
+            "preserves_outputs": e.obj.preserves_outputs,
+            "plugin": e.plugin.name,
+            "distribution": e.plugin.distribution,
+            "version": e.plugin.version,
+        }
+        for e in registry
+    ]
+    broken = [
+        {"plugin": r.name, "distribution": r.distribution, "version": r.version, "error": r.error,
+         "disable": r.disable_hint}
+        for r in host.broken
+    ]
+    conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
+    if as_json:
+        click.echo(json.dumps({"passes": rows, "broken": broken, "conflicts": conflicts}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="optkit passes")
+    for column in ("name", "summary", "plugin"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["summary"], f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip())
+    console.print(table)
+    for message in conflicts.values():
+        console.print(f"[red]conflict:[/red] {message}", highlight=False)
+    for b in broken:
+        console.print(
+            f"[red]broken plugin[/red] {b['plugin']!r} ({b['distribution']} {b['version']}): {b['error']}\n"
+            f"  disable it with {b['disable']}",
+            highlight=False,
+        )
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of pipeline files, every installed pass's options included."""
+    from optkit.config import pipeline_json_schema
+
+    click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in _host().passes), indent=2))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
+              help="Folder for report.md, report.html, report.json and plots/.")
+@click.option("--title", help="Report title.")
+def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
+    """Render one or several RUNS side by side: Markdown, a self-contained HTML page and PNG plots.
+
+    Each of RUNS is a run folder, a sweep or benchmark folder, or a report.json.
+    """
+    from optkit.reporting import load_runs, write_comparison_report
+
+    compared = load_runs(list(runs))
+    meta = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
+    written = write_comparison_report(compared, output, meta=meta)
+    click.echo(f"{len(compared)} runs → {written['markdown']}, {written['html']}")
+
+
+@cli.command()
+@click.argument("sweep_file", metavar="SWEEP", type=click.Path(path_type=Path))
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where jobs run (overrides the file; default local).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), help="Jobs at once (local), CPUs of a local Ray (overrides the file).")
+@click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a Ray started here).")
+@click.option("--device", help="Device of every job (overrides the file).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Sweep folder (overrides the file).")
+def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_address: str | None,
+          device: str | None, output: Path | None) -> None:
+    """Run every (model × pipeline) job of SWEEP and gather them into one report.
+
+    A failing job is reported and the others go on; the exit code is 1 when any job failed.
+    """
+    from optkit.config import load_sweep
+    from optkit.sweep.driver import run_sweep
+    from optkit.sweep.executors import make_executor
+
+    spec = load_sweep(sweep_file)
+    updates = {k: v for k, v in {"executor": executor, "workers": workers, "device": device}.items() if v is not None}
+    spec = spec.model_copy(update=updates)
+    runner = make_executor(spec.executor, spec.workers, ray_address)
+
+    def progress(outcome: Any, done: int, total: int) -> None:
+        color = "green" if outcome.status == "ok" else "red"
+        click.echo(f"[{done}/{total}] {outcome.job.name}: " + click.style(outcome.status, fg=color)
+                   + f" ({outcome.seconds:.1f} s)", err=True)
+        if outcome.error:
+            click.echo("  " + outcome.error.splitlines()[-1], err=True)
+
+    given = {"--executor": executor, "--workers": workers, "--ray-address": ray_address, "--device": device, "--output": output}
+    command = " ".join(["optkit sweep", str(sweep_file), *(f"{flag} {value}" for flag, value in given.items() if value is not None)])
+    result = run_sweep(spec, runner, Path(output or spec.output), on_done=progress,
+                       title=f"optkit sweep: {sweep_file.name}", command=command)
+    click.echo(f"{len(result.outcomes) - len(result.failed)}/{len(result.outcomes)} jobs ok → "
+               f"{result.output}/report.md, {result.output}/report.html")
+    sys.exit(0 if result.status == "ok" else 1)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--input-shape", "-s", default="1,3,224,224", show_default=True, help="Input batch shape: 1,3,224,224 (C,H,W gets batch 1).")
+@click.option("--weights", help="none, a torchvision weights name (DEFAULT) or a checkpoint path.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | N")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls before timing.")
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls.")
+@click.option("--no-latency", is_flag=True, help="Skip timing (params, MACs and size only).")
+@click.option("--threads", type=click.IntRange(min=1), help="torch intra-op threads (default: torch's).")
+@click.option("--cudnn-benchmark", is_flag=True, help="Let cuDNN autotune convolutions before timing.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of file: sources and weights; only for files you trust.")
+@click.option("--verbose", "-v", is_flag=True, help="Add the per-parameter table (YOLOv5 model_info) and MACs per layer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(model: str, input_shape: str, weights: str | None, device: str, warmup: int, iters: int, no_latency: bool,
+         threads: int | None, cudnn_benchmark: bool, trust_checkpoint: bool, verbose: bool, as_json: bool) -> None:
+    """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency."""
+    from optkit.measure import configure_timing
+    from optkit.reporting import render_info
+    from optkit.run.info import inspect_model, parse_input_shape
+
+    configure_timing(threads, cudnn_benchmark)
+    result = inspect_model(
+        model, parse_input_shape(input_shape), host=_host(), weights=weights, device=device, warmup=warmup, iters=iters,
+        latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint,
+    )
+    if as_json:
+        _print_json(result)
+        return
+    from rich.console import Console
+
+    render_info(result, Console())

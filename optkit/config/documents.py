@@ -1,0 +1,145 @@
+"""YAML configuration files (pipelines, sweeps): read, parse with line numbers, validate with
+pydantic; every error is a :class:`PipelineError` with ``file:line`` and the key at fault."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from optkit.config.yaml_lines import line_of, load_yaml_with_lines
+from optkit.errors import PipelineError, closest
+
+__all__ = ["StrictModel", "ConfigDocument", "read_config", "parse_config"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every section of a configuration file: an unknown key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ConfigDocument:
+    """A parsed YAML file with its line map, for errors that point at the right line.
+
+    Attributes:
+        filename: what messages call the file.
+        data: the parsed document.
+        lines: key path -> 1-based line (see :func:`optkit.config.yaml_lines.load_yaml_with_lines`).
+    """
+
+    filename: str
+    data: Any
+    lines: dict[tuple[Any, ...], int]
+
+    def error(self, message: str, ypath: tuple[Any, ...] = ()) -> PipelineError:
+        """An error at the line of ``ypath`` (or its nearest ancestor)."""
+        return PipelineError(message, self.filename, line_of(self.lines, ypath))
+
+    def line(self, ypath: tuple[Any, ...]) -> int | None:
+        return line_of(self.lines, ypath)
+
+    def validate(self, model: type[M], data: Any, base: tuple[Any, ...] = (), what: str = "key", prefix: str = "") -> M:
+        """``model.model_validate(data)``, where ``data`` sits at ``base`` in the file.
+
+        Raises:
+            PipelineError: ``file:line: {prefix}`` and what is wrong: a missing or unknown key
+                (with the closest known one), or a bad value with what was expected and given.
+        """
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            ypath = _data_path(data, err["loc"])
+            raise self.error(prefix + _describe(err, model, ypath, what), base + ypath) from None
+
+
+def read_config(path: str | Path, kind: str) -> ConfigDocument:
+    """Read and parse the YAML file at ``path``; ``kind`` ("pipeline file") names it in errors.
+
+    Raises:
+        PipelineError: missing, a folder, unreadable, not UTF-8, or invalid YAML (with its line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"no such {kind}", str(path)) from None
+    except IsADirectoryError:
+        raise PipelineError(f"is a folder, not a {kind}", str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read {kind}: {exc}", str(path)) from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, filename: str) -> ConfigDocument:
+    """Parse YAML ``text`` safely (duplicate keys rejected) with its line map."""
+    data, lines = load_yaml_with_lines(text, filename)
+    return ConfigDocument(filename, data, lines)
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of a pydantic ``loc`` that exists in ``data`` (drops union tags and the like)."""
+    path: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part not in node and part == loc[-1]:
+            pass  # a missing key: keep it for the message, the line comes from its parent
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel], ypath: tuple[Any, ...], what: str) -> str:
+    dotted = ".".join(str(p) for p in ypath) or "(top level)"
+    kind = err["type"]
+    if kind == "missing":
+        return f"missing required {what} {dotted!r}"
+    if kind == "extra_forbidden":
+        known = _known_keys(model, ypath[:-1])
+        message = f"unknown {what} {dotted!r}"
+        close = closest(str(ypath[-1]), known, n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        if known:
+            message += f" (known: {', '.join(known)})"
+        return message
+    return f"{what} {dotted!r}: {err['msg']}, got {err.get('input')!r}"
+
+
+def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """Field names of the nested model at ``path`` under ``model`` (best effort, for messages)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _model_in(current.model_fields[part].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType, Annotated, list, dict):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

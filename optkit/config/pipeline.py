@@ -1,0 +1,264 @@
+"""Pipeline files: YAML in, a validated :class:`Pipeline` out, every error with file:line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    Tag,
+    field_validator,
+)
+
+from optkit.config.documents import ConfigDocument, StrictModel, parse_config, read_config
+from optkit.errors import PipelineError, PluginError
+from optkit.files import resolve_path
+from optkit.passes import Pass, Tolerance
+
+__all__ = [
+    "WeightsSpec",
+    "ModelSpec",
+    "MeasureSpec",
+    "PipelineFile",
+    "Stage",
+    "Pipeline",
+    "PassLookup",
+    "load_pipeline",
+    "parse_pipeline",
+    "pipeline_json_schema",
+]
+
+#: Finds the pass class registered under a name (``Host.get_pass``); raises
+#: :class:`~optkit.errors.PipelineError` for an unknown name, :class:`~optkit.errors.PluginError`
+#: for a name two plugins claim.
+PassLookup = Callable[[str], "type[Pass]"]
+
+
+class WeightsSpec(StrictModel):
+    """Weights loaded into the model's architecture from a checkpoint file."""
+
+    path: str = Field(description="Checkpoint file (.pt/.pth/.ckpt or .safetensors), relative to the pipeline file.")
+    key: str | None = Field(None, description="Entry holding the weights: model, ema, state_dict, model_state_dict, ...; found automatically when unset.")
+    map_location: str | dict[str, str] = Field("cpu", description="torch.load map_location: a device, or a mapping such as {'cuda:0': 'cuda:1'}.")
+    match: Literal["name", "order"] = Field("name", description="Pair tensors by name (and shape), or by position while shapes agree.")
+    exclude: list[str] = Field(default_factory=list, description="Tensor names not to load: module names (fc, head, final_layer) or globs ('layer4.*', '*.bias').")
+    strict: bool = Field(False, description="Fail unless every tensor of model and checkpoint is paired.")
+    min_loaded: float = Field(0.5, ge=0.0, le=1.0, description="Fail when less than this share of the model's tensors is filled.")
+    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling (only for files you trust); model.trust_checkpoint also applies here.")
+
+
+def _weights_kind(value: Any) -> str:
+    # A mapping when validating a file, a WeightsSpec when serializing the validated model.
+    return "spec" if isinstance(value, (dict, WeightsSpec)) else "name"
+
+
+class ModelSpec(StrictModel):
+    """The model to optimize: where it comes from, its weights and its input."""
+
+    source: str = Field(description="scheme:rest — torchvision:resnet50, file:model.pt, python:pkg.module:factory, ...")
+    weights: Annotated[
+        Union[Annotated[str, Tag("name")], Annotated[WeightsSpec, Tag("spec")]],
+        Discriminator(_weights_kind),
+    ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
+    input_shape: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 224, 224], min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model builder (e.g. num_classes).")
+    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling of file: sources and weights (only for files you trust); --trust-checkpoint sets it.")
+    freeze: list[str] | None = Field(None, description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.")
+    list_keys: bool = Field(False, description="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts; --verbose sets it.")
+
+    @field_validator("source")
+    @classmethod
+    def _has_scheme(cls, value: str) -> str:
+        scheme, sep, rest = value.partition(":")
+        if not sep or not scheme or not rest:
+            raise ValueError("expected scheme:name, e.g. torchvision:resnet50, file:model.pt or python:pkg.mod:factory")
+        return value
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _none_means_none(cls, value: Any) -> Any:
+        return None if value is None or (isinstance(value, str) and value.lower() == "none") else value
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _one_pattern_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def scheme(self) -> str:
+        return self.source.partition(":")[0]
+
+    @property
+    def target(self) -> str:
+        return self.source.partition(":")[2]
+
+
+class MeasureSpec(StrictModel):
+    """How every stage is measured."""
+
+    warmup: NonNegativeInt = 10
+    iters: PositiveInt = 50
+    latency: bool = Field(True, description="Time the model (set false for quick structural runs).")
+    flops: bool = Field(True, description="Count MACs with thop.")
+    cudnn_benchmark: bool = False
+    threads: PositiveInt | None = Field(None, description="torch/onnxruntime intra-op threads; default: torch's.")
+    flush_denormal: bool = Field(True, description="Treat denormal floats as zero on the CPU (random-init models are otherwise timed on denormal arithmetic).")
+    drift_tolerance: Tolerance = Field(
+        default_factory=Tolerance, description="A stage whose pass preserves outputs fails beyond this (unless the pass declares its own)."
+    )
+
+
+class PipelineFile(StrictModel):
+    """The schema of a pipeline file (stages are validated against each pass's own options)."""
+
+    model: ModelSpec
+    device: str | int = Field("auto", description="auto | cpu | cuda | cuda:N | N")
+    seed: int = Field(0, description="Seed of the input batch every stage is measured on.")
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    passes: list[str | dict[str, Any]] = Field(default_factory=list)
+    output: str | None = Field(None, description="Run folder; default runs/<pipeline file name>.")
+    save_model: bool = Field(True, description="Save the final module as model.pt in the run folder.")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One validated stage: the pass class and its parsed options."""
+
+    index: int
+    pass_name: str
+    pass_cls: type[Pass]
+    options: BaseModel
+    line: int | None = None
+
+    def make_pass(self) -> Pass:
+        return self.pass_cls(self.options)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline: file settings plus resolved stages."""
+
+    spec: PipelineFile
+    stages: tuple[Stage, ...]
+    path: Path | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.spec.model
+
+    @property
+    def measure(self) -> MeasureSpec:
+        return self.spec.measure
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the file (checkpoints, file: sources) are relative to this folder."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` from the file, relative to :attr:`base_dir`."""
+        return resolve_path(path, self.base_dir)
+
+    @property
+    def output_dir(self) -> Path:
+        """The run folder, relative to the current directory (``runs/<file stem>`` by default)."""
+        if self.spec.output:
+            return Path(self.spec.output)
+        return Path("runs") / (self.path.stem if self.path is not None else "pipeline")
+
+    def summary(self) -> dict[str, Any]:
+        """The ``pipeline`` section of report.json."""
+        return {
+            "path": str(self.path) if self.path is not None else None,
+            "model": self.model.model_dump(mode="json", exclude_defaults=False),
+            "device": self.spec.device,
+            "seed": self.spec.seed,
+            "measure": self.measure.model_dump(mode="json"),
+            "passes": [{"pass": s.pass_name, "options": s.options.model_dump(mode="json")} for s in self.stages],
+        }
+
+
+def load_pipeline(path: str | Path, get_pass: PassLookup) -> Pipeline:
+    """Read and validate a pipeline file.
+
+    Args:
+        path: the file.
+        get_pass: finds a pass class by name (``host.get_pass``).
+
+    Raises:
+        PipelineError: unreadable file, bad YAML, unknown keys or passes, bad options; each with
+            ``file:line`` where YAML gives one.
+    """
+    return _build(read_config(path, "pipeline file"), get_pass, Path(path))
+
+
+def parse_pipeline(text: str, get_pass: PassLookup, path: Path | None = None) -> Pipeline:
+    """Validate pipeline YAML ``text`` (see :func:`load_pipeline`)."""
+    return _build(parse_config(text, str(path) if path is not None else "<pipeline>"), get_pass, path)
+
+
+def _build(doc: ConfigDocument, get_pass: PassLookup, path: Path | None) -> Pipeline:
+    if not isinstance(doc.data, dict):
+        raise doc.error("a pipeline file is a mapping with at least 'model:' and 'passes:'")
+    spec = doc.validate(PipelineFile, doc.data)
+    stages = tuple(_parse_stage(i, item, get_pass, doc) for i, item in enumerate(spec.passes))
+    return Pipeline(spec=spec, stages=stages, path=path)
+
+
+def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -> Stage:
+    number = i + 1
+    if isinstance(item, str):
+        name, options, base = item, {}, ("passes", i)
+    elif isinstance(item, dict) and len(item) == 1:
+        ((name, options),) = item.items()
+        options = {} if options is None else options
+        base = ("passes", i, name)
+        if not isinstance(options, dict):
+            raise doc.error(f"stage {number} ({name}): options must be a mapping, got {options!r}", base)
+    else:
+        raise doc.error(f"stage {number}: expected a pass name or 'name: {{options}}', got {item!r}", ("passes", i))
+    try:
+        pass_cls = get_pass(name)
+    except PipelineError as exc:
+        raise doc.error(f"stage {number}: {exc.message}", base) from None
+    except PluginError as exc:  # two plugins claim the name
+        raise doc.error(f"stage {number}: {exc}", base) from None
+    parsed = doc.validate(pass_cls.Options, options, base, what="option", prefix=f"stage {number} ({name}): ")
+    return Stage(number, name, pass_cls, parsed, doc.line(base))
+
+
+def pipeline_json_schema(passes: Iterable[type[Pass]]) -> dict[str, Any]:
+    """JSON Schema of pipeline files, with the options of every pass in ``passes`` (for editors)."""
+    schema = PipelineFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "optkit pipeline"
+    defs = schema.setdefault("$defs", {})
+    variants: list[dict[str, Any]] = []
+    names = []
+    for pass_cls in passes:
+        options_schema = pass_cls.Options.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(options_schema.pop("$defs", {}))
+        options_schema["description"] = pass_cls.summary
+        def_name = f"{pass_cls.name}_options"
+        defs[def_name] = options_schema
+        names.append(pass_cls.name)
+        variants.append({
+            "type": "object",
+            "properties": {pass_cls.name: {"anyOf": [{"$ref": f"#/$defs/{def_name}"}, {"type": "null"}]}},
+            "required": [pass_cls.name],
+            "additionalProperties": False,
+            "description": pass_cls.summary,
+        })
+    schema["properties"]["passes"] = {
+        "type": "array",
+        "description": "Stages, in order: a pass name, or 'name: {options}'.",
+        "items": {"anyOf": [{"enum": names, "type": "string"}, *variants]},
+    }
+    return schema

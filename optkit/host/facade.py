@@ -1,0 +1,151 @@
+"""The one typed facade through which core code talks to plugins (no ``pm.hook`` elsewhere)."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from optkit.errors import PipelineError, PluginError
+from optkit.host.manager import OptkitPluginManager, PluginRecord, get_plugin_manager
+from optkit.host.registry import Registered, Registry
+from optkit.passes import Pass, check_pass_class
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch import nn
+
+    from optkit.config import ModelSpec
+    from optkit.models import SourceLoader
+    from optkit.results import RunInfo, StageResult
+
+__all__ = ["Host"]
+
+log = logging.getLogger(__name__)
+
+
+class Host:
+    """Plugins as the runner, the pipeline loader and the CLI see them.
+
+    Args:
+        pm: a plugin manager; by default a fresh one from :func:`get_plugin_manager`.
+
+    Example:
+        >>> host = Host()
+        >>> [entry.name for entry in host.passes]  # doctest: +SKIP
+        ['export_onnx', 'fuse_bn', 'prune_l1', 'reclassify', 'tta']
+    """
+
+    def __init__(self, pm: OptkitPluginManager | None = None) -> None:
+        self.pm = pm if pm is not None else get_plugin_manager()
+
+    @classmethod
+    def with_plugins(cls, *plugins: object, disabled: Iterable[str] | None = None) -> Host:
+        """A host with the installed plugins plus in-process ``plugins`` (tests, notebooks)."""
+        return cls(get_plugin_manager(disabled=disabled, extra_plugins=plugins))
+
+    @property
+    def broken(self) -> list[PluginRecord]:
+        """Plugins that failed to load or to register, in load order."""
+        self.passes, self.sources  # noqa: B018 - registration failures are found by collecting
+        return self.pm.broken
+
+    @cached_property
+    def passes(self) -> Registry[type[Pass]]:
+        """Every registered pass class, by its ``name``."""
+
+        def validate(obj: object, record: PluginRecord) -> tuple[str, type[Pass]]:
+            return check_pass_class(obj, record.origin), obj  # type: ignore[return-value]
+
+        return self._collect("pass", "optkit_register_passes", validate)
+
+    @cached_property
+    def sources(self) -> Registry[SourceLoader]:
+        """Every registered model-source loader, by scheme."""
+
+        def validate(scheme: object, loader: object, record: PluginRecord) -> tuple[str, SourceLoader]:
+            if not isinstance(scheme, str) or not scheme.isidentifier() or not callable(loader):
+                raise PluginError(f"{record.origin}: register(scheme, loader) needs a name and a callable")
+            return scheme, loader  # type: ignore[return-value]
+
+        return self._collect("model source", "optkit_register_sources", validate)
+
+    def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
+        # Each implementation is called with its own ``register`` so that every entry knows
+        # which plugin (and so which distribution) registered it.
+        registry: Registry = Registry(kind)
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            record = self.pm.record_of(impl.plugin_name)
+
+            def register(*args: object, _record: PluginRecord = record) -> None:
+                name, obj = validate(*args, _record)
+                registry.add(name, obj, _record)
+
+            try:
+                impl.function(register=register)
+            except PluginError as exc:
+                self._mark_broken(record, str(exc))
+            # A plugin's registration hook is third-party code: any failure marks that plugin
+            # broken and names it, rather than breaking every command.
+            except Exception as exc:  # noqa: BLE001
+                log.debug("plugin %s failed in %s", record.name, hook_name, exc_info=True)
+                self._mark_broken(record, f"{hook_name} raised {type(exc).__name__}: {exc}")
+        return registry
+
+    def _mark_broken(self, record: PluginRecord, error: str) -> None:
+        self.pm.records[record.name] = PluginRecord(
+            record.name, record.value, record.distribution, record.version, error=error
+        )
+
+    def get_pass(self, name: str) -> type[Pass]:
+        """The pass class registered as ``name``.
+
+        Raises:
+            PipelineError: unknown name, with the closest registered names and any broken plugin
+                that may have provided it.
+            PluginError: two plugins claim the name.
+        """
+        if name in self.passes:
+            return self.passes.get(name).obj
+        raise PipelineError(self.unknown_message("pass", name, self.passes))
+
+    def get_source(self, scheme: str) -> Registered[SourceLoader]:
+        """The source loader registered for ``scheme``, with the plugin that registered it.
+
+        Raises:
+            PipelineError: unknown scheme, with the closest registered ones.
+            PluginError: two plugins claim the scheme.
+        """
+        if scheme in self.sources:
+            return self.sources.get(scheme)
+        raise PipelineError(f"model.source: {self.unknown_message('model source scheme', scheme, self.sources)}")
+
+    def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """Build the model ``spec`` describes through the source registered for its scheme
+        (see :func:`optkit.models.load_model`)."""
+        from optkit.models import load_model
+
+        entry = self.get_source(spec.scheme)
+        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.name)
+
+    def unknown_message(self, kind: str, name: str, registry: Registry) -> str:
+        message = f"unknown {kind} {name!r}"
+        close = registry.closest(name)
+        if close:
+            message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        else:
+            message += f"; registered: {', '.join(registry.names()) or 'none'}"
+        suspects = [r for r in self.broken if r.name == name] or self.broken
+        for record in suspects:
+            message += (
+                f"\n  plugin {record.name!r} from {record.origin} failed to load and may provide it: "
+                f"{record.error}\n  fix or reinstall it, or disable it with {record.disable_hint}"
+            )
+        return message
+
+    def stage_started(self, stage: str, index: int, run: RunInfo) -> None:
+        self.pm.hook.optkit_stage_started(stage=stage, index=index, run=run)
+
+    def stage_finished(self, result: StageResult, run: RunInfo) -> None:
+        self.pm.hook.optkit_stage_finished(result=result, run=run)

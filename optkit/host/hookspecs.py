@@ -1,0 +1,82 @@
+"""Hook specifications: the whole contract between optkit and its plugins.
+
+Every hook is prefixed ``optkit_``. Plugins implement them with :data:`optkit.hookimpl`::
+
+    from optkit import Pass, hookimpl
+
+    @hookimpl
+    def optkit_register_passes(register):
+        register(MyPass)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from optkit.models import SourceLoader
+    from optkit.passes import Pass
+    from optkit.results import RunInfo, StageResult
+
+__all__ = ["PROJECT", "hookspec", "hookimpl"]
+
+PROJECT = "optkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def optkit_register_passes(register: Callable[[type[Pass]], None]) -> None:
+    """Add pass classes to the registry.
+
+    Call ``register(PassClass)`` once per pass. The class's ``name`` is what pipeline files use;
+    two plugins registering the same name is an error that names both distributions.
+
+    :param register: adds one :class:`optkit.Pass` subclass to the registry.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> None:
+    """Add model sources by scheme (``torchvision``, ``file``, ``python``, or your own).
+
+    A source ``scheme:rest`` in a pipeline file is handed to the loader registered for ``scheme``
+    as ``loader(request)``, an :class:`optkit.models.SourceRequest` with ``target`` (``rest``),
+    ``spec`` (the validated :class:`optkit.config.ModelSpec`), ``base_dir`` (relative paths
+    resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
+    an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
+
+    :param register: ``register(scheme, loader)`` adds one scheme.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_stage_started(stage: str, index: int, run: RunInfo) -> None:
+    """Observe a stage about to run (progress displays, loggers).
+
+    :param stage: the stage's name (``baseline`` or the pass name).
+    :param index: 0 for the baseline, then 1, 2, ... in pipeline order.
+    :param run: what is known about the run: pipeline, output folder, device, stage count.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_stage_finished(result: StageResult, run: RunInfo) -> None:
+    """Observe a finished stage (loggers, experiment trackers, progress displays).
+
+    Called for every stage, failed ones included, after its metrics are measured and before
+    the next stage starts. Observers must not change ``result``.
+
+    :param result: the stage's status, metrics, details, artifacts and error.
+    :param run: what is known about the run: pipeline, output folder, device, stage count.
+
+    .. versionadded:: 0.1
+    """

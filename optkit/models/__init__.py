@@ -1,0 +1,37 @@
+"""Models: sources (``scheme:target``), checkpoints read safely, weights paired and loaded,
+freezing, classifier heads, and small facts about layers.
+
+Plugins use what is exported here: the standard source loaders, :class:`SourceRequest`, the
+classifier-head finder and the layer helpers.
+"""
+
+from optkit.models.classifier_head import (
+    HEAD_TYPES,
+    ClassifierNotFoundError,
+    auxiliary_classifiers,
+    candidate_heads_hint,
+    find_classifier,
+)
+from optkit.models.layers import eval_mode, in_width, module_mode, out_width, replace_module
+from optkit.models.loading import load_model
+from optkit.models.sources import SourceLoader, SourceRequest, is_weights_path, load_file, load_python, load_torchvision
+
+__all__ = [
+    "SourceRequest",
+    "SourceLoader",
+    "load_torchvision",
+    "load_python",
+    "load_file",
+    "is_weights_path",
+    "load_model",
+    "HEAD_TYPES",
+    "ClassifierNotFoundError",
+    "find_classifier",
+    "auxiliary_classifiers",
+    "candidate_heads_hint",
+    "in_width",
+    "out_width",
+    "replace_module",
+    "module_mode",
+    "eval_mode",
+]

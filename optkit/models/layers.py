@@ -1,0 +1,56 @@
+"""Small facts about layers and module trees: channel widths, replacing a submodule, and
+train/eval flags set for a block and then restored module by module."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+__all__ = ["in_width", "out_width", "replace_module", "module_mode", "eval_mode"]
+
+
+def in_width(layer: nn.Module) -> int:
+    """Input channels of a convolution, or in-features of a Linear layer."""
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def out_width(layer: nn.Module) -> int:
+    """Output channels of a convolution, or out-features of a Linear layer (a classifier's classes)."""
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule ``name`` (dotted) is, in place; returns the module it replaced.
+
+    Raises:
+        AttributeError: ``name`` is empty or names no submodule of ``model``.
+    """
+    if not name:
+        raise AttributeError("cannot replace the model itself; name one of its submodules")
+    old = model.get_submodule(name)
+    model.set_submodule(name, new)
+    return old
+
+
+@contextlib.contextmanager
+def module_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Put every submodule in train (``True``) or eval mode for the block, then restore each one's own flag.
+
+    ``model.train(previous)`` would set every submodule to the root's flag; a model whose
+    submodules differ (a frozen backbone in eval mode under a training head) would come back
+    changed. Here each module gets exactly its own flag back, also when the block raises.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """:func:`module_mode` in eval mode."""
+    return module_mode(model, False)

@@ -1,0 +1,52 @@
+"""Building the model a pipeline's ``model:`` section describes: source, then weights, then freezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optkit.errors import PipelineError
+from optkit.models.freezing import apply_freeze
+from optkit.models.sources import SourceLoader, SourceRequest
+from optkit.models.weights import load_weights_into, weights_spec_of
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from optkit.config import ModelSpec
+
+__all__ = ["load_model"]
+
+
+def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin: str = "") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model ``spec`` describes with ``loader`` (the source registered for its scheme),
+    load its weights and freeze what it names; the model is returned in eval mode.
+
+    Args:
+        spec: the validated ``model:`` section.
+        loader: the source loader for ``spec.scheme``.
+        base_dir: relative paths resolve against it (the pipeline file's folder).
+        plugin: the name of the plugin that registered ``loader``, for messages.
+
+    Returns:
+        ``(model, details)``; details say what was loaded from where.
+
+    Raises:
+        PipelineError: unknown model, unreadable or unsafe checkpoint, a loader that returns
+            something other than a module.
+    """
+    from torch import nn
+
+    request = SourceRequest(spec.target, spec, base_dir)
+    model = loader(request)
+    if not isinstance(model, nn.Module):
+        raise PipelineError(
+            f"model.source: the {spec.scheme!r} loader of plugin {plugin or '?'!r} returned "
+            f"{type(model).__name__}, not an nn.Module"
+        )
+    weights = weights_spec_of(spec)
+    if weights is not None:
+        request.details["weights"] = load_weights_into(model, weights, base_dir, list_keys=spec.list_keys)
+    if spec.freeze:
+        request.details["freeze"] = apply_freeze(model, spec.freeze, list_keys=spec.list_keys)
+    return model.eval(), request.details

@@ -1,0 +1,27 @@
+"""Reporting: a run's report as tables (console, Markdown), and comparisons of several runs
+(Markdown, a self-contained HTML page, plots), written atomically."""
+
+from optkit.reporting.console import print_report, render_info
+from optkit.reporting.markdown import render_comparison_markdown, render_markdown
+from optkit.reporting.runs import COMPARISON_KIND, ComparedRun, load_runs
+from optkit.reporting.tables import COLUMNS, final_speedup, format_count, speedup_table, stage_rows
+from optkit.reporting.writing import PLOT_FILES, report_json, write_comparison_report, write_run_report
+
+__all__ = [
+    "COLUMNS",
+    "format_count",
+    "stage_rows",
+    "final_speedup",
+    "speedup_table",
+    "render_markdown",
+    "render_comparison_markdown",
+    "print_report",
+    "render_info",
+    "COMPARISON_KIND",
+    "ComparedRun",
+    "load_runs",
+    "PLOT_FILES",
+    "report_json",
+    "write_run_report",
+    "write_comparison_report",
+]

@@ -1,0 +1,107 @@
+"""Reports on a terminal (rich): a run's stage table, and ``optkit info``'s tables."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from optkit.reporting.tables import COLUMNS, format_count, stage_rows
+
+if TYPE_CHECKING:
+    from optkit.results import RunReport
+
+__all__ = ["STATUS_STYLE", "print_report", "render_info"]
+
+#: rich styles of stage statuses.
+STATUS_STYLE = {"ok": "green", "failed": "bold red", "interrupted": "yellow", "skipped": "dim"}
+
+
+#: Dropped, in this order, when a terminal is too narrow for the whole table.
+_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1")
+
+
+def _stage_table(report: RunReport, columns: list[str]) -> Table:
+    table = Table(title=f"optkit · {report.pipeline.get('model', {}).get('source')} · {report.environment.get('device')}")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("stage", "status") else "right", no_wrap=True)
+    for row in stage_rows(report):
+        style = STATUS_STYLE.get(row["status"]) if row["status"] != "ok" else None
+        table.add_row(*(row[c] for c in columns), style=style)
+    return table
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+def print_report(report: RunReport, console: Console, run_dir: str) -> None:
+    """Print the stage table and where the report files are.
+
+    Rich squeezes a table into the console's width, which makes 15 columns unreadable at 80:
+    a narrow terminal loses the optional columns first; a file or pipe (no width of its own)
+    gets the table at its natural width.
+    """
+    columns = list(COLUMNS)
+    table = _stage_table(report, columns)
+    if console.is_terminal:
+        for optional in _OPTIONAL_COLUMNS:
+            if _natural_width(console, table) <= console.width:
+                break
+            columns.remove(optional)
+            table = _stage_table(report, columns)
+        console.print(table)
+        hidden = [c for c in COLUMNS if c not in columns]
+        if hidden:
+            console.print(f"(terminal too narrow: {', '.join(hidden)} hidden; report.md has every column)", style="dim")
+    else:
+        # print(width=) can only narrow; a pipe or file has no width of its own to respect.
+        console.width = max(console.width, _natural_width(console, table))
+        console.print(table)
+    console.print("GFLOPs = 2 × GMACs (thop counts multiply-accumulates). Drift is against the baseline.", style="dim")
+    console.print(f"Report: {run_dir}/report.json, {run_dir}/report.md · status: {report.status}")
+
+
+def render_info(info: dict[str, Any], console: Any) -> None:
+    """Print ``info`` (from ``optkit info``) as rich tables on ``console``."""
+    summary = Table(title=f"{info['model']} · input {info['input_shape']} · {info['device']}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    sparsity = info.get("sparsity")
+    summary.add_row("parameters", f"{info['params']:,} ({info['trainable_params']:,} trainable)")
+    summary.add_row("non-zero", f"{info['nonzero_params']:,}" + (f" (sparsity {sparsity:.2%})" if sparsity is not None else ""))
+    summary.add_row("MACs", f"{format_count(info['macs'])} ({info['gmacs']:.3f} GMACs)")
+    summary.add_row("GFLOPs", f"{info['gflops']:.3f} (= 2 × GMACs)")
+    summary.add_row("state_dict size", f"{info['size_bytes'] / 1e6:.2f} MB")
+    latency = info.get("latency_ms")
+    if latency:
+        summary.add_row(
+            "latency",
+            f"p50 {latency['p50']:.2f} ms · p90 {latency['p90']:.2f} · mean {latency['mean']:.2f} ± {latency['std']:.2f} "
+            f"(n {latency['n']}, warm-up {latency['warmup']}, batch {latency['batch']}, {latency['threads']} threads, {latency['timer']})",
+        )
+    if "peak_memory_bytes" in info:
+        summary.add_row("peak CUDA memory", f"{info['peak_memory_bytes'] / 2**20:.1f} MiB")
+    if info.get("uncounted"):
+        summary.add_row("uncounted", ", ".join(f"{k} ×{v}" for k, v in info["uncounted"].items()))
+    summary.caption = info["unit"]
+    console.print(summary)
+    if "parameters" in info:
+        table = Table(title="parameters")
+        for column in ("layer", "name", "gradient", "parameters", "shape", "mu", "sigma"):
+            table.add_column(column, justify="right" if column in ("layer", "parameters", "mu", "sigma") else "left")
+        for row in info["parameters"]:
+            table.add_row(
+                str(row["index"]), row["name"], str(row["trainable"]), f"{row['params']:,}", str(row["shape"]),
+                "–" if row["mean"] is None else f"{row['mean']:.3g}", "–" if row["std"] is None else f"{row['std']:.3g}",
+            )
+        console.print(table)
+        layers = Table(title="MACs per layer")
+        for column in ("module", "type", "MACs", "share", "counted by"):
+            layers.add_column(column, justify="right" if column in ("MACs", "share") else "left")
+        total = info["macs"] or 1
+        for row in info["layer_macs"]:
+            layers.add_row(row["module"], row["type"], f"{row['macs']:,}", f"{row['macs'] / total:.1%}", row["counted_by"])
+        console.print(layers)

@@ -1,0 +1,93 @@
+"""Reports as Markdown: one run's ``report.md``, and the comparison of several runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from optkit.reporting.tables import (
+    COLUMNS,
+    comparison_columns,
+    comparison_note,
+    comparison_rows,
+    environment_groups,
+    environment_line,
+    environment_text,
+    short_text,
+    speedup_table,
+    stage_rows,
+)
+
+if TYPE_CHECKING:
+    from optkit.reporting.runs import ComparedRun
+    from optkit.results import RunReport
+
+__all__ = ["render_markdown", "render_comparison_markdown"]
+
+
+def render_markdown(report: RunReport) -> str:
+    """The report as Markdown: environment, the stage table, errors, and each stage's details."""
+    model = report.pipeline.get("model", {})
+    lines = [
+        f"# optkit report: {model.get('source', '?')}",
+        "",
+        f"Status: **{report.status}** · input {model.get('input_shape')} · {environment_line(report)}",
+        "",
+        "MACs are multiply-accumulates (thop's unit); GFLOPs = 2 × GMACs. Latency is the median "
+        "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline.",
+        "",
+        *_markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in stage_rows(report)]),
+    ]
+    if report.error:
+        lines += ["", f"**Error:** {report.error}"]
+    for stage in report.stages:
+        if stage.details or stage.artifacts or stage.error:
+            lines += ["", f"## {stage.index}. {stage.name}", ""]
+            if stage.error:
+                lines.append(f"- error: {stage.error}")
+            lines += [f"- artifact: `{a}`" for a in stage.artifacts]
+            lines += [f"- {key}: {short_text(value)}" for key, value in stage.details.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows)]
+
+
+def render_comparison_markdown(
+    runs: list[ComparedRun], meta: dict[str, Any] | None = None, plots: dict[str, str] | None = None
+) -> str:
+    """Several runs as one Markdown report: environment header, speed-up summary, plots, stage table, errors.
+
+    Args:
+        runs: the runs, in the order to show them.
+        meta: ``title``, ``command`` (how to reproduce), ``executor``, ``created`` and ``notes``, each optional.
+        plots: caption → image path relative to the report.
+    """
+    meta = meta or {}
+    lines = [f"# {meta.get('title') or 'optkit comparison'}", ""]
+    if meta.get("command"):
+        lines += ["Reproduce with:", "", "```", str(meta["command"]), "```", ""]
+    groups = environment_groups(runs)
+    lines += ["## Environment", ""]
+    lines += [f"- {environment_text(env)}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or ["- (no run recorded one)"]
+    extra = [f"{key} {meta[key]}" for key in ("created", "executor", "optkit_version") if meta.get(key)]
+    lines += [f"- {' · '.join(extra)}"] if extra else []
+    lines += [f"- {note}" for note in meta.get("notes") or []]
+    failed = [run for run in runs if run.report.status != "ok"]
+    lines += ["", comparison_note(runs), ""]
+    if runs:
+        header, rows = speedup_table(runs)
+        lines += ["## Speed-up of each pipeline (last stage vs baseline, p50)", "", *_markdown_table(header, rows), ""]
+    for caption, path in (plots or {}).items():
+        lines += [f"![{caption}]({path})", ""]
+    columns = comparison_columns(runs)
+    lines += ["## Every stage", "", *_markdown_table(columns, [[row[c] for c in columns] for row in comparison_rows(runs)])]
+    if failed:
+        lines += ["", "## Errors", ""]
+        lines += [f"- **{run.model} / {run.pipeline}**: {short_text(run.report.error or run.report.status, 600)}" for run in failed]
+    return "\n".join(lines) + "\n"

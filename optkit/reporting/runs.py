@@ -1,0 +1,77 @@
+"""Runs to compare: a run's report with the labels it is shown under, read back from run folders,
+sweep folders, comparison reports and ``report.json`` files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optkit.errors import PipelineError
+from optkit.results import RunReport, read_report_json
+
+__all__ = ["COMPARISON_KIND", "ComparedRun", "load_runs"]
+
+#: ``kind`` of a comparison ``report.json`` (a run's report.json has none).
+COMPARISON_KIND = "optkit-comparison"
+
+
+@dataclass
+class ComparedRun:
+    """One run in a comparison: its report and the labels it is shown under.
+
+    Attributes:
+        report: the run's report (a stub with status ``failed`` when the run wrote none).
+        model: model label; default the part of ``model.source`` after the last ``:``.
+        pipeline: pipeline label; default the passes joined by ``+`` (``baseline`` when none).
+        run_dir: where the run's files are.
+        seconds: wall time of the job, when a sweep ran it.
+    """
+
+    report: RunReport
+    model: str = ""
+    pipeline: str = ""
+    run_dir: str | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.report.pipeline
+        if not self.model:
+            self.model = str((spec.get("model") or {}).get("source", "?")).rsplit(":", 1)[-1]
+        if not self.pipeline:
+            self.pipeline = "+".join(p.get("pass", "?") for p in spec.get("passes") or []) or "baseline"
+
+    @property
+    def device(self) -> str:
+        """The device name the run recorded ('' when it recorded none: it failed before measuring)."""
+        return str(self.report.environment.get("device") or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "pipeline": self.pipeline, "run_dir": self.run_dir,
+                "seconds": self.seconds, "report": self.report.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComparedRun:
+        return cls(RunReport.from_dict(data["report"]), data.get("model", ""), data.get("pipeline", ""),
+                   data.get("run_dir"), data.get("seconds"))
+
+
+def load_runs(paths: list[Path]) -> list[ComparedRun]:
+    """Runs from run folders, ``report.json`` files and comparison reports, in the order given.
+
+    Raises:
+        PipelineError: a path holds no report, or one that cannot be read.
+    """
+    runs: list[ComparedRun] = []
+    for given in paths:
+        path = Path(given)
+        try:
+            data = read_report_json(path)
+        except FileNotFoundError:
+            raise PipelineError("no report.json here (expected a run folder, a sweep folder or a report.json)", str(path)) from None
+        if data.get("kind") == COMPARISON_KIND:
+            runs += [ComparedRun.from_dict(entry) for entry in data.get("runs", [])]
+        else:
+            folder = path if path.is_dir() else path.parent
+            runs.append(ComparedRun(RunReport.from_dict(data), run_dir=str(folder)))
+    return runs

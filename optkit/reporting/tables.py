@@ -1,0 +1,188 @@
+"""Reports as rows: the stage table of one run, and the tables that compare several runs.
+
+Every value is formatted for people here, once, so that the console, Markdown and HTML show
+the same figures.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optkit.reporting.runs import ComparedRun
+    from optkit.results import RunReport
+
+__all__ = [
+    "COLUMNS",
+    "COMPARISON_COLUMNS",
+    "format_count",
+    "stage_rows",
+    "environment_line",
+    "comparison_columns",
+    "comparison_rows",
+    "final_speedup",
+    "speedup_table",
+    "environment_groups",
+    "environment_text",
+    "comparison_note",
+    "short_text",
+]
+
+#: Column titles of the stage table (console and Markdown).
+COLUMNS = (
+    "#", "stage", "status", "params", "Δparams", "sparsity", "GMACs", "GFLOPs",
+    "size MB", "p50 ms", "speed-up", "max|Δ|", "cosine", "top-1", "time s",
+)
+
+
+def format_count(n: int | None) -> str:
+    """``25557032`` as ``25.56M``."""
+    if n is None:
+        return "–"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}"
+    return str(n)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _ratio(new: float | None, old: float | None, fmt: str = "+.1%") -> str:
+    if new is None or old in (None, 0):
+        return "–"
+    return format(new / old - 1, fmt)
+
+
+def stage_rows(report: RunReport) -> list[dict[str, str]]:
+    """One row per stage, every value formatted, deltas against the baseline."""
+    base = report.baseline.metrics if report.baseline is not None else {}
+    base_latency = (base.get("latency_ms") or {}).get("p50")
+    rows = []
+    for stage in report.stages:
+        m = stage.metrics
+        latency = (m.get("latency_ms") or {}).get("p50")
+        drift = m.get("drift") or {}
+        rows.append({
+            "#": str(stage.index),
+            "stage": stage.name + (" (onnxruntime)" if m.get("runtime") == "onnxruntime" else ""),
+            "status": stage.status,
+            "params": format_count(m.get("params")),
+            "Δparams": "" if stage.index == 0 else _ratio(m.get("params"), base.get("params")),
+            "sparsity": _num(m.get("sparsity"), ".1%"),
+            "GMACs": _num(m.get("gmacs"), ".3f"),
+            "GFLOPs": _num(m.get("gflops"), ".3f"),
+            "size MB": _num(m["size_bytes"] / 1e6 if "size_bytes" in m else None, ".2f"),
+            "p50 ms": _num(latency, ".2f"),
+            "speed-up": "" if stage.index == 0 or latency is None or not base_latency else f"{base_latency / latency:.2f}×",
+            "max|Δ|": _num(drift.get("max_abs"), ".2e"),
+            "cosine": _num(drift.get("cosine"), ".6f"),
+            "top-1": _num(drift.get("top1_agreement"), ".0%"),
+            "time s": _num(stage.duration_s if stage.status != "skipped" else None, ".2f"),
+        })
+    return rows
+
+
+def environment_line(report: RunReport) -> str:
+    env = report.environment
+    return (
+        f"optkit {report.optkit_version} · torch {env.get('torch')} · device {env.get('device')} · "
+        f"{env.get('threads')} threads · python {env.get('python')}"
+    )
+
+
+def short_text(value: Any, limit: int = 300) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: Column titles of the comparison table; ``device`` is shown only when the runs differ in it.
+COMPARISON_COLUMNS = (
+    "model", "pipeline", "device", "stage", "status", "params", "GMACs", "p50 ms", "speed-up",
+    "max|Δ|", "cosine", "top-1",
+)
+
+
+def comparison_columns(runs: list[ComparedRun]) -> tuple[str, ...]:
+    """The comparison table's columns: ``device`` only when the runs were not all on one device."""
+    if _several_devices(runs):
+        return COMPARISON_COLUMNS
+    return tuple(c for c in COMPARISON_COLUMNS if c != "device")
+
+
+def _several_devices(runs: list[ComparedRun]) -> bool:
+    return len({run.device for run in runs if run.device}) > 1
+
+
+def comparison_rows(runs: list[ComparedRun]) -> list[dict[str, str]]:
+    """One row per stage of every run (formatted as in :func:`stage_rows`); a run without stages gets one row."""
+    rows = []
+    for run in runs:
+        labels = {"model": run.model, "pipeline": run.pipeline, "device": run.device}
+        stages = stage_rows(run.report) or [{"stage": "–", "status": run.report.status}]
+        rows += [{c: "" for c in COMPARISON_COLUMNS} | labels | {k: v for k, v in row.items() if k in COMPARISON_COLUMNS}
+                 for row in stages]
+    return rows
+
+
+def final_speedup(report: RunReport) -> float | None:
+    """p50 latency of the baseline over that of the last stage measured ``ok`` (``None`` if either is missing)."""
+    timed = [s for s in report.stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("p50")]
+    if len(timed) < 2 or timed[0].index != 0:
+        return None
+    return timed[0].metrics["latency_ms"]["p50"] / timed[-1].metrics["latency_ms"]["p50"]
+
+
+def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
+    """Models (by device when several) × pipelines: the final speed-up of each run, or why there is none.
+
+    Returns:
+        The header (``model`` then each pipeline) and one row per model.
+    """
+    several_devices = _several_devices(runs)
+    pipelines = list(dict.fromkeys(run.pipeline for run in runs))
+    cells: dict[str, dict[str, str]] = {}
+    for run in runs:
+        key = f"{run.model} ({run.device})" if several_devices else run.model
+        if run.report.status != "ok":
+            failed = next((s.name for s in run.report.stages if s.status in ("failed", "interrupted")), None)
+            text = f"{run.report.status} at {failed}" if failed else run.report.status
+        else:
+            value = final_speedup(run.report)
+            text = "–" if value is None else f"{value:.2f}×"
+        cells.setdefault(key, {})[run.pipeline] = text
+    header = ["model", *pipelines]
+    return header, [[model, *(row.get(p, "") for p in pipelines)] for model, row in cells.items()]
+
+
+def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], int]]:
+    """The distinct environments of ``runs`` (ignoring runs that recorded none) and how many runs each has."""
+    groups: list[tuple[dict[str, Any], int]] = []
+    for run in runs:
+        env = run.report.environment
+        if not env:
+            continue
+        for i, (known, count) in enumerate(groups):
+            if known == env:
+                groups[i] = (known, count + 1)
+                break
+        else:
+            groups.append((env, 1))
+    return groups
+
+
+def environment_text(env: dict[str, Any]) -> str:
+    """One line: device, threads, processor, platform and library versions."""
+    versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
+                          if env.get(k))
+    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {env.get('processor')} · "
+            f"{env.get('platform')} · {versions}")
+
+
+def comparison_note(runs: list[ComparedRun]) -> str:
+    """How many runs are ok, and how to read the figures."""
+    ok = sum(run.report.status == "ok" for run in runs)
+    return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
+            "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
+            "baseline, measured in the same process.")

@@ -1,0 +1,135 @@
+"""``optkit info``: one model measured without a pipeline, with YOLOv5-style per-layer detail."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from optkit.config import MeasureSpec, ModelSpec
+from optkit.errors import PipelineError
+from optkit.host import Host
+from optkit.measure import measure, profile_macs
+from optkit.run.device import device_name, select_device
+from optkit.run.runner import example_input
+
+__all__ = ["parse_input_shape", "inspect_model", "model_info", "parameter_table"]
+
+
+def parse_input_shape(text: str) -> list[int]:
+    """``1,3,224,224`` or ``1x3x224x224`` as a list; three numbers (C,H,W) get batch 1.
+
+    Raises:
+        PipelineError: not a list of 3 or more positive integers.
+    """
+    parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("[]()")) if p]
+    if len(parts) < 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise PipelineError(f"--input-shape {text!r}: expected positive integers such as 1,3,224,224")
+    shape = [int(p) for p in parts]
+    return [1, *shape] if len(shape) == 3 else shape
+
+
+def inspect_model(
+    source: str,
+    input_shape: list[int],
+    *,
+    host: Host | None = None,
+    weights: str | None = None,
+    device: str = "auto",
+    warmup: int = 10,
+    iters: int = 50,
+    latency: bool = True,
+    verbose: bool = False,
+    trust_checkpoint: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Load ``source`` as a pipeline would and measure it once: what ``optkit info`` prints.
+
+    Args:
+        source: ``scheme:target`` (``torchvision:resnet50``, ``file:model.pt``, ``python:pkg.mod:factory``).
+        input_shape: the input batch shape (MACs and latency are for this batch).
+        host: the plugins (sources) to load through; a fresh :class:`~optkit.host.Host` by default.
+        weights: as ``model.weights`` in a pipeline file.
+        device: ``auto | cpu | cuda | cuda:N | N``.
+        warmup, iters: latency warm-up and timed calls.
+        latency: time the model.
+        verbose: add per-parameter and per-layer rows (see :func:`model_info`).
+        trust_checkpoint: allow full unpickling of ``file:`` sources and weights.
+        seed: seed of the input batch.
+
+    Raises:
+        PipelineError: a bad source, weights or device.
+    """
+    try:
+        spec = ModelSpec(source=source, input_shape=input_shape, weights=weights, trust_checkpoint=trust_checkpoint)
+        settings = MeasureSpec(warmup=warmup, iters=iters, latency=latency, flops=False)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise PipelineError(f"{'.'.join(map(str, error['loc'])) or 'model'}: {error['msg']}") from None
+    torch_device = select_device(device)
+    model, details = (host or Host()).load_model(spec, Path.cwd())
+    model = model.to(torch_device)
+    inputs = example_input(input_shape, seed, torch_device)
+    metrics = measure(model, inputs, settings, torch_device).metrics
+    info = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
+    info.update(model_info(model, inputs, metrics, verbose=verbose))
+    info["load"] = details
+    return info
+
+
+def parameter_table(model: nn.Module) -> list[dict[str, Any]]:
+    """One row per parameter, as YOLOv5's ``model_info(verbose=True)`` prints them.
+
+    Returns:
+        Rows with ``index``, ``name``, ``trainable``, ``params``, ``shape``, ``mean`` and ``std``
+        (``std`` is 0 for a single-element tensor; both are ``None`` on the meta device).
+    """
+    rows = []
+    with torch.no_grad():
+        for index, (name, p) in enumerate(model.named_parameters()):
+            values = p.detach().double() if not p.is_meta else None
+            rows.append({
+                "index": index,
+                "name": name,
+                "trainable": p.requires_grad,
+                "params": p.numel(),
+                "shape": list(p.shape),
+                "mean": float(values.mean()) if values is not None and p.numel() else None,
+                "std": float(values.std()) if values is not None and p.numel() > 1 else (0.0 if values is not None else None),
+            })
+    return rows
+
+
+def model_info(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    metrics: dict[str, Any],
+    *,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Add MACs (and, when ``verbose``, per-parameter and per-layer rows) to ``metrics``.
+
+    Args:
+        model: the measured model (not changed).
+        inputs: the batch it was measured on.
+        metrics: what :func:`optkit.measure.measure` returned for it (without MACs).
+        verbose: add ``parameters`` (see :func:`parameter_table`) and ``layer_macs`` (module name,
+            type, MACs and which counter counted them, in execution-independent module order).
+
+    Returns:
+        ``metrics`` updated in place.
+    """
+    profile = profile_macs(model, inputs)
+    metrics.update(profile.metrics())
+    if verbose:
+        metrics["parameters"] = parameter_table(model)
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        metrics["layer_macs"] = [
+            {"module": name or "(root)", **entry}
+            for name, entry in sorted(profile.per_module.items(), key=lambda item: order.get(item[0], len(order)))
+        ]
+    return metrics

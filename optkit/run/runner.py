@@ -1,0 +1,198 @@
+"""The runner: load the model, measure a baseline, then apply and measure each stage.
+
+Everything a run produces goes under its folder: ``report.json`` and ``report.md`` (rewritten
+atomically after every stage, so a failure or Ctrl-C leaves a partial report), one folder per
+stage for its artifacts, and ``model.pt`` (the final module) on success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from optkit.artifacts import Artifact
+from optkit.errors import OptkitError, StageError
+from optkit.files import atomic_write_text
+from optkit.measure import Measurement, compare_outputs, configure_timing, drift_exceeds, measure
+from optkit.passes import Pass, PassContext, Tolerance
+from optkit.reporting import write_run_report
+from optkit.results import RunInfo, RunReport, StageResult, optkit_version
+from optkit.run.device import select_device
+from optkit.run.environment import environment
+from optkit.run.run_dirs import prepare_run_dir
+
+if TYPE_CHECKING:
+    from optkit.config import Pipeline
+    from optkit.host import Host
+
+__all__ = ["run_pipeline", "example_input"]
+
+log = logging.getLogger(__name__)
+
+
+def example_input(shape: list[int], seed: int, device: torch.device) -> torch.Tensor:
+    """The one seeded batch every stage is measured on (the same on every machine)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).to(device)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    host: Host,
+    *,
+    device: str | int | None = None,
+    output: Path | None = None,
+    overwrite: bool = False,
+) -> tuple[RunReport, Path]:
+    """Run ``pipeline``; returns the report (status ``ok``, ``failed`` or ``interrupted``) and its folder.
+
+    Raises:
+        PipelineError: the device or the model cannot be had; nothing was run.
+    """
+    settings = pipeline.measure
+    torch_device = select_device(device if device is not None else pipeline.spec.device)
+    configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal)
+    model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
+    model = model.to(torch_device)
+    inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)
+
+    run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite)
+    stages = [StageResult("baseline", None, 0, details=load_details)]
+    stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
+    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version())
+    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages])
+    write_run_report(report, run_dir)
+
+    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir)
+    baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
+    if baseline is not None:
+        for stage in pipeline.stages:
+            pass_ = stage.make_pass()
+            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), _tolerance(pass_, settings.drift_tolerance))
+            if result is None:
+                break
+            if isinstance(result, nn.Module):
+                model = result
+    if report.status == "running":
+        report.status = "ok"
+        if pipeline.spec.save_model:
+            _save_model(model, run_dir / "model.pt")
+    write_run_report(report, run_dir)
+    return report, run_dir
+
+
+def _tolerance(pass_: Pass, pipeline_tolerance: Tolerance) -> tuple[Tolerance, str] | None:
+    """What the stage's outputs are held to, and the option that sets it: the pass's own
+    tolerance, else the pipeline's; ``None`` for a pass that changes outputs on purpose."""
+    if not pass_.preserves_outputs:
+        return None
+    own = pass_.tolerance()
+    if own is not None:
+        return own, f"the tolerance options of {pass_.name}"
+    return pipeline_tolerance, "measure.drift_tolerance"
+
+
+def _applier(pass_name: str, pass_: Pass, model: nn.Module) -> Any:
+    def apply(ctx: PassContext) -> nn.Module | Artifact:
+        model.eval()
+        result = pass_.apply(model, ctx)
+        if not isinstance(result, (nn.Module, Artifact)):
+            raise StageError(f"pass {pass_name!r} returned {type(result).__name__}, not a module or an artifact")
+        return result
+
+    return apply
+
+
+class _StageRunner:
+    """Runs one stage at a time: apply, measure, check drift, record, notify, write the report."""
+
+    def __init__(self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path):
+        self.report, self.info, self.host = report, info, host
+        self.inputs, self.device, self.run_dir = inputs, device, run_dir
+        self.settings = info.pipeline.measure
+        self.baseline: Measurement | None = None
+        self.previous: Measurement | None = None
+
+    def run(self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None) -> nn.Module | Artifact | None:
+        """Run one stage; returns its product, or ``None`` when the run must stop."""
+        self.host.stage_started(result.name, result.index, self.info)
+        stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        ctx = PassContext(
+            device=self.device,
+            example_input=self.inputs,
+            output_dir=stage_dir,
+            logger=logging.getLogger(f"optkit.stage.{result.name}"),
+            stage_index=result.index,
+        )
+        ctx.details.update(result.details)
+        product = None
+        start = time.perf_counter()
+        try:
+            product = apply(ctx)
+            result.duration_s = time.perf_counter() - start
+            measurement = measure(product, self.inputs, self.settings, self.device)
+            result.measure_s = measurement.seconds
+            result.metrics = measurement.metrics
+            self._add_drift(result, measurement, tolerance)
+            result.status = "ok"
+        except KeyboardInterrupt:
+            result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
+            self.report.status = "interrupted"
+        except OptkitError as exc:
+            self._fail(result, str(exc))
+        # A pass is plugin code and may fail in any way; the stage is marked failed with the
+        # error and its traceback, and the run stops with everything so far kept on disk.
+        except Exception as exc:  # noqa: BLE001
+            trace = stage_dir / "traceback.txt"
+            atomic_write_text(trace, traceback.format_exc())
+            ctx.artifacts.append(trace)
+            self._fail(result, f"{type(exc).__name__}: {exc}")
+        finally:
+            if product is None:  # the pass itself failed: its time until then
+                result.duration_s = time.perf_counter() - start
+            result.details = ctx.details
+            result.artifacts = [str(Path(p).relative_to(self.run_dir)) for p in ctx.artifacts]
+            for folder in (stage_dir, stage_dir.parent):  # no empty stage folders left behind
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+            write_run_report(self.report, self.run_dir)
+            self.host.stage_finished(result, self.info)
+        return product if result.status == "ok" else None
+
+    def _fail(self, result: StageResult, message: str) -> None:
+        where = "baseline (model loading and measurement)" if result.index == 0 else f"stage {result.index} ({result.name})"
+        result.status, result.error = "failed", f"{where} failed: {message}"
+        self.report.status = "failed"
+        self.report.error = result.error
+
+    def _add_drift(self, result: StageResult, measurement: Measurement, tolerance: tuple[Tolerance, str] | None) -> None:
+        if self.baseline is None:
+            # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
+            # every ok stage of report.json carries the same metric fields.
+            self.baseline = self.previous = measurement
+            result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs)
+            return
+        drift = compare_outputs(measurement.outputs, self.baseline.outputs)
+        drift["previous"] = compare_outputs(measurement.outputs, self.previous.outputs)
+        result.metrics["drift"] = drift
+        self.previous = measurement
+        if tolerance is not None:
+            limit, option = tolerance
+            drift["tolerance"] = {**limit.model_dump(), "set_by": option}
+            problem = drift_exceeds(drift["previous"], limit.atol, limit.rtol)
+            if problem:
+                raise StageError(f"{result.name} must preserve outputs, but {problem}; raise {option} to accept it")
+
+
+def _save_model(model: nn.Module, path: Path) -> None:
+    """Save the whole module (architecture included: pruning changes it). Reload with ``file:`` and trust."""
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(model, tmp)
+    tmp.replace(path)

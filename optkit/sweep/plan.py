@@ -1,0 +1,78 @@
+"""Planning a sweep: every (model × pipeline) pair of a sweep file becomes a :class:`~optkit.sweep.jobs.Job`
+whose complete pipeline file is written under ``<output>/jobs/``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from optkit.config import SweepFile, SweepModel
+from optkit.errors import PipelineError
+from optkit.sweep.jobs import Job
+
+__all__ = ["plan_jobs"]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "job"
+
+
+def _input_shape(sweep: SweepFile, model: SweepModel) -> list[int]:
+    shape = list(model.input_shape or sweep.input_shape)
+    if sweep.input_size is not None and model.input_shape is None:
+        shape[-2:] = [sweep.input_size, sweep.input_size]
+    return shape
+
+
+def _gpus_for(sweep: SweepFile) -> float:
+    if sweep.gpus_per_job is not None:
+        return sweep.gpus_per_job
+    device = str(sweep.device).lower()
+    return 1.0 if device.startswith("cuda") or device.isdigit() else 0.0
+
+
+def plan_jobs(sweep: SweepFile, output: Path) -> list[Job]:
+    """Every (model × pipeline) job of ``sweep``, with its pipeline file text, in file order.
+
+    Args:
+        sweep: the validated sweep file.
+        output: the sweep folder (jobs go to ``jobs/``, runs to ``runs/``).
+    """
+    output = Path(output).resolve()
+    jobs = []
+    for model in sweep.models:
+        shape = _input_shape(sweep, model)
+        kwargs = dict(model.kwargs)
+        if model.input_size_kwarg:
+            kwargs[model.input_size_kwarg] = shape[-1]
+        for pipeline_name, passes in sweep.pipelines.items():
+            name = _safe_name(f"{model.label}--{pipeline_name}")
+            run_dir = output / "runs" / name
+            spec = {
+                "model": model.model_section(shape, kwargs),
+                "device": sweep.device,
+                "seed": sweep.seed,
+                "measure": sweep.measure.model_dump(mode="json", exclude_defaults=True),
+                "passes": passes,
+                "output": str(run_dir),
+                "save_model": sweep.save_model,
+            }
+            header = f"# optkit sweep job {name}: model {model.label}, pipeline {pipeline_name}\n"
+            jobs.append(Job(
+                name=name,
+                model=model.label,
+                pipeline=pipeline_name,
+                pipeline_yaml=header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None),
+                pipeline_file=str(output / "jobs" / f"{name}.yaml"),
+                run_dir=str(run_dir),
+                device=str(sweep.device),
+                num_gpus=_gpus_for(sweep),
+                timeout_s=sweep.timeout_s,
+            ))
+    names = [j.name for j in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PipelineError(f"models: two jobs would be named {duplicates[0]!r}; give the models distinct 'name:'s")
+    return jobs

@@ -1,0 +1,157 @@
+"""The ``export_onnx`` pass: a deployable ONNX file, checked and proven to compute what the
+model computes under onnxruntime, measured by the runner under onnxruntime."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Literal
+
+import torch
+from pydantic import Field, PositiveInt, field_validator
+from torch import nn
+
+from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
+from optkit.errors import StageError
+from optkit_plugins.export_onnx.exporter import export_onnx_model, output_layout, save_onnx_model, symbolic_batch_dim
+from optkit_plugins.export_onnx.simplify import simplify_onnx_model
+from optkit_plugins.export_onnx.verify import check_onnx_file, measure_parity, parity_failure, parity_inputs
+
+__all__ = ["ExportOnnx", "optkit_register_passes"]
+
+#: Parity tolerances (``max|Δ| <= atol + rtol * max|reference|``) by export precision.
+DEFAULT_TOLERANCE = {"fp32": Tolerance(atol=1e-5, rtol=1e-3), "fp16": Tolerance(atol=1e-3, rtol=1e-2)}
+
+
+class ExportOnnx(Pass):
+    """Export an eval copy of the model to ONNX, check it, and verify it against PyTorch.
+
+    The stage's result is an :class:`~optkit.artifacts.OnnxArtifact`: the runner measures it
+    under onnxruntime (latency, file size) and carries the module on unchanged.
+    """
+
+    name = "export_onnx"
+    summary = "Export to ONNX (torch.export, TorchScript fallback), verified under onnxruntime."
+    # Held to its own atol/rtol (looser for fp16): by the runner on the seeded batch, and by the
+    # pass itself on random batches of every size in verify_batch_sizes.
+    preserves_outputs = True
+
+    class Options(Pass.Options):
+        """Options of ``export_onnx``."""
+
+        opset: int | None = Field(None, ge=7, description="ONNX opset; default: the exporter's choice (20 with torch 2.14).")
+        dynamic_batch: bool = Field(True, description="Make the batch dimension symbolic ('batch') and verify batch sizes 1, 2 and 8.")
+        input_name: str = Field("input", min_length=1, description="Name of the graph input.")
+        output_names: list[str] | None = Field(
+            None, description="Names of the graph outputs in order; default: 'output', dict keys, or output_0, output_1, ..."
+        )
+        simplify: bool = Field(False, description="Simplify the graph with onnxslim; a failure is a warning.")
+        fp16: bool = Field(False, description="Export in half precision (CUDA devices only).")
+        exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+            "auto", description="auto: torch.export-based (dynamo=True), falling back to TorchScript."
+        )
+        atol: float | None = Field(None, ge=0, description="Parity tolerance, absolute; default 1e-5 (1e-3 with fp16).")
+        rtol: float | None = Field(None, ge=0, description="Parity tolerance, relative to max|output|; default 1e-3 (1e-2 with fp16).")
+        verify_batch_sizes: list[PositiveInt] = Field(
+            default_factory=lambda: [1, 2, 8], min_length=1, description="Batch sizes checked when dynamic_batch is on."
+        )
+
+        @field_validator("output_names")
+        @classmethod
+        def _unique_names(cls, names: list[str] | None) -> list[str] | None:
+            if names is not None and (len(set(names)) != len(names) or not all(names)):
+                raise ValueError("output names must be non-empty and distinct")
+            return names
+
+    options: Options
+
+    def tolerance(self) -> Tolerance:
+        """``atol``/``rtol`` of the options; by default 1e-5/1e-3, or 1e-3/1e-2 for an fp16 export."""
+        default = DEFAULT_TOLERANCE["fp16" if self.options.fp16 else "fp32"]
+        atol = default.atol if self.options.atol is None else self.options.atol
+        rtol = default.rtol if self.options.rtol is None else self.options.rtol
+        return Tolerance(atol=atol, rtol=rtol)
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
+        """Export, simplify (optionally), save, check and verify; returns the artifact.
+
+        Raises:
+            StageError: fp16 off CUDA, no exporter succeeded, the file is invalid, the batch is
+                not symbolic though asked for, or onnxruntime and PyTorch disagree.
+        """
+        options = self.options
+        precision = "fp16" if options.fp16 else "fp32"
+        if options.fp16 and ctx.device.type != "cuda":
+            raise StageError(f"export_onnx: fp16 needs a CUDA device, and this run is on {ctx.device}; set device: cuda or drop fp16")
+        tolerance = self.tolerance()
+
+        reference = copy.deepcopy(model).eval()  # the pipeline's model is carried on untouched
+        exported_module = copy.deepcopy(reference).half() if options.fp16 else reference
+        example = ctx.example_input.half() if options.fp16 else ctx.example_input
+        with torch.inference_mode():
+            layout = output_layout(exported_module(example), options.output_names)
+
+        exported = export_onnx_model(
+            exported_module,
+            example,
+            layout,
+            opset=options.opset,
+            dynamic_batch=options.dynamic_batch,
+            input_name=options.input_name,
+            exporter=options.exporter,
+        )
+        details = ctx.details
+        details.update({
+            "exporter": exported.exporter,
+            "opset": exported.opset,
+            "precision": precision,
+            "input_name": options.input_name,
+            "output_names": layout.names,
+            "export_s": round(exported.seconds, 3),
+        })
+        if exported.fallback_reason:
+            details["fallback_reason"] = exported.fallback_reason
+
+        onnx_model = exported.model
+        if options.simplify:
+            onnx_model, simplify_error = simplify_onnx_model(onnx_model)
+            details["simplified"] = simplify_error is None
+            if simplify_error is not None:
+                details["simplify_error"] = simplify_error
+                ctx.logger.warning("export_onnx: onnxslim failed (%s); keeping the unsimplified model", simplify_error)
+
+        path = ctx.artifact_path("model.onnx")
+        data_files = save_onnx_model(onnx_model, path)
+        ctx.artifacts.extend(data_files)
+        check_onnx_file(path)
+        details["onnx_checker"] = "passed"
+        batch_dim = symbolic_batch_dim(onnx_model)
+        details["batch_dim"] = batch_dim
+        if options.dynamic_batch and batch_dim is None:
+            raise StageError("export_onnx: dynamic_batch is on but the graph's batch dimension is fixed (after simplification)")
+
+        artifact = OnnxArtifact(
+            path=path,
+            source_model=model,
+            output_names=layout.names,
+            output_structure=layout.structure,
+        )
+        inputs = parity_inputs(ctx.example_input, options.verify_batch_sizes, options.dynamic_batch)
+        figures = measure_parity(reference, artifact.load(ctx.device), inputs)
+        details["parity"] = {
+            "runtime": "onnxruntime",
+            "device": str(ctx.device),
+            "atol": tolerance.atol,
+            "rtol": tolerance.rtol,
+            "inputs": figures,
+            "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
+        }
+        problem = parity_failure(figures, tolerance.atol, tolerance.rtol)
+        if problem is not None:
+            raise StageError(f"export_onnx: {problem}; raise the pass's atol/rtol to accept it")
+        return artifact
+
+
+@hookimpl
+def optkit_register_passes(register: Callable[[type[Pass]], None]) -> None:
+    """Register :class:`ExportOnnx`."""
+    register(ExportOnnx)

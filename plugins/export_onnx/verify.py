@@ -1,0 +1,112 @@
+"""Proving an ONNX file computes what its module computes: ``onnx.checker``, then onnxruntime
+against PyTorch on several seeded inputs (batch sizes 1, 2, 8 when the batch is dynamic).
+
+Differences are measured with the host's drift helpers, so a tolerance means here what it means
+for every stage: ``max|Δ| <= atol + rtol * max|reference|``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+from torch import nn
+
+from optkit.errors import StageError
+from optkit.measure import compare_outputs, drift_exceeds
+
+__all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_failure"]
+
+log = logging.getLogger(__name__)
+
+
+def check_onnx_file(path: Path) -> None:
+    """Run ``onnx.checker`` with shape inference on the file (external data included).
+
+    Raises:
+        StageError: the model is not valid ONNX, with the checker's reason.
+    """
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise StageError(f"export_onnx: {path.name} fails onnx.checker: {error}") from error
+
+
+def parity_inputs(example: torch.Tensor, batch_sizes: list[int], dynamic_batch: bool, seed: int = 20260) -> dict[str, torch.Tensor]:
+    """The inputs the ONNX file is checked on, by label.
+
+    Args:
+        example: the pipeline's seeded batch (always included, as ``example``).
+        batch_sizes: batch sizes to check when the batch is dynamic.
+        dynamic_batch: whether the graph takes any batch size; if not, two more random batches
+            of the example's shape are used.
+        seed: seed of the random inputs (standard normal, like the example batch; a seed of
+            its own so that ``batch_1`` is not the example again).
+
+    Returns:
+        ``{"example": ..., "batch_1": ..., "batch_2": ..., "batch_8": ...}`` (or ``random_1``,
+        ``random_2``), on the example's device and dtype.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rest = list(example.shape[1:])
+    shapes = (
+        {f"batch_{b}": [b, *rest] for b in batch_sizes}
+        if dynamic_batch
+        else {f"random_{i}": list(example.shape) for i in (1, 2)}
+    )
+    inputs = {"example": example}
+    for label, shape in shapes.items():
+        inputs[label] = torch.randn(*shape, generator=generator).to(device=example.device, dtype=example.dtype)
+    return inputs
+
+
+def measure_parity(model: nn.Module, run: Callable[[torch.Tensor], Any], inputs: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Compare ``run`` (onnxruntime) with ``model`` (PyTorch) on each input.
+
+    Returns:
+        Per label: ``batch``, ``max_abs``, ``max_rel`` (``max_abs / max|reference|``), ``cosine``,
+        ``reference_max_abs``, ``comparable``; and ``shapes``/``reference_shapes`` when the
+        outputs differ in shape.
+    """
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFailure
+
+    figures: dict[str, dict[str, Any]] = {}
+    for label, x in inputs.items():
+        with torch.inference_mode():
+            reference = model(x)
+        try:
+            outputs = run(x)
+        except OrtFailure as error:
+            message = str(error).splitlines()[0][:400]
+            raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {int(x.shape[0])}): {message}") from error
+        drift = compare_outputs(outputs, reference)
+        drift.pop("top1_agreement", None)
+        drift["batch"] = int(x.shape[0])
+        if drift["comparable"]:
+            scale = drift["reference_max_abs"]
+            drift["max_rel"] = drift["max_abs"] / scale if scale else 0.0
+        figures[label] = drift
+        log.debug("ONNX parity on %s: %s", label, drift)
+    return figures
+
+
+def parity_failure(figures: dict[str, dict[str, Any]], atol: float, rtol: float) -> str | None:
+    """Why the parity ``figures`` break the tolerance (the largest difference named), or ``None``."""
+    for label, drift in figures.items():
+        if not drift["comparable"]:
+            return (
+                f"onnxruntime outputs have shapes {drift.get('shapes')} where PyTorch gives "
+                f"{drift.get('reference_shapes')} (input {label}, batch {drift['batch']})"
+            )
+
+    def excess(drift: dict[str, Any]) -> float:
+        return drift["max_abs"] / max(atol + rtol * drift["reference_max_abs"], 1e-30)
+
+    worst_label, worst = max(figures.items(), key=lambda item: excess(item[1]))
+    problem = drift_exceeds(worst, atol, rtol)
+    if problem is None:
+        return None
+    return f"onnxruntime differs from PyTorch on input {worst_label} (batch {worst['batch']}): {problem}"

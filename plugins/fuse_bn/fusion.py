@@ -1,0 +1,190 @@
+"""Fusing BatchNorm: fold every BatchNorm into the Conv/ConvTranspose/Linear layer that feeds it.
+
+A pair is fused only when it is proven safe: the BatchNorm consumes exactly the layer's output,
+nothing else reads that output, each module is registered and called once, and the BatchNorm
+normalizes the layer's output channels. The proof comes from torch.fx graphs (the whole model,
+or scope by scope where it does not trace) and from a dataflow probe on the example input,
+which also covers code no graph reaches. The model keeps its own classes: the fused layer gets
+the folded weights and the BatchNorm becomes ``nn.Identity``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from optkit.models import replace_module
+from optkit_plugins.fuse_bn.dataflow import DataflowRecord, probe_dataflow
+from optkit_plugins.fuse_bn.folding import NORM_LAYERS, fold_bn_into_layer, fold_problem
+from optkit_plugins.fuse_bn.graph import GraphEvidence, find_graph_pairs, to_graph_module
+
+__all__ = ["FusionResult", "fuse_batchnorm"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FusionResult:
+    """The fused model and what was done.
+
+    Attributes:
+        model: the fused model (the input itself when fused in place).
+        method: ``"fx"`` when the whole model traced, else ``"fallback"`` (scoped graphs + probe).
+        fused: one entry per fused pair: layer, bn, kind, evidence.
+        skipped: one entry per pair found but not fused, with its reason.
+        unpaired: BatchNorms no layer feeds directly, with what feeds them.
+        untraceable: modules that did not trace, with the error.
+        notes: anything else a reader of the report should know.
+    """
+
+    model: nn.Module
+    method: str
+    fused: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    unpaired: dict[str, str] = field(default_factory=dict)
+    untraceable: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def details(self) -> dict[str, Any]:
+        """A JSON-serializable summary for the run report."""
+        return {
+            "method": self.method,
+            "pairs_fused": len(self.fused),
+            "pairs_skipped": len(self.skipped),
+            "fused": self.fused,
+            "skipped": self.skipped,
+            "unpaired_bn": self.unpaired,
+            "untraceable": self.untraceable,
+            "notes": self.notes,
+        }
+
+
+def _registrations(model: nn.Module) -> tuple[dict[str, nn.Module], Counter[int]]:
+    modules = dict(model.named_modules(remove_duplicate=False))
+    return modules, Counter(id(m) for m in modules.values())
+
+
+def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None) -> str | None:
+    """Why the BatchNorm may not normalize the layer's output channels, or ``None`` if it does."""
+    expected = 2 if isinstance(layer, nn.Linear) else layer.weight.dim()
+    if output_dim is None:
+        # BatchNorm2d/3d refuse anything but 4-D/5-D input: a Conv2d/3d output they accept is batched.
+        for bn_class, dims in ((nn.BatchNorm2d, 4), (nn.BatchNorm3d, 5)):
+            if isinstance(bn, bn_class) and type(bn)._check_input_dim is bn_class._check_input_dim and expected == dims:
+                return None
+        return "not run on the example input, so its output shape (channels in dim 1?) cannot be checked"
+    if output_dim != expected:
+        return f"the layer's output has {output_dim} dims, not {expected}: BatchNorm normalizes dim 1, which is not its channel axis"
+    return None
+
+
+def _pair_problem(
+    layer_name: str,
+    bn_name: str,
+    modules: dict[str, nn.Module],
+    registered: Counter[int],
+    graphs: GraphEvidence,
+    record: DataflowRecord,
+    from_graph: bool,
+) -> str | None:
+    layer, bn = modules[layer_name], modules[bn_name]
+    problem = fold_problem(layer, bn)
+    if problem:
+        return problem
+    for name, module in ((layer_name, layer), (bn_name, bn)):
+        if registered[id(module)] > 1:
+            return f"{name} is registered under {registered[id(module)]} names (a module used twice)"
+        if graphs.calls[name] > 1:
+            return f"{name} is called {graphs.calls[name]} times in the traced graph"
+    for name in (layer_name, bn_name):
+        if record.calls[name] > 1:
+            return f"{name} was called {record.calls[name]} times on the example input"
+    if from_graph and record.calls[layer_name] != record.calls[bn_name]:
+        return f"{layer_name} and {bn_name} were not called together on the example input (a call outside the traced graph)"
+    if record.calls[bn_name] and record.bn_source.get(bn_name) != layer_name:
+        return f"on the example input {bn_name}'s input was not {layer_name}'s output"
+    if record.foreign_uses.get(layer_name):
+        uses = ", ".join(sorted(set(record.foreign_uses[layer_name])))
+        return f"{layer_name}'s output is also read by {uses} on the example input"
+    readers = [b for b, source in record.bn_source.items() if source == layer_name]
+    if len(readers) > 1:
+        return f"{layer_name}'s output feeds several BatchNorms: {', '.join(sorted(readers))}"
+    return _shape_problem(layer, bn, record.output_dims.get(layer_name))
+
+
+def fuse_batchnorm(
+    model: nn.Module, example_input: Any, *, inplace: bool = False, probe: bool = True, graph_module: bool = False
+) -> FusionResult:
+    """Fold every BatchNorm that provably normalizes a Conv/ConvTranspose/Linear output into it.
+
+    Args:
+        model: the model. A model in training mode is never changed: it is copied and put
+            in eval mode first, whatever ``inplace`` says.
+        example_input: a tensor (or tuple of positional arguments) the model runs on; the
+            dataflow probe runs it once to check call counts, shapes and hidden readers.
+        inplace: change ``model`` itself (when in eval mode) instead of a copy.
+        probe: also fuse pairs inside code that does not trace, when the probe shows the
+            BatchNorm reads exactly the layer's output and nothing else does; with ``False``
+            only pairs a traced graph proves are fused (the probe still checks them).
+        graph_module: return one flat ``torch.fx.GraphModule`` (as torch.fx's fuser does) when
+            the whole model traces: no Python call per container, but the model's own classes
+            are gone. Otherwise the model keeps its classes and each BatchNorm becomes ``nn.Identity``.
+
+    Returns:
+        A :class:`FusionResult`; ``result.model`` is the fused model, in eval mode.
+
+    Example:
+        >>> fused = fuse_batchnorm(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)).model
+    """
+    if model.training:
+        log.info("model is in training mode: fusing an eval copy, the model itself is left unchanged")
+    if model.training or not inplace:
+        model = copy.deepcopy(model).eval()
+    graphs = find_graph_pairs(model)
+    record = probe_dataflow(model, example_input)
+    modules, registered = _registrations(model)
+    result = FusionResult(model, "fx" if graphs.whole_model_traced else "fallback", untraceable=graphs.untraceable)
+
+    candidates = [(p.layer, p.bn, f"fx graph of {p.scope or 'the model'}", True) for p in graphs.pairs]
+    in_graph = {p.bn for p in graphs.pairs} | set(graphs.bn_inputs)
+    for bn_name, source in sorted(record.bn_source.items()):
+        if bn_name in in_graph:
+            continue
+        if source is None:
+            result.unpaired[bn_name] = "on the example input its input was not the direct output of a Conv/Linear"
+        elif not probe:
+            result.skipped.append({"layer": source, "bn": bn_name, "reason": "only the dataflow probe sees this pair, and probe is off"})
+        else:
+            candidates.append((source, bn_name, "dataflow probe on the example input", False))
+    result.unpaired.update(graphs.bn_inputs)
+
+    accepted = []
+    for layer_name, bn_name, evidence, from_graph in candidates:
+        problem = _pair_problem(layer_name, bn_name, modules, registered, graphs, record, from_graph)
+        if problem:
+            result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": problem})
+        else:
+            accepted.append((layer_name, bn_name, evidence))
+    for layer_name, bn_name, evidence in accepted:
+        layer, bn = modules[layer_name], modules[bn_name]
+        kind = f"{type(layer).__name__}+{type(bn).__name__}"
+        fold_bn_into_layer(layer, bn)
+        replace_module(model, bn_name, nn.Identity())
+        result.fused.append({"layer": layer_name, "bn": bn_name, "kind": kind, "evidence": evidence})
+
+    seen = {e["bn"] for e in result.fused + result.skipped} | set(result.unpaired)
+    for name, module in modules.items():
+        if isinstance(module, NORM_LAYERS) and name not in seen:
+            result.unpaired[name] = "no traced graph reaches it and it did not run on the example input"
+    if graph_module:
+        if graphs.whole_model_traced:
+            result.model = to_graph_module(model)
+        else:
+            result.notes.append("graph_module: the model does not trace as a whole, so it keeps its modules")
+    log.info("fuse_bn (%s): %d pairs fused, %d skipped", result.method, len(result.fused), len(result.skipped))
+    return result

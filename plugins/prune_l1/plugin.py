@@ -1,0 +1,113 @@
+"""The ``prune_l1`` pass: L1-magnitude pruning, unstructured (zeros, :mod:`~optkit_plugins.prune_l1.unstructured`)
+or structured (whole channels, :mod:`~optkit_plugins.prune_l1.channels`)."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
+from torch import nn
+
+from optkit import Pass, PassContext, hookimpl
+from optkit.errors import StageError
+from optkit.models import ClassifierNotFoundError, find_classifier
+from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
+from optkit_plugins.prune_l1.unstructured import prune_unstructured
+
+__all__ = ["PruneL1", "optkit_register_passes"]
+
+log = logging.getLogger(__name__)
+
+
+class PruneL1(Pass):
+    """L1-magnitude pruning of convolution and Linear layers (weights or whole channels)."""
+
+    name = "prune_l1"
+    summary = "L1-magnitude pruning: unstructured zeros, or whole channels for a smaller, faster model."
+    preserves_outputs = False
+
+    class Options(Pass.Options):
+        """Options of ``prune_l1``."""
+
+        mode: Literal["unstructured", "channels"] = Field(
+            "unstructured", description="unstructured: zero single weights; channels: remove whole output channels."
+        )
+        amount: float = Field(
+            0.3, ge=0.0, lt=1.0,
+            description="Share to remove: of the selected weights (unstructured), or of each group's channels (channels).",
+        )
+        scope: Literal["global", "layer"] | None = Field(
+            None,
+            description="unstructured only: global (one threshold over all selected layers, the default) or layer "
+            "(the same share in each). Channels are always removed per group (layer).",
+        )
+        include: list[str] = Field(default_factory=lambda: ["*"], description="Glob patterns of layer names to prune.")
+        exclude: list[str] = Field(default_factory=list, description="Glob patterns of layer names to leave alone.")
+        prune_classifier: bool = Field(False, description="Also prune the final classifier (left alone by default).")
+        round_to: PositiveInt = Field(1, description="channels only: keep a multiple of this many channels per group (e.g. 8).")
+
+        @model_validator(mode="after")
+        def _mode_options(self) -> PruneL1.Options:
+            if self.mode == "channels" and self.scope == "global":
+                raise ValueError("scope: global is for mode: unstructured; mode: channels removes `amount` of every channel group (scope: layer)")
+            if self.mode == "unstructured" and self.round_to != 1:
+                raise ValueError("round_to is for mode: channels; unstructured pruning removes single weights")
+            return self
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        """Prune a copy of ``model``; see the module docstring for the two modes.
+
+        Args:
+            model: the model (left unchanged).
+            ctx: the stage context; ``details`` receives sparsity or channels per layer.
+
+        Returns:
+            The pruned copy.
+        """
+        options = self.options
+        model = copy.deepcopy(model).eval()
+        selected = _select_layers(model, options, ctx.details)
+        if options.mode == "unstructured":
+            prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
+        else:
+            prune_channels(model, selected, options.amount, options.round_to, ctx)
+        return model
+
+
+def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str, Any]) -> dict[str, nn.Module]:
+    """The convolution and Linear layers that ``include``/``exclude`` and the classifier rule allow.
+
+    Raises:
+        StageError: a pattern matches no such layer, or nothing is left to prune.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    for option in ("include", "exclude"):
+        for pattern in getattr(options, option):
+            if pattern != "*" and not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
+                examples = ", ".join(list(layers)[:4])
+                raise StageError(f"prune_l1: {option} pattern {pattern!r} matches no convolution or Linear layer (they are named like {examples})")
+    selected = {
+        name: m for name, m in layers.items()
+        if any(fnmatch.fnmatchcase(name, p) for p in options.include) and not any(fnmatch.fnmatchcase(name, p) for p in options.exclude)
+    }
+    if not options.prune_classifier:
+        try:
+            head, _ = find_classifier(model)
+        except ClassifierNotFoundError as exc:
+            log.info("prune_l1: no classifier found, none excluded (%s)", exc)
+            head = None
+        details["classifier_left_alone"] = head
+        selected.pop(head, None)
+    if not selected:
+        raise StageError("prune_l1: no convolution or Linear layer is left to prune; check include, exclude and prune_classifier")
+    return selected
+
+
+@hookimpl
+def optkit_register_passes(register):
+    register(PruneL1)
