@@ -84,7 +84,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     from optkit.run.runner import run_pipeline
 
     host = _host()
-    spec = load_pipeline(pipeline, host.get_pass)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
     if verbose:
@@ -107,7 +107,8 @@ def validate(pipeline: Path) -> None:
     """Check PIPELINE (YAML, keys, passes, options) without running it."""
     from optkit.config import load_pipeline
 
-    spec = load_pipeline(pipeline, _host().get_pass)
+    host = _host()
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 

@@ -2,6 +2,10 @@
 
 from optkit.config.documents import ConfigDocument, StrictModel, parse_config, read_config
 from optkit.config.pipeline import (
+    MAX_INPUT_ELEMENTS,
+    InputShape,
+    SourceLookup,
+    check_input_shape,
     MeasureSpec,
     ModelSpec,
     PassLookup,
@@ -27,6 +31,10 @@ __all__ = [
     "Stage",
     "Pipeline",
     "PassLookup",
+    "SourceLookup",
+    "InputShape",
+    "MAX_INPUT_ELEMENTS",
+    "check_input_shape",
     "load_pipeline",
     "parse_pipeline",
     "pipeline_json_schema",

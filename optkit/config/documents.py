@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from optkit.config.yaml_lines import line_of, load_yaml_with_lines
+from optkit.config.yaml_lines import MAX_FILE_BYTES, line_of, load_yaml_with_lines
 from optkit.errors import PipelineError, closest
 
 __all__ = ["StrictModel", "ConfigDocument", "read_config", "parse_config"]
@@ -51,14 +51,26 @@ class ConfigDocument:
 
         Raises:
             PipelineError: ``file:line: {prefix}`` and what is wrong: a missing or unknown key
-                (with the closest known one), or a bad value with what was expected and given.
+                (with the closest known one), a bad value with what was expected and given, or
+                a YAML boolean (``yes``, ``on``, ``true``) where a number is expected.
         """
         try:
-            return model.model_validate(data)
+            validated = model.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             ypath = _data_path(data, err["loc"])
             raise self.error(prefix + _describe(err, model, ypath, what), base + ypath) from None
+        ypath = _boolean_taken_as_number(data, validated)
+        if ypath is not None:
+            # pydantic's lax mode turns True into 1: YAML 1.1 reads `iters: yes` or `device: no`
+            # as booleans, so a typo would silently become a number.
+            dotted = ".".join(str(p) for p in ypath) or "(top level)"
+            raise self.error(
+                f"{prefix}{what} {dotted!r}: YAML reads yes/no/on/off/true/false as a boolean, and "
+                f"{_lookup(data, ypath)!r} is a boolean, not a number; write the number, or quote a word you mean as text",
+                base + ypath,
+            )
+        return validated
 
 
 def read_config(path: str | Path, kind: str) -> ConfigDocument:
@@ -69,7 +81,11 @@ def read_config(path: str | Path, kind: str) -> ConfigDocument:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # never more: the file may be huge, or /dev/zero
+        if len(raw) > MAX_FILE_BYTES:
+            raise PipelineError(f"larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for a {kind}", str(path))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise PipelineError(f"no such {kind}", str(path)) from None
     except IsADirectoryError:
@@ -83,6 +99,40 @@ def parse_config(text: str, filename: str) -> ConfigDocument:
     """Parse YAML ``text`` safely (duplicate keys rejected) with its line map."""
     data, lines = load_yaml_with_lines(text, filename)
     return ConfigDocument(filename, data, lines)
+
+
+def _boolean_taken_as_number(data: Any, value: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """The path of the first boolean in ``data`` that validation turned into a number in ``value``.
+
+    Args:
+        data: what the file gave.
+        value: what validating it produced (a pydantic model, or containers of them).
+    """
+    if isinstance(data, bool):
+        return path if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    pairs: list[tuple[Any, Any, Any]] = []
+    if isinstance(data, dict) and isinstance(value, BaseModel):
+        names = {}
+        for name, info in type(value).model_fields.items():
+            names[name] = name
+            if isinstance(info.alias, str):
+                names[info.alias] = name
+        pairs = [(key, item, getattr(value, names[key])) for key, item in data.items() if key in names]
+    elif isinstance(data, dict) and isinstance(value, dict):
+        pairs = [(key, item, value[key]) for key, item in data.items() if key in value]
+    elif isinstance(data, list) and isinstance(value, (list, tuple)) and len(data) == len(value):
+        pairs = [(i, item, validated) for i, (item, validated) in enumerate(zip(data, value))]
+    for key, item, validated in pairs:
+        found = _boolean_taken_as_number(item, validated, path + (key,))
+        if found is not None:
+            return found
+    return None
+
+
+def _lookup(data: Any, path: tuple[Any, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
 
 
 def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Discriminator,
     Field,
@@ -23,6 +25,11 @@ from optkit.files import resolve_path
 from optkit.passes import Pass, Tolerance
 
 __all__ = [
+    "MAX_INPUT_ELEMENTS",
+    "MAX_INPUT_DIMS",
+    "InputShape",
+    "check_input_shape",
+    "SourceLookup",
     "WeightsSpec",
     "ModelSpec",
     "MeasureSpec",
@@ -39,6 +46,37 @@ __all__ = [
 #: :class:`~optkit.errors.PipelineError` for an unknown name, :class:`~optkit.errors.PluginError`
 #: for a name two plugins claim.
 PassLookup = Callable[[str], "type[Pass]"]
+
+#: Checks that a model-source scheme is registered (``Host.get_source``); raises
+#: :class:`~optkit.errors.PipelineError` for an unknown scheme.
+SourceLookup = Callable[[str], object]
+
+#: The most elements of an input batch: 4 GiB of float32. A larger shape is a typo that would
+#: only fail later, allocating.
+MAX_INPUT_ELEMENTS = 2**30
+#: The most dimensions of an input batch.
+MAX_INPUT_DIMS = 8
+
+
+def check_input_shape(shape: list[int]) -> list[int]:
+    """``shape`` when its batch has at most :data:`MAX_INPUT_ELEMENTS` elements.
+
+    Raises:
+        ValueError: the batch is larger, with its size.
+    """
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise ValueError(
+            f"{elements:,} elements is more than the limit of {MAX_INPUT_ELEMENTS:,} "
+            f"({MAX_INPUT_ELEMENTS * 4 // 2**30} GiB of float32)"
+        )
+    return shape
+
+
+#: An input batch shape: 1 to :data:`MAX_INPUT_DIMS` positive sizes, at most :data:`MAX_INPUT_ELEMENTS` elements.
+InputShape = Annotated[
+    list[PositiveInt], Field(min_length=1, max_length=MAX_INPUT_DIMS), AfterValidator(check_input_shape)
+]
 
 
 class WeightsSpec(StrictModel):
@@ -67,7 +105,7 @@ class ModelSpec(StrictModel):
         Union[Annotated[str, Tag("name")], Annotated[WeightsSpec, Tag("spec")]],
         Discriminator(_weights_kind),
     ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
-    input_shape: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 224, 224], min_length=1)
+    input_shape: InputShape = Field(default_factory=lambda: [1, 3, 224, 224])
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model builder (e.g. num_classes).")
     trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling of file: sources and weights (only for files you trust); --trust-checkpoint sets it.")
     freeze: list[str] | None = Field(None, description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.")
@@ -185,29 +223,37 @@ class Pipeline:
         }
 
 
-def load_pipeline(path: str | Path, get_pass: PassLookup) -> Pipeline:
+def load_pipeline(path: str | Path, get_pass: PassLookup, get_source: SourceLookup | None = None) -> Pipeline:
     """Read and validate a pipeline file.
 
     Args:
         path: the file.
         get_pass: finds a pass class by name (``host.get_pass``).
+        get_source: checks the scheme of ``model.source`` (``host.get_source``); unchecked when ``None``.
 
     Raises:
-        PipelineError: unreadable file, bad YAML, unknown keys or passes, bad options; each with
-            ``file:line`` where YAML gives one.
+        PipelineError: unreadable file, bad YAML, unknown keys, passes or source scheme, bad
+            options; each with ``file:line`` where YAML gives one.
     """
-    return _build(read_config(path, "pipeline file"), get_pass, Path(path))
+    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source)
 
 
-def parse_pipeline(text: str, get_pass: PassLookup, path: Path | None = None) -> Pipeline:
+def parse_pipeline(
+    text: str, get_pass: PassLookup, path: Path | None = None, get_source: SourceLookup | None = None
+) -> Pipeline:
     """Validate pipeline YAML ``text`` (see :func:`load_pipeline`)."""
-    return _build(parse_config(text, str(path) if path is not None else "<pipeline>"), get_pass, path)
+    return _build(parse_config(text, str(path) if path is not None else "<pipeline>"), get_pass, path, get_source)
 
 
-def _build(doc: ConfigDocument, get_pass: PassLookup, path: Path | None) -> Pipeline:
+def _build(doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_source: SourceLookup | None) -> Pipeline:
     if not isinstance(doc.data, dict):
         raise doc.error("a pipeline file is a mapping with at least 'model:' and 'passes:'")
     spec = doc.validate(PipelineFile, doc.data)
+    if get_source is not None:
+        try:
+            get_source(spec.model.scheme)
+        except (PipelineError, PluginError) as exc:  # unknown, or claimed by two plugins
+            raise doc.error(getattr(exc, "message", str(exc)), ("model", "source")) from None
     stages = tuple(_parse_stage(i, item, get_pass, doc) for i, item in enumerate(spec.passes))
     return Pipeline(spec=spec, stages=stages, path=path)
 

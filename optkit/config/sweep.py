@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from optkit.config.documents import ConfigDocument, StrictModel, parse_config, read_config
-from optkit.config.pipeline import MeasureSpec, ModelSpec
+from optkit.config.pipeline import InputShape, MeasureSpec, ModelSpec
 
 __all__ = ["SweepModel", "SweepFile", "load_sweep", "parse_sweep"]
 
@@ -31,7 +31,7 @@ class SweepModel(ModelSpec):
     """
 
     name: str | None = Field(None, description="Label in reports and job names; default: the part after the last ':'.")
-    input_shape: list[PositiveInt] | None = Field(None, min_length=1, description="Overrides the sweep's input shape for this model.")
+    input_shape: InputShape | None = Field(None, description="Overrides the sweep's input shape for this model.")
     input_size_kwarg: str | None = Field(
         None, description="Builder keyword that must equal the input's height (e.g. image_size for vit_b_16)."
     )
@@ -54,7 +54,7 @@ class SweepFile(StrictModel):
         min_length=1, description="name: list of passes (as in a pipeline file's passes:); [] measures the baseline only."
     )
     device: str | int = Field("auto", description="Device of every job: auto | cpu | cuda | cuda:N.")
-    input_shape: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 224, 224], min_length=1)
+    input_shape: InputShape = Field(default_factory=lambda: [1, 3, 224, 224])
     input_size: PositiveInt | None = Field(None, description="Square input size; replaces the last two input dimensions.")
     seed: int = 0
     measure: MeasureSpec = Field(default_factory=MeasureSpec)

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from optkit.config import MeasureSpec, ModelSpec
+from optkit.config import MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
 from optkit.host import Host
 from optkit.measure import measure, profile_macs
@@ -24,12 +24,17 @@ def parse_input_shape(text: str) -> list[int]:
     """``1,3,224,224`` or ``1x3x224x224`` as a list; three numbers (C,H,W) get batch 1.
 
     Raises:
-        PipelineError: not a list of 3 or more positive integers.
+        PipelineError: not a list of 3 or more positive integers, or a batch larger than
+            :data:`optkit.config.MAX_INPUT_ELEMENTS`.
     """
     parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("[]()")) if p]
     if len(parts) < 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise PipelineError(f"--input-shape {text!r}: expected positive integers such as 1,3,224,224")
     shape = [int(p) for p in parts]
+    try:
+        check_input_shape(shape)
+    except ValueError as exc:
+        raise PipelineError(f"--input-shape {text}: {exc}") from None
     return [1, *shape] if len(shape) == 3 else shape
 
 
