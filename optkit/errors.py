@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
-__all__ = ["OptkitError", "PipelineError", "PluginError", "StageError", "CheckpointError", "did_you_mean", "closest"]
+__all__ = [
+    "OptkitError",
+    "PipelineError",
+    "PluginError",
+    "StageError",
+    "CheckpointError",
+    "did_you_mean",
+    "closest",
+    "plain_text",
+]
+
+# CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes.
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class OptkitError(Exception):
@@ -68,3 +82,16 @@ def did_you_mean(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.
     """
     close = closest(name, known, n, cutoff)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def plain_text(text: str) -> str:
+    """``text`` without ANSI escape sequences or other control characters (newlines and tabs stay).
+
+    Errors from libraries (torch's exporter colours its messages) reach report.json and the
+    terminal as plain text.
+
+    Example:
+        >>> plain_text("\x1b[96mRuntimeError\x1b[0m: bad shape")
+        'RuntimeError: bad shape'
+    """
+    return _CONTROL.sub("", _ANSI_ESCAPE.sub("", text))

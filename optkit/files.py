@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "resolve_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "overwrite_in_place", "resolve_path"]
 
 
 def _umask() -> int:
@@ -36,6 +36,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    """Replace the content of the existing file ``path`` without a temporary file (not atomic).
+
+    The fallback when ``path``'s folder no longer takes new files (it turned read-only) but the
+    file itself can still be written.
+
+    Raises:
+        OSError: the file cannot be written either, or does not exist.
+    """
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
 
 
 def resolve_path(path: str | Path, base_dir: Path) -> Path:

@@ -121,8 +121,21 @@ class PassContext:
     artifacts: list[Path] = field(default_factory=list)
 
     def artifact_path(self, filename: str) -> Path:
-        """A path in this stage's folder for ``filename``, recorded as an artifact of the stage."""
-        path = self.output_dir / filename
+        """A path in this stage's folder for ``filename``, recorded as an artifact of the stage.
+
+        Args:
+            filename: a name relative to the stage folder; subfolders (``onnx/model.onnx``) are created.
+
+        Raises:
+            ValueError: ``filename`` is empty, absolute, or leaves the stage folder (``..``).
+        """
+        relative = Path(filename)
+        if not str(filename) or relative.is_absolute() or ".." in relative.parts or relative == Path("."):
+            raise ValueError(
+                f"artifact_path({str(filename)!r}): give a file name relative to the stage folder, without '..'"
+            )
+        path = self.output_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts.append(path)
         return path
 

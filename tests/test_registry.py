@@ -56,8 +56,9 @@ def test_two_plugins_claiming_a_name_is_an_error_naming_both():
         registry.get("sharpen")
     assert str(info.value) == (
         "the pass 'sharpen' is registered by more than one plugin: optkit-alpha 1.0 (plugin 'alpha') and "
-        "optkit-beta 2.0 (plugin 'beta'); uninstall one, or disable it with "
-        "OPTKIT_DISABLE_PLUGINS=<one of: optkit-alpha, optkit-beta>"
+        "optkit-beta 2.0 (plugin 'beta'); disable one of them: OPTKIT_DISABLE_PLUGINS=optkit-alpha:alpha "
+        "(only that plugin of optkit-alpha), or OPTKIT_DISABLE_PLUGINS=optkit-beta:beta (only that plugin of "
+        "optkit-beta); or uninstall one"
     )
 
 
@@ -100,8 +101,9 @@ def test_conflicting_distributions_fail_the_pipeline_that_uses_the_name(two_shar
     assert info.value.line == 8
     assert info.value.message == (
         "stage 2: the pass 'sharpen' is registered by more than one plugin: optkit-alpha 1.0 (plugin 'sharpen') "
-        "and optkit-beta 2.0 (plugin 'optkit-beta:sharpen'); uninstall one, or disable it with "
-        "OPTKIT_DISABLE_PLUGINS=<one of: optkit-alpha, optkit-beta>"
+        "and optkit-beta 2.0 (plugin 'optkit-beta:sharpen'); disable one of them: "
+        "OPTKIT_DISABLE_PLUGINS=optkit-alpha:sharpen (only that plugin of optkit-alpha), or "
+        "OPTKIT_DISABLE_PLUGINS=optkit-beta:sharpen (only that plugin of optkit-beta); or uninstall one"
     )
 
 
@@ -111,13 +113,16 @@ def test_conflicting_distributions_do_not_block_other_passes(two_sharpen_distrib
     assert [s.pass_name for s in pipeline.stages] == ["identity"]
 
 
-@pytest.mark.parametrize("disabled", ["optkit-beta", "optkit-beta:sharpen"])
-def test_disabling_one_distribution_resolves_the_conflict(two_sharpen_distributions, monkeypatch, disabled):
+@pytest.mark.parametrize(
+    ("disabled", "kept"),
+    [("optkit-beta", "alpha"), ("optkit-beta:sharpen", "alpha"), ("optkit-alpha:sharpen", "beta")],
+)
+def test_disabling_one_distribution_resolves_the_conflict(two_sharpen_distributions, monkeypatch, disabled, kept):
     monkeypatch.setenv("OPTKIT_DISABLE_PLUGINS", disabled)
     host = Host()
 
     entry = host.passes.get("sharpen")
-    assert (entry.plugin.distribution, entry.obj.summary) == ("optkit-alpha", "Sharpen, the alpha way.")
+    assert (entry.plugin.distribution, entry.obj.summary) == (f"optkit-{kept}", f"Sharpen, the {kept} way.")
 
 
 def test_passes_command_reports_the_conflict(two_sharpen_distributions, cli):

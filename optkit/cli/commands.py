@@ -3,41 +3,79 @@ commands, never at import, so ``optkit --help`` stays fast."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
-from optkit.errors import OptkitError
+from optkit.errors import OptkitError, plain_text
 
-__all__ = ["cli"]
+__all__ = ["cli", "STRICT_PLUGINS_ENV"]
+
+#: ``OPTKIT_STRICT_PLUGINS=1`` is ``--strict-plugins``: a plugin that fails to load is an error.
+STRICT_PLUGINS_ENV = "OPTKIT_STRICT_PLUGINS"
 
 EXIT_CODES = """\b
 Exit codes:
   0    success
-  1    a stage failed (earlier stages and a partial report are kept)
+  1    a stage failed (earlier stages and a partial report are kept), or an unexpected error
   2    usage, pipeline-file or plugin error (nothing was run)
   130  interrupted (Ctrl-C; the partial report is kept)"""
 
 
+def _set_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[f"optkit.{param.name}"] = True
+
+
+def _flag(ctx: click.Context, name: str) -> bool:
+    return bool(ctx.meta.get(f"optkit.{name}"))
+
+
+def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--debug`` and ``--strict-plugins``, accepted before or after the command name."""
+    command = click.option("--debug", is_flag=True, expose_value=False, callback=_set_flag,
+                           help="Show the traceback of an error, not only its one-line message.")(command)
+    return click.option("--strict-plugins", is_flag=True, expose_value=False, callback=_set_flag,
+                        help=f"A plugin that fails to load is an error (exit 2); also {STRICT_PLUGINS_ENV}=1.")(command)
+
+
 class _Group(click.Group):
-    """Turns optkit errors into a one-line message and their exit code, Ctrl-C into 130."""
+    """The one place an error escaping a command becomes one line on stderr and an exit code:
+    optkit errors their own (2 for usage, pipeline files and plugins), Ctrl-C 130, anything else 1.
+    ``--debug`` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors and exits: click reports them (exit 2 for usage)
         except OptkitError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
+            self._report(ctx, str(exc), exc.exit_code)
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
             ctx.exit(130)
+        # Anything else is a bug here or in a plugin: one line a person can report, not a traceback.
+        except Exception as exc:  # noqa: BLE001
+            hint = "" if _flag(ctx, "debug") else " (an unexpected error: `optkit --debug ...` shows the traceback)"
+            self._report(ctx, f"{type(exc).__name__}: {exc}{hint}", 1)
+
+    @staticmethod
+    def _report(ctx: click.Context, message: str, code: int) -> None:
+        if _flag(ctx, "debug"):
+            click.echo(traceback.format_exc(), err=True, nl=False)
+        click.secho(f"error: {plain_text(message)}", fg="red", err=True)
+        ctx.exit(code)
 
 
 @click.group(cls=_Group, epilog=EXIT_CODES)
 @click.version_option(package_name="optkit", prog_name="optkit")
+@_common_options
 def cli() -> None:
     """optkit: run optimization passes over a PyTorch model and measure every stage.
 
@@ -45,15 +83,32 @@ def cli() -> None:
     optkit run examples/resnet18.yaml     run a pipeline, print the stage table
     optkit validate PIPELINE              check a pipeline file without running it
     optkit passes                         list installed passes and broken plugins
+    optkit sources                        list model sources (torchvision:, python:, file:, ...)
     optkit sweep examples/sweep.yaml      run many (model × pipeline) jobs, one combined report
     optkit report RUN_DIR...              compare runs: Markdown, HTML page and plots
     """
 
 
-def _host() -> Any:
+def _strict_plugins() -> bool:
+    return _flag(click.get_current_context(), "strict_plugins") or os.environ.get(STRICT_PLUGINS_ENV, "") not in ("", "0")
+
+
+def _host(warn: bool = False) -> Any:
+    """The plugins, loaded fresh. Broken plugins are an error in strict plugin mode, else, with
+    ``warn`` (``run`` and ``validate``), a warning on stderr."""
     from optkit.host import Host
 
-    return Host()
+    host = Host()
+    if _strict_plugins():
+        host.check_plugins()
+    elif warn:
+        for record in host.broken:
+            click.secho(
+                f"warning: plugin {record.name!r} from {record.origin} failed to load: {plain_text(record.error or '')}; "
+                f"disable it with {record.disable_hint}, or fail on it with --strict-plugins",
+                fg="yellow", err=True,
+            )
+    return host
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -69,6 +124,7 @@ def _stderr_console() -> Any:
 
 
 @cli.command(epilog=EXIT_CODES)
+@_common_options
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--device", help="auto | cpu | cuda | cuda:N | N (overrides the file).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Run folder (overrides the file).")
@@ -79,11 +135,12 @@ def _stderr_console() -> Any:
 def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool, as_json: bool, trust_checkpoint: bool, verbose: bool) -> None:
     """Run PIPELINE: load the model, measure a baseline, apply and measure each stage."""
     from optkit.cli.progress import ConsoleProgress
+    from optkit.cli.streams import stdout_to_stderr
     from optkit.config import load_pipeline
     from optkit.reporting import print_report
     from optkit.run.runner import run_pipeline
 
-    host = _host()
+    host = _host(warn=True)
     spec = load_pipeline(pipeline, host.get_pass, host.get_source)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
@@ -91,7 +148,11 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
         spec.model.list_keys = True
     console = _stderr_console()
     host.pm.register(ConsoleProgress(console), name="optkit-console")
-    report, run_dir = run_pipeline(spec, host, device=device, output=output, overwrite=overwrite)
+    # With --json, stdout holds the report alone: whatever passes or libraries print goes to stderr.
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        report, run_dir = run_pipeline(spec, host, device=device, output=output, overwrite=overwrite)
+    if report.error and not any(stage.error == report.error for stage in report.stages):
+        click.secho(f"error: {report.error}", fg="red", err=True)  # not a stage's: the progress did not show it
     if as_json:
         _print_json(report.to_dict())
     else:
@@ -102,22 +163,29 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
 
 
 @cli.command()
+@_common_options
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
     """Check PIPELINE (YAML, keys, passes, options) without running it."""
     from optkit.config import load_pipeline
 
-    host = _host()
+    host = _host(warn=True)
     spec = load_pipeline(pipeline, host.get_pass, host.get_source)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 
 
 @cli.command()
+@_common_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def passes(as_json: bool) -> None:
-    """List installed passes (name, summary, plugin) and plugins that failed to load."""
-    host = _host()
+    """List installed passes (name, summary, plugin) and plugins that failed to load.
+
+    The exit code is 2 when a plugin is broken and strict plugin mode is on.
+    """
+    from optkit.host import Host
+
+    host = Host()
     registry = host.passes
     rows = [
         {
@@ -138,6 +206,7 @@ def passes(as_json: bool) -> None:
     conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
     if as_json:
         click.echo(json.dumps({"passes": rows, "broken": broken, "conflicts": conflicts}, indent=2))
+        _exit_if_strict(broken)
         return
     from rich.console import Console
     from rich.table import Table
@@ -157,9 +226,55 @@ def passes(as_json: bool) -> None:
             f"  disable it with {b['disable']}",
             highlight=False,
         )
+    _exit_if_strict(broken)
+
+
+def _exit_if_strict(broken: list[Any]) -> None:
+    if broken and _strict_plugins():
+        click.secho(f"error: {len(broken)} plugin(s) failed to load, and strict plugin mode is on", fg="red", err=True)
+        sys.exit(2)
 
 
 @cli.command()
+@_common_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sources(as_json: bool) -> None:
+    """List model sources: the schemes model.source takes (torchvision:NAME, file:PATH, ...) and their plugins."""
+    registry = _host().sources
+    rows = [
+        {
+            "scheme": e.name,
+            "summary": _first_line(getattr(e.obj, "__doc__", None)),
+            "plugin": e.plugin.name,
+            "distribution": e.plugin.distribution,
+            "version": e.plugin.version,
+        }
+        for e in registry
+    ]
+    conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
+    if as_json:
+        click.echo(json.dumps({"sources": rows, "conflicts": conflicts}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="optkit model sources (model.source: scheme:target)")
+    for column in ("scheme", "summary", "plugin"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(f"{row['scheme']}:", row["summary"], f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip())
+    console.print(table)
+    for message in conflicts.values():
+        console.print(f"[red]conflict:[/red] {message}", highlight=False)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0].replace("``", "")
+
+
+@cli.command()
+@_common_options
 def schema() -> None:
     """Print the JSON Schema of pipeline files, every installed pass's options included."""
     from optkit.config import pipeline_json_schema
@@ -168,6 +283,7 @@ def schema() -> None:
 
 
 @cli.command()
+@_common_options
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
               help="Folder for report.md, report.html, report.json and plots/.")
@@ -186,6 +302,7 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
 
 @cli.command()
+@_common_options
 @click.argument("sweep_file", metavar="SWEEP", type=click.Path(path_type=Path))
 @click.option("--executor", type=click.Choice(["local", "ray"]), help="Where jobs run (overrides the file; default local).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), help="Jobs at once (local), CPUs of a local Ray (overrides the file).")
@@ -224,6 +341,7 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 
 
 @cli.command()
+@_common_options
 @click.argument("model")
 @click.option("--input-shape", "-s", default="1,3,224,224", show_default=True, help="Input batch shape: 1,3,224,224 (C,H,W gets batch 1).")
 @click.option("--weights", help="none, a torchvision weights name (DEFAULT) or a checkpoint path.")
@@ -239,15 +357,17 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 def info(model: str, input_shape: str, weights: str | None, device: str, warmup: int, iters: int, no_latency: bool,
          threads: int | None, cudnn_benchmark: bool, trust_checkpoint: bool, verbose: bool, as_json: bool) -> None:
     """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency."""
+    from optkit.cli.streams import stdout_to_stderr
     from optkit.measure import configure_timing
     from optkit.reporting import render_info
     from optkit.run.info import inspect_model, parse_input_shape
 
-    configure_timing(threads, cudnn_benchmark)
-    result = inspect_model(
-        model, parse_input_shape(input_shape), host=_host(), weights=weights, device=device, warmup=warmup, iters=iters,
-        latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint,
-    )
+    shape = parse_input_shape(input_shape)
+    with configure_timing(threads, cudnn_benchmark), stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = inspect_model(
+            model, shape, host=_host(), weights=weights, device=device, warmup=warmup, iters=iters,
+            latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint,
+        )
     if as_json:
         _print_json(result)
         return

@@ -6,7 +6,7 @@ import logging
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from optkit.errors import PipelineError, PluginError
+from optkit.errors import PipelineError, PluginError, plain_text
 from optkit.host.manager import OptkitPluginManager, PluginRecord, get_plugin_manager
 from optkit.host.registry import Registered, Registry
 from optkit.passes import Pass, check_pass_class
@@ -77,20 +77,26 @@ class Host:
         registry: Registry = Registry(kind)
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             record = self.pm.record_of(impl.plugin_name)
+            staged: list[tuple[str, object]] = []
 
-            def register(*args: object, _record: PluginRecord = record) -> None:
-                name, obj = validate(*args, _record)
-                registry.add(name, obj, _record)
+            def register(*args: object, _record: PluginRecord = record, _staged: list = staged) -> None:
+                _staged.append(validate(*args, _record))
 
             try:
                 impl.function(register=register)
             except PluginError as exc:
                 self._mark_broken(record, str(exc))
+                continue
             # A plugin's registration hook is third-party code: any failure marks that plugin
             # broken and names it, rather than breaking every command.
             except Exception as exc:  # noqa: BLE001
                 log.debug("plugin %s failed in %s", record.name, hook_name, exc_info=True)
-                self._mark_broken(record, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                self._mark_broken(record, f"{hook_name} raised {type(exc).__name__}: {plain_text(str(exc))}")
+                continue
+            # Only a hook that finished registers anything: a plugin that fails half-way is
+            # broken as a whole, and none of its entries run.
+            for name, obj in staged:
+                registry.add(name, obj, record)
         return registry
 
     def _mark_broken(self, record: PluginRecord, error: str) -> None:
@@ -144,8 +150,34 @@ class Host:
             )
         return message
 
+    def check_plugins(self) -> None:
+        """Raise when any plugin failed to load or register (strict plugin mode).
+
+        Raises:
+            PluginError: naming every broken plugin, its error and how to disable it.
+        """
+        broken = self.broken
+        if broken:
+            lines = [f"{len(broken)} plugin(s) failed to load, and strict plugin mode is on:"]
+            lines += [f"  plugin {r.name!r} from {r.origin}: {r.error}; disable it with {r.disable_hint}" for r in broken]
+            raise PluginError("\n".join(lines))
+
     def stage_started(self, stage: str, index: int, run: RunInfo) -> None:
-        self.pm.hook.optkit_stage_started(stage=stage, index=index, run=run)
+        self._notify("optkit_stage_started", stage=stage, index=index, run=run)
 
     def stage_finished(self, result: StageResult, run: RunInfo) -> None:
-        self.pm.hook.optkit_stage_finished(result=result, run=run)
+        self._notify("optkit_stage_finished", result=result, run=run)
+
+    def _notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every observer of ``hook_name`` in pluggy's order; one that raises is logged and skipped.
+
+        Observers (loggers, trackers, progress displays) cannot stop a run or keep the other
+        observers from being called.
+        """
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):  # pluggy calls last-first
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            # An observer is third-party code: its failure must not lose the run.
+            except Exception as exc:  # noqa: BLE001
+                log.warning("plugin %r raised in %s and was skipped: %s: %s", impl.plugin_name, hook_name,
+                            type(exc).__name__, plain_text(str(exc)), exc_info=log.isEnabledFor(logging.DEBUG))

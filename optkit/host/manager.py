@@ -2,7 +2,8 @@
 
 A plugin that fails to load is recorded with its distribution, entry point and error, and
 skipped: commands that do not need it keep working. ``OPTKIT_DISABLE_PLUGINS=name,...``
-(entry-point or distribution names) keeps plugins from loading at all.
+(entry-point names, distribution names, or ``distribution:entry-point``) keeps plugins from
+loading at all.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ class PluginRecord:
     @property
     def disable_hint(self) -> str:
         return f"{DISABLE_ENV}={self.name}"
+
+    @property
+    def disable_key(self) -> str:
+        """``distribution:entry-point``: disables this plugin only, never another distribution's of
+        the same entry-point name (the plugin's name for in-process plugins)."""
+        if self.distribution is None:
+            return self.name
+        entry_point = self.name.removeprefix(f"{self.distribution}:")
+        return f"{self.distribution}:{entry_point}"
 
 
 class OptkitPluginManager(pluggy.PluginManager):
@@ -132,7 +142,7 @@ def get_plugin_manager(
                 if existing.distribution == dist_name:
                     continue  # the same distribution seen twice on sys.path
                 record = PluginRecord(f"{dist_name}:{ep.name}", ep.value, dist_name, dist.version)
-            if skip & {ep.name, record.name, dist_name}:
+            if skip & {ep.name, record.name, dist_name, f"{dist_name}:{ep.name}"}:
                 pm.records[record.name] = PluginRecord(
                     record.name, record.value, dist_name, dist.version, disabled=True
                 )

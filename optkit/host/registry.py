@@ -53,14 +53,26 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def conflict_message(self, name: str) -> str:
+        """Who claims ``name``, and for each claimant the setting that drops exactly its plugin
+        (``distribution:entry-point``, never a whole distribution such as optkit's own) with
+        what else that plugin registered."""
         claims = self.conflicts[name]
         who = " and ".join(f"{e.plugin.origin} (plugin {e.plugin.name!r})" for e in claims)
-        # Distribution names are unambiguous: two distributions may use the same entry-point name.
-        hint = ", ".join(e.plugin.distribution or e.plugin.name for e in claims)
+        fixes = []
+        for entry in claims:
+            also = sorted(self._names_of(entry.plugin) - {name})
+            cost = f"; it also registers {', '.join(repr(n) for n in also)}" if also else ""
+            owner = entry.plugin.distribution or "this process"
+            fixes.append(f"{DISABLE_ENV}={entry.plugin.disable_key} (only that plugin of {owner}{cost})")
         return (
             f"the {self.kind} {name!r} is registered by more than one plugin: {who}; "
-            f"uninstall one, or disable it with {DISABLE_ENV}=<one of: {hint}>"
+            f"disable one of them: {', or '.join(fixes)}; or uninstall one"
         )
+
+    def _names_of(self, plugin: PluginRecord) -> set[str]:
+        """Every name ``plugin`` registered here, conflicting ones included."""
+        names = {e.name for e in self._entries.values() if e.plugin.name == plugin.name}
+        return names | {n for n, claims in self.conflicts.items() if any(e.plugin.name == plugin.name for e in claims)}
 
     def closest(self, name: str, n: int = 3) -> list[str]:
         """Registered names that look like ``name`` (for "did you mean")."""

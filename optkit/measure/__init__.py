@@ -8,7 +8,7 @@ eval mode with every submodule's ``training`` flag restored afterwards
 
 from optkit.measure.drift import compare_outputs, drift_exceeds, flatten_outputs
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
-from optkit.measure.latency import configure_timing, summarize_times, time_callable
+from optkit.measure.latency import TimingSettings, configure_timing, flush_denormal_enabled, summarize_times, time_callable
 from optkit.measure.params import count_params
 from optkit.measure.probe import meta_copy
 from optkit.measure.size import file_bytes, state_dict_bytes
@@ -25,6 +25,8 @@ __all__ = [
     "profile_macs",
     "MacsProfile",
     "configure_timing",
+    "TimingSettings",
+    "flush_denormal_enabled",
     "time_callable",
     "summarize_times",
     "state_dict_bytes",

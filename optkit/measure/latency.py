@@ -15,11 +15,45 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["configure_timing", "time_callable", "summarize_times"]
+__all__ = ["TimingSettings", "configure_timing", "flush_denormal_enabled", "time_callable", "summarize_times"]
 
 
-def configure_timing(threads: int | None = None, cudnn_benchmark: bool = False, flush_denormal: bool = True) -> None:
-    """Set the process-wide conditions latency is measured under.
+def flush_denormal_enabled() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch has a setter but no getter).
+
+    A denormal float32 times one is zero exactly when flushing is on.
+    """
+    return bool((torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() == 0.0)
+
+
+class TimingSettings:
+    """The process-wide settings latency is measured under: threads, cuDNN autotuning, denormal flushing.
+
+    :func:`configure_timing` returns the settings as they were before it changed them; leaving
+    a ``with`` block on it (or calling :meth:`restore`) puts them back.
+    """
+
+    def __init__(self) -> None:
+        self.threads = torch.get_num_threads()
+        self.cudnn_benchmark = bool(torch.backends.cudnn.benchmark)
+        self.flush_denormal = flush_denormal_enabled()
+
+    def restore(self) -> None:
+        """Put these settings back in place."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.set_flush_denormal(self.flush_denormal)
+
+    def __enter__(self) -> TimingSettings:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+
+def configure_timing(threads: int | None = None, cudnn_benchmark: bool = False, flush_denormal: bool = True) -> TimingSettings:
+    """Set the process-wide conditions latency is measured under; use it as ``with`` to scope them.
 
     Args:
         threads: torch intra-op threads (``None`` keeps torch's choice).
@@ -28,11 +62,21 @@ def configure_timing(threads: int | None = None, cudnn_benchmark: bool = False, 
             networks (``weights: none``) produce activations around 1e-40, and x86 arithmetic on
             denormals is up to 100x slower: without this their CPU latency measures the denormals,
             not the model. Trained models rarely produce them, so this changes no real figure.
+
+    Returns:
+        The settings as they were: ``with configure_timing(2): ...`` restores them afterwards
+        (a script that means to change them for good ignores it).
+
+    Example:
+        >>> with configure_timing(threads=1):
+        ...     pass  # timed here with one thread; torch's thread count is back afterwards
     """
+    previous = TimingSettings()
     if threads:
         torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.set_flush_denormal(flush_denormal)
+    return previous
 
 
 def summarize_times(times_ms: list[float]) -> dict[str, float | int]:

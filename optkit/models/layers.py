@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["in_width", "out_width", "replace_module", "module_mode", "eval_mode"]
+__all__ = ["in_width", "out_width", "replace_module", "module_mode", "eval_mode", "make_pruning_permanent"]
 
 
 def in_width(layer: nn.Module) -> int:
@@ -54,3 +54,24 @@ def module_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
 def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """:func:`module_mode` in eval mode."""
     return module_mode(model, False)
+
+
+def make_pruning_permanent(model: nn.Module) -> list[str]:
+    """Apply ``torch.nn.utils.prune`` masks for good: ``weight_orig * weight_mask`` becomes ``weight``.
+
+    A model pruned and not finalised keeps its weights as a computed tensor (which ``deepcopy``
+    refuses) next to ``weight_orig`` and ``weight_mask``; afterwards it is an ordinary module
+    computing exactly the same.
+
+    Returns:
+        The names made permanent (``conv1.weight``), in module order.
+    """
+    from torch.nn.utils import prune
+
+    made = []
+    for module_name, module in model.named_modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+                made.append(f"{module_name}.{hook._tensor_name}" if module_name else hook._tensor_name)
+    return made

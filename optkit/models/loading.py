@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optkit.errors import PipelineError
+from optkit.errors import OptkitError, PipelineError, plain_text
 from optkit.models.freezing import apply_freeze
+from optkit.models.layers import make_pruning_permanent
 from optkit.models.sources import SourceLoader, SourceRequest
 from optkit.models.weights import load_weights_into, weights_spec_of
 
@@ -22,6 +23,9 @@ def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin:
     """Build the model ``spec`` describes with ``loader`` (the source registered for its scheme),
     load its weights and freeze what it names; the model is returned in eval mode.
 
+    A model pruned with ``torch.nn.utils.prune`` and not finalised has its masks applied for
+    good (``prune.remove``): it computes the same, and copies, saves and counts like any other.
+
     Args:
         spec: the validated ``model:`` section.
         loader: the source loader for ``spec.scheme``.
@@ -32,18 +36,31 @@ def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin:
         ``(model, details)``; details say what was loaded from where.
 
     Raises:
-        PipelineError: unknown model, unreadable or unsafe checkpoint, a loader that returns
-            something other than a module.
+        PipelineError: unknown model, unreadable or unsafe checkpoint, a loader that fails or
+            returns something other than a module.
     """
     from torch import nn
 
     request = SourceRequest(spec.target, spec, base_dir)
-    model = loader(request)
+    try:
+        model = loader(request)
+    except OptkitError:
+        raise
+    # A source loader is plugin code (or a model's own constructor) and may fail in any way: the
+    # error names the scheme and the plugin; `optkit --debug` shows the traceback.
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(
+            f"model.source: the {spec.scheme!r} loader of plugin {plugin or '?'!r} failed on {spec.source!r}: "
+            f"{type(exc).__name__}: {plain_text(str(exc))}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise PipelineError(
             f"model.source: the {spec.scheme!r} loader of plugin {plugin or '?'!r} returned "
             f"{type(model).__name__}, not an nn.Module"
         )
+    pruned = make_pruning_permanent(model)
+    if pruned:
+        request.details["pruning_made_permanent"] = pruned
     weights = weights_spec_of(spec)
     if weights is not None:
         request.details["weights"] = load_weights_into(model, weights, base_dir, list_keys=spec.list_keys)

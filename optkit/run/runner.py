@@ -8,6 +8,7 @@ stage for its artifacts, and ``model.pt`` (the final module) on success.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -17,11 +18,11 @@ import torch
 from torch import nn
 
 from optkit.artifacts import Artifact
-from optkit.errors import OptkitError, StageError
-from optkit.files import atomic_write_text
+from optkit.errors import OptkitError, PipelineError, StageError, plain_text
+from optkit.files import atomic_write_text, overwrite_in_place
 from optkit.measure import Measurement, compare_outputs, configure_timing, drift_exceeds, measure
 from optkit.passes import Pass, PassContext, Tolerance
-from optkit.reporting import write_run_report
+from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
 from optkit.run.device import select_device
 from optkit.run.environment import environment
@@ -37,9 +38,18 @@ log = logging.getLogger(__name__)
 
 
 def example_input(shape: list[int], seed: int, device: torch.device) -> torch.Tensor:
-    """The one seeded batch every stage is measured on (the same on every machine)."""
+    """The one seeded batch every stage is measured on (the same on every machine).
+
+    Raises:
+        PipelineError: the batch cannot be allocated (too large for this machine).
+    """
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator).to(device)
+    try:
+        return torch.randn(*shape, generator=generator).to(device)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one; the CPU allocator raises RuntimeError
+        raise PipelineError(
+            f"model.input_shape {list(shape)}: cannot allocate the input batch on {device}: {plain_text(str(exc)).splitlines()[0]}"
+        ) from exc
 
 
 def run_pipeline(
@@ -52,29 +62,40 @@ def run_pipeline(
 ) -> tuple[RunReport, Path]:
     """Run ``pipeline``; returns the report (status ``ok``, ``failed`` or ``interrupted``) and its folder.
 
+    The timing settings of ``measure:`` (threads, cuDNN autotuning, denormal flushing) hold
+    for the run only: they are restored when it ends.
+
     Raises:
-        PipelineError: the device or the model cannot be had; nothing was run.
+        PipelineError: the device or the model cannot be had, or the run folder cannot be
+            written or has too little room; nothing was run.
     """
     settings = pipeline.measure
+    with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal):
+        return _run(pipeline, host, device, output, overwrite)
+
+
+def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path | None, overwrite: bool) -> tuple[RunReport, Path]:
     torch_device = select_device(device if device is not None else pipeline.spec.device)
-    configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal)
     model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
     model = model.to(torch_device)
     inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)
 
-    run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite)
+    # model.pt and an export (ONNX) each take about the model's size.
+    need = 2 * _tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
+    run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
     stages = [StageResult("baseline", None, 0, details=load_details)]
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
     report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version())
     info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages])
-    write_run_report(report, run_dir)
-
     runner = _StageRunner(report, info, host, inputs, torch_device, run_dir)
+    if not runner.write_report():
+        return report, run_dir
+
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
     if baseline is not None:
         for stage in pipeline.stages:
             pass_ = stage.make_pass()
-            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), _tolerance(pass_, settings.drift_tolerance))
+            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), _tolerance(pass_, pipeline.measure.drift_tolerance))
             if result is None:
                 break
             if isinstance(result, nn.Module):
@@ -82,9 +103,15 @@ def run_pipeline(
     if report.status == "running":
         report.status = "ok"
         if pipeline.spec.save_model:
-            _save_model(model, run_dir / "model.pt")
-    write_run_report(report, run_dir)
+            _save_model(model, run_dir / "model.pt", report)
+    runner.write_report()
     return report, run_dir
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (shared tensors once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _tolerance(pass_: Pass, pipeline_tolerance: Tolerance) -> tuple[Tolerance, str] | None:
@@ -123,7 +150,6 @@ class _StageRunner:
         """Run one stage; returns its product, or ``None`` when the run must stop."""
         self.host.stage_started(result.name, result.index, self.info)
         stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
-        stage_dir.mkdir(parents=True, exist_ok=True)
         ctx = PassContext(
             device=self.device,
             example_input=self.inputs,
@@ -135,6 +161,7 @@ class _StageRunner:
         product = None
         start = time.perf_counter()
         try:
+            stage_dir.mkdir(parents=True, exist_ok=True)
             product = apply(ctx)
             result.duration_s = time.perf_counter() - start
             measurement = measure(product, self.inputs, self.settings, self.device)
@@ -146,31 +173,61 @@ class _StageRunner:
             result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
             self.report.status = "interrupted"
         except OptkitError as exc:
-            self._fail(result, str(exc))
+            self._fail(result, str(exc), ctx)
         # A pass is plugin code and may fail in any way; the stage is marked failed with the
         # error and its traceback, and the run stops with everything so far kept on disk.
         except Exception as exc:  # noqa: BLE001
-            trace = stage_dir / "traceback.txt"
-            atomic_write_text(trace, traceback.format_exc())
-            ctx.artifacts.append(trace)
-            self._fail(result, f"{type(exc).__name__}: {exc}")
+            self._fail(result, f"{type(exc).__name__}: {exc}", ctx)
         finally:
             if product is None:  # the pass itself failed: its time until then
                 result.duration_s = time.perf_counter() - start
             result.details = ctx.details
-            result.artifacts = [str(Path(p).relative_to(self.run_dir)) for p in ctx.artifacts]
-            for folder in (stage_dir, stage_dir.parent):  # no empty stage folders left behind
-                if not any(folder.iterdir()):
-                    folder.rmdir()
-            write_run_report(self.report, self.run_dir)
+            result.artifacts = self._artifacts(result, ctx)
+            _remove_if_empty(stage_dir, stage_dir.parent)
+            written = self.write_report()
             self.host.stage_finished(result, self.info)
-        return product if result.status == "ok" else None
+        return product if result.status == "ok" and written else None
 
-    def _fail(self, result: StageResult, message: str) -> None:
+    def write_report(self) -> bool:
+        """Write report.json and report.md; ``False`` (and the run failed) when the folder no longer takes them.
+
+        A folder that turned read-only still lets report.json be rewritten in place, so the
+        report on disk says why the run stopped.
+        """
+        try:
+            write_run_report(self.report, self.run_dir)
+            return True
+        except OSError as exc:
+            self.report.status = "failed"
+            self.report.error = (
+                f"cannot write into the run folder {self.run_dir} ({exc.strerror or exc}); the run stopped there"
+            )
+            try:
+                overwrite_in_place(self.run_dir / "report.json", report_json(self.report.to_dict()).encode("utf-8"))
+            except OSError:
+                self.report.error += "; report.json on disk is from an earlier stage"
+            return False
+
+    def _artifacts(self, result: StageResult, ctx: PassContext) -> list[str]:
+        """The stage's artifacts relative to the run folder; one outside it fails the stage."""
+        root = self.run_dir.resolve()
+        outside = [str(path) for path in ctx.artifacts if _relative_to(path, root) is None]
+        if outside and result.status == "ok":
+            self._fail(result, f"artifact {outside[0]} is outside the run folder; write artifacts with ctx.artifact_path(name)", ctx)
+        return [relative for path in ctx.artifacts if (relative := _relative_to(path, root)) is not None]
+
+    def _fail(self, result: StageResult, message: str, ctx: PassContext) -> None:
         where = "baseline (model loading and measurement)" if result.index == 0 else f"stage {result.index} ({result.name})"
-        result.status, result.error = "failed", f"{where} failed: {message}"
+        result.status, result.error = "failed", plain_text(f"{where} failed: {message}")
         self.report.status = "failed"
         self.report.error = result.error
+        trace = ctx.output_dir / "traceback.txt"
+        handling = sys.exc_info()[1] is not None  # else a rule of the runner failed the stage
+        try:
+            atomic_write_text(trace, traceback.format_exc() if handling else result.error + "\n")
+            ctx.artifacts.append(trace)
+        except OSError:  # the folder is not writable: the error is in the report all the same
+            log.warning("could not write %s", trace)
 
     def _add_drift(self, result: StageResult, measurement: Measurement, tolerance: tuple[Tolerance, str] | None) -> None:
         if self.baseline is None:
@@ -191,8 +248,39 @@ class _StageRunner:
                 raise StageError(f"{result.name} must preserve outputs, but {problem}; raise {option} to accept it")
 
 
-def _save_model(model: nn.Module, path: Path) -> None:
-    """Save the whole module (architecture included: pruning changes it). Reload with ``file:`` and trust."""
+def _relative_to(path: str | Path, root: Path) -> str | None:
+    """``path`` relative to ``root`` (resolved), or ``None`` when it is not under it."""
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return None
+
+
+def _remove_if_empty(*folders: Path) -> None:
+    """No empty stage folders left behind."""
+    for folder in folders:
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:  # a folder that turned read-only keeps its empty stage folder
+            return
+
+
+def _save_model(model: nn.Module, path: Path, report: RunReport) -> None:
+    """Save the whole module (architecture included: pruning changes it). Reload with ``file:`` and trust.
+
+    A model that cannot be pickled (a lambda or a lock among its attributes) or a full disk
+    fails the run with the reason; every stage stays in the report.
+    """
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(model, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(model, tmp)
+        tmp.replace(path)
+    # Pickling a module runs its own code (__reduce__, __getstate__) and fails in many ways.
+    except Exception as exc:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        report.status = "failed"
+        report.error = plain_text(
+            f"saving the final model as {path.name} failed: {type(exc).__name__}: {exc}; "
+            "set save_model: false in the pipeline file to skip it"
+        )

@@ -1,0 +1,149 @@
+"""Plugins that misbehave the way third-party code does: they write outside their folder, print,
+colour their errors, break observers, fail to load models. The host must stay whole.
+
+Registered in-process with ``Host.with_plugins(hostile_plugins)`` or through the fake
+distribution ``HOSTILE`` (entry point ``hostile``) for command-line tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from pydantic import Field
+from torch import nn
+
+import optkit.files
+from optkit import Pass, PassContext, hookimpl
+from optkit.errors import StageError
+
+__all__ = ["WritesArtifactAt", "ListsOutside", "Prints", "Colored", "RefusesPolitely", "GoesReadOnly",
+           "Unpicklable", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
+
+SOURCE_ERROR = "the weights server is down"
+
+
+class WritesArtifactAt(Pass):
+    name = "writes_artifact_at"
+    summary = "Write a file at ctx.artifact_path(path)."
+
+    class Options(Pass.Options):
+        path: str = Field("note.txt", description="What the pass gives artifact_path.")
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.artifact_path(self.options.path).write_text("written\n")
+        return model
+
+
+class ListsOutside(Pass):
+    name = "lists_outside"
+    summary = "Add a path outside the run folder to ctx.artifacts by hand."
+
+    class Options(Pass.Options):
+        path: str = Field(description="The path listed.")
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.artifacts.append(self.options.path)
+        return model
+
+
+class Prints(Pass):
+    name = "prints"
+    summary = "Print to stdout from Python and from the file descriptor, as torch's C++ code does."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        print("PRINTED BY A PASS")
+        sys.stdout.flush()
+        os.write(1, b"WRITTEN TO FD 1 BY C CODE\n")
+        return model
+
+
+class Colored(Pass):
+    name = "colored"
+    summary = "Fail with an error coloured by ANSI escapes."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        raise RuntimeError("\x1b[96mshape mismatch\x1b[0m in \x1b[1mGraph\x1b[0m")
+
+
+class RefusesPolitely(Pass):
+    name = "refuses_politely"
+    summary = "Fail with an optkit StageError."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        raise StageError("this model is not for me")
+
+
+_REAL_MKSTEMP = tempfile.mkstemp
+
+
+def _read_only(*args: object, **kwargs: object) -> None:
+    raise OSError(30, "Read-only file system")
+
+
+def restore_writes() -> None:
+    """Undo :class:`GoesReadOnly` (tests call it when they end)."""
+    tempfile.mkstemp = _REAL_MKSTEMP
+    optkit.files.__dict__.pop("open", None)
+
+
+class GoesReadOnly(Pass):
+    """Makes every later write fail as on a filesystem remounted read-only (root ignores chmod).
+
+    New files cannot be created (``tempfile.mkstemp`` fails); with ``in_place: false`` existing
+    files cannot be rewritten either.
+    """
+
+    name = "goes_read_only"
+    summary = "Turn the run folder read-only."
+
+    class Options(Pass.Options):
+        in_place: bool = Field(True, description="Existing files can still be rewritten in place.")
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        tempfile.mkstemp = _read_only
+        if not self.options.in_place:
+            optkit.files.open = _read_only  # what overwrite_in_place opens files with
+        return model
+
+
+class Unpicklable(Pass):
+    name = "unpicklable"
+    summary = "Give the model an attribute pickle cannot save."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        model.transform = lambda x: x
+        return model
+
+
+@hookimpl
+def optkit_register_passes(register):
+    for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable):
+        register(pass_cls)
+
+
+@hookimpl
+def optkit_register_sources(register):
+    def load_boom(request):
+        raise RuntimeError(SOURCE_ERROR)
+
+    register("boom", load_boom)
+
+
+class RaisingObserver:
+    """An observer plugin whose stage hooks raise."""
+
+    @hookimpl
+    def optkit_stage_started(self, stage, index, run):
+        raise RuntimeError("observer broke on start")
+
+    @hookimpl
+    def optkit_stage_finished(self, result, run):
+        raise ValueError("observer broke on finish")
