@@ -14,7 +14,7 @@ from optkit.config.yaml_lines import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX
 from optkit.errors import PipelineError
 from optkit.host import Host
 
-from test_cli import TEST_PASSES  # noqa: F401  (the fixtures below install it)
+from test_cli import errors
 from test_cli import test_passes  # noqa: F401  (pytest fixture)
 
 
@@ -214,6 +214,6 @@ def test_validate_refuses_an_unknown_source_scheme(test_passes, cli, write_pipel
     path = write_pipeline(tiny(**{"python:plugins_for_tests:tiny_net": "timmm:resnet18"}))
     result = cli("validate", path)
     assert result.exit_code == 2
-    assert result.stderr.startswith(
+    assert errors(result).startswith(
         f"error: {path}:2: model.source: unknown model source scheme 'timmm'; registered: file, python, torchvision"
     )
