@@ -32,12 +32,13 @@ def new_head(old: nn.Module, num_classes: int, keep: list[int] | None = None, in
         num_classes: outputs of the new head.
         keep: old output rows to copy, in order: output ``i`` of the new head is output
             ``keep[i]`` of the old one. Rows past ``len(keep)`` are initialised per ``init``.
-        init: ``default`` (PyTorch's own initialisation, from the current RNG) or ``zeros``.
+        init: ``default`` (PyTorch's own initialisation, from the CPU random generator, so that
+            a seed gives the same head on every device) or ``zeros``.
 
     Returns:
-        The new layer.
+        The new layer, on ``old``'s device.
     """
-    factory = {"device": old.weight.device, "dtype": old.weight.dtype}
+    factory = {"device": "cpu", "dtype": old.weight.dtype}
     bias = old.bias is not None
     if isinstance(old, nn.Linear):
         head: nn.Module = nn.Linear(old.in_features, num_classes, bias=bias, **factory)
@@ -46,6 +47,7 @@ def new_head(old: nn.Module, num_classes: int, keep: list[int] | None = None, in
             old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
             dilation=old.dilation, groups=1, bias=bias, padding_mode=old.padding_mode, **factory,
         )
+    head = head.to(old.weight.device)
     with torch.no_grad():
         if init == "zeros":
             head.weight.zero_()
@@ -105,8 +107,10 @@ class Reclassify(Pass):
         if opts.aux and opts.layer is None:
             heads += auxiliary_classifiers(model)
         replaced = []
+        # The CPU generator only, saved and restored: torch.manual_seed would reseed every CUDA
+        # generator too, and fork_rng(devices=[]) would not restore them.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(opts.seed)
+            torch.default_generator.manual_seed(opts.seed)
             for head_name, head in heads:
                 self._check(head_name, head)
                 replace_module(model, head_name, new_head(head, num_classes, opts.keep, opts.init))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from optkit.host import hookimpl
+from optkit.reporting import weights_line, weights_partly_loaded
 from optkit.reporting.console import STATUS_STYLE
 
 if TYPE_CHECKING:
@@ -38,5 +40,8 @@ class ConsoleProgress:
             f"[{result.index}/{run.stage_count - 1}] {result.name}: [{style}]{result.status}[/{style}]"
             f" ({result.duration_s + result.measure_s:.1f} s){timing}"
         )
-        if result.error:
-            self.console.print(f"  [red]{result.error}[/red]", highlight=False)
+        weights = result.details.get("weights") if result.index == 0 else None
+        if isinstance(weights, dict) and weights_partly_loaded(weights):
+            self.console.print(f"  [yellow]weights partly loaded:[/yellow] {escape(weights_line(weights))}", highlight=False)
+        if result.error:  # plugin text: never read as rich markup
+            self.console.print(f"  [red]{escape(result.error)}[/red]", highlight=False)

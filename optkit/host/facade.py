@@ -100,6 +100,9 @@ class Host:
         return registry
 
     def _mark_broken(self, record: PluginRecord, error: str) -> None:
+        earlier = self.pm.records.get(record.name)
+        if earlier is not None and earlier.error:
+            error = f"{earlier.error}; {error}"  # it failed in another hook too
         self.pm.records[record.name] = PluginRecord(
             record.name, record.value, record.distribution, record.version, error=error
         )

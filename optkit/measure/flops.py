@@ -1,18 +1,20 @@
-"""MACs through thop plus an aten-level counter for functional code, on a copy of the model.
+"""MACs through thop's counting rules plus an aten-level counter for functional code, on a copy.
 
-thop counts modules by their type (convolution, linear, ...) through forward hooks, so matrix
-products done by functions (attention in ``nn.MultiheadAttention``, torchvision's
-``ShiftedWindowAttention``, ``F.scaled_dot_product_attention``) are invisible to it. The same
-forward pass therefore also runs under :class:`torch.utils.flop_counter.FlopCounterMode`, which
-counts convolutions and matrix products per module at the aten level. The total is thop's count
-for the modules thop has a rule for, plus the aten count of everything that ran outside them.
-Both follow one convention (:data:`optkit.measure.mac_rules.UNIT`), the one behind torchvision's
-published ``_ops``.
+thop's rules count modules by their type (convolution, linear, ...), so matrix products done by
+functions (attention in ``nn.MultiheadAttention``, torchvision's ``ShiftedWindowAttention``,
+``F.scaled_dot_product_attention``) are invisible to them. The forward pass therefore runs
+under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions and matrix
+products at the aten level, while forward hooks on every module (each module once, however
+many parents it has) attribute the aten count to the module that ran it: a module with a rule
+is counted by its rule, everything else by the aten ops it ran outside its children. Both follow
+one convention (:data:`optkit.measure.mac_rules.UNIT`), the one behind torchvision's published
+``_ops``. The rules write into a stand-in, never into the module: a model with its own
+``total_ops`` attribute is counted like any other.
 
 The count runs on :func:`~optkit.measure.probe.meta_copy` (no weight memory, no arithmetic);
 a model that cannot run on the meta device (data-dependent control flow, tensors kept outside
-parameters and buffers) is counted on an ordinary deep copy instead. The measured model is never
-touched: thop's buffers and hooks live and die with the copy.
+parameters and buffers, a forward that refuses ``meta``) is counted on an ordinary deep copy
+instead. The measured model is never touched: hooks live and die with the copy.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from optkit.measure.mac_rules import UNIT, has_rule, rules_for
-from optkit.measure.probe import meta_copy
+from optkit.measure.probe import copy_memo, meta_copy
 
 __all__ = ["MacsProfile", "profile_macs", "count_macs"]
 
@@ -91,15 +93,17 @@ def profile_macs(model: nn.Module, inputs: torch.Tensor) -> MacsProfile:
     """Count the MACs of ``model(inputs)`` per module, on a copy (see the module docstring).
 
     Raises:
-        Whatever the model's forward raises on an ordinary copy (the model itself stays untouched).
+        Whatever the model's forward (or copying it) raises on an ordinary copy; the model itself
+        stays untouched.
     """
     try:
         return _profile(meta_copy(model), inputs.to("meta"), probe="meta")
-    except (RuntimeError, NotImplementedError) as exc:
-        # Ops without a meta kernel raise NotImplementedError; data-dependent code (.item(),
-        # tensors kept outside parameters and buffers) raises RuntimeError. A real copy works.
+    # The meta device is an optimisation: the model's own code may refuse it in any way
+    # (NotImplementedError for ops without a meta kernel, RuntimeError for .item(), a ValueError
+    # or assert of its own); a real copy is counted then.
+    except Exception as exc:  # noqa: BLE001
         log.debug("meta-device count of %s failed (%s); counting on a copy", type(model).__name__, exc)
-    return _profile(copy.deepcopy(model), inputs, probe="copy")
+    return _profile(copy.deepcopy(model, copy_memo(model)), inputs, probe="copy")
 
 
 @contextlib.contextmanager
@@ -115,76 +119,125 @@ def _mha_fastpath_disabled() -> Iterator[None]:
 
 
 def _profile(model: nn.Module, inputs: torch.Tensor, probe: str) -> MacsProfile:
-    """Run ``model`` (a throwaway copy) once under thop and the aten counter; combine per module."""
-    from thop import profile
+    """Run ``model`` (a throwaway copy) once under the aten counter with a tally hooked on every module."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    rules = rules_for(model)
-    ran: set[int] = set()
-    for module in model.modules():
-        if not has_rule(module, rules) and next(module.children(), None) is None:
-            module.register_forward_hook(lambda m, args, out: ran.add(id(m)))
-    with _mha_fastpath_disabled(), FlopCounterMode(display=False, depth=None) as counter:
-        thop_total, _, thop_tree = profile(model, inputs=(inputs,), custom_ops=rules, verbose=False, ret_layer_info=True)
-    # FlopCounterMode counts 2 FLOPs per multiply-accumulate; its modules are named
-    # "<RootType>.<child>.<grandchild>" (torch.utils.module_tracker.ModuleTracker).
-    aten = {name: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items()}
-    combined = _Combiner(aten, ran, rules)
-    root = type(model).__name__
-    if has_rule(model, rules):
-        combined.add_thop("", model, int(thop_total))  # a bare layer: thop's total is its own count
-    else:
-        combined.walk(model, "", root, thop_tree)
-    return MacsProfile(
-        macs=combined.module_macs + combined.functional_macs,
-        module_macs=combined.module_macs,
-        functional_macs=combined.functional_macs,
-        per_module=combined.per_module,
-        uncounted=dict(sorted(combined.uncounted.items())),
-        probe=probe,
-    )
+    with FlopCounterMode(display=False, depth=None) as counter:
+        tally = _Tally(model, rules_for(model), counter)
+        try:
+            with _mha_fastpath_disabled(), torch.no_grad():
+                model(inputs)
+        finally:
+            tally.remove_hooks()
+    return tally.profile(probe)
+
+
+class _RuleTarget:
+    """What a thop rule writes into: the module's attributes are read through, ``total_ops`` is its own."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+        self.total_ops = torch.zeros(1, dtype=torch.float64)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+@dataclass
+class _Call:
+    """One module call in progress: the aten count when it started, what its children ran."""
+
+    module: nn.Module
+    start: int
+    children: int = 0
+    had_child: bool = False
+
+
+class _Tally:
+    """Forward hooks on every module (each once) that split the aten count between the modules that
+    ran it: a module with a rule gets its rule's count for its whole call (children included); any
+    other module gets the aten ops it ran outside its children; nothing inside a ruled module is
+    counted again."""
+
+    def __init__(self, model: nn.Module, rules: dict[type[nn.Module], Any], counter: Any) -> None:
+        self.rules, self.counter = rules, counter
+        self.paths = {id(m): name for name, m in model.named_modules()}  # a shared module: its first name
+        self.modules = {id(m): m for m in model.modules()}
+        self.rule_macs: dict[int, int] = {}
+        self.aten_flops: dict[int, int] = {}
+        self.had_child: dict[int, bool] = {}
+        self.stack: list[_Call] = []
+        self.ruled_depth = 0
+        self.handles = []
+        for module in self.modules.values():
+            self.handles.append(module.register_forward_pre_hook(self._enter))
+            self.handles.append(module.register_forward_hook(self._leave))
+
+    def remove_hooks(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _ruled(self, module: nn.Module) -> bool:
+        return has_rule(module, self.rules)
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        if self.stack:
+            self.stack[-1].had_child = True
+        if self._ruled(module):
+            self.ruled_depth += 1
+        self.stack.append(_Call(module, self.counter.get_total_flops()))
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        call = self.stack.pop()
+        inclusive = self.counter.get_total_flops() - call.start
+        key = id(module)
+        if self._ruled(module):
+            if self.ruled_depth == 1:  # the outermost ruled module: its rule counts the whole call
+                target = _RuleTarget(module)
+                (self.rules.get(type(module)) or _thop_rule(module))(target, args, output)
+                self.rule_macs[key] = self.rule_macs.get(key, 0) + int(target.total_ops.item())
+            self.ruled_depth -= 1
+        elif self.ruled_depth == 0:
+            self.aten_flops[key] = self.aten_flops.get(key, 0) + inclusive - call.children
+            self.had_child[key] = self.had_child.get(key, False) or call.had_child
+        if self.stack:
+            self.stack[-1].children += inclusive
+
+    def profile(self, probe: str) -> MacsProfile:
+        per_module: dict[str, dict[str, Any]] = {}
+        uncounted: dict[str, int] = {}
+        module_macs = functional_macs = 0
+        for key, module in self.modules.items():
+            path = self.paths[key]
+            if key in self.rule_macs:
+                macs = self.rule_macs[key]
+                module_macs += macs
+                if macs:
+                    per_module[path] = {"type": type(module).__name__, "macs": macs, "counted_by": "thop"}
+            elif key in self.aten_flops:
+                macs = self.aten_flops[key] // 2  # the aten counter counts 2 FLOPs per multiply-accumulate
+                functional_macs += macs
+                if macs:
+                    per_module[path] = {"type": type(module).__name__, "macs": macs, "counted_by": "aten"}
+                elif not self.had_child[key]:  # it ran, did its work itself, and nothing counted it
+                    uncounted[_qualname(module)] = uncounted.get(_qualname(module), 0) + 1
+        return MacsProfile(
+            macs=module_macs + functional_macs,
+            module_macs=module_macs,
+            functional_macs=functional_macs,
+            per_module=per_module,
+            uncounted=dict(sorted(uncounted.items())),
+            probe=probe,
+        )
+
+
+def _thop_rule(module: nn.Module) -> Any:
+    from thop.profile import register_hooks
+
+    return register_hooks[type(module)]
 
 
 def _qualname(module: nn.Module) -> str:
     kind = type(module)
     return f"{kind.__module__}.{kind.__qualname__}"
-
-
-class _Combiner:
-    """Walks the module tree like thop's ``dfs_count``: a module with a rule is counted by thop;
-    the aten ops of any other module that ran outside its children are counted as functional."""
-
-    def __init__(self, aten: dict[str, int], ran: set[int], rules: dict[type[nn.Module], Any]):
-        self.aten, self.ran, self.rules = aten, ran, rules
-        self.per_module: dict[str, dict[str, Any]] = {}
-        self.uncounted: dict[str, int] = {}
-        self.module_macs = 0
-        self.functional_macs = 0
-        self._seen: set[int] = set()
-
-    def add_thop(self, path: str, module: nn.Module, macs: int) -> None:
-        self.module_macs += macs
-        if macs:
-            self.per_module[path] = {"type": type(module).__name__, "macs": macs, "counted_by": "thop"}
-
-    def walk(self, module: nn.Module, path: str, tracked: str, thop_tree: dict[str, Any]) -> None:
-        inside_children = 0
-        for name, child in module.named_children():
-            if id(child) in self._seen:
-                continue  # a module shared by two parents is counted once, where thop would count it twice
-            self._seen.add(id(child))
-            child_path = f"{path}.{name}" if path else name
-            child_tracked = f"{tracked}.{name}"
-            thop_macs, _, child_tree = thop_tree.get(name, (0.0, 0.0, {}))
-            if has_rule(child, self.rules):
-                self.add_thop(child_path, child, int(thop_macs))
-            else:
-                self.walk(child, child_path, child_tracked, child_tree)
-            inside_children += self.aten.get(child_tracked, 0)
-        own = self.aten.get(tracked, 0) - inside_children
-        if own:
-            self.functional_macs += own
-            self.per_module[path] = {"type": type(module).__name__, "macs": own, "counted_by": "aten"}
-        elif id(module) in self.ran:
-            self.uncounted[_qualname(module)] = self.uncounted.get(_qualname(module), 0) + 1

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["MAC_RULES", "UNIT", "zero_macs", "conv_transpose_macs", "rules_for", "has_rule"]
+__all__ = ["MAC_RULES", "UNIT", "zero_macs", "conv_transpose_macs", "quantized_linear_macs", "quantized_conv_macs", "rules_for", "has_rule"]
 
 #: What the MAC figures mean; stored with every count.
 UNIT = (
@@ -43,6 +43,34 @@ def conv_transpose_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any)
     x = inputs[0]
     per_input = module.weight.shape[1] * math.prod(module.weight.shape[2:])
     module.total_ops += torch.tensor([float(x.numel() * per_input)], dtype=torch.float64)
+
+
+def quantized_linear_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    """A rule for quantized Linear layers (``torch.ao``, static and dynamic): ``in_features`` per output element."""
+    module.total_ops += torch.tensor([float(output.numel() * module.in_features)], dtype=torch.float64)
+
+
+def quantized_conv_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    """A rule for quantized convolutions (``torch.ao``): ``C_in/groups × kernel`` per output element.
+
+    Their weight is a method (``module.weight()``), which thop's convolution rule cannot read.
+    """
+    per_output = math.prod(module.weight().shape[1:])
+    module.total_ops += torch.tensor([float(output.numel() * per_output)], dtype=torch.float64)
+
+
+def _quantized_rules() -> dict[type[nn.Module], Rule]:
+    """torch.ao's quantized Linear and convolution layers (fused with an activation too)."""
+    import torch.ao.nn.intrinsic.quantized as nniq
+    import torch.ao.nn.intrinsic.quantized.dynamic as nniqd
+    import torch.ao.nn.quantized as nnq
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    linear = [nnq.Linear, nnqd.Linear, nniq.LinearReLU, nniqd.LinearReLU]
+    linear += [getattr(nniq, name) for name in ("LinearLeakyReLU", "LinearTanh") if hasattr(nniq, name)]
+    conv = [nnq.Conv1d, nnq.Conv2d, nnq.Conv3d, nniq.ConvReLU1d, nniq.ConvReLU2d, nniq.ConvReLU3d]
+    conv += [getattr(nniq, name) for name in ("ConvAdd2d", "ConvAddReLU2d") if hasattr(nniq, name)]
+    return {**{t: quantized_linear_macs for t in linear}, **{t: quantized_conv_macs for t in conv}}
 
 
 def _zero_rule_types() -> list[type[nn.Module]]:
@@ -73,6 +101,7 @@ def _build_rules() -> dict[type[nn.Module], Rule]:
     rules: dict[type[nn.Module], Rule] = {t: zero_macs for t in _zero_rule_types()}
     for t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
         rules[t] = conv_transpose_macs
+    rules.update(_quantized_rules())
     return rules
 
 

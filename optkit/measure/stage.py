@@ -12,6 +12,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from optkit.artifacts import Artifact
+from optkit.errors import StageError
 from optkit.measure.flops import count_macs
 from optkit.measure.latency import time_callable
 from optkit.measure.params import count_params
@@ -68,7 +69,15 @@ def measure(subject: nn.Module | Artifact, inputs: torch.Tensor, settings: Measu
     if module is not None:
         metrics.update(count_params(module))
         if settings.flops:
-            metrics.update(count_macs(module, inputs))
+            try:
+                metrics.update(count_macs(module, inputs))
+            # Counting runs the model's own code on a copy, which may fail in ways its measured
+            # run does not; the message says it was the count, and how to go without it.
+            except Exception as exc:  # noqa: BLE001
+                raise StageError(
+                    f"counting MACs (on a copy of the model) failed: {type(exc).__name__}: {exc}; "
+                    "measure.flops: false skips the count"
+                ) from exc
     track_memory = device.type == "cuda" and runtime == "torch"
     if track_memory:
         torch.cuda.synchronize(device)

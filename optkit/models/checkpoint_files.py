@@ -1,8 +1,9 @@
 """Reading checkpoint files safely: ``torch.load(weights_only=True)`` or safetensors, never a silent fallback.
 
-A file is recognised by its first bytes, not its name: a zip archive or a pickle is a
-``torch.save`` checkpoint, a little-endian header length followed by ``{`` is safetensors (read
-with safetensors, never through pickle). A checkpoint whose pickle needs more than tensors and
+A file is recognised by its first bytes, not its name: a little-endian header length that fits
+the file followed by ``{`` is safetensors (read with safetensors, never through pickle), a zip
+archive or a pickle is a ``torch.save`` checkpoint. A zip checkpoint's CRC checksums are verified
+before it is read: torch itself does not, and damaged tensor bytes would load silently. A checkpoint whose pickle needs more than tensors and
 plain containers is refused with the blocked global's name and the explicit opt-in
 (``trust_checkpoint``); only with that opt-in is it unpickled in full.
 
@@ -18,6 +19,7 @@ import logging
 import pickle
 import re
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -82,10 +84,14 @@ def sniff_format(path: Path) -> str:
         head = f.read(9)
     if not head:
         raise CheckpointError(f"{path}: the file is empty (an interrupted download or save?)")
+    # safetensors first: its header length may start with any byte, 0x80 (a pickle's first byte)
+    # included; a length that fits the file followed by "{" is no zip and no pickle.
+    if len(head) == 9 and head[8:9] == b"{":
+        length = struct.unpack("<Q", head[:8])[0]
+        if length < _MAX_SAFETENSORS_HEADER and 8 + length <= path.stat().st_size:
+            return "safetensors"
     if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < _MAX_SAFETENSORS_HEADER:
-        return "safetensors"
     raise CheckpointError(
         f"{path}: not a PyTorch checkpoint or safetensors file (it starts with {head!r}); "
         "expected a file written by torch.save or safetensors"
@@ -140,6 +146,7 @@ def _read_torch(path: Path, map_location: MapLocation, trust: bool, option: str)
         target = map_location.get(location, location) if isinstance(map_location, dict) else map_location
         return torch.serialization.default_restore_location(storage, str(target))
 
+    _verify_zip(path, option)
     try:
         if trust:
             # Deliberate: the user opted in (trust_checkpoint / --trust-checkpoint) to unpickling
@@ -165,6 +172,29 @@ def _read_torch(path: Path, map_location: MapLocation, trust: bool, option: str)
             f"torch.save): {type(exc).__name__}: {exc}"
         ) from None
     return LoadedCheckpoint(path, obj, "torch", sorted(saved_on), trusted=trust)
+
+
+def _verify_zip(path: Path, option: str) -> None:
+    """Check the CRC of every entry of a zip checkpoint (a read of the whole file).
+
+    Raises:
+        CheckpointError: an entry's bytes do not match its checksum, or the archive is cut off.
+    """
+    with open(path, "rb") as f:
+        if not f.read(4).startswith(_ZIP_MAGIC):
+            return  # a legacy pickle: no checksums to verify
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise CheckpointError(
+            f"{option}: {path}: cannot read it as a PyTorch checkpoint (truncated or corrupted?): {exc}"
+        ) from None
+    if damaged is not None:
+        raise CheckpointError(
+            f"{option}: {path}: corrupted: the bytes of {damaged} do not match their checksum "
+            "(a damaged download or disk?); get the file again"
+        )
 
 
 def _unpickling_error(path: Path, exc: pickle.UnpicklingError, option: str) -> CheckpointError:

@@ -5,13 +5,16 @@ in YOLOv5, ``state_dict`` in Lightning, ``model_state_dict`` in the PyTorch tuto
 the whole module, or save it from ``DataParallel``/DDP (``module.`` on every key) or from
 ``torch.compile`` (``_orig_mod.``). Profilers and pruning leave tensors behind: thop's
 ``total_ops``/``total_params`` buffers, ``torch.nn.utils.prune``'s ``weight_orig``/``weight_mask``.
-Each function here undoes one of these and says what it did.
+Each function here undoes one of these and says what it did, and keeps the state dict's
+``_metadata`` (each module's version, which tells BatchNorm whether ``num_batches_tracked`` is
+expected) with its keys renamed alongside.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from optkit.errors import CheckpointError
@@ -28,6 +31,7 @@ __all__ = [
     "strip_wrapper_prefixes",
     "drop_profiler_counters",
     "fold_pruning_masks",
+    "module_versions",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,11 +74,12 @@ def find_state_dict(obj: Any, key: str | None = None, option: str = "model.weigh
         obj, path = obj[key], [key]
     while True:
         if isinstance(obj, nn.Module):
-            return dict(obj.state_dict()), [*path, "<module>"]
+            state = obj.state_dict()
+            return _like(state, state.items()), [*path, "<module>"]
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"{option}: {'/'.join(path) or 'the checkpoint'} holds a {type(obj).__name__}, not weights")
         if _is_state_dict(obj):
-            return dict(obj), path
+            return _like(obj, obj.items()), path
         wrapper = next((k for k in WRAPPER_KEYS if obj.get(k) is not None), None)
         if wrapper is None:
             raise CheckpointError(
@@ -117,7 +122,7 @@ def strip_wrapper_prefixes(state: StateDict, model_keys: set[str]) -> tuple[Stat
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
         if prefix is None or (model_keys and all(k.startswith(prefix) for k in model_keys)):
             break
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = _like(state, ((k[len(prefix):], v) for k, v in state.items()), rename=_strip_module_prefix(prefix))
         stripped.append(prefix)
     return state, stripped
 
@@ -131,7 +136,7 @@ def drop_profiler_counters(state: StateDict, model_keys: set[str]) -> tuple[Stat
     dropped = [k for k in state if k.rpartition(".")[2] in PROFILER_COUNTERS and k not in model_keys]
     if dropped:
         log.warning("dropped %d thop counter buffers (total_ops/total_params) left in the checkpoint by profiling", len(dropped))
-    return {k: v for k, v in state.items() if k not in set(dropped)}, dropped
+    return _like(state, ((k, v) for k, v in state.items() if k not in set(dropped))), dropped
 
 
 def fold_pruning_masks(state: StateDict, model_keys: set[str]) -> tuple[StateDict, list[str]]:
@@ -143,7 +148,7 @@ def fold_pruning_masks(state: StateDict, model_keys: set[str]) -> tuple[StateDic
         ``(state, folded)``: the tensors with every pair folded, and the names produced (``conv1.weight``).
     """
     folded: list[str] = []
-    result: StateDict = {}
+    result: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if name.endswith("_orig") and name not in model_keys:
             base = name[: -len("_orig")]
@@ -154,4 +159,41 @@ def fold_pruning_masks(state: StateDict, model_keys: set[str]) -> tuple[StateDic
                 continue
         result[name] = tensor
     consumed = {base + "_mask" for base in folded}
-    return {k: v for k, v in result.items() if k not in consumed}, folded
+    return _like(state, ((k, v) for k, v in result.items() if k not in consumed)), folded
+
+
+def module_versions(state: Mapping[str, Any]) -> dict[str, int | None] | None:
+    """Each module's saved version (``state._metadata[prefix]["version"]``); ``None`` when the
+    state dict carries no metadata (safetensors files, dicts built by hand)."""
+    metadata = getattr(state, "_metadata", None)
+    if metadata is None:
+        return None
+    return {prefix: (entry or {}).get("version") for prefix, entry in metadata.items()}
+
+
+def _like(source: Mapping[str, Any], items: Iterable[tuple[str, Any]], rename: Callable[[str], str | None] | None = None) -> StateDict:
+    """A state dict of ``items`` that keeps ``source``'s ``_metadata``, its module prefixes passed
+    through ``rename`` (an entry it maps to ``None`` is dropped)."""
+    result: StateDict = OrderedDict(items)
+    metadata = getattr(source, "_metadata", None)
+    if metadata is not None:
+        renamed = OrderedDict()
+        for prefix, entry in metadata.items():
+            new = rename(prefix) if rename is not None else prefix
+            if new is not None:
+                renamed[new] = entry
+        result._metadata = renamed  # type: ignore[attr-defined]
+    return result
+
+
+def _strip_module_prefix(prefix: str) -> Callable[[str], str | None]:
+    """Renames metadata prefixes as ``prefix`` is stripped: ``module`` is the root, ``module.bn1``
+    is ``bn1``, and the wrapper's own entry goes."""
+    bare = prefix.rstrip(".")
+
+    def rename(name: str) -> str | None:
+        if name == bare:
+            return ""
+        return name[len(prefix):] if name.startswith(prefix) else None
+
+    return rename

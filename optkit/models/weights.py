@@ -20,7 +20,13 @@ from optkit.files import resolve_path
 from optkit.models.checkpoint_files import read_checkpoint
 from optkit.models.key_matching import KeyPairing, match_by_name, match_by_order
 from optkit.models.sources import is_weights_path
-from optkit.models.state_dicts import drop_profiler_counters, find_state_dict, fold_pruning_masks, strip_wrapper_prefixes
+from optkit.models.state_dicts import (
+    drop_profiler_counters,
+    find_state_dict,
+    fold_pruning_masks,
+    module_versions,
+    strip_wrapper_prefixes,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -75,6 +81,7 @@ def load_weights_into(model: nn.Module, weights: WeightsSpec, base_dir: Path, li
     state, folded = fold_pruning_masks(state, model_keys)
     match = match_by_order if weights.match == "order" else match_by_name
     pairing = match(state, model_state, weights.exclude)
+    counters = _counters_torch_fills(model, pairing, module_versions(state))
 
     account = checkpoint.account()
     account["map_location"] = weights.map_location
@@ -98,6 +105,8 @@ def load_weights_into(model: nn.Module, weights: WeightsSpec, base_dir: Path, li
         "shape_mismatched": len(pairing.mismatched),
         "excluded": len(pairing.excluded),
     }
+    if counters:
+        account["tensors"]["bn_counters_reset"] = len(counters)
     account["filled"] = round(filled, 4)
     if list_keys:
         account["keys"] = _key_names(pairing, weights.match)
@@ -118,6 +127,29 @@ def load_weights_into(model: nn.Module, weights: WeightsSpec, base_dir: Path, li
     model.load_state_dict(selected, strict=False)
     log.info("%s: loaded %d of %d tensors (%.0f%%)", path, len(selected), len(model_state), 100 * filled)
     return account
+
+
+def _counters_torch_fills(model: nn.Module, pairing: KeyPairing, versions: dict[str, int | None] | None) -> list[str]:
+    """Take out of ``pairing.missing`` the BatchNorm ``num_batches_tracked`` counters that the
+    checkpoint rightly lacks, and return them.
+
+    BatchNorm before version 2 (PyTorch < 0.4.1) had no counter: for a layer whose running
+    statistics were loaded from a checkpoint whose metadata says so, or that carries no metadata
+    at all, the counter is reset, exactly as ``load_state_dict(strict=True)`` does. It is not
+    missing, and ``strict`` accepts it.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    old = set()
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, _BatchNorm) and module.track_running_stats and f"{prefix}running_mean" in pairing.pairs:
+            version = None if versions is None else versions.get(name)
+            if version is None or version < 2:
+                old.add(f"{prefix}num_batches_tracked")
+    counters = [key for key in pairing.missing if key in old]
+    pairing.missing[:] = [key for key in pairing.missing if key not in old]
+    return counters
 
 
 def _summary(pairing: KeyPairing) -> str:

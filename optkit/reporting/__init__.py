@@ -4,7 +4,15 @@
 from optkit.reporting.console import print_report, render_info
 from optkit.reporting.markdown import render_comparison_markdown, render_markdown
 from optkit.reporting.runs import COMPARISON_KIND, ComparedRun, load_runs
-from optkit.reporting.tables import COLUMNS, final_speedup, format_count, speedup_table, stage_rows
+from optkit.reporting.tables import (
+    COLUMNS,
+    final_speedup,
+    format_count,
+    speedup_table,
+    stage_rows,
+    weights_line,
+    weights_partly_loaded,
+)
 from optkit.reporting.writing import PLOT_FILES, report_json, write_comparison_report, write_run_report
 
 __all__ = [
@@ -13,6 +21,8 @@ __all__ = [
     "stage_rows",
     "final_speedup",
     "speedup_table",
+    "weights_line",
+    "weights_partly_loaded",
     "render_markdown",
     "render_comparison_markdown",
     "print_report",

@@ -15,6 +15,7 @@ from optkit.reporting.tables import (
     short_text,
     speedup_table,
     stage_rows,
+    weights_line,
 )
 
 if TYPE_CHECKING:
@@ -45,8 +46,14 @@ def render_markdown(report: RunReport) -> str:
             if stage.error:
                 lines.append(f"- error: {stage.error}")
             lines += [f"- artifact: `{a}`" for a in stage.artifacts]
-            lines += [f"- {key}: {short_text(value)}" for key, value in stage.details.items()]
+            lines += [f"- {key}: {_detail_text(key, value)}" for key, value in stage.details.items()]
     return "\n".join(lines) + "\n"
+
+
+def _detail_text(key: str, value: Any) -> str:
+    if key == "weights" and isinstance(value, dict) and "tensors" in value:
+        return weights_line(value)  # the account in full stays in report.json
+    return short_text(value)
 
 
 def _markdown_cell(text: Any) -> str:

@@ -26,6 +26,8 @@ __all__ = [
     "environment_text",
     "comparison_note",
     "short_text",
+    "weights_line",
+    "weights_partly_loaded",
 ]
 
 #: Column titles of the stage table (console and Markdown).
@@ -90,6 +92,31 @@ def environment_line(report: RunReport) -> str:
         f"optkit {report.optkit_version} · torch {env.get('torch')} · device {env.get('device')} · "
         f"{env.get('threads')} threads · python {env.get('python')}"
     )
+
+
+def weights_line(account: dict[str, Any]) -> str:
+    """The ``weights`` account of a baseline (see :mod:`optkit.models.weights`) as one line a person reads.
+
+    Example:
+        >>> weights_line({"path": "runs/best.pt", "filled": 0.5556, "tensors": {"model": 9, "loaded": 5, "missing": 4}})
+        'best.pt: 5 of 9 tensors loaded (56%); 4 missing'
+    """
+    tensors = account.get("tensors", {})
+    parts = [
+        f"{tensors.get(key)} {label}"
+        for key, label in (("missing", "missing"), ("unexpected", "unexpected"), ("shape_mismatched", "shape-mismatched"),
+                           ("excluded", "excluded"), ("bn_counters_reset", "BatchNorm counters reset"))
+        if tensors.get(key)
+    ]
+    name = str(account.get("path", "?")).replace("\\", "/").rsplit("/", 1)[-1]
+    loaded = f"{tensors.get('loaded')} of {tensors.get('model')} tensors loaded ({account.get('filled', 0):.0%})"
+    return f"{name}: {loaded}" + (f"; {', '.join(parts)}" if parts else "")
+
+
+def weights_partly_loaded(account: dict[str, Any]) -> bool:
+    """Whether a ``weights`` account left model tensors unfilled or checkpoint tensors unused."""
+    tensors = account.get("tensors", {})
+    return account.get("filled", 1.0) < 1.0 or any(tensors.get(k) for k in ("missing", "unexpected", "shape_mismatched"))
 
 
 def short_text(value: Any, limit: int = 300) -> str:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from optkit.files import atomic_write_bytes, atomic_write_text
 from optkit.reporting.html import render_html
 from optkit.reporting.markdown import render_comparison_markdown, render_markdown
-from optkit.reporting.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
+from optkit.reporting.plots import PlotsUnavailable, latency_vs_gmacs_png, pass_speedups_png, stage_points
 from optkit.reporting.runs import COMPARISON_KIND, ComparedRun
 from optkit.results import SCHEMA_VERSION, RunReport, optkit_version
 
 __all__ = ["PLOT_FILES", "report_json", "write_run_report", "write_comparison_report"]
+
+log = logging.getLogger(__name__)
 
 
 def report_json(data: dict[str, Any]) -> str:
@@ -63,14 +66,21 @@ def write_comparison_report(
         folder: created if missing; files there of the same names are replaced.
         meta: ``title``, ``command``, ``executor``, ``notes`` ... (shown in the header and kept in report.json).
         status: ``running`` while a sweep goes on, then ``ok`` or ``failed``.
-        plots: draw the plots (needs matplotlib).
+        plots: draw the plots. Without matplotlib (an extra) the reports are written without
+            them, and their notes say why.
 
     Returns:
         File kind (``json``, ``markdown``, ``html`` and each plot's file name) → path.
     """
     folder = Path(folder)
     meta = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), **(meta or {})}
-    images = _render_plots(runs) if plots and runs else {}
+    images: dict[str, tuple[str, bytes]] = {}
+    if plots and runs:
+        try:
+            images = _render_plots(runs)
+        except PlotsUnavailable as exc:
+            log.warning("reports without plots: %s", exc)
+            meta["notes"] = [*(meta.get("notes") or []), f"No plots: {exc}."]
     written: dict[str, Path] = {}
     for name, png in images.values():
         written[name] = folder / "plots" / name
