@@ -279,6 +279,14 @@ def test_an_unexpected_error_is_one_line_with_exit_1_and_debug_shows_the_traceba
         )
 
 
+def test_a_report_that_cannot_be_written_is_one_line_with_exit_1(installed, cli, tmp_path):
+    assert cli("run", write(tmp_path, "  - identity"), "-o", "out").exit_code == 0
+    (tmp_path / "a-file").write_text("not a folder")
+    result = cli("report", "out", "-o", "a-file/report")
+    assert result.exit_code == 1
+    assert one_line_error(result) == "error: a-file/report/plots: Not a directory"
+
+
 # --- stdout stays JSON ---------------------------------------------------------------------------------
 
 

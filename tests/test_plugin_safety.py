@@ -18,7 +18,8 @@ from optkit.config import parse_pipeline
 from optkit.errors import PluginError
 from optkit.host import Host
 from optkit.run.runner import run_pipeline
-from test_cli import BROKEN_WARNING, TEST_PASSES, errors, test_passes  # noqa: F401  (test_passes: a fixture)
+from test_cli import BROKEN_WARNING, test_passes  # noqa: F401  (test_passes: a fixture)
+from test_registry import SHARPEN_PLUGIN
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -119,20 +120,8 @@ def test_strict_plugins_passes_when_every_plugin_loads(cli, monkeypatch, write_p
 
 @pytest.fixture
 def second_fuse_bn(monkeypatch, tmp_path):
-    write_module(monkeypatch, tmp_path, "optkit_fast_fuse", """
-        from optkit import Pass, hookimpl
-
-        class FastFuse(Pass):
-            name = "fuse_bn"
-            summary = "Another fuse_bn."
-
-            def apply(self, model, ctx):
-                return model
-
-        @hookimpl
-        def optkit_register_passes(register):
-            register(FastFuse)
-    """)
+    source = SHARPEN_PLUGIN.format(who="fast").replace('name = "sharpen"', 'name = "fuse_bn"')
+    write_module(monkeypatch, tmp_path, "optkit_fast_fuse", source)
     install_fake_distributions(monkeypatch, FakeDistribution("optkit-fast", "1.0", {"fuse_bn": "optkit_fast_fuse"}))
 
 

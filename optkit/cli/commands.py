@@ -47,8 +47,8 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 class _Group(click.Group):
     """The one place an error escaping a command becomes one line on stderr and an exit code:
-    optkit errors their own (2 for usage, pipeline files and plugins), Ctrl-C 130, anything else 1.
-    ``--debug`` adds the traceback."""
+    optkit errors their own (2 for usage, pipeline files and plugins), Ctrl-C 130, a file that
+    cannot be read or written 1, anything else 1 with a hint at ``--debug``, which adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -60,6 +60,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
             ctx.exit(130)
+        except OSError as exc:  # a file or folder that cannot be read or written (report -o, sweep folders)
+            where = f"{exc.filename}: " if exc.filename else ""
+            self._report(ctx, f"{where}{exc.strerror or exc}", 1)
         # Anything else is a bug here or in a plugin: one line a person can report, not a traceback.
         except Exception as exc:  # noqa: BLE001
             hint = "" if _flag(ctx, "debug") else " (an unexpected error: `optkit --debug ...` shows the traceback)"
@@ -208,18 +211,7 @@ def passes(as_json: bool) -> None:
         click.echo(json.dumps({"passes": rows, "broken": broken, "conflicts": conflicts}, indent=2))
         _exit_if_strict(broken)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title="optkit passes")
-    for column in ("name", "summary", "plugin"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["name"], row["summary"], f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip())
-    console.print(table)
-    for message in conflicts.values():
-        console.print(f"[red]conflict:[/red] {message}", highlight=False)
+    console = _registry_table("optkit passes", [(row["name"], row) for row in rows], conflicts, first="name")
     for b in broken:
         console.print(
             f"[red]broken plugin[/red] {b['plugin']!r} ({b['distribution']} {b['version']}): {b['error']}\n"
@@ -255,18 +247,25 @@ def sources(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"sources": rows, "conflicts": conflicts}, indent=2))
         return
+    _registry_table("optkit model sources (model.source: scheme:target)", [(f"{row['scheme']}:", row) for row in rows],
+                    conflicts, first="scheme")
+
+
+def _registry_table(title: str, rows: list[tuple[str, dict[str, Any]]], conflicts: dict[str, str], first: str) -> Any:
+    """Print registered names (label, row) with their summary and plugin, then any conflicts; returns the console."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title="optkit model sources (model.source: scheme:target)")
-    for column in ("scheme", "summary", "plugin"):
+    table = Table(title=title)
+    for column in (first, "summary", "plugin"):
         table.add_column(column)
-    for row in rows:
-        table.add_row(f"{row['scheme']}:", row["summary"], f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip())
+    for label, row in rows:
+        table.add_row(label, row["summary"], f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip())
     console.print(table)
     for message in conflicts.values():
         console.print(f"[red]conflict:[/red] {message}", highlight=False)
+    return console
 
 
 def _first_line(text: str | None) -> str:
