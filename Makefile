@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The digits pipeline first (a trained model, accuracy at every stage), then ResNet-18 (random weights).
 demo: $(STAMP)
+	$(BIN)/python -m optkit.data examples/data/digits
+	$(BIN)/optkit run examples/digits.yaml --output runs/demo-digits --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
 test: $(STAMP)

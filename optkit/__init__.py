@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optkit.artifacts import Artifact, OnnxArtifact
     from optkit.host import hookimpl
-    from optkit.passes import Pass, PassContext, Tolerance
+    from optkit.passes import Pass, PassContext, PassData, Tolerance
 
-__all__ = ["Pass", "PassContext", "Tolerance", "Artifact", "OnnxArtifact", "hookimpl", "__version__"]
+__all__ = ["Pass", "PassContext", "PassData", "Tolerance", "Artifact", "OnnxArtifact", "hookimpl", "__version__"]
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "Pass": "optkit.passes",
     "PassContext": "optkit.passes",
+    "PassData": "optkit.passes",
     "Tolerance": "optkit.passes",
     "Artifact": "optkit.artifacts",
     "OnnxArtifact": "optkit.artifacts",

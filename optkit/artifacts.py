@@ -79,7 +79,9 @@ class OnnxArtifact(Artifact):
         """A callable that feeds a torch tensor to the graph and returns the model's own output
         structure (tensor, tuple or dict) as CPU tensors.
 
-        The input is cast to the graph's input type (float16 for a half-precision export).
+        The input is cast to the graph's input type (float16 for a half-precision export). A graph
+        exported for a fixed batch size takes a batch of any size: it is run in slices of its own
+        size (the last one padded), and the outputs are joined along the batch dimension.
         """
         import numpy as np
         import torch
@@ -88,12 +90,25 @@ class OnnxArtifact(Artifact):
         session = self.session(device)
         graph_input = session.get_inputs()[0]
         input_dtype = np.float16 if graph_input.type == "tensor(float16)" else None
+        fixed_batch = graph_input.shape[0] if graph_input.shape and isinstance(graph_input.shape[0], int) else None
 
-        def run(x: torch.Tensor) -> Any:
+        def run_slice(x: torch.Tensor) -> list[torch.Tensor]:
             array = x.detach().cpu().numpy()
             if input_dtype is not None:
                 array = array.astype(input_dtype)
-            tensors = [torch.from_numpy(o) for o in session.run(self.output_names or None, {graph_input.name: array})]
+            return [torch.from_numpy(o) for o in session.run(self.output_names or None, {graph_input.name: array})]
+
+        def run(x: torch.Tensor) -> Any:
+            if fixed_batch is None or x.shape[0] == fixed_batch:
+                tensors = run_slice(x)
+            else:
+                parts = []
+                for part in x.split(fixed_batch):
+                    padding = fixed_batch - part.shape[0]
+                    if padding:
+                        part = torch.cat([part, part[-1:].expand(padding, *part.shape[1:])])
+                    parts.append([t[: fixed_batch - padding] for t in run_slice(part)])
+                tensors = [torch.cat(pieces) for pieces in zip(*parts)]
             if self.output_structure is not None:
                 return pytree.tree_unflatten(tensors, self.output_structure)
             return tensors[0] if len(tensors) == 1 else tuple(tensors)

@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from optkit.errors import PluginError
+from optkit.errors import PluginError, StageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import torch
     from torch import nn
 
     from optkit.artifacts import Artifact
 
-__all__ = ["Pass", "PassContext", "Tolerance", "check_pass_class"]
+__all__ = ["Pass", "PassContext", "PassData", "Tolerance", "check_pass_class"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -98,6 +100,42 @@ class Pass(ABC):
         """
 
 
+@dataclass(frozen=True)
+class PassData:
+    """The data a pass may read: the pipeline's ``data:`` loaders, their batches on the stage's device.
+
+    Each loader yields ``(inputs, labels)`` batches: ``inputs`` as the model takes them (the
+    ``data.transform`` applied) and ``labels`` an int64 tensor of class indices, ``-1`` for a sample
+    without one. ``len(loader)`` is its number of batches, ``loader.dataset`` its samples.
+
+    Attributes:
+        train: ``data.train`` (shuffled, seeded, when ``shuffle: true``), or ``None``.
+        calibration: ``data.calibration``, else the train loader, else the eval loader, or ``None``.
+        eval: ``data.eval`` (always in order), or ``None``.
+    """
+
+    train: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    eval: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def require(self, role: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The loader for ``role`` (``train``, ``calibration`` or ``eval``).
+
+        Raises:
+            StageError: the pipeline has no such entry; the message names the ``data:`` entry to add.
+        """
+        if role not in ("train", "calibration", "eval"):
+            raise ValueError(f"no data role {role!r}; expected train, calibration or eval")
+        loader = getattr(self, role)
+        if loader is None:
+            raise StageError(f"this pass needs {role} data: add data.{role} to the pipeline, e.g. {_data_example(role)}")
+        return loader
+
+
+def _data_example(role: str) -> str:
+    return f"data: {{{role}: {{source: imagefolder:PATH}}}}"
+
+
 @dataclass
 class PassContext:
     """What a pass gets besides the model.
@@ -110,6 +148,9 @@ class PassContext:
         stage_index: 1-based position of the stage in the pipeline.
         details: what the pass reports (pairs fused, sparsity, exporter, ...); JSON-serializable.
         artifacts: files the stage produced; :meth:`artifact_path` adds to it.
+        data: the pipeline's data loaders on ``device`` (:class:`PassData`), or ``None`` when the
+            pipeline has no ``data:`` section; :meth:`require_data` fails the stage for a pass
+            that cannot work without.
     """
 
     device: torch.device
@@ -119,6 +160,24 @@ class PassContext:
     stage_index: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    data: PassData | None = None
+
+    def require_data(self, role: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``(inputs, labels)`` loader for ``role`` (``train``, ``calibration`` or ``eval``).
+
+        Example:
+            >>> for inputs, _ in ctx.require_data("calibration"):  # doctest: +SKIP
+            ...     observer(inputs)
+
+        Raises:
+            StageError: the pipeline has no ``data:`` section, or not this entry; the message
+                names the entry to add (the runner prefixes the stage and the pass).
+        """
+        if self.data is None:
+            raise StageError(
+                f"this pass needs {role} data, and the pipeline has no data: section; add one, e.g. {_data_example(role)}"
+            )
+        return self.data.require(role)
 
     def artifact_path(self, filename: str) -> Path:
         """A path in this stage's folder for ``filename``, recorded as an artifact of the stage.

@@ -16,6 +16,14 @@ written and must follow the ``report.json`` contract, and listed artifacts must 
 A pass class not installed through an entry point yet can be passed directly:
 ``run_pass(MyPass, tmp_path=tmp_path)``. With ``pytest_plugins = ["optkit.testing"]`` in a
 ``conftest.py``, the ``optkit_run_pass`` fixture does the same with ``tmp_path`` filled in.
+
+A pass that reads data (``ctx.data``) runs on a real data set and a real trained model: the digits
+(:func:`digits_imagefolder`, or the ``optkit_digits`` fixture) and :func:`digits_cnn`::
+
+    def test_calibrates(tmp_path, optkit_digits):
+        run = run_pass("my_quantizer", tmp_path=tmp_path, source=DIGITS_MODEL, model_kwargs={"pretrained": True},
+                       input_shape=(1, 3, 32, 32), dataset=optkit_digits.val)
+        assert run.metrics["accuracy"]["top1"] > 0.95
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import pytest
 import yaml
 
 from optkit.config import load_pipeline
+from optkit.data import DigitsFolders, digits_cnn, digits_imagefolder
 from optkit.host import Host, hookimpl
 from optkit.passes import Pass, check_pass_class
 from optkit.results import RUN_STATUSES, STAGE_STATUSES
@@ -38,6 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TINY_MODEL",
+    "DIGITS_MODEL",
+    "digits_cnn",
+    "digits_imagefolder",
+    "optkit_digits",
     "REPORT_FIELDS",
     "STAGE_FIELDS",
     "METRIC_FIELDS",
@@ -50,6 +63,10 @@ __all__ = [
 
 #: The default model: :func:`tiny_convnet`, through the ``python:`` source.
 TINY_MODEL = "python:optkit.testing:tiny_convnet"
+
+#: The digits model (:func:`digits_cnn`; ``model_kwargs={"pretrained": True}`` for the trained
+#: weights), through the ``python:`` source; it takes ``[N, 3, 32, 32]`` inputs in [0, 1].
+DIGITS_MODEL = "python:optkit.testing:digits_cnn"
 
 #: Fields of ``report.json`` (see the contract in the README), top level.
 REPORT_FIELDS = ("schema", "optkit_version", "environment", "pipeline", "status", "stages")
@@ -165,6 +182,8 @@ def run_pass(
     before: Iterable[str | dict[str, Any]] = (),
     measure: dict[str, Any] | None = None,
     expect_status: str = "ok",
+    dataset: str | Path | None = None,
+    data: dict[str, Any] | None = None,
 ) -> PassRun:
     """Run one pass through the host in a pipeline on a small model and check what the host checks.
 
@@ -179,6 +198,10 @@ def run_pass(
         before: stages to run before the pass (names or ``{name: options}``).
         measure: the pipeline's ``measure:`` section (default: 1 warm-up, 3 timed runs).
         expect_status: ``ok`` (default) or ``failed``: the status the pass's stage must end with.
+        dataset: an image folder (one sub-folder per class) or a data source (``python:pkg.mod:fn``)
+            used as ``data.eval`` and ``data.train`` (and so calibration): every stage gets accuracy
+            and agreement, and the pass reads it through ``ctx.data``.
+        data: the pipeline's whole ``data:`` section, as a file would give it (instead of ``dataset``).
 
     Returns:
         The report as written to disk and the run folder.
@@ -206,6 +229,14 @@ def run_pass(
         "passes": [*before, stage],
         "output": str(tmp_path / "run"),
     }
+    if data is not None and dataset is not None:
+        raise ValueError("give dataset or data, not both")
+    if dataset is not None:
+        given = str(dataset)
+        source_text = given if ":" in given and not Path(given).exists() else f"imagefolder:{Path(given).resolve()}"
+        data = {"eval": source_text, "train": source_text}
+    if data is not None:
+        document["data"] = data
     pipeline_path = tmp_path / "pipeline.yaml"
     pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
     pipeline = load_pipeline(pipeline_path, host.get_pass)
@@ -253,6 +284,10 @@ def check_report_contract(report: dict[str, Any]) -> None:
         _require(metrics, ("drift",), f"{where} metrics")
         if metrics["drift"].get("comparable", True):
             _require(metrics["drift"], DRIFT_FIELDS, f"{where} drift")
+        if "accuracy" in metrics:
+            _require(metrics["accuracy"], ("top1", "n"), f"{where} accuracy")
+        if "agreement" in metrics and metrics["agreement"].get("comparable", True):
+            _require(metrics["agreement"], ("top1", "n"), f"{where} agreement")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -264,6 +299,12 @@ def _check(condition: bool, message: str) -> None:
 def _require(mapping: dict[str, Any], fields: Iterable[str], where: str) -> None:
     missing = [f for f in fields if f not in mapping]
     _check(not missing, f"{where} lacks {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def optkit_digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsFolders:
+    """The digits as an ImageFolder (32×32 RGB; ``.train``, ``.val``), written once per test session."""
+    return digits_imagefolder(tmp_path_factory.mktemp("digits") / "digits", size=32)
 
 
 @pytest.fixture

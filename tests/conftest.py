@@ -25,6 +25,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory):
+    """scikit-learn's digits as an ImageFolder of 32×32 RGB PNGs (train/ and val/), once per worker."""
+    from optkit.data import digits_imagefolder
+
+    return digits_imagefolder(tmp_path_factory.mktemp("digits") / "digits32", size=32)
+
+
 @pytest.fixture
 def write_pipeline(tmp_path: Path) -> Callable[..., Path]:
     """Write a pipeline file from dedented YAML text; returns its path (in ``tmp_path``)."""

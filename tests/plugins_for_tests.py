@@ -16,6 +16,7 @@ from optkit import Pass, PassContext, hookimpl
 
 __all__ = [
     "TINY_PIPELINE",
+    "DIGITS_PIPELINE",
     "tiny_net",
     "Identity",
     "Scale",
@@ -24,7 +25,11 @@ __all__ = [
     "Interrupts",
     "WritesArtifact",
     "ReturnsNothing",
+    "ReadsCalibration",
     "StageRecorder",
+    "labeled_noise",
+    "unlabeled_noise",
+    "NoiseDatasets",
 ]
 
 #: A pipeline on the tiny model, quick to measure; format it with the ``passes`` block.
@@ -34,6 +39,21 @@ model:
   input_shape: [2, 3, 64, 64]
 device: cpu
 measure: {{warmup: 1, iters: 3}}
+passes:
+{passes}
+"""
+
+#: A pipeline on the trained digits model; format it with ``batch`` (of input_shape), ``measure``
+#: (more keys of the measure: mapping, after a comma), ``data`` (the lines under data:) and ``passes``.
+DIGITS_PIPELINE = """\
+model:
+  source: python:optkit.testing:digits_cnn
+  kwargs: {{pretrained: true}}
+  input_shape: [{batch}, 3, 32, 32]
+device: cpu
+measure: {{warmup: 1, iters: 2, flops: false{measure}}}
+data:
+{data}
 passes:
 {passes}
 """
@@ -133,10 +153,54 @@ class ReturnsNothing(Pass):
         model.eval()
 
 
+class ReadsCalibration(Pass):
+    """Reads ``ctx.data.calibration`` as a calibrating pass would, and reports what it saw."""
+
+    name = "reads_calibration"
+    summary = "Count the calibration batches and samples."
+    preserves_outputs = True
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        batches, labels, devices, shapes = 0, [], set(), set()
+        for inputs, targets in ctx.require_data("calibration"):
+            batches += 1
+            labels += targets.tolist()
+            devices.add(str(inputs.device))
+            shapes.add(tuple(inputs.shape[1:]))
+        ctx.details.update(batches=batches, samples=len(labels), labels=sorted(set(labels)),
+                           devices=sorted(devices), shapes=sorted(shapes))
+        return model
+
+
 @hookimpl
 def optkit_register_passes(register):
-    for pass_cls in (Identity, Scale, Raises, Drifts, Interrupts, WritesArtifact, ReturnsNothing):
+    for pass_cls in (Identity, Scale, Raises, Drifts, Interrupts, WritesArtifact, ReturnsNothing, ReadsCalibration):
         register(pass_cls)
+
+
+def labeled_noise(n: int = 20, classes: int = 10, size: int = 64) -> torch.utils.data.TensorDataset:
+    """``n`` seeded random ``[3, size, size]`` images with labels ``i % classes`` (a python: dataset)."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.utils.data.TensorDataset(torch.rand(n, 3, size, size, generator=generator), torch.arange(n) % classes)
+
+
+def unlabeled_noise(n: int = 20, size: int = 64) -> list[torch.Tensor]:
+    """``n`` seeded random images without labels: a list is a map-style dataset."""
+    generator = torch.Generator().manual_seed(2)
+    return list(torch.rand(n, 3, size, size, generator=generator))
+
+
+class NoiseDatasets:
+    """A dataset-source plugin: ``noise:labeled`` and ``noise:unlabeled``, with the entry's kwargs."""
+
+    @hookimpl
+    def optkit_register_datasets(self, register):
+        def load_noise(request):
+            factory = {"labeled": labeled_noise, "unlabeled": unlabeled_noise}[request.target]
+            request.details["generator"] = request.target
+            return factory(**request.spec.kwargs)
+
+        register("noise", load_noise)
 
 
 class StageRecorder:

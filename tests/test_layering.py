@@ -28,6 +28,7 @@ LAYERS: tuple[str, ...] = (
     "optkit.config",  # YAML files -> validated pipeline and sweep specs
     "optkit.results",  # what a run produces (data only)
     "optkit.models",  # sources, checkpoints, weights, heads, layers
+    "optkit.data",  # dataset sources, transforms, loaders, checks, the digits task
     "optkit.measure",  # params, MACs, latency, size, drift
     "optkit.host",  # hook specs, plugin manager, registries, the Host facade
     "optkit.reporting",  # tables, Markdown, HTML, plots, console

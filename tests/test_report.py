@@ -10,7 +10,7 @@ import pytest
 import plugins_for_tests
 from optkit.host import Host
 from optkit.config import load_pipeline
-from optkit.reporting import COLUMNS, format_count, render_markdown, stage_rows
+from optkit.reporting import COLUMNS, DATA_COLUMNS, format_count, render_markdown, stage_rows
 from optkit.results import RunReport, StageResult
 from optkit.run.runner import run_pipeline
 from optkit.testing import check_report_contract
@@ -80,16 +80,19 @@ def test_markdown_report_has_the_table_the_error_and_the_details(finished_run):
 
     assert text.startswith("# optkit report: python:plugins_for_tests:tiny_net\n")
     assert "Status: **failed** · input [2, 3, 64, 64]" in text
-    assert "| " + " | ".join(c.replace("|", "\\|") for c in COLUMNS) + " |" in text  # max|Δ| escaped
+    without_data = [c for c in COLUMNS if c not in DATA_COLUMNS]  # no data: section, no accuracy columns
+    assert "| " + " | ".join(c.replace("|", "\\|") for c in without_data) + " |" in text  # max|Δ| escaped
+    assert "accuracy" not in text
     assert "**Error:** stage 2 (raises) failed: RuntimeError: boom from the raises pass" in text
     assert "## 1. scale\n\n- factor: 2.0" in text
     assert "- artifact: `stages/02-raises/traceback.txt`" in text
 
 
 def synthetic_report() -> RunReport:
-    def metrics(params, nonzero, macs, p50, max_abs=None):
+    def metrics(params, nonzero, macs, p50, max_abs=None, top1=None, agreement=None):
         m = {"params": params, "nonzero_params": nonzero, "sparsity": 1 - nonzero / params, "gmacs": macs / 1e9,
-             "gflops": 2 * macs / 1e9, "size_bytes": 4 * params, "latency_ms": {"p50": p50}}
+             "gflops": 2 * macs / 1e9, "size_bytes": 4 * params, "latency_ms": {"p50": p50},
+             "accuracy": {"top1": top1, "top5": 1.0, "n": 360}, "agreement": {"top1": agreement, "n": 360}}
         if max_abs is not None:
             m["drift"] = {"max_abs": max_abs, "cosine": 0.999, "top1_agreement": 0.75}
         return m
@@ -98,8 +101,8 @@ def synthetic_report() -> RunReport:
         environment={"device": "cpu", "torch": "2.x", "threads": 2, "python": "3.11.7"},
         pipeline={"model": {"source": "torchvision:resnet18", "input_shape": [1, 3, 224, 224]}},
         stages=[
-            StageResult("baseline", None, 0, "ok", 0.0, metrics(11_689_512, 11_689_512, 1_814_073_344, 40.0, 0.0)),
-            StageResult("prune_l1", "prune_l1", 1, "ok", 1.5, metrics(5_844_756, 5_844_756, 907_036_672, 20.0, 0.25)),
+            StageResult("baseline", None, 0, "ok", 0.0, metrics(11_689_512, 11_689_512, 1_814_073_344, 40.0, 0.0, 355 / 360, 1.0)),
+            StageResult("prune_l1", "prune_l1", 1, "ok", 1.5, metrics(5_844_756, 5_844_756, 907_036_672, 20.0, 0.25, 0.9, 0.875)),
             StageResult("tta", "tta", 2, "skipped"),
         ],
         status="failed",
@@ -115,6 +118,9 @@ def test_stage_rows_compute_deltas_against_the_baseline():
     assert (pruned["GMACs"], pruned["GFLOPs"]) == ("0.907", "1.814")
     assert (pruned["max|Δ|"], pruned["cosine"], pruned["top-1"]) == ("2.50e-01", "0.999000", "75%")
     assert (pruned["size MB"], pruned["time s"]) == ("23.38", "1.50")
+    assert (base["accuracy"], base["agreement"]) == ("98.61%", "100.00%")
+    assert (pruned["accuracy"], pruned["agreement"]) == ("90.00%", "87.50%")
+    assert (skipped["accuracy"], skipped["agreement"]) == ("–", "–")
     assert (skipped["status"], skipped["params"], skipped["time s"]) == ("skipped", "–", "–")
 
 
@@ -143,6 +149,7 @@ def test_console_table_is_whole_in_a_pipe_and_trimmed_in_a_narrow_terminal():
     print_report(synthetic_report(), Console(file=piped, width=80), "runs/x")
     header = next(line for line in piped.getvalue().splitlines() if "stage" in line)
     assert all(column in header for column in COLUMNS)  # nothing squeezed into "…"
+    assert "Accuracy is top-1 on data.eval" in piped.getvalue()
 
     terminal = StringIO()
     print_report(synthetic_report(), Console(file=terminal, width=80, force_terminal=True, color_system=None), "runs/x")

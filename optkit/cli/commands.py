@@ -120,6 +120,21 @@ def _print_json(data: dict[str, Any]) -> None:
     click.echo(report_json(data), nl=False)
 
 
+def _yaml_mapping(text: str | None, option: str) -> dict[str, Any] | None:
+    """A YAML flow mapping given on the command line (``{resize: 36, center_crop: 32}``)."""
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"not YAML: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"expected a mapping such as '{{resize: 36, center_crop: 32}}', got {text!r}", param_hint=option)
+    return value
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
@@ -352,20 +367,28 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 @click.option("--cudnn-benchmark", is_flag=True, help="Let cuDNN autotune convolutions before timing.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of file: sources and weights; only for files you trust.")
 @click.option("--verbose", "-v", is_flag=True, help="Add the per-parameter table (YOLOv5 model_info) and MACs per layer.")
+@click.option("--data", "data_source", help="Evaluate top-1/top-5 accuracy on this data: an image folder (one sub-folder per class) or a source such as python:pkg.mod:dataset.")
+@click.option("--transform", help="How images become inputs, as in data.transform: e.g. '{resize: 256, center_crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}'.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N samples of --data only.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(model: str, input_shape: str, weights: str | None, device: str, warmup: int, iters: int, no_latency: bool,
-         threads: int | None, cudnn_benchmark: bool, trust_checkpoint: bool, verbose: bool, as_json: bool) -> None:
-    """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency."""
+         threads: int | None, cudnn_benchmark: bool, trust_checkpoint: bool, verbose: bool, data_source: str | None,
+         transform: str | None, limit: int | None, as_json: bool) -> None:
+    """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency,
+    and accuracy with --data."""
     from optkit.cli.streams import stdout_to_stderr
     from optkit.measure import configure_timing
     from optkit.reporting import render_info
-    from optkit.run.info import inspect_model, parse_input_shape
+    from optkit.run.info import data_spec, inspect_model, parse_input_shape
 
     shape = parse_input_shape(input_shape)
+    if transform is not None and data_source is None:
+        raise click.UsageError("--transform needs --data")
+    data = data_spec(data_source, _yaml_mapping(transform, "--transform"), limit) if data_source else None
     with configure_timing(threads, cudnn_benchmark), stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = inspect_model(
             model, shape, host=_host(), weights=weights, device=device, warmup=warmup, iters=iters,
-            latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint,
+            latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint, data=data,
         )
     if as_json:
         _print_json(result)

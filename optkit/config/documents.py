@@ -7,14 +7,14 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from optkit.config.yaml_lines import MAX_FILE_BYTES, line_of, load_yaml_with_lines
 from optkit.errors import PipelineError, closest
 
-__all__ = ["StrictModel", "ConfigDocument", "read_config", "parse_config"]
+__all__ = ["StrictModel", "SourceSpec", "ConfigDocument", "read_config", "parse_config"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -23,6 +23,31 @@ class StrictModel(BaseModel):
     """Base of every section of a configuration file: an unknown key is an error, never ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(StrictModel):
+    """A section whose ``source`` is ``scheme:target`` (a model, a data set); subclasses give the
+    field its description and :attr:`SOURCE_EXAMPLES` for the message when the scheme is missing."""
+
+    SOURCE_EXAMPLES: ClassVar[str] = "python:package.module:callable"
+
+    source: str
+
+    @field_validator("source")
+    @classmethod
+    def _has_scheme(cls, value: str) -> str:
+        scheme, sep, rest = value.partition(":")
+        if not sep or not scheme or not rest:
+            raise ValueError(f"expected scheme:name, e.g. {cls.SOURCE_EXAMPLES}")
+        return value
+
+    @property
+    def scheme(self) -> str:
+        return self.source.partition(":")[0]
+
+    @property
+    def target(self) -> str:
+        return self.source.partition(":")[2]
 
 
 @dataclass(frozen=True)

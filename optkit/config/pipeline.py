@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -19,7 +19,8 @@ from pydantic import (
     field_validator,
 )
 
-from optkit.config.documents import ConfigDocument, StrictModel, parse_config, read_config
+from optkit.config.data import DataSpec
+from optkit.config.documents import ConfigDocument, SourceSpec, StrictModel, parse_config, read_config
 from optkit.errors import PipelineError, PluginError
 from optkit.files import resolve_path
 from optkit.passes import Pass, Tolerance
@@ -35,6 +36,7 @@ __all__ = [
     "MeasureSpec",
     "PipelineFile",
     "Stage",
+    "check_accuracy_settings",
     "Pipeline",
     "PassLookup",
     "load_pipeline",
@@ -97,8 +99,10 @@ def _weights_kind(value: Any) -> str:
     return "spec" if isinstance(value, (dict, WeightsSpec)) else "name"
 
 
-class ModelSpec(StrictModel):
+class ModelSpec(SourceSpec):
     """The model to optimize: where it comes from, its weights and its input."""
+
+    SOURCE_EXAMPLES: ClassVar[str] = "torchvision:resnet50, file:model.pt or python:pkg.mod:factory"
 
     source: str = Field(description="scheme:rest — torchvision:resnet50, file:model.pt, python:pkg.module:factory, ...")
     weights: Annotated[
@@ -111,14 +115,6 @@ class ModelSpec(StrictModel):
     freeze: list[str] | None = Field(None, description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.")
     list_keys: bool = Field(False, description="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts; --verbose sets it.")
 
-    @field_validator("source")
-    @classmethod
-    def _has_scheme(cls, value: str) -> str:
-        scheme, sep, rest = value.partition(":")
-        if not sep or not scheme or not rest:
-            raise ValueError("expected scheme:name, e.g. torchvision:resnet50, file:model.pt or python:pkg.mod:factory")
-        return value
-
     @field_validator("weights", mode="before")
     @classmethod
     def _none_means_none(cls, value: Any) -> Any:
@@ -128,14 +124,6 @@ class ModelSpec(StrictModel):
     @classmethod
     def _one_pattern_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @property
-    def scheme(self) -> str:
-        return self.source.partition(":")[0]
-
-    @property
-    def target(self) -> str:
-        return self.source.partition(":")[2]
 
 
 class MeasureSpec(StrictModel):
@@ -151,6 +139,12 @@ class MeasureSpec(StrictModel):
     drift_tolerance: Tolerance = Field(
         default_factory=Tolerance, description="A stage whose pass preserves outputs fails beyond this (unless the pass declares its own)."
     )
+    accuracy: bool | None = Field(
+        None, description="Evaluate every stage on data.eval (top-1/top-5 accuracy, agreement with the baseline); default: true when data.eval is given."
+    )
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="A stage whose top-1 accuracy falls more than this below the baseline's fails (0.01: one point)."
+    )
 
 
 class PipelineFile(StrictModel):
@@ -160,6 +154,7 @@ class PipelineFile(StrictModel):
     device: str | int = Field("auto", description="auto | cpu | cuda | cuda:N | N")
     seed: int = Field(0, description="Seed of the input batch every stage is measured on.")
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    data: DataSpec | None = Field(None, description="Data sets: eval (accuracy of every stage), train and calibration (for passes).")
     passes: list[str | dict[str, Any]] = Field(default_factory=list)
     output: str | None = Field(None, description="Run folder; default runs/<pipeline file name>.")
     save_model: bool = Field(True, description="Save the final module as model.pt in the run folder.")
@@ -205,6 +200,23 @@ class Pipeline:
         return resolve_path(path, self.base_dir)
 
     @property
+    def data(self) -> DataSpec | None:
+        return self.spec.data
+
+    @property
+    def data_dir(self) -> Path:
+        """Relative dataset paths resolve against this: ``data.root`` (itself relative to
+        :attr:`base_dir`), else :attr:`base_dir`."""
+        root = self.spec.data.root if self.spec.data is not None else None
+        return self.resolve(root) if root else self.base_dir
+
+    @property
+    def evaluates_accuracy(self) -> bool:
+        """Whether every stage is evaluated on ``data.eval`` (``measure.accuracy``, default: when given)."""
+        has_eval = self.spec.data is not None and self.spec.data.eval is not None
+        return has_eval if self.measure.accuracy is None else self.measure.accuracy
+
+    @property
     def output_dir(self) -> Path:
         """The run folder, relative to the current directory (``runs/<file stem>`` by default)."""
         if self.spec.output:
@@ -219,6 +231,7 @@ class Pipeline:
             "device": self.spec.device,
             "seed": self.spec.seed,
             "measure": self.measure.model_dump(mode="json"),
+            **({"data": self.spec.data.model_dump(mode="json", exclude_defaults=True)} if self.spec.data is not None else {}),
             "passes": [{"pass": s.pass_name, "options": s.options.model_dump(mode="json")} for s in self.stages],
         }
 
@@ -254,8 +267,28 @@ def _build(doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_sou
             get_source(spec.model.scheme)
         except (PipelineError, PluginError) as exc:  # unknown, or claimed by two plugins
             raise doc.error(getattr(exc, "message", str(exc)), ("model", "source")) from None
+    check_accuracy_settings(spec.measure, spec.data, doc)
     stages = tuple(_parse_stage(i, item, get_pass, doc) for i, item in enumerate(spec.passes))
     return Pipeline(spec=spec, stages=stages, path=path)
+
+
+def check_accuracy_settings(measure: MeasureSpec, data: DataSpec | None, doc: ConfigDocument) -> None:
+    """``measure.accuracy: true`` and ``measure.max_accuracy_drop`` need ``data.eval``; the budget needs accuracy on.
+
+    Raises:
+        PipelineError: at the line of the setting that cannot be honoured.
+    """
+    has_eval = data is not None and data.eval is not None
+    if measure.accuracy and not has_eval:
+        raise doc.error("measure.accuracy: true needs data.eval (e.g. data: {eval: imagefolder:data/val})", ("measure", "accuracy"))
+    if measure.max_accuracy_drop is not None:
+        if not has_eval:
+            raise doc.error(
+                "measure.max_accuracy_drop needs data.eval to measure accuracy on (e.g. data: {eval: imagefolder:data/val})",
+                ("measure", "max_accuracy_drop"),
+            )
+        if measure.accuracy is False:
+            raise doc.error("measure.max_accuracy_drop needs measure.accuracy (it is false)", ("measure", "accuracy"))
 
 
 def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -> Stage:

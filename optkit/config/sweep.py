@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
+from optkit.config.data import DataSpec
 from optkit.config.documents import ConfigDocument, StrictModel, parse_config, read_config
-from optkit.config.pipeline import InputShape, MeasureSpec, ModelSpec
+from optkit.config.pipeline import InputShape, MeasureSpec, ModelSpec, check_accuracy_settings
+from optkit.files import resolve_path
 
 __all__ = ["SweepModel", "SweepFile", "load_sweep", "parse_sweep"]
 
@@ -58,6 +60,7 @@ class SweepFile(StrictModel):
     input_size: PositiveInt | None = Field(None, description="Square input size; replaces the last two input dimensions.")
     seed: int = 0
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    data: DataSpec | None = Field(None, description="The data: section of every job (relative paths: relative to the sweep file).")
     output: str = Field("runs/sweep", description="Sweep folder: jobs/, runs/ and the combined report.")
     executor: Literal["local", "ray"] = "local"
     workers: PositiveInt = Field(1, description="Jobs run at once by the local executor (and CPUs of a local Ray).")
@@ -79,15 +82,23 @@ def load_sweep(path: str | Path) -> SweepFile:
     Raises:
         PipelineError: unreadable file, bad YAML or a wrong key, with ``file:line``.
     """
-    return _validate(read_config(path, "sweep file"))
+    return _validate(read_config(path, "sweep file"), Path(path).parent)
 
 
-def parse_sweep(text: str, filename: str = "<sweep>") -> SweepFile:
-    """Validate sweep YAML ``text`` (see :func:`load_sweep`)."""
-    return _validate(parse_config(text, filename))
+def parse_sweep(text: str, filename: str = "<sweep>", base_dir: Path | None = None) -> SweepFile:
+    """Validate sweep YAML ``text`` (see :func:`load_sweep`); relative data paths resolve against
+    ``base_dir`` (default: the current folder)."""
+    return _validate(parse_config(text, filename), base_dir if base_dir is not None else Path.cwd())
 
 
-def _validate(doc: ConfigDocument) -> SweepFile:
+def _validate(doc: ConfigDocument, base_dir: Path) -> SweepFile:
     if not isinstance(doc.data, dict):
         raise doc.error("a sweep file is a mapping with at least 'models:' and 'pipelines:'")
-    return doc.validate(SweepFile, doc.data)
+    sweep = doc.validate(SweepFile, doc.data)
+    check_accuracy_settings(sweep.measure, sweep.data, doc)
+    if sweep.data is not None:
+        # Each job's pipeline file is written under the sweep folder: its relative data paths must
+        # still mean what they meant beside the sweep file.
+        root = resolve_path(sweep.data.root or ".", base_dir).resolve()
+        sweep = sweep.model_copy(update={"data": sweep.data.model_copy(update={"root": str(root)})})
+    return sweep

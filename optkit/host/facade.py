@@ -16,13 +16,21 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config import DataSpec, ModelSpec
+    from optkit.data import DatasetLoader, PipelineData
     from optkit.models import SourceLoader
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
 
 log = logging.getLogger(__name__)
+
+
+def _validate_scheme(scheme: object, loader: object, record: PluginRecord) -> tuple[str, Callable[..., Any]]:
+    """``register(scheme, loader)`` of a source hook: a scheme name and a callable."""
+    if not isinstance(scheme, str) or not scheme.isidentifier() or not callable(loader):
+        raise PluginError(f"{record.origin}: register(scheme, loader) needs a name and a callable")
+    return scheme, loader
 
 
 class Host:
@@ -48,7 +56,7 @@ class Host:
     @property
     def broken(self) -> list[PluginRecord]:
         """Plugins that failed to load or to register, in load order."""
-        self.passes, self.sources  # noqa: B018 - registration failures are found by collecting
+        self.passes, self.sources, self.datasets  # noqa: B018 - registration failures are found by collecting
         return self.pm.broken
 
     @cached_property
@@ -63,13 +71,12 @@ class Host:
     @cached_property
     def sources(self) -> Registry[SourceLoader]:
         """Every registered model-source loader, by scheme."""
+        return self._collect("model source", "optkit_register_sources", _validate_scheme)
 
-        def validate(scheme: object, loader: object, record: PluginRecord) -> tuple[str, SourceLoader]:
-            if not isinstance(scheme, str) or not scheme.isidentifier() or not callable(loader):
-                raise PluginError(f"{record.origin}: register(scheme, loader) needs a name and a callable")
-            return scheme, loader  # type: ignore[return-value]
-
-        return self._collect("model source", "optkit_register_sources", validate)
+    @cached_property
+    def datasets(self) -> Registry[DatasetLoader]:
+        """Every registered dataset loader, by scheme."""
+        return self._collect("dataset source", "optkit_register_datasets", _validate_scheme)
 
     def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
         # Each implementation is called with its own ``register`` so that every entry knows
@@ -126,9 +133,28 @@ class Host:
             PipelineError: unknown scheme, with the closest registered ones.
             PluginError: two plugins claim the scheme.
         """
-        if scheme in self.sources:
-            return self.sources.get(scheme)
-        raise PipelineError(f"model.source: {self.unknown_message('model source scheme', scheme, self.sources)}")
+        return self._scheme(self.sources, scheme, "model.source", "model source scheme")
+
+    def get_dataset(self, scheme: str) -> Registered[DatasetLoader]:
+        """The dataset loader registered for ``scheme``, with the plugin that registered it.
+
+        Raises:
+            PipelineError: unknown scheme, with the closest registered ones.
+            PluginError: two plugins claim the scheme.
+        """
+        return self._scheme(self.datasets, scheme, "data", "dataset source scheme")
+
+    def _scheme(self, registry: Registry, scheme: str, option: str, kind: str) -> Registered:
+        if scheme in registry:
+            return registry.get(scheme)
+        raise PipelineError(f"{option}: {self.unknown_message(kind, scheme, registry)}")
+
+    def load_data(self, spec: DataSpec, base_dir: Path, *, seed: int = 0) -> PipelineData:
+        """Load the data sets of a ``data:`` section through the loaders registered for their
+        schemes (see :func:`optkit.data.build_data`)."""
+        from optkit.data import build_data
+
+        return build_data(spec, lambda scheme: self.get_dataset(scheme).obj, base_dir, seed=seed)
 
     def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         """Build the model ``spec`` describes through the source registered for its scheme

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
+    from optkit.data import DatasetLoader
     from optkit.models import SourceLoader
     from optkit.passes import Pass
     from optkit.results import RunInfo, StageResult
@@ -49,6 +50,24 @@ def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> No
     ``spec`` (the validated :class:`optkit.config.ModelSpec`), ``base_dir`` (relative paths
     resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
     an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
+
+    :param register: ``register(scheme, loader)`` adds one scheme.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> None:
+    """Add dataset sources by scheme (``imagefolder``, ``python``, or your own).
+
+    A ``data:`` entry ``source: scheme:rest`` is handed to the loader registered for ``scheme`` as
+    ``loader(request)``, an :class:`optkit.data.DatasetRequest` with ``target`` (``rest``),
+    ``spec`` (the validated entry: ``batch_size``, ``limit``, ``kwargs``, ...), ``role``
+    (``eval``, ``train`` or ``calibration``), ``transform`` (the ``data.transform`` pipeline, for
+    loaders that read images), ``base_dir`` (``request.resolve(path)``) and ``details``; it returns
+    a map-style ``torch.utils.data.Dataset`` of ``(input, label)`` pairs or of inputs only.
+    ``limit``, batching and shuffling are applied by optkit afterwards.
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 

@@ -1,4 +1,5 @@
-"""Measurement: parameters, MACs/GFLOPs, latency, size, peak memory and drift of a model or artifact.
+"""Measurement: parameters, MACs/GFLOPs, latency, size, peak memory and drift of a model or artifact,
+and its accuracy on data (:mod:`optkit.measure.accuracy`).
 
 Measurement never changes what it measures: MACs are counted on a copy
 (:mod:`optkit.measure.flops`), outputs and latency are taken under ``torch.inference_mode()`` in
@@ -6,6 +7,7 @@ eval mode with every submodule's ``training`` flag restored afterwards
 (:func:`optkit.models.eval_mode`). :func:`measure` measures one stage's product.
 """
 
+from optkit.measure.accuracy import AccuracyTracker, Evaluation, accuracy_metrics, classifier_outputs, evaluate
 from optkit.measure.drift import compare_outputs, drift_exceeds, flatten_outputs
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
 from optkit.measure.latency import TimingSettings, configure_timing, flush_denormal_enabled, summarize_times, time_callable
@@ -17,6 +19,11 @@ from optkit.measure.stage import Measurement, measure
 __all__ = [
     "Measurement",
     "measure",
+    "Evaluation",
+    "evaluate",
+    "classifier_outputs",
+    "accuracy_metrics",
+    "AccuracyTracker",
     "compare_outputs",
     "drift_exceeds",
     "flatten_outputs",

@@ -14,7 +14,16 @@ from optkit.models.classifier_head import (
 )
 from optkit.models.layers import eval_mode, in_width, module_mode, out_width, replace_module
 from optkit.models.loading import load_model
-from optkit.models.sources import SourceLoader, SourceRequest, is_weights_path, load_file, load_python, load_torchvision
+from optkit.models.sources import (
+    SourceLoader,
+    SourceRequest,
+    import_beside,
+    import_callable,
+    is_weights_path,
+    load_file,
+    load_python,
+    load_torchvision,
+)
 
 __all__ = [
     "SourceRequest",
@@ -23,6 +32,8 @@ __all__ = [
     "load_python",
     "load_file",
     "is_weights_path",
+    "import_callable",
+    "import_beside",
     "load_model",
     "HEAD_TYPES",
     "ClassifierNotFoundError",

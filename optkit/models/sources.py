@@ -37,6 +37,8 @@ __all__ = [
     "load_python",
     "load_file",
     "is_weights_path",
+    "import_callable",
+    "import_beside",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,13 +109,7 @@ def load_torchvision(request: SourceRequest) -> nn.Module:
 def load_python(request: SourceRequest) -> nn.Module:
     """``python:package.module:callable`` called with ``model.kwargs``."""
     _refuse_weights_name(request)
-    module_name, sep, attr = request.target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise PipelineError(f"model.source: expected python:package.module:callable, got python:{request.target}")
-    module = _import_beside(module_name, request.base_dir)
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise PipelineError(f"model.source: {module_name} has no callable {attr!r}")
+    factory = import_callable(request.target, request.base_dir, "model.source")
     try:
         model = factory(**request.spec.kwargs)
     except TypeError as exc:
@@ -126,25 +122,49 @@ def load_python(request: SourceRequest) -> nn.Module:
     return model
 
 
-def _import_beside(module_name: str, folder: Path) -> Any:
+def import_callable(target: str, folder: Path, option: str) -> Callable[..., Any]:
+    """The callable ``package.module:name`` names (the part of a ``python:`` source after the scheme).
+
+    Args:
+        target: ``package.module:name``.
+        folder: also searched for the module when it is not installed (see :func:`import_beside`).
+        option: the option at fault in messages (``model.source``, ``data.eval``).
+
+    Raises:
+        PipelineError: a malformed target, a module that cannot be imported, no such callable.
+    """
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise PipelineError(f"{option}: expected python:package.module:callable, got python:{target}")
+    module = import_beside(module_name, folder, option)
+    found = getattr(module, attr, None)
+    if not callable(found):
+        raise PipelineError(f"{option}: {module_name} has no callable {attr!r}")
+    return found
+
+
+def import_beside(module_name: str, folder: Path, option: str = "model.source") -> Any:
     """Import ``module_name``; a module that is not installed is also looked for in ``folder``.
 
     ``folder`` (the pipeline file's) is searched only after the installed packages, so a file
     there never shadows an installed module of the same name.
+
+    Raises:
+        PipelineError: naming ``option`` when the module cannot be imported.
     """
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         top = module_name.partition(".")[0]
         if exc.name != top or not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
-            raise PipelineError(f"model.source: cannot import {module_name!r}: {exc}") from exc
+            raise PipelineError(f"{option}: cannot import {module_name!r}: {exc}") from exc
     except ImportError as exc:
-        raise PipelineError(f"model.source: cannot import {module_name!r}: {exc}") from exc
+        raise PipelineError(f"{option}: cannot import {module_name!r}: {exc}") from exc
     sys.path.append(str(folder))
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
-        raise PipelineError(f"model.source: cannot import {module_name!r} from {folder}: {exc}") from exc
+        raise PipelineError(f"{option}: cannot import {module_name!r} from {folder}: {exc}") from exc
     finally:
         sys.path.remove(str(folder))
 

@@ -6,6 +6,7 @@ from optkit.reporting.markdown import render_comparison_markdown, render_markdow
 from optkit.reporting.runs import COMPARISON_KIND, ComparedRun, load_runs
 from optkit.reporting.tables import (
     COLUMNS,
+    DATA_COLUMNS,
     final_speedup,
     format_count,
     speedup_table,
@@ -17,6 +18,7 @@ from optkit.reporting.writing import PLOT_FILES, report_json, write_comparison_r
 
 __all__ = [
     "COLUMNS",
+    "DATA_COLUMNS",
     "format_count",
     "stage_rows",
     "final_speedup",

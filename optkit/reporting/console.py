@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from optkit.reporting.tables import COLUMNS, format_count, stage_rows
+from optkit.reporting.tables import COLUMNS, data_note, format_count, shown_columns, stage_rows
 
 if TYPE_CHECKING:
     from optkit.results import RunReport
@@ -20,7 +20,7 @@ STATUS_STYLE = {"ok": "green", "failed": "bold red", "interrupted": "yellow", "s
 
 
 #: Dropped, in this order, when a terminal is too narrow for the whole table.
-_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1")
+_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs")
 
 
 def _stage_table(report: RunReport, columns: list[str]) -> Table:
@@ -44,7 +44,8 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
     a narrow terminal loses the optional columns first; a file or pipe (no width of its own)
     gets the table at its natural width.
     """
-    columns = list(COLUMNS)
+    all_columns = shown_columns(COLUMNS, stage_rows(report))
+    columns = list(all_columns)
     table = _stage_table(report, columns)
     if console.is_terminal:
         for optional in _OPTIONAL_COLUMNS:
@@ -53,7 +54,7 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
             columns.remove(optional)
             table = _stage_table(report, columns)
         console.print(table)
-        hidden = [c for c in COLUMNS if c not in columns]
+        hidden = [c for c in all_columns if c not in columns]
         if hidden:
             console.print(f"(terminal too narrow: {', '.join(hidden)} hidden; report.md has every column)", style="dim")
     else:
@@ -61,6 +62,8 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
         console.width = max(console.width, _natural_width(console, table))
         console.print(table)
     console.print("GFLOPs = 2 × GMACs (thop counts multiply-accumulates). Drift is against the baseline.", style="dim")
+    if data_note(report):
+        console.print(data_note(report), style="dim")
     console.print(f"Report: {run_dir}/report.json, {run_dir}/report.md · status: {report.status}")
 
 
@@ -82,6 +85,12 @@ def render_info(info: dict[str, Any], console: Any) -> None:
             f"p50 {latency['p50']:.2f} ms · p90 {latency['p90']:.2f} · mean {latency['mean']:.2f} ± {latency['std']:.2f} "
             f"(n {latency['n']}, warm-up {latency['warmup']}, batch {latency['batch']}, {latency['threads']} threads, {latency['timer']})",
         )
+    accuracy = info.get("accuracy")
+    if accuracy:
+        top5 = f" · top-5 {accuracy['top5']:.2%}" if "top5" in accuracy else ""
+        summary.add_row("accuracy", f"top-1 {accuracy['top1']:.2%}{top5} (n {accuracy['n']}, {info['data']['source']})")
+    elif "data" in info:
+        summary.add_row("accuracy", f"– ({info['data']['source']} has no labels)")
     if "peak_memory_bytes" in info:
         summary.add_row("peak CUDA memory", f"{info['peak_memory_bytes'] / 2**20:.1f} MiB")
     if info.get("uncounted"):

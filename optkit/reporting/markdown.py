@@ -9,11 +9,13 @@ from optkit.reporting.tables import (
     comparison_columns,
     comparison_note,
     comparison_rows,
+    data_note,
     environment_groups,
     environment_line,
     environment_text,
     short_text,
     speedup_table,
+    shown_columns,
     stage_rows,
     weights_line,
 )
@@ -28,15 +30,18 @@ __all__ = ["render_markdown", "render_comparison_markdown"]
 def render_markdown(report: RunReport) -> str:
     """The report as Markdown: environment, the stage table, errors, and each stage's details."""
     model = report.pipeline.get("model", {})
+    rows = stage_rows(report)
+    columns = shown_columns(COLUMNS, rows)
     lines = [
         f"# optkit report: {model.get('source', '?')}",
         "",
         f"Status: **{report.status}** · input {model.get('input_shape')} · {environment_line(report)}",
         "",
         "MACs are multiply-accumulates (thop's unit); GFLOPs = 2 × GMACs. Latency is the median "
-        "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline.",
+        "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline."
+        + (f" {data_note(report)}" if data_note(report) else ""),
         "",
-        *_markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in stage_rows(report)]),
+        *_markdown_table(columns, [[row[c] for c in columns] for row in rows]),
     ]
     if report.error:
         lines += ["", f"**Error:** {report.error}"]

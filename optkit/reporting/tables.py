@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
+    "DATA_COLUMNS",
+    "DATA_NOTE",
+    "shown_columns",
+    "data_note",
     "COMPARISON_COLUMNS",
     "format_count",
     "stage_rows",
@@ -33,8 +37,16 @@ __all__ = [
 #: Column titles of the stage table (console and Markdown).
 COLUMNS = (
     "#", "stage", "status", "params", "Δparams", "sparsity", "GMACs", "GFLOPs",
-    "size MB", "p50 ms", "speed-up", "max|Δ|", "cosine", "top-1", "time s",
+    "size MB", "p50 ms", "speed-up", "accuracy", "agreement", "max|Δ|", "cosine", "top-1", "time s",
 )
+#: Columns measured on data.eval: shown only when some stage has them.
+DATA_COLUMNS = ("accuracy", "agreement")
+
+
+def shown_columns(columns: tuple[str, ...], rows: list[dict[str, str]]) -> tuple[str, ...]:
+    """``columns`` less the data columns no row has a value in (runs without ``data.eval``)."""
+    empty = {c for c in DATA_COLUMNS if all(row.get(c, "–") in ("–", "") for row in rows)}
+    return tuple(c for c in columns if c not in empty)
 
 
 def format_count(n: int | None) -> str:
@@ -78,6 +90,8 @@ def stage_rows(report: RunReport) -> list[dict[str, str]]:
             "size MB": _num(m["size_bytes"] / 1e6 if "size_bytes" in m else None, ".2f"),
             "p50 ms": _num(latency, ".2f"),
             "speed-up": "" if stage.index == 0 or latency is None or not base_latency else f"{base_latency / latency:.2f}×",
+            "accuracy": _num((m.get("accuracy") or {}).get("top1"), ".2%"),
+            "agreement": _num((m.get("agreement") or {}).get("top1"), ".2%"),
             "max|Δ|": _num(drift.get("max_abs"), ".2e"),
             "cosine": _num(drift.get("cosine"), ".6f"),
             "top-1": _num(drift.get("top1_agreement"), ".0%"),
@@ -127,15 +141,17 @@ def short_text(value: Any, limit: int = 300) -> str:
 #: Column titles of the comparison table; ``device`` is shown only when the runs differ in it.
 COMPARISON_COLUMNS = (
     "model", "pipeline", "device", "stage", "status", "params", "GMACs", "p50 ms", "speed-up",
-    "max|Δ|", "cosine", "top-1",
+    "accuracy", "agreement", "max|Δ|", "cosine", "top-1",
 )
 
 
 def comparison_columns(runs: list[ComparedRun]) -> tuple[str, ...]:
-    """The comparison table's columns: ``device`` only when the runs were not all on one device."""
+    """The comparison table's columns: ``device`` only when the runs were not all on one device,
+    accuracy and agreement only when some run measured them."""
+    columns = shown_columns(COMPARISON_COLUMNS, comparison_rows(runs))
     if _several_devices(runs):
-        return COMPARISON_COLUMNS
-    return tuple(c for c in COMPARISON_COLUMNS if c != "device")
+        return columns
+    return tuple(c for c in columns if c != "device")
 
 
 def _several_devices(runs: list[ComparedRun]) -> bool:
@@ -212,4 +228,18 @@ def comparison_note(runs: list[ComparedRun]) -> str:
     ok = sum(run.report.status == "ok" for run in runs)
     return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
             "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
-            "baseline, measured in the same process.")
+            f"baseline, measured in the same process.{DATA_NOTE if any(_has_data(run.report) for run in runs) else ''}")
+
+
+#: What the data columns mean (said wherever they are shown).
+DATA_NOTE = (" Accuracy is top-1 on data.eval; agreement is the share of data.eval samples whose top-1 equals the "
+             "baseline's. top-1 (like max|Δ| and cosine) compares outputs on the one seeded measurement batch.")
+
+
+def _has_data(report: RunReport) -> bool:
+    return any("accuracy" in s.metrics or "agreement" in s.metrics for s in report.stages)
+
+
+def data_note(report: RunReport) -> str:
+    """:data:`DATA_NOTE` when the report has accuracy or agreement, else ``""``."""
+    return DATA_NOTE.strip() if _has_data(report) else ""

@@ -10,14 +10,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from optkit.config import MeasureSpec, ModelSpec, check_input_shape
+from optkit.config import DataSpec, MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
 from optkit.host import Host
 from optkit.measure import measure, profile_macs
+from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
 from optkit.run.runner import example_input
 
-__all__ = ["parse_input_shape", "inspect_model", "model_info", "parameter_table"]
+__all__ = ["parse_input_shape", "data_spec", "inspect_model", "model_info", "parameter_table"]
 
 
 def parse_input_shape(text: str) -> list[int]:
@@ -38,6 +39,33 @@ def parse_input_shape(text: str) -> list[int]:
     return [1, *shape] if len(shape) == 3 else shape
 
 
+def data_spec(source: str, transform: dict[str, Any] | None = None, limit: int | None = None, batch_size: int = 64) -> DataSpec:
+    """The ``data:`` section ``optkit info --data`` evaluates on: ``source`` as ``data.eval``.
+
+    Args:
+        source: a data source (``imagefolder:PATH``, ``python:pkg.mod:callable``), or a folder
+            (``imagefolder:`` is implied).
+        transform: the ``data.transform`` keys (``resize``, ``center_crop``, ``mean``, ``std``).
+        limit: evaluate on the first ``limit`` samples.
+        batch_size: samples per batch.
+
+    Raises:
+        PipelineError: a transform key or value that a pipeline file would refuse.
+    """
+    if Path(source).expanduser().exists() or ":" not in source:
+        source = f"imagefolder:{source}"
+    try:
+        return DataSpec(transform=transform or {}, eval={"source": source, "limit": limit, "batch_size": batch_size})
+    except ValidationError as exc:
+        raise PipelineError(f"--data/--transform: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError, whole: str = "value") -> str:
+    """``key.path: message`` of the first error (``whole`` names an error of the whole object)."""
+    error = exc.errors()[0]
+    return f"{'.'.join(map(str, error['loc'])) or whole}: {error['msg']}"
+
+
 def inspect_model(
     source: str,
     input_shape: list[int],
@@ -51,6 +79,7 @@ def inspect_model(
     verbose: bool = False,
     trust_checkpoint: bool = False,
     seed: int = 0,
+    data: DataSpec | None = None,
 ) -> dict[str, Any]:
     """Load ``source`` as a pipeline would and measure it once: what ``optkit info`` prints.
 
@@ -65,23 +94,28 @@ def inspect_model(
         verbose: add per-parameter and per-layer rows (see :func:`model_info`).
         trust_checkpoint: allow full unpickling of ``file:`` sources and weights.
         seed: seed of the input batch.
+        data: evaluate top-1/top-5 accuracy on ``data.eval`` (see :func:`data_spec`).
 
     Raises:
-        PipelineError: a bad source, weights or device.
+        PipelineError: a bad source, weights, device or data (checked before anything is measured).
     """
     try:
         spec = ModelSpec(source=source, input_shape=input_shape, weights=weights, trust_checkpoint=trust_checkpoint)
         settings = MeasureSpec(warmup=warmup, iters=iters, latency=latency, flops=False)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise PipelineError(f"{'.'.join(map(str, error['loc'])) or 'model'}: {error['msg']}") from None
+        raise PipelineError(_first_error(exc, "model")) from None
+    host = host or Host()
     torch_device = select_device(device)
-    model, details = (host or Host()).load_model(spec, Path.cwd())
+    model, details = host.load_model(spec, Path.cwd())
     model = model.to(torch_device)
     inputs = example_input(input_shape, seed, torch_device)
+    run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
     metrics = measure(model, inputs, settings, torch_device).metrics
     info = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
     info.update(model_info(model, inputs, metrics, verbose=verbose))
+    if run_data.accuracy is not None:
+        info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
+        info["data"] = run_data.details["eval"]
     info["load"] = details
     return info
 

@@ -24,6 +24,7 @@ from optkit.measure import Measurement, compare_outputs, configure_timing, drift
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
+from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
 from optkit.run.run_dirs import prepare_run_dir
@@ -79,6 +80,12 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
     model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
     model = model.to(torch_device)
     inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)
+    data = prepare_data(
+        pipeline.data, host, model, inputs, torch_device, base_dir=pipeline.data_dir, seed=pipeline.spec.seed,
+        accuracy=pipeline.evaluates_accuracy, max_accuracy_drop=pipeline.measure.max_accuracy_drop,
+    )
+    if data.details:
+        load_details["data"] = data.details
 
     # model.pt and an export (ONNX) each take about the model's size.
     need = 2 * _tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
@@ -87,7 +94,7 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
     report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version())
     info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages])
-    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir)
+    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data)
     if not runner.write_report():
         return report, run_dir
 
@@ -139,9 +146,11 @@ def _applier(pass_name: str, pass_: Pass, model: nn.Module) -> Any:
 class _StageRunner:
     """Runs one stage at a time: apply, measure, check drift, record, notify, write the report."""
 
-    def __init__(self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path):
+    def __init__(
+        self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path, data: RunData
+    ):
         self.report, self.info, self.host = report, info, host
-        self.inputs, self.device, self.run_dir = inputs, device, run_dir
+        self.inputs, self.device, self.run_dir, self.data = inputs, device, run_dir, data
         self.settings = info.pipeline.measure
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
@@ -156,6 +165,7 @@ class _StageRunner:
             output_dir=stage_dir,
             logger=logging.getLogger(f"optkit.stage.{result.name}"),
             stage_index=result.index,
+            data=self.data.loaders,
         )
         ctx.details.update(result.details)
         product = None
@@ -168,6 +178,7 @@ class _StageRunner:
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
             self._add_drift(result, measurement, tolerance)
+            self._add_accuracy(result, product)
             result.status = "ok"
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
@@ -228,6 +239,16 @@ class _StageRunner:
             ctx.artifacts.append(trace)
         except OSError:  # the folder is not writable: the error is in the report all the same
             log.warning("could not write %s", trace)
+
+    def _add_accuracy(self, result: StageResult, product: nn.Module | Artifact) -> None:
+        """``accuracy`` and ``agreement`` on data.eval; a stage over the accuracy budget fails (its metrics kept)."""
+        tracker = self.data.accuracy
+        if tracker is None:
+            return
+        metrics, seconds = tracker.evaluate(product)
+        result.metrics.update(metrics)
+        result.measure_s += seconds
+        tracker.check_budget(metrics)
 
     def _add_drift(self, result: StageResult, measurement: Measurement, tolerance: tuple[Tolerance, str] | None) -> None:
         if self.baseline is None:

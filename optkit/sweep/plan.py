@@ -55,6 +55,7 @@ def plan_jobs(sweep: SweepFile, output: Path) -> list[Job]:
                 "device": sweep.device,
                 "seed": sweep.seed,
                 "measure": sweep.measure.model_dump(mode="json", exclude_defaults=True),
+                **({"data": sweep.data.model_dump(mode="json", exclude_defaults=True)} if sweep.data is not None else {}),
                 "passes": passes,
                 "output": str(run_dir),
                 "save_model": sweep.save_model,

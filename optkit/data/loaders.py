@@ -1,0 +1,238 @@
+"""A pipeline's ``data:`` section as datasets and loaders: built once per run, checked before
+anything runs, and handed to every stage on its device.
+
+Every loader yields ``(inputs, labels)`` batches: ``inputs`` as the model takes them, ``labels`` an
+int64 tensor of class indices, ``-1`` for a sample its dataset gives no label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from optkit.config import DATA_ROLES
+from optkit.data.sources import DatasetLoader, DatasetRequest, verify_images
+from optkit.data.transforms import build_transform
+from optkit.errors import PipelineError
+from optkit.passes import PassData
+
+if TYPE_CHECKING:
+    from optkit.config import DataSpec, DatasetSpec
+
+__all__ = ["DatasetLookup", "LabeledSamples", "DataSet", "PipelineData", "DeviceLoader", "build_data", "as_labeled"]
+
+log = logging.getLogger(__name__)
+
+#: Finds the dataset loader registered for a scheme (``Host.get_dataset``); raises
+#: :class:`~optkit.errors.PipelineError` for an unknown scheme.
+DatasetLookup = Callable[[str], DatasetLoader]
+
+
+def as_labeled(item: Any, where: str) -> tuple[torch.Tensor, int]:
+    """A dataset item as ``(input, label)``: a tensor alone gets label ``-1``.
+
+    Raises:
+        PipelineError: the item is neither a tensor nor an ``(input, label)`` pair with an integer label.
+    """
+    if isinstance(item, torch.Tensor):
+        return item, -1
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
+        label = item[1]
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+            return item[0], int(label)
+        if isinstance(label, int) and not isinstance(label, bool):
+            return item[0], label
+        raise PipelineError(f"{where}: a sample's label must be an integer class index, got {_describe(label)}")
+    raise PipelineError(f"{where}: a sample must be a tensor or an (input tensor, label) pair, got {_describe(item)}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(v).__name__ for v in value[:4])})"
+    return f"a {type(value).__name__}"
+
+
+class LabeledSamples(Dataset):
+    """A dataset's items as ``(input, label)`` pairs (label ``-1`` for inputs without one).
+
+    Args:
+        dataset: any map-style dataset of tensors or ``(tensor, label)`` pairs.
+        where: how messages name it (``data.eval (imagefolder:data/val)``).
+    """
+
+    def __init__(self, dataset: Dataset, where: str) -> None:
+        self.dataset, self.where = dataset, where
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return as_labeled(self.dataset[index], self.where)
+
+
+class DeviceLoader:
+    """A ``DataLoader`` whose ``(inputs, labels)`` batches arrive on ``device``.
+
+    Attributes:
+        loader: the CPU ``DataLoader``.
+        device: where batches are moved.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, labels in self.loader:
+            yield inputs.to(self.device), labels.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The samples (``(input, label)`` pairs, after ``limit``)."""
+        return self.loader.dataset
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.loader.batch_size
+
+
+@dataclass
+class DataSet:
+    """One entry of ``data:``, loaded.
+
+    Attributes:
+        role: ``eval``, ``train`` or ``calibration``.
+        spec: the validated entry.
+        samples: the ``(input, label)`` samples, after ``limit``.
+        loader: batches of them on the CPU (in order for ``eval``; shuffled, seeded, when ``shuffle``).
+        classes: the class names the dataset reports (``ImageFolder``'s folders), else ``None``.
+        details: what the report says about it (source, samples, classes, batch size).
+    """
+
+    role: str
+    spec: DatasetSpec
+    samples: Dataset
+    loader: DataLoader
+    classes: list[str] | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def option(self) -> str:
+        return f"data.{self.role}"
+
+    def first_sample(self) -> tuple[torch.Tensor, int]:
+        """The first ``(input, label)``, read through the transform (for checks before running)."""
+        return self.samples[0]
+
+
+@dataclass
+class PipelineData:
+    """The data sets of a run (``eval``, ``train``, ``calibration``), built by :func:`build_data`.
+
+    ``calibration`` falls back to ``train``, else ``eval``.
+    """
+
+    sets: dict[str, DataSet]
+
+    def get(self, role: str) -> DataSet | None:
+        """The data set for ``role``, with ``calibration`` falling back to ``train``, else ``eval``."""
+        if role in self.sets:
+            return self.sets[role]
+        if role == "calibration":
+            return self.sets.get("train") or self.sets.get("eval")
+        return None
+
+    def details(self) -> dict[str, Any]:
+        """What the baseline stage's ``details.data`` says: each entry's source, samples and classes."""
+        found = {role: data_set.details for role, data_set in self.sets.items()}
+        if "calibration" not in self.sets and self.get("calibration") is not None:
+            found["calibration"] = {"same_as": self.get("calibration").role}  # type: ignore[union-attr]
+        return found
+
+    def on_device(self, device: torch.device) -> PassData:
+        """The loaders a pass reads (``ctx.data``), their batches on ``device``."""
+        loaders = {role: DeviceLoader(data_set.loader, device) for role in DATA_ROLES if (data_set := self.get(role)) is not None}
+        return PassData(**loaders)
+
+
+def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, seed: int = 0) -> PipelineData:
+    """Load every data set of a ``data:`` section and check every image file it will read.
+
+    Args:
+        spec: the validated ``data:`` section.
+        get_dataset: the loader registered for a scheme (``Host.get_dataset``).
+        base_dir: relative paths resolve against it (the pipeline file's folder, or ``data.root``).
+        seed: seeds ``limit`` subsets and shuffling.
+
+    Returns:
+        The data sets, by role.
+
+    Raises:
+        PipelineError: an unknown scheme, a missing or empty folder, a file that is no readable
+            image (named), a sample that is not ``(tensor, label)``; nothing has run yet.
+    """
+    transform = build_transform(spec.transform)
+    loaded: dict[str, tuple[Dataset, dict[str, Any]]] = {}  # the same source for two roles is read once
+    sets = {}
+    for role, entry in spec.datasets().items():
+        where = f"data.{role} ({entry.source})"
+        key = json.dumps([entry.source, entry.kwargs], sort_keys=True, default=str)
+        if key not in loaded:
+            loader = get_dataset(entry.scheme)
+            request = DatasetRequest(entry.target, entry, role, transform, base_dir)
+            dataset = loader(request)
+            if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+                raise PipelineError(f"data.{role}: the {entry.scheme!r} loader returned {type(dataset).__name__}, not a Dataset")
+            loaded[key] = dataset, request.details
+        dataset, source_details = loaded[key]
+        if len(dataset) == 0:
+            raise PipelineError(f"{where}: the dataset is empty")
+        indices = _chosen(len(dataset), entry, seed)
+        files = getattr(dataset, "samples", None)  # ImageFolder's (path, label) list: check the files it will read
+        if isinstance(files, list):
+            verify_images((files[i][0] for i in indices), f"data.{role}")
+        samples = LabeledSamples(dataset if len(indices) == len(dataset) else Subset(dataset, indices), where)
+        classes = getattr(dataset, "classes", None)
+        sets[role] = DataSet(
+            role=role,
+            spec=entry,
+            samples=samples,
+            loader=_loader(samples, entry, role, spec.num_workers, seed),
+            classes=list(classes) if classes is not None else None,
+            details={
+                "source": entry.source,
+                **source_details,
+                "samples": len(samples),
+                "batch_size": entry.batch_size,
+                **({"classes": len(classes)} if classes is not None else {}),
+            },
+        )
+        sets[role].first_sample()  # a sample the transform cannot make, or of the wrong kind, fails here
+    return PipelineData(sets)
+
+
+def _chosen(size: int, entry: DatasetSpec, seed: int) -> list[int]:
+    """The indices ``limit`` keeps: the first ``limit``, or a seeded random subset with ``shuffle``."""
+    if entry.limit is None or entry.limit >= size:
+        return list(range(size))
+    if entry.shuffle:
+        generator = torch.Generator().manual_seed(seed)
+        return sorted(torch.randperm(size, generator=generator)[: entry.limit].tolist())
+    return list(range(entry.limit))
+
+
+def _loader(samples: Dataset, entry: DatasetSpec, role: str, num_workers: int, seed: int) -> DataLoader:
+    # eval is read in order whatever `shuffle` says: agreement compares stages sample by sample.
+    shuffle = entry.shuffle and role != "eval"
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(samples, batch_size=entry.batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator)

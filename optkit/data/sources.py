@@ -1,0 +1,160 @@
+"""Dataset sources: ``scheme:target`` in a ``data:`` entry becomes a ``torch.utils.data.Dataset``.
+
+The standard schemes are registered by the ``optkit_plugins.datasets`` plugin through the same
+hook (``optkit_register_datasets``) any plugin uses:
+
+- ``imagefolder:PATH``: torchvision's ``ImageFolder`` (one sub-folder per class, labels from the
+  sorted folder names), read through ``data.transform``; relative to the pipeline file.
+- ``python:package.module:callable``: any callable returning a ``Dataset`` of ``(input, label)``
+  pairs or of inputs only, called with the entry's ``kwargs``; it brings its own transform.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+
+from optkit.errors import PipelineError
+from optkit.files import resolve_path
+from optkit.models import import_callable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from optkit.config import DatasetSpec
+
+__all__ = [
+    "DatasetRequest",
+    "DatasetLoader",
+    "load_imagefolder",
+    "load_python_dataset",
+    "image_folder",
+    "verify_images",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetRequest:
+    """What a dataset loader is asked for.
+
+    Attributes:
+        target: the part of the source after ``scheme:``.
+        spec: the whole validated entry (``source``, ``batch_size``, ``limit``, ``kwargs``, ...).
+        role: ``eval``, ``train`` or ``calibration``: the entry of ``data:`` (for messages).
+        transform: the ``data.transform`` pipeline, for loaders that read images.
+        base_dir: relative paths resolve against this (the pipeline file's folder, or ``data.root``).
+        details: what loading has to report (merged into the entry's ``details.data.<role>`` of the
+            baseline stage, beside ``source``, ``samples``, ``batch_size`` and ``classes``).
+    """
+
+    target: str
+    spec: DatasetSpec
+    role: str
+    transform: Callable[[Any], Any]
+    base_dir: Path = field(default_factory=Path.cwd)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` made absolute against :attr:`base_dir` (``~`` expanded)."""
+        return resolve_path(path, self.base_dir)
+
+    @property
+    def option(self) -> str:
+        """``data.<role>``: how messages name the entry."""
+        return f"data.{self.role}"
+
+
+DatasetLoader = Callable[[DatasetRequest], "Dataset[Any]"]
+
+
+def load_imagefolder(request: DatasetRequest) -> ImageFolder:
+    """``imagefolder:PATH``: class sub-folders of images, read through ``data.transform``.
+
+    Raises:
+        PipelineError: the folder is missing, is a file, or holds no class folder with images.
+    """
+    folder = request.resolve(request.target)
+    if not folder.exists():
+        raise PipelineError(f"{request.option}: no such folder {folder} (from {request.spec.source})")
+    if not folder.is_dir():
+        raise PipelineError(f"{request.option}: {folder} is a file, not a folder of class folders")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise PipelineError(
+            f"{request.option}: {folder} holds no class folders; an image folder has one sub-folder per class "
+            f"(e.g. {folder}/cat/1.png)"
+        )
+    dataset = image_folder(folder, request.transform, allow_empty=True)
+    if not dataset.samples:
+        raise PipelineError(
+            f"{request.option}: {folder} has class folders ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}) "
+            f"but no images in them (looked for {', '.join(IMG_EXTENSIONS)})"
+        )
+    empty = sorted(set(dataset.classes) - {dataset.classes[label] for _, label in dataset.samples})
+    request.details["folder"] = str(folder)
+    if empty:
+        request.details["empty_classes"] = empty
+        log.warning("%s: %s has class folders without images: %s", request.option, folder, ", ".join(empty))
+    return dataset
+
+
+def image_folder(folder: str | Path, transform: Callable[[Any], Any] | None = None, *, allow_empty: bool = False) -> ImageFolder:
+    """torchvision's ``ImageFolder`` at ``folder``, whose loader names the file it cannot decode.
+
+    Args:
+        folder: one sub-folder per class.
+        transform: applied to each PIL image.
+        allow_empty: do not raise for class folders without images.
+    """
+    return ImageFolder(str(folder), transform=transform, loader=_decode, allow_empty=allow_empty)
+
+
+def _decode(path: str) -> Image.Image:
+    try:
+        return pil_loader(path)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for an unreadable, truncated or corrupt image
+        raise PipelineError(f"cannot decode image {path}: {exc}") from exc
+
+
+def verify_images(paths: Iterable[str | Path], option: str) -> None:
+    """Check that every file is an image PIL can read, without decoding the pixels.
+
+    PIL parses each header and checks the file's integrity (for PNG, every chunk's checksum), so a
+    file that is no image, an empty file or a truncated PNG is named before anything runs.
+
+    Raises:
+        PipelineError: naming ``option`` and the first file that fails.
+    """
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files with any of these
+            raise PipelineError(f"{option}: {path} is not a readable image: {exc}") from None
+
+
+def load_python_dataset(request: DatasetRequest) -> Dataset[Any]:
+    """``python:package.module:callable`` called with the entry's ``kwargs``; returns a ``Dataset``.
+
+    Raises:
+        PipelineError: the callable cannot be imported or called, or returns no sized dataset.
+    """
+    factory = import_callable(request.target, request.base_dir, request.option)
+    try:
+        dataset = factory(**request.spec.kwargs)
+    except TypeError as exc:
+        raise PipelineError(f"{request.option}.kwargs: {request.target}: {exc}") from exc
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise PipelineError(
+            f"{request.option}: {request.target} returned {type(dataset).__name__}, not a Dataset with __getitem__ and __len__"
+        )
+    return dataset

@@ -1,0 +1,183 @@
+"""Accuracy on data: top-1/top-5 accuracy of a module or an artifact over ``(inputs, labels)``
+batches, agreement with the baseline's top-1 sample by sample, and the accuracy budget."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from optkit.artifacts import Artifact
+from optkit.errors import PipelineError, StageError
+from optkit.measure.drift import flatten_outputs
+from optkit.models import eval_mode
+
+__all__ = ["Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "AccuracyTracker"]
+
+
+@dataclass
+class Evaluation:
+    """What a model predicted on a data set.
+
+    Attributes:
+        predictions: the top-1 class of every sample, in data order (int64, CPU).
+        top5: whether each sample's label is among the 5 highest outputs (``None`` with fewer than 5 classes).
+        labels: each sample's label (``-1``: none), CPU.
+        classes: the number of outputs.
+        seconds: how long evaluating took.
+    """
+
+    predictions: torch.Tensor
+    top5: torch.Tensor | None
+    labels: torch.Tensor
+    classes: int
+    seconds: float = 0.0
+
+    @property
+    def labeled(self) -> torch.Tensor:
+        """Which samples have a label."""
+        return self.labels >= 0
+
+    def accuracy(self) -> dict[str, Any] | None:
+        """``{top1, top5, n}`` over the labeled samples (``top5`` only with 5 or more classes); ``None`` without labels."""
+        labeled = self.labeled
+        n = int(labeled.sum())
+        if n == 0:
+            return None
+        result: dict[str, Any] = {"top1": float((self.predictions[labeled] == self.labels[labeled]).double().mean())}
+        if self.top5 is not None:
+            result["top5"] = float(self.top5[labeled].double().mean())
+        result["n"] = n
+        return result
+
+
+def classifier_outputs(outputs: Any, where: str) -> torch.Tensor:
+    """The ``[batch, classes]`` logits of a model's outputs (its first tensor).
+
+    Raises:
+        PipelineError: the first output is not a 2-D ``[batch, classes]`` tensor.
+    """
+    tensors = flatten_outputs(outputs)
+    if not tensors or tensors[0].dim() != 2:
+        shape = list(tensors[0].shape) if tensors else None
+        raise PipelineError(
+            f"{where}: accuracy needs classifier outputs [batch, classes], but the model's first output is "
+            f"{shape if shape is not None else type(outputs).__name__}; set measure.accuracy: false"
+        )
+    return tensors[0]
+
+
+def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> Evaluation:
+    """Run ``subject`` over every batch and keep its top-1 (and top-5 hits) per sample.
+
+    A module runs under torch in eval mode (every ``training`` flag restored afterwards), an artifact
+    under its own runtime (:meth:`optkit.artifacts.Artifact.load`).
+
+    Args:
+        subject: a stage's product.
+        batches: ``(inputs, labels)`` batches (e.g. :class:`optkit.data.DeviceLoader`); labels ``-1``
+            for samples without one.
+        device: where the artifact runs (a module runs where its parameters are).
+
+    Raises:
+        StageError: the outputs are not ``[batch, classes]``, or a label is not one of the outputs.
+    """
+    start = time.perf_counter()
+    if isinstance(subject, Artifact):
+        run = subject.load(device)
+        in_eval: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    else:
+        run = subject
+        in_eval = eval_mode(subject)
+    predictions, hits, all_labels = [], [], []
+    classes = 0
+    with in_eval, torch.inference_mode():
+        for inputs, labels in batches:
+            try:
+                logits = classifier_outputs(run(inputs), "data.eval").detach().cpu()
+            except PipelineError as exc:
+                raise StageError(exc.message) from None
+            labels = labels.cpu()
+            classes = logits.shape[1]
+            if int(labels.max()) >= classes:
+                raise StageError(
+                    f"data.eval has label {int(labels.max())}, but the model has {classes} outputs (labels must be output indices)"
+                )
+            predictions.append(logits.argmax(1))
+            if classes >= 5:
+                top5 = logits.topk(5, dim=1).indices
+                hits.append((top5 == labels.clamp(min=0).unsqueeze(1)).any(1))
+            all_labels.append(labels)
+    return Evaluation(
+        predictions=torch.cat(predictions),
+        top5=torch.cat(hits) if hits else None,
+        labels=torch.cat(all_labels),
+        classes=classes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def accuracy_metrics(evaluation: Evaluation, reference: Evaluation) -> dict[str, Any]:
+    """A stage's ``accuracy`` (when the data have labels) and ``agreement`` with ``reference`` (the baseline).
+
+    ``agreement.top1`` is the share of samples whose top-1 equals the reference's; it is absent
+    (with ``comparable: false``) when the two do not have the same number of outputs.
+    """
+    metrics: dict[str, Any] = {}
+    accuracy = evaluation.accuracy()
+    if accuracy is not None:
+        metrics["accuracy"] = accuracy
+    n = len(evaluation.predictions)
+    if evaluation.classes != reference.classes or n != len(reference.predictions):
+        metrics["agreement"] = {"comparable": False, "classes": evaluation.classes, "reference_classes": reference.classes}
+    else:
+        metrics["agreement"] = {"top1": float((evaluation.predictions == reference.predictions).double().mean()), "n": n}
+    return metrics
+
+
+class AccuracyTracker:
+    """Evaluates every stage of a run on ``data.eval``: the first stage evaluated (the baseline) is
+    the reference for agreement and for the accuracy budget.
+
+    Args:
+        batches: the eval loader, on ``device``.
+        device: where artifacts run.
+        max_drop: ``measure.max_accuracy_drop``: the most top-1 may fall below the baseline's, or ``None``.
+    """
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, max_drop: float | None = None) -> None:
+        self.batches, self.device, self.max_drop = batches, device, max_drop
+        self.baseline: Evaluation | None = None
+
+    def evaluate(self, subject: nn.Module | Artifact) -> tuple[dict[str, Any], float]:
+        """The stage's ``accuracy``/``agreement`` metrics and the seconds evaluating took."""
+        evaluation = evaluate(subject, self.batches, self.device)
+        if self.baseline is None:
+            self.baseline = evaluation
+        return accuracy_metrics(evaluation, self.baseline), evaluation.seconds
+
+    def check_budget(self, metrics: dict[str, Any]) -> None:
+        """Fail a stage whose top-1 fell below the baseline's by more than ``max_drop``.
+
+        Raises:
+            StageError: with both accuracies, the drop and the budget.
+        """
+        if self.max_drop is None or self.baseline is None or "accuracy" not in metrics:
+            return
+        reference = self.baseline.accuracy()
+        if reference is None:
+            return
+        base, top1, n = reference["top1"], metrics["accuracy"]["top1"], metrics["accuracy"]["n"]
+        # Compare counts of samples, not rounded shares, so that a drop of exactly the budget passes.
+        if round((base - top1) * n) <= self.max_drop * n + 1e-9:
+            return
+        raise StageError(
+            f"top-1 accuracy on data.eval fell from {base:.2%} (baseline) to {top1:.2%}, a drop of "
+            f"{(base - top1) * 100:.2f} points, over measure.max_accuracy_drop {self.max_drop:g} "
+            f"({self.max_drop * 100:.2f} points); raise it to accept the stage"
+        )
