@@ -168,6 +168,10 @@ def test_sources_lists_every_scheme_with_its_plugin(cli):
     assert rows["python"]["summary"] == "python:package.module:callable called with model.kwargs."
     table = " ".join(cli("sources").stdout.split())
     assert "torchvision:" in table and "file:" in table and "optkit" in table
+    datasets = {row["scheme"]: row for row in data["datasets"]}
+    assert set(datasets) >= {"imagefolder", "python"} and datasets["imagefolder"]["plugin"] == "datasets"
+    assert datasets["imagefolder"]["summary"] == "imagefolder:PATH: class sub-folders of images, read through data.transform."
+    assert "optkit dataset sources" in table and "imagefolder:" in table
 
 
 # --- hook order -----------------------------------------------------------------------------------------

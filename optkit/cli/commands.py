@@ -246,9 +246,22 @@ def _exit_if_strict(broken: list[Any]) -> None:
 @_common_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sources(as_json: bool) -> None:
-    """List model sources: the schemes model.source takes (torchvision:NAME, file:PATH, ...) and their plugins."""
-    registry = _host().sources
-    rows = [
+    """List model sources (the schemes model.source takes: torchvision:NAME, file:PATH, ...) and dataset
+    sources (the schemes of data: entries: imagefolder:PATH, ...), with their plugins."""
+    host = _host()
+    listed = {"sources": _scheme_rows(host.sources), "datasets": _scheme_rows(host.datasets)}
+    conflicts = {name: registry.conflict_message(name) for registry in (host.sources, host.datasets) for name in registry.conflicts}
+    if as_json:
+        click.echo(json.dumps({**listed, "conflicts": conflicts}, indent=2))
+        return
+    _registry_table("optkit model sources (model.source: scheme:target)", [(f"{row['scheme']}:", row) for row in listed["sources"]],
+                    conflicts, first="scheme")
+    _registry_table("optkit dataset sources (data: entries, source: scheme:target)",
+                    [(f"{row['scheme']}:", row) for row in listed["datasets"]], {}, first="scheme")
+
+
+def _scheme_rows(registry: Any) -> list[dict[str, Any]]:
+    return [
         {
             "scheme": e.name,
             "summary": _first_line(getattr(e.obj, "__doc__", None)),
@@ -258,12 +271,6 @@ def sources(as_json: bool) -> None:
         }
         for e in registry
     ]
-    conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-    if as_json:
-        click.echo(json.dumps({"sources": rows, "conflicts": conflicts}, indent=2))
-        return
-    _registry_table("optkit model sources (model.source: scheme:target)", [(f"{row['scheme']}:", row) for row in rows],
-                    conflicts, first="scheme")
 
 
 def _registry_table(title: str, rows: list[tuple[str, dict[str, Any]]], conflicts: dict[str, str], first: str) -> Any:
