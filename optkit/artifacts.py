@@ -55,6 +55,10 @@ class OnnxArtifact(Artifact):
         threads: intra-op threads for onnxruntime; ``None`` matches torch's thread count.
         output_structure: a ``torch.utils._pytree`` spec that rebuilds the source model's tuple
             or dict from the graph outputs; ``None`` returns one tensor, or a tuple of several.
+        output_selection: when the file computes only some of the source model's outputs (a
+            selection, a YOLO model's deployment output), their indices in the model's flattened
+            output (:func:`optkit.measure.output_leaves` order), in graph order; the runner
+            compares the file's drift with those outputs of the stages before. ``None``: all.
     """
 
     path: Path
@@ -63,6 +67,7 @@ class OnnxArtifact(Artifact):
     threads: int | None = None
     runtime: str = "onnxruntime"
     output_structure: Any = None
+    output_selection: list[int] | None = None
 
     def session(self, device: torch.device) -> Any:
         """An ``onnxruntime.InferenceSession`` for ``device``."""

@@ -8,9 +8,10 @@ eval mode with every submodule's ``training`` flag restored afterwards
 """
 
 from optkit.measure.accuracy import AccuracyTracker, Evaluation, accuracy_metrics, classifier_outputs, evaluate
-from optkit.measure.drift import compare_outputs, drift_exceeds, flatten_outputs
+from optkit.measure.drift import ChannelGroup, channel_groups_for, compare_outputs, drift_exceeds, output_excess, output_parts, worst_output
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
 from optkit.measure.latency import TimingSettings, configure_timing, flush_denormal_enabled, summarize_times, time_callable
+from optkit.measure.outputs import OutputLeaf, flatten_outputs, output_leaves, resolve_output_selection, select_outputs
 from optkit.measure.params import count_params
 from optkit.measure.probe import meta_copy
 from optkit.measure.size import file_bytes, state_dict_bytes
@@ -26,7 +27,16 @@ __all__ = [
     "AccuracyTracker",
     "compare_outputs",
     "drift_exceeds",
+    "output_excess",
+    "output_parts",
+    "worst_output",
+    "ChannelGroup",
+    "channel_groups_for",
     "flatten_outputs",
+    "output_leaves",
+    "OutputLeaf",
+    "resolve_output_selection",
+    "select_outputs",
     "count_params",
     "count_macs",
     "profile_macs",

@@ -14,7 +14,7 @@ from torch import nn
 
 from optkit.artifacts import Artifact
 from optkit.errors import PipelineError, StageError
-from optkit.measure.drift import flatten_outputs
+from optkit.measure.outputs import flatten_outputs
 from optkit.models import eval_mode
 
 __all__ = ["Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "AccuracyTracker"]

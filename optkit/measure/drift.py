@@ -1,33 +1,74 @@
-"""Output drift between two stages: max-abs difference, cosine similarity, top-1 agreement."""
+"""Output drift between two stages, output tensor by output tensor.
+
+Every output tensor (and, where a caller names them, every channel group of a tensor, such as the
+boxes and the class scores of a YOLO prediction) is held to its own tolerance,
+``max|Δ| <= atol + rtol × max|that reference|``: box coordinates of ~500 pixels must not set the
+tolerance of class scores around 1e-4. The runner's drift check and export_onnx's parity check
+both use this module.
+
+:func:`compare_outputs` returns the figures of the whole output (``max_abs``, ``cosine``,
+``top1_agreement``: what report.json always had) and a list ``outputs`` with one row per tensor.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch import nn
 
-__all__ = ["flatten_outputs", "compare_outputs", "drift_exceeds"]
+from optkit.measure.outputs import flatten_outputs, output_leaves
+from optkit.models import detection_channel_groups, recognise_yolo
 
-
-def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
-    """The tensors of a model output (tensor, tuple/list, dict or namedtuple) in a stable order."""
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        return [t for key in sorted(outputs, key=str) for t in flatten_outputs(outputs[key])]
-    if isinstance(outputs, (tuple, list)):
-        return [t for item in outputs for t in flatten_outputs(item)]
-    return []
+__all__ = ["ChannelGroup", "compare_outputs", "drift_exceeds", "output_excess", "output_parts", "worst_output", "channel_groups_for"]
 
 
-def compare_outputs(outputs: Any, reference: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels ``start:stop`` of dimension ``dim`` of one output, compared on their own.
+
+    Example:
+        >>> ChannelGroup("scores", dim=1, start=4, stop=84)  # class scores of a YOLO [B, 84, A] tensor
+    """
+
+    name: str
+    dim: int
+    start: int
+    stop: int
+
+
+def _figures(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    a64, b64 = a.detach().double().flatten().cpu(), b.detach().double().flatten().cpu()
+    if not b64.numel():
+        return {"max_abs": 0.0, "reference_max_abs": 0.0, "cosine": 1.0}
+    return {
+        "max_abs": float((a64 - b64).abs().max()),
+        "reference_max_abs": float(b64.abs().max()),
+        "cosine": float(F.cosine_similarity(a64, b64, dim=0, eps=1e-12)),
+    }
+
+
+def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None) -> dict[str, Any]:
     """Compare ``outputs`` with ``reference`` tensor by tensor.
 
+    Args:
+        outputs: a model output (tensor, or tuples, lists, dicts of tensors).
+        reference: the output it is compared with.
+        groups: per output name (see :func:`optkit.measure.output_leaves`), channel groups that get
+            a row of their own.
+
     Returns:
-        ``max_abs`` (largest absolute difference), ``cosine`` (of the flattened outputs), and
-        ``top1_agreement`` when the first output is a ``[batch, classes]`` logits matrix;
-        ``comparable`` is ``False`` (with both shape lists) when the outputs cannot be compared.
+        ``max_abs`` (largest absolute difference over every tensor), ``reference_max_abs``,
+        ``cosine`` (of all outputs flattened together), ``top1_agreement`` when the first output
+        is a ``[batch, classes]`` logits matrix, and ``outputs``: per tensor, ``name``, ``shape``,
+        ``max_abs``, ``reference_max_abs``, ``cosine`` and, with groups, ``groups`` (the same
+        figures per group, with ``group`` and ``channels``). ``comparable`` is ``False`` (with both
+        shape lists) when the outputs cannot be compared.
     """
     a, b = flatten_outputs(outputs), flatten_outputs(reference)
     shapes = [tuple(t.shape) for t in a], [tuple(t.shape) for t in b]
@@ -35,30 +76,96 @@ def compare_outputs(outputs: Any, reference: Any) -> dict[str, Any]:
         return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1]}
     if not a:
         return {"comparable": False}
-    a64 = torch.cat([t.detach().double().flatten().cpu() for t in a])
-    b64 = torch.cat([t.detach().double().flatten().cpu() for t in b])
-    result: dict[str, Any] = {
-        "comparable": True,
-        "max_abs": float((a64 - b64).abs().max()) if a64.numel() else 0.0,
-        "reference_max_abs": float(b64.abs().max()) if b64.numel() else 0.0,
-        "cosine": float(torch.nn.functional.cosine_similarity(a64, b64, dim=0, eps=1e-12)),
-    }
+    names = [leaf.name for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference)) if isinstance(value, torch.Tensor)]
+    groups = groups or {}
+    rows = []
+    for name, got, want in zip(names, a, b):
+        row: dict[str, Any] = {"name": name, "shape": list(want.shape), **_figures(got, want)}
+        if name in groups:
+            row["groups"] = [
+                {
+                    "group": g.name,
+                    "channels": [g.start, g.stop],
+                    **_figures(got.narrow(g.dim, g.start, g.stop - g.start), want.narrow(g.dim, g.start, g.stop - g.start)),
+                }
+                for g in groups[name]
+                if g.dim < want.dim() and g.stop <= want.shape[g.dim]
+            ]
+        rows.append(row)
+    whole = _figures(torch.cat([t.detach().flatten().cpu().double() for t in a]), torch.cat([t.detach().flatten().cpu().double() for t in b]))
+    result: dict[str, Any] = {"comparable": True, **whole}
     if a[0].dim() == 2 and a[0].shape[1] > 1:
         result["top1_agreement"] = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
+    result["outputs"] = rows
     return result
 
 
-def drift_exceeds(drift: dict[str, Any], atol: float, rtol: float) -> str | None:
-    """Why ``drift`` breaks the tolerance ``atol + rtol * max|reference|``, or ``None``."""
+def output_excess(figures: Mapping[str, Any], atol: float, rtol: float) -> float:
+    """``max|Δ| / (atol + rtol × max|reference|)`` of one row of figures: above 1 breaks the tolerance."""
+    allowed = atol + rtol * figures["reference_max_abs"]
+    if not math.isfinite(figures["max_abs"]):
+        return math.inf
+    if allowed <= 0:
+        return 0.0 if figures["max_abs"] == 0 else math.inf
+    return figures["max_abs"] / allowed
+
+
+def output_parts(drift: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(label, figures)`` of every part held to a tolerance of its own: each output tensor, or
+    each channel group of a tensor that has groups (``"output_0 (scores)"``); the whole output
+    for a drift dict without per-output rows."""
+    rows = drift.get("outputs")
+    if not rows:
+        return [("outputs", drift)]
+    parts: list[tuple[str, Mapping[str, Any]]] = []
+    for row in rows:
+        parts += [(f"{row['name']} ({g['group']})", g) for g in row.get("groups", ())] or [(row["name"], row)]
+    return parts
+
+
+def worst_output(drift: Mapping[str, Any], atol: float, rtol: float) -> tuple[str, Mapping[str, Any], float]:
+    """The part of ``drift`` (see :func:`output_parts`) furthest over its tolerance: label, figures, excess."""
+    label, figures = max(output_parts(drift), key=lambda part: output_excess(part[1], atol, rtol))
+    return label, figures, output_excess(figures, atol, rtol)
+
+
+def drift_exceeds(drift: Mapping[str, Any], atol: float, rtol: float) -> str | None:
+    """Why ``drift`` breaks the tolerance, output by output (and group by group), or ``None``.
+
+    Each output tensor is held to ``atol + rtol × max|its own reference|``; a tensor with channel
+    groups is held group by group instead. The message names the worst one.
+    """
     if not drift.get("comparable", False):
         return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
-    allowed = atol + rtol * drift["reference_max_abs"]
-    if not math.isfinite(drift["max_abs"]):
-        return f"outputs are not finite (max |Δ| = {drift['max_abs']}); the stage produced NaN or infinity"
-    if drift["max_abs"] > allowed:
-        return (
-            f"outputs drifted by max |Δ| = {drift['max_abs']:.3g}, over the tolerance {allowed:.3g} "
-            f"(atol {atol:g} + rtol {rtol:g} × max|ref| {drift['reference_max_abs']:.3g}) by "
-            f"{drift['max_abs'] / allowed if allowed else float('inf'):.3g}×"
-        )
-    return None
+    label, worst, excess = worst_output(drift, atol, rtol)
+    label = "outputs" if label == "outputs" else f"output {label}"
+    if not math.isfinite(worst["max_abs"]):
+        return f"{label} is not finite (max |Δ| = {worst['max_abs']}); the stage produced NaN or infinity"
+    if excess <= 1:
+        return None
+    allowed = atol + rtol * worst["reference_max_abs"]
+    return (
+        f"{label} drifted by max |Δ| = {worst['max_abs']:.3g}, over its tolerance {allowed:.3g} "
+        f"(atol {atol:g} + rtol {rtol:g} × its max|ref| {worst['reference_max_abs']:.3g}) by {excess:.3g}×"
+    )
+
+
+def channel_groups_for(model: nn.Module, outputs: Any) -> dict[str, list[ChannelGroup]]:
+    """Channel groups of ``model``'s outputs that deserve tolerances of their own.
+
+    A recognised YOLO model's prediction tensors (3-D, ``4 + nc (+ extra)`` channels on the
+    library's channel dim) are split into ``boxes``, ``scores`` and ``extra``
+    (:func:`optkit.models.yolo.detection_channel_groups`); other models get none.
+
+    Returns:
+        Output name -> groups, for :func:`compare_outputs`.
+    """
+    info = recognise_yolo(model)
+    if info is None or info.task in ("classify", "semantic", "depth", "rtdetr") or info.end2end:
+        return {}
+    groups = [ChannelGroup(*g) for g in detection_channel_groups(info)]
+    found = {}
+    for leaf in output_leaves(outputs):
+        if len(leaf.shape) == 3 and leaf.shape[info.channels_dim] == info.channels:
+            found[leaf.name] = groups
+    return found

@@ -1,5 +1,5 @@
 """Models: sources (``scheme:target``), checkpoints read safely, weights paired and loaded,
-freezing, classifier heads, and small facts about layers.
+freezing, classifier heads, small facts about layers, and YOLO models recognised by class path.
 
 Plugins use what is exported here: the standard source loaders, :class:`SourceRequest`, the
 classifier-head finder and the layer helpers.
@@ -24,6 +24,7 @@ from optkit.models.sources import (
     load_python,
     load_torchvision,
 )
+from optkit.models.yolo import YoloModel, class_path, deployment_view, detection_channel_groups, is_instance_of, recognise_yolo
 
 __all__ = [
     "SourceRequest",
@@ -45,4 +46,10 @@ __all__ = [
     "replace_module",
     "module_mode",
     "eval_mode",
+    "YoloModel",
+    "recognise_yolo",
+    "deployment_view",
+    "detection_channel_groups",
+    "class_path",
+    "is_instance_of",
 ]

@@ -20,7 +20,7 @@ from torch import nn
 from optkit.artifacts import Artifact
 from optkit.errors import OptkitError, PipelineError, StageError, plain_text
 from optkit.files import atomic_write_text, overwrite_in_place
-from optkit.measure import Measurement, compare_outputs, configure_timing, drift_exceeds, measure
+from optkit.measure import Measurement, channel_groups_for, compare_outputs, configure_timing, drift_exceeds, measure, select_outputs
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
@@ -177,7 +177,7 @@ class _StageRunner:
             measurement = measure(product, self.inputs, self.settings, self.device)
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
-            self._add_drift(result, measurement, tolerance)
+            self._add_drift(result, measurement, product, tolerance)
             self._add_accuracy(result, product)
             result.status = "ok"
         except KeyboardInterrupt:
@@ -250,17 +250,30 @@ class _StageRunner:
         result.measure_s += seconds
         tracker.check_budget(metrics)
 
-    def _add_drift(self, result: StageResult, measurement: Measurement, tolerance: tuple[Tolerance, str] | None) -> None:
+    def _add_drift(
+        self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact, tolerance: tuple[Tolerance, str] | None
+    ) -> None:
+        module = product.source_model if isinstance(product, Artifact) else product
+        groups = channel_groups_for(module, measurement.outputs) if isinstance(module, nn.Module) else {}
         if self.baseline is None:
             # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
             # every ok stage of report.json carries the same metric fields.
             self.baseline = self.previous = measurement
-            result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs)
+            result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs, groups=groups)
             return
-        drift = compare_outputs(measurement.outputs, self.baseline.outputs)
-        drift["previous"] = compare_outputs(measurement.outputs, self.previous.outputs)
+        # An artifact that keeps only some of the model's outputs (export_onnx's `outputs:`, a YOLO
+        # deployment output) is compared with those outputs of the stages before it. It changes
+        # nothing in the model carried on, so the next stage is compared with the stage before it.
+        selection = getattr(product, "output_selection", None)
+
+        def reference(stage: Measurement) -> Any:
+            return stage.outputs if selection is None else select_outputs(stage.outputs, selection)
+
+        drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
+        drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
         result.metrics["drift"] = drift
-        self.previous = measurement
+        if selection is None:
+            self.previous = measurement
         if tolerance is not None:
             limit, option = tolerance
             drift["tolerance"] = {**limit.model_dump(), "set_by": option}

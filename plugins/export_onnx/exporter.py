@@ -1,9 +1,17 @@
-"""Turning a module into an in-memory ONNX model: the torch.export-based exporter first, the
-TorchScript exporter as the fallback, graph inputs and outputs named.
+"""Turning a module into an in-memory ONNX model that is valid at the requested opset.
 
-Outputs are flattened the way both exporters flatten them (``torch.utils._pytree``: tuples in
-order, dicts in insertion order), so the recorded structure puts ONNX outputs back into the
-model's own tuple or dict.
+Routes are tried in order until one gives a model at exactly the requested opset, with a symbolic
+batch when asked for, that passes ``onnx.checker`` and loads in onnxruntime:
+
+* ``dynamo``: the torch.export-based exporter (``dynamo=True``). At opset 18 and above it translates
+  directly; below 18 it converts down, and :func:`~optkit_plugins.export_onnx.opsets.fix_split_num_outputs`
+  repairs the one attribute its optimizer leaves behind (opsets 16 and 17; torch's converter keeps
+  opset 18 below 16, which fails the opset check);
+* ``torchscript``: the legacy exporter, what Ultralytics itself uses.
+
+When none does, the export is refused before anything is written, with every route's reason.
+Outputs are named as :func:`optkit.measure.output_leaves` names them (the exporters' flattening
+order), so the recorded structure puts ONNX outputs back into the model's own tuple or dict.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import io
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -22,8 +30,17 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit.files import atomic_write_bytes
 from optkit.errors import StageError
+from optkit.files import atomic_write_bytes
+from optkit.measure import output_leaves
+from optkit_plugins.export_onnx.opsets import (
+    NATIVE_DYNAMO_OPSET,
+    checker_problem,
+    fix_split_num_outputs,
+    graph_opset,
+    runtime_problem,
+)
+from optkit_plugins.export_onnx.trace_state import release_inference_tensors, traceable_state
 
 __all__ = [
     "ExportedOnnx",
@@ -31,8 +48,8 @@ __all__ = [
     "output_layout",
     "export_onnx_model",
     "symbolic_batch_dim",
-    "graph_opset",
     "save_onnx_model",
+    "ROUTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +59,8 @@ BATCH_DIM = "batch"
 _PROTOBUF_LIMIT = 2**31 - 1
 
 Exporter = Literal["auto", "dynamo", "torchscript"]
+#: The routes each ``exporter`` option tries, in order.
+ROUTES: dict[str, tuple[str, ...]] = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 
 @dataclass(frozen=True)
@@ -63,25 +82,22 @@ class ExportedOnnx:
     """An exported model and how it was made.
 
     Attributes:
-        model: the ONNX model.
-        exporter: ``dynamo`` (torch.export-based) or ``torchscript``.
+        model: the ONNX model (valid: checker and onnxruntime accepted it).
+        exporter: the route that made it: ``dynamo`` (torch.export-based) or ``torchscript``.
         opset: the default-domain opset of the graph.
-        seconds: time spent exporting (including a failed first attempt).
-        fallback_reason: why the torch.export-based exporter was not used, when it was not.
+        seconds: time spent exporting (every attempt).
+        attempts: every route tried: ``route``, ``ok``, ``reason`` (when not ok), ``splits_fixed``.
+        splits_fixed: ``Split`` nodes rewritten from ``num_outputs`` to explicit sizes.
+        fallback_reason: why the routes before the one used were not, when any failed.
     """
 
     model: onnx.ModelProto
     exporter: str
     opset: int
     seconds: float
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    splits_fixed: int = 0
     fallback_reason: str | None = None
-
-
-def _key_name(key: Any) -> str:
-    for attribute in ("key", "idx", "name"):  # MappingKey, SequenceKey, GetAttrKey (namedtuple)
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
 
 
 def output_layout(outputs: Any, names: list[str] | None = None) -> OutputLayout:
@@ -115,21 +131,7 @@ def output_layout(outputs: Any, names: list[str] | None = None) -> OutputLayout:
                 f"{len(leaves)} tensor(s) (in this order: {[pytree.keystr(p) or 'output' for p, _ in leaves]})"
             )
         return OutputLayout(list(names), structure)
-    derived = []
-    for path, _ in leaves:
-        parts = [_key_name(key) for key in path]
-        if not parts:
-            derived.append("output")
-        elif isinstance(path[0], pytree.SequenceKey):
-            derived.append("output_" + ".".join(parts))
-        else:
-            derived.append(".".join(parts))
-    return OutputLayout(derived, structure)
-
-
-def graph_opset(model: onnx.ModelProto) -> int:
-    """The opset version of the default (``ai.onnx``) domain."""
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    return OutputLayout([leaf.name for leaf in output_leaves(outputs)], structure)
 
 
 def symbolic_batch_dim(model: onnx.ModelProto) -> str | None:
@@ -202,9 +204,15 @@ def _export_torchscript(
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+def _reason(error: BaseException) -> str:
+    """One line saying why an exporter failed: torch.export's own summary line rather than its banner."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    summary = next((i for i, line in enumerate(lines) if line.startswith("## Exception summary")), None)
+    if summary is not None:
+        line = next((line for line in lines[summary + 1 :] if line), "")
+    else:
+        line = lines[0] if lines else ""
+    return f"{type(error).__name__}: {line}"[:300]
 
 
 def _unfulfilled(model: onnx.ModelProto, opset: int | None, dynamic_batch: bool) -> str | None:
@@ -214,6 +222,35 @@ def _unfulfilled(model: onnx.ModelProto, opset: int | None, dynamic_batch: bool)
     if dynamic_batch and symbolic_batch_dim(model) is None:
         return "the exporter fixed the batch dimension (the model specializes on it)"
     return None
+
+
+def _export(route: str, model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, names: list[str]) -> onnx.ModelProto:
+    """One export by ``route``; exporter failures propagate."""
+    export = _export_dynamo if route == "dynamo" else _export_torchscript
+    with traceable_state(model):
+        return export(model, example, opset, dynamic_batch, input_name, names)
+
+
+def _attempt(route: str, model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, names: list[str]) -> tuple[onnx.ModelProto | None, dict[str, Any]]:
+    """Export by ``route`` and check the result; returns the model (``None`` on failure) and the attempt's record."""
+    try:
+        proto = _export(route, model, example, opset, dynamic_batch, input_name, names)
+    # The torch.export-based exporter wraps its failures in OnnxExporterError (ImportError: no
+    # onnxscript). The TorchScript tracer raises RuntimeError (unsupported operators raise
+    # OnnxExporterError, a RuntimeError); arguments the traced code cannot take raise TypeError or ValueError.
+    except (torch.onnx.errors.OnnxExporterError, ImportError, RuntimeError, TypeError, ValueError) as error:
+        log.debug("%s ONNX export failed", route, exc_info=True)
+        return None, {"route": route, "ok": False, "reason": _reason(error)}
+    record: dict[str, Any] = {"route": route}
+    problem = _unfulfilled(proto, opset, dynamic_batch)
+    if problem is None and route == "dynamo":
+        try:
+            record["splits_fixed"] = fix_split_num_outputs(proto)
+        except ValueError as error:
+            problem = str(error)
+    problem = problem or checker_problem(proto) or runtime_problem(proto)
+    record.update(ok=problem is None, **({"reason": problem} if problem else {}))
+    return (proto if problem is None else None), record
 
 
 def export_onnx_model(
@@ -226,11 +263,11 @@ def export_onnx_model(
     input_name: str = "input",
     exporter: Exporter = "auto",
 ) -> ExportedOnnx:
-    """Export ``model`` (already an eval copy) to an in-memory ONNX model.
+    """Export ``model`` (already an eval copy) to a valid in-memory ONNX model.
 
-    ``auto`` tries the torch.export-based exporter (``dynamo=True``) and falls back to the
-    TorchScript exporter when it fails, or when its graph does not honour ``opset`` or
-    ``dynamic_batch``.
+    The routes of ``exporter`` (:data:`ROUTES`) are tried in order; the first whose model is at
+    exactly ``opset``, keeps a symbolic batch when ``dynamic_batch``, passes ``onnx.checker`` and
+    loads in onnxruntime is used (see the module docstring).
 
     Args:
         model: the module to export, in eval mode.
@@ -242,37 +279,28 @@ def export_onnx_model(
         exporter: ``auto``, ``dynamo`` or ``torchscript``.
 
     Returns:
-        The model, the exporter that made it, its opset, and why the fallback was taken.
+        The model, the route that made it, its opset, and every attempt.
 
     Raises:
-        StageError: no exporter could export the model as asked (each reason given).
+        StageError: no route produced a valid model; the message gives each route's reason.
     """
     start = time.perf_counter()
-    fallback_reason = None
-    if exporter in ("auto", "dynamo"):
-        try:
-            proto = _export_dynamo(model, example, opset, dynamic_batch, input_name, layout.names)
-        except (torch.onnx.errors.OnnxExporterError, ImportError) as error:  # ImportError: no onnxscript
-            log.debug("torch.export-based ONNX export failed", exc_info=True)
-            fallback_reason = _first_line(error)
-        else:
-            fallback_reason = _unfulfilled(proto, opset, dynamic_batch)
-            if fallback_reason is None:
-                return ExportedOnnx(proto, "dynamo", graph_opset(proto), time.perf_counter() - start)
-        if exporter == "dynamo":
-            raise StageError(f"export_onnx: the torch.export-based exporter (exporter: dynamo) failed: {fallback_reason}")
-        log.info("torch.export-based ONNX export not used (%s); falling back to the TorchScript exporter", fallback_reason)
-    try:
-        proto = _export_torchscript(model, example, opset, dynamic_batch, input_name, layout.names)
-    # The tracer raises RuntimeError; unsupported operators raise OnnxExporterError (a RuntimeError);
-    # arguments the traced code cannot take raise TypeError or ValueError.
-    except (RuntimeError, TypeError, ValueError) as error:
-        earlier = f"; the torch.export-based exporter failed first: {fallback_reason}" if fallback_reason else ""
-        raise StageError(f"export_onnx: the TorchScript exporter failed: {_first_line(error)}{earlier}") from error
-    problem = _unfulfilled(proto, opset, dynamic_batch)
-    if problem is not None:
-        raise StageError(f"export_onnx: {problem}")
-    return ExportedOnnx(proto, "torchscript", graph_opset(proto), time.perf_counter() - start, fallback_reason)
+    release_inference_tensors(model)
+    attempts = []
+    for route in ROUTES[exporter]:
+        proto, record = _attempt(route, model, example, opset, dynamic_batch, input_name, layout.names)
+        attempts.append(record)
+        if proto is not None:
+            failed = "; ".join(f"{a['route']}: {a['reason']}" for a in attempts[:-1])
+            if failed:
+                log.info("ONNX export by %s (%s)", route, failed)
+            return ExportedOnnx(
+                proto, route, graph_opset(proto), time.perf_counter() - start, attempts, record.get("splits_fixed", 0), failed or None
+            )
+    reasons = "; ".join(f"{a['route']}: {a['reason']}" for a in attempts)
+    wanted = f"opset-{opset}" if opset is not None else "an"
+    hint = f"; opset {NATIVE_DYNAMO_OPSET} or above is exported natively" if opset is not None and opset < NATIVE_DYNAMO_OPSET else ""
+    raise StageError(f"export_onnx: no exporter produced {wanted} ONNX model that is valid and loads in onnxruntime ({reasons}){hint}")
 
 
 def save_onnx_model(model: onnx.ModelProto, path: Path) -> list[Path]:

@@ -12,9 +12,11 @@ from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
 from optkit.errors import StageError
+from optkit.measure import channel_groups_for
 from optkit_plugins.export_onnx.exporter import export_onnx_model, output_layout, save_onnx_model, symbolic_batch_dim
+from optkit_plugins.export_onnx.selection import exported_module
 from optkit_plugins.export_onnx.simplify import simplify_onnx_model
-from optkit_plugins.export_onnx.verify import check_onnx_file, measure_parity, parity_failure, parity_inputs
+from optkit_plugins.export_onnx.verify import check_onnx_file, measure_parity, parity_by_output, parity_failure, parity_inputs
 
 __all__ = ["ExportOnnx", "optkit_register_passes"]
 
@@ -30,7 +32,7 @@ class ExportOnnx(Pass):
     """
 
     name = "export_onnx"
-    summary = "Export to ONNX (torch.export, TorchScript fallback), verified under onnxruntime."
+    summary = "Export to ONNX (torch.export, TorchScript fallback) at any opset, valid or refused, verified under onnxruntime."
     # Held to its own atol/rtol (looser for fp16): by the runner on the seeded batch, and by the
     # pass itself on random batches of every size in verify_batch_sizes.
     preserves_outputs = True
@@ -38,9 +40,22 @@ class ExportOnnx(Pass):
     class Options(Pass.Options):
         """Options of ``export_onnx``."""
 
-        opset: int | None = Field(None, ge=7, description="ONNX opset; default: the exporter's choice (20 with torch 2.14).")
+        opset: int | None = Field(
+            None,
+            ge=7,
+            le=23,
+            description="ONNX opset; default: the exporter's choice (20 with torch 2.14). Each opset gives a valid model or a refusal before export.",
+        )
         dynamic_batch: bool = Field(True, description="Make the batch dimension symbolic ('batch') and verify batch sizes 1, 2 and 8.")
         input_name: str = Field("input", min_length=1, description="Name of the graph input.")
+        outputs: list[int | str] | None = Field(
+            None,
+            min_length=1,
+            description="Outputs to export, by index in the flattened output (0, -1), name (output_0, out, output_1.boxes) or path ([0]); default: all.",
+        )
+        deployment_output: bool = Field(
+            True, description="Recognised Ultralytics/YOLOv5 models export their deployment output (the head's export mode), unless outputs is given."
+        )
         output_names: list[str] | None = Field(
             None, description="Names of the graph outputs in order; default: 'output', dict keys, or output_0, output_1, ..."
         )
@@ -85,13 +100,14 @@ class ExportOnnx(Pass):
         tolerance = self.tolerance()
 
         reference = copy.deepcopy(model).eval()  # the pipeline's model is carried on untouched
-        exported_module = copy.deepcopy(reference).half() if options.fp16 else reference
+        chosen = exported_module(reference, ctx.example_input, options.outputs, options.deployment_output)
+        module = copy.deepcopy(chosen.module).half() if options.fp16 else chosen.module
         example = ctx.example_input.half() if options.fp16 else ctx.example_input
         with torch.inference_mode():
-            layout = output_layout(exported_module(example), options.output_names)
+            layout = output_layout(module(example), options.output_names or chosen.names)
 
         exported = export_onnx_model(
-            exported_module,
+            module,
             example,
             layout,
             opset=options.opset,
@@ -100,6 +116,7 @@ class ExportOnnx(Pass):
             exporter=options.exporter,
         )
         details = ctx.details
+        details.update(chosen.details)
         details.update({
             "exporter": exported.exporter,
             "opset": exported.opset,
@@ -107,6 +124,7 @@ class ExportOnnx(Pass):
             "input_name": options.input_name,
             "output_names": layout.names,
             "export_s": round(exported.seconds, 3),
+            "export_attempts": exported.attempts,
         })
         if exported.fallback_reason:
             details["fallback_reason"] = exported.fallback_reason
@@ -134,9 +152,12 @@ class ExportOnnx(Pass):
             source_model=model,
             output_names=layout.names,
             output_structure=layout.structure,
+            output_selection=chosen.selection,
         )
         inputs = parity_inputs(ctx.example_input, options.verify_batch_sizes, options.dynamic_batch)
-        figures = measure_parity(reference, artifact.load(ctx.device), inputs)
+        with torch.inference_mode():
+            groups = channel_groups_for(chosen.module, chosen.module(ctx.example_input))
+        figures = measure_parity(chosen.module, artifact.load(ctx.device), inputs, groups)
         details["parity"] = {
             "runtime": "onnxruntime",
             "device": str(ctx.device),
@@ -144,6 +165,7 @@ class ExportOnnx(Pass):
             "rtol": tolerance.rtol,
             "inputs": figures,
             "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
+            "per_output": parity_by_output(figures, tolerance.atol, tolerance.rtol),
         }
         problem = parity_failure(figures, tolerance.atol, tolerance.rtol)
         if problem is not None:

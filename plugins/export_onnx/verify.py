@@ -1,14 +1,16 @@
 """Proving an ONNX file computes what its module computes: ``onnx.checker``, then onnxruntime
 against PyTorch on several seeded inputs (batch sizes 1, 2, 8 when the batch is dynamic).
 
-Differences are measured with the host's drift helpers, so a tolerance means here what it means
-for every stage: ``max|Δ| <= atol + rtol * max|reference|``.
+Differences are measured with the host's drift helpers, output tensor by output tensor (and by
+channel group for YOLO predictions), so a tolerance means here what it means for every stage:
+``max|Δ| <= atol + rtol * max|that reference|``.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import onnx
@@ -16,9 +18,9 @@ import torch
 from torch import nn
 
 from optkit.errors import StageError
-from optkit.measure import compare_outputs, drift_exceeds
+from optkit.measure import ChannelGroup, compare_outputs, drift_exceeds, output_excess, output_parts, worst_output
 
-__all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_failure"]
+__all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_by_output", "parity_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,24 @@ def parity_inputs(example: torch.Tensor, batch_sizes: list[int], dynamic_batch: 
     return inputs
 
 
-def measure_parity(model: nn.Module, run: Callable[[torch.Tensor], Any], inputs: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+def measure_parity(
+    model: nn.Module,
+    run: Callable[[torch.Tensor], Any],
+    inputs: dict[str, torch.Tensor],
+    groups: Mapping[str, Sequence[ChannelGroup]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Compare ``run`` (onnxruntime) with ``model`` (PyTorch) on each input.
+
+    Args:
+        model: the exported module.
+        run: the ONNX file under onnxruntime.
+        inputs: labelled input batches (see :func:`parity_inputs`).
+        groups: channel groups compared on their own, per output name.
 
     Returns:
         Per label: ``batch``, ``max_abs``, ``max_rel`` (``max_abs / max|reference|``), ``cosine``,
-        ``reference_max_abs``, ``comparable``; and ``shapes``/``reference_shapes`` when the
+        ``reference_max_abs``, ``comparable``, ``outputs`` (the figures per output tensor, see
+        :func:`optkit.measure.compare_outputs`); and ``shapes``/``reference_shapes`` when the
         outputs differ in shape.
     """
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFailure
@@ -82,7 +96,7 @@ def measure_parity(model: nn.Module, run: Callable[[torch.Tensor], Any], inputs:
         except OrtFailure as error:
             message = str(error).splitlines()[0][:400]
             raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {int(x.shape[0])}): {message}") from error
-        drift = compare_outputs(outputs, reference)
+        drift = compare_outputs(outputs, reference, groups=groups)
         drift.pop("top1_agreement", None)
         drift["batch"] = int(x.shape[0])
         if drift["comparable"]:
@@ -93,20 +107,36 @@ def measure_parity(model: nn.Module, run: Callable[[torch.Tensor], Any], inputs:
     return figures
 
 
+def parity_by_output(figures: dict[str, dict[str, Any]], atol: float, rtol: float) -> list[dict[str, Any]]:
+    """The worst figures of each output tensor (and channel group) over every input, with its
+    ``allowed`` difference and ``excess`` (max|Δ| / allowed: above 1 fails), for the report."""
+    rows: dict[str, dict[str, Any]] = {}
+    for label, drift in figures.items():
+        for name, part in output_parts(drift) if drift.get("outputs") else ():
+            excess = output_excess(part, atol, rtol)
+            if name not in rows or excess > rows[name]["excess"]:
+                rows[name] = {
+                    "output": name,
+                    "worst_input": label,
+                    "max_abs": part["max_abs"],
+                    "reference_max_abs": part["reference_max_abs"],
+                    "allowed": atol + rtol * part["reference_max_abs"],
+                    "excess": excess,
+                    "cosine": part["cosine"],
+                }
+    return list(rows.values())
+
+
 def parity_failure(figures: dict[str, dict[str, Any]], atol: float, rtol: float) -> str | None:
-    """Why the parity ``figures`` break the tolerance (the largest difference named), or ``None``."""
+    """Why the parity ``figures`` break the tolerance (the worst output and input named), or ``None``."""
     for label, drift in figures.items():
         if not drift["comparable"]:
             return (
                 f"onnxruntime outputs have shapes {drift.get('shapes')} where PyTorch gives "
                 f"{drift.get('reference_shapes')} (input {label}, batch {drift['batch']})"
             )
-
-    def excess(drift: dict[str, Any]) -> float:
-        return drift["max_abs"] / max(atol + rtol * drift["reference_max_abs"], 1e-30)
-
-    worst_label, worst = max(figures.items(), key=lambda item: excess(item[1]))
+    label, worst = max(figures.items(), key=lambda item: worst_output(item[1], atol, rtol)[2])
     problem = drift_exceeds(worst, atol, rtol)
     if problem is None:
         return None
-    return f"onnxruntime differs from PyTorch on input {worst_label} (batch {worst['batch']}): {problem}"
+    return f"onnxruntime differs from PyTorch on input {label} (batch {worst['batch']}): {problem}"
