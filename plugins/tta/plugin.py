@@ -1,0 +1,145 @@
+"""The ``tta`` pass: wrap the model in :class:`~optkit_plugins.tta.wrapper.TestTimeAugmentation`
+after working out what each of its outputs is."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from torch import nn
+
+from optkit import Pass, PassContext, hookimpl
+from optkit.errors import StageError
+from optkit.measure import count_macs
+from optkit_plugins.tta.kinds import OutputPlan, UnknownOutputError, plan_outputs
+from optkit_plugins.tta.wrapper import SAME_SHAPE_SCALES, TestTimeAugmentation, padded_size
+
+__all__ = ["TTA", "optkit_register_passes"]
+
+
+class TTA(Pass):
+    """Wrap the model in :class:`TestTimeAugmentation`, each output merged by its kind."""
+
+    name = "tta"
+    summary = "Test-time augmentation: run the model at several scales and flips in one forward and merge each output by its kind."
+    preserves_outputs = False
+
+    class Options(Pass.Options):
+        """Options of ``tta``."""
+
+        scales: list[PositiveFloat] = Field([1.0, 0.83, 0.67], min_length=1, description="Resize factors (1.0: as is).")
+        flips: list[Literal["horizontal", "vertical"]] = Field(
+            ["horizontal"], description="Flipped branches added at every scale (the unflipped one always runs)."
+        )
+        merge: Literal["mean", "softmax"] = Field(
+            "mean", description="Classification and dense outputs: mean averages them (logits); softmax averages probabilities over dim 1."
+        )
+        stride: PositiveInt = Field(
+            32, description="Scaled inputs are padded to a multiple of this (default: 32; a recognised YOLO model's largest stride)."
+        )
+        pad_value: float = Field(0.0, description="Padding fill (0.0 = mean of a normalised image; YOLOv5/Ultralytics: 0.447).")
+        same_shape: bool = Field(False, description="Pad back to the input size (models with a fixed input size).")
+        output: Literal["classification", "dense", "detection"] | None = Field(
+            None,
+            description="What the output is, for models TTA does not recognise: detection = YOLO layout [B, 4+nc, anchors], xywh in input pixels.",
+        )
+        output_index: int | str | None = Field(
+            None, description="With output: which output it is about, by flattened index or path ([0]), when the model returns several."
+        )
+        flip_idx: list[int] | None = Field(None, description="Pose models under a horizontal flip: which keypoint mirrors which.")
+        descale: Literal["exact", "nominal"] = Field(
+            "exact", description="Detections are mapped back by the exact ratio of sizes, or by 1/scale as YOLOv5 does."
+        )
+
+        @field_validator("scales", "flips")
+        @classmethod
+        def _no_repeats(cls, value: list[Any]) -> list[Any]:
+            if len(set(value)) != len(value):
+                raise ValueError(f"lists a value twice: {value}")
+            return value
+
+        @model_validator(mode="after")
+        def _consistent(self) -> TTA.Options:
+            if self.same_shape and any(s > 1.0 for s in self.scales):
+                raise ValueError(SAME_SHAPE_SCALES)
+            if self.output_index is not None and self.output is None:
+                raise ValueError("output_index says which output `output` declares; set output too")
+            return self
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        opts = self.options
+        plan = self._plan(model, ctx.example_input)
+        stride = opts.stride
+        if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
+            stride = int(max(plan.yolo.strides))
+        wrapped = TestTimeAugmentation(
+            model, opts.scales, opts.flips, opts.merge, stride, opts.pad_value, opts.same_shape, plan=plan, descale=opts.descale
+        )
+        try:
+            with torch.inference_mode():
+                wrapped(ctx.example_input)
+        except ValueError as exc:  # restore_detections: keypoints flipped without flip_idx
+            raise StageError(f"tta: {exc}") from exc
+        # A model with a fixed input size rejects the scaled inputs (ViT asserts, others raise
+        # RuntimeError on a shape mismatch): say which option fixes it.
+        except (RuntimeError, AssertionError) as exc:
+            hint = "" if opts.same_shape else "; models with a fixed input size need same_shape: true"
+            raise StageError(f"the model fails on the augmented inputs ({type(exc).__name__}: {exc}){hint}") from exc
+        height, width = (int(d) for d in ctx.example_input.shape[-2:])
+        base_macs = count_macs(model, ctx.example_input)["macs"]
+        tta_macs = count_macs(wrapped, ctx.example_input)["macs"]
+        ctx.details.update(
+            branches=[
+                {"scale": scale, "flip": flip or "none", "input_hw": list(_branch_size(scale, height, width, stride, opts.same_shape))}
+                for scale, flip in wrapped.branches
+            ],
+            merge=opts.merge,
+            stride=stride,
+            outputs=plan.describe(),
+            outputs_from=plan.source,
+            base_macs=base_macs,
+            tta_macs=tta_macs,
+            cost_multiplier=tta_macs / base_macs if base_macs else None,
+        )
+        if plan.notes:
+            ctx.details["notes"] = plan.notes
+        ctx.logger.info("tta: %d branches, %.2fx the MACs", len(wrapped.branches), ctx.details["cost_multiplier"] or 0)
+        return wrapped
+
+    def _plan(self, model: nn.Module, example: torch.Tensor) -> OutputPlan:
+        """Run the model once on ``example`` and decide how each output is merged.
+
+        Raises:
+            StageError: an output TTA cannot merge (the message says what to declare).
+        """
+        opts = self.options
+        with torch.inference_mode():
+            output = model(example)
+        try:
+            return plan_outputs(
+                model,
+                output,
+                (int(example.shape[-2]), int(example.shape[-1])),
+                int(example.shape[0]),
+                declared=opts.output,
+                output_index=opts.output_index,
+                flip_idx=tuple(opts.flip_idx) if opts.flip_idx is not None else None,
+            )
+        except UnknownOutputError as exc:
+            raise StageError(str(exc)) from exc
+
+
+def _branch_size(scale: float, height: int, width: int, stride: int, same_shape: bool) -> tuple[int, int]:
+    """The input size a branch runs at (as :meth:`TestTimeAugmentation._rescale` makes it)."""
+    if scale == 1.0 or same_shape:
+        return height, width
+    return padded_size(int(height * scale), stride), padded_size(int(width * scale), stride)
+
+
+@hookimpl
+def optkit_register_passes(register: Callable[[type[Pass]], None]) -> None:
+    """Register :class:`TTA`."""
+    register(TTA)
