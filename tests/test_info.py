@@ -44,8 +44,12 @@ def test_info_verbose_json_has_per_parameter_and_per_layer_rows(cli):
     assert [row["name"] for row in info["parameters"]] == names
     first = info["parameters"][0]
     assert first["index"] == 0 and first["shape"] == list(model.features[0][0].weight.shape) and first["trainable"]
-    assert sum(row["macs"] for row in info["layer_macs"]) == info["macs"]
-    assert info["layer_macs"][0]["module"] == "features.0.0"
+    rows = {row["module"]: row for row in info["layer_macs"]}
+    assert info["layer_macs"][0]["module"] == "(root)" and rows["(root)"]["macs"] == info["macs"]
+    assert sum(row["self_macs"] for row in info["layer_macs"]) == info["macs"]
+    assert rows["features"]["macs"] == sum(rows[f"features.{i}"]["macs"] for i in range(13) if f"features.{i}" in rows)
+    assert rows["features.0.0"]["counted_by"] == "thop" and rows["features"]["counted_by"] == "children"
+    assert all(row["macs"] >= row["self_macs"] >= 0 for row in info["layer_macs"])
 
 
 def test_info_table_for_a_person(cli):

@@ -222,8 +222,12 @@ def passes(as_json: bool) -> None:
         for r in host.broken
     ]
     conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
+    from optkit.measure import thop_warning
+
+    # Every stage's MACs go through thop's formulas: say when the thop installed is not the validated one.
+    thop = thop_warning()
     if as_json:
-        click.echo(json.dumps({"passes": rows, "broken": broken, "conflicts": conflicts}, indent=2))
+        click.echo(json.dumps({"passes": rows, "broken": broken, "conflicts": conflicts, "thop_warning": thop}, indent=2))
         _exit_if_strict(broken)
         return
     console = _registry_table("optkit passes", [(row["name"], row) for row in rows], conflicts, first="name")
@@ -233,6 +237,8 @@ def passes(as_json: bool) -> None:
             f"  disable it with {b['disable']}",
             highlight=False,
         )
+    if thop:
+        console.print(f"[yellow]warning:[/yellow] {thop}", highlight=False)
     _exit_if_strict(broken)
 
 

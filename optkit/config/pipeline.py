@@ -152,7 +152,9 @@ class PipelineFile(StrictModel):
 
     model: ModelSpec
     device: str | int = Field("auto", description="auto | cpu | cuda | cuda:N | N")
-    seed: int = Field(0, description="Seed of the input batch every stage is measured on.")
+    seed: int = Field(
+        0, description="Seeds torch, random and numpy before the model is built, and the input batch every stage is measured on."
+    )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     data: DataSpec | None = Field(None, description="Data sets: eval (accuracy of every stage), train and calibration (for passes).")
     passes: list[str | dict[str, Any]] = Field(default_factory=list)

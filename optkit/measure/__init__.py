@@ -16,6 +16,7 @@ from optkit.measure.params import count_params
 from optkit.measure.probe import meta_copy
 from optkit.measure.size import file_bytes, state_dict_bytes
 from optkit.measure.stage import Measurement, measure
+from optkit.measure.thop_distribution import ThopOwner, thop_owner, thop_warning
 
 __all__ = [
     "Measurement",
@@ -49,4 +50,7 @@ __all__ = [
     "state_dict_bytes",
     "file_bytes",
     "meta_copy",
+    "ThopOwner",
+    "thop_owner",
+    "thop_warning",
 ]

@@ -11,6 +11,16 @@ one convention (:data:`optkit.measure.mac_rules.UNIT`), the one behind torchvisi
 ``_ops``. The rules write into a stand-in, never into the module: a model with its own
 ``total_ops`` attribute is counted like any other.
 
+The rules optkit takes from thop are its convolution, linear and recurrent formulas
+(:data:`~optkit.measure.mac_rules.THOP_COUNTED`), the same in the Lyken17 ``thop`` and in
+Ultralytics' ``ultralytics-thop``, which install the same ``thop/`` folder; ``thop.profile``, where
+they differ (containers, attention and functional code counted, another signature), is never
+called. So counts are the same whichever owns the folder.
+
+Per module (:attr:`MacsProfile.layers`, ``optkit info -v``) every module's own count is >= 0, a
+container's total is the sum of its children's plus its own code, the root's is the total, and a
+container that is iterated rather than called (``for m in self.blocks``) shows its children's sum.
+
 The count runs on :func:`~optkit.measure.probe.meta_copy` (no weight memory, no arithmetic);
 a model that cannot run on the meta device (data-dependent control flow, tensors kept outside
 parameters and buffers, a forward that refuses ``meta``) is counted on an ordinary deep copy
@@ -46,7 +56,11 @@ class MacsProfile:
         module_macs: what thop's module rules counted.
         functional_macs: what the aten counter found outside those modules (attention, ...).
         per_module: module name (``""`` for the root) -> ``{"type", "macs", "counted_by"}`` for every
-            module that contributes; ``counted_by`` is ``thop`` or ``aten``.
+            module that contributes; ``counted_by`` is ``thop`` or ``aten``. They add up to ``macs``.
+        layers: one row per module with MACs, in ``named_modules()`` order: ``module``, ``type``,
+            ``depth``, ``macs`` (everything under it, itself included), ``self_macs`` (its rule or
+            its own code), ``counted_by`` (``thop``, ``aten`` or ``children``) and ``calls``
+            (0 for a container that is iterated rather than called). Never negative.
         uncounted: module types (qualified names) that ran with no rule and no counted op inside,
             with how many of them ran; their cost, if any, is not in ``macs``.
         probe: ``meta`` or ``copy``: what the count ran on.
@@ -56,6 +70,7 @@ class MacsProfile:
     module_macs: int
     functional_macs: int
     per_module: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
     uncounted: dict[str, int] = field(default_factory=dict)
     probe: str = "meta"
 
@@ -162,7 +177,9 @@ class _Tally:
 
     def __init__(self, model: nn.Module, rules: dict[type[nn.Module], Any], counter: Any) -> None:
         self.rules, self.counter = rules, counter
-        self.paths = {id(m): name for name, m in model.named_modules()}  # a shared module: its first name
+        self.named = list(model.named_modules())
+        self.paths = {id(m): name for name, m in self.named}  # a shared module: its first name
+        self.calls: dict[int, int] = {}
         self.modules = {id(m): m for m in model.modules()}
         self.rule_macs: dict[int, int] = {}
         self.aten_flops: dict[int, int] = {}
@@ -182,6 +199,7 @@ class _Tally:
         return has_rule(module, self.rules)
 
     def _enter(self, module: nn.Module, args: Any) -> None:
+        self.calls[id(module)] = self.calls.get(id(module), 0) + 1
         if self.stack:
             self.stack[-1].had_child = True
         if self._ruled(module):
@@ -195,7 +213,7 @@ class _Tally:
         if self._ruled(module):
             if self.ruled_depth == 1:  # the outermost ruled module: its rule counts the whole call
                 target = _RuleTarget(module)
-                (self.rules.get(type(module)) or _thop_rule(module))(target, args, output)
+                self.rules[type(module)](target, args, output)
                 self.rule_macs[key] = self.rule_macs.get(key, 0) + int(target.total_ops.item())
             self.ruled_depth -= 1
         elif self.ruled_depth == 0:
@@ -227,15 +245,30 @@ class _Tally:
             module_macs=module_macs,
             functional_macs=functional_macs,
             per_module=per_module,
+            layers=self.layers(per_module),
             uncounted=dict(sorted(uncounted.items())),
             probe=probe,
         )
 
-
-def _thop_rule(module: nn.Module) -> Any:
-    from thop.profile import register_hooks
-
-    return register_hooks[type(module)]
+    def layers(self, per_module: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every module's inclusive total, bottom-up over the module tree (see :attr:`MacsProfile.layers`)."""
+        total = {name: per_module.get(name, {}).get("macs", 0) for name, _ in self.named}
+        for name, _ in reversed(self.named):  # children come after their parent: add each to its parent
+            if name:
+                total[name.rpartition(".")[0]] += total[name]
+        return [
+            {
+                "module": name or "(root)",
+                "type": type(module).__name__,
+                "depth": name.count(".") + 1 if name else 0,
+                "macs": total[name],
+                "self_macs": per_module.get(name, {}).get("macs", 0),
+                "counted_by": per_module.get(name, {}).get("counted_by", "children"),
+                "calls": self.calls.get(id(module), 0),
+            }
+            for name, module in self.named
+            if total[name]
+        ]
 
 
 def _qualname(module: nn.Module) -> str:

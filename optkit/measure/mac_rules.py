@@ -18,7 +18,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["MAC_RULES", "UNIT", "zero_macs", "conv_transpose_macs", "quantized_linear_macs", "quantized_conv_macs", "rules_for", "has_rule"]
+__all__ = [
+    "MAC_RULES",
+    "THOP_COUNTED",
+    "UNIT",
+    "zero_macs",
+    "conv_transpose_macs",
+    "quantized_linear_macs",
+    "quantized_conv_macs",
+    "rules_for",
+    "has_rule",
+]
 
 #: What the MAC figures mean; stored with every count.
 UNIT = (
@@ -109,33 +119,40 @@ def _build_rules() -> dict[type[nn.Module], Rule]:
 MAC_RULES: dict[type[nn.Module], Rule] = _build_rules()
 
 
-def rules_for(model: nn.Module) -> dict[type[nn.Module], Rule]:
-    """thop ``custom_ops`` for ``model``: :data:`MAC_RULES`, plus inherited rules for its leaf subclasses.
+#: Module types counted by thop's own rules (conv2d's formula and linear's are the same in both
+#: thop distributions; the recurrent ones for batched tensor input). Every other type thop knows is
+#: left out on purpose: :data:`MAC_RULES` covers what optkit counts as zero, and the aten counter the
+#: rest, so counts do not depend on which distribution owns the ``thop/`` folder (ultralytics-thop
+#: adds rules for containers and nn.MultiheadAttention, and counts functional code itself).
+THOP_COUNTED: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
+    nn.RNNCell, nn.GRUCell, nn.LSTMCell, nn.RNN, nn.GRU, nn.LSTM,
+)
 
-    thop looks rules up by exact type, so ``class LayerNorm2d(nn.LayerNorm)`` or
-    ``NonDynamicallyQuantizableLinear(nn.Linear)`` would get none. A leaf module whose class
-    derives from a class with a rule is counted by that rule (the nearest base in the MRO).
+
+def rules_for(model: nn.Module) -> dict[type[nn.Module], Rule]:
+    """Counting rules for ``model``'s modules: thop's for :data:`THOP_COUNTED`, :data:`MAC_RULES`,
+    and inherited rules for leaf subclasses.
+
+    A leaf module whose class derives from a class with a rule (``class LayerNorm2d(nn.LayerNorm)``,
+    ``NonDynamicallyQuantizableLinear(nn.Linear)``) is counted by that rule (the nearest base in
+    the MRO). Containers never get a rule: their children are counted.
     """
     from thop.profile import register_hooks
 
-    known = {**register_hooks, **MAC_RULES}
-    rules = dict(MAC_RULES)
+    known: dict[type[nn.Module], Rule] = {t: register_hooks[t] for t in THOP_COUNTED if t in register_hooks}
+    known.update(MAC_RULES)
+    rules = dict(known)
     for module in model.modules():
         kind = type(module)
-        if kind in known or kind in rules or next(module.children(), None) is not None:
+        if kind in rules or next(module.children(), None) is not None:
             continue
-        base = next((b for b in kind.__mro__[1:] if b in known and b not in (nn.Sequential, nn.ModuleList)), None)
+        base = next((b for b in kind.__mro__[1:] if b in known), None)
         if base is not None:
             rules[kind] = known[base]
     return rules
 
 
 def has_rule(module: nn.Module, rules: dict[type[nn.Module], Rule]) -> bool:
-    """Whether thop counts ``module`` itself (with ``rules`` as ``custom_ops``) rather than its children.
-
-    thop looks rules up by exact type and always descends into ``Sequential`` and ``ModuleList``.
-    """
-    from thop.profile import register_hooks
-
-    kind = type(module)
-    return (kind in rules or kind in register_hooks) and not isinstance(module, (nn.Sequential, nn.ModuleList))
+    """Whether ``module`` itself is counted by a rule (rather than through its children and aten ops)."""
+    return type(module) in rules and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))

@@ -100,17 +100,27 @@ def render_info(info: dict[str, Any], console: Any) -> None:
     if "parameters" in info:
         table = Table(title="parameters")
         for column in ("layer", "name", "gradient", "parameters", "shape", "mu", "sigma"):
-            table.add_column(column, justify="right" if column in ("layer", "parameters", "mu", "sigma") else "left")
+            table.add_column(
+                column, justify="right" if column in ("layer", "parameters", "mu", "sigma") else "left", overflow="fold" if column == "name" else "ellipsis"
+            )
         for row in info["parameters"]:
             table.add_row(
                 str(row["index"]), row["name"], str(row["trainable"]), f"{row['params']:,}", str(row["shape"]),
                 "–" if row["mean"] is None else f"{row['mean']:.3g}", "–" if row["std"] is None else f"{row['std']:.3g}",
             )
         console.print(table)
-        layers = Table(title="MACs per layer")
-        for column in ("module", "type", "MACs", "share", "counted by"):
-            layers.add_column(column, justify="right" if column in ("MACs", "share") else "left")
+        layers = Table(title="MACs per layer (a module's MACs include its children's; self: its own rule or code)")
+        # Names are folded onto more lines when the table is wider than the console, never cut.
+        layers.add_column("module", overflow="fold")
+        layers.add_column("type", overflow="fold")
+        for column in ("MACs", "share", "self"):
+            layers.add_column(column, justify="right", no_wrap=True)
+        layers.add_column("counted by", no_wrap=True)
         total = info["macs"] or 1
         for row in info["layer_macs"]:
-            layers.add_row(row["module"], row["type"], f"{row['macs']:,}", f"{row['macs'] / total:.1%}", row["counted_by"])
+            self_macs = f"{row['self_macs']:,}" if row["self_macs"] else "–"
+            layers.add_row(row["module"], row["type"], f"{row['macs']:,}", f"{row['macs'] / total:.1%}", self_macs, row["counted_by"])
         console.print(layers)
+    warning = (info.get("thop") or {}).get("warning")
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

@@ -13,10 +13,11 @@ from torch import nn
 from optkit.config import DataSpec, MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
 from optkit.host import Host
-from optkit.measure import measure, profile_macs
+from optkit.measure import measure, profile_macs, thop_owner, thop_warning
 from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
 from optkit.run.runner import example_input
+from optkit.run.seeding import seed_model_construction
 
 __all__ = ["parse_input_shape", "data_spec", "inspect_model", "model_info", "parameter_table"]
 
@@ -93,7 +94,7 @@ def inspect_model(
         latency: time the model.
         verbose: add per-parameter and per-layer rows (see :func:`model_info`).
         trust_checkpoint: allow full unpickling of ``file:`` sources and weights.
-        seed: seed of the input batch.
+        seed: seed of the input batch, and of the random generators before the model is built.
         data: evaluate top-1/top-5 accuracy on ``data.eval`` (see :func:`data_spec`).
 
     Raises:
@@ -106,6 +107,7 @@ def inspect_model(
         raise PipelineError(_first_error(exc, "model")) from None
     host = host or Host()
     torch_device = select_device(device)
+    seed_model_construction(seed)
     model, details = host.load_model(spec, Path.cwd())
     model = model.to(torch_device)
     inputs = example_input(input_shape, seed, torch_device)
@@ -117,6 +119,8 @@ def inspect_model(
         info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
         info["data"] = run_data.details["eval"]
     info["load"] = details
+    owner = thop_owner()
+    info["thop"] = {**owner.as_dict(), "warning": thop_warning(owner)}
     return info
 
 
@@ -156,8 +160,10 @@ def model_info(
         model: the measured model (not changed).
         inputs: the batch it was measured on.
         metrics: what :func:`optkit.measure.measure` returned for it (without MACs).
-        verbose: add ``parameters`` (see :func:`parameter_table`) and ``layer_macs`` (module name,
-            type, MACs and which counter counted them, in execution-independent module order).
+        verbose: add ``parameters`` (see :func:`parameter_table`) and ``layer_macs``: one row per
+            module with MACs, in ``named_modules()`` order, with ``macs`` (everything under it:
+            a container shows the sum of its children), ``self_macs``, ``counted_by``, ``calls``
+            and ``depth`` (see :attr:`optkit.measure.MacsProfile.layers`).
 
     Returns:
         ``metrics`` updated in place.
@@ -166,9 +172,5 @@ def model_info(
     metrics.update(profile.metrics())
     if verbose:
         metrics["parameters"] = parameter_table(model)
-        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-        metrics["layer_macs"] = [
-            {"module": name or "(root)", **entry}
-            for name, entry in sorted(profile.per_module.items(), key=lambda item: order.get(item[0], len(order)))
-        ]
+        metrics["layer_macs"] = profile.layers
     return metrics
