@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second environment with Ultralytics installed beside optkit, as a user's would be: its
+# ultralytics-thop (AGPL) overwrites the thop/ folder of optkit's Lyken17 thop, so it never goes
+# into .venv. `make test` runs the tests marked ultralytics (and the thop-independent MAC counts) there.
+UVENV := .venv-ultralytics
+UBIN := $(UVENV)/bin
+USTAMP := $(UVENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-main test-ultralytics test-fast install install-ultralytics clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +18,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -e ".[dev]" -c constraints.txt
 	touch $(STAMP)
 
+$(USTAMP): pyproject.toml constraints.txt
+	test -x $(UBIN)/python || $(PYTHON) -m venv $(UVENV)
+	$(UBIN)/python -m pip install --upgrade pip
+	$(UBIN)/python -m pip install -e ".[dev]" -c constraints.txt
+	# Ultralytics last, as a user adds it to an environment that has optkit: its thop then owns thop/.
+	$(UBIN)/python -m pip install ultralytics -c constraints.txt
+	touch $(USTAMP)
+
 install: $(STAMP)
+
+install-ultralytics: $(USTAMP)
 
 # The digits pipeline first (a trained model, accuracy at every stage), then ResNet-18 (random weights).
 demo: $(STAMP)
@@ -20,11 +36,17 @@ demo: $(STAMP)
 	$(BIN)/optkit run examples/digits.yaml --output runs/demo-digits --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
-test: $(STAMP)
+test: test-main test-ultralytics
+
+test-main: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
+
+# Fails when Ultralytics is missing or no test marked ultralytics passed (see tests/conftest.py).
+test-ultralytics: $(USTAMP)
+	YOLO_OFFLINE=1 $(UBIN)/python -m pytest -n 2 -q -m "ultralytics or thop" --ultralytics-job
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(UVENV) runs build *.egg-info

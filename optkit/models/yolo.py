@@ -189,7 +189,8 @@ def recognise_yolo(model: nn.Module) -> YoloModel | None:
 
 
 def deployment_view(model: nn.Module) -> tuple[nn.Module, dict[str, Any]] | None:
-    """An eval copy of a recognised YOLO model that returns its deployment output, or ``None``.
+    """An eval copy of a recognised YOLO model that returns its deployment output, or ``None``
+    (also for a wrapper around one).
 
     The copy's head is put in export mode as Ultralytics' ONNX exporter does
     (:data:`DEPLOYMENT_SETTINGS`: ``export``, ``format``, ``shape`` reset so the anchors are
@@ -200,8 +201,9 @@ def deployment_view(model: nn.Module) -> tuple[nn.Module, dict[str, Any]] | None
     Returns:
         ``(copy, details)``: details name the library, task, head and the attributes set.
     """
-    if recognise_yolo(model) is None:
-        return None
+    info = recognise_yolo(model)
+    if info is None or info.root is not model:
+        return None  # a wrapper (optkit's TTA, ...) returns what it returns: its own output is exported
     view = copy.deepcopy(model).eval()
     info = recognise_yolo(view)
     if info is None:  # a deep copy has the same classes; only a broken __deepcopy__ gets here
