@@ -203,3 +203,42 @@ def test_inference_tensors_and_shape_caches_are_made_traceable_and_put_back():
         model.anchors = "left behind by a trace"
         model.extra = 1
     assert model.anchors is cached and not hasattr(model, "extra")
+
+
+def test_a_pipeline_exporting_one_output_is_compared_with_that_output(tmp_path, host):
+    import textwrap
+
+    from optkit.config import load_pipeline
+    from optkit.run.runner import run_pipeline
+
+    (tmp_path / "optkit_test_three_outputs.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class ThreeOutputs(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+            def forward(self, x):
+                y = self.conv(x)
+                return y.mean((2, 3)) * 500, {"scores": y.sigmoid().mean((2, 3)) * 1e-3, "feats": [y]}
+    """))
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent(f"""
+        model: {{source: "python:optkit_test_three_outputs:ThreeOutputs", input_shape: [1, 3, 16, 16]}}
+        measure: {{warmup: 0, iters: 1}}
+        passes:
+          - export_onnx: {{outputs: [output_1.scores], verify_batch_sizes: [2]}}
+          - fuse_bn
+        output: {tmp_path / "run"}
+    """))
+    report, _ = run_pipeline(load_pipeline(path, host.get_pass), host)
+    assert report.status == "ok", report.error
+    baseline, export, fuse = report.stages
+    assert [row["name"] for row in baseline.metrics["drift"]["outputs"]] == ["output_0", "output_1.scores", "output_1.feats.0"]
+    assert [row["name"] for row in export.metrics["drift"]["outputs"]] == ["output"]  # the scores, alone
+    assert export.metrics["drift"]["outputs"][0]["shape"] == [1, 4]
+    assert export.metrics["drift"]["previous"]["max_abs"] <= 1e-5 + 1e-3 * 1e-3
+    # The stage after an export is compared with the model before it (the export changed nothing).
+    assert [row["name"] for row in fuse.metrics["drift"]["previous"]["outputs"]] == ["output_0", "output_1.scores", "output_1.feats.0"]

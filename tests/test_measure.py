@@ -136,3 +136,26 @@ def test_onnx_size_includes_external_data(tmp_path):
     data = tmp_path / "model.onnx.data"
     assert data.stat().st_size >= 64 * 64 * 4
     assert file_bytes(path) == path.stat().st_size + data.stat().st_size
+
+
+def test_drift_is_held_per_output_each_to_its_own_magnitude():
+    from optkit.measure import ChannelGroup
+
+    reference = (torch.full((1, 4), 480.0), {"scores": torch.full((1, 80), 1e-4)})
+    broken = (reference[0].clone(), {"scores": reference[1]["scores"] + 0.01})  # 100x the scores' size
+    drift = compare_outputs(broken, reference)
+    assert [row["name"] for row in drift["outputs"]] == ["output_0", "output_1.scores"]
+    assert drift["max_abs"] == pytest.approx(0.01) and drift["outputs"][0]["max_abs"] == 0.0
+    assert drift["max_abs"] <= 1e-4 + 1e-4 * drift["reference_max_abs"]  # one tolerance for all: passed
+    message = drift_exceeds(drift, atol=1e-4, rtol=1e-4)
+    assert message is not None and message.startswith("output output_1.scores drifted by max |Δ| = 0.01")
+    # Channel groups of one tensor: boxes (pixels) and scores get their own tolerance too.
+    pred = torch.cat([torch.full((1, 4, 10), 480.0), torch.full((1, 80, 10), 1e-4)], 1)
+    bad = pred.clone()
+    bad[:, 4:] += 0.01
+    groups = {"output": [ChannelGroup("boxes", 1, 0, 4), ChannelGroup("scores", 1, 4, 84)]}
+    drift = compare_outputs(bad, pred, groups=groups)
+    assert [g["group"] for g in drift["outputs"][0]["groups"]] == ["boxes", "scores"]
+    assert drift_exceeds(compare_outputs(bad, pred), atol=1e-4, rtol=1e-4) is None  # whole tensor: 0.048 allowed
+    assert drift_exceeds(drift, atol=1e-4, rtol=1e-4).startswith("output output (scores) drifted")
+    assert drift_exceeds(compare_outputs(pred, pred, groups=groups), atol=0.0, rtol=0.0) is None
