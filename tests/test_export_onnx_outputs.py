@@ -211,22 +211,9 @@ def test_a_pipeline_exporting_one_output_is_compared_with_that_output(tmp_path, 
     from optkit.config import load_pipeline
     from optkit.run.runner import run_pipeline
 
-    (tmp_path / "optkit_test_three_outputs.py").write_text(textwrap.dedent("""
-        import torch
-        from torch import nn
-
-        class ThreeOutputs(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-            def forward(self, x):
-                y = self.conv(x)
-                return y.mean((2, 3)) * 500, {"scores": y.sigmoid().mean((2, 3)) * 1e-3, "feats": [y]}
-    """))
     path = tmp_path / "p.yaml"
     path.write_text(textwrap.dedent(f"""
-        model: {{source: "python:optkit_test_three_outputs:ThreeOutputs", input_shape: [1, 3, 16, 16]}}
+        model: {{source: "python:test_export_onnx_outputs:ThreeOutputs", input_shape: [1, 3, 16, 16]}}  # this file, on sys.path under pytest
         measure: {{warmup: 0, iters: 1}}
         passes:
           - export_onnx: {{outputs: [output_1.scores], verify_batch_sizes: [2]}}
