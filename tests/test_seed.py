@@ -31,8 +31,10 @@ def test_seed_makes_a_randomly_built_model_the_same_on_every_run(tmp_path, host)
             output: {tmp_path / run}
         """))
         torch.manual_seed(12345 + len(run))  # whatever the global state was before, the run seeds it
+        state = torch.random.get_rng_state()
         report, run_dir = run_pipeline(load_pipeline(path, host.get_pass), host)
         assert report.status == "ok"
+        assert torch.equal(torch.random.get_rng_state(), state)  # and puts it back
         model = torch.load(run_dir / "model.pt", weights_only=False)
         return report.stages[0].details, {"weights": model.state_dict(), "picked": model.picked}
 

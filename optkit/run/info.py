@@ -17,7 +17,7 @@ from optkit.measure import measure, profile_macs, thop_owner, thop_warning
 from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
 from optkit.run.runner import example_input
-from optkit.run.seeding import seed_model_construction
+from optkit.run.seeding import seeded_construction
 
 __all__ = ["parse_input_shape", "data_spec", "inspect_model", "model_info", "parameter_table"]
 
@@ -107,8 +107,8 @@ def inspect_model(
         raise PipelineError(_first_error(exc, "model")) from None
     host = host or Host()
     torch_device = select_device(device)
-    seed_model_construction(seed)
-    model, details = host.load_model(spec, Path.cwd())
+    with seeded_construction(seed):
+        model, details = host.load_model(spec, Path.cwd())
     model = model.to(torch_device)
     inputs = example_input(input_shape, seed, torch_device)
     run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)

@@ -28,7 +28,7 @@ from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
 from optkit.run.run_dirs import prepare_run_dir
-from optkit.run.seeding import seed_model_construction
+from optkit.run.seeding import seeded_construction
 
 if TYPE_CHECKING:
     from optkit.config import Pipeline
@@ -78,8 +78,8 @@ def run_pipeline(
 
 def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path | None, overwrite: bool) -> tuple[RunReport, Path]:
     torch_device = select_device(device if device is not None else pipeline.spec.device)
-    seeded = seed_model_construction(pipeline.spec.seed)
-    model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
+    with seeded_construction(pipeline.spec.seed) as seeded:
+        model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
     load_details = {**seeded, **load_details}
     model = model.to(torch_device)
     inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)

@@ -1,33 +1,46 @@
-"""Seeding the global random number generators before a model is built.
+"""Seeding the random number generators while a model is built.
 
-A ``python:`` factory that builds a model with random weights (``reclassify``'s new head, a YOLO
-built from yaml, any model without a checkpoint) draws from torch's global generator: seeded, two
-runs of one pipeline build the same model, so their drift figures can be compared.
+A ``python:`` factory that builds a model with random weights (a YOLO built from its yaml, any
+model without a checkpoint) draws from the global generators: seeded, two runs of one pipeline
+build the same model, so their drift figures can be compared. The generators' states are put back
+afterwards, so building a model leaves the caller's random state as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-__all__ = ["seed_model_construction"]
+__all__ = ["seeded_construction"]
 
 
-def seed_model_construction(seed: int) -> dict[str, int]:
-    """Seed ``torch`` (every device), ``random`` and, when installed, ``numpy`` with ``seed``.
+@contextlib.contextmanager
+def seeded_construction(seed: int) -> Iterator[dict[str, Any]]:
+    """Seed torch's CPU generator, ``random`` and, when installed, ``numpy`` for the block.
 
-    A factory that seeds itself still wins: it runs after this.
+    CUDA generators are left alone (models are built on the CPU and moved afterwards), and a
+    factory that seeds itself still wins: it runs inside the block.
 
-    Returns:
-        What the stage's details record: ``{"seed": seed}``.
+    Yields:
+        What the baseline's details record: ``{"seed": seed}``.
     """
-    torch.manual_seed(seed)
-    random.seed(seed)
     try:
         import numpy
     except ImportError:  # numpy is optional for optkit itself
-        pass
-    else:
+        numpy = None
+    states = (torch.random.get_rng_state(), random.getstate(), numpy.random.get_state() if numpy is not None else None)
+    torch.random.default_generator.manual_seed(seed)
+    random.seed(seed)
+    if numpy is not None:
         numpy.random.seed(seed % 2**32)
-    return {"seed": seed}
+    try:
+        yield {"seed": seed}
+    finally:
+        torch.random.set_rng_state(states[0])
+        random.setstate(states[1])
+        if numpy is not None:
+            numpy.random.set_state(states[2])
