@@ -208,3 +208,18 @@ def test_package_surfaces_export_what_they_import(package):
         assert imported == set(), f"{package} re-exports names without an __all__"
     else:
         assert imported <= public, sorted(imported - public)
+
+
+#: Licenses optkit must not link: Ultralytics (and its thop) are AGPL-3.0. Models of theirs are
+#: recognised by class path strings (optkit.models.yolo); tests and benchmarks may import them.
+FORBIDDEN_IMPORTS = ("ultralytics", "ultralytics_thop")
+
+
+def test_optkit_and_its_plugins_never_import_agpl_packages():
+    found = [
+        f"{MODULES[name].relative_to(ROOT)}:{line} imports {module}"
+        for name in MODULES
+        for module, _, line in _imports(name, MODULES[name])
+        if module.split(".")[0] in FORBIDDEN_IMPORTS
+    ]
+    assert found == []

@@ -168,6 +168,7 @@ def _export_dynamo(
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
         _quiet_logger("onnxscript.version_converter"),
+        _quiet_logger("torch.onnx"),  # "Setting ONNX exporter to use operator set version 18 ...": the attempt records it
     ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
