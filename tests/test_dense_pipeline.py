@@ -30,7 +30,7 @@ def test_deeplab_through_every_pass_with_parity_per_output(tmp_path, host):
     report, _ = run_pipeline(load_pipeline(path, host.get_pass), host)
     stages = {s.name: s for s in report.stages}
     assert report.status == "ok", [(s.name, s.error) for s in report.stages]
-    assert stages["baseline"].details["seed"] == 0
+    assert report.pipeline["seed"] == 0
     assert [row["kind"] for row in stages["tta"].details["outputs"]] == ["dense", "dense"]
     export = stages["export_onnx"].details
     assert export["opset"] == 17 and export["output_names"] == ["out", "aux"]

@@ -36,12 +36,12 @@ def test_seed_makes_a_randomly_built_model_the_same_on_every_run(tmp_path, host)
         assert report.status == "ok"
         assert torch.equal(torch.random.get_rng_state(), state)  # and puts it back
         model = torch.load(run_dir / "model.pt", weights_only=False)
-        return report.stages[0].details, {"weights": model.state_dict(), "picked": model.picked}
+        return report.pipeline, {"weights": model.state_dict(), "picked": model.picked}
 
-    details, first = baseline(0, "a")
+    pipeline, first = baseline(0, "a")
     _, again = baseline(0, "bb")
     _, other = baseline(1, "ccc")
-    assert details["seed"] == 0
+    assert pipeline["seed"] == 0
     assert first["picked"] == again["picked"] != other["picked"]
     for key, value in first["weights"].items():
         torch.testing.assert_close(again["weights"][key], value, rtol=0, atol=0)

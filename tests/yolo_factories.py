@@ -8,7 +8,7 @@ from torch import nn
 
 def yolo(cfg: str = "yolo11n.yaml") -> nn.Module:
     """An Ultralytics model built from one of its packaged yaml files (detect, seg, pose by name)."""
-    from ultralytics.nn.tasks import yaml_model_load, guess_model_task, DetectionModel, PoseModel, SegmentationModel
+    from ultralytics.nn.tasks import DetectionModel, PoseModel, SegmentationModel, guess_model_task, yaml_model_load
 
     task = guess_model_task(yaml_model_load(cfg))
     cls = {"detect": DetectionModel, "segment": SegmentationModel, "pose": PoseModel}[task]

@@ -138,15 +138,17 @@ def drift_exceeds(drift: Mapping[str, Any], atol: float, rtol: float) -> str | N
     if not drift.get("comparable", False):
         return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
     label, worst, excess = worst_output(drift, atol, rtol)
-    label = "outputs" if label == "outputs" else f"output {label}"
+    # One tensor without groups is "the outputs", as before per-output figures; otherwise name it.
+    label = "outputs" if len(output_parts(drift)) == 1 else f"output {label}"
     if not math.isfinite(worst["max_abs"]):
-        return f"{label} is not finite (max |Δ| = {worst['max_abs']}); the stage produced NaN or infinity"
+        verb = "are" if label == "outputs" else "is"
+        return f"{label} {verb} not finite (max |Δ| = {worst['max_abs']}); the stage produced NaN or infinity"
     if excess <= 1:
         return None
     allowed = atol + rtol * worst["reference_max_abs"]
     return (
-        f"{label} drifted by max |Δ| = {worst['max_abs']:.3g}, over its tolerance {allowed:.3g} "
-        f"(atol {atol:g} + rtol {rtol:g} × its max|ref| {worst['reference_max_abs']:.3g}) by {excess:.3g}×"
+        f"{label} drifted by max |Δ| = {worst['max_abs']:.3g}, over the tolerance {allowed:.3g} "
+        f"(atol {atol:g} + rtol {rtol:g} × max|ref| {worst['reference_max_abs']:.3g}) by {excess:.3g}×"
     )
 
 

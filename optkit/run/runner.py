@@ -78,9 +78,8 @@ def run_pipeline(
 
 def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path | None, overwrite: bool) -> tuple[RunReport, Path]:
     torch_device = select_device(device if device is not None else pipeline.spec.device)
-    with seeded_construction(pipeline.spec.seed) as seeded:
+    with seeded_construction(pipeline.spec.seed):  # report.json's pipeline.seed records it
         model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
-    load_details = {**seeded, **load_details}
     model = model.to(torch_device)
     inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)
     data = prepare_data(

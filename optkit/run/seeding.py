@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
@@ -19,14 +18,11 @@ __all__ = ["seeded_construction"]
 
 
 @contextlib.contextmanager
-def seeded_construction(seed: int) -> Iterator[dict[str, Any]]:
+def seeded_construction(seed: int) -> Iterator[None]:
     """Seed torch's CPU generator, ``random`` and, when installed, ``numpy`` for the block.
 
     CUDA generators are left alone (models are built on the CPU and moved afterwards), and a
     factory that seeds itself still wins: it runs inside the block.
-
-    Yields:
-        What the baseline's details record: ``{"seed": seed}``.
     """
     try:
         import numpy
@@ -38,7 +34,7 @@ def seeded_construction(seed: int) -> Iterator[dict[str, Any]]:
     if numpy is not None:
         numpy.random.seed(seed % 2**32)
     try:
-        yield {"seed": seed}
+        yield
     finally:
         torch.random.set_rng_state(states[0])
         random.setstate(states[1])
