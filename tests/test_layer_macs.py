@@ -85,11 +85,15 @@ def _fake_dist(site: Path, name: str, version: str, license: str, files: dict[st
 
 def _owner_in(site: Path) -> dict:
     """thop_owner() in a fresh interpreter that sees only ``site`` besides optkit."""
+    # The module alone, loaded from its file: importing the optkit.measure package would import torch (seconds).
+    module = ROOT / "optkit" / "measure" / "thop_distribution.py"
     code = (
-        "import json; from optkit.measure import thop_owner, thop_warning; o = thop_owner(); "
-        "print(json.dumps({**o.as_dict(), 'warning': thop_warning(o)}))"
+        "import importlib.util, json, sys; "
+        f"spec = importlib.util.spec_from_file_location('thop_distribution', {str(module)!r}); "
+        "m = importlib.util.module_from_spec(spec); sys.modules['thop_distribution'] = m; spec.loader.exec_module(m); "
+        "o = m.thop_owner(); print(json.dumps({**o.as_dict(), 'warning': m.thop_warning(o)}))"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 

@@ -70,6 +70,15 @@ class TTA(Pass):
     options: Options
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        """Plan the outputs on the example batch, wrap the model, and run the wrapper once.
+
+        Returns:
+            The :class:`TestTimeAugmentation` wrapper.
+
+        Raises:
+            StageError: an output TTA cannot merge (the message says what to declare), keypoints
+                flipped without ``flip_idx``, or a model that fails on the augmented inputs.
+        """
         opts = self.options
         plan = self._plan(model, ctx.example_input)
         stride = opts.stride
