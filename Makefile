@@ -30,10 +30,11 @@ install: $(STAMP)
 
 install-ultralytics: $(USTAMP)
 
-# The digits pipeline first (a trained model, accuracy at every stage), then ResNet-18 (random weights).
+# The digits pipelines first (a trained model, accuracy at every stage; pruned, then fine-tuned), then ResNet-18 (random weights).
 demo: $(STAMP)
 	$(BIN)/python -m optkit.data examples/data/digits
 	$(BIN)/optkit run examples/digits.yaml --output runs/demo-digits --overwrite
+	$(BIN)/optkit run examples/digits_finetune.yaml --output runs/demo-digits-finetune --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
 test: test-main test-ultralytics

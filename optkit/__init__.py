@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optkit.artifacts import Artifact, OnnxArtifact
     from optkit.host import hookimpl
-    from optkit.passes import Pass, PassContext, PassData, Tolerance
+    from optkit.passes import Pass, PassContext, PassData, Progress, Tolerance
 
-__all__ = ["Pass", "PassContext", "PassData", "Tolerance", "Artifact", "OnnxArtifact", "hookimpl", "__version__"]
+__all__ = ["Pass", "PassContext", "PassData", "Progress", "Tolerance", "Artifact", "OnnxArtifact", "hookimpl", "__version__"]
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "Pass": "optkit.passes",
     "PassContext": "optkit.passes",
     "PassData": "optkit.passes",
+    "Progress": "optkit.passes",
     "Tolerance": "optkit.passes",
     "Artifact": "optkit.artifacts",
     "OnnxArtifact": "optkit.artifacts",

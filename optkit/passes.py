@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from optkit.artifacts import Artifact
 
-__all__ = ["Pass", "PassContext", "PassData", "Tolerance", "check_pass_class"]
+__all__ = ["Pass", "PassContext", "PassData", "Progress", "Tolerance", "check_pass_class"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -53,6 +53,11 @@ class Pass(ABC):
     drift from the previous stage's beyond :meth:`tolerance` (the pipeline's
     ``measure.drift_tolerance`` unless the pass declares its own).
 
+    A pass that reads the baseline's module (a distillation teacher, say) declares
+    ``needs_baseline_model = True`` (a class attribute, or a property that reads the options):
+    the runner then keeps one copy of the baseline for ``ctx.baseline_model``. No pass asking
+    for it, no copy is made.
+
     Example:
         >>> class Identity(Pass):
         ...     name = "identity"
@@ -65,6 +70,8 @@ class Pass(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     preserves_outputs: ClassVar[bool] = False
+    #: The runner keeps a copy of the baseline's module for ``ctx.baseline_model`` (one model's memory).
+    needs_baseline_model: bool = False
 
     class Options(BaseModel):
         """The pass's options; unknown options are rejected (subclasses inherit ``extra="forbid"``)."""
@@ -106,7 +113,10 @@ class PassData:
 
     Each loader yields ``(inputs, labels)`` batches: ``inputs`` as the model takes them (the
     ``data.transform`` applied) and ``labels`` an int64 tensor of class indices, ``-1`` for a sample
-    without one. ``len(loader)`` is its number of batches, ``loader.dataset`` its samples.
+    without one. ``len(loader)`` is its number of batches, ``loader.dataset`` its samples,
+    ``loader.classes`` the class names the dataset reports (an image folder's) or ``None``, and
+    ``loader.batched(batch_size, seed=..., drop_last=...)`` the same samples shuffled by a pass's
+    own seed (:class:`optkit.data.DeviceLoader`).
 
     Attributes:
         train: ``data.train`` (shuffled, seeded, when ``shuffle: true``), or ``None``.
@@ -132,6 +142,26 @@ class PassData:
         return loader
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a pass is in a long task (training, calibration), for progress displays.
+
+    A pass reports it with :meth:`PassContext.report_progress`; the runner hands it to the
+    ``optkit_stage_progress`` observers (the CLI draws a progress bar).
+
+    Attributes:
+        task: what is going on (``train``, ``bn_recalibrate``); each task is one bar.
+        completed: steps done.
+        total: steps in all, or ``None`` when unknown.
+        fields: what to show beside the bar, in order (``{"epoch": "1/3", "loss": 0.41}``); numbers and short text.
+    """
+
+    task: str
+    completed: int
+    total: int | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
 def _data_example(role: str) -> str:
     return f"data: {{{role}: {{source: imagefolder:PATH}}}}"
 
@@ -151,6 +181,10 @@ class PassContext:
         data: the pipeline's data loaders on ``device`` (:class:`PassData`), or ``None`` when the
             pipeline has no ``data:`` section; :meth:`require_data` fails the stage for a pass
             that cannot work without.
+        baseline_model: the baseline's module (a copy kept by the runner: eval mode, on ``device``,
+            every parameter with ``requires_grad=False``) for a pass that declares
+            ``needs_baseline_model``; else ``None``. Read it, never change it: later stages see it too.
+        on_progress: where :meth:`report_progress` goes (the runner's observers); ``None``: nowhere.
     """
 
     device: torch.device
@@ -161,6 +195,24 @@ class PassContext:
     details: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     data: PassData | None = None
+    baseline_model: nn.Module | None = None
+    on_progress: Callable[[Progress], None] | None = None
+
+    def report_progress(self, task: str, completed: int, total: int | None = None, **fields: Any) -> None:
+        """Say how far a long task is (the CLI shows a progress bar; quiet under ``--json``).
+
+        Args:
+            task: the task's name; each task is one bar.
+            completed: steps done so far.
+            total: steps in all, or ``None``.
+            **fields: shown beside the bar, e.g. ``epoch="1/3", loss=0.41``.
+
+        Example:
+            >>> for step, batch in enumerate(batches, 1):  # doctest: +SKIP
+            ...     ctx.report_progress("train", step, len(batches), loss=loss.item())
+        """
+        if self.on_progress is not None:
+            self.on_progress(Progress(task, completed, total, fields))
 
     def require_data(self, role: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """The ``(inputs, labels)`` loader for ``role`` (``train``, ``calibration`` or ``eval``).

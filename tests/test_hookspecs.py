@@ -27,7 +27,7 @@ def plugin_guide() -> str:
 def test_the_hooks_are_the_documented_set():
     assert HOOKS == [
         "optkit_register_datasets", "optkit_register_passes", "optkit_register_sources", "optkit_stage_finished",
-        "optkit_stage_started",
+        "optkit_stage_progress", "optkit_stage_started",
     ]
 
 

@@ -165,7 +165,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     if verbose:
         spec.model.list_keys = True
     console = _stderr_console()
-    host.pm.register(ConsoleProgress(console), name="optkit-console")
+    host.pm.register(ConsoleProgress(console, bars=not as_json), name="optkit-console")  # --json: no bars
     # With --json, stdout holds the report alone: whatever passes or libraries print goes to stderr.
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         report, run_dir = run_pipeline(spec, host, device=device, output=output, overwrite=overwrite)

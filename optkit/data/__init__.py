@@ -20,8 +20,10 @@ from optkit.data.loaders import DataSet, DatasetLookup, DeviceLoader, PipelineDa
 from optkit.data.sources import (
     DatasetLoader,
     DatasetRequest,
+    UnlabeledImages,
     image_folder,
     load_imagefolder,
+    load_images,
     load_python_dataset,
     verify_images,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "DatasetLoader",
     "DatasetLookup",
     "load_imagefolder",
+    "load_images",
+    "UnlabeledImages",
     "load_python_dataset",
     "image_folder",
     "verify_images",

@@ -84,10 +84,32 @@ class DeviceLoader:
     Attributes:
         loader: the CPU ``DataLoader``.
         device: where batches are moved.
+        classes: the class names the dataset reports (an image folder's class folders), else ``None``.
     """
 
-    def __init__(self, loader: DataLoader, device: torch.device) -> None:
-        self.loader, self.device = loader, device
+    def __init__(self, loader: DataLoader, device: torch.device, classes: list[str] | None = None) -> None:
+        self.loader, self.device, self.classes = loader, device, classes
+
+    def batched(self, batch_size: int | None = None, *, seed: int = 0, drop_last: bool = False) -> DeviceLoader:
+        """The same samples on the same device, shuffled every epoch from ``seed`` (a pass's own order).
+
+        A pass that trains shuffles with its own seed, so that its result depends on its options
+        only, not on what read the loader before it.
+
+        Args:
+            batch_size: samples per batch; default: this loader's.
+            seed: seeds the shuffling (each pass over the loader is a new permutation).
+            drop_last: drop the last batch when it is incomplete (training on a batch of one
+                sample fails with BatchNorm).
+
+        Returns:
+            A new loader; this one is unchanged.
+        """
+        loader = DataLoader(
+            self.loader.dataset, batch_size=batch_size or self.loader.batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(seed), drop_last=drop_last, num_workers=self.loader.num_workers,
+        )
+        return DeviceLoader(loader, self.device, self.classes)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for inputs, labels in self.loader:
@@ -161,7 +183,9 @@ class PipelineData:
 
     def on_device(self, device: torch.device) -> PassData:
         """The loaders a pass reads (``ctx.data``), their batches on ``device``."""
-        loaders = {role: DeviceLoader(data_set.loader, device) for role in DATA_ROLES if (data_set := self.get(role)) is not None}
+        loaders = {
+            role: DeviceLoader(data_set.loader, device, data_set.classes) for role in DATA_ROLES if (data_set := self.get(role)) is not None
+        }
         return PassData(**loaders)
 
 

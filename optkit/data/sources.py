@@ -5,6 +5,8 @@ hook (``optkit_register_datasets``) any plugin uses:
 
 - ``imagefolder:PATH``: torchvision's ``ImageFolder`` (one sub-folder per class, labels from the
   sorted folder names), read through ``data.transform``; relative to the pipeline file.
+- ``images:PATH``: every image under ``PATH`` (sub-folders included), without labels: for
+  passes that need inputs only (distillation, calibration).
 - ``python:package.module:callable``: any callable returning a ``Dataset`` of ``(input, label)``
   pairs or of inputs only, called with the entry's ``kwargs``; it brings its own transform.
 """
@@ -34,6 +36,8 @@ __all__ = [
     "DatasetRequest",
     "DatasetLoader",
     "load_imagefolder",
+    "load_images",
+    "UnlabeledImages",
     "load_python_dataset",
     "image_folder",
     "verify_images",
@@ -105,6 +109,46 @@ def load_imagefolder(request: DatasetRequest) -> ImageFolder:
         request.details["empty_classes"] = empty
         log.warning("%s: %s has class folders without images: %s", request.option, folder, ", ".join(empty))
     return dataset
+
+
+class UnlabeledImages(Dataset):
+    """Image files without labels: each item is the transformed image alone (its label is ``-1``).
+
+    Args:
+        files: the image files, in order.
+        transform: applied to each PIL image.
+
+    Attributes:
+        samples: ``(path, -1)`` per file, as ``ImageFolder.samples`` (optkit checks every file before a run).
+    """
+
+    def __init__(self, files: list[Path], transform: Callable[[Any], Any] | None = None) -> None:
+        self.samples = [(str(path), -1) for path in files]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        image = _decode(self.samples[index][0])
+        return self.transform(image) if self.transform is not None else image
+
+
+def load_images(request: DatasetRequest) -> UnlabeledImages:
+    """``images:PATH``: every image file under ``PATH`` (sub-folders included, sorted by path), unlabeled.
+
+    Raises:
+        PipelineError: the folder is missing, is a file, or holds no image.
+    """
+    folder = request.resolve(request.target)
+    if not folder.is_dir():
+        what = "is a file, not a folder of images" if folder.exists() else f"no such folder (from {request.spec.source})"
+        raise PipelineError(f"{request.option}: {folder}: {what}")
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise PipelineError(f"{request.option}: {folder} holds no images (looked for {', '.join(IMG_EXTENSIONS)})")
+    request.details["folder"] = str(folder)
+    return UnlabeledImages(files, request.transform)
 
 
 def image_folder(folder: str | Path, transform: Callable[[Any], Any] | None = None, *, allow_empty: bool = False) -> ImageFolder:

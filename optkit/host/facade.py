@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from optkit.errors import PipelineError, PluginError, plain_text
 from optkit.host.manager import OptkitPluginManager, PluginRecord, get_plugin_manager
 from optkit.host.registry import Registered, Registry
-from optkit.passes import Pass, check_pass_class
+from optkit.passes import Pass, Progress, check_pass_class
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -193,6 +193,9 @@ class Host:
 
     def stage_started(self, stage: str, index: int, run: RunInfo) -> None:
         self._notify("optkit_stage_started", stage=stage, index=index, run=run)
+
+    def stage_progress(self, stage: str, index: int, progress: Progress, run: RunInfo) -> None:
+        self._notify("optkit_stage_progress", stage=stage, index=index, progress=progress, run=run)
 
     def stage_finished(self, result: StageResult, run: RunInfo) -> None:
         self._notify("optkit_stage_finished", result=result, run=run)

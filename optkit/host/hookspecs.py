@@ -18,7 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from optkit.data import DatasetLoader
     from optkit.models import SourceLoader
-    from optkit.passes import Pass
+    from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["PROJECT", "hookspec", "hookimpl"]
@@ -95,6 +95,23 @@ def optkit_stage_finished(result: StageResult, run: RunInfo) -> None:
     the next stage starts. Observers must not change ``result``.
 
     :param result: the stage's status, metrics, details, artifacts and error.
+    :param run: what is known about the run: pipeline, output folder, device, stage count.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_stage_progress(stage: str, index: int, progress: Progress, run: RunInfo) -> None:
+    """Observe how far a stage's pass is in a long task (training, calibration): progress bars, loggers.
+
+    Called whenever the pass reports progress (:meth:`optkit.PassContext.report_progress`), between
+    ``optkit_stage_started`` and ``optkit_stage_finished`` of its stage; often (every training
+    step), so an observer should be quick.
+
+    :param stage: the stage's name (the pass name).
+    :param index: the stage's position: 1, 2, ... in pipeline order.
+    :param progress: the task, steps done, steps in all and what to show (:class:`optkit.Progress`).
     :param run: what is known about the run: pipeline, output folder, device, stage count.
 
     .. versionadded:: 0.1

@@ -2,7 +2,7 @@
 freezing, classifier heads, small facts about layers, and YOLO models recognised by class path.
 
 Plugins use what is exported here: the standard source loaders, :class:`SourceRequest`, the
-classifier-head finder and the layer helpers.
+classifier-head finder, freezing (:func:`apply_freeze`) and the layer helpers.
 """
 
 from optkit.models.classifier_head import (
@@ -12,6 +12,7 @@ from optkit.models.classifier_head import (
     candidate_heads_hint,
     find_classifier,
 )
+from optkit.models.freezing import ALL_BUT_HEAD, apply_freeze
 from optkit.models.layers import eval_mode, in_width, module_mode, out_width, replace_module
 from optkit.models.loading import load_model
 from optkit.models.sources import (
@@ -41,6 +42,8 @@ __all__ = [
     "find_classifier",
     "auxiliary_classifiers",
     "candidate_heads_hint",
+    "ALL_BUT_HEAD",
+    "apply_freeze",
     "in_width",
     "out_width",
     "replace_module",

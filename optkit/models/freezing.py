@@ -1,4 +1,5 @@
-"""Freezing parameters after loading a backbone: ``model.freeze`` patterns or ``all_but_head``."""
+"""Freezing parameters: ``model.freeze`` after loading a backbone, or a pass's ``freeze`` option
+(``finetune``): module names, globs, or ``all_but_head``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ALL_BUT_HEAD = "all_but_head"
 _LISTED_TRAINABLE = 20  # trainable tensors named in the account without list_keys
 
 
-def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False) -> dict[str, Any]:
+def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False, option: str = "model.freeze") -> dict[str, Any]:
     """Set ``requires_grad=False`` on the parameters ``patterns`` name (in place).
 
     Args:
@@ -31,6 +32,7 @@ def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False)
             ``all_but_head``, which freezes every parameter outside the classifier head
             (found by :func:`optkit.models.classifier_head.find_classifier`).
         list_keys: name every frozen and trainable tensor in the account.
+        option: how messages name the setting (``model.freeze``, or a pass's ``option freeze``).
 
     Returns:
         The account: the head (for ``all_but_head``), frozen and trainable parameter and tensor
@@ -44,7 +46,7 @@ def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False)
     account: dict[str, Any] = {"patterns": list(patterns)}
     for pattern in patterns:
         if pattern == ALL_BUT_HEAD:
-            head = _head_name(model)
+            head = _head_name(model, option)
             account["head"] = head
             matched = {n for n in names if not name_matches(n, head)}
         else:
@@ -52,7 +54,7 @@ def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False)
             if not matched:
                 examples = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
                 raise PipelineError(
-                    f"model.freeze: {pattern!r} matches no parameter (names look like {examples}); "
+                    f"{option}: {pattern!r} matches no parameter (names look like {examples}); "
                     f"use a module name, a glob such as 'layer1.*', or {ALL_BUT_HEAD}"
                 )
         frozen |= matched
@@ -79,8 +81,8 @@ def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False)
     return account
 
 
-def _head_name(model: nn.Module) -> str:
+def _head_name(model: nn.Module, option: str) -> str:
     try:
         return find_classifier(model)[0]
     except ClassifierNotFoundError as exc:
-        raise PipelineError(f"model.freeze: {ALL_BUT_HEAD}: {exc.message}; list the parameters to freeze instead") from None
+        raise PipelineError(f"{option}: {ALL_BUT_HEAD}: {exc.message}; list the parameters to freeze instead") from None

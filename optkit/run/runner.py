@@ -7,6 +7,7 @@ stage for its artifacts, and ``model.pt`` (the final module) on success.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -100,11 +101,15 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
     if not runner.write_report():
         return report, run_dir
 
+    passes = [stage.make_pass() for stage in pipeline.stages]
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
     if baseline is not None:
-        for stage in pipeline.stages:
-            pass_ = stage.make_pass()
+        last_reader = max((i for i, p in enumerate(passes) if p.needs_baseline_model), default=-1)
+        runner.baseline_model = _frozen_copy(model) if last_reader >= 0 else None
+        for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes)):
             result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), _tolerance(pass_, pipeline.measure.drift_tolerance))
+            if i == last_reader:
+                runner.baseline_model = None  # no later stage reads it: its memory goes back
             if result is None:
                 break
             if isinstance(result, nn.Module):
@@ -121,6 +126,24 @@ def _tensor_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers (shared tensors once)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module | None:
+    """The baseline kept for passes that read it (``ctx.baseline_model``): a copy, since passes may
+    change their model in place; eval mode, no gradients. It costs one model's memory on the device.
+
+    Returns ``None`` (with a warning) for a module that cannot be copied: the passes that need it say so.
+    """
+    try:
+        kept = copy.deepcopy(model).eval()
+    # deepcopy runs the module's own __deepcopy__/__reduce__ (plugin or user code), which fails in any way.
+    except Exception as exc:  # noqa: BLE001
+        log.warning("the baseline model cannot be copied for the passes that read it: %s: %s", type(exc).__name__, exc)
+        return None
+    for parameter in kept.parameters():
+        parameter.requires_grad_(False)
+    log.info("keeping a copy of the baseline model for passes that read it (%.1f MiB)", _tensor_bytes(kept) / 2**20)
+    return kept
 
 
 def _tolerance(pass_: Pass, pipeline_tolerance: Tolerance) -> tuple[Tolerance, str] | None:
@@ -156,6 +179,8 @@ class _StageRunner:
         self.settings = info.pipeline.measure
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
+        #: ``ctx.baseline_model`` of the next stages (kept only while a pass that reads it is to come).
+        self.baseline_model: nn.Module | None = None
 
     def run(self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None) -> nn.Module | Artifact | None:
         """Run one stage; returns its product, or ``None`` when the run must stop."""
@@ -168,6 +193,8 @@ class _StageRunner:
             logger=logging.getLogger(f"optkit.stage.{result.name}"),
             stage_index=result.index,
             data=self.data.loaders,
+            baseline_model=self.baseline_model,
+            on_progress=lambda progress: self.host.stage_progress(result.name, result.index, progress, self.info),
         )
         ctx.details.update(result.details)
         product = None
