@@ -158,7 +158,7 @@ def test_hook_optkit_register_datasets(tmp_path):
 
 
 def test_unknown_dataset_schemes_are_named_with_the_closest(test_host, tmp_path):
-    with pytest.raises(PipelineError, match=r"data: unknown dataset source scheme 'imagefolders'; did you mean 'imagefolder'\?"):
+    with pytest.raises(PipelineError, match=r"data: unknown dataset source scheme 'imagefolders'; did you mean 'imagefolder' or 'images'\?"):
         run(test_host, tmp_path, "  eval: imagefolders:val")
 
 

@@ -402,7 +402,7 @@ def test_hook_optkit_stage_progress(tmp_path, digits):
     finetune(tmp_path, digits, {"max_steps": 3, "bn_recalibrate": True, "bn_batches": 2}, plugins=[recorder])
     train = [e for e in recorder.events if e[2] == "train"]
     assert [(e[0], e[1], e[3], e[4]) for e in train] == [("finetune", 1, 1, 3), ("finetune", 1, 2, 3), ("finetune", 1, 3, 3)]
-    assert list(train[0][5]) == ["epoch", "loss", "samples_per_s"] and train[0][5]["epoch"] == "1/1"
+    assert list(train[0][5]) == ["epoch", "loss", "samples/s"] and train[0][5]["epoch"] == "1/1"
     assert [(e[2], e[3], e[4]) for e in recorder.events if e[2] != "train"] == [("bn_recalibrate", 1, 2), ("bn_recalibrate", 2, 2)]
 
 
@@ -423,6 +423,23 @@ def test_the_cli_draws_a_progress_bar_and_keeps_quiet_under_json(tmp_path, digit
     quiet = cli("run", path, "--json", "--overwrite")
     assert quiet.exit_code == 0
     assert "finetune · train" not in quiet.stderr and "[1/1] finetune: ok" in quiet.stderr
+
+
+@pytest.mark.slow
+def test_the_example_pipeline_shrinks_the_model_and_gives_the_accuracy_back(tmp_path, digits, write_pipeline):
+    """benchmarks/finetune_digits.py makes the claim (within 1 point, 3x fewer MACs); this checks it loosely."""
+    document = yaml.safe_load((Path(__file__).resolve().parent.parent / "examples" / "digits_finetune.yaml").read_text())
+    document["data"]["eval"]["source"] = f"imagefolder:{digits.val}"
+    document["data"]["train"]["source"] = f"imagefolder:{digits.train}"
+    document.update(device="cpu", measure={"latency": False}, output=str(tmp_path / "run"))
+    document["passes"] = [p for p in document["passes"] if "export_onnx" not in p]
+    host = Host()
+    report, _ = run_pipeline(load_pipeline(write_pipeline(yaml.safe_dump(document)), host.get_pass), host)
+    baseline, pruned, recalibrated, tuned = (stage.metrics for stage in report.stages)
+    assert report.status == "ok"
+    assert pruned["accuracy"]["top1"] < 0.2 < recalibrated["accuracy"]["top1"]
+    assert tuned["accuracy"]["top1"] >= baseline["accuracy"]["top1"] - 0.02
+    assert baseline["macs"] / tuned["macs"] >= 3.0
 
 
 # --- CUDA -------------------------------------------------------------------------------------------

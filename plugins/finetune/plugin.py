@@ -210,7 +210,7 @@ def _check_classes(train_data: Any, classes: int) -> None:
 def _report_step(ctx: PassContext, report: StepReport) -> None:
     ctx.report_progress(
         "train", report.step, report.steps, epoch=f"{report.epoch}/{report.epochs}", loss=round(report.loss, 4),
-        samples_per_s=round(report.samples_per_s),
+        **{"samples/s": round(report.samples_per_s)},
     )
 
 
