@@ -5,9 +5,11 @@ re-estimated on training batches, with no gradient step (``epochs: 0, bn_recalib
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -103,11 +105,7 @@ class FineTune(Pass):
         steps = opts.max_steps or opts.epochs * len(batches)
         before = self._accuracy(model, ctx)
         start = time.perf_counter()
-        # Seeded in a scope that puts the generators back: the CPU one, and the stage's GPU's.
-        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-            torch.default_generator.manual_seed(opts.seed)
-            if ctx.device.type == "cuda":
-                torch.cuda.manual_seed(opts.seed)
+        with _seeded(opts.seed, ctx.device):
             records = []
             if steps:
                 settings = TrainingSettings(
@@ -189,6 +187,18 @@ class FineTune(Pass):
             ctx.logger.warning("finetune: bn_recalibrate: the model has no BatchNorm layer; nothing recalibrated")
         total = min(self.options.bn_batches, len(batches))
         return recalibrate_batchnorm(student, batches, total, on_batch=lambda done: ctx.report_progress("bn_recalibrate", done, total))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the CPU generator, and the stage's GPU's, in a scope that puts them back afterwards
+    (``torch.manual_seed`` would reseed every GPU's generator for good)."""
+    gpu = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpu):
+        torch.default_generator.manual_seed(seed)
+        for index in gpu:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def _check_classes(train_data: Any, classes: int) -> None:
