@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -17,12 +17,16 @@ __all__ = ["Artifact", "OnnxArtifact", "onnxruntime_providers"]
 class Artifact(ABC):
     """A file that computes what a model computes, measured by the runner under ``runtime``.
 
+    Passes declare the kinds they read and return by class (``Pass.consumes``/``Pass.produces``);
+    ``description`` names the kind in messages.
+
     Attributes:
         path: the file.
         source_model: the module it was made from; used for what the runtime cannot report
             (MACs, parameter counts), and carried on to the next stage.
     """
 
+    description: ClassVar[str] = "an artifact"
     path: Path
     source_model: nn.Module | None
     runtime: str
@@ -61,6 +65,7 @@ class OnnxArtifact(Artifact):
             compares the file's drift with those outputs of the stages before. ``None``: all.
     """
 
+    description: ClassVar[str] = "an ONNX model"
     path: Path
     source_model: Any = None
     output_names: list[str] = field(default_factory=list)

@@ -239,7 +239,7 @@ def run_pass(
         document["data"] = data
     pipeline_path = tmp_path / "pipeline.yaml"
     pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    pipeline = load_pipeline(pipeline_path, host.get_pass)
+    pipeline = load_pipeline(pipeline_path, host.get_pass, producers=host.passes_producing)
     _, run_dir = run_pipeline(pipeline, host)  # a second run in one tmp_path goes to run-2
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     check_report_contract(report)

@@ -118,6 +118,47 @@ def test_drift_tolerance_messages():
     assert "changed shape" in drift_exceeds(reshaped, atol=1.0, rtol=1.0)
 
 
+def test_a_tolerance_holds_every_bound_it_sets():
+    from pydantic import ValidationError
+
+    from optkit.measure import tolerance_failure
+    from optkit.passes import Tolerance
+
+    reference = torch.tensor([[3.0, 1.0], [1.0, 3.0], [2.0, 0.0], [0.0, 2.0]])
+    flipped = reference.clone()
+    flipped[0] = torch.tensor([1.0, 3.0])  # one sample of four changes its top-1
+    drift = compare_outputs(flipped, reference)
+    cosine = float(torch.nn.functional.cosine_similarity(flipped.flatten().double(), reference.flatten().double(), dim=0))
+    assert drift["top1_agreement"] == 0.75 and drift["cosine"] == pytest.approx(cosine, abs=1e-12)
+
+    assert tolerance_failure(drift, Tolerance.similarity(cosine=cosine - 1e-9, top1_agreement=0.75)) is None
+    assert tolerance_failure(drift, Tolerance.similarity(top1_agreement=0.8)) == (
+        "on the seeded batch, top-1 agreement with the stage before is 0.75, under the minimum 0.8"
+    )
+    assert tolerance_failure(drift, Tolerance.similarity(cosine=0.99)) == (
+        f"on the seeded batch, the outputs' cosine similarity to the stage before is {cosine:.6f}, under the minimum 0.99"
+    )
+    # The element-wise bound is checked first, and still on the seeded batch.
+    assert tolerance_failure(drift, Tolerance(atol=1.0, rtol=0.0, cosine=0.0)).startswith("outputs drifted by max |Δ| = 2")
+    # Similarity on data, when given, instead of the seeded batch.
+    on_data = {"top1": 0.5, "cosine": 0.999, "n": 360}
+    assert tolerance_failure(drift, Tolerance.similarity(top1_agreement=0.6), on_data) == (
+        "on data.eval, top-1 agreement with the stage before is 0.5, under the minimum 0.6"
+    )
+    assert tolerance_failure(drift, Tolerance.similarity(cosine=0.99), on_data) is None
+    # Outputs without classes cannot be held to top-1 agreement; NaN falls short of any cosine.
+    maps = compare_outputs(torch.ones(1, 2, 4, 4), torch.ones(1, 2, 4, 4))
+    assert "not [batch, classes] logits" in tolerance_failure(maps, Tolerance.similarity(top1_agreement=0.5))
+    nan = compare_outputs(torch.full((1, 2), float("nan")), reference[:1])
+    assert "cosine similarity to the stage before is nan" in tolerance_failure(nan, Tolerance.similarity(cosine=0.0))
+
+    assert Tolerance().describe() == "max|Δ| <= atol 0.0001 + rtol 0.0001 × max|reference|"
+    with pytest.raises(ValidationError, match="give atol and rtol together"):
+        Tolerance(atol=None, cosine=0.9)
+    with pytest.raises(ValidationError, match="a tolerance needs a bound"):
+        Tolerance.similarity()
+
+
 def test_onnx_size_includes_external_data(tmp_path):
     import numpy as np
     import onnx

@@ -126,6 +126,15 @@ class Host:
             return self.passes.get(name).obj
         raise PipelineError(self.unknown_message("pass", name, self.passes))
 
+    def passes_producing(self, kind: type) -> list[str]:
+        """The names of the registered passes that make an artifact of ``kind`` from the module
+        (``Pass.produces``, consuming none), for the fix a pipeline missing its input artifact is told."""
+        return [
+            entry.name
+            for entry in self.passes
+            if entry.obj.produces is not None and issubclass(entry.obj.produces, kind) and entry.obj.consumes is None
+        ]
+
     def get_source(self, scheme: str) -> Registered[SourceLoader]:
         """The source loader registered for ``scheme``, with the plugin that registered it.
 

@@ -7,8 +7,18 @@ eval mode with every submodule's ``training`` flag restored afterwards
 (:func:`optkit.models.eval_mode`). :func:`measure` measures one stage's product.
 """
 
-from optkit.measure.accuracy import AccuracyTracker, Evaluation, accuracy_metrics, classifier_outputs, evaluate
-from optkit.measure.drift import ChannelGroup, channel_groups_for, compare_outputs, drift_exceeds, output_excess, output_parts, worst_output
+from optkit.measure.accuracy import LOGITS_KEPT, AccuracyTracker, Evaluation, accuracy_metrics, classifier_outputs, evaluate, similarity_metrics
+from optkit.measure.drift import (
+    ChannelGroup,
+    channel_groups_for,
+    compare_outputs,
+    drift_exceeds,
+    output_excess,
+    output_parts,
+    similarity_falls_short,
+    tolerance_failure,
+    worst_output,
+)
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
 from optkit.measure.latency import TimingSettings, configure_timing, flush_denormal_enabled, summarize_times, time_callable
 from optkit.measure.outputs import OutputLeaf, flatten_outputs, output_leaves, resolve_output_selection, select_outputs
@@ -25,6 +35,8 @@ __all__ = [
     "evaluate",
     "classifier_outputs",
     "accuracy_metrics",
+    "similarity_metrics",
+    "LOGITS_KEPT",
     "AccuracyTracker",
     "compare_outputs",
     "drift_exceeds",
@@ -33,6 +45,8 @@ __all__ = [
     "worst_output",
     "ChannelGroup",
     "channel_groups_for",
+    "similarity_falls_short",
+    "tolerance_failure",
     "flatten_outputs",
     "output_leaves",
     "OutputLeaf",

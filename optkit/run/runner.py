@@ -20,7 +20,16 @@ from torch import nn
 from optkit.artifacts import Artifact
 from optkit.errors import OptkitError, PipelineError, StageError, plain_text
 from optkit.files import atomic_write_text, overwrite_in_place
-from optkit.measure import Measurement, channel_groups_for, compare_outputs, configure_timing, drift_exceeds, measure, select_outputs
+from optkit.measure import (
+    Measurement,
+    channel_groups_for,
+    compare_outputs,
+    configure_timing,
+    drift_exceeds,
+    measure,
+    select_outputs,
+    tolerance_failure,
+)
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
@@ -102,13 +111,17 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
 
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
     if baseline is not None:
+        artifact: Artifact | None = None  # ctx.artifact: the latest stage's artifact, until a module makes it stale
         for stage in pipeline.stages:
             pass_ = stage.make_pass()
-            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), _tolerance(pass_, pipeline.measure.drift_tolerance))
+            tolerance = _tolerance(pass_, pipeline.measure.drift_tolerance)
+            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), tolerance, artifact=artifact)
             if result is None:
                 break
             if isinstance(result, nn.Module):
-                model = result
+                model, artifact = result, None
+            else:
+                artifact = result
     if report.status == "running":
         report.status = "ok"
         if pipeline.spec.save_model:
@@ -136,10 +149,14 @@ def _tolerance(pass_: Pass, pipeline_tolerance: Tolerance) -> tuple[Tolerance, s
 
 def _applier(pass_name: str, pass_: Pass, model: nn.Module) -> Any:
     def apply(ctx: PassContext) -> nn.Module | Artifact:
+        if pass_.consumes is not None:
+            ctx.require_artifact(pass_.consumes)
         model.eval()
         result = pass_.apply(model, ctx)
         if not isinstance(result, (nn.Module, Artifact)):
             raise StageError(f"pass {pass_name!r} returned {type(result).__name__}, not a module or an artifact")
+        if pass_.produces is not None and not isinstance(result, pass_.produces):
+            raise StageError(f"pass {pass_name!r} declares that it produces {pass_.produces.__name__}, but returned {type(result).__name__}")
         return result
 
     return apply
@@ -157,8 +174,10 @@ class _StageRunner:
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
 
-    def run(self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None) -> nn.Module | Artifact | None:
-        """Run one stage; returns its product, or ``None`` when the run must stop."""
+    def run(
+        self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None, artifact: Artifact | None = None
+    ) -> nn.Module | Artifact | None:
+        """Run one stage (``artifact``: the pass's ``ctx.artifact``); returns its product, or ``None`` when the run must stop."""
         self.host.stage_started(result.name, result.index, self.info)
         stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
         ctx = PassContext(
@@ -168,6 +187,7 @@ class _StageRunner:
             logger=logging.getLogger(f"optkit.stage.{result.name}"),
             stage_index=result.index,
             data=self.data.loaders,
+            artifact=artifact,
         )
         ctx.details.update(result.details)
         product = None
@@ -179,8 +199,9 @@ class _StageRunner:
             measurement = measure(product, self.inputs, self.settings, self.device)
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
-            self._add_drift(result, measurement, product, tolerance)
+            self._add_drift(result, measurement, product)
             self._add_accuracy(result, product)
+            self._hold_to(result, tolerance)
             result.status = "ok"
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
@@ -252,9 +273,7 @@ class _StageRunner:
         result.measure_s += seconds
         tracker.check_budget(metrics)
 
-    def _add_drift(
-        self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact, tolerance: tuple[Tolerance, str] | None
-    ) -> None:
+    def _add_drift(self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact) -> None:
         module = product.source_model if isinstance(product, Artifact) else product
         groups = channel_groups_for(module, measurement.outputs) if isinstance(module, nn.Module) else {}
         if self.baseline is None:
@@ -276,12 +295,27 @@ class _StageRunner:
         result.metrics["drift"] = drift
         if selection is None:
             self.previous = measurement
-        if tolerance is not None:
-            limit, option = tolerance
-            drift["tolerance"] = {**limit.model_dump(), "set_by": option}
-            problem = drift_exceeds(drift["previous"], limit.atol, limit.rtol)
-            if problem:
-                raise StageError(f"{result.name} must preserve outputs, but {problem}; raise {option} to accept it")
+
+    def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
+        """Fail a stage whose outputs break its tolerance against the stage before (see
+        :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
+        drift = result.metrics.get("drift")
+        if tolerance is None or drift is None or "previous" not in drift:
+            return
+        limit, option = tolerance
+        on_data = result.metrics.get("agreement", {}).get("previous")
+        similarity = limit.cosine is not None or limit.top1_agreement is not None
+        drift["tolerance"] = {**limit.model_dump(exclude_none=True), "set_by": option}
+        if similarity:
+            drift["tolerance"]["similarity_on"] = "data.eval" if on_data is not None else "seeded batch"
+        problem = tolerance_failure(drift["previous"], limit, on_data)
+        if problem:
+            # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
+            elementwise = limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None
+            fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
+            if not elementwise and on_data is None:
+                fix += ", or give data.eval: similarity is then held on real samples, not on the seeded batch of random values"
+            raise StageError(f"{result.name} must preserve outputs, but {problem}; {fix}")
 
 
 def _relative_to(path: str | Path, root: Path) -> str | None:
