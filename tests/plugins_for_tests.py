@@ -201,7 +201,7 @@ class ReadsOnnx(Pass):
 class ClaimsOnnx(Pass):
     """Declares that it produces an ONNX artifact, then returns the module: the runner must refuse it."""
 
-    name = "claims_onnx"
+    name = "mislabels_onnx"
     summary = "Declare an ONNX artifact, return a module."
     produces = OnnxArtifact
 

@@ -324,8 +324,8 @@ def test_the_runner_carries_the_latest_artifact_until_a_module_makes_it_stale(te
 def test_a_pass_that_breaks_its_declarations_fails_its_stage(test_host, tmp_path):
     from optkit.run.runner import run_pipeline
 
-    report, _ = run_pipeline(parse_pipeline(pipeline_text("  - claims_onnx"), test_host.get_pass), test_host, output=tmp_path / "a")
-    assert report.stages[1].error == "stage 1 (claims_onnx) failed: pass 'claims_onnx' declares that it produces OnnxArtifact, but returned Sequential"
+    report, _ = run_pipeline(parse_pipeline(pipeline_text("  - mislabels_onnx"), test_host.get_pass), test_host, output=tmp_path / "a")
+    assert report.stages[1].error == "stage 1 (mislabels_onnx) failed: pass 'mislabels_onnx' declares that it produces OnnxArtifact, but returned Sequential"
     # A consumer whose input is missing at run time (a pipeline built without validation) fails, saying what to add.
     pipeline = parse_pipeline(pipeline_text("  - identity"), test_host.get_pass)
     stage = dataclasses_replace_pass(pipeline.stages[0], plugins_for_tests.ReadsOnnx)
