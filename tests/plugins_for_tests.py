@@ -186,16 +186,13 @@ class SeesArtifact(Pass):
         return model
 
 
-class ReadsOnnx(Pass):
-    """A third-party consumer of an ONNX artifact: reports the file it got, returns the module."""
+class ReadsOnnx(SeesArtifact):
+    """A third-party consumer of an ONNX artifact (the runner hands it one or fails the stage):
+    reports the file it got, returns the module."""
 
     name = "reads_onnx"
     summary = "Read the ONNX model of the stage before."
     consumes = OnnxArtifact
-
-    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
-        ctx.details["read"] = ctx.require_artifact(OnnxArtifact).path.name
-        return model
 
 
 class ClaimsOnnx(Pass):

@@ -316,7 +316,7 @@ def test_the_runner_carries_the_latest_artifact_until_a_module_makes_it_stale(te
     text = pipeline_text("\n".join(f"  - {name}" for name in passes))
     report, _ = run_pipeline(parse_pipeline(text, test_host.get_pass), test_host, output=tmp_path / "run")
     assert report.status == "ok", report.error
-    seen = [s.details.get("artifact", s.details.get("read")) for s in report.stages[1:] if s.name != "export_onnx"]
+    seen = [s.details["artifact"] for s in report.stages[1:] if s.name != "export_onnx"]
     # The module a stage returns makes the file before it stale: the stage after it sees none.
     assert seen == [None, "model.onnx", None, "model.onnx", None]
 

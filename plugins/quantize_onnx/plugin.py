@@ -164,6 +164,7 @@ class QuantizeOnnx(Pass):
         target = ctx.output_dir / name  # listed as the stage's artifact once written
         # Pre-processed graphs and onnxruntime's calibration models go beside the stage, on the
         # run folder's disk (whose room was checked), and are removed afterwards.
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".quantize_onnx-", dir=ctx.output_dir) as work:
             if options.mode == "fp16":
                 exclusion = resolve_exclude(float_model, options.exclude)
