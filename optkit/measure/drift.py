@@ -221,7 +221,7 @@ def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict
     Args:
         drift: :func:`compare_outputs` of the stage against the stage before, on the seeded batch.
         tolerance: the bounds.
-        on_data: ``top1``, ``cosine`` of the same comparison on data.eval, or ``None``.
+        on_data: ``top1``, ``cosine`` of the same comparison on data.eval (comparable outputs), or ``None``.
     """
     if not drift.get("comparable", False):
         return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
@@ -229,6 +229,6 @@ def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict
         problem = drift_exceeds(drift, tolerance.atol, tolerance.rtol)
         if problem is not None:
             return problem
-    if on_data is not None and on_data.get("comparable", True):
+    if on_data is not None:
         return similarity_falls_short(on_data.get("cosine"), on_data.get("top1"), tolerance, "on data.eval")
     return similarity_falls_short(drift.get("cosine"), drift.get("top1_agreement"), tolerance)

@@ -304,6 +304,8 @@ class _StageRunner:
             return
         limit, option = tolerance
         on_data = result.metrics.get("agreement", {}).get("previous")
+        if on_data is not None and not on_data.get("comparable", True):  # other outputs (a new head): the seeded batch
+            on_data = None
         similarity = limit.cosine is not None or limit.top1_agreement is not None
         drift["tolerance"] = {**limit.model_dump(exclude_none=True), "set_by": option}
         if similarity:

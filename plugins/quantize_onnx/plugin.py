@@ -16,6 +16,7 @@ from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
 from optkit.errors import StageError
+from optkit.measure import file_bytes
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
 from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_input, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
@@ -180,7 +181,7 @@ class QuantizeOnnx(Pass):
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
             raise StageError(f"quantize_onnx: {target.name} fails onnx.checker: {error}") from error
         details["graph"] = op_census(onnx.load(str(target), load_external_data=False))
-        float_bytes, quantized_bytes = source.path.stat().st_size, target.stat().st_size
+        float_bytes, quantized_bytes = file_bytes(source.path), file_bytes(target)  # external data included
         details["size"] = {"float_bytes": float_bytes, "bytes": quantized_bytes, "ratio": round(float_bytes / quantized_bytes, 3)}
         details["macs"] = MACS_NOTE
         details["tolerance"] = self.tolerance().describe() + " against the float ONNX model (on data.eval when given, else the seeded batch)"
