@@ -151,6 +151,9 @@ class PassContext:
         data: the pipeline's data loaders on ``device`` (:class:`PassData`), or ``None`` when the
             pipeline has no ``data:`` section; :meth:`require_data` fails the stage for a pass
             that cannot work without.
+        module_rules: what library modules compute, by class path (an
+            :class:`optkit.models.ModuleRules` from every plugin's ``optkit_register_module_rules``;
+            look a module up with :func:`optkit.models.find_rule`). Empty outside a run.
     """
 
     device: torch.device
@@ -161,6 +164,7 @@ class PassContext:
     details: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     data: PassData | None = None
+    module_rules: Mapping[str, Any] = field(default_factory=dict)
 
     def require_data(self, role: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """The ``(inputs, labels)`` loader for ``role`` (``train``, ``calibration`` or ``eval``).

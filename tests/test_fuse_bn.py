@@ -266,6 +266,7 @@ def test_lists_of_tensors_between_stages():
 def test_wrapped_model_is_fused():
     import torchvision
 
+    torch.manual_seed(0)  # a random model and input: seeded, so the float32 rounding is the same every run
     details = check_fused(Wrapper(torchvision.models.resnet18(num_classes=10)), torch.randn(1, 3, 64, 64), pairs=20)
     assert {e["bn"] for e in details["fused"]} >= {"module.bn1", "module.layer4.1.bn2"}
 

@@ -10,6 +10,7 @@ eval mode with every submodule's ``training`` flag restored afterwards
 from optkit.measure.accuracy import AccuracyTracker, Evaluation, accuracy_metrics, classifier_outputs, evaluate
 from optkit.measure.drift import ChannelGroup, channel_groups_for, compare_outputs, drift_exceeds, output_excess, output_parts, worst_output
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
+from optkit.measure.mac_rules import zero_macs
 from optkit.measure.latency import TimingSettings, configure_timing, flush_denormal_enabled, summarize_times, time_callable
 from optkit.measure.outputs import OutputLeaf, flatten_outputs, output_leaves, resolve_output_selection, select_outputs
 from optkit.measure.params import count_params
@@ -53,4 +54,5 @@ __all__ = [
     "ThopOwner",
     "thop_owner",
     "thop_warning",
+    "zero_macs",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from optkit.models import eval_mode
 
 if TYPE_CHECKING:
     from optkit.config import MeasureSpec
+    from optkit.models import ModuleRule
 
 __all__ = ["Measurement", "measure"]
 
@@ -39,7 +41,13 @@ def _to_cpu(outputs: Any) -> Any:
     return pytree.tree_map(lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, outputs)
 
 
-def measure(subject: nn.Module | Artifact, inputs: torch.Tensor, settings: MeasureSpec, device: torch.device) -> Measurement:
+def measure(
+    subject: nn.Module | Artifact,
+    inputs: torch.Tensor,
+    settings: MeasureSpec,
+    device: torch.device,
+    module_rules: Mapping[str, ModuleRule] | None = None,
+) -> Measurement:
     """Measure a module (under torch) or an artifact (under its own runtime).
 
     Args:
@@ -47,6 +55,7 @@ def measure(subject: nn.Module | Artifact, inputs: torch.Tensor, settings: Measu
         inputs: the seeded batch, on ``device``.
         settings: the pipeline's ``measure:`` section (``flops``, ``latency``, ``warmup``, ``iters``).
         device: where to run.
+        module_rules: module rules by class path; their ``macs`` count the modules they describe.
 
     Returns:
         The metrics (the keys of README's "Reports": ``params``, ``trainable_params``, ``nonzero_params``,
@@ -70,7 +79,7 @@ def measure(subject: nn.Module | Artifact, inputs: torch.Tensor, settings: Measu
         metrics.update(count_params(module))
         if settings.flops:
             try:
-                metrics.update(count_macs(module, inputs))
+                metrics.update(count_macs(module, inputs, module_rules))
             # Counting runs the model's own code on a copy, which may fail in ways its measured
             # run does not; the message says it was the count, and how to go without it.
             except Exception as exc:  # noqa: BLE001

@@ -154,6 +154,7 @@ class _StageRunner:
         self.report, self.info, self.host = report, info, host
         self.inputs, self.device, self.run_dir, self.data = inputs, device, run_dir, data
         self.settings = info.pipeline.measure
+        self.module_rules = host.rule_table()
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
 
@@ -168,6 +169,7 @@ class _StageRunner:
             logger=logging.getLogger(f"optkit.stage.{result.name}"),
             stage_index=result.index,
             data=self.data.loaders,
+            module_rules=self.module_rules,
         )
         ctx.details.update(result.details)
         product = None
@@ -176,7 +178,7 @@ class _StageRunner:
             stage_dir.mkdir(parents=True, exist_ok=True)
             product = apply(ctx)
             result.duration_s = time.perf_counter() - start
-            measurement = measure(product, self.inputs, self.settings, self.device)
+            measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules)
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
             self._add_drift(result, measurement, product, tolerance)
