@@ -1,9 +1,13 @@
-"""fuse_bn against the unfused model and torch.fx's fuser, side by side (issue #5).
+"""fuse_bn against the unfused model and torch.fx's fuser, side by side (issues #5 and #15).
 
-For each model (``weights=None``: latency does not depend on the values) four variants run:
-the unfused eval model, the model after optkit's ``fuse_bn`` (its own classes kept, each
-BatchNorm an ``nn.Identity``), the same with ``graph_module: true`` (one flat fx GraphModule, the
-form torch.fx's fuser returns), and the model after ``torch.fx.experimental.optimization.fuse``.
+For each model (``library:name``, see ``benchmarks/model_sources.py``; random weights: latency does
+not depend on the values) four variants run: the unfused eval model, the model after optkit's
+``fuse_bn`` with the installed module rules (its own classes kept, each BatchNorm an
+``nn.Identity``, a timm ``BatchNormAct2d`` its activation, an Ultralytics ``Conv`` fused as
+Ultralytics fuses it), the same with ``graph_module: true`` (one flat fx GraphModule, the form
+torch.fx's fuser returns, where the model traces), and the model after
+``torch.fx.experimental.optimization.fuse`` (which fuses exact ``nn.BatchNorm2d`` after
+``nn.Conv2d`` only, and needs a model that traces).
 They are timed round-robin, one call each per round with the order rotating every round, so that noise on a shared machine hits all three alike;
 each call is timed by optkit's own timer (``optkit.measure.latency.time_callable``: CUDA events
 on a GPU). Medians and speedups (unfused median / fused median) are reported, with the outputs
@@ -13,6 +17,9 @@ Writes ``fuse_bn_latency.md`` and ``.json`` to ``--output`` (default benchmarks/
 
     .venv/bin/python benchmarks/fuse_bn_latency.py                      # CPU, batch 1, 224x224, 1 thread
     .venv/bin/python benchmarks/fuse_bn_latency.py --device cuda --rounds 200
+    .venv-ultralytics/bin/python benchmarks/fuse_bn_latency.py          # + the ultralytics: rows
+
+"Pairs" counts the BatchNorms folded (``details.batchnorms_folded``; fx: BatchNorms gone).
 """
 
 from __future__ import annotations
@@ -26,42 +33,61 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
-from optkit.files import atomic_write_text
-from optkit.measure.latency import configure_timing
-from optkit.run.device import select_device
-from optkit.run.environment import environment
-from optkit.measure.drift import compare_outputs
-from optkit.measure.latency import summarize_times, time_callable
-from optkit_plugins.fuse_bn import fuse_batchnorm
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_sources  # noqa: E402
+
+from optkit.files import atomic_write_text  # noqa: E402
+from optkit.measure.latency import configure_timing  # noqa: E402
+from optkit.run.device import select_device  # noqa: E402
+from optkit.run.environment import environment  # noqa: E402
+from optkit.measure.drift import compare_outputs  # noqa: E402
+from optkit.measure.latency import summarize_times, time_callable  # noqa: E402
+from optkit_plugins.fuse_bn import fuse_batchnorm  # noqa: E402
 
 log = logging.getLogger("fuse_bn_latency")
 
-MODELS = ["resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0"]
+MODELS = [
+    "torchvision:resnet18", "torchvision:resnet50", "torchvision:mobilenet_v3_large", "torchvision:efficientnet_b0",
+    "timm:efficientnet_b0", "timm:regnety_008", "timm:regnetx_004", "ultralytics:yolov8s.yaml", "ultralytics:yolo11n.yaml",
+]
 
 
-def build_variants(name: str, x: torch.Tensor, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """The variants of ``name`` on ``device``, and what fusing them did."""
-    model = torchvision.models.get_model(name, weights=None).eval().to(device)
-    result = fuse_batchnorm(model, x)
-    variants = {"unfused": model, "optkit": result.model, "optkit_graph": fuse_batchnorm(model, x, graph_module=True).model}
-    info: dict[str, Any] = {"optkit_pairs": len(result.fused), "optkit_method": result.method}
+def _first_tensor(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else next(t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor))
+
+
+def _batchnorm_calls(graph_module: torch.fx.GraphModule) -> int:
+    return sum(
+        node.op == "call_module" and isinstance(graph_module.get_submodule(node.target), nn.modules.batchnorm._BatchNorm)
+        for node in graph_module.graph.nodes
+    )
+
+
+def build_variants(source: str, x: torch.Tensor, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """The variants of ``source`` on ``device``, and what fusing them did."""
+    model = model_sources.build(source).to(device)
+    with torch.no_grad():
+        model(x)  # a first call, as any user makes (YOLO's Detect caches its anchors)
+    rules = model_sources.rules()
+    result = fuse_batchnorm(model, x, rules=rules)
+    graph = fuse_batchnorm(model, x, graph_module=True, rules=rules)
+    variants = {"unfused": model, "optkit": result.model, "optkit_graph": graph.model}
+    info: dict[str, Any] = {"optkit_pairs": result.batchnorms_folded, "optkit_method": result.method, "optkit_notes": graph.notes}
     try:
         variants["fx"] = fx_fuse(model, inplace=False)
-        info["fx_pairs"] = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) - sum(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in variants["fx"].modules()
-        )
+        # BatchNorm modules fx calls before and after fusing (it traces through modules it does not know).
+        info["fx_pairs"] = _batchnorm_calls(torch.fx.symbolic_trace(model)) - _batchnorm_calls(variants["fx"])
     # fx's fuser traces the whole model; a model it cannot trace is reported, not fatal.
     except Exception as exc:  # noqa: BLE001
         info["fx_error"] = f"{type(exc).__name__}: {exc}"
     with torch.inference_mode():
-        reference = model(x)
+        reference = _first_tensor(model(x))
         for variant in ("optkit", "optkit_graph", "fx"):
             if variant in variants:
-                info[f"{variant}_max_abs_diff"] = compare_outputs(variants[variant](x), reference)["max_abs"]
+                info[f"{variant}_max_abs_diff"] = compare_outputs(_first_tensor(variants[variant](x)), reference)["max_abs"]
     return variants, info
 
 
@@ -78,7 +104,7 @@ def time_round_robin(variants: dict[str, nn.Module], x: torch.Tensor, device: to
 
 
 def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    x = model_sources.example_input(name, args.size, args.batch).to(device)
     variants, info = build_variants(name, x, device)
     times = time_round_robin(variants, x, device, args.warmup, args.rounds)
     latency = {variant: summarize_times(t) for variant, t in times.items()}
@@ -107,6 +133,9 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argpa
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['model']} | not run: {row['skipped']} |" + " |" * 10)
+            continue
         lat = row["latency_ms"]
         nan = float("nan")
         fx_p50 = f"{lat['fx']['p50']:.2f}" if "fx" in lat else "n/a"
@@ -123,7 +152,7 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argpa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--models", nargs="+", default=MODELS, help="torchvision:, timm: or ultralytics: names")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=224)
@@ -136,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
     device = select_device(args.device)
     env = environment(device)
-    rows = [benchmark_model(name, args, device) for name in args.models]
+    rows = []
+    for name in args.models:
+        missing = model_sources.needs_missing_library(name)
+        rows.append({"model": name, "skipped": missing} if missing else benchmark_model(name, args, device))
     stem = "fuse_bn_latency" if device.type == "cpu" else f"fuse_bn_latency_{device.type}"
     payload = {"environment": env, "settings": {k: str(v) for k, v in vars(args).items()}, "results": rows}
     atomic_write_text(args.output / f"{stem}.json", json.dumps(payload, indent=2))

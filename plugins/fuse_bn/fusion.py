@@ -202,6 +202,11 @@ def fuse_batchnorm(
 
     accepted = []
     for layer_name, bn_name, evidence, from_graph in candidates:
+        owner = library.owner_of(bn_name) or library.owner_of(layer_name)
+        if owner is not None:
+            if owner not in {e["layer"] for e in library.fused}:  # a fused module holds no BatchNorm any more
+                result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": f"inside `{owner}` ({library.owned[owner]}), which its module rule fuses as a whole"})
+            continue
         problem = _pair_problem(layer_name, bn_name, modules, registered, graphs, record, from_graph, described.get(bn_name))
         if problem:
             result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": problem})

@@ -75,11 +75,18 @@ class LibraryFusion:
             comma-separated), ``kind``, ``rule`` and ``evidence``.
         skipped: modules with a ``fuse`` rule left alone, with the reason.
         batchnorms_folded: how many BatchNorm modules the fused modules held.
+        owned: every module with a ``fuse`` rule, fused or not, by name -> its class name: what
+            is inside belongs to the rule, and no pair inside is fused on its own.
     """
 
     fused: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     batchnorms_folded: int = 0
+    owned: dict[str, str] = field(default_factory=dict)
+
+    def owner_of(self, name: str) -> str | None:
+        """The module with a ``fuse`` rule that ``name`` is inside (or is), or ``None``."""
+        return next((owner for owner in self.owned if name == owner or name.startswith(owner + ".")), None)
 
 
 def _candidates(model: nn.Module, rules: Mapping[str, ModuleRule], result: LibraryFusion) -> dict[str, tuple[nn.Module, ModuleRule]]:
@@ -94,6 +101,7 @@ def _candidates(model: nn.Module, rules: Mapping[str, ModuleRule], result: Libra
         if rule is None or rule.fuse is None:
             continue
         taken.append(name)
+        result.owned[name] = type(module).__name__
         problem = rule.problem(module)
         if problem is None and registered[id(module)] > 1:
             problem = f"it is registered under {registered[id(module)]} names (a module used twice)"
