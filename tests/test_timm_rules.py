@@ -39,7 +39,9 @@ def randomized(module: nn.Module, seed: int = 0) -> nn.Module:
 
 def sync_bn_act() -> nn.Module:
     """timm's way to a SyncBatchNormAct: converting a BatchNormAct2d (it gains drop and act)."""
-    return convert_sync_batchnorm(nn.Sequential(BatchNormAct2d(16, act_layer=nn.GELU)))[0]
+    converted = convert_sync_batchnorm(nn.Sequential(BatchNormAct2d(16, act_layer=nn.GELU)))[0]
+    assert type(converted) is SyncBatchNormAct
+    return converted
 
 
 NORM_ACTS = {
@@ -148,3 +150,17 @@ def test_attention_with_a_gate_is_not_read_by_the_rule():
     assert result.rules_used == {} and result.model[1].num_heads == 4  # heads are not followed without the rule
     with torch.no_grad():
         assert result.model(torch.randn(1, 6, 8)).shape == (1, 6, 4)
+
+
+def test_timm_activations_count_zero_macs_by_rule_instead_of_being_uncounted():
+    from timm.layers.activations import GELU, Sigmoid
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), GELU(), Sigmoid()).eval()
+    x = torch.randn(1, 3, 4, 4)
+    with FlopCounterMode(display=False) as counter:
+        model[1:](torch.randn(1, 8, 4, 4))
+    assert counter.get_total_flops() == 0  # the claim: they do no multiply-accumulates
+    assert profile_macs(model, x).uncounted == {"timm.layers.activations.GELU": 1, "timm.layers.activations.Sigmoid": 1}
+    ruled = profile_macs(model, x, RULES)
+    assert (ruled.macs, ruled.uncounted) == (8 * 3 * 16, {})

@@ -170,3 +170,66 @@ def test_channel_pruning_of_yolo_without_rewrites(tmp_path, rules, cfg):
     assert_sound(model, pruned, X)
     if cfg == "yolo11n.yaml":  # C2PSA's attention reads C from x.shape: the replay leaves it alone, named
         assert any("model.10.m.0.attn" in b for b in ctx.details["backoffs"])
+
+
+def test_c2psa_hidden_width_follows_its_pruned_split(rules):
+    """C2PSA splits cv1's output by its attribute c. Its attention reads widths from shapes, which
+    no analysis can prune (the replay leaves it alone); with the attention taken out, the split is
+    what is left, and its rule keeps c right: the block is pruned, not backed off."""
+    from ultralytics.nn.modules.block import C2PSA
+    from ultralytics.nn.modules.conv import Conv
+
+    from optkit.models import ModuleRules
+    from optkit_plugins.prune_l1 import prune_channels
+
+    torch.manual_seed(0)
+    block = C2PSA(32, 32, n=1)
+    block.m = nn.Sequential()  # no attention: b passes through
+    model = randomized(nn.Sequential(Conv(3, 32, 3, 2), block, nn.Conv2d(32, 4, 1)))
+    x = torch.randn(1, 3, 32, 32)
+    result = prune_channels(model, x, 0.5, rules=rules)
+    pruned = result.model[1]
+    assert result.backoffs == [] and (pruned.cv1.conv.out_channels, pruned.c) == (16, 8)
+    with torch.no_grad():
+        assert result.model(x).shape == model(x).shape
+    without = ModuleRules({path: rules[path] for path in rules if not path.endswith("C2PSA")})
+    assert prune_channels(model, x, 0.5, rules=without).backoffs  # a stale c: the replay catches the split
+
+
+def test_a_yolo_pipeline_prunes_then_fuses_the_pruned_modules(tmp_path, host):
+    from optkit.config import parse_pipeline
+    from optkit.run.runner import run_pipeline
+
+    text = (
+        "model: {source: 'python:yolo_factories:yolo', kwargs: {cfg: yolov8n.yaml}, input_shape: [1, 3, 64, 64]}\n"
+        "device: cpu\nmeasure: {warmup: 0, iters: 1}\n"
+        "passes:\n  - prune_l1: {mode: channels, amount: 0.5}\n  - fuse_bn\n"
+    )
+    report, _ = run_pipeline(parse_pipeline(text, host.get_pass), host, output=tmp_path / "run")
+    baseline, pruned, fused = report.stages
+    assert report.status == "ok", [(s.name, s.error) for s in report.stages]
+    assert baseline.metrics["macs"] / pruned.metrics["macs"] >= 1.6
+    assert fused.details["batchnorms_folded"] == 57 and fused.details["pairs_skipped"] == 0  # pruned Convs fuse as Convs
+    assert fused.metrics["macs"] == pruned.metrics["macs"] and fused.metrics["uncounted"] == {}
+
+
+def test_concat_counts_zero_macs_by_its_rule(rules):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from optkit.measure import profile_macs
+    from ultralytics.nn.modules.conv import Concat
+
+    class TwoWays(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.cat = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), Concat(1)
+
+        def forward(self, x):
+            return self.cat([self.a(x), self.b(x)])
+
+    x = torch.randn(1, 3, 4, 4)
+    with FlopCounterMode(display=False) as counter:
+        Concat(1)([x, x])
+    assert counter.get_total_flops() == 0
+    assert profile_macs(TwoWays(), x).uncounted == {"ultralytics.nn.modules.conv.Concat": 1}
+    assert profile_macs(TwoWays(), x, rules).uncounted == {}

@@ -5,6 +5,8 @@
   the convolution before it and keeps ``drop`` and ``act`` as the module's replacement.
 - ``Attention``: ``qkv`` (a Linear) viewed as ``(3, num_heads, head_dim)``, attention per head,
   then ``proj``. Channel pruning removes whole heads and updates ``num_heads`` and ``attn_dim``.
+- timm's own activation modules (``timm.layers.activations``, ``activations_me``): elementwise,
+  zero MACs (without a rule they would be listed as uncounted: leaves that ran no counted operator).
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def _attention_fixup(module: nn.Module) -> None:
 
 _NORM_ACT = "batch_norm(x; running statistics, weight, bias, eps) -> self.drop -> self.act"
 
+#: timm's activation modules (PReLU derives from nn.PReLU, which optkit counts already).
+_ACTIVATIONS = {
+    "timm.layers.activations": ("GELU", "GELUTanh", "HardMish", "HardSigmoid", "HardSwish", "Mish", "QuickGELU", "Sigmoid", "Swish", "Tanh"),
+    "timm.layers.activations_me": ("HardMishMe", "HardSigmoidMe", "HardSwishMe", "MishMe", "SwishMe"),
+}
+
 TIMM_RULES: tuple[ModuleRule, ...] = (
     *(
         ModuleRule(
@@ -83,5 +91,10 @@ TIMM_RULES: tuple[ModuleRule, ...] = (
         attention=AttentionHeads(qkv="qkv", proj="proj", num_heads="num_heads", head_dim="head_dim"),
         fixup=_attention_fixup,
         note="channel pruning removes whole heads; head_dim and the softmax scale stay as trained",
+    ),
+    *(
+        ModuleRule(f"{module}.{name}", computes="an elementwise activation: no multiply-accumulates", macs=zero_macs)
+        for module, names in _ACTIVATIONS.items()
+        for name in names
     ),
 )

@@ -17,6 +17,9 @@ Channel pruning: ``C2f`` (and ``C3k2``, ...) and ``C2PSA`` read their hidden wid
 attribute ``c`` (``forward_split``, ``split((c, c))``), which is updated after the surgery;
 ``Detect`` and its subclasses (``Segment``, ``Pose``, ``OBB``, ``v10Detect``, ...) and
 ``RTDETRDecoder`` are heads: their layers keep their output widths.
+
+MAC counting: ``Concat`` does no multiply-accumulates (without a rule it would be listed as
+uncounted: a leaf that ran no counted operator).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from optkit.measure import zero_macs
 from optkit.models import ModuleRule, bn_affine, fold_bn_into_layer
 
 __all__ = ["ULTRALYTICS_RULES", "fuse_conv", "fuse_conv2", "fuse_conv_transpose", "fuse_rep_conv", "fuse_rep_vgg_dw"]
@@ -100,13 +104,21 @@ def _folded(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     return weight, bias
 
 
-def _rep_conv_problem(module: nn.Module) -> str | None:
+def _branches_problem(module: nn.Module, branches: tuple[str, str]) -> str | None:
+    """Why a re-parameterisable block (two ``Conv`` branches) cannot be fused, or ``None``."""
     if "conv1" not in module._modules:
         return "it has no conv1 (already fused)"
-    for name in ("conv1", "conv2"):
+    for name in branches:
         problem = _conv_problem(getattr(module, name))
         if problem:
             return f"{name}: {problem}"
+    return None
+
+
+def _rep_conv_problem(module: nn.Module) -> str | None:
+    problem = _branches_problem(module, ("conv1", "conv2"))
+    if problem:
+        return problem
     if module.conv1.conv.kernel_size != (3, 3) or module.conv2.conv.kernel_size != (1, 1):
         return "its branches are not 3x3 and 1x1"
     identity = getattr(module, "bn", None)
@@ -140,13 +152,7 @@ def fuse_rep_conv(module: nn.Module) -> None:
 
 
 def _rep_vgg_dw_problem(module: nn.Module) -> str | None:
-    if "conv1" not in module._modules:
-        return "it has no conv1 (already fused)"
-    for name in ("conv", "conv1"):
-        problem = _conv_problem(getattr(module, name))
-        if problem:
-            return f"{name}: {problem}"
-    return None
+    return _branches_problem(module, ("conv", "conv1"))
 
 
 @torch.no_grad()
@@ -227,6 +233,12 @@ ULTRALYTICS_RULES: tuple[ModuleRule, ...] = (
         check=_c2f_problem,
         fixup=_hidden_width_fixup,
         note="channel pruning updates c (the split sizes)",
+    ),
+    ModuleRule(
+        f"{_MODULES}.conv.Concat",
+        computes="torch.cat(x, self.d): no multiply-accumulates",
+        macs=zero_macs,
+        note="counted as zero MACs, not listed as uncounted",
     ),
     ModuleRule(
         f"{_MODULES}.head.Detect",

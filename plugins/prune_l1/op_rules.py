@@ -428,14 +428,20 @@ def _select(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, [X[k] for k in range(x.dim()) if k != d])
 
 
+def _without_dim(tr: Tracer, x: torch.Tensor, out: torch.Tensor, d: int, reason: str | None) -> None:
+    """``out`` keeps ``x``'s atoms except along ``d``, whose channels are fixed for ``reason`` (if any)."""
+    X = list(tr.ann(x))
+    if reason is not None:
+        tr.fix(X[d], reason)
+        X[d] = None
+    tr.set(out, X)
+
+
 def _slice(tr: Tracer, func, args, kwargs, out) -> None:
     x = args[0]
     d = _dim(args[1] if len(args) > 1 else 0, x.dim())
-    X = list(tr.ann(x))
-    if out.shape[d] != x.shape[d]:
-        tr.fix(X[d], f"are sliced by {tr.where(func)} (a partial slice of channels)")
-        X[d] = None
-    tr.set(out, X)
+    partial = out.shape[d] != x.shape[d]
+    _without_dim(tr, x, out, d, f"are sliced by {tr.where(func)} (a partial slice of channels)" if partial else None)
 
 
 def _split(tr: Tracer, func, args, kwargs, out) -> None:
@@ -513,10 +519,7 @@ def _stack(tr: Tracer, func, args, kwargs, out) -> None:
 
 def _index_select(tr: Tracer, func, args, kwargs, out) -> None:
     x, d = args[0], _dim(args[1], args[0].dim())
-    X = list(tr.ann(x))
-    tr.fix(X[d], f"are indexed by {tr.where(func)}")
-    X[d] = None
-    tr.set(out, X)
+    _without_dim(tr, x, out, d, f"are indexed by {tr.where(func)}")
 
 
 def _dims_op(tr: Tracer, func, args, kwargs, out) -> None:
