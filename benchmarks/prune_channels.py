@@ -80,10 +80,16 @@ def shapes(model: nn.Module, x: torch.Tensor) -> list[list[int]]:
 
 
 # -- the variants ----------------------------------------------------------------------------------
-def prune_optkit(model: nn.Module, x: torch.Tensor, amount: float) -> tuple[nn.Module, dict[str, Any]]:
+#: YOLO's eval output echoes Detect's inputs (``feats``); Torch-Pruning lets them shrink, and so
+#: does the ``optkit_free_outputs`` variant, for a comparison in the same setting.
+YOLO_FEATS = ["[1]['feats']"]
+
+
+def prune_optkit(model: nn.Module, x: torch.Tensor, amount: float, free_outputs: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """optkit's prune_l1 in channels mode, as a pipeline stage runs it."""
     ctx = PassContext(torch.device("cpu"), x, RESULTS, logging.getLogger("optkit.stage.prune_l1"), module_rules=model_sources.rules())
-    pruned = PruneL1(PruneL1.Options(mode="channels", amount=amount)).apply(model, ctx)
+    options = PruneL1.Options(mode="channels", amount=amount, free_outputs=free_outputs or [])
+    pruned = PruneL1(options).apply(model, ctx)
     notes = {"backoffs": len(ctx.details["backoffs"]), "left_alone_reasons": sorted({f["reason"] for f in ctx.details["left_alone"]})[:8]}
     return pruned, notes
 
@@ -236,6 +242,8 @@ def bench_model(source: str, amount: float, args: argparse.Namespace) -> dict[st
     row: dict[str, Any] = {"model": source, "amount": amount, "input": list(x.shape), "variants": {}}
     models = {"unpruned": base}
     attempts: list[tuple[str, Callable[[], tuple[nn.Module, dict[str, Any]]]]] = [("optkit", lambda: prune_optkit(base, x, amount))]
+    if source.startswith("ultralytics:"):
+        attempts.append(("optkit_free_outputs", lambda: prune_optkit(base, x, amount, YOLO_FEATS)))
     if not args.no_torch_pruning:
         attempts.append(("torch_pruning", lambda: prune_torch_pruning(source, base, x, amount, helped=False)))
     while attempts:
@@ -256,7 +264,7 @@ def bench_model(source: str, amount: float, args: argparse.Namespace) -> dict[st
         entry = {"ok": True, "prune_s": round(time.perf_counter() - start, 1), **notes}
         entry["same_output_shapes"] = pruned_shapes == reference
         entry["train_mode"] = train_mode_ok(model, x)
-        if label == "optkit":
+        if label.startswith("optkit"):
             entry["reload"] = reload_ok(model, x)
             if not args.no_onnx:
                 entry["onnx"] = onnx_parity(model, x)
@@ -319,6 +327,9 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             continue
         tp_text, tp_ratio = _tp_cell(row)
         versus = f"{ours['macs_ratio'] / tp_ratio:.3f}" if tp_ratio else "n/a"
+        free = v.get("optkit_free_outputs")
+        if free and free.get("ok") and tp_ratio:  # Torch-Pruning's setting: the echoed features may shrink
+            versus += f"; with free_outputs {YOLO_FEATS[0]}: {free['macs_ratio']:.3f}x = {free['macs_ratio'] / tp_ratio:.3f}"
         onnx = ours.get("onnx")
         onnx_text = "not run" if onnx is None else (f"ok ({onnx['max_rel']:.1e})" if onnx["ok"] else f"fails: {onnx['error'][:60]}")
         tp_best = v.get("torch_pruning") if v.get("torch_pruning", {}).get("ok") else v.get("torch_pruning_helped", {})
