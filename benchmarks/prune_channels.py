@@ -82,7 +82,7 @@ def shapes(model: nn.Module, x: torch.Tensor) -> list[list[int]]:
 # -- the variants ----------------------------------------------------------------------------------
 #: YOLO's eval output echoes Detect's inputs (``feats``); Torch-Pruning lets them shrink, and so
 #: does the ``optkit_free_outputs`` variant, for a comparison in the same setting.
-YOLO_FEATS = ["[1]['feats']"]
+YOLO_FEATS = ["['feats']"]
 
 
 def prune_optkit(model: nn.Module, x: torch.Tensor, amount: float, free_outputs: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -244,3 +244,18 @@ def test_round_to_keeps_multiples():
     model = nn.Sequential(cbr(3, 24), cbr(24, 24), Head(24)).eval()
     pruned = prune(model, 0.7, round_to=8).model
     assert pruned[0][0].out_channels == 8  # floor(24 * 0.3) = 7, rounded up to 8
+
+
+def test_attention_no_rule_describes_keeps_its_channels_named_and_the_mlp_is_pruned():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    result = prune_channels(model, x, 0.5, rules={})
+    layer = result.model.encoder.layers[0]
+    assert layer.self_attention.embed_dim == 64 and layer.mlp[0].out_features == 64  # the stream kept, the MLP halved
+    assert "are consumed by aten._native_multi_head_attention in `encoder.layers.encoder_layer_0.self_attention`, " \
+           "which channel pruning does not know" in {f["reason"] for f in result.left_alone}
+    with torch.no_grad():
+        assert result.model(x).shape == (1, 5)

@@ -170,6 +170,13 @@ def test_channel_pruning_of_yolo_without_rewrites(tmp_path, rules, cfg):
     assert_sound(model, pruned, X)
     if cfg == "yolo11n.yaml":  # C2PSA's attention reads C from x.shape: the replay leaves it alone, named
         assert any("model.10.m.0.attn" in b for b in ctx.details["backoffs"])
+    else:  # the eval output echoes Detect's inputs ([1]['feats'], in train mode ['feats']): freed, they shrink too
+        free_ctx = ctx_for(tmp_path, rules)
+        freed = PruneL1(PruneL1.Options(mode="channels", amount=0.5, free_outputs=["['feats']"])).apply(model, free_ctx)
+        assert macs(model) / macs(freed) > macs(model) / macs(pruned)
+        with torch.no_grad():
+            assert freed(X)[0].shape == model(X)[0].shape  # the predictions keep their shape
+        assert [list(t.shape)[1] for t in freed(X)[1]["feats"]] != [list(t.shape)[1] for t in model(X)[1]["feats"]]
 
 
 def test_c2psa_hidden_width_follows_its_pruned_split(rules):

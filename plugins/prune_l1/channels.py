@@ -141,8 +141,9 @@ def prune_channels(
         round_to: keep a multiple of this many channels per group (e.g. 8), rounding up.
         exclude: module names (or globs) left exactly as they are: inputs and outputs.
         keep_outputs: module names (or globs) whose layers keep their output widths -> why.
-        free_outputs: output paths (pytree key strings such as ``[1]['feats']``) whose channel
-            counts may change; a path frees every output under it. By default none may.
+        free_outputs: parts of output paths whose channel counts may change: an output whose
+            pytree path (``[1]['feats'][0]`` in eval mode, ``['feats'][0]`` in train mode, where
+            a model returns another structure) contains one is free. By default none is.
         prune_heads: layers inside detection/segmentation heads may lose output channels too
             (the head's own outputs still keep theirs).
 
@@ -155,7 +156,7 @@ def prune_channels(
     """
     inputs = _as_tuple(example_inputs)
     rules = rules or {}
-    free = (lambda path: any(path.startswith(prefix) for prefix in free_outputs)) if free_outputs else None
+    free = (lambda path: any(part in path for part in free_outputs)) if free_outputs else None
     base = copy.deepcopy(model).eval()
     try:
         with torch.no_grad():

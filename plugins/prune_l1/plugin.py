@@ -56,8 +56,9 @@ class PruneL1(Pass):
         round_to: PositiveInt = Field(1, description="channels only: keep a multiple of this many channels per group (e.g. 8).")
         free_outputs: list[str] = Field(
             default_factory=list,
-            description="channels only: model outputs whose channel count may change, as pytree paths such as "
-            "\"[1]['feats']\" (a path frees every output under it). By default every output keeps its shape.",
+            description="channels only: model outputs whose channel count may change: an output whose pytree path "
+            "(\"[1]['feats'][0]\" in eval mode, \"['feats'][0]\" in train mode) contains one of these, e.g. \"['feats']\". "
+            "By default every output keeps its shape.",
         )
         prune_heads: bool = Field(
             False,
