@@ -292,7 +292,8 @@ def _tp_cell(row: dict[str, Any]) -> tuple[str, float | None]:
     if raw is None:
         return "not run", None
     if raw.get("ok"):
-        return f"{raw['macs_ratio']:.3f}x", raw["macs_ratio"]
+        train = "" if raw["train_mode"] == "ok" else f"; train mode then fails: {raw['train_mode'][:80]}"
+        return f"{raw['macs_ratio']:.3f}x{train}", raw["macs_ratio"]
     failure = f"fails: {raw['error'][:60]}"
     if helped and helped.get("ok"):
         shape_note = "" if helped["same_output_shapes"] else ", output shapes change"
