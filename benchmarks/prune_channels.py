@@ -5,8 +5,10 @@ the unpruned model, optkit's ``prune_l1`` (``mode: channels``) and Torch-Pruning
 ``MagnitudePruner`` with L1 importance. "amount" means the same in both: the share of output
 channels removed from every prunable layer (per layer, not global), the final classifier left
 alone, no rounding of widths. MACs are thop's (as optkit reports them), parameters are counted
-from ``model.parameters()``, and CPU latency at batch 1 is measured side by side: the variants
-take turns, one call each per round (round-robin, after a warm-up), and medians are quoted.
+from ``model.parameters()``, and CPU latency at batch 1 is measured side by side by optkit's own
+loop (``optkit.measure.time_round_robin``: one call each per round, in a shuffled order). The
+latency ratio is the median of the per-round ratios with its 95% order-statistic interval, as
+``optkit run`` reports speed-ups; one whose interval includes 1 is a tie.
 
 Usage (from the repository root)::
 
@@ -23,7 +25,6 @@ import argparse
 import copy
 import json
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,13 +34,13 @@ import torch
 import torchvision
 from torch import nn
 
+from optkit.config import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.measure.latency import configure_timing
+from optkit.measure import Contender, check_noise, configure_timing, count_macs, count_params, speedup, time_round_robin
 from optkit.models import find_classifier
-from optkit.run.environment import environment
-from optkit.measure import count_macs, count_params
 from optkit.passes import PassContext
-from optkit.reporting import format_count
+from optkit.reporting import format_count, format_speedup, noise_warning
+from optkit.run.environment import environment
 from optkit_plugins.prune_l1 import PruneL1
 
 log = logging.getLogger("benchmarks.prune_channels")
@@ -66,24 +67,6 @@ def prune_torch_pruning(model: nn.Module, inputs: torch.Tensor, amount: float) -
     return model.eval()
 
 
-def time_side_by_side(variants: dict[str, nn.Module], inputs: torch.Tensor, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Median and p90 latency (ms) of each variant, measured in interleaved rounds."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
-        for model in variants.values():
-            for _ in range(warmup):
-                model(inputs)
-        for _ in range(rounds):
-            for name, model in variants.items():
-                start = time.perf_counter()
-                model(inputs)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {
-        name: {"p50": statistics.median(t), "p90": sorted(t)[int(0.9 * (len(t) - 1))], "n": len(t)}
-        for name, t in times.items()
-    }
-
-
 def bench_model(name: str, amount: float, size: int, warmup: int, rounds: int, with_tp: bool) -> dict[str, Any]:
     """Build the variants of one model at one amount and measure them."""
     torch.manual_seed(0)
@@ -105,28 +88,32 @@ def bench_model(name: str, amount: float, size: int, warmup: int, rounds: int, w
             "prune_s": seconds if label != "unpruned" else 0.0,
             "output_shape": shape,
         }
-    for label, latency in time_side_by_side(variants, inputs, warmup, rounds).items():
-        row["variants"][label]["latency_ms"] = latency
+    latency = time_round_robin({label: Contender(model) for label, model in variants.items()}, inputs, torch.device("cpu"), warmup, rounds)
+    for label, record in latency.items():
+        row["variants"][label]["latency_ms"] = record
     ref = row["variants"]["unpruned"]
     for label, v in row["variants"].items():
         v["macs_ratio"] = ref["macs"] / v["macs"]
         v["params_ratio"] = ref["params"] / v["params"]
-        v["latency_ratio"] = ref["latency_ms"]["p50"] / v["latency_ms"]["p50"]
+        v["latency_ratio"] = speedup(ref["latency_ms"], v["latency_ms"], paired=True) if label != "unpruned" else None
     return row
 
 
 def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results table: one line per model, amount and variant."""
     env = meta["environment"]
+    warning = noise_warning(env.get("noise"))
     lines = [
         "# Channel pruning: optkit prune_l1 vs Torch-Pruning",
         "",
         f"torch {env.get('torch')}, torchvision {env.get('torchvision')}, {env.get('device')}, "
-        f"{meta['threads']} threads, batch 1, {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up calls. "
+        f"{meta['threads']} threads, batch 1, {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up rounds. "
         f"Command: `{meta['command']}`",
         "",
+        *([f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""] if warning else []),
         "*amount* = share of output channels removed from every prunable layer (both tools, per layer, final "
-        "classifier left alone). MACs from thop (GFLOPs = 2 x GMACs). Ratios are unpruned / variant.",
+        "classifier left alone). MACs from thop (GFLOPs = 2 x GMACs). Ratios are unpruned / variant; the latency "
+        "ratio is the median of the per-round ratios with its 95% interval (**tie**: the interval includes 1).",
         "",
         "| model | amount | variant | params | MACs | p50 ms | p90 ms | params ratio | MACs ratio | latency ratio |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -136,7 +123,8 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lat = v["latency_ms"]
             lines.append(
                 f"| {row['model']} | {row['amount']} | {label} | {format_count(v['params'])} | {format_count(v['macs'])} | "
-                f"{lat['p50']:.2f} | {lat['p90']:.2f} | {v['params_ratio']:.2f}x | {v['macs_ratio']:.2f}x | {v['latency_ratio']:.2f}x |"
+                f"{lat['p50']:.2f} | {lat['p90']:.2f} | {v['params_ratio']:.2f}x | {v['macs_ratio']:.2f}x | "
+                f"{format_speedup(v['latency_ratio']) if v['latency_ratio'] else ''} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -154,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
+    noise = check_noise(torch.device("cpu"), MeasureSpec().noise_max_cv)
     rows = []
     for model in args.models.split(","):
         for amount in (float(a) for a in args.amounts.split(",")):
             print(f"{model} amount={amount} ...", file=sys.stderr, flush=True)
             rows.append(bench_model(model, amount, args.size, args.warmup, args.rounds, not args.no_torch_pruning))
     meta = {
-        "environment": environment(torch.device("cpu")),
+        "environment": {**environment(torch.device("cpu")), "noise": noise},
         "threads": torch.get_num_threads(),
         "warmup": args.warmup,
         "rounds": args.rounds,

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from optkit.reporting.tables import COLUMNS, data_note, format_count, shown_columns, stage_rows
+from optkit.reporting.tables import COLUMNS, data_note, format_count, shown_columns, stage_rows, timing_lines
 
 if TYPE_CHECKING:
     from optkit.results import RunReport
@@ -64,6 +64,8 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
     console.print("GFLOPs = 2 × GMACs (thop counts multiply-accumulates). Drift is against the baseline.", style="dim")
     if data_note(report):
         console.print(data_note(report), style="dim")
+    for line in timing_lines(report):
+        console.print(line, style="bold yellow" if line.startswith(("Warning", "Side-by-side")) else "dim", highlight=False)
     console.print(f"Report: {run_dir}/report.json, {run_dir}/report.md · status: {report.status}")
 
 
@@ -82,7 +84,8 @@ def render_info(info: dict[str, Any], console: Any) -> None:
     if latency:
         summary.add_row(
             "latency",
-            f"p50 {latency['p50']:.2f} ms · p90 {latency['p90']:.2f} · mean {latency['mean']:.2f} ± {latency['std']:.2f} "
+            f"p50 {latency['p50']:.2f} ms [{latency['p50_interval']['low']:.2f}–{latency['p50_interval']['high']:.2f}] · "
+            f"p10 {latency['p10']:.2f} · p90 {latency['p90']:.2f} · mean {latency['mean']:.2f} ± {latency['std']:.2f} "
             f"(n {latency['n']}, warm-up {latency['warmup']}, batch {latency['batch']}, {latency['threads']} threads, {latency['timer']})",
         )
     accuracy = info.get("accuracy")
