@@ -122,16 +122,16 @@ def run(host, tmp_path, passes: str, compare: str = "auto", iters: int = 12, del
 
 
 def test_interleaved_times_every_stage_in_the_same_rounds_against_an_untouched_baseline(host, tmp_path):
-    report, run_dir = run(host, tmp_path, "[{slow_down: {factor: 3}}, {slow_down: {factor: 2}}]", delay=5.0)
+    report, run_dir = run(host, tmp_path, "[{slow_down: {factor: 3}}, {slow_down: {factor: 2}}]", delay=20.0)
 
     assert report.status == "ok" and report.timing["compare"] == "interleaved" and report.timing["status"] == "ok"
     assert report.timing["reason"].startswith("auto: 2 copies of ")
     latencies = [s.metrics["latency_ms"] for s in report.stages]
     assert [(lat["compare"], lat["side_by_side"], lat["n"], len(lat["samples"])) for lat in latencies] == [("interleaved", 3, 12, 12)] * 3
-    # The passes changed the model in place, yet the baseline was timed as it was: 5 ms, then 15, then 30
-    # (a sleep lasts at least its time; a busy machine wakes it up late, by a few ms).
-    for latency, delay_ms in zip(latencies, (5.0, 15.0, 30.0)):
-        assert delay_ms <= latency["p50"] < 1.3 * delay_ms + 4.0, latency
+    # The passes changed the model in place, yet the baseline was timed as it was: 20 ms, then 60, then
+    # 120 (a sleep lasts at least its time; a busy machine wakes it up late, by some milliseconds).
+    for latency, delay_ms in zip(latencies, (20.0, 60.0, 120.0)):
+        assert delay_ms <= latency["p50"] < 1.3 * delay_ms + 10.0, latency
         assert latency["p10"] <= latency["p50_interval"]["low"] <= latency["p50"] <= latency["p50_interval"]["high"] <= max(latency["samples"])
     first, second = report.stages[1].metrics, report.stages[2].metrics
     # Each speed-up is the median of the per-round ratios (round i of every stage timed together).
@@ -140,8 +140,8 @@ def test_interleaved_times_every_stage_in_the_same_rounds_against_an_untouched_b
     assert second["speedup"]["paired"] and second["speedup"]["against"] == "baseline"
     assert second["speedup"]["low"] <= second["speedup"]["value"] <= second["speedup"]["high"] < 1.0  # 6× slower: a finding
     assert not second["speedup"]["tie"] and second["speedup_vs_previous"]["against"] == "slow_down"
-    # 5 ms against 15 (1/3) and 15 against 30 (1/2), plus the late wake-ups of sleep (a baseline
-    # changed in place would have been timed at 15 ms: a tie near 1)
+    # 20 ms against 60 (1/3) and 60 against 120 (1/2), plus the late wake-ups of sleep (a baseline
+    # changed in place would have been timed at 60 ms: a tie near 1)
     assert 1 / 3 - 0.02 < first["speedup"]["value"] and first["speedup"]["high"] < 0.7, first["speedup"]
     assert 1 / 2 - 0.02 < second["speedup_vs_previous"]["value"] < 0.75, second["speedup_vs_previous"]
     # report.json on disk has the latency the loop filled in, and how it was taken.

@@ -19,8 +19,10 @@ __all__ = ["STATUS_STYLE", "print_report", "render_info"]
 STATUS_STYLE = {"ok": "green", "failed": "bold red", "interrupted": "yellow", "skipped": "dim"}
 
 
-#: Dropped, in this order, when a terminal is too narrow for the whole table.
-_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs")
+#: Dropped, in this order, when a terminal is too narrow for the whole table (the speed-up and its
+#: interval stay whole: a truncated interval would be worse than none).
+_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs",
+                     "agreement", "params")
 
 
 def _stage_table(report: RunReport, columns: list[str]) -> Table:
@@ -51,8 +53,9 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
         for optional in _OPTIONAL_COLUMNS:
             if _natural_width(console, table) <= console.width:
                 break
-            columns.remove(optional)
-            table = _stage_table(report, columns)
+            if optional in columns:
+                columns.remove(optional)
+                table = _stage_table(report, columns)
         console.print(table)
         hidden = [c for c in all_columns if c not in columns]
         if hidden:
