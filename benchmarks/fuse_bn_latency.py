@@ -8,10 +8,11 @@ Ultralytics fuses it), the same with ``graph_module: true`` (one flat fx GraphMo
 torch.fx's fuser returns, where the model traces), and the model after
 ``torch.fx.experimental.optimization.fuse`` (which fuses exact ``nn.BatchNorm2d`` after
 ``nn.Conv2d`` only, and needs a model that traces).
-They are timed round-robin, one call each per round with the order rotating every round, so that noise on a shared machine hits all three alike;
-each call is timed by optkit's own timer (``optkit.measure.latency.time_callable``: CUDA events
-on a GPU). Medians and speedups (unfused median / fused median) are reported, with the outputs
-of both fused variants checked against the unfused one.
+They are timed side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call
+each per round in a shuffled order, CUDA events on a GPU), so noise on a shared machine hits all
+of them alike. Each speed-up is the median of the per-round ratios (unfused / fused) with its
+95% order-statistic interval, as ``optkit run`` reports it; a speed-up whose interval includes 1
+is a tie. The outputs of the fused variants are checked against the unfused one.
 
 Writes ``fuse_bn_latency.md`` and ``.json`` to ``--output`` (default benchmarks/results).
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_sources  # noqa: E402
 
 from optkit.files import atomic_write_text  # noqa: E402
-from optkit.measure.latency import configure_timing  # noqa: E402
+from optkit.measure import Contender, check_noise, compare_outputs, configure_timing, speedup, time_round_robin  # noqa: E402
+from optkit.config import MeasureSpec  # noqa: E402
+from optkit.reporting import format_speedup, noise_warning  # noqa: E402
 from optkit.run.device import select_device  # noqa: E402
 from optkit.run.environment import environment  # noqa: E402
-from optkit.measure.drift import compare_outputs  # noqa: E402
-from optkit.measure.latency import summarize_times, time_callable  # noqa: E402
 from optkit_plugins.fuse_bn import fuse_batchnorm  # noqa: E402
 
 log = logging.getLogger("fuse_bn_latency")
@@ -91,32 +91,17 @@ def build_variants(source: str, x: torch.Tensor, device: torch.device) -> tuple[
     return variants, info
 
 
-def time_round_robin(variants: dict[str, nn.Module], x: torch.Tensor, device: torch.device, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each variant: one call each per round, the order rotating."""
-    names = list(variants)
-    for name in names:
-        time_callable(variants[name], x, device, warmup=warmup, iters=1)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            times[name].append(time_callable(variants[name], x, device, warmup=0, iters=1)["p50"])
-    return times
-
-
 def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     x = model_sources.example_input(name, args.size, args.batch).to(device)
     variants, info = build_variants(name, x, device)
-    times = time_round_robin(variants, x, device, args.warmup, args.rounds)
-    latency = {variant: summarize_times(t) for variant, t in times.items()}
-    unfused = latency["unfused"]["p50"]
-    speedup = {variant: unfused / latency[variant]["p50"] for variant in latency if variant != "unfused"}
-    # Per-round ratios: each pair of calls shares that round's noise.
-    paired = {v: statistics.median(u / f for u, f in zip(times["unfused"], times[v])) for v in speedup}
-    row = {"model": name, **info, "latency_ms": latency, "speedup": speedup, "paired_speedup": paired}
-    if "fx" in speedup:
-        row["optkit_vs_fx"] = latency["fx"]["p50"] / latency["optkit"]["p50"]
-        row["optkit_graph_vs_fx"] = latency["fx"]["p50"] / latency["optkit_graph"]["p50"]
-    log.info("%s: %s", name, {k: round(v, 3) for k, v in speedup.items()})
+    contenders = {variant: Contender(model, cuda_events=device.type == "cuda") for variant, model in variants.items()}
+    latency = time_round_robin(contenders, x, device, args.warmup, args.rounds)
+    speedups = {variant: speedup(latency["unfused"], latency[variant], paired=True) for variant in latency if variant != "unfused"}
+    row = {"model": name, **info, "latency_ms": latency, "speedup": speedups}
+    if "fx" in latency:  # fx median over optkit's, per round: >= 1 when optkit is at least as fast
+        row["optkit_vs_fx"] = speedup(latency["fx"], latency["optkit"], paired=True)
+        row["optkit_graph_vs_fx"] = speedup(latency["fx"], latency["optkit_graph"], paired=True)
+    log.info("%s: %s", name, {k: format_speedup(v) for k, v in speedups.items()})
     return row
 
 
@@ -125,9 +110,12 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argpa
         "# fuse_bn latency: unfused vs optkit fuse_bn vs torch.fx fuse, side by side",
         "",
         f"Batch {args.batch}, {args.size}x{args.size}, {env.get('device')}, {args.threads} torch thread(s), "
-        f"{args.rounds} round-robin rounds after {args.warmup} warm-up calls; torch {env.get('torch')}.",
-        "Speedup = unfused median / fused median; `vs fx` = fx median / optkit median (>= 1: optkit at least as fast). "
-        "`optkit` keeps the model's classes; `graph` is `fuse_bn` with `graph_module: true`.",
+        f"{args.rounds} round-robin rounds after {args.warmup} warm-up rounds; torch {env.get('torch')}.",
+        "Speed-up = median over rounds of unfused / fused time, with its 95% interval (order statistics); "
+        "`vs fx` = the same for fx / optkit (> 1: optkit faster). **tie** = the interval includes 1: no speed-up or "
+        "slow-down is claimed. `optkit` keeps the model's classes; `graph` is `fuse_bn` with `graph_module: true`. "
+        "The p50 columns are each variant's own median: when the load changes during the run they mix different "
+        "loads, and only the per-round ratios compare like with like.",
         "",
         "| model | pairs (optkit / fx) | unfused p50 ms | optkit p50 ms | graph p50 ms | fx p50 ms | optkit speedup | graph speedup | fx speedup | optkit vs fx | graph vs fx | max abs diff (optkit / graph / fx) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -137,18 +125,19 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argpa
             lines.append(f"| {row['model']} | not run: {row['skipped']} |" + " |" * 10)
             continue
         lat = row["latency_ms"]
-        fx = "fx" in lat  # torch.fx's fuser needs a model that traces as a whole (YOLO does not)
-        fx_cells = (
-            f"{lat['fx']['p50']:.2f}", f"{row['speedup']['fx']:.3f}x", f"{row['optkit_vs_fx']:.3f}", f"{row['optkit_graph_vs_fx']:.3f}",
-            f"{row['fx_max_abs_diff']:.2g}",
-        ) if fx else ("n/a",) * 5
+        fx_p50 = f"{lat['fx']['p50']:.2f}" if "fx" in lat else "n/a"  # fx needs a model that traces as a whole (YOLO does not)
+        fx_diff = f"{row['fx_max_abs_diff']:.2g}" if "fx_max_abs_diff" in row else "n/a"
         lines.append(
             f"| {row['model']} | {row['optkit_pairs']} / {row.get('fx_pairs', 'n/a')} | {lat['unfused']['p50']:.2f} | "
-            f"{lat['optkit']['p50']:.2f} | {lat['optkit_graph']['p50']:.2f} | {fx_cells[0]} | {row['speedup']['optkit']:.3f}x | "
-            f"{row['speedup']['optkit_graph']:.3f}x | {fx_cells[1]} | {fx_cells[2]} | {fx_cells[3]} | "
-            f"{row['optkit_max_abs_diff']:.2g} / {row['optkit_graph_max_abs_diff']:.2g} / {fx_cells[4]} |"
+            f"{lat['optkit']['p50']:.2f} | {lat['optkit_graph']['p50']:.2f} | {fx_p50} | {format_speedup(row['speedup']['optkit'])} | "
+            f"{format_speedup(row['speedup']['optkit_graph'])} | {format_speedup(row['speedup'].get('fx'))} | "
+            f"{format_speedup(row.get('optkit_vs_fx'))} | {format_speedup(row.get('optkit_graph_vs_fx'))} | "
+            f"{row['optkit_max_abs_diff']:.2g} / {row['optkit_graph_max_abs_diff']:.2g} / {fx_diff} |"
         )
     lines += ["", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`", ""]
+    warning = noise_warning(env.get("noise"))
+    if warning:
+        lines[3:3] = [f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""]
     return "\n".join(lines)
 
 
@@ -166,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
     device = select_device(args.device)
-    env = environment(device)
+    env = {**environment(device), "noise": check_noise(device, MeasureSpec().noise_max_cv)}
     rows = []
     for name in args.models:
         missing = model_sources.needs_missing_library(name)

@@ -14,8 +14,10 @@ For each model and amount, from the same randomly initialised model (``benchmark
 counter and module rules), the same for every variant. Every optkit result is checked: same
 output shapes, a train-mode forward and backward, a save and reload, and an ONNX export
 (optkit's ``export_onnx``) whose outputs match PyTorch at batch 1, 2 and 8. CPU latency at batch 1
-is measured side by side (variants take turns, one call each per round) unless ``--no-latency``:
-figures from a shared machine are noise; MACs are deterministic.
+is measured side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call each
+per round, in a shuffled order) unless ``--no-latency``; each latency ratio is the median of the
+per-round ratios with its 95% interval, a tie when it includes 1, after a noise check. MACs are
+deterministic.
 
 Usage (from the repository root; the ultralytics: rows need the interpreter of .venv-ultralytics
 with the ``bench`` extra: ``.venv-ultralytics/bin/pip install -e ".[bench]" -c constraints.txt``)::
@@ -35,7 +37,6 @@ import io
 import json
 import logging
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -51,9 +52,10 @@ import model_sources  # noqa: E402
 
 from optkit import PassContext  # noqa: E402
 from optkit.files import atomic_write_text  # noqa: E402
-from optkit.measure import configure_timing, count_params  # noqa: E402
+from optkit.config import MeasureSpec  # noqa: E402
+from optkit.measure import Contender, check_noise, configure_timing, count_params, speedup, time_round_robin  # noqa: E402
 from optkit.models import class_path, find_classifier  # noqa: E402
-from optkit.reporting import format_count  # noqa: E402
+from optkit.reporting import format_count, format_speedup, noise_warning  # noqa: E402
 from optkit.run.environment import environment  # noqa: E402
 from optkit_plugins.export_onnx import ExportOnnx  # noqa: E402
 from optkit_plugins.prune_l1 import PruneL1  # noqa: E402
@@ -216,21 +218,6 @@ def onnx_parity(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             "max_rel": max(f["max_rel"] for f in figures.values())}
 
 
-def time_side_by_side(variants: dict[str, nn.Module], x: torch.Tensor, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Median and p90 latency (ms) of each variant, measured in interleaved rounds."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
-        for model in variants.values():
-            for _ in range(warmup):
-                model(x)
-        for _ in range(rounds):
-            for name, model in variants.items():
-                start = time.perf_counter()
-                model(x)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"p50": statistics.median(t), "p90": sorted(t)[int(0.9 * (len(t) - 1))], "n": len(t)} for name, t in times.items()}
-
-
 # -- one model -------------------------------------------------------------------------------------
 def bench_model(source: str, amount: float, args: argparse.Namespace) -> dict[str, Any]:
     """Build the variants of one model at one amount, measure and check them."""
@@ -273,15 +260,16 @@ def bench_model(source: str, amount: float, args: argparse.Namespace) -> dict[st
         row["variants"].setdefault(label, {"ok": True})
         row["variants"][label].update(params=count_params(model)["params"], macs=model_sources.macs(model, x))
     if not args.no_latency:
-        for label, latency in time_side_by_side(models, x, args.warmup, args.rounds).items():
+        contenders = {label: Contender(model) for label, model in models.items()}
+        for label, latency in time_round_robin(contenders, x, torch.device("cpu"), args.warmup, args.rounds).items():
             row["variants"][label]["latency_ms"] = latency
     ref = row["variants"]["unpruned"]
     for v in row["variants"].values():
         if v.get("ok") and "macs" in v:
             v["macs_ratio"] = ref["macs"] / v["macs"]
             v["params_ratio"] = ref["params"] / v["params"]
-            if "latency_ms" in v:
-                v["latency_ratio"] = ref["latency_ms"]["p50"] / v["latency_ms"]["p50"]
+            if "latency_ms" in v and v is not ref:  # the median of per-round ratios, with its interval
+                v["latency_ratio"] = speedup(ref["latency_ms"], v["latency_ms"], paired=True)
     return row
 
 
@@ -312,8 +300,10 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "*amount* = share of channels removed from every group (both tools keep floor(n * (1 - amount)); the classifier or "
         "detection head keeps its outputs). MACs: optkit's count (GFLOPs = 2 x GMACs); ratios are unpruned / pruned. "
         "Checks of the optkit model: output shapes, a train-mode forward+backward, save+reload, ONNX (dynamo) parity at "
-        "batch 1/2/8 (largest difference / largest output).",
+        "batch 1/2/8 (largest difference / largest output). Latency ratio: unpruned / pruned, the median of the per-round "
+        "ratios with its 95% interval (optkit's side-by-side loop, as `optkit run` reports speed-ups); **tie**: the interval includes 1.",
         "",
+        *([f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""] if (warning := noise_warning(env.get("noise"))) else []),
         "| model | input | amount | MACs | optkit MACs ratio | Torch-Pruning MACs ratio | optkit / TP | output shapes | train mode | reload | ONNX 1/2/8 | optkit s | latency ratio optkit / TP |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -336,7 +326,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         tp_best = v.get("torch_pruning") if v.get("torch_pruning", {}).get("ok") else v.get("torch_pruning_helped", {})
         latency = "n/a"
         if "latency_ratio" in ours:
-            latency = f"{ours['latency_ratio']:.2f}x / " + (f"{tp_best['latency_ratio']:.2f}x" if "latency_ratio" in tp_best else "n/a")
+            latency = f"{format_speedup(ours['latency_ratio'])} / {format_speedup(tp_best.get('latency_ratio'))}"
         lines.append(
             f"| {row['model']} | {row['input'][-1]}x{row['input'][-1]} | {row['amount']} | {format_count(v['unpruned']['macs'])} | "
             f"{ours['macs_ratio']:.3f}x | {tp_text} | {versus} | {'same' if ours['same_output_shapes'] else 'CHANGED'} | "
@@ -361,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     log.setLevel(logging.INFO)
     configure_timing(args.threads)  # as optkit run does: threads, and denormals flushed
+    noise = None if args.no_latency else check_noise(torch.device("cpu"), MeasureSpec().noise_max_cv)
     rows = []
     for source in args.models.split(","):
         missing = model_sources.needs_missing_library(source)
@@ -371,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{source} amount={amount} ...", file=sys.stderr, flush=True)
             rows.append(bench_model(source, amount, args))
     meta = {
-        "environment": environment(torch.device("cpu")),
+        "environment": {**environment(torch.device("cpu")), "noise": noise},
         "threads": torch.get_num_threads(),
         "warmup": args.warmup,
         "rounds": args.rounds,
