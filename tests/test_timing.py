@@ -165,16 +165,6 @@ def test_sequential_times_each_stage_right_after_it_with_a_bootstrap_interval(ho
     assert figure["low"] <= figure["value"] <= figure["high"] and figure["value"] < 1.0
 
 
-def test_a_pipeline_timed_twice_gives_overlapping_speedup_intervals(host, tmp_path):
-    """The same pipeline twice: the two speed-up intervals must overlap (the done-when of issue 16)."""
-    figures = []
-    for attempt in range(2):
-        report, _ = run(host, tmp_path / str(attempt), "[{slow_down: {factor: 1.5}}]", iters=15)
-        figures.append(report.stages[1].metrics["speedup"])
-    first, second = figures
-    assert max(first["low"], second["low"]) <= min(first["high"], second["high"]), figures
-
-
 def test_auto_falls_back_to_sequential_when_the_copies_do_not_fit(host, tmp_path, monkeypatch):
     monkeypatch.setattr(run_timing, "available_memory", lambda device: (20, "a test"))  # 20 bytes free: the 16 of a copy are too many
     report, _ = run(host, tmp_path, "[{slow_down: {factor: 2}}]")
