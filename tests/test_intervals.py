@@ -77,6 +77,26 @@ def test_pairing_cancels_load_that_a_whole_round_shares():
     assert np.median(widths["paired"]) < 0.4 * np.median(widths["independent"])
 
 
+def test_two_runs_under_different_load_give_overlapping_intervals_and_a_real_change_does_not():
+    """The done-when of issue 16, by simulation: the same pipeline timed twice (a quiet run, and one
+    three times slower and more erratic) gives overlapping speed-up intervals; a stage that really
+    changed (1.25x against 1.75x) does not. On the machine itself: benchmarks/speedup_repeatability.py."""
+    rng = np.random.default_rng(5)
+
+    def run(ratio: float, load_median: float, load_sigma: float) -> tuple[float, float]:
+        load = rng.lognormal(np.log(load_median), load_sigma, 30)
+        interval = paired_ratio_interval(load * rng.lognormal(np.log(10.0 * ratio), 0.1, 30), load * rng.lognormal(np.log(10.0), 0.1, 30))
+        return interval.low, interval.high
+
+    def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return max(a[0], b[0]) <= min(a[1], b[1])
+
+    trials = 1000
+    same = sum(overlap(run(1.25, 1.0, 0.1), run(1.25, 3.0, 0.6)) for _ in range(trials))
+    changed = sum(overlap(run(1.25, 1.0, 0.1), run(1.75, 3.0, 0.6)) for _ in range(trials))
+    assert same / trials >= 0.98 and changed / trials <= 0.05, (same, changed)
+
+
 @pytest.mark.parametrize("n", [20, 50])
 def test_independent_speedup_interval_covers_the_true_ratio(n):
     rng = np.random.default_rng(4)

@@ -112,7 +112,7 @@ def synthetic_report(with_intervals: bool = True) -> RunReport:
         ],
         status="failed",
         timing={"compare": "interleaved", "iters": 50, "confidence": 0.95,
-                "noise": {"cv": 0.23, "max_cv": 0.1, "noisy": True}},
+                "noise": {"cv": 0.23, "max_cv": 0.1, "noisy": True, "why": "its timings vary by 23% (robust CV, above 10%)"}},
     )
 
 
@@ -152,7 +152,7 @@ def test_markdown_of_a_synthetic_report_lists_every_stage():
     assert [row.split(" | ")[1] for row in rows] == ["baseline", "prune_l1", "fuse_bn", "tta"]
     assert "Latency: the baseline and every stage timed side by side, round-robin (50 rounds)" in text
     assert "'tie' = the interval includes 1×" in text
-    assert "Warning: the machine was busy: a fixed workload varied by 23% (CV, above 10%) before timing" in text
+    assert "Warning: the machine was busy before timing: a fixed workload: its timings vary by 23% (robust CV, above 10%)" in text
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,10 @@ class MeasureSpec(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the intervals of medians and speed-ups.")
     noise_max_cv: PositiveFloat | None = Field(
         0.10,
-        description="Warn when a calibration loop before timing varies by more than this coefficient of variation (null: no check).",
+        description=(
+            "Warn when a calibration loop before timing varies by more than this robust coefficient of variation "
+            "(1.4826 x MAD / median), or on the CPU gets under 85% of its threads' CPU time (null: no check)."
+        ),
     )
 
 

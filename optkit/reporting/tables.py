@@ -108,8 +108,8 @@ def noise_warning(noise: dict[str, Any] | None) -> str | None:
     """The warning for a noise check (:func:`optkit.measure.check_noise`) that found the machine busy, else ``None``."""
     if not noise or not noise.get("noisy"):
         return None
-    return (f"Warning: the machine was busy: a fixed workload varied by {noise['cv']:.0%} (CV, above "
-            f"{noise['max_cv']:.0%}) before timing; latency figures are noisy.")
+    why = noise.get("why") or f"its timings varied by {noise['cv']:.0%} (CV, above {noise['max_cv']:.0%})"
+    return f"Warning: the machine was busy before timing: a fixed workload: {why}; latency figures are noisy."
 
 
 def _ratio(new: float | None, old: float | None, fmt: str = "+.1%") -> str:
