@@ -213,6 +213,9 @@ class PassContext:
         artifact: the artifact the latest earlier stage returned (an ONNX file, say), or ``None``
             when none did or a stage returned a module since (the artifact is then stale);
             :meth:`require_artifact` gets it typed, or fails the stage.
+        module_rules: what library modules compute, by class path (an
+            :class:`optkit.models.ModuleRules` from every plugin's ``optkit_register_module_rules``;
+            look a module up with :func:`optkit.models.find_rule`). Empty outside a run.
     """
 
     device: torch.device
@@ -223,6 +226,7 @@ class PassContext:
     details: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     data: PassData | None = None
+    module_rules: Mapping[str, Any] = field(default_factory=dict)
     artifact: Artifact | None = None
 
     def require_artifact(self, kind: type[A]) -> A:

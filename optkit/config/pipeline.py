@@ -14,6 +14,7 @@ from pydantic import (
     Discriminator,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     Tag,
     field_validator,
@@ -151,6 +152,22 @@ class MeasureSpec(StrictModel):
     )
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="A stage whose top-1 accuracy falls more than this below the baseline's fails (0.01: one point)."
+    )
+    compare: Literal["auto", "interleaved", "sequential"] = Field(
+        "auto",
+        description=(
+            "interleaved: after every stage is applied, time the baseline and each stage's product side by side, "
+            "round-robin; sequential: time each stage right after it is applied (one model in memory at a time); "
+            "auto: interleaved when a copy of the model per stage fits in half the free memory."
+        ),
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the intervals of medians and speed-ups.")
+    noise_max_cv: PositiveFloat | None = Field(
+        0.10,
+        description=(
+            "Warn when a calibration loop before timing varies by more than this robust coefficient of variation "
+            "(1.4826 x MAD / median), or on the CPU gets under 85% of its threads' CPU time (null: no check)."
+        ),
     )
 
 

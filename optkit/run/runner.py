@@ -2,7 +2,9 @@
 
 Everything a run produces goes under its folder: ``report.json`` and ``report.md`` (rewritten
 atomically after every stage, so a failure or Ctrl-C leaves a partial report), one folder per
-stage for its artifacts, and ``model.pt`` (the final module) on success.
+stage for its artifacts, and ``model.pt`` (the final module) once every stage succeeded.
+Latency is timed as :mod:`optkit.run.timing` plans it: each stage right after it is applied, or
+all of them side by side after the last one (then the report is written again with latency).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from optkit.measure import (
     measure,
     select_outputs,
     tolerance_failure,
+    tensor_bytes,
 )
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
@@ -38,6 +41,7 @@ from optkit.run.device import select_device
 from optkit.run.environment import environment
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.run.seeding import seeded_construction
+from optkit.run.timing import StageTiming, plan_timing
 
 if TYPE_CHECKING:
     from optkit.config import Pipeline
@@ -99,16 +103,19 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
         load_details["data"] = data.details
 
     # model.pt and an export (ONNX) each take about the model's size.
-    need = 2 * _tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
+    need = 2 * tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
     run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
     stages = [StageResult("baseline", None, 0, details=load_details)]
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
-    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version())
-    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages])
-    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data)
+    plan = plan_timing(pipeline.measure, model, len(pipeline.stages), torch_device)
+    timing = StageTiming(plan, pipeline.measure, inputs, torch_device, len(pipeline.stages))
+    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary)
+    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=plan.compare)
+    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data, timing)
     if not runner.write_report():
         return report, run_dir
 
+    timing.start()
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
     if baseline is not None:
         artifact: Artifact | None = None  # ctx.artifact: the latest stage's artifact, until a module makes it stale
@@ -122,18 +129,33 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
                 model, artifact = result, None
             else:
                 artifact = result
+    if report.status == "running" and pipeline.spec.save_model:
+        _save_model(model, run_dir / "model.pt", report)  # before the side-by-side timing: Ctrl-C there keeps it
+    if report.status != "interrupted":
+        _time_side_by_side(timing, report)
     if report.status == "running":
         report.status = "ok"
-        if pipeline.spec.save_model:
-            _save_model(model, run_dir / "model.pt", report)
     runner.write_report()
     return report, run_dir
 
 
-def _tensor_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers (shared tensors once)."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
+    """Time the stages measured ``ok`` side by side (interleaved runs), even after a failed stage.
+
+    A failure or Ctrl-C here leaves every stage applied and measured but without latency; the
+    report says so (``timing.status`` and ``timing.error`` too) and the run ends ``failed`` or
+    ``interrupted``, keeping the error of a stage that failed before.
+    """
+    if not timing.interleaved:
+        return
+    try:
+        timing.time_side_by_side(report.stages)
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        report.error = report.error or "interrupted (Ctrl-C) while timing the stages side by side: they have no latency"
+    except StageError as exc:
+        if report.status == "running":
+            report.status, report.error = "failed", str(exc)
 
 
 def _tolerance(pass_: Pass, pipeline_tolerance: Tolerance) -> tuple[Tolerance, str] | None:
@@ -166,11 +188,14 @@ class _StageRunner:
     """Runs one stage at a time: apply, measure, check drift, record, notify, write the report."""
 
     def __init__(
-        self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path, data: RunData
+        self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path, data: RunData,
+        timing: StageTiming,
     ):
         self.report, self.info, self.host = report, info, host
         self.inputs, self.device, self.run_dir, self.data = inputs, device, run_dir, data
         self.settings = info.pipeline.measure
+        self.module_rules = host.rule_table()
+        self.timing = timing
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
 
@@ -188,6 +213,7 @@ class _StageRunner:
             stage_index=result.index,
             data=self.data.loaders,
             artifact=artifact,
+            module_rules=self.module_rules,
         )
         ctx.details.update(result.details)
         product = None
@@ -196,13 +222,15 @@ class _StageRunner:
             stage_dir.mkdir(parents=True, exist_ok=True)
             product = apply(ctx)
             result.duration_s = time.perf_counter() - start
-            measurement = measure(product, self.inputs, self.settings, self.device)
+            measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved)
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
             self._add_drift(result, measurement, product)
             self._add_accuracy(result, product)
             self._hold_to(result, tolerance)
             result.status = "ok"
+            self.timing.keep(result, product)
+            self.timing.add_speedups(self.report.stages)
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
             self.report.status = "interrupted"
