@@ -13,7 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from optkit.measure import median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
+from optkit.config import MeasureSpec
+from optkit.measure import TIE_MARGIN, median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
 
 
 def _coverage_of_pair(n: int, j: int) -> float:
@@ -133,3 +134,15 @@ def test_speedup_of_latency_records_is_a_tie_when_its_interval_includes_one():
     assert speedup({"samples": same}, {"p50": 1.0}, paired=False) is None  # a record without samples
     with pytest.raises(ValueError, match="equal lengths"):
         paired_ratio_interval([1.0, 2.0], [1.0])
+
+
+def test_a_speedup_within_the_tie_margin_is_a_tie_even_when_its_interval_excludes_one():
+    """Identical copies of a model differ by a few percent with narrow intervals: not a finding."""
+    base = [10.0 + 0.01 * k for k in range(30)]
+    three_percent = speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True)
+    assert three_percent["low"] > 1.0 and three_percent["margin"] == TIE_MARGIN == MeasureSpec().tie_margin == 0.05
+    assert three_percent["tie"] is True
+    assert speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True, margin=0.0)["tie"] is False
+    slower = speedup({"samples": base}, {"samples": [1.06 * t for t in base]}, paired=True)  # 1/1.06 < 1/1.05
+    assert slower["high"] < 1 / 1.05 and slower["tie"] is False
+    assert speedup({"samples": base}, {"samples": [1.04 * t for t in base]}, paired=True)["tie"] is True

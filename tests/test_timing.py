@@ -22,6 +22,7 @@ from optkit import Pass, PassContext, hookimpl
 from optkit.config import MeasureSpec, parse_pipeline
 from optkit.host import Host
 from optkit.measure import Contender, speedup, time_round_robin
+from optkit.reporting import noise_warning, render_markdown
 from optkit.run import timing as run_timing
 from optkit.run.runner import run_pipeline
 from optkit.run.timing import plan_timing
@@ -245,8 +246,11 @@ def test_latency_false_times_nothing_and_checks_no_noise(host, tmp_path):
 
 @pytest.mark.slow
 def test_two_runs_of_a_real_pipeline_give_overlapping_speedup_intervals(tmp_path):
-    """ResNet-18 fused and exported, run twice on this (shared, busy) machine: each stage's two
-    speed-up intervals overlap. ``benchmarks/speedup_repeatability.py`` does the same with a report."""
+    """ResNet-18 fused and exported, run twice: each stage's two speed-up intervals overlap when the
+    noise check found the machine quiet for both runs. An interval covers one run's noise, not a load
+    that changes between runs (under `pytest -n 2` the other worker's tests come and go: fuse_bn
+    measured 1.035x [1.026-1.049] and 1.063x [1.059-1.084]); such runs must carry the busy warning.
+    ``benchmarks/speedup_repeatability.py`` does the same with a report."""
     text = """\
 model: {source: "torchvision:resnet18", weights: none, input_shape: [1, 3, 64, 64]}
 device: cpu
@@ -257,9 +261,14 @@ save_model: false
     host = Host()
     runs = [run_pipeline(parse_pipeline(text, host.get_pass), host, output=tmp_path / str(i))[0] for i in range(2)]
     assert [r.status for r in runs] == ["ok", "ok"] and runs[0].timing["compare"] == "interleaved"
+    busy = [r.timing["noise"]["noisy"] for r in runs]
     for position in (1, 2):
         first, second = (r.stages[position].metrics["speedup"] for r in runs)
-        assert max(first["low"], second["low"]) <= min(first["high"], second["high"]), (runs[0].stages[position].name, first, second)
+        overlap = max(first["low"], second["low"]) <= min(first["high"], second["high"])
+        assert overlap or any(busy), (runs[0].stages[position].name, first, second)
+    for run in runs:  # a busy run says so in its reports
+        assert (noise_warning(run.timing["noise"]) is not None) == run.timing["noise"]["noisy"]
+        assert run.timing["noise"]["noisy"] == ("busy" in render_markdown(run))
     # ONNX Runtime is faster than eager PyTorch here in both runs: a finding, not a tie.
     assert all(not r.stages[2].metrics["speedup"]["tie"] and r.stages[2].metrics["speedup"]["low"] > 1.0 for r in runs)
 
