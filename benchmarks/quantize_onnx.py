@@ -7,10 +7,11 @@ Two parts, one run:
    format (QOperator and QDQ, per-channel and per-tensor weights), calibrated on random batches
    (``calibration: {random: true}``: the weights are random, so there is no data they fit; the
    int8 model's accuracy here means nothing, its latency does). Eager PyTorch, the fp32 ONNX
-   model and every int8 model are timed side by side, one call each per round in alternating
-   order (``onnx_latency.time_interleaved``), so that noise on a shared machine hits all alike.
-   Each speed-up is the median of the per-round ratios, with the 10th-90th percentile of those
-   ratios as its spread.
+   model and every int8 model are timed side by side by optkit's own loop
+   (``optkit.measure.time_round_robin``: one call each per round, in a seeded shuffled order), so
+   that noise on a shared machine hits all alike, after the noise check. Each speed-up is the
+   median of the per-round ratios with its 95% interval, as ``optkit run`` reports it (a tie when
+   the interval reaches within 5% of 1).
 2. **Accuracy and size, the trained digits model** (``optkit.data.digits_cnn`` with its shipped
    weights, the digits written by ``python -m optkit.data``): an ``optkit run`` pipeline per
    variant (export_onnx, then quantize_onnx calibrated on 16 batches of the train split), its
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -42,11 +42,12 @@ import torch
 import torchvision
 import yaml
 
-from onnx_latency import summarize, time_interleaved
 from optkit import OnnxArtifact
 from optkit.files import atomic_write_text
 from optkit.host import Host
-from optkit.measure.latency import configure_timing
+from optkit.config import MeasureSpec
+from optkit.measure import Contender, check_noise, configure_timing, speedup, time_round_robin
+from optkit.reporting import format_speedup, noise_warning
 from optkit.passes import PassContext
 from optkit.run.environment import environment
 from optkit_plugins.export_onnx import ExportOnnx
@@ -90,13 +91,6 @@ def ort_session(artifact: OnnxArtifact, threads: int, spinning: bool) -> Callabl
     return lambda x: session.run(None, {name: x.numpy()})[0]
 
 
-def ratio_spread(numerator: list[float], denominator: list[float]) -> dict[str, float]:
-    """Median and 10th/90th percentiles of the per-round ratios ``numerator[i] / denominator[i]``."""
-    ratios = sorted(a / b for a, b in zip(numerator, denominator))
-    deciles = statistics.quantiles(ratios, n=10, method="inclusive")
-    return {"median": statistics.median(ratios), "p10": deciles[0], "p90": deciles[8], "n": len(ratios)}
-
-
 def latency_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """resnet50: eager, fp32 ONNX and each int8 variant, timed side by side."""
     threads = torch.get_num_threads()
@@ -116,7 +110,8 @@ def latency_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         files[name] = artifact.path.stat().st_size
         quantized[name] = {"options": options, "ops": qctx.details["graph"]["ops"]}
         log.info("%s: %s", name, qctx.details["graph"]["ops"])
-    times = time_interleaved({name: (lambda fn=fn: fn(example)) for name, fn in contenders.items()}, args.warmup, args.rounds)
+    noise = check_noise(torch.device("cpu"), MeasureSpec().noise_max_cv)
+    latency = time_round_robin({name: Contender(fn) for name, fn in contenders.items()}, example, torch.device("cpu"), args.warmup, args.rounds)
     return {
         "model": args.model,
         "input_shape": list(example.shape),
@@ -125,10 +120,11 @@ def latency_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "warmup": args.warmup,
         "rounds": args.rounds,
         "calibration": f"random, {args.calibration_batches} batches (random weights: accuracy means nothing)",
-        "latency_ms": {name: summarize(t) for name, t in times.items()},
+        "noise": noise,
+        "latency_ms": latency,
         "size_bytes": files,
-        "speedup_vs_fp32": {name: ratio_spread(times["fp32 onnxruntime"], times[name]) for name in LATENCY_VARIANTS},
-        "speedup_vs_eager": {name: ratio_spread(times["eager PyTorch"], times[name]) for name in [*LATENCY_VARIANTS, "fp32 onnxruntime"]},
+        "speedup_vs_fp32": {name: speedup(latency["fp32 onnxruntime"], latency[name], paired=True) for name in LATENCY_VARIANTS},
+        "speedup_vs_eager": {name: speedup(latency["eager PyTorch"], latency[name], paired=True) for name in [*LATENCY_VARIANTS, "fp32 onnxruntime"]},
         "variants": quantized,
     }
 
@@ -232,22 +228,26 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             f"CPU ({env['processor']}), onnxruntime {env['onnxruntime']}, torch {env['torch']}. Timed interleaved: "
             f"{part['rounds']} rounds after {part['warmup']} warm-up rounds, onnxruntime spinning "
-            f"{'on' if part['spinning'] else 'off'}. Calibration: {part['calibration']}.",
+            f"{'on' if part['spinning'] else 'off'}. Calibration: {part['calibration']}. Speed-up: the median of the "
+            "per-round ratios with its 95% interval; tie: the interval reaches within 5% of 1.",
             "",
-            "| runtime | p50 ms | p90 ms | min ms | file bytes | speed-up vs fp32 ONNX (median, p10-p90) | vs eager |",
+            *([f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""] if (warning := noise_warning(part.get("noise"))) else []),
+            "| runtime | p50 ms [95% interval] | p10 ms | p90 ms | file bytes | speed-up vs fp32 ONNX | vs eager |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, stats in part["latency_ms"].items():
             vs_fp32 = part["speedup_vs_fp32"].get(name)
             vs_eager = part["speedup_vs_eager"].get(name)
             lines.append(
-                f"| {name} | {stats['p50']:.1f} | {stats['p90']:.1f} | {stats['min']:.1f} | {part['size_bytes'].get(name, '')} | "
-                + (f"{vs_fp32['median']:.2f}× ({vs_fp32['p10']:.2f}-{vs_fp32['p90']:.2f})" if vs_fp32 else "")
-                + " | " + (f"{vs_eager['median']:.2f}× ({vs_eager['p10']:.2f}-{vs_eager['p90']:.2f})" if vs_eager else "") + " |"
+                f"| {name} | {stats['p50']:.1f} [{stats['p50_interval']['low']:.1f}–{stats['p50_interval']['high']:.1f}] | "
+                f"{stats['p10']:.1f} | {stats['p90']:.1f} | {part['size_bytes'].get(name, '')} | "
+                f"{format_speedup(vs_fp32) if vs_fp32 else ''} | {format_speedup(vs_eager) if vs_eager else ''} |"
             )
-        best = max(part["speedup_vs_fp32"], key=lambda n: part["speedup_vs_fp32"][n]["median"])
-        lines += ["", f"Fastest int8: **{best}**, {part['speedup_vs_fp32'][best]['median']:.2f}× the fp32 ONNX model "
-                  f"(target {TARGET_SPEEDUP}×). A shared, loaded machine moves these figures: re-run on a quiet one.", ""]
+        best = max(part["speedup_vs_fp32"], key=lambda n: part["speedup_vs_fp32"][n]["value"])
+        figure = part["speedup_vs_fp32"][best]
+        verdict = "meets" if figure["low"] >= TARGET_SPEEDUP else ("its interval includes" if figure["high"] >= TARGET_SPEEDUP else "falls short of")
+        lines += ["", f"Fastest int8: **{best}**, {format_speedup(figure)} the fp32 ONNX model: {verdict} the "
+                  f"{TARGET_SPEEDUP}× target.", ""]
     lines += [f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
