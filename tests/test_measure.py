@@ -114,7 +114,7 @@ def test_round_robin_calls_each_contender_once_a_round_in_a_seeded_shuffled_orde
 
 def test_noise_check_reports_the_robust_spread_of_a_fixed_workload():
     loose = check_noise(torch.device("cpu"), max_cv=1e6, iters=10, warmup=1)
-    assert loose["n"] == 10 and loose["workload"] == "384x384 float32 matrix product on cpu"
+    assert loose["n"] == 10 and loose["workload"] == "768x768 float32 matrix product on cpu"
     assert loose["cv"] > 0 and loose["p50_ms"] > 0 and "vary" not in loose.get("why", "")
     assert 0 < loose["cpu_share"] and loose["min_cpu_share"] == 0.85
     # No machine times a workload with a spread under 1e-9: the same check with that bound calls it noisy.

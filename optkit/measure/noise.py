@@ -6,7 +6,7 @@ is too busy to time on:
 - on the CPU, the **CPU share**: the CPU time the process got during the loop over the wall time
   times torch's intra-op threads. Alone on its cores the product keeps every thread busy (share
   about 1); when other processes compete, the threads wait for a core and the share falls (two
-  spinning processes on this project's 2-core VM: 0.5, and each call 20× slower). A steady load
+  spinning processes on this project's 2-core VM: 0.5). A steady load
   slows every call alike, so only this sign sees it;
 - the **robust spread** of the calls (1.4826 × MAD / median, the coefficient of variation a normal
   distribution would have): erratic preemption, on the CPU or a shared GPU. Unlike std / mean, one
@@ -28,12 +28,13 @@ __all__ = ["MIN_CPU_SHARE", "check_noise"]
 
 log = logging.getLogger(__name__)
 
-#: Matrix size of the workload: under a millisecond a call on one CPU core (the loop takes about
-#: 30 ms), a few on a GPU.
-_SIZE = {"cpu": 384, "cuda": 4096}
+#: Matrix size of the workload: about 3 ms a call on two CPU threads (the loop, 0.1-0.2 s), long
+#: enough that Python's own time between calls (one thread) does not lower the CPU share; a few ms
+#: on a GPU.
+_SIZE = {"cpu": 768, "cuda": 4096}
 
 #: Below this CPU share (CPU time / (wall time × threads)) during the loop, the CPU is contended.
-#: Measured on the 2-core VM: quiet 0.96–1.05; one competing process 0.75; two 0.5; four 0.32.
+#: Measured on the 2-core VM: quiet 0.96-1.0; two competing processes 0.5; four 0.32.
 MIN_CPU_SHARE = 0.85
 
 
