@@ -116,7 +116,7 @@ def test_noise_check_reports_the_robust_spread_of_a_fixed_workload():
     loose = check_noise(torch.device("cpu"), max_cv=1e6, iters=10, warmup=1)
     assert loose["n"] == 10 and loose["workload"] == "768x768 float32 matrix product on cpu"
     assert loose["cv"] > 0 and loose["p50_ms"] > 0 and "vary" not in loose.get("why", "")
-    assert 0 < loose["cpu_share"] and loose["min_cpu_share"] == 0.85
+    assert 0 < loose["cpu_share"] and loose["min_cpu_share"] == 0.8
     # No machine times a workload with a spread under 1e-9: the same check with that bound calls it noisy.
     strict = check_noise(torch.device("cpu"), max_cv=1e-9, iters=10, warmup=1)
     assert strict["noisy"] is True and "robust CV" in strict["why"]
@@ -132,7 +132,7 @@ def test_noise_check_sees_other_processes_take_the_cores():
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    assert busy["noisy"] is True and busy["cpu_share"] < 0.85
+    assert busy["noisy"] is True and busy["cpu_share"] < 0.8
     assert "other processes compete" in busy["why"] and "vary" not in busy["why"]
 
 

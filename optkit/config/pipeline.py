@@ -170,7 +170,7 @@ class MeasureSpec(StrictModel):
         0.10,
         description=(
             "Warn when a calibration loop before timing varies by more than this robust coefficient of variation "
-            "(1.4826 x MAD / median), or on the CPU gets under 85% of its threads' CPU time (null: no check)."
+            "(1.4826 x MAD / median), or on the CPU gets under 80% of its threads' CPU time (null: no check)."
         ),
     )
 
