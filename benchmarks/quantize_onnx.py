@@ -11,7 +11,9 @@ Two parts, one run:
    (``optkit.measure.time_round_robin``: one call each per round, in a seeded shuffled order), so
    that noise on a shared machine hits all alike, after the noise check. Each speed-up is the
    median of the per-round ratios with its 95% interval, as ``optkit run`` reports it (a tie when
-   the interval reaches within 5% of 1).
+   the interval reaches within 5% of 1). ``--calls-per-round K`` calls each model K times in a row
+   per round: with K = 1 every call follows another model and finds the caches cold; with K = 10
+   it runs as a model serving calls back to back does.
 2. **Accuracy and size, the trained digits model** (``optkit.data.digits_cnn`` with its shipped
    weights, the digits written by ``python -m optkit.data``): an ``optkit run`` pipeline per
    variant (export_onnx, then quantize_onnx calibrated on 16 batches of the train split), its
@@ -22,10 +24,12 @@ onnxruntime's intra-op threads spin-wait after each call by default, taking the 
 whatever runs next; in an interleaved loop that taxes the next contender, so the sessions here
 run with spinning off (``--spinning`` turns it back on), all alike.
 
-Writes ``quantize_onnx.md`` and ``.json`` to ``--output`` (default benchmarks/results).
+Writes ``quantize_onnx.md`` and ``.json`` to ``--output`` (default benchmarks/results);
+``quantize_onnx_K_calls`` with ``--calls-per-round K``.
 
     .venv/bin/python -m optkit.data examples/data/digits                 # once: the digits folders
     .venv/bin/python benchmarks/quantize_onnx.py --threads 2 --rounds 30
+    .venv/bin/python benchmarks/quantize_onnx.py --threads 2 --rounds 30 --calls-per-round 10 --skip-accuracy
 """
 
 from __future__ import annotations
@@ -111,12 +115,15 @@ def latency_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         quantized[name] = {"options": options, "ops": qctx.details["graph"]["ops"]}
         log.info("%s: %s", name, qctx.details["graph"]["ops"])
     noise = check_noise(torch.device("cpu"), MeasureSpec().noise_max_cv)
-    latency = time_round_robin({name: Contender(fn) for name, fn in contenders.items()}, example, torch.device("cpu"), args.warmup, args.rounds)
+    k = args.calls_per_round
+    blocks = {name: Contender(lambda x, fn=fn: [fn(x) for _ in range(k)]) for name, fn in contenders.items()}
+    latency = time_round_robin(blocks, example, torch.device("cpu"), args.warmup, args.rounds)
     return {
         "model": args.model,
         "input_shape": list(example.shape),
         "threads": threads,
         "spinning": args.spinning,
+        "calls_per_round": k,
         "warmup": args.warmup,
         "rounds": args.rounds,
         "calibration": f"random, {args.calibration_batches} batches (random weights: accuracy means nothing)",
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calibration-batches", type=int, default=8, help="random calibration batches (latency part)")
     parser.add_argument("--spinning", action="store_true", help="let onnxruntime's threads spin-wait between calls")
+    parser.add_argument("--calls-per-round", type=int, default=1,
+                        help="each round calls each model this many times in a row (its caches warm); 1: every call follows another model")
     parser.add_argument("--digits", type=Path, default=Path("examples/data/digits"), help="the digits folders (python -m optkit.data DIR)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
@@ -194,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_latency:
             result["latency"] = latency_part(args, Path(folder))
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output / "quantize_onnx.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.output / "quantize_onnx.md", render_markdown(result))
+    stem = "quantize_onnx" if args.calls_per_round == 1 else f"quantize_onnx_{args.calls_per_round}_calls"
+    atomic_write_text(args.output / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output / f"{stem}.md", render_markdown(result))
     print(render_markdown(result))
     return 0
 
@@ -223,13 +233,16 @@ def render_markdown(result: dict[str, Any]) -> str:
                   "These figures are deterministic.", ""]
     if "latency" in result:
         part = result["latency"]
+        k = part.get("calls_per_round", 1)
+        cache = "each call follows another model's: caches cold" if k == 1 else "after the first, caches warm"
         lines += [
             f"## Latency: {part['model']} {part['input_shape']}, {part['threads']} threads, random weights",
             "",
             f"CPU ({env['processor']}), onnxruntime {env['onnxruntime']}, torch {env['torch']}. Timed interleaved: "
             f"{part['rounds']} rounds after {part['warmup']} warm-up rounds, onnxruntime spinning "
-            f"{'on' if part['spinning'] else 'off'}. Calibration: {part['calibration']}. Speed-up: the median of the "
-            "per-round ratios with its 95% interval; tie: the interval reaches within 5% of 1.",
+            f"{'on' if part['spinning'] else 'off'}, {k} call(s) of a model in a row per round ({cache}). "
+            f"Calibration: {part['calibration']}. Speed-up: the median of the per-round ratios with its 95% interval; "
+            "tie: the interval reaches within 5% of 1. Milliseconds per call.",
             "",
             *([f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""] if (warning := noise_warning(part.get("noise"))) else []),
             "| runtime | p50 ms [95% interval] | p10 ms | p90 ms | file bytes | speed-up vs fp32 ONNX | vs eager |",
@@ -239,8 +252,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             vs_fp32 = part["speedup_vs_fp32"].get(name)
             vs_eager = part["speedup_vs_eager"].get(name)
             lines.append(
-                f"| {name} | {stats['p50']:.1f} [{stats['p50_interval']['low']:.1f}–{stats['p50_interval']['high']:.1f}] | "
-                f"{stats['p10']:.1f} | {stats['p90']:.1f} | {part['size_bytes'].get(name, '')} | "
+                f"| {name} | {stats['p50'] / k:.1f} [{stats['p50_interval']['low'] / k:.1f}–{stats['p50_interval']['high'] / k:.1f}] | "
+                f"{stats['p10'] / k:.1f} | {stats['p90'] / k:.1f} | {part['size_bytes'].get(name, '')} | "
                 f"{format_speedup(vs_fp32) if vs_fp32 else ''} | {format_speedup(vs_eager) if vs_eager else ''} |"
             )
         best = max(part["speedup_vs_fp32"], key=lambda n: part["speedup_vs_fp32"][n]["value"])
