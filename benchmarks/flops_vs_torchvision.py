@@ -31,8 +31,9 @@ import torch
 import torchvision
 
 from optkit.files import atomic_write_text
-from optkit.measure.latency import configure_timing
-from optkit.measure import count_params, profile_macs, time_callable
+from optkit.config import MeasureSpec
+from optkit.measure import check_noise, configure_timing, count_params, profile_macs, time_callable
+from optkit.reporting import noise_warning
 
 log = logging.getLogger("flops_vs_torchvision")
 
@@ -108,12 +109,14 @@ def latency_repeatability(name: str, repeats: int, warmup: int, iters: int) -> d
     """p50 latency of ``repeats`` timing runs of one randomly initialised model on the CPU, and their CV."""
     model = torchvision.models.get_model(name, weights=None).eval()
     inputs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    p50s = [time_callable(model, inputs, torch.device("cpu"), warmup, iters)["p50"] for _ in range(repeats)]
+    records = [time_callable(model, inputs, torch.device("cpu"), warmup, iters) for _ in range(repeats)]
+    p50s = [r["p50"] for r in records]
     mean = statistics.fmean(p50s)
     return {
         "model": name,
         "input": [1, 3, 224, 224],
         "p50_ms": p50s,
+        "p50_interval_ms": [[r["p50_interval"]["low"], r["p50_interval"]["high"]] for r in records],
         "mean_p50_ms": mean,
         "cv": statistics.stdev(p50s) / mean if len(p50s) > 1 else 0.0,
         "warmup": warmup,
@@ -159,14 +162,17 @@ def render_markdown(result: dict[str, Any]) -> str:
             "## Latency repeatability (CPU)",
             "",
             f"p50 of {result['latency'][0]['iters']} timed calls after {result['latency'][0]['warmup']} warm-up, "
-            f"repeated {len(result['latency'][0]['p50_ms'])} times; CV = std/mean of those p50s; "
+            f"repeated {len(result['latency'][0]['p50_ms'])} times, each with its 95% interval (order statistics); "
+            "CV = std/mean of those p50s; "
             f"{result['latency'][0]['threads']} threads, {result['environment']['machine']}.",
             "",
-            "| model | input | p50 per repeat (ms) | mean p50 (ms) | CV |",
+            *([f"**{noise_warning(result.get('noise'))}** Re-run on a quiet machine before quoting these figures.", ""]
+              if noise_warning(result.get("noise")) else []),
+            "| model | input | p50 [95% interval] per repeat (ms) | mean p50 (ms) | CV |",
             "|---|---|---|---:|---:|",
         ]
         for r in result["latency"]:
-            runs = ", ".join(f"{t:.1f}" for t in r["p50_ms"])
+            runs = ", ".join(f"{t:.1f} [{low:.1f}–{high:.1f}]" for t, (low, high) in zip(r["p50_ms"], r["p50_interval_ms"]))
             lines.append(f"| {r['model']} | {r['input'][-1]} | {runs} | {r['mean_p50_ms']:.2f} | {r['cv']:.1%} |")
     return "\n".join(lines) + "\n"
 
@@ -195,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                      100 * row["gmacs_error"], f"{row['params']:,}", 100 * row["params_error"], row["status"], row["seconds"])
         else:
             log.info("%-20s %s", name, row["status"])
-    latency = []
+    latency, noise = [], None
     if not args.skip_latency:
+        noise = check_noise(torch.device("cpu"), MeasureSpec().noise_max_cv)
         for name in args.latency_models:
             latency.append(latency_repeatability(name, args.repeats, args.warmup, args.iters))
             log.info("%-20s latency CV %.1f%% over %d repeats", name, 100 * latency[-1]["cv"], args.repeats)
@@ -211,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": rows,
         "latency": latency,
+        "noise": noise,
     }
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output / "flops_vs_torchvision.json", json.dumps(result, indent=2) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -17,12 +17,16 @@ __all__ = ["Artifact", "OnnxArtifact", "onnxruntime_providers"]
 class Artifact(ABC):
     """A file that computes what a model computes, measured by the runner under ``runtime``.
 
+    Passes declare the kinds they read and return by class (``Pass.consumes``/``Pass.produces``);
+    ``description`` names the kind in messages.
+
     Attributes:
         path: the file.
         source_model: the module it was made from; used for what the runtime cannot report
             (MACs, parameter counts), and carried on to the next stage.
     """
 
+    description: ClassVar[str] = "an artifact"
     path: Path
     source_model: nn.Module | None
     runtime: str
@@ -30,6 +34,12 @@ class Artifact(ABC):
     @abstractmethod
     def load(self, device: torch.device) -> Callable[[torch.Tensor], Any]:
         """A callable that runs the artifact on a torch input and returns torch outputs."""
+
+    def io(self, device: torch.device) -> dict[str, Any]:
+        """What a call of :meth:`load`'s callable moves on ``device``, as report.json's ``latency_ms.io``
+        records it: where ``inputs`` and ``outputs`` live, and ``host_copies`` (whether a call copies
+        between host and device). Empty when the artifact does not say."""
+        return {}
 
 
 def onnxruntime_providers(device: torch.device) -> list[str]:
@@ -61,6 +71,7 @@ class OnnxArtifact(Artifact):
             compares the file's drift with those outputs of the stages before. ``None``: all.
     """
 
+    description: ClassVar[str] = "an ONNX model"
     path: Path
     source_model: Any = None
     output_names: list[str] = field(default_factory=list)
@@ -82,40 +93,125 @@ class OnnxArtifact(Artifact):
 
     def load(self, device: torch.device) -> Callable[[torch.Tensor], Any]:
         """A callable that feeds a torch tensor to the graph and returns the model's own output
-        structure (tensor, tuple or dict) as CPU tensors.
+        structure (tensor, tuple or dict) as torch tensors on ``device``.
 
         The input is cast to the graph's input type (float16 for a half-precision export). A graph
         exported for a fixed batch size takes a batch of any size: it is run in slices of its own
-        size (the last one padded), and the outputs are joined along the batch dimension.
+        size (the last one padded), and the outputs are joined along the batch dimension. On the
+        CPU, tensors and numpy arrays share memory both ways. On CUDA, IO binding hands
+        onnxruntime the input tensor's device memory and output tensors allocated by torch on the
+        device: nothing is copied through the host (see :meth:`io`).
         """
-        import numpy as np
         import torch
         import torch.utils._pytree as pytree
 
         session = self.session(device)
+        names = self.output_names or [o.name for o in session.get_outputs()]
+        call = _run_bound(session, names, device) if device.type == "cuda" else _run_on_host(session, names)
         graph_input = session.get_inputs()[0]
-        input_dtype = np.float16 if graph_input.type == "tensor(float16)" else None
         fixed_batch = graph_input.shape[0] if graph_input.shape and isinstance(graph_input.shape[0], int) else None
-
-        def run_slice(x: torch.Tensor) -> list[torch.Tensor]:
-            array = x.detach().cpu().numpy()
-            if input_dtype is not None:
-                array = array.astype(input_dtype)
-            return [torch.from_numpy(o) for o in session.run(self.output_names or None, {graph_input.name: array})]
 
         def run(x: torch.Tensor) -> Any:
             if fixed_batch is None or x.shape[0] == fixed_batch:
-                tensors = run_slice(x)
+                tensors = call(x)
             else:
                 parts = []
                 for part in x.split(fixed_batch):
                     padding = fixed_batch - part.shape[0]
                     if padding:
                         part = torch.cat([part, part[-1:].expand(padding, *part.shape[1:])])
-                    parts.append([t[: fixed_batch - padding] for t in run_slice(part)])
+                    parts.append([t[: fixed_batch - padding] for t in call(part)])
                 tensors = [torch.cat(pieces) for pieces in zip(*parts)]
             if self.output_structure is not None:
                 return pytree.tree_unflatten(tensors, self.output_structure)
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
         return run
+
+    def io(self, device: torch.device) -> dict[str, Any]:
+        """On CUDA: inputs and outputs in device memory through IO binding, no host copies; on the
+        CPU: host memory shared with numpy, no copies."""
+        if device.type == "cuda":
+            return {"inputs": str(device), "outputs": str(device), "host_copies": False, "io_binding": True}
+        return {"inputs": "cpu", "outputs": "cpu", "host_copies": False, "io_binding": False}
+
+
+#: ONNX tensor types → (torch dtype name, the element type IO binding takes: a numpy type name, or
+#: the ONNX TensorProto number where numpy has none).
+_ONNX_TYPES: dict[str, tuple[str, str | int]] = {
+    "tensor(float)": ("float32", "float32"),
+    "tensor(float16)": ("float16", "float16"),
+    "tensor(double)": ("float64", "float64"),
+    "tensor(bfloat16)": ("bfloat16", 16),
+    "tensor(int64)": ("int64", "int64"),
+    "tensor(int32)": ("int32", "int32"),
+    "tensor(int8)": ("int8", "int8"),
+    "tensor(uint8)": ("uint8", "uint8"),
+    "tensor(bool)": ("bool", "bool"),
+}
+
+
+def _onnx_type(type_name: str, what: str) -> tuple[Any, Any]:
+    """The torch dtype and the IO-binding element type of an ONNX tensor type."""
+    import numpy as np
+    import torch
+
+    if type_name not in _ONNX_TYPES:
+        raise TypeError(f"{what} has ONNX type {type_name}, which optkit cannot bind (known: {', '.join(_ONNX_TYPES)})")
+    torch_name, element = _ONNX_TYPES[type_name]
+    return getattr(torch, torch_name), (np.dtype(element).type if isinstance(element, str) else element)
+
+
+def _run_on_host(session: Any, names: list[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """``session.run`` on numpy views of CPU tensors (cast to the graph's input type where it names one)."""
+    import torch
+
+    graph_input = session.get_inputs()[0]
+    input_dtype = _onnx_type(graph_input.type, "")[0] if graph_input.type in _ONNX_TYPES else None
+
+    def call(x: torch.Tensor) -> list[torch.Tensor]:
+        array = x.detach().to("cpu", input_dtype).numpy()
+        return [torch.from_numpy(o) for o in session.run(names, {graph_input.name: array})]
+
+    return call
+
+
+def _run_bound(session: Any, names: list[str], device: torch.device) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """``run_with_iobinding`` on device memory: the input tensor's, and outputs torch allocates.
+
+    The output shapes for an input shape are learnt on the first call with it (onnxruntime
+    allocates the outputs on the device, copied back once); later calls bind fresh torch tensors
+    of those shapes, so every call returns new tensors, as a module's forward does.
+    """
+    import torch
+
+    device_id = device.index or 0  # the device the session's CUDA provider runs on (onnxruntime_providers)
+    device = torch.device("cuda", device_id)
+    graph_input = session.get_inputs()[0]
+    input_dtype, input_element = _onnx_type(graph_input.type, f"input {graph_input.name!r}")
+    graph_outputs = {o.name: o for o in session.get_outputs()}
+    output_types = [_onnx_type(graph_outputs[name].type, f"output {name!r}") for name in names]
+    binding = session.io_binding()
+    shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+
+    def call(x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.detach().to(device=device, dtype=input_dtype).contiguous()
+        # onnxruntime reads the input on its own stream: what torch queued to make it must be done.
+        torch.cuda.current_stream(device).synchronize()
+        binding.bind_input(graph_input.name, "cuda", device_id, input_element, tuple(x.shape), x.data_ptr())
+        known = shapes.get(tuple(x.shape))
+        if known is None:
+            for name in names:
+                binding.bind_output(name, "cuda", device_id)
+            session.run_with_iobinding(binding)
+            arrays = binding.copy_outputs_to_cpu()
+            shapes[tuple(x.shape)] = [tuple(a.shape) for a in arrays]
+            return [torch.from_numpy(a).to(device) for a in arrays]
+        outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, (dtype, _) in zip(known, output_types)]
+        for name, tensor, (_, element) in zip(names, outputs, output_types):
+            binding.bind_output(name, "cuda", device_id, element, tuple(tensor.shape), tensor.data_ptr())
+        session.run_with_iobinding(binding)  # returns once the outputs are written (it synchronizes the device)
+        binding.synchronize_outputs()
+        return outputs
+
+    return call

@@ -9,10 +9,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from optkit.artifacts import Artifact
 from optkit.errors import PluginError, StageError
 
 if TYPE_CHECKING:
@@ -21,24 +22,68 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from optkit.artifacts import Artifact
-
 __all__ = ["Pass", "PassContext", "PassData", "Progress", "Tolerance", "check_pass_class"]
+
+A = TypeVar("A", bound=Artifact)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class Tolerance(BaseModel):
-    """How far a stage's outputs may drift from the stage before: ``max|Δ| <= atol + rtol × max|reference|``.
+    """How far a stage's outputs may drift from the stage before, on the seeded batch.
+
+    Every bound that is set applies:
+
+    - ``atol``/``rtol``: element-wise, ``max|Δ| <= atol + rtol × max|reference|`` (both ``None``:
+      no element-wise bound);
+    - ``cosine``: the cosine similarity of the outputs is at least this;
+    - ``top1_agreement``: the share of the batch whose top-1 class is the reference's is at least
+      this (classifier outputs ``[batch, classes]`` only).
 
     The pipeline's ``measure.drift_tolerance`` is one; a pass that preserves outputs may declare
-    its own (see :meth:`Pass.tolerance`).
+    its own (see :meth:`Pass.tolerance`): exporting holds outputs element-wise, quantizing holds
+    them to a similarity (:meth:`similarity`).
+
+    Example:
+        >>> Tolerance(atol=1e-5, rtol=1e-3).describe()
+        'max|Δ| <= atol 1e-05 + rtol 0.001 × max|reference|'
+        >>> Tolerance.similarity(cosine=0.99, top1_agreement=0.9).describe()
+        'cosine >= 0.99, top-1 agreement >= 0.9'
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    atol: float = Field(1e-4, ge=0, description="Absolute tolerance.")
-    rtol: float = Field(1e-4, ge=0, description="Tolerance relative to the largest reference output.")
+    atol: float | None = Field(1e-4, ge=0, description="Absolute tolerance (null, with rtol null: no element-wise bound).")
+    rtol: float | None = Field(1e-4, ge=0, description="Tolerance relative to the largest reference output.")
+    cosine: float | None = Field(None, ge=-1, le=1, description="Smallest cosine similarity of the outputs to the stage before's.")
+    top1_agreement: float | None = Field(
+        None, ge=0, le=1, description="Smallest share of the batch whose top-1 class equals the stage before's (classifier outputs)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Tolerance:
+        if (self.atol is None) != (self.rtol is None):
+            raise ValueError("give atol and rtol together (both null: no element-wise bound)")
+        if self.atol is None and self.cosine is None and self.top1_agreement is None:
+            raise ValueError("a tolerance needs a bound: atol and rtol, cosine or top1_agreement")
+        return self
+
+    @classmethod
+    def similarity(cls, cosine: float | None = None, top1_agreement: float | None = None) -> Tolerance:
+        """A tolerance of similarity only (no element-wise bound), for passes that change
+        outputs a little everywhere, such as quantization."""
+        return cls(atol=None, rtol=None, cosine=cosine, top1_agreement=top1_agreement)
+
+    def describe(self) -> str:
+        """The bounds in words, for reports and messages."""
+        parts = []
+        if self.atol is not None:
+            parts.append(f"max|Δ| <= atol {self.atol:g} + rtol {self.rtol:g} × max|reference|")
+        if self.cosine is not None:
+            parts.append(f"cosine >= {self.cosine:g}")
+        if self.top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.top1_agreement:g}")
+        return ", ".join(parts)
 
 
 class Pass(ABC):
@@ -57,6 +102,13 @@ class Pass(ABC):
     ``needs_baseline_model = True`` (a class attribute, or a property that reads the options):
     the runner then keeps one copy of the baseline for ``ctx.baseline_model``. No pass asking
     for it, no copy is made.
+    What a pass reads and returns besides modules is declared too, and checked by ``optkit
+    validate`` before anything runs: ``consumes`` names the kind of artifact (an
+    :class:`~optkit.artifacts.Artifact` subclass, e.g. :class:`~optkit.artifacts.OnnxArtifact`)
+    the pass reads from ``ctx.artifact``, which the latest earlier stage must have produced;
+    ``produces`` the kind :meth:`apply` returns. A pass that does not declare ``produces`` returns a
+    module, and a module after an artifact makes that artifact stale: a consuming pass may not
+    follow it.
 
     Example:
         >>> class Identity(Pass):
@@ -72,6 +124,10 @@ class Pass(ABC):
     preserves_outputs: ClassVar[bool] = False
     #: The runner keeps a copy of the baseline's module for ``ctx.baseline_model`` (one model's memory).
     needs_baseline_model: bool = False
+    #: The kind of artifact the pass reads from ``ctx.artifact``; ``None``: none (it works on the module).
+    consumes: ClassVar[type[Artifact] | None] = None
+    #: The kind of artifact :meth:`apply` returns; ``None``: it returns a module.
+    produces: ClassVar[type[Artifact] | None] = None
 
     class Options(BaseModel):
         """The pass's options; unknown options are rejected (subclasses inherit ``extra="forbid"``)."""
@@ -97,13 +153,15 @@ class Pass(ABC):
         Args:
             model: the current model (in eval mode, on ``ctx.device``). A pass may change it
                 in place or return a new module.
-            ctx: device, example input, this stage's output folder, logger, and ``details``
-                (a dict for what the pass has to say: it lands in the report).
+            ctx: device, example input, this stage's output folder, logger, ``details``
+                (a dict for what the pass has to say: it lands in the report), and ``artifact``
+                (the artifact of the latest earlier stage, for a pass that ``consumes`` one).
 
         Returns:
             The new model, or a deployable :class:`optkit.artifacts.Artifact` (e.g. an ONNX
-            file), which the runner measures under its own runtime; the model is then carried
-            on unchanged to the next stage.
+            file, the kind ``produces`` declares), which the runner measures under its own
+            runtime; the model is then carried on unchanged to the next stage, and the artifact
+            is the next stage's ``ctx.artifact``.
         """
 
 
@@ -185,6 +243,12 @@ class PassContext:
             every parameter with ``requires_grad=False``) for a pass that declares
             ``needs_baseline_model``; else ``None``. Read it, never change it: later stages see it too.
         on_progress: where :meth:`report_progress` goes (the runner's observers); ``None``: nowhere.
+        artifact: the artifact the latest earlier stage returned (an ONNX file, say), or ``None``
+            when none did or a stage returned a module since (the artifact is then stale);
+            :meth:`require_artifact` gets it typed, or fails the stage.
+        module_rules: what library modules compute, by class path (an
+            :class:`optkit.models.ModuleRules` from every plugin's ``optkit_register_module_rules``;
+            look a module up with :func:`optkit.models.find_rule`). Empty outside a run.
     """
 
     device: torch.device
@@ -197,6 +261,29 @@ class PassContext:
     data: PassData | None = None
     baseline_model: nn.Module | None = None
     on_progress: Callable[[Progress], None] | None = None
+    module_rules: Mapping[str, Any] = field(default_factory=dict)
+    artifact: Artifact | None = None
+
+    def require_artifact(self, kind: type[A]) -> A:
+        """``ctx.artifact``, checked to be a ``kind`` (e.g. :class:`~optkit.artifacts.OnnxArtifact`).
+
+        Example:
+            >>> onnx_file = ctx.require_artifact(OnnxArtifact).path  # doctest: +SKIP
+
+        Raises:
+            StageError: no earlier stage produced one (or a module stage made it stale), or it is
+                of another kind; the message says what to add.
+        """
+        if isinstance(self.artifact, kind):
+            return self.artifact
+        wanted = f"{kind.description} ({kind.__name__})"
+        if self.artifact is None:
+            raise StageError(
+                f"this pass needs {wanted} from an earlier stage, and there is none: add a stage that "
+                "produces one before it, after any stage that changes the model (optkit validate names one)"
+            )
+        raise StageError(f"this pass needs {wanted}, but the stage before it produced {type(self.artifact).__name__}")
+
 
     def report_progress(self, task: str, completed: int, total: int | None = None, **fields: Any) -> None:
         """Say how far a long task is (the CLI shows a progress bar; quiet under ``--json``).
@@ -269,6 +356,12 @@ def check_pass_class(obj: object, origin: str) -> str:
             f"{origin}: {obj.__name__}.Options must subclass optkit.Pass.Options (write `class Options(Pass.Options):`), "
             "so that unknown options are rejected instead of silently ignored"
         )
+    for role in ("consumes", "produces"):
+        kind = getattr(obj, role)
+        if kind is not None and not (isinstance(kind, type) and issubclass(kind, Artifact)):
+            raise PluginError(
+                f"{origin}: {obj.__name__}.{role} must be an optkit.Artifact subclass (e.g. optkit.OnnxArtifact) or None, got {kind!r}"
+            )
     if inspect.isabstract(obj):
         missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
         raise PluginError(f"{origin}: {obj.__name__} does not implement {missing}")

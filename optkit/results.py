@@ -106,12 +106,19 @@ class StageResult:
 
 @dataclass
 class RunInfo:
-    """What observers (the stage hooks) know about the run in progress."""
+    """What observers (the stage hooks) know about the run in progress.
+
+    Attributes:
+        compare: how latency is timed: ``sequential`` (each stage's ``latency_ms`` is in its result
+            when ``optkit_stage_finished`` sees it) or ``interleaved`` (every stage is timed side by
+            side after the last one: latency arrives in report.json at the end of the run).
+    """
 
     pipeline: Pipeline
     output_dir: Path
     device: str
     stage_names: list[str]
+    compare: str = "sequential"
 
     @property
     def stage_count(self) -> int:
@@ -120,7 +127,12 @@ class RunInfo:
 
 @dataclass
 class RunReport:
-    """The run report: what ``report.json`` holds (:func:`optkit.reporting.write_run_report` writes it)."""
+    """The run report: what ``report.json`` holds (:func:`optkit.reporting.write_run_report` writes it).
+
+    Attributes:
+        timing: how latency was measured: ``compare`` (``interleaved`` or ``sequential``) and why,
+            the noise check, the interval methods, and ``status`` of the side-by-side timing.
+    """
 
     environment: dict[str, Any]
     pipeline: dict[str, Any]
@@ -129,6 +141,7 @@ class RunReport:
     optkit_version: str = ""
     schema: int = SCHEMA_VERSION
     error: str | None = None
+    timing: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +151,7 @@ class RunReport:
             "pipeline": self.pipeline,
             "status": self.status,
             "error": self.error,
+            "timing": self.timing,
             "stages": [s.to_dict() for s in self.stages],
         }
 
@@ -151,6 +165,7 @@ class RunReport:
             optkit_version=data.get("optkit_version", ""),
             schema=data.get("schema", SCHEMA_VERSION),
             error=data.get("error"),
+            timing=data.get("timing", {}),
         )
 
     @classmethod

@@ -54,6 +54,8 @@ __all__ = [
     "REPORT_FIELDS",
     "STAGE_FIELDS",
     "METRIC_FIELDS",
+    "LATENCY_FIELDS",
+    "SPEEDUP_FIELDS",
     "PassRun",
     "tiny_convnet",
     "run_pass",
@@ -69,13 +71,15 @@ TINY_MODEL = "python:optkit.testing:tiny_convnet"
 DIGITS_MODEL = "python:optkit.testing:digits_cnn"
 
 #: Fields of ``report.json`` (see the contract in the README), top level.
-REPORT_FIELDS = ("schema", "optkit_version", "environment", "pipeline", "status", "stages")
+REPORT_FIELDS = ("schema", "optkit_version", "environment", "pipeline", "status", "timing", "stages")
 ENVIRONMENT_FIELDS = ("python", "torch", "torchvision", "device", "threads")
 #: Fields of every stage.
 STAGE_FIELDS = ("name", "pass", "status", "duration_s", "metrics", "details", "artifacts", "error")
 #: Metrics every measured (``ok``) stage has; ``macs``/``gflops`` also need ``measure.flops``.
 METRIC_FIELDS = ("params", "nonzero_params", "size_bytes")
-LATENCY_FIELDS = ("p50", "p90", "mean", "std", "n", "warmup", "runtime")
+LATENCY_FIELDS = ("p10", "p50", "p90", "p50_interval", "mean", "std", "n", "samples", "warmup", "runtime", "io", "compare")
+#: Fields of a timed stage's ``speedup`` over the baseline.
+SPEEDUP_FIELDS = ("value", "low", "high", "confidence", "paired", "tie", "against")
 DRIFT_FIELDS = ("max_abs", "cosine")
 
 
@@ -239,7 +243,7 @@ def run_pass(
         document["data"] = data
     pipeline_path = tmp_path / "pipeline.yaml"
     pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    pipeline = load_pipeline(pipeline_path, host.get_pass)
+    pipeline = load_pipeline(pipeline_path, host.get_pass, producers=host.passes_producing)
     _, run_dir = run_pipeline(pipeline, host)  # a second run in one tmp_path goes to run-2
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     check_report_contract(report)
@@ -259,7 +263,8 @@ def check_report_contract(report: dict[str, Any]) -> None:
     """Assert that a ``report.json`` dict has the fields of the contract.
 
     Every stage has the stage fields; every ``ok`` stage has parameters, size, latency (when
-    measured) and drift (the baseline's is the identity: it is the reference).
+    measured, with its spread) and drift (the baseline's is the identity: it is the reference);
+    every timed stage after a timed baseline has its ``speedup`` with an interval.
 
     Raises:
         AssertionError: naming the first missing field and the stage.
@@ -281,6 +286,9 @@ def check_report_contract(report: dict[str, Any]) -> None:
         _require(metrics, METRIC_FIELDS, f"{where} metrics")
         if "latency_ms" in metrics:
             _require(metrics["latency_ms"], LATENCY_FIELDS, f"{where} latency_ms")
+            if stage is not report["stages"][0] and "latency_ms" in report["stages"][0]["metrics"]:
+                _require(metrics, ("speedup",), f"{where} metrics")
+                _require(metrics["speedup"], SPEEDUP_FIELDS, f"{where} speedup")
         _require(metrics, ("drift",), f"{where} metrics")
         if metrics["drift"].get("comparable", True):
             _require(metrics["drift"], DRIFT_FIELDS, f"{where} drift")

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
+from optkit import OnnxArtifact, Pass, PassContext, hookimpl
 
 __all__ = [
     "TINY_PIPELINE",
@@ -26,6 +26,9 @@ __all__ = [
     "WritesArtifact",
     "ReturnsNothing",
     "ReadsCalibration",
+    "SeesArtifact",
+    "ReadsOnnx",
+    "ClaimsOnnx",
     "StageRecorder",
     "labeled_noise",
     "unlabeled_noise",
@@ -172,9 +175,41 @@ class ReadsCalibration(Pass):
         return model
 
 
+class SeesArtifact(Pass):
+    """Declares nothing and reports what ``ctx.artifact`` holds: the runner's carry-forward, seen from a pass."""
+
+    name = "sees_artifact"
+    summary = "Report the artifact the stage before left, if any."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.details["artifact"] = None if ctx.artifact is None else ctx.artifact.path.name
+        return model
+
+
+class ReadsOnnx(SeesArtifact):
+    """A third-party consumer of an ONNX artifact (the runner hands it one or fails the stage):
+    reports the file it got, returns the module."""
+
+    name = "reads_onnx"
+    summary = "Read the ONNX model of the stage before."
+    consumes = OnnxArtifact
+
+
+class ClaimsOnnx(Pass):
+    """Declares that it produces an ONNX artifact, then returns the module: the runner must refuse it."""
+
+    name = "mislabels_onnx"
+    summary = "Declare an ONNX artifact, return a module."
+    produces = OnnxArtifact
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        return model
+
+
 @hookimpl
 def optkit_register_passes(register):
-    for pass_cls in (Identity, Scale, Raises, Drifts, Interrupts, WritesArtifact, ReturnsNothing, ReadsCalibration):
+    for pass_cls in (Identity, Scale, Raises, Drifts, Interrupts, WritesArtifact, ReturnsNothing, ReadsCalibration,
+                     SeesArtifact, ReadsOnnx, ClaimsOnnx):
         register(pass_cls)
 
 

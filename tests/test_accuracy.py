@@ -65,9 +65,14 @@ def test_every_stage_has_accuracy_and_agreement_onnx_included(digits_run):
     stages = {s.name: s.metrics for s in report.stages}
     assert list(stages) == ["baseline", "fuse_bn", "prune_l1", "export_onnx"]
     assert stages["export_onnx"]["runtime"] == "onnxruntime"
-    for metrics in stages.values():
+    for name, metrics in stages.items():
         assert set(metrics["accuracy"]) == {"top1", "top5", "n"} and metrics["accuracy"]["n"] == 360
-        assert set(metrics["agreement"]) == {"top1", "n"}
+        # After the baseline, agreement also says how closely the stage follows the one before it.
+        assert set(metrics["agreement"]) == ({"top1", "n"} if name == "baseline" else {"top1", "n", "previous"})
+    assert set(stages["export_onnx"]["agreement"]["previous"]) == {"top1", "cosine", "n", "cosine_n"}
+    folded = stages["fuse_bn"]["agreement"]["previous"]
+    assert folded["top1"] == 1.0 and folded["n"] == folded["cosine_n"] == 360
+    torch.testing.assert_close(folded["cosine"], 1.0, rtol=0, atol=1e-9)  # folding BatchNorm is exact to rounding
     assert stages["baseline"]["accuracy"]["top1"] >= 0.97 and stages["baseline"]["agreement"]["top1"] == 1.0
     assert stages["fuse_bn"]["accuracy"] == stages["baseline"]["accuracy"]  # folding BatchNorm changes no prediction
     # Channel pruning without fine-tuning costs accuracy: the report says so, stage by stage.
@@ -89,6 +94,7 @@ def test_the_numbers_equal_an_independent_evaluation_of_the_saved_files(digits_r
     for name, predictions in (("baseline", baseline), ("prune_l1", pruned), ("export_onnx", exported)):
         assert stages[name]["accuracy"]["top1"] == float((predictions == labels).double().mean()), name
         assert stages[name]["agreement"]["top1"] == float((predictions == baseline).double().mean()), name
+    assert stages["export_onnx"]["agreement"]["previous"]["top1"] == float((exported == pruned).double().mean())
 
 
 def test_max_accuracy_drop_fails_exactly_the_stage_that_breaks_it(digits, tmp_path, cli):

@@ -245,7 +245,10 @@ def test_calibration_falls_back_to_train_then_eval_on_the_stage_device(tmp_path,
 
 def test_python_eval_data_without_labels_gives_agreement_only(tmp_path):
     run = run_pass("identity", tmp_path=tmp_path, plugins=[plugins_for_tests], data={"eval": "python:plugins_for_tests:unlabeled_noise"})
-    assert "accuracy" not in run.metrics and run.metrics["agreement"] == {"top1": 1.0, "n": 20}
+    agreement = run.metrics["agreement"]
+    assert "accuracy" not in run.metrics and (agreement["top1"], agreement["n"]) == (1.0, 20)
+    assert (agreement["previous"]["top1"], agreement["previous"]["n"]) == (1.0, 20)  # against the stage before: the baseline
+    assert agreement["previous"]["cosine"] == pytest.approx(1.0)
     labeled = run_pass("identity", tmp_path=tmp_path, plugins=[plugins_for_tests], data={"eval": "python:plugins_for_tests:labeled_noise"})
     assert labeled.metrics["accuracy"]["n"] == 20 and labeled.metrics["accuracy"] == labeled.baseline["metrics"]["accuracy"]
 

@@ -339,6 +339,8 @@ def test_pipeline_run_measures_the_onnx_file_under_onnxruntime(write_pipeline, c
     onnx_file = tmp_path / "run" / stage["artifacts"][0]
     assert stage["metrics"]["size_bytes"] == onnx_file.stat().st_size
     assert stage["metrics"]["latency_ms"]["runtime"] == "onnxruntime"
+    # on the CPU, onnxruntime reads and writes host memory shared with the torch tensors: no copies
+    assert stage["metrics"]["latency_ms"]["io"] == {"inputs": "cpu", "outputs": "cpu", "host_copies": False, "io_binding": False}
     assert stage["metrics"]["params"] == report["stages"][0]["metrics"]["params"]
     assert stage["details"]["opset"] == 18 and stage["details"]["output_names"] == ["logits"]
     assert stage["metrics"]["drift"]["top1_agreement"] == 1.0
@@ -354,3 +356,47 @@ def test_unknown_option_is_refused_with_the_pipeline_line(write_pipeline, cli):
     result = cli("run", path)
     assert result.exit_code == 2
     assert "pipeline.yaml:3" in result.output and "dynamic" in result.output
+
+
+@pytest.mark.cuda
+def test_cuda_artifact_runs_through_io_binding_on_device_memory(tmp_path):
+    """On CUDA the artifact takes the input tensor's device memory and returns device tensors."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is not installed)")
+    device = torch.device("cuda", 0)
+    model = make_model(ConvNet, two_heads=True)
+    artifact, _ = export(model, tmp_path)
+    assert artifact.io(device) == {"inputs": "cuda:0", "outputs": "cuda:0", "host_copies": False, "io_binding": True}
+    run = artifact.load(device)
+    model = model.to(device)
+    for batch in (2, 3, 2):  # a new input shape learns its output shapes; a known one binds torch tensors
+        x = torch.randn(batch, 3, 16, 16, device=device)
+        got = run(x)
+        assert all(t.device == device for t in got)
+        with torch.inference_mode():
+            expected = model(x)
+        torch.testing.assert_close(got, expected, **CLOSE)
+    again = run(x)
+    assert again[0].data_ptr() != got[0].data_ptr()  # fresh outputs each call, as a module's forward gives
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_pipeline_records_what_was_timed(write_pipeline, cli, tmp_path):
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is not installed)")
+    path = write_pipeline(f"""
+        model: {{source: "torchvision:resnet18", weights: none, input_shape: [2, 3, 64, 64]}}
+        device: cuda
+        measure: {{warmup: 3, iters: 20}}
+        passes: [fuse_bn, export_onnx]
+        output: {tmp_path / "run"}
+    """)
+    result = cli("run", path)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["timing"]["compare"] == "interleaved" and report["timing"]["noise"]["workload"].endswith("on cuda:0")
+    torch_stage, onnx_stage = report["stages"][1]["metrics"]["latency_ms"], report["stages"][2]["metrics"]["latency_ms"]
+    assert (torch_stage["timer"], torch_stage["io"]["inputs"], torch_stage["io"]["host_copies"]) == ("cuda_event", "cuda:0", False)
+    assert (onnx_stage["timer"], onnx_stage["io"]["io_binding"], onnx_stage["io"]["host_copies"]) == ("perf_counter", True, False)
+    assert report["stages"][2]["metrics"]["drift"]["max_abs"] <= 1e-3

@@ -266,6 +266,7 @@ def test_lists_of_tensors_between_stages():
 def test_wrapped_model_is_fused():
     import torchvision
 
+    torch.manual_seed(0)  # a random model and input: seeded, so the float32 rounding is the same every run
     details = check_fused(Wrapper(torchvision.models.resnet18(num_classes=10)), torch.randn(1, 3, 64, 64), pairs=20)
     assert {e["bn"] for e in details["fused"]} >= {"module.bn1", "module.layer4.1.bn2"}
 
@@ -335,3 +336,97 @@ def test_graph_module_output_is_flat_and_exact():
 def test_graph_module_needs_a_traceable_model():
     details = check_fused(DataDependent(), torch.randn(1, 3, 16, 16), pairs=3, graph_module=True)
     assert details["notes"] == ["graph_module: the model does not trace as a whole, so it keeps its modules"]
+
+
+# -- modules a rule says fuse themselves (Ultralytics' Conv, RepConv, ...; tested on a stand-in here,
+#    on Ultralytics' own modules in test_ultralytics_rules.py) ---------------------------------------
+class ConvBNAct(nn.Module):
+    """Ultralytics' convention: conv, bn, act, and a fused form ``forward_fuse`` without bn."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x):
+        return self.act(self.conv(x))
+
+
+def fold_and_switch(module: nn.Module) -> None:
+    from optkit.models import fold_bn_into_layer
+
+    fold_bn_into_layer(module.conv, module.bn)
+    del module.bn
+    module.forward = module.forward_fuse
+
+
+def forget_the_bn(module: nn.Module) -> None:  # a wrong claim: drops the BatchNorm without folding it
+    del module.bn
+    module.forward = module.forward_fuse
+
+
+def conv_bn_rule(fuse) -> dict:
+    from optkit.models import ModuleRule, class_path
+
+    rule = ModuleRule(class_path(ConvBNAct), computes="act(bn(conv(x)))", check=lambda m: None if hasattr(m, "bn") else "no bn", fuse=fuse)
+    return {rule.class_path: rule}
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.unused = ConvBNAct(3, 8), ConvBNAct(8, 8), ConvBNAct(8, 8)
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.b(x.new_zeros(x.shape[0], 8, *x.shape[2:]))  # b runs twice
+
+
+class Aliased(nn.Module):
+    """One block registered under two names, called once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = ConvBNAct(3, 8)
+        self.alias = self.block
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_a_module_with_a_fuse_rule_is_fused_whole_and_proven_on_every_call():
+    model = randomize_bn(TwoBlocks()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = fuse_batchnorm(model, x, rules=conv_bn_rule(fold_and_switch))
+    assert [(e["layer"], e["bn"], e["kind"]) for e in result.fused] == [("a", "a.bn", "ConvBNAct"), ("b", "b.bn", "ConvBNAct")]
+    assert result.batchnorms_folded == 2
+    assert result.skipped == [
+        {"layer": "unused", "bn": "", "reason": "ConvBNAct did not run on the example input, so its fused form cannot be checked"},
+        # the pair inside is never fused on its own: that would leave a module its library does not know
+        {"layer": "unused.conv", "bn": "unused.bn", "reason": "inside `unused` (ConvBNAct), which its module rule fuses as a whole"},
+    ]
+    fused = result.model
+    assert not hasattr(fused.a, "bn") and fused.a.forward == fused.a.forward_fuse
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), **TOL)
+    again = fuse_batchnorm(fused, x, rules=conv_bn_rule(fold_and_switch))
+    assert again.fused == [] and {e["reason"] for e in again.skipped if e["layer"] in ("a", "b")} == {"ConvBNAct: no bn"}
+
+
+def test_a_fuse_rule_that_does_not_hold_is_refused_with_the_measured_difference():
+    model = randomize_bn(nn.Sequential(ConvBNAct(3, 8))).eval()
+    result = fuse_batchnorm(model, torch.randn(1, 3, 8, 8), rules=conv_bn_rule(forget_the_bn))
+    assert result.fused == [] and hasattr(result.model[0], "bn")
+    assert result.skipped[0]["reason"].startswith("the fused form of ConvBNAct (module rule test_fuse_bn.ConvBNAct) differs from it by ")
+
+
+def test_a_shared_or_hooked_module_with_a_fuse_rule_is_left_alone():
+    model = randomize_bn(Aliased()).eval()
+    result = fuse_batchnorm(model, torch.randn(1, 3, 8, 8), rules=conv_bn_rule(fold_and_switch))
+    assert result.fused == [] and "registered under 2 names" in result.skipped[0]["reason"]
+    assert result.skipped[1]["reason"] == "inside `block` (ConvBNAct), which its module rule fuses as a whole"
+    hooked = randomize_bn(nn.Sequential(ConvBNAct(3, 8))).eval()
+    hooked[0].act.register_forward_hook(lambda *args: None)
+    result = fuse_batchnorm(hooked, torch.randn(1, 3, 8, 8), rules=conv_bn_rule(fold_and_switch))
+    assert "forward hooks" in result.skipped[0]["reason"]

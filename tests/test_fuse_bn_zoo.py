@@ -181,3 +181,46 @@ def test_every_torchvision_model_fuses_every_pair_exactly(chunk):
         except AssertionError as exc:  # collect every model's failure, not only the first
             failures.append(str(exc))
     assert not failures, "\n".join(failures)
+
+
+#: timm models whose BatchNorms are all timm BatchNormAct2d (their own forward): every pair fuses
+#: through the standard module rules, with the count Torch-Pruning's graph and a forward agree on.
+TIMM_PAIRS = {"efficientnet_b0": 49, "regnety_008": 47, "regnetx_004": 71}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_PAIRS)
+def test_timm_models_fuse_every_norm_act_pair_through_module_rules(name):
+    import timm
+    from timm.layers.norm_act import BatchNormAct2d
+
+    from optkit.host import Host
+
+    with no_random_init():
+        model = timm.create_model(name, pretrained=False).eval()
+    fill_parameters(model)
+    batch = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    calibrate_bn(model, batch)
+    x = batch[:1]
+    with torch.no_grad():
+        expected = model(x)
+    assert sum(type(m) is BatchNormAct2d for m in model.modules()) == TIMM_PAIRS[name]
+    result = fuse_batchnorm(model, x, rules=Host().rule_table())
+    assert (len(result.fused), result.skipped) == (TIMM_PAIRS[name], [])
+    assert {e["rule"] for e in result.fused} == {"timm.layers.norm_act.BatchNormAct2d"}
+    assert not any(isinstance(m, NORM_LAYERS) for m in result.model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), expected, rtol=RTOL, atol=ATOL_SCALE * float(expected.abs().max()))
+
+
+@pytest.mark.slow
+def test_googlenet_auxiliary_pairs_are_still_fused_with_module_rules():
+    from optkit.host import Host
+
+    with warnings.catch_warnings(), no_random_init():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False).eval()
+    fill_parameters(model)
+    result = fuse_batchnorm(model, torch.randn(1, 3, 64, 64), rules=Host().rule_table())
+    fused = {e["bn"] for e in result.fused}
+    assert {"aux1.conv.bn", "aux2.conv.bn"} <= fused and len(fused) == 59 and result.skipped == []

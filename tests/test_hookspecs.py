@@ -26,8 +26,8 @@ def plugin_guide() -> str:
 
 def test_the_hooks_are_the_documented_set():
     assert HOOKS == [
-        "optkit_register_datasets", "optkit_register_passes", "optkit_register_sources", "optkit_stage_finished",
-        "optkit_stage_progress", "optkit_stage_started",
+        "optkit_register_datasets", "optkit_register_module_rules", "optkit_register_passes", "optkit_register_sources",
+        "optkit_stage_finished", "optkit_stage_progress", "optkit_stage_started",
     ]
 
 

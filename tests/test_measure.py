@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import collections
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 from torch import nn
 
-from optkit.measure import compare_outputs, count_params, drift_exceeds, measure, state_dict_bytes, summarize_times, time_callable
+from optkit.measure import (
+    Contender,
+    check_noise,
+    compare_outputs,
+    count_params,
+    drift_exceeds,
+    measure,
+    state_dict_bytes,
+    summarize_times,
+    time_callable,
+    time_round_robin,
+)
 from optkit.config import MeasureSpec
 
 
@@ -42,11 +56,15 @@ def test_size_is_the_saved_state_dict():
 def test_summarize_times_known_values():
     stats = summarize_times([5.0, 1.0, 4.0, 2.0, 3.0])
     assert stats["p50"] == 3.0
-    assert stats["p90"] == pytest.approx(4.6)
+    assert (stats["p10"], stats["p90"]) == (pytest.approx(1.4), pytest.approx(4.6))
     assert stats["mean"] == 3.0
     assert stats["std"] == pytest.approx(math.sqrt(2.5))
     assert stats["n"] == 5
-    assert summarize_times([7.0]) == {"p50": 7.0, "p90": 7.0, "mean": 7.0, "std": 0.0, "n": 1}
+    assert stats["samples"] == [5.0, 1.0, 4.0, 2.0, 3.0]  # in the order taken
+    # five timings: no pair of order statistics reaches 95%, so [min, max] with its coverage 1 - 2/32
+    assert stats["p50_interval"] == {"low": 1.0, "high": 5.0, "confidence": pytest.approx(1 - 2 / 32)}
+    assert summarize_times([7.0]) == {"p10": 7.0, "p50": 7.0, "p90": 7.0, "mean": 7.0, "std": 0.0, "n": 1, "samples": [7.0],
+                                      "p50_interval": {"low": 7.0, "high": 7.0, "confidence": 0.0}}
     with pytest.raises(ValueError):
         summarize_times([])
 
@@ -67,6 +85,67 @@ def test_time_callable_on_cpu_counts_calls_and_records_settings():
     assert 2.0 <= stats["p50"] <= stats["p90"] and stats["mean"] >= 2.0
     with pytest.raises(ValueError, match="iters"):
         time_callable(fn, torch.zeros(1), torch.device("cpu"), warmup=0, iters=0)
+
+
+def test_round_robin_calls_each_contender_once_a_round_in_a_seeded_shuffled_order():
+    calls: list[str] = []
+
+    def contender(name: str, delay_s: float) -> Contender:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            time.sleep(delay_s)
+            return x
+
+        return Contender(fn)
+
+    contenders = {"a": contender("a", 0.001), "b": contender("b", 0.004), "c": contender("c", 0.002)}
+    records = time_round_robin(contenders, torch.zeros(2, 3), torch.device("cpu"), warmup=1, rounds=12)
+    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(rounds) == 13 and all(sorted(r) == ["a", "b", "c"] for r in rounds)  # warm-up round first
+    assert len({tuple(r) for r in rounds}) > 2  # the order changes from round to round ...
+    calls.clear()
+    time_round_robin(contenders, torch.zeros(2, 3), torch.device("cpu"), warmup=1, rounds=12)
+    assert [calls[i:i + 3] for i in range(0, len(calls), 3)] == rounds  # ... the same way for the same seed
+    assert [records[k]["n"] for k in "abc"] == [12, 12, 12] and records["b"]["warmup"] == 1 and records["b"]["batch"] == 2
+    assert records["a"]["p50"] >= 1.0 and records["b"]["p50"] >= 4.0 and records["b"]["p50"] > records["a"]["p50"]
+    with pytest.raises(ValueError, match="rounds"):
+        time_round_robin({"a": contender("a", 0.0)}, torch.zeros(1), torch.device("cpu"), rounds=0)
+
+
+def test_noise_check_reports_the_robust_spread_of_a_fixed_workload():
+    loose = check_noise(torch.device("cpu"), max_cv=1e6, iters=10, warmup=1)
+    assert loose["n"] == 10 and loose["workload"] == "768x768 float32 matrix product on cpu"
+    assert loose["cv"] > 0 and loose["p50_ms"] > 0 and "vary" not in loose.get("why", "")
+    assert 0 < loose["cpu_share"] and loose["min_cpu_share"] == 0.8
+    # No machine times a workload with a spread under 1e-9: the same check with that bound calls it noisy.
+    strict = check_noise(torch.device("cpu"), max_cv=1e-9, iters=10, warmup=1)
+    assert strict["noisy"] is True and "robust CV" in strict["why"]
+
+
+def test_noise_check_sees_other_processes_take_the_cores():
+    """A steady load slows every call alike (the spread stays low); the CPU share shows it."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        time.sleep(0.5)
+        busy = check_noise(torch.device("cpu"), max_cv=1e6, iters=30, warmup=2)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert busy["noisy"] is True and busy["cpu_share"] < 0.8
+    assert "other processes compete" in busy["why"] and "vary" not in busy["why"]
+
+
+@pytest.mark.cuda
+def test_cuda_round_robin_times_torch_with_events_and_a_self_synchronizing_runtime_by_the_host():
+    device = torch.device("cuda", 0)
+    x = torch.randn(2048, 2048, device=device)
+    records = time_round_robin({"events": Contender(lambda t: t @ t, cuda_events=True),
+                                "host": Contender(lambda t: [t @ t for _ in range(20)], cuda_events=False)},
+                               x, device, warmup=3, rounds=10)
+    assert (records["events"]["timer"], records["host"]["timer"]) == ("cuda_event", "perf_counter")
+    # Both see the whole GPU work of their call: 20 products take far longer than one.
+    assert records["host"]["p50"] > 10 * records["events"]["p50"]
 
 
 @pytest.mark.cuda
@@ -116,6 +195,47 @@ def test_drift_tolerance_messages():
     reshaped = compare_outputs(torch.zeros(1, 3), reference)
     assert not reshaped["comparable"]
     assert "changed shape" in drift_exceeds(reshaped, atol=1.0, rtol=1.0)
+
+
+def test_a_tolerance_holds_every_bound_it_sets():
+    from pydantic import ValidationError
+
+    from optkit.measure import tolerance_failure
+    from optkit.passes import Tolerance
+
+    reference = torch.tensor([[3.0, 1.0], [1.0, 3.0], [2.0, 0.0], [0.0, 2.0]])
+    flipped = reference.clone()
+    flipped[0] = torch.tensor([1.0, 3.0])  # one sample of four changes its top-1
+    drift = compare_outputs(flipped, reference)
+    cosine = float(torch.nn.functional.cosine_similarity(flipped.flatten().double(), reference.flatten().double(), dim=0))
+    assert drift["top1_agreement"] == 0.75 and drift["cosine"] == pytest.approx(cosine, abs=1e-12)
+
+    assert tolerance_failure(drift, Tolerance.similarity(cosine=cosine - 1e-9, top1_agreement=0.75)) is None
+    assert tolerance_failure(drift, Tolerance.similarity(top1_agreement=0.8)) == (
+        "on the seeded batch, top-1 agreement with the stage before is 0.75, under the minimum 0.8"
+    )
+    assert tolerance_failure(drift, Tolerance.similarity(cosine=0.99)) == (
+        f"on the seeded batch, the outputs' cosine similarity to the stage before is {cosine:.6f}, under the minimum 0.99"
+    )
+    # The element-wise bound is checked first, and still on the seeded batch.
+    assert tolerance_failure(drift, Tolerance(atol=1.0, rtol=0.0, cosine=0.0)).startswith("outputs drifted by max |Δ| = 2")
+    # Similarity on data, when given, instead of the seeded batch.
+    on_data = {"top1": 0.5, "cosine": 0.999, "n": 360}
+    assert tolerance_failure(drift, Tolerance.similarity(top1_agreement=0.6), on_data) == (
+        "on data.eval, top-1 agreement with the stage before is 0.5, under the minimum 0.6"
+    )
+    assert tolerance_failure(drift, Tolerance.similarity(cosine=0.99), on_data) is None
+    # Outputs without classes cannot be held to top-1 agreement; NaN falls short of any cosine.
+    maps = compare_outputs(torch.ones(1, 2, 4, 4), torch.ones(1, 2, 4, 4))
+    assert "not [batch, classes] logits" in tolerance_failure(maps, Tolerance.similarity(top1_agreement=0.5))
+    nan = compare_outputs(torch.full((1, 2), float("nan")), reference[:1])
+    assert "cosine similarity to the stage before is nan" in tolerance_failure(nan, Tolerance.similarity(cosine=0.0))
+
+    assert Tolerance().describe() == "max|Δ| <= atol 0.0001 + rtol 0.0001 × max|reference|"
+    with pytest.raises(ValidationError, match="give atol and rtol together"):
+        Tolerance(atol=None, cosine=0.9)
+    with pytest.raises(ValidationError, match="a tolerance needs a bound"):
+        Tolerance.similarity()
 
 
 def test_onnx_size_includes_external_data(tmp_path):

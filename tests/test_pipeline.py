@@ -108,8 +108,8 @@ def test_unknown_pass_names_the_closest_registered_passes(write_pipeline, test_h
 
 
 def test_unknown_pass_without_a_close_name_lists_the_registered_ones(write_pipeline, test_host):
-    error = load_error(write_pipeline, test_host, GOOD.replace("  - identity", "  - quantize_int8"))
-    assert "stage 1: unknown pass 'quantize_int8'; registered: " in error.message
+    error = load_error(write_pipeline, test_host, GOOD.replace("  - identity", "  - distill_teacher"))
+    assert "stage 1: unknown pass 'distill_teacher'; registered: " in error.message
     assert "identity" in error.message and "writes_artifact" in error.message
 
 

@@ -63,3 +63,15 @@ def test_no_plot_without_data() -> None:
     baseline_only = [_run("a", "baseline", [_stage("baseline", 0, 10.0)])]
     assert pass_speedups_png(stage_points(baseline_only)) is None
     assert latency_vs_gmacs_png(stage_points([_run("a", "p", [_stage("baseline", 0, 10.0, gmacs=None)])])) is None
+
+
+def test_stage_points_carry_the_speedup_interval_and_ties_from_the_report() -> None:
+    fused = _stage("fuse_bn", 1, 9.8)
+    fused.metrics["speedup_vs_previous"] = {"value": 1.02, "low": 0.97, "high": 1.08, "tie": True}
+    exported = _stage("export_onnx", 2, 4.0)
+    exported.metrics["speedup_vs_previous"] = {"value": 2.4, "low": 2.2, "high": 2.6, "tie": False}
+    points = stage_points([_run("resnet18", "fuse_export", [_stage("baseline", 0, 10.0), fused, exported])])
+    assert [(p.speedup_vs_previous, p.speedup_low, p.speedup_high, p.tie) for p in points[1:]] == [
+        (1.02, 0.97, 1.08, True), (2.4, 2.2, 2.6, False)]  # the run's paired figures, not the p50 ratios
+    bars = _decode(pass_speedups_png(points))
+    assert bars.ndim == 3 and bars.shape[0] > 200

@@ -217,7 +217,7 @@ def test_check_report_contract_raises_under_python_minus_o():
     )
     done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "refused: report.json: report lacks optkit_version, environment, pipeline, status, stages\n"
+    assert done.stdout == "refused: report.json: report lacks optkit_version, environment, pipeline, status, timing, stages\n"
 
 
 # --- reports without matplotlib ------------------------------------------------------------------------------

@@ -194,6 +194,10 @@ def test_registering_something_that_is_not_a_pass_is_refused_by_name():
          "options are rejected instead of silently ignored"),
         ({"name": "bad", "summary": "s", "apply": abstractmethod(lambda self, model, ctx: model)},
          "BadPass does not implement apply"),
+        # Artifact kinds are classes, so that validation can tell which stage makes what another reads.
+        ({"name": "bad", "summary": "s", "consumes": "onnx"},
+         "BadPass.consumes must be an optkit.Artifact subclass (e.g. optkit.OnnxArtifact) or None, got 'onnx'"),
+        ({"name": "bad", "summary": "s", "produces": dict}, "BadPass.produces must be an optkit.Artifact subclass"),
     ],
 )
 def test_malformed_pass_class_is_refused_with_what_is_missing(attributes, problem):

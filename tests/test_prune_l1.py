@@ -39,7 +39,7 @@ def _weighted(model: nn.Module) -> dict[str, nn.Module]:
 
 # -- small models covering every coupling rule --------------------------------------------------
 class ResidualConcat(nn.Module):
-    """Residual add, concatenation, depthwise and grouped convolutions, SE scaling, flatten->Linear."""
+    """Residual add, concatenation, depthwise convolutions, SE scaling, flatten->Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,7 +47,7 @@ class ResidualConcat(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
         self.branch_a = nn.Conv2d(16, 8, 1)
         self.branch_b = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False))
-        self.grouped = nn.Conv2d(24, 24, 3, padding=1, groups=6, bias=False)  # 4 channels per group
+        self.depthwise = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
         self.squeeze = nn.Conv2d(24, 8, 1)
         self.excite = nn.Conv2d(8, 24, 1)
         self.pool = nn.AdaptiveAvgPool2d(4)
@@ -58,7 +58,7 @@ class ResidualConcat(nn.Module):
         x = self.stem(x)
         x = torch.relu(x + self.body(x))
         x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
-        x = self.grouped(x)
+        x = self.depthwise(x)
         scale = torch.sigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
         x = x * scale
         x = torch.flatten(self.pool(x), 1)
@@ -182,11 +182,11 @@ def test_channels_keep_outputs_exactly_when_removed_channels_are_silent(tmp_path
     pruned = _prune(model, ctx, mode="channels", amount=0.5)
     with torch.no_grad():
         torch.testing.assert_close(pruned(ctx.example_input), model(ctx.example_input), atol=1e-5, rtol=1e-5)
-    # Every width halves; the residual pair stays coupled; groups keep their width of 4.
+    # Every width halves; the residual pair stays coupled; depthwise convolutions stay depthwise.
     assert pruned.stem[0].out_channels == pruned.body[0].out_channels == 8
     assert pruned.body[1].num_features == 8
     assert (pruned.branch_a.out_channels, pruned.branch_b[2].out_channels, pruned.branch_b[2].groups) == (4, 8, 8)
-    assert (pruned.grouped.in_channels, pruned.grouped.groups) == (12, 3)
+    assert (pruned.depthwise.in_channels, pruned.depthwise.groups) == (12, 12)
     assert (pruned.squeeze.out_channels, pruned.excite.out_channels) == (4, 12)
     assert (pruned.hidden.in_features, pruned.hidden.out_features, pruned.fc.in_features) == (12 * 16, 16, 16)
     assert pruned.fc.out_features == 10
@@ -240,17 +240,29 @@ def test_channels_leave_unsupported_ops_alone_and_name_them(tmp_path):
     assert pruned.conv2.out_channels == 4 and pruned.conv3.in_channels == 4
     assert pruned.conv3.out_channels == 8 and pruned.fc.in_features == 8
     reasons = {tuple(f["layers"]): f["reason"] for f in ctx.details["left_alone"]}
-    assert "view" in reasons[("conv1",)] and "does not handle" in reasons[("conv1",)]
-    assert ctx.details["unsupported_ops"]
+    assert reasons[("conv1",)] == "are reshaped across dimensions by aten.view in `<model>` (e.g. into heads)"
 
 
-def test_excluded_layers_keep_their_channels(tmp_path):
+def test_excluded_layers_keep_their_inputs_and_outputs(tmp_path):
     model = torchvision.models.resnet18(weights=None).eval()
     ctx = _ctx(tmp_path)
     pruned = _prune(model, ctx, mode="channels", amount=0.5, exclude=["layer4.*"])
-    assert pruned.layer4[0].conv1.out_channels == 512 and pruned.layer4[1].conv2.out_channels == 512
-    assert pruned.layer3[0].conv1.out_channels == 128
-    assert pruned.layer4[0].conv1.in_channels == 128  # consumes pruned layer3 output
+    excluded = {n: m for n, m in _weighted(model).items() if n.startswith("layer4.")}
+    for name, layer in _weighted(pruned).items():
+        if name in excluded:
+            assert layer.weight.shape == excluded[name].weight.shape, name
+    # layer3's output feeds layer4 (and the residual stream ties all of layer3's outputs): kept.
+    assert pruned.layer3[1].conv2.out_channels == pruned.layer3[0].downsample[0].out_channels == 256
+    assert pruned.layer3[0].conv1.out_channels == 128  # inside a block: pruned
+    reasons = {f["reason"] for f in ctx.details["left_alone"]}
+    assert "are excluded (exclude)" in reasons
+
+
+def test_layers_not_included_keep_their_outputs_but_not_their_inputs(tmp_path):
+    model = torchvision.models.resnet18(weights=None).eval()
+    ctx = _ctx(tmp_path)
+    pruned = _prune(model, ctx, mode="channels", amount=0.5, include=["layer1.*", "layer2.*", "layer3.*", "conv1"])
+    assert pruned.layer4[0].conv1.out_channels == 512 and pruned.layer4[0].conv1.in_channels == 128
 
 
 def test_amount_zero_changes_nothing(tmp_path):
@@ -293,13 +305,38 @@ class DataDependent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
-        if x.sum() > 0:  # control flow on values: torch.fx cannot trace this
+        if x.abs().sum() >= 0:  # control flow on values: torch.fx cannot trace this (always true here)
             x = -x
         return self.fc(x.mean((2, 3)))
 
 
-def test_untraceable_model_is_refused_with_the_way_out(tmp_path):
-    with pytest.raises(StageError, match=r"mode: channels needs a model torch.fx can trace .*DataDependent.*mode: unstructured works"):
-        _prune(DataDependent(), _ctx(tmp_path), mode="channels", amount=0.5)
-    pruned = _prune(DataDependent(), _ctx(tmp_path), amount=0.5)
-    assert int((pruned.conv.weight == 0).sum()) == round(0.5 * pruned.conv.weight.numel())
+def test_a_model_torch_fx_cannot_trace_is_pruned_on_the_graph_it_executes(tmp_path):
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(DataDependent())
+    ctx = _ctx(tmp_path)
+    pruned = _prune(DataDependent(), ctx, mode="channels", amount=0.5)
+    assert (pruned.conv.out_channels, pruned.fc.in_features) == (4, 4)
+    assert ctx.details["channels"] == {"conv": [8, 4], "fc": [2, 2]}
+
+
+def test_channels_amount_keeps_floor_of_the_rest_as_torch_pruning_does(tmp_path):
+    """64 channels at amount 0.3: 44 kept (20 removed), as Torch-Pruning keeps int(64 * 0.7)."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 8, 1)).eval()
+    ctx = _ctx(tmp_path)
+    pruned = _prune(model, ctx, mode="channels", amount=0.3)
+    assert pruned[0].out_channels == 44 and pruned[2].in_channels == 44
+    assert ctx.details["channels"]["0"] == [64, 44]
+    assert "floor(n * (1 - amount))" in ctx.details["rounding"]
+
+
+def test_a_model_that_fails_on_the_example_input_is_refused_with_its_error(tmp_path):
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).view(7, -1)
+
+    with pytest.raises(StageError, match=r"prune_l1 mode: channels: the model does not run on the example input: RuntimeError: shape '\[7, -1\]'"):
+        _prune(Broken(), _ctx(tmp_path), mode="channels", amount=0.5)

@@ -98,3 +98,52 @@ def test_unstructured_sparsity_is_exact_across_models(tmp_path):
             else:
                 assert zeros == [round(amount * m.weight.numel()) for m in layers], name
             assert torch.equal(pruned.get_submodule(head).weight, model.get_submodule(head).weight), name
+
+
+#: The models users bring (issue 15), with Torch-Pruning 1.6's MACs reduction at amount 0.5 on
+#: the same input (MagnitudePruner, L1, the classifier ignored; benchmarks/prune_channels.py
+#: measures it side by side). optkit must reach it within 5%. The ViT is built for 64x64 here,
+#: where Torch-Pruning needs help (num_heads) and is not compared: whole heads and MLP halved.
+USER_MODELS = {
+    "timm:efficientnet_b0": 3.479,
+    "timm:regnety_008": 3.903,
+    "timm:resnet50d": 3.967,
+    "torchvision:convnext_tiny": 3.888,
+    "timm:vit_tiny_patch16_224": 3.5,
+    "torchvision:googlenet": 3.682,
+}
+
+
+def _user_model(source: str) -> nn.Module:
+    import timm
+
+    scheme, name = source.split(":")
+    torch.manual_seed(0)
+    if scheme == "timm":
+        kwargs = {"img_size": 64} if name.startswith("vit") else {}
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    kwargs = {"aux_logits": True, "init_weights": False} if name == "googlenet" else {}
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("source", USER_MODELS)
+def test_channel_pruning_of_the_models_users_bring(tmp_path, source):
+    from optkit.host import Host
+    from structural_checks import assert_sound
+
+    model = _user_model(source)
+    ctx = PassContext(torch.device("cpu"), _ctx(tmp_path).example_input, tmp_path, logging.getLogger("test.zoo"),
+                      module_rules=Host().rule_table())
+    x = ctx.example_input
+    pruned = PruneL1(PruneL1.Options(mode="channels", amount=0.5)).apply(model, ctx)
+    ratio = count_macs(model, x)["macs"] / count_macs(pruned, x)["macs"]
+    assert ratio >= 0.95 * USER_MODELS[source], (source, ratio)
+    assert ctx.details["backoffs"] == [] and ctx.details["not_traced"] == []
+    if source.endswith("vit_tiny_patch16_224"):
+        assert {b.attn.num_heads for b in pruned.blocks} == {1} and ctx.details["rules_used"]
+    if source.endswith("googlenet"):  # the auxiliary heads run in training only, and follow the pruned layers
+        inception = pruned.inception4a
+        widths = [inception.branch1.conv, inception.branch2[1].conv, inception.branch3[1].conv, inception.branch4[1].conv]
+        assert pruned.aux1.conv.conv.in_channels == sum(c.out_channels for c in widths)
+    assert_sound(model, pruned, x, onnx_dir=tmp_path)

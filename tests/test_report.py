@@ -88,13 +88,15 @@ def test_markdown_report_has_the_table_the_error_and_the_details(finished_run):
     assert "- artifact: `stages/02-raises/traceback.txt`" in text
 
 
-def synthetic_report() -> RunReport:
-    def metrics(params, nonzero, macs, p50, max_abs=None, top1=None, agreement=None):
+def synthetic_report(with_intervals: bool = True) -> RunReport:
+    def metrics(params, nonzero, macs, p50, max_abs=None, top1=None, agreement=None, speedup=None):
         m = {"params": params, "nonzero_params": nonzero, "sparsity": 1 - nonzero / params, "gmacs": macs / 1e9,
              "gflops": 2 * macs / 1e9, "size_bytes": 4 * params, "latency_ms": {"p50": p50},
              "accuracy": {"top1": top1, "top5": 1.0, "n": 360}, "agreement": {"top1": agreement, "n": 360}}
         if max_abs is not None:
             m["drift"] = {"max_abs": max_abs, "cosine": 0.999, "top1_agreement": 0.75}
+        if speedup is not None and with_intervals:
+            m["speedup"] = speedup
         return m
 
     return RunReport(
@@ -102,19 +104,25 @@ def synthetic_report() -> RunReport:
         pipeline={"model": {"source": "torchvision:resnet18", "input_shape": [1, 3, 224, 224]}},
         stages=[
             StageResult("baseline", None, 0, "ok", 0.0, metrics(11_689_512, 11_689_512, 1_814_073_344, 40.0, 0.0, 355 / 360, 1.0)),
-            StageResult("prune_l1", "prune_l1", 1, "ok", 1.5, metrics(5_844_756, 5_844_756, 907_036_672, 20.0, 0.25, 0.9, 0.875)),
-            StageResult("tta", "tta", 2, "skipped"),
+            StageResult("prune_l1", "prune_l1", 1, "ok", 1.5, metrics(5_844_756, 5_844_756, 907_036_672, 20.0, 0.25, 0.9, 0.875,
+                        {"value": 2.0, "low": 1.914, "high": 2.087, "tie": False})),
+            StageResult("fuse_bn", "fuse_bn", 2, "ok", 0.5, metrics(5_844_756, 5_844_756, 907_036_672, 21.0, 0.25, 0.9, 0.875,
+                        {"value": 1.9, "low": 0.97, "high": 2.3, "tie": True})),
+            StageResult("tta", "tta", 3, "skipped"),
         ],
         status="failed",
+        timing={"compare": "interleaved", "iters": 50, "confidence": 0.95,
+                "noise": {"cv": 0.23, "max_cv": 0.1, "noisy": True, "why": "its timings vary by 23% (robust CV, above 10%)"}},
     )
 
 
 def test_stage_rows_compute_deltas_against_the_baseline():
-    base, pruned, skipped = stage_rows(synthetic_report())
+    base, pruned, fused, skipped = stage_rows(synthetic_report())
 
     assert (base["Δparams"], base["speed-up"], base["params"]) == ("", "", "11.69M")
     assert pruned["Δparams"] == "-50.0%"
-    assert pruned["speed-up"] == "2.00×"
+    assert pruned["speed-up"] == "2.00× [1.91–2.09]"
+    assert fused["speed-up"] == "tie [0.97–2.30]"  # the interval includes 1×: not shown as 1.90×
     assert (pruned["GMACs"], pruned["GFLOPs"]) == ("0.907", "1.814")
     assert (pruned["max|Δ|"], pruned["cosine"], pruned["top-1"]) == ("2.50e-01", "0.999000", "75%")
     assert (pruned["size MB"], pruned["time s"]) == ("23.38", "1.50")
@@ -124,10 +132,27 @@ def test_stage_rows_compute_deltas_against_the_baseline():
     assert (skipped["status"], skipped["params"], skipped["time s"]) == ("skipped", "–", "–")
 
 
+def test_a_bound_next_to_one_keeps_the_side_it_is_on():
+    from optkit.reporting import format_speedup
+
+    assert format_speedup({"value": 1.05, "low": 0.998, "high": 1.12, "tie": True}) == "tie [0.998–1.12]"
+    assert format_speedup({"value": 1.05, "low": 1.003, "high": 1.12, "tie": False}) == "1.05× [1.003–1.12]"
+    assert format_speedup({"value": 2.0, "low": 2.0, "high": 2.0, "tie": False}) == "2.00× [2.00–2.00]"
+
+
+def test_a_report_without_intervals_says_so():
+    """Reports written before speed-ups had intervals show the p50 ratio, marked as having none."""
+    _, pruned, fused, _ = stage_rows(synthetic_report(with_intervals=False))
+    assert (pruned["speed-up"], fused["speed-up"]) == ("2.00× (no interval)", "1.90× (no interval)")
+
+
 def test_markdown_of_a_synthetic_report_lists_every_stage():
     text = render_markdown(synthetic_report())
     rows = [line for line in text.splitlines() if line.startswith("| ") and "stage" not in line]
-    assert [row.split(" | ")[1] for row in rows] == ["baseline", "prune_l1", "tta"]
+    assert [row.split(" | ")[1] for row in rows] == ["baseline", "prune_l1", "fuse_bn", "tta"]
+    assert "Latency: the baseline and every stage timed side by side, round-robin (50 rounds)" in text
+    assert "'tie' = the interval includes 1×" in text
+    assert "Warning: the machine was busy before timing: a fixed workload: its timings vary by 23% (robust CV, above 10%)" in text
 
 
 @pytest.mark.parametrize(
@@ -155,7 +180,9 @@ def test_console_table_is_whole_in_a_pipe_and_trimmed_in_a_narrow_terminal():
     print_report(synthetic_report(), Console(file=terminal, width=80, force_terminal=True, color_system=None), "runs/x")
     lines = terminal.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 80
-    assert "| prune_l1 |" not in lines and any("prune_l1" in line and "2.00×" in line for line in lines)
+    assert "| prune_l1 |" not in lines and any("prune_l1" in line and "2.00× [1.91–2.09]" in line for line in lines)
+    assert any("fuse_bn" in line and "tie [0.97–2.30]" in line for line in lines)
+    assert "Warning: the machine was busy" in terminal.getvalue()
     assert "(terminal too narrow: " in terminal.getvalue() and "report.md has every column)" in " ".join(lines)
 
 

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import statistics
 from pathlib import Path
 
 import matplotlib.image as matplotlib_image
@@ -105,7 +106,12 @@ def test_report_compares_runs_in_one_table(two_runs: list[Path], rendered: Path)
     halved = RunReport.load(two_runs[0])
     assert [s.metrics["macs"] for s in halved.stages] == [62 * 62 * 8 * 27, 62 * 62 * 4 * 27]
     p50 = [s.metrics["latency_ms"]["p50"] for s in halved.stages]
-    assert rows[1][7] == f"{p50[0] / p50[1]:.2f}×"
+    # Timed side by side: the speed-up is the median of the per-round ratios, with its interval.
+    base, halved_times = (s.metrics["latency_ms"]["samples"] for s in halved.stages)
+    figure = halved.stages[1].metrics["speedup"]
+    torch.testing.assert_close(figure["value"], statistics.median(b / h for b, h in zip(base, halved_times)), rtol=1e-12, atol=0)
+    bounds = f"[{figure['low']:.2f}–{figure['high']:.2f}]"
+    assert rows[1][7] == (f"tie {bounds}" if figure["tie"] else f"{figure['value']:.2f}× {bounds}")
     assert rows[0][6] == f"{p50[0]:.2f}"
 
 
@@ -138,9 +144,13 @@ def test_missing_run_is_named(cli, tmp_path: Path) -> None:
 
 
 def _report(p50s: list[float], statuses: list[str] | None = None, status: str = "ok") -> RunReport:
+    """Stages with these p50s; each after the baseline with a speed-up of baseline/p50 and a ±10% interval."""
     statuses = statuses or ["ok"] * len(p50s)
     stages = [StageResult(f"s{i}", None, i, status=st, metrics={"latency_ms": {"p50": p}})
               for i, (p, st) in enumerate(zip(p50s, statuses))]
+    for stage in stages[1:]:
+        ratio = p50s[0] / stage.metrics["latency_ms"]["p50"]
+        stage.metrics["speedup"] = {"value": ratio, "low": 0.9 * ratio, "high": 1.1 * ratio, "tie": 0.9 * ratio <= 1 <= 1.1 * ratio}
     return RunReport({"device": "cpu"}, {"model": {"source": "torchvision:m"}}, stages, status=status)
 
 
@@ -155,4 +165,9 @@ def test_speedup_table_names_the_failed_stage() -> None:
             ComparedRun(_report([10.0, 1.0], ["ok", "failed"], status="failed"), pipeline="broken")]
     header, rows = speedup_table(runs)
     assert header == ["model", "fast", "broken"]
-    assert rows == [["m", "2.50×", "failed at s1"]]
+    assert rows == [["m", "2.50× [2.25–2.75]", "failed at s1"]]
+
+
+def test_speedup_table_shows_a_tie_as_a_tie() -> None:
+    header, rows = speedup_table([ComparedRun(_report([10.0, 10.5]), pipeline="same")])
+    assert rows == [["m", "tie [0.86–1.05]"]]

@@ -160,7 +160,6 @@ def test_yolov8s_exports_its_deployment_output_by_default(tmp_path, host):
     assert export.status == "ok"
 
 
-@pytest.mark.skip(reason="completed by issue #15: fuse_bn must fuse Ultralytics Conv the library's way (bn removed, forward_fuse)")
 def test_a_fused_yolo_still_predicts_through_ultralytics(tmp_path, host, yolo11n):
     import numpy as np
     from ultralytics import YOLO
@@ -168,7 +167,8 @@ def test_a_fused_yolo_still_predicts_through_ultralytics(tmp_path, host, yolo11n
     from optkit import PassContext
     from optkit_plugins.fuse_bn import FuseBatchNorm
 
-    ctx = PassContext(device=torch.device("cpu"), example_input=torch.rand(1, 3, 64, 64), output_dir=tmp_path, logger=__import__("logging").getLogger("t"))
+    ctx = PassContext(device=torch.device("cpu"), example_input=torch.rand(1, 3, 64, 64), output_dir=tmp_path,
+                      logger=__import__("logging").getLogger("t"), module_rules=host.rule_table())  # as a run passes them
     fused = FuseBatchNorm().apply(yolo11n, ctx)
     assert fused.is_fused()
     wrapper = YOLO("yolo11n.yaml", task="detect")

@@ -159,7 +159,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     from optkit.run.runner import run_pipeline
 
     host = _host(warn=True)
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
     if verbose:
@@ -188,7 +188,7 @@ def validate(pipeline: Path) -> None:
     from optkit.config import load_pipeline
 
     host = _host(warn=True)
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 

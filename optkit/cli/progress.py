@@ -84,6 +84,11 @@ class ConsoleProgress:
             self.console.print(f"  [yellow]weights partly loaded:[/yellow] {escape(weights_line(weights))}", highlight=False)
         if result.error:  # plugin text: never read as rich markup
             self.console.print(f"  [red]{escape(result.error)}[/red]", highlight=False)
+        # The last stage, or one that failed after the baseline: what was measured is timed next.
+        last = result.index == run.stage_count - 1 or (result.status == "failed" and result.index > 0)
+        if last and run.compare == "interleaved" and result.status != "interrupted":
+            rounds = run.pipeline.measure.iters
+            self.console.print(f"timing the baseline and every stage side by side ({rounds} rounds) …", style="dim")
 
 
 def _shown(value: object) -> str:

@@ -14,11 +14,13 @@ from pydantic import (
     Discriminator,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     Tag,
     field_validator,
 )
 
+from optkit.artifacts import Artifact
 from optkit.config.data import DataSpec
 from optkit.config.documents import ConfigDocument, SourceSpec, StrictModel, parse_config, read_config
 from optkit.errors import PipelineError, PluginError
@@ -39,6 +41,8 @@ __all__ = [
     "check_accuracy_settings",
     "Pipeline",
     "PassLookup",
+    "ProducerLookup",
+    "check_artifact_flow",
     "load_pipeline",
     "parse_pipeline",
     "pipeline_json_schema",
@@ -48,6 +52,10 @@ __all__ = [
 #: :class:`~optkit.errors.PipelineError` for an unknown name, :class:`~optkit.errors.PluginError`
 #: for a name two plugins claim.
 PassLookup = Callable[[str], "type[Pass]"]
+
+#: The names of the registered passes that produce an artifact of a kind (``Host.passes_producing``),
+#: for the fix an artifact-flow error suggests.
+ProducerLookup = Callable[["type[Artifact]"], "list[str]"]
 
 #: Checks that a model-source scheme is registered (``Host.get_source``); raises
 #: :class:`~optkit.errors.PipelineError` for an unknown scheme.
@@ -145,6 +153,26 @@ class MeasureSpec(StrictModel):
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="A stage whose top-1 accuracy falls more than this below the baseline's fails (0.01: one point)."
     )
+    compare: Literal["auto", "interleaved", "sequential"] = Field(
+        "auto",
+        description=(
+            "interleaved: after every stage is applied, time the baseline and each stage's product side by side, "
+            "round-robin; sequential: time each stage right after it is applied (one model in memory at a time); "
+            "auto: interleaved when a copy of the model per stage fits in half the free memory."
+        ),
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the intervals of medians and speed-ups.")
+    tie_margin: float = Field(
+        0.05, ge=0.0, lt=1.0,
+        description="A speed-up whose interval reaches within this share of 1 is a tie (identical copies of a model differ by a few percent).",
+    )
+    noise_max_cv: PositiveFloat | None = Field(
+        0.10,
+        description=(
+            "Warn when a calibration loop before timing varies by more than this robust coefficient of variation "
+            "(1.4826 x MAD / median), or on the CPU gets under 80% of its threads' CPU time (null: no check)."
+        ),
+    )
 
 
 class PipelineFile(StrictModel):
@@ -238,29 +266,42 @@ class Pipeline:
         }
 
 
-def load_pipeline(path: str | Path, get_pass: PassLookup, get_source: SourceLookup | None = None) -> Pipeline:
+def load_pipeline(
+    path: str | Path, get_pass: PassLookup, get_source: SourceLookup | None = None, *, producers: ProducerLookup | None = None
+) -> Pipeline:
     """Read and validate a pipeline file.
 
     Args:
         path: the file.
         get_pass: finds a pass class by name (``host.get_pass``).
         get_source: checks the scheme of ``model.source`` (``host.get_source``); unchecked when ``None``.
+        producers: names the passes that produce an artifact kind (``host.passes_producing``), so
+            that a stage missing its input artifact is told which pass to add.
 
     Raises:
         PipelineError: unreadable file, bad YAML, unknown keys, passes or source scheme, bad
-            options; each with ``file:line`` where YAML gives one.
+            options, a stage whose input artifact no earlier stage produces or a later one made
+            stale; each with ``file:line`` where YAML gives one.
     """
-    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source)
+    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source, producers)
 
 
 def parse_pipeline(
-    text: str, get_pass: PassLookup, path: Path | None = None, get_source: SourceLookup | None = None
+    text: str,
+    get_pass: PassLookup,
+    path: Path | None = None,
+    get_source: SourceLookup | None = None,
+    *,
+    producers: ProducerLookup | None = None,
 ) -> Pipeline:
     """Validate pipeline YAML ``text`` (see :func:`load_pipeline`)."""
-    return _build(parse_config(text, str(path) if path is not None else "<pipeline>"), get_pass, path, get_source)
+    doc = parse_config(text, str(path) if path is not None else "<pipeline>")
+    return _build(doc, get_pass, path, get_source, producers)
 
 
-def _build(doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_source: SourceLookup | None) -> Pipeline:
+def _build(
+    doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_source: SourceLookup | None, producers: ProducerLookup | None
+) -> Pipeline:
     if not isinstance(doc.data, dict):
         raise doc.error("a pipeline file is a mapping with at least 'model:' and 'passes:'")
     spec = doc.validate(PipelineFile, doc.data)
@@ -271,7 +312,45 @@ def _build(doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_sou
             raise doc.error(getattr(exc, "message", str(exc)), ("model", "source")) from None
     check_accuracy_settings(spec.measure, spec.data, doc)
     stages = tuple(_parse_stage(i, item, get_pass, doc) for i, item in enumerate(spec.passes))
+    check_artifact_flow(stages, doc, producers)
     return Pipeline(spec=spec, stages=stages, path=path)
+
+
+def check_artifact_flow(stages: Iterable[Stage], doc: ConfigDocument, producers: ProducerLookup | None = None) -> None:
+    """Every stage that consumes an artifact (``Pass.consumes``) gets one: the latest earlier stage
+    that returned an artifact produced that kind, and no stage since returned a module.
+
+    A pass that declares ``produces`` returns an artifact; any other pass (a consuming one too)
+    returns a module, and a module after an artifact makes the artifact stale (the file no longer
+    computes what the model computes), so a consuming pass cannot follow it.
+
+    Raises:
+        PipelineError: at the consuming stage's line, naming the pass to add or the stage to move.
+    """
+    latest: Stage | None = None  # the stage whose artifact the next stage gets
+    changed: Stage | None = None  # the first stage since then that returned a module
+    for stage in stages:
+        wanted = stage.pass_cls.consumes
+        if wanted is not None:
+            where = f"stage {stage.index} ({stage.pass_name})"
+            need = f"{wanted.description} ({wanted.__name__})"
+            made = latest.pass_cls.produces if latest is not None else None
+            if latest is None or made is None or not issubclass(made, wanted):
+                names = producers(wanted) if producers is not None else []
+                add = f"add {' or '.join(names)}" if names else f"add a pass that produces {wanted.__name__}"
+                got = f"; the latest before it, stage {latest.index} ({latest.pass_name}), produces {made.__name__}" if latest and made else ""
+                raise doc.error(f"{where} needs {need} from an earlier stage, and none produces one{got}: {add} before it", ("passes", stage.index - 1))
+            if changed is not None:
+                raise doc.error(
+                    f"{where} needs {need} from stage {latest.index} ({latest.pass_name}), but stage {changed.index} "
+                    f"({changed.pass_name}) changes the model after it, so that {wanted.__name__} is stale; "
+                    f"move {latest.pass_name} after {changed.pass_name}",
+                    ("passes", stage.index - 1),
+                )
+        if stage.pass_cls.produces is not None:
+            latest, changed = stage, None
+        elif latest is not None and changed is None:
+            changed = stage
 
 
 def check_accuracy_settings(measure: MeasureSpec, data: DataSpec | None, doc: ConfigDocument) -> None:

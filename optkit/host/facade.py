@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from optkit.config import DataSpec, ModelSpec
     from optkit.data import DatasetLoader, PipelineData
-    from optkit.models import SourceLoader
+    from optkit.models import ModuleRule, ModuleRules, SourceLoader
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
@@ -56,7 +56,7 @@ class Host:
     @property
     def broken(self) -> list[PluginRecord]:
         """Plugins that failed to load or to register, in load order."""
-        self.passes, self.sources, self.datasets  # noqa: B018 - registration failures are found by collecting
+        self.passes, self.sources, self.datasets, self.module_rules  # noqa: B018 - registration failures are found by collecting
         return self.pm.broken
 
     @cached_property
@@ -77,6 +77,27 @@ class Host:
     def datasets(self) -> Registry[DatasetLoader]:
         """Every registered dataset loader, by scheme."""
         return self._collect("dataset source", "optkit_register_datasets", _validate_scheme)
+
+    @cached_property
+    def module_rules(self) -> Registry[ModuleRule]:
+        """Every registered module rule, by the class path it describes."""
+        from optkit.models import ModuleRule
+
+        def validate(rule: object, record: PluginRecord) -> tuple[str, ModuleRule]:
+            if not isinstance(rule, ModuleRule):
+                raise PluginError(f"{record.origin}: register(rule) takes an optkit.models.ModuleRule, got {rule!r}")
+            return rule.class_path, rule
+
+        return self._collect("module rule", "optkit_register_module_rules", validate)
+
+    def rule_table(self) -> ModuleRules:
+        """The module rules as passes get them (``ctx.module_rules``): a class path two plugins
+        describe raises :class:`PluginError` where it is looked up, naming both."""
+        from optkit.models import ModuleRules
+
+        registry = self.module_rules
+        conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
+        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts)
 
     def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
         # Each implementation is called with its own ``register`` so that every entry knows
@@ -125,6 +146,15 @@ class Host:
         if name in self.passes:
             return self.passes.get(name).obj
         raise PipelineError(self.unknown_message("pass", name, self.passes))
+
+    def passes_producing(self, kind: type) -> list[str]:
+        """The names of the registered passes that make an artifact of ``kind`` from the module
+        (``Pass.produces``, consuming none), for the fix a pipeline missing its input artifact is told."""
+        return [
+            entry.name
+            for entry in self.passes
+            if entry.obj.produces is not None and issubclass(entry.obj.produces, kind) and entry.obj.consumes is None
+        ]
 
     def get_source(self, scheme: str) -> Registered[SourceLoader]:
         """The source loader registered for ``scheme``, with the plugin that registered it.

@@ -17,7 +17,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from optkit.data import DatasetLoader
-    from optkit.models import SourceLoader
+    from optkit.models import ModuleRule, SourceLoader
     from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 
@@ -70,6 +70,24 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
     ``limit``, batching and shuffling are applied by optkit afterwards.
 
     :param register: ``register(scheme, loader)`` adds one scheme.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None:
+    """Describe module classes whose ``forward`` optkit cannot read, for fusion, pruning and MACs.
+
+    Call ``register(rule)`` once per class, with an :class:`optkit.models.ModuleRule` naming the
+    class by its path (``"my_lib.blocks.ConvBNAct"``; the class is never imported) and what it
+    computes: a BatchNorm with extras that ``fuse_bn`` may fold (``bn_reference``,
+    ``bn_remainder``), the library's own fused form (``fuse``), attention heads, attributes to
+    update after channel pruning (``fixup``), a detection head, a MAC-counting rule. Passes get
+    the rules as ``ctx.module_rules``; the runner counts MACs with them. Two plugins describing
+    the same class path is an error where a model holds such a module.
+
+    :param register: adds one :class:`optkit.models.ModuleRule`.
 
     .. versionadded:: 0.1
     """

@@ -1,5 +1,6 @@
 """Accuracy on data: top-1/top-5 accuracy of a module or an artifact over ``(inputs, labels)``
-batches, agreement with the baseline's top-1 sample by sample, and the accuracy budget."""
+batches, agreement with the baseline's top-1 sample by sample, similarity to the stage before
+(top-1 agreement and cosine of the outputs on real samples), and the accuracy budget."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from optkit.errors import PipelineError, StageError
 from optkit.measure.outputs import flatten_outputs
 from optkit.models import eval_mode
 
-__all__ = ["Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "AccuracyTracker"]
+__all__ = ["LOGITS_KEPT", "Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "similarity_metrics", "AccuracyTracker"]
+
+#: Output values an evaluation keeps for the cosine against the stage before (64 MiB of float32):
+#: every sample's logits for small label sets, the first ~16,000 samples' for 1,000 classes.
+LOGITS_KEPT = 2**24
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Evaluation:
         labels: each sample's label (``-1``: none), CPU.
         classes: the number of outputs.
         seconds: how long evaluating took.
+        logits: the outputs (float32, CPU) of the first samples, up to :data:`LOGITS_KEPT` values.
     """
 
     predictions: torch.Tensor
@@ -37,6 +43,7 @@ class Evaluation:
     labels: torch.Tensor
     classes: int
     seconds: float = 0.0
+    logits: torch.Tensor | None = None
 
     @property
     def labeled(self) -> torch.Tensor:
@@ -94,8 +101,8 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
     else:
         run = subject
         in_eval = eval_mode(subject)
-    predictions, hits, all_labels = [], [], []
-    classes = 0
+    predictions, hits, all_labels, kept = [], [], [], []
+    classes = kept_values = 0
     with in_eval, torch.inference_mode():
         for inputs, labels in batches:
             try:
@@ -104,6 +111,9 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
                 raise StageError(exc.message) from None
             labels = labels.cpu()
             classes = logits.shape[1]
+            if kept_values < LOGITS_KEPT:
+                kept.append(logits[: max(1, (LOGITS_KEPT - kept_values) // max(classes, 1))].float())
+                kept_values += kept[-1].numel()
             if int(labels.max()) >= classes:
                 raise StageError(
                     f"data.eval has label {int(labels.max())}, but the model has {classes} outputs (labels must be output indices)"
@@ -119,6 +129,7 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
         labels=torch.cat(all_labels),
         classes=classes,
         seconds=time.perf_counter() - start,
+        logits=torch.cat(kept) if kept else None,
     )
 
 
@@ -140,6 +151,27 @@ def accuracy_metrics(evaluation: Evaluation, reference: Evaluation) -> dict[str,
     return metrics
 
 
+def similarity_metrics(evaluation: Evaluation, previous: Evaluation) -> dict[str, Any]:
+    """How closely ``evaluation`` follows ``previous`` (the stage before) on the same samples.
+
+    Returns:
+        ``top1`` (the share of samples whose top-1 is the same), ``cosine`` (of the kept logits,
+        all flattened together, as drift's cosine), ``n`` (samples) and ``cosine_n`` (samples
+        the cosine covers); ``{"comparable": False}`` when the two do not have the same outputs.
+    """
+    n = len(evaluation.predictions)
+    if evaluation.classes != previous.classes or n != len(previous.predictions) or evaluation.logits is None or previous.logits is None:
+        return {"comparable": False}
+    kept = min(len(evaluation.logits), len(previous.logits))
+    ours, theirs = evaluation.logits[:kept].double().flatten(), previous.logits[:kept].double().flatten()
+    return {
+        "top1": float((evaluation.predictions == previous.predictions).double().mean()),
+        "cosine": float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0, eps=1e-12)),
+        "n": n,
+        "cosine_n": kept,
+    }
+
+
 class AccuracyTracker:
     """Evaluates every stage of a run on ``data.eval``: the first stage evaluated (the baseline) is
     the reference for agreement and for the accuracy budget.
@@ -153,13 +185,22 @@ class AccuracyTracker:
     def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, max_drop: float | None = None) -> None:
         self.batches, self.device, self.max_drop = batches, device, max_drop
         self.baseline: Evaluation | None = None
+        self.previous: Evaluation | None = None
 
     def evaluate(self, subject: nn.Module | Artifact) -> tuple[dict[str, Any], float]:
-        """The stage's ``accuracy``/``agreement`` metrics and the seconds evaluating took."""
+        """The stage's ``accuracy``/``agreement`` metrics and the seconds evaluating took.
+
+        After the baseline, ``agreement.previous`` holds :func:`similarity_metrics` against the
+        stage evaluated before (what a similarity tolerance is checked on).
+        """
         evaluation = evaluate(subject, self.batches, self.device)
         if self.baseline is None:
             self.baseline = evaluation
-        return accuracy_metrics(evaluation, self.baseline), evaluation.seconds
+        metrics = accuracy_metrics(evaluation, self.baseline)
+        if self.previous is not None:
+            metrics["agreement"]["previous"] = similarity_metrics(evaluation, self.previous)
+        self.previous = evaluation
+        return metrics, evaluation.seconds
 
     def check_budget(self, metrics: dict[str, Any]) -> None:
         """Fail a stage whose top-1 fell below the baseline's by more than ``max_drop``.

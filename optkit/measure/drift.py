@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,20 @@ from torch import nn
 from optkit.measure.outputs import flatten_outputs, output_leaves
 from optkit.models import detection_channel_groups, recognise_yolo
 
-__all__ = ["ChannelGroup", "compare_outputs", "drift_exceeds", "output_excess", "output_parts", "worst_output", "channel_groups_for"]
+if TYPE_CHECKING:
+    from optkit.passes import Tolerance
+
+__all__ = [
+    "ChannelGroup",
+    "compare_outputs",
+    "drift_exceeds",
+    "output_excess",
+    "output_parts",
+    "worst_output",
+    "channel_groups_for",
+    "similarity_falls_short",
+    "tolerance_failure",
+]
 
 
 @dataclass(frozen=True)
@@ -171,3 +184,51 @@ def channel_groups_for(model: nn.Module, outputs: Any) -> dict[str, list[Channel
         if len(leaf.shape) == 3 and leaf.shape[info.channels_dim] == info.channels:
             found[leaf.name] = groups
     return found
+
+
+def similarity_falls_short(
+    cosine: float | None, top1_agreement: float | None, tolerance: Tolerance, where: str = "on the seeded batch"
+) -> str | None:
+    """Why the measured ``cosine`` and ``top1_agreement`` (``None``: not measured) fall short of
+    the minimums ``tolerance`` sets, or ``None``.
+
+    Args:
+        cosine: the outputs' cosine similarity to the reference's.
+        top1_agreement: the share of samples whose top-1 is the reference's (classifiers only).
+        tolerance: its ``cosine`` and ``top1_agreement`` are the minimums (``None``: unbounded).
+        where: the samples compared, for the message (``on data.eval``).
+    """
+    if tolerance.cosine is not None and not (cosine is not None and cosine >= tolerance.cosine):  # NaN falls short too
+        measured = "not measured" if cosine is None else f"{cosine:.6f}"
+        return f"{where}, the outputs' cosine similarity to the stage before is {measured}, under the minimum {tolerance.cosine:.10g}"
+    if tolerance.top1_agreement is not None:
+        if top1_agreement is None:
+            return f"{where}, the outputs are not [batch, classes] logits, so top-1 agreement cannot be held to a minimum"
+        if top1_agreement < tolerance.top1_agreement:
+            return f"{where}, top-1 agreement with the stage before is {top1_agreement:.4g}, under the minimum {tolerance.top1_agreement:.10g}"
+    return None
+
+
+def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict[str, Any] | None = None) -> str | None:
+    """Why a stage breaks ``tolerance``, each bound it sets, against the stage before; or ``None``.
+
+    The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
+    exact arithmetic must agree on any input). The similarity bounds (``cosine``,
+    ``top1_agreement``) are checked on ``on_data`` when given (the stage against the stage before
+    on data.eval: :func:`optkit.measure.similarity_metrics`), else on ``drift``: a quantized
+    model is calibrated for real inputs, and the seeded batch of random values is not one.
+
+    Args:
+        drift: :func:`compare_outputs` of the stage against the stage before, on the seeded batch.
+        tolerance: the bounds.
+        on_data: ``top1``, ``cosine`` of the same comparison on data.eval (comparable outputs), or ``None``.
+    """
+    if not drift.get("comparable", False):
+        return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
+    if tolerance.atol is not None and tolerance.rtol is not None:
+        problem = drift_exceeds(drift, tolerance.atol, tolerance.rtol)
+        if problem is not None:
+            return problem
+    if on_data is not None:
+        return similarity_falls_short(on_data.get("cosine"), on_data.get("top1"), tolerance, "on data.eval")
+    return similarity_falls_short(drift.get("cosine"), drift.get("top1_agreement"), tolerance)

@@ -32,15 +32,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from optkit.measure.mac_rules import UNIT, has_rule, rules_for
+from optkit.measure.mac_rules import UNIT, has_rule, module_rule_macs, rules_for
 from optkit.measure.probe import copy_memo, meta_copy
+
+if TYPE_CHECKING:
+    from optkit.models import ModuleRule
 
 __all__ = ["MacsProfile", "profile_macs", "count_macs"]
 
@@ -56,10 +59,11 @@ class MacsProfile:
         module_macs: what thop's module rules counted.
         functional_macs: what the aten counter found outside those modules (attention, ...).
         per_module: module name (``""`` for the root) -> ``{"type", "macs", "counted_by"}`` for every
-            module that contributes; ``counted_by`` is ``thop`` or ``aten``. They add up to ``macs``.
+            module that contributes; ``counted_by`` is ``thop``, ``module rule`` (a plugin's
+            :class:`optkit.models.ModuleRule`) or ``aten``. They add up to ``macs``.
         layers: one row per module with MACs, in ``named_modules()`` order: ``module``, ``type``,
             ``depth``, ``macs`` (everything under it, itself included), ``self_macs`` (its rule or
-            its own code), ``counted_by`` (``thop``, ``aten`` or ``children``) and ``calls``
+            its own code), ``counted_by`` (``thop``, ``module rule``, ``aten`` or ``children``) and ``calls``
             (0 for a container that is iterated rather than called). Never negative.
         uncounted: module types (qualified names) that ran with no rule and no counted op inside,
             with how many of them ran; their cost, if any, is not in ``macs``.
@@ -86,12 +90,14 @@ class MacsProfile:
         }
 
 
-def count_macs(model: nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
+def count_macs(model: nn.Module, inputs: torch.Tensor, module_rules: Mapping[str, ModuleRule] | None = None) -> dict[str, Any]:
     """MACs and GFLOPs (= 2 × GMACs) of one forward pass of ``model`` on ``inputs``.
 
     Args:
         model: the module to count; it is not changed (see :func:`profile_macs`).
         inputs: one input batch; MACs scale with its batch size.
+        module_rules: module rules by class path (``ctx.module_rules``); a module whose rule has
+            ``macs`` is counted by it, for its whole call.
 
     Returns:
         ``macs``, ``gmacs``, ``gflops``, ``unit``, ``macs_by`` and ``uncounted``
@@ -101,10 +107,10 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
         >>> count_macs(nn.Linear(8, 4), torch.zeros(2, 8))["macs"]
         64
     """
-    return profile_macs(model, inputs).metrics()
+    return profile_macs(model, inputs, module_rules).metrics()
 
 
-def profile_macs(model: nn.Module, inputs: torch.Tensor) -> MacsProfile:
+def profile_macs(model: nn.Module, inputs: torch.Tensor, module_rules: Mapping[str, ModuleRule] | None = None) -> MacsProfile:
     """Count the MACs of ``model(inputs)`` per module, on a copy (see the module docstring).
 
     Raises:
@@ -112,13 +118,13 @@ def profile_macs(model: nn.Module, inputs: torch.Tensor) -> MacsProfile:
         stays untouched.
     """
     try:
-        return _profile(meta_copy(model), inputs.to("meta"), probe="meta")
+        return _profile(meta_copy(model), inputs.to("meta"), "meta", module_rules)
     # The meta device is an optimisation: the model's own code may refuse it in any way
     # (NotImplementedError for ops without a meta kernel, RuntimeError for .item(), a ValueError
     # or assert of its own); a real copy is counted then.
     except Exception as exc:  # noqa: BLE001
         log.debug("meta-device count of %s failed (%s); counting on a copy", type(model).__name__, exc)
-    return _profile(copy.deepcopy(model, copy_memo(model)), inputs, probe="copy")
+    return _profile(copy.deepcopy(model, copy_memo(model)), inputs, "copy", module_rules)
 
 
 @contextlib.contextmanager
@@ -133,13 +139,13 @@ def _mha_fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def _profile(model: nn.Module, inputs: torch.Tensor, probe: str) -> MacsProfile:
+def _profile(model: nn.Module, inputs: torch.Tensor, probe: str, module_rules: Mapping[str, ModuleRule] | None) -> MacsProfile:
     """Run ``model`` (a throwaway copy) once under the aten counter with a tally hooked on every module."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
     with FlopCounterMode(display=False, depth=None) as counter:
-        tally = _Tally(model, rules_for(model), counter)
+        tally = _Tally(model, rules_for(model, module_rules), counter, set(module_rule_macs(model, module_rules)))
         try:
             with _mha_fastpath_disabled(), torch.no_grad():
                 model(inputs)
@@ -175,8 +181,8 @@ class _Tally:
     other module gets the aten ops it ran outside its children; nothing inside a ruled module is
     counted again."""
 
-    def __init__(self, model: nn.Module, rules: dict[type[nn.Module], Any], counter: Any) -> None:
-        self.rules, self.counter = rules, counter
+    def __init__(self, model: nn.Module, rules: dict[type[nn.Module], Any], counter: Any, ruled_by_plugins: set[type[nn.Module]]) -> None:
+        self.rules, self.counter, self.ruled_by_plugins = rules, counter, ruled_by_plugins
         self.named = list(model.named_modules())
         self.paths = {id(m): name for name, m in self.named}  # a shared module: its first name
         self.calls: dict[int, int] = {}
@@ -232,7 +238,8 @@ class _Tally:
                 macs = self.rule_macs[key]
                 module_macs += macs
                 if macs:
-                    per_module[path] = {"type": type(module).__name__, "macs": macs, "counted_by": "thop"}
+                    by = "module rule" if type(module) in self.ruled_by_plugins else "thop"
+                    per_module[path] = {"type": type(module).__name__, "macs": macs, "counted_by": by}
             elif key in self.aten_flops:
                 macs = self.aten_flops[key] // 2  # the aten counter counts 2 FLOPs per multiply-accumulate
                 functional_macs += macs

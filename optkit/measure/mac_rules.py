@@ -13,10 +13,16 @@ speak the same unit.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
+
+from optkit.models import find_rule
+
+if TYPE_CHECKING:
+    from optkit.models import ModuleRule
 
 __all__ = [
     "MAC_RULES",
@@ -28,6 +34,7 @@ __all__ = [
     "quantized_conv_macs",
     "rules_for",
     "has_rule",
+    "module_rule_macs",
 ]
 
 #: What the MAC figures mean; stored with every count.
@@ -130,9 +137,34 @@ THOP_COUNTED: tuple[type[nn.Module], ...] = (
 )
 
 
-def rules_for(model: nn.Module) -> dict[type[nn.Module], Rule]:
+def module_rule_macs(model: nn.Module, module_rules: Mapping[str, ModuleRule] | None) -> dict[type[nn.Module], Rule]:
+    """The ``macs`` of the module rules (``optkit_register_module_rules``) that describe ``model``'s modules.
+
+    Rules are counted by module type; a type is counted by its rule only when the rule holds for
+    every module of that type (``ModuleRule.check``).
+    """
+    rules: dict[type[nn.Module], Rule] = {}
+    refused: set[type[nn.Module]] = set()
+    if not module_rules:
+        return rules
+    for module in model.modules():
+        kind = type(module)
+        if kind in refused:
+            continue
+        rule = find_rule(module, module_rules)
+        if rule is None or rule.macs is None:
+            continue
+        if rule.problem(module) is not None:
+            refused.add(kind)
+            rules.pop(kind, None)
+            continue
+        rules[kind] = rule.macs
+    return rules
+
+
+def rules_for(model: nn.Module, module_rules: Mapping[str, ModuleRule] | None = None) -> dict[type[nn.Module], Rule]:
     """Counting rules for ``model``'s modules: thop's for :data:`THOP_COUNTED`, :data:`MAC_RULES`,
-    and inherited rules for leaf subclasses.
+    inherited rules for leaf subclasses, and the ``macs`` of module rules (which win).
 
     A leaf module whose class derives from a class with a rule (``class LayerNorm2d(nn.LayerNorm)``,
     ``NonDynamicallyQuantizableLinear(nn.Linear)``) is counted by that rule (the nearest base in
@@ -143,6 +175,7 @@ def rules_for(model: nn.Module) -> dict[type[nn.Module], Rule]:
     known: dict[type[nn.Module], Rule] = {t: register_hooks[t] for t in THOP_COUNTED if t in register_hooks}
     known.update(MAC_RULES)
     rules = dict(known)
+    rules.update(module_rule_macs(model, module_rules))
     for module in model.modules():
         kind = type(module)
         if kind in rules or next(module.children(), None) is not None:

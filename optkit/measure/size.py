@@ -1,4 +1,4 @@
-"""Serialized size: the bytes ``torch.save(model.state_dict())`` writes, or an artifact's files."""
+"""Sizes: the bytes ``torch.save(model.state_dict())`` writes, an artifact's files, a model's tensors in memory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["state_dict_bytes", "file_bytes"]
+__all__ = ["state_dict_bytes", "file_bytes", "tensor_bytes"]
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers in memory (shared tensors once): what a copy of it takes.
+
+    Example:
+        >>> tensor_bytes(nn.Linear(256, 256))
+        263168
+    """
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def state_dict_bytes(model: nn.Module) -> int:

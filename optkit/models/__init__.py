@@ -1,10 +1,13 @@
 """Models: sources (``scheme:target``), checkpoints read safely, weights paired and loaded,
-freezing, classifier heads, small facts about layers, and YOLO models recognised by class path.
+freezing, classifier heads, small facts about layers, BatchNorm folding, module rules (what a library's
+module computes, for fusion, pruning and MAC counting), and YOLO models recognised by class path.
 
 Plugins use what is exported here: the standard source loaders, :class:`SourceRequest`, the
-classifier-head finder, freezing (:func:`apply_freeze`) and the layer helpers.
+classifier-head finder, freezing (:func:`apply_freeze`), the layer helpers, :class:`ModuleRule` and the
+folding arithmetic.
 """
 
+from optkit.models.bn_folding import bn_affine, fold_bn_into_layer
 from optkit.models.classifier_head import (
     HEAD_TYPES,
     ClassifierNotFoundError,
@@ -25,7 +28,8 @@ from optkit.models.sources import (
     load_python,
     load_torchvision,
 )
-from optkit.models.yolo import YoloModel, class_path, deployment_view, detection_channel_groups, is_instance_of, recognise_yolo
+from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
+from optkit.models.yolo import YoloModel, deployment_view, detection_channel_groups, is_instance_of, recognise_yolo
 
 __all__ = [
     "SourceRequest",
@@ -55,4 +59,10 @@ __all__ = [
     "detection_channel_groups",
     "class_path",
     "is_instance_of",
+    "bn_affine",
+    "fold_bn_into_layer",
+    "ModuleRule",
+    "ModuleRules",
+    "AttentionHeads",
+    "find_rule",
 ]

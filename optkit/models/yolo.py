@@ -23,9 +23,10 @@ from typing import Any
 
 from torch import nn
 
+from optkit.models.rules import class_path
+
 __all__ = [
     "YoloModel",
-    "class_path",
     "is_instance_of",
     "recognise_yolo",
     "deployment_view",
@@ -69,12 +70,6 @@ DEPLOYMENT_SETTINGS = {"export": True, "format": "onnx", "shape": None, "dynamic
 
 #: How many wrappers (optkit's TTA, YOLOv5's AutoShape, ...) exposing ``.model`` are looked through.
 _MAX_WRAPPERS = 4
-
-
-def class_path(obj_or_type: Any) -> str:
-    """``module.QualName`` of a class, or of an object's class."""
-    kind = obj_or_type if isinstance(obj_or_type, type) else type(obj_or_type)
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _mro_paths(obj: Any) -> list[str]:

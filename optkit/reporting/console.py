@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from optkit.reporting.tables import COLUMNS, data_note, format_count, shown_columns, stage_rows
+from optkit.reporting.tables import COLUMNS, data_note, format_count, shown_columns, stage_rows, timing_lines
 
 if TYPE_CHECKING:
     from optkit.results import RunReport
@@ -19,8 +19,10 @@ __all__ = ["STATUS_STYLE", "print_report", "render_info"]
 STATUS_STYLE = {"ok": "green", "failed": "bold red", "interrupted": "yellow", "skipped": "dim"}
 
 
-#: Dropped, in this order, when a terminal is too narrow for the whole table.
-_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs")
+#: Dropped, in this order, when a terminal is too narrow for the whole table (the speed-up and its
+#: interval stay whole: a truncated interval would be worse than none).
+_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs",
+                     "agreement", "params")
 
 
 def _stage_table(report: RunReport, columns: list[str]) -> Table:
@@ -51,8 +53,9 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
         for optional in _OPTIONAL_COLUMNS:
             if _natural_width(console, table) <= console.width:
                 break
-            columns.remove(optional)
-            table = _stage_table(report, columns)
+            if optional in columns:
+                columns.remove(optional)
+                table = _stage_table(report, columns)
         console.print(table)
         hidden = [c for c in all_columns if c not in columns]
         if hidden:
@@ -64,6 +67,8 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
     console.print("GFLOPs = 2 × GMACs (thop counts multiply-accumulates). Drift is against the baseline.", style="dim")
     if data_note(report):
         console.print(data_note(report), style="dim")
+    for line in timing_lines(report):
+        console.print(line, style="bold yellow" if line.startswith(("Warning", "Side-by-side")) else "dim", highlight=False)
     console.print(f"Report: {run_dir}/report.json, {run_dir}/report.md · status: {report.status}")
 
 
@@ -82,7 +87,8 @@ def render_info(info: dict[str, Any], console: Any) -> None:
     if latency:
         summary.add_row(
             "latency",
-            f"p50 {latency['p50']:.2f} ms · p90 {latency['p90']:.2f} · mean {latency['mean']:.2f} ± {latency['std']:.2f} "
+            f"p50 {latency['p50']:.2f} ms [{latency['p50_interval']['low']:.2f}–{latency['p50_interval']['high']:.2f}] · "
+            f"p10 {latency['p10']:.2f} · p90 {latency['p90']:.2f} · mean {latency['mean']:.2f} ± {latency['std']:.2f} "
             f"(n {latency['n']}, warm-up {latency['warmup']}, batch {latency['batch']}, {latency['threads']} threads, {latency['timer']})",
         )
     accuracy = info.get("accuracy")

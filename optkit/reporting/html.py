@@ -67,7 +67,7 @@ def render_html(runs: list[ComparedRun], meta: dict[str, Any] | None = None, ima
     parts.append(f"</ul><p class='note'>{html.escape(comparison_note(runs))}</p>")
     if runs:
         header, rows = speedup_table(runs)
-        parts.append("<h2>Speed-up of each pipeline (last stage vs baseline, p50)</h2>" + _table(header, rows))
+        parts.append("<h2>Speed-up of each pipeline (last stage vs baseline, with its interval)</h2>" + _table(header, rows))
     for caption, png in (images or {}).items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>")

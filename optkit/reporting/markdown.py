@@ -17,6 +17,7 @@ from optkit.reporting.tables import (
     speedup_table,
     shown_columns,
     stage_rows,
+    timing_lines,
     weights_line,
 )
 
@@ -41,6 +42,7 @@ def render_markdown(report: RunReport) -> str:
         "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline."
         + (f" {data_note(report)}" if data_note(report) else ""),
         "",
+        *(f"{line}\n" for line in timing_lines(report)),
         *_markdown_table(columns, [[row[c] for c in columns] for row in rows]),
     ]
     if report.error:
@@ -94,7 +96,7 @@ def render_comparison_markdown(
     lines += ["", comparison_note(runs), ""]
     if runs:
         header, rows = speedup_table(runs)
-        lines += ["## Speed-up of each pipeline (last stage vs baseline, p50)", "", *_markdown_table(header, rows), ""]
+        lines += ["## Speed-up of each pipeline (last stage vs baseline, with its interval)", "", *_markdown_table(header, rows), ""]
     for caption, path in (plots or {}).items():
         lines += [f"![{caption}]({path})", ""]
     columns = comparison_columns(runs)

@@ -1,7 +1,9 @@
 """Comparison plots as PNG bytes (matplotlib, imported only when a plot is drawn).
 
 - latency against GMACs, one point per measured stage, coloured by stage;
-- the speed-up each pass bought (its stage's p50 latency against the previous stage's), per model.
+- the speed-up each pass bought (its stage's latency against the previous stage's), per model,
+  with the speed-up's confidence interval as an error bar; a tie (the interval reaches within the tie margin of 1×) is
+  drawn hatched and pale, not as a finding.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class StagePoint:
         stage: the stage name (``baseline``, ``fuse_bn``, ...).
         gmacs: GMACs of the stage (``None`` where not counted).
         p50_ms: median latency.
-        speedup_vs_previous: previous measured stage's p50 over this one's (``None`` for the baseline).
+        speedup_vs_previous: the speed-up over the previous measured stage (``None`` for the
+            baseline): the run's ``speedup_vs_previous`` figure, or the p50 ratio in reports
+            written before speed-ups had intervals.
+        speedup_low, speedup_high: its interval (``None`` when the report has none).
+        tie: the interval reaches within the tie margin of 1×.
     """
 
     model: str
@@ -48,6 +54,9 @@ class StagePoint:
     gmacs: float | None
     p50_ms: float
     speedup_vs_previous: float | None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    tie: bool = False
 
 
 def stage_points(runs: list[ComparedRun]) -> list[StagePoint]:
@@ -59,9 +68,11 @@ def stage_points(runs: list[ComparedRun]) -> list[StagePoint]:
             p50 = (stage.metrics.get("latency_ms") or {}).get("p50")
             if stage.status != "ok" or not p50:
                 continue
+            figure = stage.metrics.get("speedup_vs_previous") or {}
+            ratio = None if previous is None or stage.index == 0 else figure.get("value", previous / p50)
             points.append(StagePoint(
-                run.model, run.pipeline, run.device, stage.name, stage.metrics.get("gmacs"), p50,
-                None if previous is None or stage.index == 0 else previous / p50,
+                run.model, run.pipeline, run.device, stage.name, stage.metrics.get("gmacs"), p50, ratio,
+                figure.get("low"), figure.get("high"), bool(figure.get("tie", False)),
             ))
             previous = p50
     return points
@@ -137,6 +148,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     if not points:
         return None
     plt = _pyplot()
+    from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
 
     ratio_labels = FuncFormatter(_times)
@@ -151,18 +163,34 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
         stages = list(dict.fromkeys(p.stage for p in chosen))
         width = 0.8 / len(stages)
         for si, stage in enumerate(stages):
-            values = {p.model: p.speedup_vs_previous for p in chosen if p.stage == stage}
-            xs = [mi + (si - (len(stages) - 1) / 2) * width for mi, model in enumerate(models) if model in values]
-            heights = [values[m] - 1.0 for m in models if m in values]  # bars grow from 1×, down for slow-downs
-            ax.bar(xs, heights, bottom=1.0, width=width, label=stage, color=colors(si % 10))
+            by_model = {p.model: p for p in chosen if p.stage == stage}
+            drawn = [(mi + (si - (len(stages) - 1) / 2) * width, by_model[m]) for mi, m in enumerate(models) if m in by_model]
+            xs = [x for x, _ in drawn]
+            heights = [p.speedup_vs_previous - 1.0 for _, p in drawn]  # bars grow from 1×, down for slow-downs
+            bars = ax.bar(xs, heights, bottom=1.0, width=width, color=colors(si % 10))
+            for bar, (_, point) in zip(bars, drawn):
+                if point.tie:  # not a finding: pale and hatched
+                    bar.set_alpha(0.35)
+                    bar.set_hatch("//")
+            with_interval = [(x, p) for x, p in drawn if p.speedup_low is not None and p.speedup_high is not None]
+            if with_interval:
+                ax.errorbar([x for x, _ in with_interval], [p.speedup_vs_previous for _, p in with_interval],
+                            yerr=[[max(0.0, p.speedup_vs_previous - p.speedup_low) for _, p in with_interval],
+                                  [max(0.0, p.speedup_high - p.speedup_vs_previous) for _, p in with_interval]],
+                            fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         ax.set_yscale("log")  # speed-ups are ratios: 2× and 0.5× lie as far from 1
         ax.yaxis.set_major_formatter(ratio_labels)
         ax.yaxis.set_minor_formatter(ratio_labels)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("speed-up vs previous stage")
+        ax.text(0.01, 0.98, "error bars: the speed-up's confidence interval",
+                transform=ax.transAxes, fontsize=7, va="top", color="#555")
         ax.set_title(f"{pipeline}" + (f" · {device}" if several_devices else ""), fontsize=10)
-        ax.legend(fontsize=8)
+        handles = [Patch(color=colors(si % 10), label=stage) for si, stage in enumerate(stages)]
+        if any(p.tie for p in chosen):  # the bars' own patches would show the first bar's look, tie or not
+            handles.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="tie (interval within 5% of 1×)"))
+        ax.legend(handles=handles, fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return _png(fig)

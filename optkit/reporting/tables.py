@@ -20,11 +20,15 @@ __all__ = [
     "data_note",
     "COMPARISON_COLUMNS",
     "format_count",
+    "format_speedup",
+    "timing_lines",
+    "noise_warning",
     "stage_rows",
     "environment_line",
     "comparison_columns",
     "comparison_rows",
     "final_speedup",
+    "final_speedup_figure",
     "speedup_table",
     "environment_groups",
     "environment_text",
@@ -63,6 +67,53 @@ def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def format_speedup(figure: dict[str, Any] | None, ratio: float | None = None) -> str:
+    """A speed-up with its interval: ``1.13× [1.08–1.19]``; ``tie [0.95–1.04]`` when the interval reaches within the tie margin of 1.
+
+    Args:
+        figure: a stage's ``speedup`` record (``value``, ``low``, ``high``, ``tie``).
+        ratio: the p50 ratio, for reports written before speed-ups had intervals (shown as such).
+    """
+    if figure is None:
+        return "–" if ratio is None else f"{ratio:.2f}× (no interval)"
+    bounds = f"[{_ratio_bound(figure['low'])}–{_ratio_bound(figure['high'])}]"
+    return f"tie {bounds}" if figure["tie"] else f"{figure['value']:.2f}× {bounds}"
+
+
+def _ratio_bound(value: float) -> str:
+    """Two decimals, or three where two would round a bound onto 1 (``0.998``, not ``1.00``)."""
+    text = f"{value:.2f}"
+    return f"{value:.3f}" if text == "1.00" and value != 1.0 else text
+
+
+def timing_lines(report: RunReport) -> list[str]:
+    """How latency was timed, in words, and a warning when the noise check found the machine busy."""
+    timing = report.timing
+    if not timing:
+        return []
+    confidence = timing.get("confidence", 0.95)
+    if timing.get("compare") == "interleaved":
+        how = (f"Latency: the baseline and every stage timed side by side, round-robin ({timing.get('iters')} rounds); "
+               "speed-up = median of the per-round ratios")
+    else:
+        how = f"Latency: each stage timed alone right after it was applied ({timing.get('iters')} calls); speed-up = ratio of medians"
+    margin = timing.get("tie_margin")  # absent in reports written before the margin
+    tie = f"reaches within {margin:.0%} of 1×" if margin else "includes 1×"
+    lines = [f"{how}, with its {confidence:.0%} interval; 'tie' = the interval {tie} (no speed-up or slow-down shown)."]
+    if timing.get("status") in ("failed", "interrupted"):
+        lines.append(f"Side-by-side timing {timing['status']}: {timing.get('error') or 'Ctrl-C'}; stages have no latency.")
+    warning = noise_warning(timing.get("noise"))
+    return lines + ([warning] if warning else [])
+
+
+def noise_warning(noise: dict[str, Any] | None) -> str | None:
+    """The warning for a noise check (:func:`optkit.measure.check_noise`) that found the machine busy, else ``None``."""
+    if not noise or not noise.get("noisy"):
+        return None
+    why = noise.get("why") or f"its timings varied by {noise['cv']:.0%} (CV, above {noise['max_cv']:.0%})"
+    return f"Warning: the machine was busy before timing: a fixed workload: {why}; latency figures are noisy."
+
+
 def _ratio(new: float | None, old: float | None, fmt: str = "+.1%") -> str:
     if new is None or old in (None, 0):
         return "–"
@@ -89,7 +140,8 @@ def stage_rows(report: RunReport) -> list[dict[str, str]]:
             "GFLOPs": _num(m.get("gflops"), ".3f"),
             "size MB": _num(m["size_bytes"] / 1e6 if "size_bytes" in m else None, ".2f"),
             "p50 ms": _num(latency, ".2f"),
-            "speed-up": "" if stage.index == 0 or latency is None or not base_latency else f"{base_latency / latency:.2f}×",
+            "speed-up": "" if stage.index == 0 or latency is None or not base_latency
+                        else format_speedup(m.get("speedup"), base_latency / latency),
             "accuracy": _num((m.get("accuracy") or {}).get("top1"), ".2%"),
             "agreement": _num((m.get("agreement") or {}).get("top1"), ".2%"),
             "max|Δ|": _num(drift.get("max_abs"), ".2e"),
@@ -177,6 +229,12 @@ def final_speedup(report: RunReport) -> float | None:
     return timed[0].metrics["latency_ms"]["p50"] / timed[-1].metrics["latency_ms"]["p50"]
 
 
+def final_speedup_figure(report: RunReport) -> dict[str, Any] | None:
+    """The ``speedup`` record (with its interval) of the stage :func:`final_speedup` compares, if it has one."""
+    timed = [s for s in report.stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("p50")]
+    return timed[-1].metrics.get("speedup") if len(timed) >= 2 and timed[0].index == 0 else None
+
+
 def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
     """Models (by device when several) × pipelines: the final speed-up of each run, or why there is none.
 
@@ -192,8 +250,7 @@ def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
             failed = next((s.name for s in run.report.stages if s.status in ("failed", "interrupted")), None)
             text = f"{run.report.status} at {failed}" if failed else run.report.status
         else:
-            value = final_speedup(run.report)
-            text = "–" if value is None else f"{value:.2f}×"
+            text = format_speedup(final_speedup_figure(run.report), final_speedup(run.report))
         cells.setdefault(key, {})[run.pipeline] = text
     header = ["model", *pipelines]
     return header, [[model, *(row.get(p, "") for p in pipelines)] for model, row in cells.items()]
@@ -224,11 +281,19 @@ def environment_text(env: dict[str, Any]) -> str:
 
 
 def comparison_note(runs: list[ComparedRun]) -> str:
-    """How many runs are ok, and how to read the figures."""
+    """How many runs are ok, how they were timed, and how to read the figures."""
     ok = sum(run.report.status == "ok" for run in runs)
+    modes = {mode: sum(run.report.timing.get("compare") == mode for run in runs) for mode in ("interleaved", "sequential")}
+    timed = ", ".join(f"{count} {mode}" for mode, count in modes.items() if count)
+    busy = sum(bool((run.report.timing.get("noise") or {}).get("noisy")) for run in runs)
     return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
             "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
-            f"baseline, measured in the same process.{DATA_NOTE if any(_has_data(run.report) for run in runs) else ''}")
+            "baseline, measured in the same process, with its confidence interval (95% unless the run set "
+            "measure.confidence); 'tie' when the interval reaches within measure.tie_margin of 1× (neither a speed-up nor a slow-down)."
+            + (f" Timing: {timed} (interleaved: every stage timed side by side with the baseline)." if timed else "")
+            + (f" {busy} of {len(runs)} runs found the machine busy before timing (noise check): their figures are noisy."
+               if busy else "")
+            + (DATA_NOTE if any(_has_data(run.report) for run in runs) else ""))
 
 
 #: What the data columns mean (said wherever they are shown).

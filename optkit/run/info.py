@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
@@ -18,6 +19,9 @@ from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
 from optkit.run.runner import example_input
 from optkit.run.seeding import seeded_construction
+
+if TYPE_CHECKING:
+    from optkit.models import ModuleRule
 
 __all__ = ["parse_input_shape", "data_spec", "inspect_model", "model_info", "parameter_table"]
 
@@ -112,9 +116,10 @@ def inspect_model(
     model = model.to(torch_device)
     inputs = example_input(input_shape, seed, torch_device)
     run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
-    metrics = measure(model, inputs, settings, torch_device).metrics
+    rules = host.rule_table()
+    metrics = measure(model, inputs, settings, torch_device, rules).metrics
     info = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
-    info.update(model_info(model, inputs, metrics, verbose=verbose))
+    info.update(model_info(model, inputs, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:
         info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
         info["data"] = run_data.details["eval"]
@@ -153,6 +158,7 @@ def model_info(
     metrics: dict[str, Any],
     *,
     verbose: bool = False,
+    module_rules: Mapping[str, ModuleRule] | None = None,
 ) -> dict[str, Any]:
     """Add MACs (and, when ``verbose``, per-parameter and per-layer rows) to ``metrics``.
 
@@ -164,11 +170,12 @@ def model_info(
             module with MACs, in ``named_modules()`` order, with ``macs`` (everything under it:
             a container shows the sum of its children), ``self_macs``, ``counted_by``, ``calls``
             and ``depth`` (see :attr:`optkit.measure.MacsProfile.layers`).
+        module_rules: module rules by class path (their ``macs`` count what they describe).
 
     Returns:
         ``metrics`` updated in place.
     """
-    profile = profile_macs(model, inputs)
+    profile = profile_macs(model, inputs, module_rules)
     metrics.update(profile.metrics())
     if verbose:
         metrics["parameters"] = parameter_table(model)

@@ -2,7 +2,9 @@
 
 Everything a run produces goes under its folder: ``report.json`` and ``report.md`` (rewritten
 atomically after every stage, so a failure or Ctrl-C leaves a partial report), one folder per
-stage for its artifacts, and ``model.pt`` (the final module) on success.
+stage for its artifacts, and ``model.pt`` (the final module) once every stage succeeded.
+Latency is timed as :mod:`optkit.run.timing` plans it: each stage right after it is applied, or
+all of them side by side after the last one (then the report is written again with latency).
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from torch import nn
 from optkit.artifacts import Artifact
 from optkit.errors import OptkitError, PipelineError, StageError, plain_text
 from optkit.files import atomic_write_text, overwrite_in_place
-from optkit.measure import Measurement, channel_groups_for, compare_outputs, configure_timing, drift_exceeds, measure, select_outputs
+from optkit.measure import (
+    Measurement,
+    channel_groups_for,
+    compare_outputs,
+    configure_timing,
+    drift_exceeds,
+    measure,
+    select_outputs,
+    tolerance_failure,
+    tensor_bytes,
+)
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
@@ -30,6 +42,7 @@ from optkit.run.device import select_device
 from optkit.run.environment import environment
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.run.seeding import seeded_construction
+from optkit.run.timing import StageTiming, plan_timing
 
 if TYPE_CHECKING:
     from optkit.config import Pipeline
@@ -91,41 +104,63 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
         load_details["data"] = data.details
 
     # model.pt and an export (ONNX) each take about the model's size.
-    need = 2 * _tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
+    need = 2 * tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
     run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
     stages = [StageResult("baseline", None, 0, details=load_details)]
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
-    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version())
-    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages])
-    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data)
+    plan = plan_timing(pipeline.measure, model, len(pipeline.stages), torch_device)
+    timing = StageTiming(plan, pipeline.measure, inputs, torch_device, len(pipeline.stages))
+    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary)
+    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=plan.compare)
+    runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data, timing)
     if not runner.write_report():
         return report, run_dir
 
     passes = [stage.make_pass() for stage in pipeline.stages]
+    timing.start()
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
     if baseline is not None:
         last_reader = max((i for i, p in enumerate(passes) if p.needs_baseline_model), default=-1)
         runner.baseline_model = _frozen_copy(model) if last_reader >= 0 else None
+        artifact: Artifact | None = None  # ctx.artifact: the latest stage's artifact, until a module makes it stale
         for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes)):
-            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), _tolerance(pass_, pipeline.measure.drift_tolerance))
+            tolerance = _tolerance(pass_, pipeline.measure.drift_tolerance)
+            result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), tolerance, artifact=artifact)
             if i == last_reader:
                 runner.baseline_model = None  # no later stage reads it: its memory goes back
             if result is None:
                 break
             if isinstance(result, nn.Module):
-                model = result
+                model, artifact = result, None
+            else:
+                artifact = result
+    if report.status == "running" and pipeline.spec.save_model:
+        _save_model(model, run_dir / "model.pt", report)  # before the side-by-side timing: Ctrl-C there keeps it
+    if report.status != "interrupted":
+        _time_side_by_side(timing, report)
     if report.status == "running":
         report.status = "ok"
-        if pipeline.spec.save_model:
-            _save_model(model, run_dir / "model.pt", report)
     runner.write_report()
     return report, run_dir
 
 
-def _tensor_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers (shared tensors once)."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
+    """Time the stages measured ``ok`` side by side (interleaved runs), even after a failed stage.
+
+    A failure or Ctrl-C here leaves every stage applied and measured but without latency; the
+    report says so (``timing.status`` and ``timing.error`` too) and the run ends ``failed`` or
+    ``interrupted``, keeping the error of a stage that failed before.
+    """
+    if not timing.interleaved:
+        return
+    try:
+        timing.time_side_by_side(report.stages)
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        report.error = report.error or "interrupted (Ctrl-C) while timing the stages side by side: they have no latency"
+    except StageError as exc:
+        if report.status == "running":
+            report.status, report.error = "failed", str(exc)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module | None:
@@ -159,10 +194,14 @@ def _tolerance(pass_: Pass, pipeline_tolerance: Tolerance) -> tuple[Tolerance, s
 
 def _applier(pass_name: str, pass_: Pass, model: nn.Module) -> Any:
     def apply(ctx: PassContext) -> nn.Module | Artifact:
+        if pass_.consumes is not None:
+            ctx.require_artifact(pass_.consumes)
         model.eval()
         result = pass_.apply(model, ctx)
         if not isinstance(result, (nn.Module, Artifact)):
             raise StageError(f"pass {pass_name!r} returned {type(result).__name__}, not a module or an artifact")
+        if pass_.produces is not None and not isinstance(result, pass_.produces):
+            raise StageError(f"pass {pass_name!r} declares that it produces {pass_.produces.__name__}, but returned {type(result).__name__}")
         return result
 
     return apply
@@ -172,18 +211,23 @@ class _StageRunner:
     """Runs one stage at a time: apply, measure, check drift, record, notify, write the report."""
 
     def __init__(
-        self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path, data: RunData
+        self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path, data: RunData,
+        timing: StageTiming,
     ):
         self.report, self.info, self.host = report, info, host
         self.inputs, self.device, self.run_dir, self.data = inputs, device, run_dir, data
         self.settings = info.pipeline.measure
+        self.module_rules = host.rule_table()
+        self.timing = timing
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
         #: ``ctx.baseline_model`` of the next stages (kept only while a pass that reads it is to come).
         self.baseline_model: nn.Module | None = None
 
-    def run(self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None) -> nn.Module | Artifact | None:
-        """Run one stage; returns its product, or ``None`` when the run must stop."""
+    def run(
+        self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None, artifact: Artifact | None = None
+    ) -> nn.Module | Artifact | None:
+        """Run one stage (``artifact``: the pass's ``ctx.artifact``); returns its product, or ``None`` when the run must stop."""
         self.host.stage_started(result.name, result.index, self.info)
         stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
         ctx = PassContext(
@@ -195,6 +239,8 @@ class _StageRunner:
             data=self.data.loaders,
             baseline_model=self.baseline_model,
             on_progress=lambda progress: self.host.stage_progress(result.name, result.index, progress, self.info),
+            artifact=artifact,
+            module_rules=self.module_rules,
         )
         ctx.details.update(result.details)
         product = None
@@ -203,12 +249,15 @@ class _StageRunner:
             stage_dir.mkdir(parents=True, exist_ok=True)
             product = apply(ctx)
             result.duration_s = time.perf_counter() - start
-            measurement = measure(product, self.inputs, self.settings, self.device)
+            measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved)
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
-            self._add_drift(result, measurement, product, tolerance)
+            self._add_drift(result, measurement, product)
             self._add_accuracy(result, product)
+            self._hold_to(result, tolerance)
             result.status = "ok"
+            self.timing.keep(result, product)
+            self.timing.add_speedups(self.report.stages)
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
             self.report.status = "interrupted"
@@ -279,9 +328,7 @@ class _StageRunner:
         result.measure_s += seconds
         tracker.check_budget(metrics)
 
-    def _add_drift(
-        self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact, tolerance: tuple[Tolerance, str] | None
-    ) -> None:
+    def _add_drift(self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact) -> None:
         module = product.source_model if isinstance(product, Artifact) else product
         groups = channel_groups_for(module, measurement.outputs) if isinstance(module, nn.Module) else {}
         if self.baseline is None:
@@ -303,12 +350,29 @@ class _StageRunner:
         result.metrics["drift"] = drift
         if selection is None:
             self.previous = measurement
-        if tolerance is not None:
-            limit, option = tolerance
-            drift["tolerance"] = {**limit.model_dump(), "set_by": option}
-            problem = drift_exceeds(drift["previous"], limit.atol, limit.rtol)
-            if problem:
-                raise StageError(f"{result.name} must preserve outputs, but {problem}; raise {option} to accept it")
+
+    def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
+        """Fail a stage whose outputs break its tolerance against the stage before (see
+        :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
+        drift = result.metrics.get("drift")
+        if tolerance is None or drift is None or "previous" not in drift:
+            return
+        limit, option = tolerance
+        on_data = result.metrics.get("agreement", {}).get("previous")
+        if on_data is not None and not on_data.get("comparable", True):  # other outputs (a new head): the seeded batch
+            on_data = None
+        similarity = limit.cosine is not None or limit.top1_agreement is not None
+        drift["tolerance"] = {**limit.model_dump(exclude_none=True), "set_by": option}
+        if similarity:
+            drift["tolerance"]["similarity_on"] = "data.eval" if on_data is not None else "seeded batch"
+        problem = tolerance_failure(drift["previous"], limit, on_data)
+        if problem:
+            # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
+            elementwise = limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None
+            fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
+            if not elementwise and on_data is None:
+                fix += ", or give data.eval: similarity is then held on real samples, not on the seeded batch of random values"
+            raise StageError(f"{result.name} must preserve outputs, but {problem}; {fix}")
 
 
 def _relative_to(path: str | Path, root: Path) -> str | None:

@@ -36,6 +36,8 @@ class ExportOnnx(Pass):
     # Held to its own atol/rtol (looser for fp16): by the runner on the seeded batch, and by the
     # pass itself on random batches of every size in verify_batch_sizes.
     preserves_outputs = True
+    # The file is the next stage's ctx.artifact (quantize_onnx reads it).
+    produces = OnnxArtifact
 
     class Options(Pass.Options):
         """Options of ``export_onnx``."""

@@ -20,7 +20,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from optkit.measure import flatten_outputs
-from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS
+from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS
+from optkit_plugins.fuse_bn.graph import IsNorm, is_batchnorm
 
 __all__ = ["DataflowRecord", "probe_dataflow"]
 
@@ -53,12 +54,14 @@ class DataflowRecord:
             (``None`` when the input came from anything else).
         foreign_uses: for each layer, the operations outside its BatchNorm partner that read
             its output; ``"<model output>"`` when the output is returned by the model.
+        bn_inputs: the input each BatchNorm named in ``keep_inputs`` received (its first call).
     """
 
     calls: Counter[str] = field(default_factory=Counter)
     output_dims: dict[str, int] = field(default_factory=dict)
     bn_source: dict[str, str | None] = field(default_factory=dict)
     foreign_uses: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    bn_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class _ConsumerMode(TorchFunctionMode):
@@ -79,7 +82,9 @@ class _ConsumerMode(TorchFunctionMode):
 
 
 @torch.no_grad()
-def probe_dataflow(model: nn.Module, example_input: Any) -> DataflowRecord:
+def probe_dataflow(
+    model: nn.Module, example_input: Any, is_norm: IsNorm = is_batchnorm, keep_inputs: frozenset[str] = frozenset()
+) -> DataflowRecord:
     """Run ``model`` once on ``example_input`` and record the dataflow around layers and BatchNorms.
 
     The model is left exactly as it was: every hook is removed, whatever happens.
@@ -87,6 +92,8 @@ def probe_dataflow(model: nn.Module, example_input: Any) -> DataflowRecord:
     Args:
         model: the model, in the mode it will be used in (eval).
         example_input: a tensor, or a tuple of positional arguments.
+        is_norm: which modules count as BatchNorms (module rules may describe more).
+        keep_inputs: BatchNorms whose input is kept (``bn_inputs``), for a rule's numerical proof.
 
     Returns:
         The :class:`DataflowRecord`.
@@ -115,6 +122,9 @@ def probe_dataflow(model: nn.Module, example_input: Any) -> DataflowRecord:
             if source is not None:
                 partner[name] = source
             active_bn.append(name)
+            # Cloned as the BatchNorm's own read of its input, so it is no foreign use.
+            if name in keep_inputs and name not in record.bn_inputs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+                record.bn_inputs[name] = args[0].detach().clone()
 
         return hook
 
@@ -129,7 +139,7 @@ def probe_dataflow(model: nn.Module, example_input: Any) -> DataflowRecord:
         for name, module in model.named_modules(remove_duplicate=False):
             if isinstance(module, FOLDABLE_LAYERS):
                 handles.append(module.register_forward_hook(on_layer_output(name)))
-            elif isinstance(module, NORM_LAYERS):
+            elif is_norm(module):
                 handles.append(module.register_forward_pre_hook(on_bn_enter(name)))
                 handles.append(module.register_forward_hook(on_bn_exit(name)))
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)

@@ -1,11 +1,16 @@
 """Fusing BatchNorm: fold every BatchNorm into the Conv/ConvTranspose/Linear layer that feeds it.
 
-A pair is fused only when it is proven safe: the BatchNorm consumes exactly the layer's output,
-nothing else reads that output, each module is registered and called once, and the BatchNorm
-normalizes the layer's output channels. The proof comes from torch.fx graphs (the whole model,
-or scope by scope where it does not trace) and from a dataflow probe on the example input,
-which also covers code no graph reaches. The model keeps its own classes: the fused layer gets
-the folded weights and the BatchNorm becomes ``nn.Identity``.
+First, modules whose module rule has ``fuse`` (Ultralytics' ``Conv``, ``RepConv``, ...) are fused
+as their library does, each proven on the inputs it received
+(:func:`~optkit_plugins.fuse_bn.rules.fuse_library_modules`). Then pairs: a pair is fused only
+when it is proven safe: the BatchNorm consumes exactly the layer's output, nothing else reads
+that output, each module is registered and called once, and the BatchNorm normalizes the layer's
+output channels. The proof comes from torch.fx graphs (the whole model, or scope by scope where
+it does not trace) and from a dataflow probe on the example input, which also covers code no
+graph reaches. A BatchNorm subclass with its own ``forward`` (timm's ``BatchNormAct2d``) pairs
+only through a module rule (``bn_reference``) whose claim holds on the input it received. The
+model keeps its own classes: the fused layer gets the folded weights and the BatchNorm becomes
+``nn.Identity``, or the rule's ``bn_remainder`` (timm: its dropout and activation).
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from optkit.models import replace_module
+from optkit.models import ModuleRule, fold_bn_into_layer, replace_module
 from optkit_plugins.fuse_bn.dataflow import DataflowRecord, probe_dataflow
-from optkit_plugins.fuse_bn.folding import NORM_LAYERS, fold_bn_into_layer, fold_problem
+from optkit_plugins.fuse_bn.folding import NORM_LAYERS, fold_problem
 from optkit_plugins.fuse_bn.graph import GraphEvidence, find_graph_pairs, to_graph_module
+from optkit_plugins.fuse_bn.rules import PROOF_RTOL, bn_rule, bn_rule_error, fuse_library_modules
 
 __all__ = ["FusionResult", "fuse_batchnorm"]
 
@@ -35,8 +42,9 @@ class FusionResult:
     Attributes:
         model: the fused model (the input itself when fused in place).
         method: ``"fx"`` when the whole model traced, else ``"fallback"`` (scoped graphs + probe).
-        fused: one entry per fused pair: layer, bn, kind, evidence.
-        skipped: one entry per pair found but not fused, with its reason.
+        fused: one entry per fused pair (layer, bn, kind, evidence), and per module fused by its
+            rule (layer = the module, bn = the BatchNorms it held, kind, rule, evidence).
+        skipped: one entry per pair (or module with a ``fuse`` rule) found but not fused, with its reason.
         unpaired: BatchNorms no layer feeds directly, with what feeds them.
         untraceable: modules that did not trace, with the error.
         notes: anything else a reader of the report should know.
@@ -49,6 +57,7 @@ class FusionResult:
     unpaired: dict[str, str] = field(default_factory=dict)
     untraceable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    batchnorms_folded: int = 0
 
     def details(self) -> dict[str, Any]:
         """A JSON-serializable summary for the run report."""
@@ -56,6 +65,7 @@ class FusionResult:
             "method": self.method,
             "pairs_fused": len(self.fused),
             "pairs_skipped": len(self.skipped),
+            "batchnorms_folded": self.batchnorms_folded,
             "fused": self.fused,
             "skipped": self.skipped,
             "unpaired_bn": self.unpaired,
@@ -91,9 +101,10 @@ def _pair_problem(
     graphs: GraphEvidence,
     record: DataflowRecord,
     from_graph: bool,
+    rule: ModuleRule | None,
 ) -> str | None:
     layer, bn = modules[layer_name], modules[bn_name]
-    problem = fold_problem(layer, bn)
+    problem = fold_problem(layer, bn, rule)
     if problem:
         return problem
     for name, module in ((layer_name, layer), (bn_name, bn)):
@@ -114,11 +125,26 @@ def _pair_problem(
     readers = [b for b, source in record.bn_source.items() if source == layer_name]
     if len(readers) > 1:
         return f"{layer_name}'s output feeds several BatchNorms: {', '.join(sorted(readers))}"
-    return _shape_problem(layer, bn, record.output_dims.get(layer_name))
+    problem = _shape_problem(layer, bn, record.output_dims.get(layer_name))
+    if problem or rule is None:
+        return problem
+    x = record.bn_inputs.get(bn_name)
+    if x is None:
+        return f"{bn_name} did not run on the example input, so module rule {rule.class_path} cannot be checked on it"
+    error = bn_rule_error(bn, rule, x)
+    if error > PROOF_RTOL:
+        return f"module rule {rule.class_path} does not match {type(bn).__name__}'s output on the example input (error {error:.2e})"
+    return None
 
 
 def fuse_batchnorm(
-    model: nn.Module, example_input: Any, *, inplace: bool = False, probe: bool = True, graph_module: bool = False
+    model: nn.Module,
+    example_input: Any,
+    *,
+    inplace: bool = False,
+    probe: bool = True,
+    graph_module: bool = False,
+    rules: Mapping[str, ModuleRule] | None = None,
 ) -> FusionResult:
     """Fold every BatchNorm that provably normalizes a Conv/ConvTranspose/Linear output into it.
 
@@ -134,6 +160,9 @@ def fuse_batchnorm(
         graph_module: return one flat ``torch.fx.GraphModule`` (as torch.fx's fuser does) when
             the whole model traces: no Python call per container, but the model's own classes
             are gone. Otherwise the model keeps its classes and each BatchNorm becomes ``nn.Identity``.
+        rules: module rules by class path (a pass's ``ctx.module_rules``; the standard ones are
+            ``optkit.host.Host().rule_table()``). Without them, modules with their own ``forward``
+            are left alone.
 
     Returns:
         A :class:`FusionResult`; ``result.model`` is the fused model, in eval mode.
@@ -145,10 +174,18 @@ def fuse_batchnorm(
         log.info("model is in training mode: fusing an eval copy, the model itself is left unchanged")
     if model.training or not inplace:
         model = copy.deepcopy(model).eval()
-    graphs = find_graph_pairs(model)
-    record = probe_dataflow(model, example_input)
+    rules = rules or {}
+    library = fuse_library_modules(model, example_input, rules)
+
+    def is_norm(module: nn.Module) -> bool:
+        return isinstance(module, NORM_LAYERS) or bn_rule(module, rules) is not None
+
+    graphs = find_graph_pairs(model, is_norm)
     modules, registered = _registrations(model)
+    described = {name: rule for name, m in modules.items() if (rule := bn_rule(m, rules)) is not None}
+    record = probe_dataflow(model, example_input, is_norm, keep_inputs=frozenset(described))
     result = FusionResult(model, "fx" if graphs.whole_model_traced else "fallback", untraceable=graphs.untraceable)
+    result.fused, result.skipped, result.batchnorms_folded = library.fused, library.skipped, library.batchnorms_folded
 
     candidates = [(p.layer, p.bn, f"fx graph of {p.scope or 'the model'}", True) for p in graphs.pairs]
     in_graph = {p.bn for p in graphs.pairs} | set(graphs.bn_inputs)
@@ -165,7 +202,12 @@ def fuse_batchnorm(
 
     accepted = []
     for layer_name, bn_name, evidence, from_graph in candidates:
-        problem = _pair_problem(layer_name, bn_name, modules, registered, graphs, record, from_graph)
+        owner = library.owner_of(bn_name) or library.owner_of(layer_name)
+        if owner is not None:
+            if owner not in {e["layer"] for e in library.fused}:  # a fused module holds no BatchNorm any more
+                result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": f"inside `{owner}` ({library.owned[owner]}), which its module rule fuses as a whole"})
+            continue
+        problem = _pair_problem(layer_name, bn_name, modules, registered, graphs, record, from_graph, described.get(bn_name))
         if problem:
             result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": problem})
         else:
@@ -173,13 +215,19 @@ def fuse_batchnorm(
     for layer_name, bn_name, evidence in accepted:
         layer, bn = modules[layer_name], modules[bn_name]
         kind = f"{type(layer).__name__}+{type(bn).__name__}"
+        rule = described.get(bn_name)
         fold_bn_into_layer(layer, bn)
-        replace_module(model, bn_name, nn.Identity())
-        result.fused.append({"layer": layer_name, "bn": bn_name, "kind": kind, "evidence": evidence})
+        replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None else nn.Identity())
+        entry = {"layer": layer_name, "bn": bn_name, "kind": kind, "evidence": evidence}
+        if rule is not None:
+            entry["evidence"] += f"; module rule {rule.class_path} checked on the example input"
+            entry["rule"] = rule.class_path
+        result.fused.append(entry)
+        result.batchnorms_folded += 1
 
     seen = {e["bn"] for e in result.fused + result.skipped} | set(result.unpaired)
     for name, module in modules.items():
-        if isinstance(module, NORM_LAYERS) and name not in seen:
+        if is_norm(module) and name not in seen:
             result.unpaired[name] = "no traced graph reaches it and it did not run on the example input"
     if graph_module:
         if graphs.whole_model_traced:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import fx, nn
 
 from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS
 
-__all__ = ["GraphEvidence", "GraphPair", "find_graph_pairs", "to_graph_module"]
+__all__ = ["GraphEvidence", "GraphPair", "IsNorm", "find_graph_pairs", "is_batchnorm", "to_graph_module"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,24 @@ class GraphEvidence:
     whole_model_traced: bool = False
 
 
+#: Whether a module normalizes like a BatchNorm (a BatchNorm, or a module a rule describes as one).
+IsNorm = Callable[[nn.Module], bool]
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    """A BatchNorm flavour or FrozenBatchNorm2d (no module rules consulted)."""
+    return isinstance(module, NORM_LAYERS)
+
+
 class _LayerLeafTracer(fx.Tracer):
     """Keeps every layer and BatchNorm a ``call_module`` node, subclasses and FrozenBatchNorm2d included."""
 
+    def __init__(self, is_norm: IsNorm = is_batchnorm) -> None:
+        super().__init__()
+        self.is_norm = is_norm
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, FOLDABLE_LAYERS + NORM_LAYERS) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, FOLDABLE_LAYERS) or self.is_norm(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _qualify(scope: str, name: str) -> str:
@@ -70,11 +84,11 @@ def _describe_producer(node: fx.Node) -> str:
     return f"{node.op} {node.target}"
 
 
-def _trace(module: nn.Module) -> fx.Graph:
-    return _LayerLeafTracer().trace(module)
+def _trace(module: nn.Module, is_norm: IsNorm = is_batchnorm) -> fx.Graph:
+    return _LayerLeafTracer(is_norm).trace(module)
 
 
-def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvidence) -> set[str]:
+def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvidence, is_norm: IsNorm) -> set[str]:
     """Record the pairs and calls in ``graph``; returns the qualified names of the modules it calls."""
     reached: set[str] = set()
     for node in graph.nodes:
@@ -83,10 +97,11 @@ def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvi
         name = _qualify(scope, node.target)
         reached.add(name)
         module = root.get_submodule(node.target)
-        if not isinstance(module, FOLDABLE_LAYERS + NORM_LAYERS):
+        norm = is_norm(module)
+        if not (norm or isinstance(module, FOLDABLE_LAYERS)):
             continue
         evidence.calls[name] += 1
-        if not isinstance(module, NORM_LAYERS):
+        if not norm:
             continue
         source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
         if not isinstance(source, fx.Node):
@@ -108,9 +123,9 @@ def _modules_under(root: nn.Module, scope: str) -> list[tuple[str, nn.Module]]:
     return [(_qualify(scope, n), m) for n, m in root.named_modules() if n]
 
 
-def _analyse(module: nn.Module, scope: str, evidence: GraphEvidence) -> None:
+def _analyse(module: nn.Module, scope: str, evidence: GraphEvidence, is_norm: IsNorm) -> None:
     try:
-        graph = _trace(module)
+        graph = _trace(module, is_norm)
     # Tracing runs arbitrary forward code, which can fail in any way (TraceError on
     # data-dependent control flow, TypeError on unusual arguments, ...): every failure
     # means the same thing here, that this scope has no graph and its children are tried.
@@ -118,15 +133,15 @@ def _analyse(module: nn.Module, scope: str, evidence: GraphEvidence) -> None:
         evidence.untraceable[scope] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.debug("scope %r does not trace: %s", scope, exc)
         for name, child in module.named_children():
-            _analyse(child, _qualify(scope, name), evidence)
+            _analyse(child, _qualify(scope, name), evidence, is_norm)
         return
     if scope == "":
         evidence.whole_model_traced = True
-    reached = _read_graph(graph, scope, module, evidence)
-    _analyse_unreached(module, scope, reached, evidence)
+    reached = _read_graph(graph, scope, module, evidence, is_norm)
+    _analyse_unreached(module, scope, reached, evidence, is_norm)
 
 
-def _analyse_unreached(module: nn.Module, scope: str, reached: set[str], evidence: GraphEvidence) -> None:
+def _analyse_unreached(module: nn.Module, scope: str, reached: set[str], evidence: GraphEvidence, is_norm: IsNorm) -> None:
     """Give the subtrees of ``module`` that its graph never entered graphs of their own.
 
     An auxiliary head used only in training, or a branch another input would take, holds
@@ -134,28 +149,29 @@ def _analyse_unreached(module: nn.Module, scope: str, reached: set[str], evidenc
     """
     for name, child in module.named_children():
         qualified = _qualify(scope, name)
-        if qualified in reached or isinstance(child, FOLDABLE_LAYERS + NORM_LAYERS):
+        if qualified in reached or isinstance(child, FOLDABLE_LAYERS) or is_norm(child):
             continue
         below = _modules_under(child, qualified)
-        if not any(isinstance(m, NORM_LAYERS) and n not in reached for n, m in below):
+        if not any(is_norm(m) and n not in reached for n, m in below):
             continue
         if any(n in reached for n, _ in below):
-            _analyse_unreached(child, qualified, reached, evidence)
+            _analyse_unreached(child, qualified, reached, evidence, is_norm)
         else:
-            _analyse(child, qualified, evidence)
+            _analyse(child, qualified, evidence, is_norm)
 
 
-def find_graph_pairs(model: nn.Module) -> GraphEvidence:
+def find_graph_pairs(model: nn.Module, is_norm: IsNorm = is_batchnorm) -> GraphEvidence:
     """Trace ``model`` (scope by scope where it must) and collect the pairs the graphs prove.
 
     Args:
         model: the model in eval mode (tracing follows the eval branch of ``if self.training``).
+        is_norm: which modules count as BatchNorms (module rules may describe more).
 
     Returns:
         The :class:`GraphEvidence`.
     """
     evidence = GraphEvidence()
-    _analyse(model, "", evidence)
+    _analyse(model, "", evidence, is_norm)
     return evidence
 
 

@@ -15,7 +15,7 @@ class FuseBatchNorm(Pass):
     """Fold BatchNorm into the Conv, ConvTranspose or Linear layer before it (outputs unchanged)."""
 
     name = "fuse_bn"
-    summary = "Fold BatchNorm into the preceding Conv/ConvTranspose/Linear layer (exact; fx graphs, probe fallback)."
+    summary = "Fold BatchNorm into the preceding Conv/ConvTranspose/Linear layer (exact; fx graphs, probe fallback, module rules)."
     preserves_outputs = True
 
     class Options(Pass.Options):
@@ -37,7 +37,12 @@ class FuseBatchNorm(Pass):
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         """Fuse ``model`` in place (a training-mode model is copied) and report the pairs in ``ctx.details``."""
         result = fuse_batchnorm(
-            model, ctx.example_input, inplace=True, probe=self.options.probe, graph_module=self.options.graph_module
+            model,
+            ctx.example_input,
+            inplace=True,
+            probe=self.options.probe,
+            graph_module=self.options.graph_module,
+            rules=ctx.module_rules,
         )
         ctx.details.update(result.details())
         for entry in result.skipped:

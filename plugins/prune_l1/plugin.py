@@ -44,10 +44,27 @@ class PruneL1(Pass):
             description="unstructured only: global (one threshold over all selected layers, the default) or layer "
             "(the same share in each). Channels are always removed per group (layer).",
         )
-        include: list[str] = Field(default_factory=lambda: ["*"], description="Glob patterns of layer names to prune.")
-        exclude: list[str] = Field(default_factory=list, description="Glob patterns of layer names to leave alone.")
+        include: list[str] = Field(
+            default_factory=lambda: ["*"],
+            description="Glob patterns of layer names to prune (channels: layers not included keep their output widths).",
+        )
+        exclude: list[str] = Field(
+            default_factory=list,
+            description="Glob patterns of layer names to leave alone entirely (channels: their inputs too).",
+        )
         prune_classifier: bool = Field(False, description="Also prune the final classifier (left alone by default).")
         round_to: PositiveInt = Field(1, description="channels only: keep a multiple of this many channels per group (e.g. 8).")
+        free_outputs: list[str] = Field(
+            default_factory=list,
+            description="channels only: model outputs whose channel count may change: an output whose pytree path "
+            "(\"[1]['feats'][0]\" in eval mode, \"['feats'][0]\" in train mode) contains one of these, e.g. \"['feats']\". "
+            "By default every output keeps its shape.",
+        )
+        prune_heads: bool = Field(
+            False,
+            description="channels only: layers inside detection/segmentation heads (module rules) may lose output "
+            "channels too; by default they keep them (their outputs are decoded by position).",
+        )
 
         @model_validator(mode="after")
         def _mode_options(self) -> PruneL1.Options:
@@ -55,6 +72,8 @@ class PruneL1(Pass):
                 raise ValueError("scope: global is for mode: unstructured; mode: channels removes `amount` of every channel group (scope: layer)")
             if self.mode == "unstructured" and self.round_to != 1:
                 raise ValueError("round_to is for mode: channels; unstructured pruning removes single weights")
+            if self.mode == "unstructured" and (self.free_outputs or self.prune_heads):
+                raise ValueError("free_outputs and prune_heads are for mode: channels; unstructured pruning keeps every shape")
             return self
 
     options: Options
@@ -70,13 +89,37 @@ class PruneL1(Pass):
             The pruned copy.
         """
         options = self.options
+        if options.mode == "channels":
+            return self._prune_channels(model, ctx)
         model = copy.deepcopy(model).eval()
         selected = _select_layers(model, options, ctx.details)
-        if options.mode == "unstructured":
-            prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
-        else:
-            prune_channels(model, selected, options.amount, options.round_to, ctx)
+        prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
         return model
+
+    def _prune_channels(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        """Whole channels on the executed graph (:func:`~optkit_plugins.prune_l1.channels.prune_channels`)."""
+        options = self.options
+        selected = _select_layers(model, options, ctx.details)
+        layers = _layers(model)
+        excluded = [name for name in layers if _matches_any(name, options.exclude)]
+        classifier = ctx.details.get("classifier_left_alone")
+        keep = {
+            name: "are the classifier's (prune_classifier: false)" if name == classifier else "are not selected (include)"
+            for name in layers if name not in selected and name not in excluded
+        }
+        result = prune_channels(
+            model, ctx.example_input, options.amount, rules=ctx.module_rules, round_to=options.round_to,
+            exclude=excluded, keep_outputs=keep, free_outputs=options.free_outputs, prune_heads=options.prune_heads,
+        )
+        ctx.details.update(result.details())
+        if not result.groups:
+            ctx.logger.warning("prune_l1: no channel group can be pruned; the model is unchanged (see details.left_alone)")
+        if result.not_traced:
+            ctx.logger.warning(
+                "prune_l1: %d module(s) with weights ran in neither eval nor train mode on the example input, so what "
+                "feeds them is not proven: %s", len(result.not_traced), ", ".join(result.not_traced[:5]),
+            )
+        return result.model
 
 
 def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str, Any]) -> dict[str, nn.Module]:
@@ -85,7 +128,7 @@ def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str
     Raises:
         StageError: a pattern matches no such layer, or nothing is left to prune.
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    layers = _layers(model)
     for option in ("include", "exclude"):
         for pattern in getattr(options, option):
             if pattern != "*" and not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
@@ -93,7 +136,7 @@ def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str
                 raise StageError(f"prune_l1: {option} pattern {pattern!r} matches no convolution or Linear layer (they are named like {examples})")
     selected = {
         name: m for name, m in layers.items()
-        if any(fnmatch.fnmatchcase(name, p) for p in options.include) and not any(fnmatch.fnmatchcase(name, p) for p in options.exclude)
+        if _matches_any(name, options.include) and not _matches_any(name, options.exclude)
     }
     if not options.prune_classifier:
         try:
@@ -106,6 +149,15 @@ def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str
     if not selected:
         raise StageError("prune_l1: no convolution or Linear layer is left to prune; check include, exclude and prune_classifier")
     return selected
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The convolution and Linear layers of ``model``, by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def _matches_any(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 @hookimpl
