@@ -231,8 +231,9 @@ def markdown(runs: list[dict[str, Any]], alone: list[dict[str, Any]], meta: dict
         "correctly, and the accuracy lost is the channels' own. The digits CNN is small (84k parameters) and "
         "every channel carries signal; each pruned model starts far from the unpruned one, whatever picks the "
         "channels. The criterion matters at 0.1: prune_l1 scores channels by the L1 norm of the convolution "
-        "weights alone, which ignores the BatchNorm scale that follows each convolution, and Torch-Pruning keeps "
-        "more accuracy while removing more parameters. At 0.5 every criterion leaves the model at chance. "
+        "weights alone, which ignores the BatchNorm scale that follows each convolution; Torch-Pruning, removing "
+        "as many parameters, keeps more accuracy with either of its criteria. At 0.5 every criterion leaves the "
+        "model at chance. "
         "Fine-tuning is what gives the accuracy back.",
         "",
     ]

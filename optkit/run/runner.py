@@ -177,7 +177,7 @@ def _frozen_copy(model: nn.Module) -> nn.Module | None:
         return None
     for parameter in kept.parameters():
         parameter.requires_grad_(False)
-    log.info("keeping a copy of the baseline model for passes that read it (%.1f MiB)", _tensor_bytes(kept) / 2**20)
+    log.info("keeping a copy of the baseline model for passes that read it (%.1f MiB)", tensor_bytes(kept) / 2**20)
     return kept
 
 
