@@ -192,3 +192,28 @@ def test_markdown_table_rows_have_as_many_cells_as_columns():
     cells = [re.split(r"(?<!\\)\|", line.strip())[1:-1] for line in table]
     assert len(table) == 2 + len(synthetic_report().stages)
     assert {len(row) for row in cells} == {len(COLUMNS)}
+
+
+def test_markdown_gives_drift_per_output_for_stages_with_several():
+    """A YOLO-like stage: the prediction's box and score groups and a feature map, each with its own figures."""
+    drift = {"comparable": True, "max_abs": 2.0, "reference_max_abs": 480.0, "cosine": 0.99, "outputs": [
+        {"name": "output_0", "shape": [1, 84, 8400], "max_abs": 2.0, "reference_max_abs": 480.0, "cosine": 0.99, "groups": [
+            {"group": "boxes", "channels": [0, 4], "max_abs": 2.0, "reference_max_abs": 480.0, "cosine": 0.999},
+            {"group": "scores", "channels": [4, 84], "max_abs": 0.25, "reference_max_abs": 0.5, "cosine": 0.75}]},
+        {"name": "output_1", "shape": [1, 64, 80, 80], "max_abs": 1e-3, "reference_max_abs": 9.0, "cosine": 1.0}]}
+    single = {"comparable": True, "max_abs": 0.1, "reference_max_abs": 1.0, "cosine": 1.0,
+              "outputs": [{"name": "output", "shape": [1, 10], "max_abs": 0.1, "reference_max_abs": 1.0, "cosine": 1.0}]}
+    report = RunReport(
+        pipeline={"model": {"source": "yolo"}}, environment={},
+        stages=[StageResult("baseline", None, 0, "ok", 0.0, {"drift": single}),
+                StageResult("fuse_bn", "fuse_bn", 1, "ok", 0.1, {"drift": drift})],
+        status="ok",
+    )
+    text = render_markdown(report)
+    section = text.split("## Drift per output", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| 1 ")]
+    assert [(r[2], r[3], r[5].rstrip(" |")) for r in rows] == [
+        ("output_0 (boxes)", "2.00e+00", "0.999000"), ("output_0 (scores)", "2.50e-01", "0.750000"), ("output_1", "1.00e-03", "1.000000")]
+    assert "| 0 " not in section  # one output: the stage table says it all
+    single_only = RunReport(pipeline={"model": {}}, environment={}, stages=[StageResult("baseline", None, 0, "ok", 0.0, {"drift": single})], status="ok")
+    assert "Drift per output" not in render_markdown(single_only)

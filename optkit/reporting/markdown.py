@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from optkit.measure import output_parts
 from optkit.reporting.tables import (
     COLUMNS,
     comparison_columns,
@@ -45,6 +46,7 @@ def render_markdown(report: RunReport) -> str:
         *(f"{line}\n" for line in timing_lines(report)),
         *_markdown_table(columns, [[row[c] for c in columns] for row in rows]),
     ]
+    lines += _per_output_lines(report)
     if report.error:
         lines += ["", f"**Error:** {report.error}"]
     for stage in report.stages:
@@ -55,6 +57,22 @@ def render_markdown(report: RunReport) -> str:
             lines += [f"- artifact: `{a}`" for a in stage.artifacts]
             lines += [f"- {key}: {_detail_text(key, value)}" for key, value in stage.details.items()]
     return "\n".join(lines) + "\n"
+
+
+def _per_output_lines(report: RunReport) -> list[str]:
+    """A table of drift per output tensor (and channel group), for stages with more than one."""
+    rows = []
+    for stage in report.stages:
+        drift = stage.metrics.get("drift") or {}
+        parts = output_parts(drift) if drift.get("outputs") else []
+        if len(parts) > 1:
+            rows += [[str(stage.index), stage.name, label, f"{f['max_abs']:.2e}", f"{f['reference_max_abs']:.3g}", f"{f['cosine']:.6f}"]
+                     for label, f in parts]
+    if not rows:
+        return []
+    return ["", "## Drift per output", "",
+            "Against the baseline, on the seeded batch; each part is held to a drift tolerance scaled by its own largest value.", "",
+            *_markdown_table(["#", "stage", "output", "max|Δ|", "max|reference|", "cosine"], rows)]
 
 
 def _detail_text(key: str, value: Any) -> str:
