@@ -11,7 +11,7 @@ torch.fx's fuser returns, where the model traces), and the model after
 They are timed side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call
 each per round in a shuffled order, CUDA events on a GPU), so noise on a shared machine hits all
 of them alike. Each speed-up is the median of the per-round ratios (unfused / fused) with its
-95% order-statistic interval, as ``optkit run`` reports it; a speed-up whose interval reaches within 5% of 1
+95% order-statistic interval widened by the 5% run-to-run margin, as ``optkit run`` reports it; a speed-up whose interval includes 1
 is a tie. The outputs of the fused variants are checked against the unfused one.
 
 Writes ``fuse_bn_latency.md`` and ``.json`` to ``--output`` (default benchmarks/results).
@@ -112,7 +112,7 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argpa
         f"Batch {args.batch}, {args.size}x{args.size}, {env.get('device')}, {args.threads} torch thread(s), "
         f"{args.rounds} round-robin rounds after {args.warmup} warm-up rounds; torch {env.get('torch')}.",
         "Speed-up = median over rounds of unfused / fused time, with its 95% interval (order statistics); "
-        "`vs fx` = the same for fx / optkit (> 1: optkit faster). **tie** = the interval reaches within 5% of 1: no speed-up or "
+        "`vs fx` = the same for fx / optkit (> 1: optkit faster). **tie** = the interval includes 1: no speed-up or "
         "slow-down is claimed. `optkit` keeps the model's classes; `graph` is `fuse_bn` with `graph_module: true`. "
         "The p50 columns are each variant's own median: when the load changes during the run they mix different "
         "loads, and only the per-round ratios compare like with like.",

@@ -16,7 +16,7 @@ output shapes, a train-mode forward and backward, a save and reload, and an ONNX
 (optkit's ``export_onnx``) whose outputs match PyTorch at batch 1, 2 and 8. CPU latency at batch 1
 is measured side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call each
 per round, in a shuffled order) unless ``--no-latency``; each latency ratio is the median of the
-per-round ratios with its 95% interval, a tie when it reaches within 5% of 1, after a noise check. MACs are
+per-round ratios with its 95% interval (widened by the 5% run-to-run margin), a tie when it includes 1, after a noise check. MACs are
 deterministic.
 
 Usage (from the repository root; the ultralytics: rows need the interpreter of .venv-ultralytics
@@ -301,7 +301,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "detection head keeps its outputs). MACs: optkit's count (GFLOPs = 2 x GMACs); ratios are unpruned / pruned. "
         "Checks of the optkit model: output shapes, a train-mode forward+backward, save+reload, ONNX (dynamo) parity at "
         "batch 1/2/8 (largest difference / largest output). Latency ratio: unpruned / pruned, the median of the per-round "
-        "ratios with its 95% interval (optkit's side-by-side loop, as `optkit run` reports speed-ups); **tie**: the interval reaches within 5% of 1.",
+        "ratios with its 95% interval (optkit's side-by-side loop, as `optkit run` reports speed-ups); **tie**: the interval, widened by the 5% run-to-run margin, includes 1.",
         "",
         *([f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""] if (warning := noise_warning(env.get("noise"))) else []),
         "| model | input | amount | MACs | optkit MACs ratio | Torch-Pruning MACs ratio | optkit / TP | output shapes | train mode | reload | ONNX 1/2/8 | optkit s | latency ratio optkit / TP |",

@@ -11,7 +11,7 @@ Two parts, one run:
    (``optkit.measure.time_round_robin``: one call each per round, in a seeded shuffled order), so
    that noise on a shared machine hits all alike, after the noise check. Each speed-up is the
    median of the per-round ratios with its 95% interval, as ``optkit run`` reports it (a tie when
-   the interval reaches within 5% of 1). ``--calls-per-round K`` calls each model K times in a row
+   the interval, widened by the 5% run-to-run margin, includes 1). ``--calls-per-round K`` calls each model K times in a row
    per round: with K = 1 every call follows another model and finds the caches cold; with K = 10
    it runs as a model serving calls back to back does.
 2. **Accuracy and size, the trained digits model** (``optkit.data.digits_cnn`` with its shipped
@@ -242,7 +242,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{part['rounds']} rounds after {part['warmup']} warm-up rounds, onnxruntime spinning "
             f"{'on' if part['spinning'] else 'off'}, {k} call(s) of a model in a row per round ({cache}). "
             f"Calibration: {part['calibration']}. Speed-up: the median of the per-round ratios with its 95% interval; "
-            "tie: the interval reaches within 5% of 1. Milliseconds per call.",
+            "widened by the 5% run-to-run margin; tie: the interval includes 1. Milliseconds per call.",
             "",
             *([f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""] if (warning := noise_warning(part.get("noise"))) else []),
             "| runtime | p50 ms [95% interval] | p10 ms | p90 ms | file bytes | speed-up vs fp32 ONNX | vs eager |",

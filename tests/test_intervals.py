@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from optkit.config import MeasureSpec
-from optkit.measure import TIE_MARGIN, median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
+from optkit.measure import RUN_TO_RUN_MARGIN, median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
 
 
 def _coverage_of_pair(n: int, j: int) -> float:
@@ -128,7 +128,8 @@ def test_speedup_of_latency_records_is_a_tie_when_its_interval_includes_one():
     tie = speedup({"samples": same}, {"samples": other}, paired=True)
     assert tie["tie"] and tie["low"] <= 1.0 <= tie["high"] and tie["paired"]
     faster = speedup({"samples": [2 * t for t in same]}, {"samples": same}, paired=True)
-    assert (faster["value"], faster["low"], faster["high"], faster["tie"]) == (2.0, 2.0, 2.0, False)
+    assert (faster["value"], faster["statistical"], faster["tie"]) == (2.0, {"low": 2.0, "high": 2.0}, False)
+    assert (faster["low"], faster["high"]) == (pytest.approx(2.0 / 1.05), pytest.approx(2.0 * 1.05))
     apart = speedup({"samples": same}, {"samples": other[:20]}, paired=True)  # unequal lengths cannot pair
     assert apart["paired"] is False and apart["method"].startswith("timed apart")
     assert speedup({"samples": same}, {"p50": 1.0}, paired=False) is None  # a record without samples
@@ -136,13 +137,17 @@ def test_speedup_of_latency_records_is_a_tie_when_its_interval_includes_one():
         paired_ratio_interval([1.0, 2.0], [1.0])
 
 
-def test_a_speedup_within_the_tie_margin_is_a_tie_even_when_its_interval_excludes_one():
+def test_a_speedup_interval_is_widened_by_the_run_to_run_margin_and_a_tie_includes_one():
     """Identical copies of a model differ by a few percent with narrow intervals: not a finding."""
     base = [10.0 + 0.01 * k for k in range(30)]
     three_percent = speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True)
-    assert three_percent["low"] > 1.0 and three_percent["margin"] == TIE_MARGIN == MeasureSpec().tie_margin == 0.05
-    assert three_percent["tie"] is True
-    assert speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True, margin=0.0)["tie"] is False
-    slower = speedup({"samples": base}, {"samples": [1.06 * t for t in base]}, paired=True)  # 1/1.06 < 1/1.05
-    assert slower["high"] < 1 / 1.05 and slower["tie"] is False
+    assert three_percent["margin"] == RUN_TO_RUN_MARGIN == MeasureSpec().run_to_run_margin == 0.05
+    statistical = three_percent["statistical"]
+    assert statistical["low"] > 1.0  # apart from 1 by the statistics of one run ...
+    assert three_percent["low"] == pytest.approx(statistical["low"] / 1.05) and three_percent["high"] == pytest.approx(statistical["high"] * 1.05)
+    assert three_percent["low"] <= 1.0 <= three_percent["high"] and three_percent["tie"] is True  # ... a tie across runs
+    bare = speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True, margin=0.0)
+    assert (bare["low"], bare["high"]) == (statistical["low"], statistical["high"]) and bare["tie"] is False
+    slower = speedup({"samples": base}, {"samples": [1.06 * t for t in base]}, paired=True)  # 1/1.06 × 1.05 < 1
+    assert slower["high"] < 1.0 and slower["tie"] is False
     assert speedup({"samples": base}, {"samples": [1.04 * t for t in base]}, paired=True)["tie"] is True

@@ -162,9 +162,12 @@ class MeasureSpec(StrictModel):
         ),
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the intervals of medians and speed-ups.")
-    tie_margin: float = Field(
+    run_to_run_margin: float = Field(
         0.05, ge=0.0, lt=1.0,
-        description="A speed-up whose interval reaches within this share of 1 is a tie (identical copies of a model differ by a few percent).",
+        description=(
+            "Widen every speed-up interval by this share on both sides, for what moves between runs and one run's "
+            "interval does not see (0: the bare statistical interval)."
+        ),
     )
     noise_max_cv: PositiveFloat | None = Field(
         0.10,

@@ -2,7 +2,7 @@
 
 - latency against GMACs, one point per measured stage, coloured by stage;
 - the speed-up each pass bought (its stage's latency against the previous stage's), per model,
-  with the speed-up's confidence interval as an error bar; a tie (the interval reaches within the tie margin of 1×) is
+  with the speed-up's confidence interval as an error bar; a tie (the interval includes 1×) is
   drawn hatched and pale, not as a finding.
 """
 
@@ -44,7 +44,7 @@ class StagePoint:
             baseline): the run's ``speedup_vs_previous`` figure, or the p50 ratio in reports
             written before speed-ups had intervals.
         speedup_low, speedup_high: its interval (``None`` when the report has none).
-        tie: the interval reaches within the tie margin of 1×.
+        tie: the interval includes 1×.
     """
 
     model: str
@@ -189,7 +189,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
         ax.set_title(f"{pipeline}" + (f" · {device}" if several_devices else ""), fontsize=10)
         handles = [Patch(color=colors(si % 10), label=stage) for si, stage in enumerate(stages)]
         if any(p.tie for p in chosen):  # the bars' own patches would show the first bar's look, tie or not
-            handles.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="tie (interval within 5% of 1×)"))
+            handles.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="tie (interval includes 1×)"))
         ax.legend(handles=handles, fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()

@@ -68,7 +68,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def format_speedup(figure: dict[str, Any] | None, ratio: float | None = None) -> str:
-    """A speed-up with its interval: ``1.13× [1.08–1.19]``; ``tie [0.95–1.04]`` when the interval reaches within the tie margin of 1.
+    """A speed-up with its interval: ``1.13× [1.08–1.19]``; ``tie [0.95–1.04]`` when the interval includes 1.
 
     Args:
         figure: a stage's ``speedup`` record (``value``, ``low``, ``high``, ``tie``).
@@ -97,9 +97,9 @@ def timing_lines(report: RunReport) -> list[str]:
                "speed-up = median of the per-round ratios")
     else:
         how = f"Latency: each stage timed alone right after it was applied ({timing.get('iters')} calls); speed-up = ratio of medians"
-    margin = timing.get("tie_margin")  # absent in reports written before the margin
-    tie = f"reaches within {margin:.0%} of 1×" if margin else "includes 1×"
-    lines = [f"{how}, with its {confidence:.0%} interval; 'tie' = the interval {tie} (no speed-up or slow-down shown)."]
+    margin = timing.get("run_to_run_margin")  # absent in reports written before the margin
+    widened = f", widened by {margin:.0%} for run-to-run variation" if margin else ""
+    lines = [f"{how}, with its {confidence:.0%} interval{widened}; 'tie' = the interval includes 1× (no speed-up or slow-down shown)."]
     if timing.get("status") in ("failed", "interrupted"):
         lines.append(f"Side-by-side timing {timing['status']}: {timing.get('error') or 'Ctrl-C'}; stages have no latency.")
     warning = noise_warning(timing.get("noise"))
@@ -289,7 +289,7 @@ def comparison_note(runs: list[ComparedRun]) -> str:
     return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
             "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
             "baseline, measured in the same process, with its confidence interval (95% unless the run set "
-            "measure.confidence); 'tie' when the interval reaches within measure.tie_margin of 1× (neither a speed-up nor a slow-down)."
+            "measure.confidence); 'tie' when the interval (widened by measure.run_to_run_margin) includes 1× (neither a speed-up nor a slow-down)."
             + (f" Timing: {timed} (interleaved: every stage timed side by side with the baseline)." if timed else "")
             + (f" {busy} of {len(runs)} runs found the machine busy before timing (noise check): their figures are noisy."
                if busy else "")

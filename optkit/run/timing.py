@@ -133,10 +133,10 @@ class StageTiming:
                 "order": ("side by side after the last stage: each round calls every product once, in a seeded shuffled order"
                           if self.interleaved else "each stage's product timed alone, right after it is applied"),
                 "confidence": settings.confidence,
-                "tie_margin": settings.tie_margin,
+                "run_to_run_margin": settings.run_to_run_margin,
                 "median_interval": MEDIAN_METHOD,
                 "speedup_interval": PAIRED_SPEEDUP_METHOD if self.interleaved else INDEPENDENT_SPEEDUP_METHOD,
-                "tie": f"a speed-up whose interval reaches within {settings.tie_margin:.0%} of 1 is a tie: reports show 'tie', not a speed-up or slow-down",
+                "tie": "a speed-up whose interval (widened by the run-to-run margin) includes 1 is a tie: reports show 'tie', not a speed-up or slow-down",
             }
             if self.interleaved:
                 self.summary["status"] = "pending"
@@ -190,7 +190,7 @@ class StageTiming:
             for key, reference in (("speedup", timed[0]), ("speedup_vs_previous", previous)):
                 base, new = reference.metrics["latency_ms"], stage.metrics["latency_ms"]
                 paired = base.get("compare") == new.get("compare") == "interleaved"
-                figure = speedup(base, new, self.settings.confidence, paired=paired, margin=self.settings.tie_margin)
+                figure = speedup(base, new, self.settings.confidence, paired=paired, margin=self.settings.run_to_run_margin)
                 if figure is not None:
                     stage.metrics[key] = {**figure, "against": reference.name}
 
