@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argpa
             f"{format_speedup(row.get('optkit_vs_fx'))} | {format_speedup(row.get('optkit_graph_vs_fx'))} | "
             f"{row['optkit_max_abs_diff']:.2g} / {row['optkit_graph_max_abs_diff']:.2g} / {fx_diff} |"
         )
-    lines += ["", f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`", ""]
+    lines += ["", f"Command: `{' '.join([os.path.relpath(sys.executable), *sys.argv])}`", ""]
     warning = noise_warning(env.get("noise"))
     if warning:
         lines[3:3] = [f"**{warning}** Re-run on a quiet machine before quoting these figures.", ""]
