@@ -198,6 +198,8 @@ def reload_ok(model: nn.Module, x: torch.Tensor) -> str:
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
+    # A whole pickled module this function just wrote to memory: unpickling it is safe, and
+    # weights_only=True cannot rebuild a module's classes.
     loaded = torch.load(buffer, weights_only=False).eval()
     with torch.no_grad():
         same = all(torch.equal(a, b) for a, b in zip(leaves(model.eval()(x)), leaves(loaded(x)), strict=True))

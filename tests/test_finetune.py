@@ -3,8 +3,10 @@ baseline kept for teachers, progress reports, and every bad input named."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
+import traceback
 from pathlib import Path
 
 import pytest
@@ -458,3 +460,28 @@ def test_training_runs_on_the_stage_device_in_mixed_precision(tmp_path, digits, 
     assert stage.details["amp"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
     assert stage.metrics["accuracy"]["top1"] >= 0.85
     assert report.environment["device"] != "cpu"
+
+
+def test_interleaved_timing_and_the_teacher_share_one_copy_of_the_baseline(tmp_path, monkeypatch):
+    """With side-by-side timing the runner already holds a copy of the baseline: passes that read
+    it get that copy, so the baseline is copied once, not twice."""
+    copies = []
+    real_deepcopy = copy.deepcopy
+
+    def counting_deepcopy(obj, *args, **kwargs):
+        # full copies kept for the run; not MAC counting's passing copy, which goes to the meta device
+        if isinstance(obj, nn.Module) and all(frame.name != "meta_copy" for frame in traceback.extract_stack()):
+            copies.append(type(obj).__name__)
+        return real_deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", counting_deepcopy)
+    BaselineWatch.seen.clear()
+    run = run_pass("reads_baseline", tmp_path=tmp_path, plugins=[BaselineWatch()], source="python:plugins_for_tests:tiny_net",
+                   before=["grow"], measure={"warmup": 1, "iters": 3, "compare": "interleaved"})
+    assert run.report["timing"]["compare"] == "interleaved"
+    (_, kept, _), (_, read, current) = BaselineWatch.seen
+    assert read is kept is not None and read is not current
+    torch.testing.assert_close(weights(read), weights(plugins_for_tests.tiny_net()), rtol=0, atol=0)
+    assert not read.training and not any(p.requires_grad for p in read.parameters())
+    # the baseline once (for timing and the teacher alike) and grow's product once; the last stage is timed as it is
+    assert len(copies) == 2, copies

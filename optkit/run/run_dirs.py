@@ -62,7 +62,7 @@ def _prepare(folder: Path, overwrite: bool, need_bytes: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         check_room(folder, need_bytes)
-    except BaseException:
+    except BaseException:  # anything, Ctrl-C included: remove what this call made, then re-raise
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # only folders this call made, still empty
         raise

@@ -121,7 +121,7 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
     if baseline is not None:
         last_reader = max((i for i, p in enumerate(passes) if p.needs_baseline_model), default=-1)
-        runner.baseline_model = _frozen_copy(model) if last_reader >= 0 else None
+        runner.baseline_model = _frozen_copy(model, timing.kept_module(0)) if last_reader >= 0 else None
         artifact: Artifact | None = None  # ctx.artifact: the latest stage's artifact, until a module makes it stale
         for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes)):
             tolerance = _tolerance(pass_, pipeline.measure.drift_tolerance)
@@ -163,12 +163,18 @@ def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
             report.status, report.error = "failed", str(exc)
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module | None:
+def _frozen_copy(model: nn.Module, timing_copy: nn.Module | None = None) -> nn.Module | None:
     """The baseline kept for passes that read it (``ctx.baseline_model``): a copy, since passes may
-    change their model in place; eval mode, no gradients. It costs one model's memory on the device.
+    change their model in place; eval mode, no gradients. It costs one model's memory on the device,
+    none when the side-by-side timing already holds a copy of the baseline (``timing_copy``, shared:
+    both only read it).
 
     Returns ``None`` (with a warning) for a module that cannot be copied: the passes that need it say so.
     """
+    if timing_copy is not None:
+        timing_copy.eval().requires_grad_(False)
+        log.info("passes that read the baseline model share the side-by-side timing's copy of it")
+        return timing_copy
     try:
         kept = copy.deepcopy(model).eval()
     # deepcopy runs the module's own __deepcopy__/__reduce__ (plugin or user code), which fails in any way.

@@ -177,6 +177,11 @@ class StageTiming:
             result.metrics["latency_ms"] = {**latency, "runtime": run.runtime, "io": run.io, "compare": "sequential",
                                             "why_sequential": f"the product cannot be copied: {type(exc).__name__}: {exc}"}
 
+    def kept_module(self, index: int) -> nn.Module | None:
+        """The copy of stage ``index``'s module held for the side-by-side loop, or ``None``."""
+        kept = self._kept.get(index)
+        return kept if isinstance(kept, nn.Module) else None
+
     def add_speedups(self, stages: list[StageResult]) -> None:
         """Give every timed stage its speed-up over the baseline and over the timed stage before it.
 
