@@ -57,7 +57,7 @@ def check_noise(device: torch.device, max_cv: float, *, iters: int = 30, warmup:
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     stats = time_callable(lambda m: m @ m, matrix, device, warmup, iters)
     cpu_seconds, wall_seconds = time.process_time() - cpu_start, time.perf_counter() - wall_start
-    median = statistics.median(stats["samples"])
+    median = stats["p50"]
     cv = 1.4826 * statistics.median(abs(t - median) for t in stats["samples"]) / median if median > 0 else 0.0
     result: dict[str, Any] = {
         "workload": f"{size}x{size} float32 matrix product on {device}",
