@@ -10,7 +10,9 @@ UVENV := .venv-ultralytics
 UBIN := $(UVENV)/bin
 USTAMP := $(UVENV)/.installed
 
-.PHONY: demo test test-main test-ultralytics test-fast install install-ultralytics clean
+.PHONY: demo test test-main test-ultralytics test-fast install install-ultralytics docs clean
+# Debian's chromium: tests/test_docs_site.py opens every page of the built site in it, headless.
+CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,9 @@ $(USTAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
 install-ultralytics: $(USTAMP)
 
 # The digits pipelines first (a trained model, accuracy at every stage; pruned, then fine-tuned), then ResNet-18 (random weights).
@@ -37,9 +42,14 @@ demo: $(STAMP)
 	$(BIN)/optkit run examples/digits_finetune.yaml --output runs/demo-digits-finetune --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
+# The docs site, strict: a broken link or a reference that cannot be generated fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 test: test-main test-ultralytics
 
-test-main: $(STAMP)
+# tests/test_docs_*.py build the site, run every how-to recipe and open every page in Chromium.
+test-main: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -n 2 -q
 
 # Fails when Ultralytics is missing or no test marked ultralytics passed (see tests/conftest.py).
@@ -50,4 +60,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(UVENV) runs build *.egg-info
+	rm -rf $(VENV) $(UVENV) runs build site *.egg-info
