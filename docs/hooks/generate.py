@@ -260,9 +260,12 @@ class Benchmark:
     images: list[Path] = field(default_factory=list)
 
     @property
-    def title(self) -> str:
+    def heading(self) -> str:
+        """The report's own title (its first heading)."""
         first = self.report.read_text(encoding="utf-8").lstrip().splitlines()[0]
         return first.lstrip("# ").strip() if first.startswith("#") else self.slug
+
+    title: str = ""
 
 
 def _find(data: Any, keys: tuple[str, ...]) -> Any:
@@ -292,6 +295,9 @@ def benchmarks() -> list[Benchmark]:
         data = json.loads(data_file.read_text(encoding="utf-8")) if data_file.exists() else {}
         images = sorted(report.parent.glob("plots/*.png"))
         found.append(Benchmark(f"zoo-{report.parent.name}", report, data, images))
+    headings = [b.heading for b in found]
+    for bench in found:  # two reports of one script (other settings) keep their own page titles
+        bench.title = bench.heading if headings.count(bench.heading) == 1 else f"{bench.heading} ({bench.slug})"
     return found
 
 
