@@ -105,7 +105,15 @@ def test_every_pipeline_key_is_in_the_pipeline_reference(generate: Any) -> None:
     for name, field in PipelineFile.model_fields.items():
         if name != "passes":
             assert f"| `{field.alias or name}` |" in page, f"pipeline key {name} is missing"
-    assert "| `measure.drift_tolerance.cosine` |" in page and "| `model.weights` |" in page
+    assert "| `measure.drift_tolerance.cosine` |" in page and "| `model.weights.match` |" in page
+
+
+def test_every_sweep_key_is_in_the_sweep_reference(generate: Any) -> None:
+    from optkit.config.sweep import SweepFile
+
+    page = generate.sweep_markdown()
+    for name in SweepFile.model_fields:
+        assert name == "pipelines" or f"| `{name}` |" in page, f"sweep key {name} is missing"
 
 
 def test_every_report_field_is_in_the_report_reference(generate: Any) -> None:

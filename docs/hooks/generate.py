@@ -3,6 +3,7 @@
 A page asks for generated content with a marker line, replaced before Markdown is rendered:
 
 - ``<!-- optkit:pipeline-schema -->``: every key of a pipeline file (``optkit schema``);
+- ``<!-- optkit:sweep-schema -->``: every key of a sweep file;
 - ``<!-- optkit:pass-options -->``: every installed pass and its options; ``<!-- optkit:pass-options NAME -->``: one pass;
 - ``<!-- optkit:hooks -->``: every hook spec of :mod:`optkit.host.hookspecs`, from its docstring;
 - ``<!-- optkit:report-schema -->``: every field of report.json (``optkit schema --report``).
@@ -65,12 +66,16 @@ def _type_name(node: dict[str, Any], defs: dict[str, Any]) -> str:
     return " \\| ".join(kind) if isinstance(kind, list) else str(kind)
 
 
-def _object_children(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
-    """The properties of the mapping a key holds (also when it may be null), else None."""
+def _objects(node: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
     target = _resolve(node, defs)
     if "properties" in target:
-        return target
-    objects = [_resolve(n, defs) for n in target.get("anyOf", []) if "properties" in _resolve(n, defs)]
+        return [target]
+    return [obj for combinator in ("anyOf", "oneOf", "allOf") for n in target.get(combinator, []) for obj in _objects(n, defs)]
+
+
+def _object_children(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
+    """The mapping a key holds (also where it may be a string or null instead), else None."""
+    objects = _objects(node, defs)
     return objects[0] if len(objects) == 1 else None
 
 
@@ -108,8 +113,8 @@ def schema_rows(schema: dict[str, Any], defs: dict[str, Any] | None = None, pref
 
 
 def _escape(text: str) -> str:
-    """Text for a table cell: pipes and brackets (``[1]['feats']`` is no link) escaped."""
-    return text.replace("|", "\\|").replace("[", "\\[")
+    """Text for a table cell, literally: pipes, brackets (``[1]['feats']`` is no link), stars (globs) and ``<`` escaped."""
+    return text.replace("|", "\\|").replace("[", "\\[").replace("*", "\\*").replace("<", "&lt;")
 
 
 def rows_table(rows: list[SchemaRow]) -> str:
@@ -165,6 +170,13 @@ def pipeline_markdown() -> str:
     rows = schema_rows(pipeline_schema(), skip=frozenset({"passes"}))
     return (rows_table(rows) + "\n\n`passes` is a list of stages, in order: a pass name, or `name: {options}`; "
             "every installed pass and its options are in [Pass options](pass-options.md).\n")
+
+
+def sweep_markdown() -> str:
+    from optkit.config.sweep import SweepFile
+
+    return rows_table(schema_rows(SweepFile.model_json_schema(), skip=frozenset({"pipelines"}))) + (
+        "\n\n`pipelines` maps a name to a list of stages, as a pipeline file's `passes`.\n")
 
 
 def pass_options_markdown(name: str | None = None) -> str:
@@ -231,6 +243,7 @@ def report_markdown() -> str:
 
 GENERATORS = {
     "pipeline-schema": lambda arg: pipeline_markdown(),
+    "sweep-schema": lambda arg: sweep_markdown(),
     "pass-options": pass_options_markdown,
     "hooks": lambda arg: hooks_markdown(),
     "report-schema": lambda arg: report_markdown(),
