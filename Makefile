@@ -50,7 +50,7 @@ test: test-main test-ultralytics
 
 # tests/test_docs_*.py build the site, run every how-to recipe and open every page in Chromium.
 test-main: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # Fails when Ultralytics is missing or no test marked ultralytics passed (see tests/conftest.py).
 test-ultralytics: $(USTAMP)

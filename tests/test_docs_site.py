@@ -26,6 +26,9 @@ from typing import Any, Iterator
 
 import pytest
 
+# One xdist worker builds the site once for all of them (`make test` runs `--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("docs-site")
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

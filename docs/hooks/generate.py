@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -402,9 +402,3 @@ def on_files(files: Any, config: Any) -> Any:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return expand_markers(markdown, page.file.src_uri)
 
-
-def iter_generated_pages() -> Iterator[tuple[str, str]]:
-    """(page path, Markdown) of every generated benchmark page: for tests that check them without a build."""
-    yield "benchmarks/index.md", benchmarks_index()
-    for bench in benchmarks():
-        yield f"benchmarks/{bench.slug}.md", benchmark_markdown(bench)
