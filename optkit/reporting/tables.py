@@ -273,10 +273,12 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], in
 
 
 def environment_text(env: dict[str, Any]) -> str:
-    """One line: device, threads, processor, platform and library versions."""
+    """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
     versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
                           if env.get(k))
-    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {env.get('processor')} · "
+    cpu = env.get("cpu") or {}
+    isa = f" ({', '.join(cpu['instruction_sets'])})" if cpu.get("instruction_sets") else ""
+    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {env.get('processor')}{isa} · "
             f"{env.get('platform')} · {versions}")
 
 
