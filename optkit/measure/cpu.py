@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["CpuInfo", "cpu_info", "parse_cpuinfo", "INSTRUCTION_SETS"]
 
@@ -50,6 +52,11 @@ class CpuInfo:
     def int8_saturates(self) -> bool:
         """Whether uint8 x int8 products of 8-bit weights can saturate here (x86 without VNNI)."""
         return self.architecture in ("x86_64", "AMD64", "i686") and not self.has_vnni
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CpuInfo:
+        """The CPU that :meth:`as_dict` recorded (a report's ``environment.cpu``)."""
+        return cls(str(data["name"]), str(data["architecture"]), tuple(data.get("instruction_sets") or ()), data.get("torch_capability"))
 
     def describe(self) -> str:
         """One line: ``AMD EPYC (x86_64; avx2, fma, ...)``."""
