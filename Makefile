@@ -46,15 +46,21 @@ demo: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
-test: test-main test-ultralytics
+# Both environments (and Chromium) are installed first, so the time printed at the end is the tests' alone.
+test: $(STAMP) $(USTAMP) $(CHROMIUM)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-main test-ultralytics || exit $$?; \
+	echo "make test: the test jobs took $$(( $$(date +%s) - start )) s of wall time (installs excluded)"
 
-# tests/test_docs_*.py build the site, run every how-to recipe and open every page in Chromium.
+# --durations: the 15 slowest tests, so what makes the suite slow stays in sight.
+# tests/test_docs_*.py build the site, run every how-to recipe and open every page in Chromium;
+# loadgroup: one worker builds the site for all of the site's tests.
 test-main: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=15
 
 # Fails when Ultralytics is missing or no test marked ultralytics passed (see tests/conftest.py).
 test-ultralytics: $(USTAMP)
-	YOLO_OFFLINE=1 $(UBIN)/python -m pytest -n 2 -q -m "ultralytics or thop" --ultralytics-job
+	YOLO_OFFLINE=1 $(UBIN)/python -m pytest -n 2 -q -m "ultralytics or thop" --ultralytics-job --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
