@@ -37,14 +37,14 @@ class ComparedRun:
     def __post_init__(self) -> None:
         spec = self.report.pipeline
         if not self.model:
-            self.model = str((spec.get("model") or {}).get("source", "?")).rsplit(":", 1)[-1]
+            self.model = str(spec.model.get("source", "?")).rsplit(":", 1)[-1]
         if not self.pipeline:
-            self.pipeline = "+".join(p.get("pass", "?") for p in spec.get("passes") or []) or "baseline"
+            self.pipeline = "+".join(p.get("pass", "?") for p in spec.passes) or "baseline"
 
     @property
     def device(self) -> str:
         """The device name the run recorded ('' when it recorded none: it failed before measuring)."""
-        return str(self.report.environment.get("device") or "")
+        return str(self.report.environment.device or "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "pipeline": self.pipeline, "run_dir": self.run_dir,
