@@ -236,6 +236,11 @@ class ReportModel(BaseModel):
     def __setitem__(self, key: str, value: Any) -> None:
         setattr(self, key, value)
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):  # as its report.json dict would compare
+            return self.model_dump(by_alias=True) == other
+        return super().__eq__(other)
+
     def __bool__(self) -> bool:
         """Whether anything is recorded (an empty ``metrics`` or ``timing`` is false, as its dict was)."""
         return any(value is not None for value in (*self.__dict__.values(), *(self.__pydantic_extra__ or {}).values()))
