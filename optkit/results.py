@@ -185,7 +185,8 @@ def json_problem(value: Any, where: str) -> str | None:
 class ReportModel(BaseModel):
     """A part of ``report.json``: typed fields, unknown fields kept, no NaN written, readable like a dict."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
+    # NaN and infinity reach the serializer below as floats ("constants"), which writes them as null with the reason.
+    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True, ser_json_inf_nan="constants")
 
     #: Leave out fields that are ``None`` (not measured) when writing; the top-level models keep them.
     _omit_none: ClassVar[bool] = True

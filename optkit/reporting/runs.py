@@ -73,5 +73,5 @@ def load_runs(paths: list[Path]) -> list[ComparedRun]:
             runs += [ComparedRun.from_dict(entry) for entry in data.get("runs", [])]
         else:
             folder = path if path.is_dir() else path.parent
-            runs.append(ComparedRun(RunReport.from_dict(data), run_dir=str(folder)))
+            runs.append(ComparedRun(RunReport.from_dict(data, str(path / "report.json" if path.is_dir() else path)), run_dir=str(folder)))
     return runs
