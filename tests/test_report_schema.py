@@ -25,6 +25,9 @@ from optkit.testing import check_report_contract
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+#: Pipelines that take more than a few seconds even made cheap (a 5-stage ResNet-18, fine-tuning).
+HEAVY = {"resnet18.yaml", "digits_finetune.yaml"}
+SWEEPS = [p for p in EXAMPLES if "pipelines" in yaml.safe_load(p.read_text())] + [ROOT / "benchmarks" / "pipelines" / "zoo.yaml"]
 
 
 def strict_json(text: str) -> dict:
@@ -72,10 +75,8 @@ def _cheap(document: dict, digits) -> dict:
     return document
 
 
-@pytest.mark.parametrize("example", [p for p in EXAMPLES if "passes" in yaml.safe_load(p.read_text())], ids=lambda p: p.name)
-def test_every_example_pipeline_writes_a_report_that_validates_against_the_published_schema(example, tmp_path, digits):
-    document = _cheap(yaml.safe_load(example.read_text()), digits)
-    path = tmp_path / example.name
+def _run_and_validate(document: dict, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     host = Host()
     report, run_dir = run_pipeline(load_pipeline(path, host.get_pass, producers=host.passes_producing), host,
@@ -86,6 +87,27 @@ def test_every_example_pipeline_writes_a_report_that_validates_against_the_publi
     validate(data)
     check_report_contract(data)
     assert RunReport.load(run_dir).to_dict() == data  # read back through the same models, unchanged
+
+
+@pytest.mark.parametrize("example", [
+    pytest.param(p, marks=[pytest.mark.slow] if p.name in HEAVY else [], id=p.name)
+    for p in EXAMPLES if "passes" in yaml.safe_load(p.read_text())
+])
+def test_every_example_pipeline_writes_a_report_that_validates_against_the_published_schema(example, tmp_path, digits):
+    _run_and_validate(_cheap(yaml.safe_load(example.read_text()), digits), tmp_path, example.name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=lambda p: p.name)
+def test_a_job_of_every_sweep_and_benchmark_pipeline_file_validates_against_the_published_schema(sweep_file, tmp_path, digits):
+    """The first model's longest pipeline of each sweep file, run as its job would run it (made cheap)."""
+    from optkit.config import load_sweep
+    from optkit.sweep.plan import plan_jobs
+
+    jobs = plan_jobs(load_sweep(sweep_file), tmp_path / "sweep")
+    first_model = [job for job in jobs if job.model == jobs[0].model]
+    job = max(first_model, key=lambda job: len(yaml.safe_load(job.pipeline_yaml)["passes"]))
+    _run_and_validate(_cheap(yaml.safe_load(job.pipeline_yaml), digits), tmp_path, f"{job.name}.yaml")
 
 
 class NanOutputs(Pass):
