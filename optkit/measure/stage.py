@@ -109,9 +109,8 @@ def measure(
             every stage side by side later.
 
     Returns:
-        The metrics (the keys of README's "Reports": ``params``, ``trainable_params``, ``nonzero_params``,
-        ``sparsity``, ``macs``, ``gmacs``, ``gflops``, ``unit``, ``uncounted``, ``size_bytes``,
-        ``runtime``, ``latency_ms``, ``peak_memory_bytes`` on CUDA), the outputs on the CPU, and
+        The metrics (:class:`optkit.results.StageMetrics`: parameters, MACs, size, runtime, latency,
+        peak CUDA memory; drift and accuracy are added by the runner), the outputs on the CPU, and
         the seconds measuring took.
     """
     start = time.perf_counter()

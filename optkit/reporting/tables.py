@@ -312,7 +312,7 @@ DATA_NOTE = (" Accuracy is top-1 on data.eval; agreement is the share of data.ev
 
 
 def _has_data(report: RunReport) -> bool:
-    return any("accuracy" in s.metrics or "agreement" in s.metrics for s in report.stages)
+    return any(s.metrics.accuracy is not None or s.metrics.agreement is not None for s in report.stages)
 
 
 def data_note(report: RunReport) -> str:
