@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import plugins_for_tests
+
 from optkit import hookimpl
 from optkit.config import parse_pipeline
 from optkit.host import Host

@@ -10,12 +10,12 @@ import math
 from pathlib import Path
 
 import jsonschema
+import plugins_for_tests
 import pytest
 import torch
 import yaml
 from torch import nn
 
-import plugins_for_tests
 from optkit import Pass, PassContext
 from optkit.config import load_pipeline, parse_pipeline
 from optkit.host import Host
@@ -58,6 +58,15 @@ def test_the_published_schema_is_a_valid_json_schema_and_documents_every_field(c
     assert "macs_by" in schema["$defs"]["StageMetrics"]["properties"]
 
 
+def _one_epoch(stage: str | dict) -> str | dict:
+    """A stage that trains (``epochs``) trains one epoch at most."""
+    if isinstance(stage, dict):
+        [(name, options)] = stage.items()
+        if isinstance(options, dict) and "epochs" in options:
+            return {name: {**options, "epochs": min(options["epochs"], 1)}}
+    return stage
+
+
 def _cheap(document: dict, digits) -> dict:
     """An example pipeline made cheap to run (fewer timed calls, a small input, one epoch) with its
     passes unchanged, its data read from the digits written for the test session."""
@@ -68,10 +77,7 @@ def _cheap(document: dict, digits) -> dict:
     for role, entry in (document.get("data") or {}).items():
         folder = digits.val if role == "eval" else digits.train
         document["data"][role] = {**entry, "source": f"imagefolder:{folder}"} if isinstance(entry, dict) else f"imagefolder:{folder}"
-    document["passes"] = [
-        {name: {**options, "epochs": min(options["epochs"], 1)}} if isinstance(options, dict) and "epochs" in options else stage
-        for stage in document["passes"] for name, options in ([*stage.items()][0] if isinstance(stage, dict) else (stage, None),)
-    ]
+    document["passes"] = [_one_epoch(stage) for stage in document["passes"]]
     return document
 
 
@@ -79,7 +85,7 @@ def _run_and_validate(document: dict, tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     host = Host()
-    report, run_dir = run_pipeline(load_pipeline(path, host.get_pass, producers=host.passes_producing), host,
+    _, run_dir = run_pipeline(load_pipeline(path, host.get_pass, producers=host.passes_producing), host,
                                    device="cpu", output=tmp_path / "run")
 
     data = strict_json((run_dir / "report.json").read_text())

@@ -23,7 +23,7 @@ import pluggy
 
 from optkit.errors import plain_text
 
-__all__ = ["REGISTRATION_PREFIX", "is_registration_hook", "check_registration_impl", "guard_observer"]
+__all__ = ["REGISTRATION_PREFIX", "check_registration_impl", "guard_observer", "is_registration_hook"]
 
 log = logging.getLogger(__name__)
 
