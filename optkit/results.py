@@ -257,7 +257,11 @@ class Environment(ReportModel):
 
     python: str | None = Field(None, description="Python version.")
     platform: str | None = Field(None, description="platform.platform(): operating system and kernel.")
-    processor: str | None = Field(None, description="platform.processor(), else the machine type.")
+    processor: str | None = Field(None, description="The CPU's model name (cpu.name).")
+    cpu: dict[str, Any] | None = Field(
+        None, description="The CPU: name, architecture, instruction_sets (avx2, avx512f, ...), torch_capability (torch's CPU "
+        "kernels: AVX2, AVX512, ...) and vnni (int8 dot-product instructions); see optkit.measure.cpu.",
+    )
     torch: str | None = Field(None, description="torch version.")
     torchvision: str | None = Field(None, description="torchvision version (null when not installed).")
     onnx: str | None = Field(None, description="onnx version (null when not installed).")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from optkit.results import Drift, NoiseCheck, RunReport, Speedup, StageMetrics
+from optkit.measure.cpu import CpuInfo
+from optkit.results import Drift, Environment, NoiseCheck, RunReport, Speedup, StageMetrics
 
 if TYPE_CHECKING:
     from optkit.reporting.runs import ComparedRun
@@ -266,9 +267,9 @@ def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
     return header, [[model, *(row.get(p, "") for p in pipelines)] for model, row in cells.items()]
 
 
-def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], int]]:
+def environment_groups(runs: list[ComparedRun]) -> list[tuple[Environment, int]]:
     """The distinct environments of ``runs`` (ignoring runs that recorded none) and how many runs each has."""
-    groups: list[tuple[dict[str, Any], int]] = []
+    groups: list[tuple[Environment, int]] = []
     for run in runs:
         env = run.report.environment
         if not env:
@@ -282,12 +283,12 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], in
     return groups
 
 
-def environment_text(env: dict[str, Any]) -> str:
-    """One line: device, threads, processor, platform and library versions."""
+def environment_text(env: Environment) -> str:
+    """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
     versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
                           if env.get(k))
-    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {env.get('processor')} · "
-            f"{env.get('platform')} · {versions}")
+    cpu = CpuInfo.from_dict(env.cpu).describe() if env.cpu else env.processor
+    return f"device **{env.device}** · {env.threads} threads · {cpu} · {env.platform} · {versions}"
 
 
 def comparison_note(runs: list[ComparedRun]) -> str:
