@@ -27,7 +27,7 @@ def cost_of(
     if metric == "macs":
         return float(count_macs(model, inputs, rules)["macs"])
     if metric == "params":
-        return float(count_params(model))
+        return float(count_params(model)["params"])
     return float(time_callable(model.eval(), inputs, device, warmup=5, iters=30)["p50"])
 
 
