@@ -126,7 +126,7 @@ def prune_tp(model: nn.Module, criterion: str, global_pruning: bool, goal_macs: 
     best_ratio = high
     if macs(best) > goal_macs:
         return best, high
-    for _ in range(12):
+    for _ in range(10):
         middle = (low + high) / 2
         candidate = pruned_at(middle)
         if macs(candidate) <= goal_macs:

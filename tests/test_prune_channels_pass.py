@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +156,18 @@ def test_a_criterion_returning_the_wrong_shape_fails_the_stage(tmp_path):
 
     run = run_pass("prune_channels", {"importance": "wrong"}, tmp_path=tmp_path, plugins=[Wrong()], expect_status="failed")
     assert "expected one score per channel" in run.stage["error"]
+
+
+def test_the_plugin_guide_example_criterion_runs_in_a_pipeline(tmp_path):
+    """docs/plugins/importance.md's complete example, executed as written, registered as a plugin."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plugins" / "importance.md").read_text(encoding="utf-8")
+    source = next(block for block in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "def scaled_l2" in block)
+    module = types.ModuleType("scaled_l2_criteria")
+    exec(compile(source, "docs/plugins/importance.md", "exec"), module.__dict__)
+    run = run_pass("prune_channels", {"importance": "scaled_l2", "amount": 0.5}, tmp_path=tmp_path, plugins=[module])
+    assert run.stage["details"]["importance"] == "scaled_l2"
+    assert run.metrics["params"] < run.baseline["metrics"]["params"]
+    original = tiny_convnet()
+    gamma, rows = original[1].weight.detach().abs(), original[0].weight.detach().pow(2).flatten(1).sum(1).sqrt()
+    expected = sorted((rows * gamma).topk(8).indices.tolist())
+    assert sorted(kept_rows(original[0].weight, run.load_model()[0].weight)) == expected

@@ -23,7 +23,7 @@ from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
 from optkit_plugins.prune_channels.criteria import BUILTIN, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
 from optkit_plugins.prune_channels.search import Search, cost_of, search_amount
-from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser
+from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser, Cut
 from optkit_plugins.prune_l1.plan import Group, choose_global, choose_uniform
 from optkit_plugins.prune_l1.plugin import channel_limits, warn_if_nothing_removed
 from optkit_plugins.prune_l1.trace import Analysis
@@ -132,15 +132,7 @@ class PruneChannels(Pass):
                 cut = planner.cut(choose(step_amount))
                 row: dict[str, Any] = {"amount": round(step_amount, 6)}
             else:
-                goal = target.goal ** (step / options.steps)
-                cuts: dict[float, Any] = {}
-
-                def ratio_at(a: float, planner: ChannelPlanner = planner, choose=choose, cuts=cuts) -> float:
-                    cuts[a] = planner.cut(choose(a))
-                    return cost_of(target.metric, cuts[a].model, ctx.example_input, ctx.module_rules, ctx.device) / original
-
-                search = search_amount(ratio_at, goal, MAX_AMOUNT)
-                cut = cuts[search.amount]
+                search, cut = self._search(planner, choose, target, target.goal ** (step / options.steps), original, ctx)
                 step_amount = search.amount
                 row = search.details()
             result = planner.result(cut, step_amount, options.round_to)
@@ -165,6 +157,28 @@ class PruneChannels(Pass):
         else:
             warn_if_nothing_removed(ctx, sum(row["channels_removed"] for row in steps), len(first.groups), amount, self.name)
         return current
+
+    def _search(
+        self, planner: ChannelPlanner, choose: Callable[[float], Chooser], target: Target, goal: float, original: float, ctx: PassContext
+    ) -> tuple[Search, Cut]:
+        """The smallest amount whose plan costs at most ``goal`` of ``original``, and its cut.
+
+        The largest amount is cut and replayed first, so that the analysis learns every width the
+        model hard-codes; the other candidates are drafts (cut, not replayed). Should the final cut
+        back off further, the search runs again on what it learnt (at most three times).
+        """
+        def ratio_at(amount: float) -> float:
+            draft = planner.draft(choose(amount))
+            return cost_of(target.metric, draft.model, ctx.example_input, ctx.module_rules, ctx.device) / original
+
+        for _ in range(3):
+            planner.cut(choose(MAX_AMOUNT))
+            learnt = len(planner.backoffs)
+            search = search_amount(ratio_at, goal, MAX_AMOUNT, iterations=10)
+            cut = planner.cut(choose(search.amount))
+            if len(planner.backoffs) == learnt:
+                break
+        return search, cut
 
     def _criterion(self, ctx: PassContext) -> Importance:
         name = self.options.importance

@@ -234,6 +234,18 @@ class ChannelPlanner:
         self.before = _layer_widths(base, an)
         self.backoffs: list[str] = []
 
+    def draft(self, choose: Chooser) -> Cut:
+        """Plan with ``choose`` and cut a copy, without the replay: cheap, for costing candidate plans.
+
+        The plan is safe only where the analysis already knows every width the model hard-codes
+        (after a :meth:`cut` at a larger amount, say); :meth:`cut` the chosen plan before using it.
+        """
+        groups = planning.groups_of(self.an)
+        removed = choose(self.base, self.an, groups)
+        pruned = copy.deepcopy(self.base)
+        apply_plan(pruned, self.an, removed, self.rules)
+        return Cut(pruned.eval(), groups, removed)
+
     def cut(self, choose: Chooser) -> Cut:
         """Plan with ``choose``, cut a copy and replay it; on a divergence, leave that step's channels
         alone and plan again.
