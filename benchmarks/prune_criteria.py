@@ -102,8 +102,15 @@ def prune_tp(model: nn.Module, criterion: str, global_pruning: bool, goal_macs: 
     """Torch-Pruning at the smallest ``pruning_ratio`` (bisection) whose MACs are at most ``goal_macs``."""
     import torch_pruning as tp
 
+    source = copy.deepcopy(model).eval()
+    if criterion == "taylor":  # the gradients once, copied into every trial below
+        for images, labels in calibration:
+            nn.functional.cross_entropy(source(images), labels).backward()
+
     def pruned_at(ratio: float) -> nn.Module:
-        work = copy.deepcopy(model).eval()
+        work = copy.deepcopy(source).eval()
+        for original, copied in zip(source.parameters(), work.parameters()):
+            copied.grad = None if original.grad is None else original.grad.clone()
         importance = {
             "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
             "bn_scale": lambda: tp.importance.BNScaleImportance(),
@@ -113,10 +120,6 @@ def prune_tp(model: nn.Module, criterion: str, global_pruning: bool, goal_macs: 
             work, INPUT, importance=importance, pruning_ratio=ratio, global_pruning=global_pruning,
             max_pruning_ratio=0.9, ignored_layers=[work.fc],
         )
-        if criterion == "taylor":
-            work.zero_grad()
-            for images, labels in calibration:
-                nn.functional.cross_entropy(work(images), labels).backward()
         pruner.step()
         work.zero_grad(set_to_none=True)
         return work
@@ -136,11 +139,11 @@ def prune_tp(model: nn.Module, criterion: str, global_pruning: bool, goal_macs: 
     return best, best_ratio
 
 
-def right_after_pruning(model: nn.Module, val: tuple, calibration: list) -> list[dict[str, Any]]:
+def right_after_pruning(model: nn.Module, val: tuple, calibration: list, reductions: tuple[float, ...] = REDUCTIONS) -> list[dict[str, Any]]:
     base_macs = macs(model)
     data = PassData(train=calibration, calibration=calibration)
     rows = []
-    for reduction in REDUCTIONS:
+    for reduction in reductions:
         goal = 1 / reduction
         for criterion in CRITERIA:
             for allocation in ALLOCATIONS:
@@ -290,11 +293,29 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def combine(parts: list[Path], output: Path) -> int:
+    """Merge results of parts run separately (criteria, finetune, targets) into one report."""
+    merged: dict[str, Any] = {}
+    commands, dates = [], []
+    for part in parts:
+        result = json.loads(part.read_text(encoding="utf-8"))
+        commands.append(result["meta"]["command"])
+        dates.append(result["meta"]["date"])
+        for key, value in result.items():
+            merged[key] = merged.get(key, []) + value if isinstance(value, list) else value
+    merged["meta"] = {**merged["meta"], "command": " ; ".join(commands), "date": " / ".join(dict.fromkeys(dates))}
+    atomic_write_text(output.with_suffix(".json"), json.dumps(merged, indent=2, default=str))
+    atomic_write_text(output.with_suffix(".md"), markdown(merged))
+    print(markdown(merged))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data" / "digits", help="digits ImageFolder (written when missing)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-criteria", action="store_true")
+    parser.add_argument("--reductions", type=float, nargs="+", default=list(REDUCTIONS), help="part 1: MACs reductions")
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--skip-targets", action="store_true")
     parser.add_argument("--finetune", default="bn_scale/global", help="criterion/allocation for part 2")
@@ -303,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--target-models", default="torchvision:resnet50,timm:resnet18d")
     parser.add_argument("--output", type=Path, default=RESULTS / "prune_criteria")
+    parser.add_argument("--combine", type=Path, nargs="+", help="only merge these earlier JSON results (parts run apart) into --output")
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.output)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(args.threads)
     import torch_pruning
@@ -325,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_macs": macs(model),
     }
     if not args.skip_criteria:
-        result["right_after_pruning"] = right_after_pruning(model, val, calibration)
+        result["right_after_pruning"] = right_after_pruning(model, val, calibration, tuple(args.reductions))
     if not args.skip_finetune:
         criterion, allocation = args.finetune.split("/")
         with tempfile.TemporaryDirectory() as work:
