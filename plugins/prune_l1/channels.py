@@ -169,9 +169,11 @@ def prune_channels(
         model, example_inputs, rules=rules, exclude=exclude, keep_outputs=keep_outputs, free_outputs=free_outputs,
         prune_heads=prune_heads,
     )
-    if choose is None:
-        choose = lambda base, an, groups: planning.choose_removed(base, an, groups, amount, round_to)  # noqa: E731
-    return planner.result(planner.cut(choose), amount, round_to)
+
+    def by_l1(base: nn.Module, an: Analysis, groups: list[planning.Group]) -> set[int]:
+        return planning.choose_removed(base, an, groups, amount, round_to)
+
+    return planner.result(planner.cut(choose or by_l1), amount, round_to)
 
 
 @dataclass
