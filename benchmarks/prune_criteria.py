@@ -31,7 +31,6 @@ import copy
 import datetime
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from optkit.config import TransformSpec, load_pipeline
 from optkit.data import build_transform, digits_cnn, digits_imagefolder, image_folder
 from optkit.files import atomic_write_text
 from optkit.host import Host
-from optkit.measure import count_macs
+from optkit.measure import CpuInfo, count_macs, cpu_info
 from optkit.passes import PassContext, PassData
 from optkit.run.environment import environment
 from optkit.run.runner import run_pipeline
@@ -61,15 +60,6 @@ CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random")
 ALLOCATIONS = ("uniform", "global")
 TP_CRITERIA = ("group_l2", "bn_scale", "taylor")
 REDUCTIONS = (1.5, 2.0, 3.0)
-
-
-def cpu_description() -> dict[str, str]:
-    """The CPU's model name and the SIMD instruction sets that matter for kernels (from lscpu)."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-    return {"model": fields.get("Model name", "?").strip(), "instruction_sets": " ".join(f for f in wanted if f in flags)}
 
 
 def tensors_of(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +222,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Channel-pruning criteria: optkit `prune_channels` against Torch-Pruning",
         "",
-        f"`{meta['command']}` · {meta['date']} · CPU {meta['cpu']['model']} ({meta['cpu']['instruction_sets']}) · "
+        f"`{meta['command']}` · {meta['date']} · CPU {CpuInfo.from_dict(meta['cpu']).describe()} · "
         f"torch {meta['torch']} · torch-pruning {meta['torch_pruning']} · {meta['threads']} thread(s)",
         "",
     ]
@@ -303,7 +293,8 @@ def combine(parts: list[Path], output: Path) -> int:
         dates.append(result["meta"]["date"])
         for key, value in result.items():
             merged[key] = merged.get(key, []) + value if isinstance(value, list) else value
-    merged["meta"] = {**merged["meta"], "command": " ; ".join(commands), "date": " / ".join(dict.fromkeys(dates))}
+    # Every part ran on this machine; parts from before the CPU was read through optkit name it here.
+    merged["meta"] = {**merged["meta"], "command": " ; ".join(commands), "date": " / ".join(dict.fromkeys(dates)), "cpu": cpu_info().as_dict()}
     atomic_write_text(output.with_suffix(".json"), json.dumps(merged, indent=2, default=str))
     atomic_write_text(output.with_suffix(".md"), markdown(merged))
     print(markdown(merged))
@@ -342,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": cpu_description(), "torch": torch.__version__, "torch_pruning": version("torch-pruning"),
+            "cpu": cpu_info().as_dict(), "torch": torch.__version__, "torch_pruning": version("torch-pruning"),
             "tp_module_version": torch_pruning.__version__, "threads": args.threads, "environment": environment(),
         },
         "baseline_top1": top1(model, *val),
