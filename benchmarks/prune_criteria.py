@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 INPUT = torch.zeros(1, 3, 32, 32)
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "random")
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "sensitivity")
 TP_CRITERIA = ("group_l2", "bn_scale", "taylor")
 REDUCTIONS = (1.5, 2.0, 3.0)
 
@@ -129,14 +129,18 @@ def prune_tp(model: nn.Module, criterion: str, global_pruning: bool, goal_macs: 
     return best, best_ratio
 
 
-def right_after_pruning(model: nn.Module, val: tuple, calibration: list, reductions: tuple[float, ...] = REDUCTIONS) -> list[dict[str, Any]]:
+def right_after_pruning(
+    model: nn.Module, val: tuple, calibration: list, reductions: tuple[float, ...] = REDUCTIONS,
+    allocations: tuple[str, ...] = ALLOCATIONS, torch_pruning: bool = True,
+) -> list[dict[str, Any]]:
     base_macs = macs(model)
-    data = PassData(train=calibration, calibration=calibration)
+    # Sensitivity is measured on the first batch of calibration digits (data.eval would be the val split scored below).
+    data = PassData(train=calibration, calibration=calibration, eval=calibration[:1])
     rows = []
     for reduction in reductions:
         goal = 1 / reduction
         for criterion in CRITERIA:
-            for allocation in ALLOCATIONS:
+            for allocation in allocations:
                 start = time.perf_counter()
                 pruned, details = prune_optkit(model, {"importance": criterion, "allocation": allocation, "target": {"macs": goal}}, data)
                 rows.append({
@@ -145,7 +149,7 @@ def right_after_pruning(model: nn.Module, val: tuple, calibration: list, reducti
                     "seconds": time.perf_counter() - start,
                 })
                 log.warning("%s", rows[-1])
-        for criterion in TP_CRITERIA:
+        for criterion in TP_CRITERIA if torch_pruning else ():
             for global_pruning in (False, True):
                 start = time.perf_counter()
                 pruned, ratio = prune_tp(model, criterion, global_pruning, goal * base_macs, calibration)
@@ -306,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "data" / "digits", help="digits ImageFolder (written when missing)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-criteria", action="store_true")
+    parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
+    parser.add_argument("--no-torch-pruning", action="store_true", help="part 1: optkit only")
     parser.add_argument("--reductions", type=float, nargs="+", default=list(REDUCTIONS), help="part 1: MACs reductions")
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--skip-targets", action="store_true")
@@ -340,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_macs": macs(model),
     }
     if not args.skip_criteria:
-        result["right_after_pruning"] = right_after_pruning(model, val, calibration, tuple(args.reductions))
+        result["right_after_pruning"] = right_after_pruning(
+            model, val, calibration, tuple(args.reductions), tuple(args.allocations), not args.no_torch_pruning
+        )
     if not args.skip_finetune:
         criterion, allocation = args.finetune.split("/")
         with tempfile.TemporaryDirectory() as work:

@@ -171,3 +171,12 @@ def test_the_plugin_guide_example_criterion_runs_in_a_pipeline(tmp_path):
     gamma, rows = original[1].weight.detach().abs(), original[0].weight.detach().pow(2).flatten(1).sum(1).sqrt()
     expected = sorted((rows * gamma).topk(8).indices.tolist())
     assert sorted(kept_rows(original[0].weight, run.load_model()[0].weight)) == expected
+
+
+def test_sensitivity_allocation_takes_more_from_the_group_whose_removal_costs_less():
+    model = tiny_convnet()
+    model[4].weight.data[:16].mul_(1e-3)  # half of the second layer's channels barely reach the output: cheap to remove
+    pruned, details = apply(model, importance="l2", allocation="sensitivity", amount=0.4, floor=0.1)
+    kept = {name: after / before for name, (before, after) in details["channels"].items()}
+    assert kept["3"] <= 0.5 < kept["0"]  # uniform would keep 0.6 of each
+    assert details["allocation"] == "sensitivity" and pruned(X).shape == (2, 10)

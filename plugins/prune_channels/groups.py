@@ -23,7 +23,7 @@ from optkit_plugins.prune_l1.channels import PRUNABLE
 from optkit_plugins.prune_l1.plan import Group
 from optkit_plugins.prune_l1.trace import Analysis
 
-__all__ = ["GroupViews", "group_views", "gradient_source"]
+__all__ = ["GroupViews", "group_views", "gradient_source", "logits_of"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _atoms(an: Analysis, name: str, dim: int, positions: dict[int, list[int]]) -
     return [atoms[p] for ps in positions.values() for p in ps if p < len(atoms)]
 
 
-def _logits(output: object) -> torch.Tensor:
+def logits_of(output: object) -> torch.Tensor:
     """The first tensor of a model's output (a classifier's logits)."""
     leaves = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
     if not leaves:
@@ -127,7 +127,7 @@ def gradient_source(
             p.grad = None
         seen = 0
         for inputs, labels in itertools.islice(batches, count):
-            logits = _logits(work(inputs))
+            logits = logits_of(work(inputs))
             targets = torch.where(labels >= 0, labels, logits.detach().argmax(1)) if labels.dim() == 1 else logits.detach().argmax(1)
             torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device)).backward()
             seen += 1

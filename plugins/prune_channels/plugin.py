@@ -22,6 +22,7 @@ from optkit.models import Importance
 from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
 from optkit_plugins.prune_channels.criteria import BUILTIN, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
+from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_channels.search import Search, cost_of, search_amount
 from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser, Cut
 from optkit_plugins.prune_l1.plan import Group, choose_global, choose_uniform
@@ -77,9 +78,11 @@ class PruneChannels(Pass):
             "data), random, or one a plugin registers (optkit_register_importances).",
         )
         reduction: Literal["sum", "mean", "max"] = Field("mean", description="How a group's tensors' scores are combined.")
-        allocation: Literal["uniform", "global"] = Field(
+        allocation: Literal["uniform", "global", "sensitivity"] = Field(
             "uniform", description="uniform: the same share of every group; global: one ranking of all channels over "
-            "scores normalised per group (divided by the group's mean), each group keeping `floor` of its channels.",
+            "scores normalised per group (divided by the group's mean), each group keeping `floor` of its channels; "
+            "sensitivity: one ranking by the measured output drift of removing 25/50/75% of each group alone (on the "
+            "first batch of data.eval, else the example input), cheapest first, with the same floor.",
         )
         floor: float = Field(0.1, ge=0, lt=1, description="global: the share of each group's channels always kept (at least one).")
         amount: float | None = Field(
@@ -149,7 +152,7 @@ class PruneChannels(Pass):
             "channels": {name: [first.channels[name][0], widths[1]] for name, widths in result.channels.items() if name in first.channels},
             "steps": steps,
         })
-        if options.allocation == "global":
+        if options.allocation != "uniform":
             ctx.details["floor"] = options.floor
             ctx.details["rounding"] = "one ranking of all channels; each group keeps ceil(n * floor) channels (at least 1), rounded up to round_to"
         if target is not None:
@@ -194,12 +197,19 @@ class PruneChannels(Pass):
         options = self.options
         scores: dict[int, float] = {}
 
+        costs: dict[int, float] = {}
+
         def scored(base: nn.Module, an: Analysis, groups: list[Group]) -> dict[int, float]:
             missing = [g for g in groups if any(u not in scores for u in g.units)]
             if missing:
                 scores.update(self._score(base, an, missing, criterion, ctx))
             if options.allocation == "uniform":
                 return scores
+            if options.allocation == "sensitivity":
+                unmeasured = [g for g in groups if any(u not in costs for u in g.units)]
+                if unmeasured:
+                    costs.update(removal_costs(planner, unmeasured, scores, self._probe(ctx)))
+                return costs
             normal: dict[int, float] = {}
             for group in groups:
                 values = normalized(torch.tensor([scores[u] for u in group.units]))
@@ -209,13 +219,21 @@ class PruneChannels(Pass):
         def choose(amount: float) -> Chooser:
             def chooser(base: nn.Module, an: Analysis, groups: list[Group]) -> set[int]:
                 values = scored(base, an, groups)
-                if options.allocation == "global":
+                if options.allocation != "uniform":
                     return choose_global(groups, values, amount, options.floor, options.round_to)
                 return choose_uniform(groups, values, amount, options.round_to)
 
             return chooser
 
         return choose
+
+    @staticmethod
+    def _probe(ctx: PassContext) -> torch.Tensor:
+        """The batch sensitivity is measured on: the first of ``data.eval``, else the example input."""
+        loader = None if ctx.data is None else ctx.data.eval
+        for inputs, _ in loader or ():
+            return inputs
+        return ctx.example_input
 
     def _score(self, base: nn.Module, an: Analysis, groups: list[Group], criterion: Importance, ctx: PassContext) -> dict[int, float]:
         options = self.options
