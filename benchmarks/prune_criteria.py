@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-targets", action="store_true")
     parser.add_argument("--finetune", default="bn_scale/global", help="criterion/allocation for part 2")
     parser.add_argument("--reduction", type=float, default=6.5, help="part 2: MACs reduction asked")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--target-models", default="torchvision:resnet50,timm:resnet18d")
     parser.add_argument("--output", type=Path, default=RESULTS / "prune_criteria")
