@@ -180,3 +180,30 @@ def test_sensitivity_allocation_takes_more_from_the_group_whose_removal_costs_le
     kept = {name: after / before for name, (before, after) in details["channels"].items()}
     assert kept["3"] <= 0.5 < kept["0"]  # uniform would keep 0.6 of each
     assert details["allocation"] == "sensitivity" and pruned(X).shape == (2, 10)
+
+
+def test_two_plugins_registering_one_criterion_name_fail_only_where_it_is_used():
+    from optkit.errors import PluginError
+    from optkit.host import Host
+
+    class Other:
+        @hookimpl
+        def optkit_register_importances(self, register):
+            register("index_first", l2)
+
+    table = Host.with_plugins(IndexCriterionPlugin(), Other()).importance_table()
+    with pytest.raises(PluginError, match="index_first"):
+        table["index_first"](None)
+
+
+def test_a_registration_that_is_not_a_criterion_marks_its_plugin_broken():
+    from optkit.host import Host
+
+    class Broken:
+        @hookimpl
+        def optkit_register_importances(self, register):
+            register("Not A Name", 3)
+
+    host = Host.with_plugins(Broken())
+    assert "index_first" not in host.importance_table()
+    assert any("register(name, criterion)" in (record.error or "") for record in host.broken)
