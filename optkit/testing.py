@@ -29,9 +29,10 @@ A pass that reads data (``ctx.data``) runs on a real data set and a real trained
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml

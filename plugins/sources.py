@@ -5,7 +5,6 @@ from __future__ import annotations
 from optkit import hookimpl
 from optkit.models import load_file, load_python, load_torchvision
 
-
 __all__ = ["optkit_register_sources"]
 
 

@@ -146,7 +146,7 @@ def _boolean_taken_as_number(data: Any, value: Any, path: tuple[Any, ...] = ()) 
     elif isinstance(data, dict) and isinstance(value, dict):
         pairs = [(key, item, value[key]) for key, item in data.items() if key in value]
     elif isinstance(data, list) and isinstance(value, (list, tuple)) and len(data) == len(value):
-        pairs = [(i, item, validated) for i, (item, validated) in enumerate(zip(data, value))]
+        pairs = [(i, item, validated) for i, (item, validated) in enumerate(zip(data, value, strict=True))]
     for key, item, validated in pairs:
         found = _boolean_taken_as_number(item, validated, path + (key,))
         if found is not None:
@@ -165,9 +165,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and part not in node and part == loc[-1]:
             pass  # a missing key: keep it for the message, the line comes from its parent

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -114,7 +114,7 @@ class ModelSpec(SourceSpec):
 
     source: str = Field(description="scheme:rest — torchvision:resnet50, file:model.pt, python:pkg.module:factory, ...")
     weights: Annotated[
-        Union[Annotated[str, Tag("name")], Annotated[WeightsSpec, Tag("spec")]],
+        Annotated[str, Tag("name")] | Annotated[WeightsSpec, Tag("spec")],
         Discriminator(_weights_kind),
     ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
     input_shape: InputShape = Field(default_factory=lambda: [1, 3, 224, 224])

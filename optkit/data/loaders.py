@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -23,7 +24,7 @@ from optkit.errors import PipelineError
 from optkit.passes import PassData
 
 if TYPE_CHECKING:
-    from optkit.config import DataSpec, DatasetSpec
+    from optkit.config import DatasetSpec, DataSpec
 
 __all__ = ["DatasetLookup", "LabeledSamples", "DataSet", "PipelineData", "DeviceLoader", "build_data", "as_labeled"]
 

@@ -14,9 +14,10 @@ hook (``optkit_register_datasets``) any plugin uses:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from torch.utils.data import Dataset

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from optkit.errors import PipelineError, PluginError, plain_text
 from optkit.host.manager import OptkitPluginManager, PluginRecord, get_plugin_manager
@@ -117,7 +118,7 @@ class Host:
                 continue
             # A plugin's registration hook is third-party code: any failure marks that plugin
             # broken and names it, rather than breaking every command.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.debug("plugin %s failed in %s", record.name, hook_name, exc_info=True)
                 self._mark_broken(record, f"{hook_name} raised {type(exc).__name__}: {plain_text(str(exc))}")
                 continue
@@ -240,6 +241,6 @@ class Host:
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
             # An observer is third-party code: its failure must not lose the run.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("plugin %r raised in %s and was skipped: %s: %s", impl.plugin_name, hook_name,
                             type(exc).__name__, plain_text(str(exc)), exc_info=log.isEnabledFor(logging.DEBUG))

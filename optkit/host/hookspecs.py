@@ -11,7 +11,8 @@ Every hook is prefixed ``optkit_``. Plugins implement them with :data:`optkit.ho
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

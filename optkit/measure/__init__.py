@@ -9,7 +9,15 @@ eval mode with every submodule's ``training`` flag restored afterwards
 every latency figure and speed-up its confidence interval.
 """
 
-from optkit.measure.accuracy import LOGITS_KEPT, AccuracyTracker, Evaluation, accuracy_metrics, classifier_outputs, evaluate, similarity_metrics
+from optkit.measure.accuracy import (
+    LOGITS_KEPT,
+    AccuracyTracker,
+    Evaluation,
+    accuracy_metrics,
+    classifier_outputs,
+    evaluate,
+    similarity_metrics,
+)
 from optkit.measure.drift import (
     ChannelGroup,
     channel_groups_for,
@@ -22,7 +30,6 @@ from optkit.measure.drift import (
     worst_output,
 )
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
-from optkit.measure.mac_rules import zero_macs
 from optkit.measure.intervals import (
     CONFIDENCE,
     INDEPENDENT_SPEEDUP_METHOD,
@@ -44,6 +51,7 @@ from optkit.measure.latency import (
     time_callable,
     time_round_robin,
 )
+from optkit.measure.mac_rules import zero_macs
 from optkit.measure.noise import check_noise
 from optkit.measure.outputs import OutputLeaf, flatten_outputs, output_leaves, resolve_output_selection, select_outputs
 from optkit.measure.params import count_params

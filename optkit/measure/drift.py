@@ -89,10 +89,10 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1]}
     if not a:
         return {"comparable": False}
-    names = [leaf.name for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference)) if isinstance(value, torch.Tensor)]
+    names = [leaf.name for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference), strict=True) if isinstance(value, torch.Tensor)]
     groups = groups or {}
     rows = []
-    for name, got, want in zip(names, a, b):
+    for name, got, want in zip(names, a, b, strict=True):
         row: dict[str, Any] = {"name": name, "shape": list(want.shape), **_figures(got, want)}
         if name in groups:
             row["groups"] = [

@@ -126,7 +126,7 @@ def paired_ratio_interval(numerator: Sequence[float], denominator: Sequence[floa
     """
     if len(numerator) != len(denominator):
         raise ValueError(f"paired samples need equal lengths, got {len(numerator)} and {len(denominator)}")
-    return median_interval([a / b for a, b in zip(numerator, denominator)], confidence)
+    return median_interval([a / b for a, b in zip(numerator, denominator, strict=True)], confidence)
 
 
 def ratio_of_medians_interval(

@@ -117,7 +117,7 @@ def measure(
                 metrics.update(count_macs(run.module, inputs, module_rules))
             # Counting runs the model's own code on a copy, which may fail in ways its measured
             # run does not; the message says it was the count, and how to go without it.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise StageError(
                     f"counting MACs (on a copy of the model) failed: {type(exc).__name__}: {exc}; "
                     "measure.flops: false skips the count"

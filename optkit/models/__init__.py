@@ -18,6 +18,7 @@ from optkit.models.classifier_head import (
 from optkit.models.freezing import ALL_BUT_HEAD, apply_freeze
 from optkit.models.layers import eval_mode, in_width, module_mode, out_width, replace_module
 from optkit.models.loading import load_model
+from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
 from optkit.models.sources import (
     SourceLoader,
     SourceRequest,
@@ -28,7 +29,6 @@ from optkit.models.sources import (
     load_python,
     load_torchvision,
 )
-from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
 from optkit.models.yolo import YoloModel, deployment_view, detection_channel_groups, is_instance_of, recognise_yolo
 
 __all__ = [

@@ -157,7 +157,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.7 * len({p.model for p in points}) + 3), 3.2 * len(panels)),
                              squeeze=False)
     colors = plt.get_cmap("tab10")
-    for ax, (pipeline, device) in zip(axes[:, 0], panels):
+    for ax, (pipeline, device) in zip(axes[:, 0], panels, strict=True):
         chosen = [p for p in points if p.pipeline == pipeline and p.device == device]
         models = list(dict.fromkeys(p.model for p in chosen))
         stages = list(dict.fromkeys(p.stage for p in chosen))
@@ -168,7 +168,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
             xs = [x for x, _ in drawn]
             heights = [p.speedup_vs_previous - 1.0 for _, p in drawn]  # bars grow from 1×, down for slow-downs
             bars = ax.bar(xs, heights, bottom=1.0, width=width, color=colors(si % 10))
-            for bar, (_, point) in zip(bars, drawn):
+            for bar, (_, point) in zip(bars, drawn, strict=True):
                 if point.tie:  # not a finding: pale and hatched
                     bar.set_alpha(0.35)
                     bar.set_hatch("//")

@@ -31,8 +31,8 @@ from optkit.measure import (
     drift_exceeds,
     measure,
     select_outputs,
-    tolerance_failure,
     tensor_bytes,
+    tolerance_failure,
 )
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
@@ -123,7 +123,7 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
         last_reader = max((i for i, p in enumerate(passes) if p.needs_baseline_model), default=-1)
         runner.baseline_model = _frozen_copy(model, timing.kept_module(0)) if last_reader >= 0 else None
         artifact: Artifact | None = None  # ctx.artifact: the latest stage's artifact, until a module makes it stale
-        for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes)):
+        for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes, strict=True)):
             tolerance = _tolerance(pass_, pipeline.measure.drift_tolerance)
             result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), tolerance, artifact=artifact)
             if i == last_reader:

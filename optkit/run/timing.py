@@ -18,6 +18,7 @@ most half of the memory available now (``MemAvailable`` on the CPU, free device 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 from contextlib import ExitStack
@@ -191,7 +192,7 @@ class StageTiming:
         timed = [s for s in stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("samples")]
         if not timed or timed[0].index != 0:
             return
-        for previous, stage in zip(timed, timed[1:]):
+        for previous, stage in itertools.pairwise(timed):
             for key, reference in (("speedup", timed[0]), ("speedup_vs_previous", previous)):
                 base, new = reference.metrics["latency_ms"], stage.metrics["latency_ms"]
                 paired = base.get("compare") == new.get("compare") == "interleaved"
@@ -226,7 +227,7 @@ class StageTiming:
             self.summary["status"] = "interrupted"
             raise
         # The products are plugin code (a pass's module, an artifact's runtime) and may fail in any way.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             stage = stages[self._running] if self._running is not None else None
             where = f"stage {stage.index} ({stage.name})" if stage is not None else "the loop"
             message = (f"timing the stages side by side failed in {where}: {type(exc).__name__}: {exc}; "

@@ -4,7 +4,8 @@ model computes under onnxruntime, measured by the runner under onnxruntime."""
 from __future__ import annotations
 
 import copy
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from pydantic import Field, PositiveInt, field_validator

@@ -9,9 +9,9 @@ channel group for YOLO predictions), so a tolerance means here what it means for
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 import torch

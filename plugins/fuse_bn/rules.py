@@ -44,10 +44,10 @@ def scaled_error(reference: Any, candidate: Any) -> float:
     ``inf`` when their structure or shapes differ."""
     a = [t for t in tree_leaves(reference) if isinstance(t, torch.Tensor)]
     b = [t for t in tree_leaves(candidate) if isinstance(t, torch.Tensor)]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         return float("inf")
     error = 0.0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x.numel():
             x, y = x.detach().double(), y.detach().double()
             error = max(error, float((x - y).abs().max()) / max(1.0, float(x.abs().max())))

@@ -58,7 +58,7 @@ def attention_heads(step: ModuleStepLike, module: nn.Module, args: tuple, output
         spec: the rule's description of the module.
     """
     x = args[0]
-    y = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)][0]
+    y = next(t for t in tree_leaves(output) if isinstance(t, torch.Tensor))
     heads, head_dim = int(getattr(module, spec.num_heads)), int(getattr(module, spec.head_dim))
     prefix = f"{step.name}." if step.name else ""
     qkv_weight, proj_weight = step.param(f"{prefix}{spec.qkv}.weight"), step.param(f"{prefix}{spec.proj}.weight")

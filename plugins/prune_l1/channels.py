@@ -162,7 +162,7 @@ def prune_channels(
         with torch.no_grad():
             reference = _shapes(base(*inputs), free)  # also the warm-up: caches filled before the trace
     # The model's own code on the example input: whatever it raises, channel pruning cannot proceed.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PruningRefused(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from exc
     an = Analysis()
     trace_channels(base, inputs, an, "eval", rules, free)
@@ -262,7 +262,7 @@ def _replay_all(
                     try:
                         target(*mode_inputs)
                     # The warm-up may fail exactly where the replay did; the second replay names it.
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.debug("warm-up call before the second replay failed", exc_info=True)
                 replay(target, mode_inputs, an, mode, removed, rules)
         except Diverged as exc:

@@ -455,7 +455,7 @@ def _split(tr: Tracer, func, args, kwargs, out) -> None:
         tr.fix(atoms, f"are split into unequal parts by {tr.where(func)}")
         atoms = None
     start = 0
-    for p, size in zip(pieces, sizes):
+    for p, size in zip(pieces, sizes, strict=True):
         ann = list(X)
         ann[d] = atoms[start:start + size] if atoms is not None else None
         start += size
@@ -486,7 +486,7 @@ def _cat(tr: Tracer, func, args, kwargs, out) -> None:
         if k == d:
             if any(a[k] is not None for a in anns):
                 atoms: list[int] = []
-                for t, a in zip(tensors, anns):
+                for t, a in zip(tensors, anns, strict=True):
                     if a[k] is not None:
                         atoms.extend(a[k])
                     else:

@@ -224,7 +224,7 @@ class _Tracer(TorchDispatchMode):
                 self.unknown(func, inputs, outputs, "which channel pruning does not know")
         # An operator rule that fails on arguments it did not foresee must not break the model's
         # forward: the operator's channels are left alone, with the failure as the reason.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("analysis of %s failed: %s", name, exc, exc_info=True)
             self.unknown(func, inputs, outputs, f"whose analysis failed ({type(exc).__name__}: {exc})")
         if name in UNRECORDED:
@@ -268,7 +268,7 @@ class _Tracer(TorchDispatchMode):
             attention_heads(step, module, args, output, rule.attention)
         # A rule describes third-party code; whatever its reading of this module raises, the
         # module's channels are left alone and the error is the reason.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("module rule of %s failed: %s", name, exc, exc_info=True)
             step.opaque_unknown(inputs, outputs, f"whose module rule {rule.class_path} failed ({type(exc).__name__}: {exc})")
         for t in outputs:

@@ -261,7 +261,7 @@ def plan_outputs(
     if info is not None:
         return _recognised(info, leaves, paths, flip_idx)
     kinds: list[Kind | None] = []
-    for leaf, path in zip(leaves, paths):
+    for leaf, path in zip(leaves, paths, strict=True):
         inferred = infer_kind(leaf, input_hw, batch)
         if isinstance(inferred, str):
             raise _refusal(path, inferred)

@@ -3,7 +3,8 @@ after working out what each of its outputs is."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
