@@ -43,7 +43,7 @@ class Artifact(ABC):
         return {}
 
 
-def onnxruntime_providers(device: torch.device) -> list[str]:
+def onnxruntime_providers(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
     """onnxruntime execution providers for ``device``: CUDA where asked for and available."""
     import onnxruntime as ort
 

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -140,7 +140,7 @@ class Pass(ABC):
     def __init__(self, options: BaseModel | Mapping[str, Any] | None = None) -> None:
         if options is None or isinstance(options, Mapping):
             options = self.Options.model_validate(dict(options or {}))
-        self.options = options
+        self.options = cast("Pass.Options", options)  # the subclass's Options, validated above or given
 
     def tolerance(self) -> Tolerance | None:
         """The drift this stage may show when ``preserves_outputs``; ``None``: the pipeline's own."""

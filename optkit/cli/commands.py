@@ -206,7 +206,7 @@ def passes(as_json: bool) -> None:
 
     host = Host()
     registry = host.passes
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": e.name,
             "summary": e.obj.summary,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from optkit.config.yaml_lines import MAX_FILE_BYTES, line_of, load_yaml_with_lines
 from optkit.errors import PipelineError, closest
@@ -85,15 +86,15 @@ class ConfigDocument:
             err = exc.errors()[0]
             ypath = _data_path(data, err["loc"])
             raise self.error(prefix + _describe(err, model, ypath, what), base + ypath) from None
-        ypath = _boolean_taken_as_number(data, validated)
-        if ypath is not None:
+        boolean_path = _boolean_taken_as_number(data, validated)
+        if boolean_path is not None:
             # pydantic's lax mode turns True into 1: YAML 1.1 reads `iters: yes` or `device: no`
             # as booleans, so a typo would silently become a number.
-            dotted = ".".join(str(p) for p in ypath) or "(top level)"
+            dotted = ".".join(str(p) for p in boolean_path) or "(top level)"
             raise self.error(
                 f"{prefix}{what} {dotted!r}: YAML reads yes/no/on/off/true/false as a boolean, and "
-                f"{_lookup(data, ypath)!r} is a boolean, not a number; write the number, or quote a word you mean as text",
-                base + ypath,
+                f"{_lookup(data, boolean_path)!r} is a boolean, not a number; write the number, or quote a word you mean as text",
+                base + boolean_path,
             )
         return validated
 
@@ -175,7 +176,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(path)
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel], ypath: tuple[Any, ...], what: str) -> str:
+def _describe(err: ErrorDetails, model: type[BaseModel], ypath: tuple[Any, ...], what: str) -> str:
     dotted = ".".join(str(p) for p in ypath) or "(top level)"
     kind = err["type"]
     if kind == "missing":

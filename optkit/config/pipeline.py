@@ -377,6 +377,8 @@ def check_accuracy_settings(measure: MeasureSpec, data: DataSpec | None, doc: Co
 
 def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -> Stage:
     number = i + 1
+    base: tuple[str | int, ...]
+    options: Any
     if isinstance(item, str):
         name, options, base = item, {}, ("passes", i)
     elif isinstance(item, dict) and len(item) == 1:

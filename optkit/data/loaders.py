@@ -207,7 +207,8 @@ def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, se
             image (named), a sample that is not ``(tensor, label)``; nothing has run yet.
     """
     transform = build_transform(spec.transform)
-    loaded: dict[str, tuple[Dataset, dict[str, Any]]] = {}  # the same source for two roles is read once
+    # Map-style data sets with a length (checked when loaded): torch's Dataset does not declare __len__.
+    loaded: dict[str, tuple[Any, dict[str, Any]]] = {}  # the same source for two roles is read once
     sets = {}
     for role, entry in spec.datasets().items():
         where = f"data.{role} ({entry.source})"

@@ -144,7 +144,7 @@ def _profile(model: nn.Module, inputs: torch.Tensor, probe: str, module_rules: M
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    with FlopCounterMode(display=False, depth=None) as counter:
+    with FlopCounterMode(display=False, depth=None) as counter:  # type: ignore[arg-type]  # depth=None (no limit) is documented; the stub says int
         tally = _Tally(model, rules_for(model, module_rules), counter, set(module_rule_macs(model, module_rules)))
         try:
             with _mha_fastpath_disabled(), torch.no_grad():

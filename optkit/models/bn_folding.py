@@ -16,10 +16,15 @@ folds with :func:`fold_bn_into_layer` as fuse_bn does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 __all__ = ["bn_affine", "fold_bn_into_layer"]
+
+#: A layer BatchNorm folds into: a convolution (transposed too) or a Linear layer.
+FoldableLayer = nn.modules.conv._ConvNd | nn.Linear
 
 
 def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,17 +38,18 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``(scale, shift)``, each of shape ``(num_features,)``.
     """
-    mean = bn.running_mean.detach().double()
-    scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
+    norm: Any = bn  # duck-typed (see Args); torch types a module's attributes as Tensor | Module
+    mean = norm.running_mean.detach().double()
+    scale = torch.rsqrt(norm.running_var.detach().double() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double()
     shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach().double()
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().double()
     return scale, shift
 
 
-def _scale_output_channels(layer: nn.Module, scale: torch.Tensor) -> torch.Tensor:
+def _scale_output_channels(layer: FoldableLayer, scale: torch.Tensor) -> torch.Tensor:
     """``layer.weight`` (float64) with each output channel multiplied by ``scale``."""
     weight = layer.weight.detach().double()
     if isinstance(layer, nn.modules.conv._ConvTransposeNd):
@@ -56,7 +62,7 @@ def _scale_output_channels(layer: nn.Module, scale: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def fold_bn_into_layer(layer: nn.Module, bn: nn.Module) -> None:
+def fold_bn_into_layer(layer: FoldableLayer, bn: nn.Module) -> None:
     """Fold ``bn`` into ``layer`` in place: afterwards ``layer(x) == bn(layer_before(x))``.
 
     A layer without a bias gains one. Parameters keep their dtype, device and ``requires_grad``.

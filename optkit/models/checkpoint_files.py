@@ -139,7 +139,7 @@ def _read_torch(path: Path, map_location: MapLocation, trust: bool, option: str)
 
     saved_on: set[str] = set()
 
-    def restore(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
+    def restore(storage: torch.storage.Storage, location: str) -> torch.storage.Storage:
         # torch.load hands each storage (on the CPU) with the device it was saved on; recording
         # that is the only way to learn it. The mapping then follows torch.load's own rules.
         saved_on.add(location)

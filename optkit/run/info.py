@@ -118,7 +118,7 @@ def inspect_model(
     run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
     rules = host.rule_table()
     metrics = measure(model, inputs, settings, torch_device, rules).metrics
-    info = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
+    info: dict[str, Any] = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
     info.update(model_info(model, inputs, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:
         info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
