@@ -72,7 +72,8 @@ def conv_transpose_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any)
 
 def quantized_linear_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     """A rule for quantized Linear layers (``torch.ao``, static and dynamic): ``in_features`` per output element."""
-    _add_macs(module, float(output.numel() * int(module.in_features)))
+    quantized: Any = module  # torch types module attributes as Tensor | Module; in_features is an int
+    _add_macs(module, float(output.numel() * int(quantized.in_features)))
 
 
 def quantized_conv_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:

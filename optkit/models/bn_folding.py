@@ -62,7 +62,7 @@ def _scale_output_channels(layer: FoldableLayer, scale: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def fold_bn_into_layer(layer: FoldableLayer, bn: nn.Module) -> None:
+def fold_bn_into_layer(layer: nn.Module, bn: nn.Module) -> None:
     """Fold ``bn`` into ``layer`` in place: afterwards ``layer(x) == bn(layer_before(x))``.
 
     A layer without a bias gains one. Parameters keep their dtype, device and ``requires_grad``.
@@ -75,6 +75,8 @@ def fold_bn_into_layer(layer: FoldableLayer, bn: nn.Module) -> None:
         >>> conv, bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8).eval()
         >>> fold_bn_into_layer(conv, bn)  # conv now computes bn(conv(x))
     """
+    if not isinstance(layer, FoldableLayer):
+        raise TypeError(f"BatchNorm folds into a convolution or a Linear layer, not {type(layer).__name__}")
     weight = layer.weight
     scale, shift = (t.to(weight.device) for t in bn_affine(bn))
     new_weight = _scale_output_channels(layer, scale).to(weight.dtype)

@@ -172,7 +172,7 @@ def _head_of(node: torch.fx.Node, model: nn.Module) -> str | None:
             if isinstance(module, nn.Linear):
                 return name
             if isinstance(module, HEAD_TYPES):
-                return name if pooled and all(k == 1 for k in module.kernel_size) else None
+                return name if pooled and all(k == 1 for k in module.get_parameter("weight").shape[2:]) else None
             if isinstance(module, _POOL_MODULES):
                 pooled = True
             elif not isinstance(module, _PASS_THROUGH_MODULES):

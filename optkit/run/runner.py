@@ -351,8 +351,9 @@ class _StageRunner:
         def reference(stage: Measurement) -> Any:
             return stage.outputs if selection is None else select_outputs(stage.outputs, selection)
 
+        previous = self.previous if self.previous is not None else self.baseline  # both are set together
         drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
-        drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
+        drift["previous"] = compare_outputs(measurement.outputs, reference(previous), groups=groups)
         result.metrics["drift"] = drift
         if selection is None:
             self.previous = measurement
@@ -374,7 +375,8 @@ class _StageRunner:
         problem = tolerance_failure(drift["previous"], limit, on_data)
         if problem:
             # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
-            elementwise = limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None
+            elementwise = (limit.atol is not None and limit.rtol is not None
+                           and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None)
             fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
             if not elementwise and on_data is None:
                 fix += ", or give data.eval: similarity is then held on real samples, not on the seeded batch of random values"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 

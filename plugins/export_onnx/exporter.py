@@ -183,6 +183,8 @@ def _export_dynamo(
             dynamic_shapes=({0: BATCH_DIM},) if dynamic_batch else None,
             external_data=False,
         )
+    if program is None:  # torch returns None only when it wrote to a file, which this call does not ask for
+        raise StageError("torch.onnx.export (dynamo) returned no program")
     return program.model_proto
 
 
@@ -196,7 +198,7 @@ def _export_torchscript(
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file-like object is documented; the stub names paths only
             dynamo=False,
             opset_version=opset,
             input_names=[input_name],

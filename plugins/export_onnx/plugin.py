@@ -21,8 +21,8 @@ from optkit_plugins.export_onnx.verify import check_onnx_file, measure_parity, p
 
 __all__ = ["ExportOnnx", "optkit_register_passes"]
 
-#: Parity tolerances (``max|Δ| <= atol + rtol * max|reference|``) by export precision.
-DEFAULT_TOLERANCE = {"fp32": Tolerance(atol=1e-5, rtol=1e-3), "fp16": Tolerance(atol=1e-3, rtol=1e-2)}
+#: Parity tolerances ``(atol, rtol)`` (``max|Δ| <= atol + rtol * max|reference|``) by export precision.
+DEFAULT_TOLERANCE = {"fp32": (1e-5, 1e-3), "fp16": (1e-3, 1e-2)}
 
 
 class ExportOnnx(Pass):
@@ -84,10 +84,15 @@ class ExportOnnx(Pass):
 
     def tolerance(self) -> Tolerance:
         """``atol``/``rtol`` of the options; by default 1e-5/1e-3, or 1e-3/1e-2 for an fp16 export."""
-        default = DEFAULT_TOLERANCE["fp16" if self.options.fp16 else "fp32"]
-        atol = default.atol if self.options.atol is None else self.options.atol
-        rtol = default.rtol if self.options.rtol is None else self.options.rtol
+        atol, rtol = self._parity_bounds()
         return Tolerance(atol=atol, rtol=rtol)
+
+    def _parity_bounds(self) -> tuple[float, float]:
+        """``(atol, rtol)``: the options', or the defaults of the export precision."""
+        default_atol, default_rtol = DEFAULT_TOLERANCE["fp16" if self.options.fp16 else "fp32"]
+        atol = default_atol if self.options.atol is None else self.options.atol
+        rtol = default_rtol if self.options.rtol is None else self.options.rtol
+        return atol, rtol
 
     def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         """Export, simplify (optionally), save, check and verify; returns the artifact.
@@ -100,7 +105,7 @@ class ExportOnnx(Pass):
         precision = "fp16" if options.fp16 else "fp32"
         if options.fp16 and ctx.device.type != "cuda":
             raise StageError(f"export_onnx: fp16 needs a CUDA device, and this run is on {ctx.device}; set device: cuda or drop fp16")
-        tolerance = self.tolerance()
+        atol, rtol = self._parity_bounds()
 
         reference = copy.deepcopy(model).eval()  # the pipeline's model is carried on untouched
         chosen = exported_module(reference, ctx.example_input, options.outputs, options.deployment_output)
@@ -164,13 +169,13 @@ class ExportOnnx(Pass):
         details["parity"] = {
             "runtime": "onnxruntime",
             "device": str(ctx.device),
-            "atol": tolerance.atol,
-            "rtol": tolerance.rtol,
+            "atol": atol,
+            "rtol": rtol,
             "inputs": figures,
             "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
-            "per_output": parity_by_output(figures, tolerance.atol, tolerance.rtol),
+            "per_output": parity_by_output(figures, atol, rtol),
         }
-        problem = parity_failure(figures, tolerance.atol, tolerance.rtol)
+        problem = parity_failure(figures, atol, rtol)
         if problem is not None:
             raise StageError(f"export_onnx: {problem}; raise the pass's atol/rtol to accept it")
         return artifact

@@ -146,6 +146,7 @@ class FineTune(Pass):
         if choice == "none":
             ctx.details["teacher"] = "none"
             return None
+        teacher: nn.Module | None
         if choice == "previous":
             teacher = model  # the student is a copy: the model before the stage stays as it was
         else:

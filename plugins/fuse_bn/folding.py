@@ -86,6 +86,7 @@ def fold_problem(layer: nn.Module, bn: nn.Module, rule: ModuleRule | None = None
         return "BatchNorm is in training mode (it normalizes with batch statistics)"
     if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
         return "BatchNorm has no running statistics (track_running_stats=False): it normalizes with batch statistics"
-    if bn.running_mean.numel() != out_width(layer):
-        return f"BatchNorm has {bn.running_mean.numel()} features but {type(layer).__name__} has {out_width(layer)} outputs"
+    features = bn.get_buffer("running_mean").numel()
+    if features != out_width(layer):
+        return f"BatchNorm has {features} features but {type(layer).__name__} has {out_width(layer)} outputs"
     return None

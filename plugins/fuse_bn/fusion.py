@@ -20,8 +20,9 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 from optkit.models import ModuleRule, fold_bn_into_layer, replace_module
@@ -81,7 +82,7 @@ def _registrations(model: nn.Module) -> tuple[dict[str, nn.Module], Counter[int]
 
 def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None) -> str | None:
     """Why the BatchNorm may not normalize the layer's output channels, or ``None`` if it does."""
-    expected = 2 if isinstance(layer, nn.Linear) else layer.weight.dim()
+    expected = 2 if isinstance(layer, nn.Linear) else cast(torch.Tensor, layer.weight).dim()
     if output_dim is None:
         # BatchNorm2d/3d refuse anything but 4-D/5-D input: a Conv2d/3d output they accept is batched.
         for bn_class, dims in ((nn.BatchNorm2d, 4), (nn.BatchNorm3d, 5)):
@@ -217,7 +218,7 @@ def fuse_batchnorm(
         kind = f"{type(layer).__name__}+{type(bn).__name__}"
         rule = described.get(bn_name)
         fold_bn_into_layer(layer, bn)
-        replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None else nn.Identity())
+        replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None and rule.bn_remainder is not None else nn.Identity())
         entry = {"layer": layer_name, "bn": bn_name, "kind": kind, "evidence": evidence}
         if rule is not None:
             entry["evidence"] += f"; module rule {rule.class_path} checked on the example input"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,8 @@ def bn_rule(module: nn.Module, rules: Mapping[str, ModuleRule]) -> ModuleRule | 
 @torch.no_grad()
 def bn_rule_error(module: nn.Module, rule: ModuleRule, x: torch.Tensor) -> float:
     """How far ``rule.bn_reference(module, x)`` is from ``module(x)`` (see :func:`scaled_error`)."""
+    if rule.bn_reference is None:
+        raise ValueError(f"the rule for {rule.class_path} has no bn_reference")
     return scaled_error(module(x.clone()), rule.bn_reference(module, x.clone()))
 
 
@@ -121,7 +123,7 @@ def _received_inputs(model: nn.Module, example_input: Any, modules: dict[str, nn
     """The arguments each of ``modules`` received on one run of the model (the first calls)."""
     received: dict[str, list[tuple[tuple, dict]]] = defaultdict(list)
 
-    def keep(name: str):
+    def keep(name: str) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if len(received[name]) < _CALLS_KEPT:
                 clone = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
@@ -162,6 +164,8 @@ def fuse_library_modules(model: nn.Module, example_input: Any, rules: Mapping[st
             result.skipped.append({"layer": name, "bn": "", "reason": f"{type(module).__name__} did not run on the example input, so its fused form cannot be checked"})
             continue
         fused = copy.deepcopy(module)
+        if rule.fuse is None:
+            raise ValueError(f"the rule for {rule.class_path} has no fuse")
         rule.fuse(fused)
         error = max(scaled_error(module(*args, **kwargs), fused(*args, **kwargs)) for args, kwargs in calls)
         if error > PROOF_RTOL:

@@ -149,7 +149,7 @@ def fuse_rep_conv(module: UltralyticsModule) -> None:
     conv = nn.Conv2d(ref.in_channels, ref.out_channels, ref.kernel_size, ref.stride, ref.padding, ref.dilation, ref.groups, bias=True)
     conv = conv.to(device=ref.weight.device, dtype=ref.weight.dtype).requires_grad_(False)
     conv.weight.copy_(weight)
-    conv.bias.copy_(bias)
+    conv.get_parameter("bias").copy_(bias)
     module.conv = conv
     for name in ("conv1", "conv2", "bn", "id_tensor"):
         if hasattr(module, name):

@@ -145,7 +145,8 @@ def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str
             log.info("prune_l1: no classifier found, none excluded (%s)", exc)
             head = None
         details["classifier_left_alone"] = head
-        selected.pop(head, None)
+        if head is not None:
+            selected.pop(head, None)
     if not selected:
         raise StageError("prune_l1: no convolution or Linear layer is left to prune; check include, exclude and prune_classifier")
     return selected

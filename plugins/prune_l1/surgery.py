@@ -29,7 +29,7 @@ def apply_plan(model: nn.Module, an: Analysis, removed: set[int], rules: Mapping
 
     Tied parameters (one tensor under several names) are cut once and stay tied.
     """
-    changed = []
+    changed: list[str] = []
     if not removed:
         return changed
     all_named = {

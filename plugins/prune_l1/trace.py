@@ -135,8 +135,8 @@ class _Tracer(TorchDispatchMode):
         for name, t in model.named_parameters():
             self.names[id(t)] = name
             analysis.kinds[name] = "parameter"
-        for name, t in model.named_buffers():
-            self.names[id(t)] = name
+        for name, buffer in model.named_buffers():
+            self.names[id(buffer)] = name
             analysis.kinds[name] = "buffer"
         self.shapes = {n: tuple(t.shape) for n, t in list(model.named_parameters()) + list(model.named_buffers())}
         for name, m in model.named_modules():
@@ -259,7 +259,7 @@ class _Tracer(TorchDispatchMode):
         if not self.opaque:
             return
         self.opaque -= 1
-        if self.opaque or rule is None:
+        if self.opaque or rule is None or rule.attention is None:  # opaque_rule() gives only rules with attention
             return
         self.an.rules[name] = rule
         inputs, outputs = tensors(args), tensors(output)

@@ -110,7 +110,7 @@ class QuantizeOnnx(Pass):
         def _applies_to_mode(cls, value: Any, info: ValidationInfo) -> Any:
             # Runs for options given only (defaults are not validated); mode is declared first.
             mode = info.data.get("mode")
-            why = _NOT_IN_MODE.get(mode, {}).get(info.field_name or "")
+            why = _NOT_IN_MODE.get(str(mode), {}).get(info.field_name or "")
             if why is not None:
                 raise ValueError(f"does not apply to mode {mode}: {why}")
             return value

@@ -80,6 +80,12 @@ class Kind:
     name: KindName
     detection: DetectionLayout | None = None
 
+    def layout(self) -> DetectionLayout:
+        """The detection layout of a ``detection`` output."""
+        if self.detection is None:
+            raise ValueError(f"a {self.name} output has no detection layout")
+        return self.detection
+
 
 @dataclass
 class OutputPlan:
@@ -107,11 +113,18 @@ class OutputPlan:
     def kept(self) -> list[int]:
         return [i for i, kind in enumerate(self.kinds) if kind is not None]
 
+    def kind_of(self, i: int) -> Kind:
+        """The kind of output ``i``, one the wrapper keeps."""
+        kind = self.kinds[i]
+        if kind is None:
+            raise ValueError(f"output {self.paths[i]} is not kept")
+        return kind
+
     def describe(self) -> list[dict[str, Any]]:
         """One row per kept output, for the stage's details."""
         rows = []
         for i in self.kept:
-            kind = self.kinds[i]
+            kind = self.kind_of(i)
             row: dict[str, Any] = {"output": self.paths[i], "kind": kind.name}
             if kind.detection is not None:
                 layout = kind.detection
