@@ -10,7 +10,7 @@ UVENV := .venv-ultralytics
 UBIN := $(UVENV)/bin
 USTAMP := $(UVENV)/.installed
 
-.PHONY: demo test test-main test-ultralytics test-fast install install-ultralytics clean
+.PHONY: demo test lint test-main test-ultralytics test-fast install install-ultralytics clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,15 @@ demo: $(STAMP)
 	$(BIN)/optkit run examples/digits_finetune.yaml --output runs/demo-digits-finetune --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
-test: test-main test-ultralytics
+test: lint test-main test-ultralytics
+
+# Lint, format and types of optkit/ and plugins/ (configured in pyproject.toml). mypy cannot map the
+# package-dir plugins/ -> optkit_plugins, so it reads the plugins through a link named for the package.
+lint: $(STAMP)
+	$(BIN)/ruff check optkit plugins
+	$(BIN)/ruff format --check optkit plugins
+	mkdir -p build/mypy && ln -sfn ../../plugins build/mypy/optkit_plugins
+	$(BIN)/mypy
 
 test-main: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
