@@ -42,6 +42,7 @@ __all__ = [
     "load_python_dataset",
     "image_folder",
     "verify_images",
+    "STANDARD_DATASETS",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,3 +204,8 @@ def load_python_dataset(request: DatasetRequest) -> Dataset[Any]:
             f"{request.option}: {request.target} returned {type(dataset).__name__}, not a Dataset with __getitem__ and __len__"
         )
     return dataset
+
+
+#: The data set schemes optkit ships, by name: its standard ``datasets`` plugin registers them
+#: through ``optkit_register_datasets`` as any plugin registers its own.
+STANDARD_DATASETS: dict[str, DatasetLoader] = {"imagefolder": load_imagefolder, "images": load_images, "python": load_python_dataset}

@@ -39,6 +39,7 @@ __all__ = [
     "is_weights_path",
     "import_callable",
     "import_beside",
+    "STANDARD_SOURCES",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,3 +225,8 @@ def _what_it_holds(obj: Any) -> str:
             return f"a state dict ({tensors} tensors)"
         return f"a dict with entries {', '.join(map(str, list(obj)[:8]))}"
     return f"a {type(obj).__name__}"
+
+
+#: The schemes optkit ships, by name: its standard ``sources`` plugin registers them through
+#: ``optkit_register_sources`` as any plugin registers its own.
+STANDARD_SOURCES: dict[str, SourceLoader] = {"torchvision": load_torchvision, "python": load_python, "file": load_file}

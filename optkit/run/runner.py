@@ -34,6 +34,8 @@ from optkit.measure import (
     tensor_bytes,
     tolerance_failure,
 )
+from optkit.config.pipeline import Pipeline, load_pipeline
+from optkit.host.facade import Host
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
@@ -44,9 +46,6 @@ from optkit.run.run_dirs import prepare_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.timing import StageTiming, plan_timing
 
-if TYPE_CHECKING:
-    from optkit.config import Pipeline
-    from optkit.host import Host
 
 __all__ = ["run_pipeline", "example_input"]
 
@@ -69,22 +68,38 @@ def example_input(shape: list[int], seed: int, device: torch.device) -> torch.Te
 
 
 def run_pipeline(
-    pipeline: Pipeline,
-    host: Host,
+    pipeline: Pipeline | str | Path,
+    host: Host | None = None,
     *,
     device: str | int | None = None,
     output: Path | None = None,
     overwrite: bool = False,
 ) -> tuple[RunReport, Path]:
-    """Run ``pipeline``; returns the report (status ``ok``, ``failed`` or ``interrupted``) and its folder.
+    """Run a pipeline, as ``optkit run`` does; returns the report (status ``ok``, ``failed`` or
+    ``interrupted``) and its folder.
 
     The timing settings of ``measure:`` (threads, cuDNN autotuning, denormal flushing) hold
     for the run only: they are restored when it ends.
 
+    Args:
+        pipeline: a pipeline file, or one already loaded.
+        host: the plugins to run with; by default the installed ones (a fresh ``Host()``).
+        device: overrides the file's ``device:`` (``cpu``, ``cuda:1``, ...).
+        output: overrides the file's ``output:`` folder.
+        overwrite: replace an existing run folder.
+
+    Example:
+        >>> report, run_dir = optkit.run_pipeline("examples/resnet18.yaml", output=Path("runs/r18"))  # doctest: +SKIP
+        >>> report.status  # doctest: +SKIP
+        'ok'
+
     Raises:
-        PipelineError: the device or the model cannot be had, or the run folder cannot be
-            written or has too little room; nothing was run.
+        PipelineError: the file is invalid, or the device or the model cannot be had, or the run
+            folder cannot be written or has too little room; nothing was run.
     """
+    host = host if host is not None else Host()
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     settings = pipeline.measure
     with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal):
         return _run(pipeline, host, device, output, overwrite)
@@ -336,7 +351,7 @@ class _StageRunner:
 
     def _add_drift(self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact) -> None:
         module = product.source_model if isinstance(product, Artifact) else product
-        groups = channel_groups_for(module, measurement.outputs) if isinstance(module, nn.Module) else {}
+        groups = channel_groups_for(module, measurement.outputs, self.module_rules) if isinstance(module, nn.Module) else {}
         if self.baseline is None:
             # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
             # every ok stage of report.json carries the same metric fields.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from optkit.errors import StageError
-from optkit.measure import ChannelGroup, compare_outputs, drift_exceeds, output_excess, output_parts, worst_output
+from optkit import ChannelGroup, compare_outputs, drift_exceeds, output_excesses
 
 __all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_by_output", "parity_failure"]
 
@@ -112,8 +112,7 @@ def parity_by_output(figures: dict[str, dict[str, Any]], atol: float, rtol: floa
     ``allowed`` difference and ``excess`` (max|Δ| / allowed: above 1 fails), for the report."""
     rows: dict[str, dict[str, Any]] = {}
     for label, drift in figures.items():
-        for name, part in output_parts(drift) if drift.get("outputs") else ():
-            excess = output_excess(part, atol, rtol)
+        for name, part, excess in output_excesses(drift, atol, rtol) if drift.get("outputs") else ():
             if name not in rows or excess > rows[name]["excess"]:
                 rows[name] = {
                     "output": name,
@@ -135,7 +134,7 @@ def parity_failure(figures: dict[str, dict[str, Any]], atol: float, rtol: float)
                 f"onnxruntime outputs have shapes {drift.get('shapes')} where PyTorch gives "
                 f"{drift.get('reference_shapes')} (input {label}, batch {drift['batch']})"
             )
-    label, worst = max(figures.items(), key=lambda item: worst_output(item[1], atol, rtol)[2])
+    label, worst = max(figures.items(), key=lambda item: max(excess for *_, excess in output_excesses(item[1], atol, rtol)))
     problem = drift_exceeds(worst, atol, rtol)
     if problem is None:
         return None
