@@ -40,10 +40,13 @@ from torch.fx.experimental.optimization import fuse as fx_fuse
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_sources  # noqa: E402
 
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text  # noqa: E402
-from optkit.measure import Contender, check_noise, compare_outputs, configure_timing, speedup, time_round_robin  # noqa: E402
-from optkit.config import MeasureSpec  # noqa: E402
-from optkit.reporting import format_speedup, noise_warning  # noqa: E402
+from optkit.measure.drift import compare_outputs
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.run.device import select_device  # noqa: E402
 from optkit.run.environment import environment  # noqa: E402
 from optkit_plugins.fuse_bn import fuse_batchnorm  # noqa: E402

@@ -31,12 +31,14 @@ from typing import Any
 import torch
 import torchvision
 
-from optkit.config import MeasureSpec
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.measure import Contender, check_noise, configure_timing, speedup, time_round_robin
-from optkit.reporting import format_speedup, noise_warning
-from optkit.run.environment import environment
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
 from optkit.passes import PassContext
+from optkit.reporting.tables import format_speedup, noise_warning
+from optkit.run.environment import environment
 from optkit_plugins.export_onnx import ExportOnnx
 
 log = logging.getLogger("onnx_latency")
@@ -58,7 +60,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> tuple
 
 def fuse_batchnorm(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> torch.nn.Module:
     """The model after the fuse_bn pass (looked up in the registry, as a pipeline would)."""
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     pass_cls = Host().get_pass("fuse_bn")
     ctx = PassContext(device=torch.device("cpu"), example_input=example, output_dir=folder, logger=log)

@@ -51,11 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_sources  # noqa: E402
 
 from optkit import PassContext  # noqa: E402
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text  # noqa: E402
-from optkit.config import MeasureSpec  # noqa: E402
-from optkit.measure import Contender, check_noise, configure_timing, count_params, speedup, time_round_robin  # noqa: E402
-from optkit.models import class_path, find_classifier  # noqa: E402
-from optkit.reporting import format_count, format_speedup, noise_warning  # noqa: E402
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.measure.params import count_params
+from optkit.models.classifier_head import find_classifier
+from optkit.models.rules import class_path
+from optkit.reporting.tables import format_count, format_speedup, noise_warning
 from optkit.run.environment import environment  # noqa: E402
 from optkit_plugins.export_onnx import ExportOnnx  # noqa: E402
 from optkit_plugins.prune_l1 import PruneL1  # noqa: E402

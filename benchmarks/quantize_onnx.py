@@ -47,12 +47,14 @@ import torchvision
 import yaml
 
 from optkit import OnnxArtifact
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.host import Host
-from optkit.config import MeasureSpec
-from optkit.measure import Contender, check_noise, configure_timing, speedup, time_round_robin
-from optkit.reporting import format_speedup, noise_warning
+from optkit.host.facade import Host
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
 from optkit.passes import PassContext
+from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.run.environment import environment
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.quantize_onnx import QuantizeOnnx
@@ -138,7 +140,7 @@ def latency_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def accuracy_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """The digits: one pipeline per variant, its accuracy on val and its size."""
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
     from optkit.run.runner import run_pipeline
 
     host = Host()

@@ -24,8 +24,10 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import v2
 
-from optkit.config import TransformSpec
-from optkit.data import DIGITS_WEIGHTS, build_transform, digits_cnn, digits_imagefolder, image_folder
+from optkit.config.data import TransformSpec
+from optkit.data.digits import DIGITS_WEIGHTS, digits_cnn, digits_imagefolder
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
 
 ROOT = Path(__file__).resolve().parent
 

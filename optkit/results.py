@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from optkit.errors import PipelineError
 
 if TYPE_CHECKING:
-    from optkit.config import Pipeline
+    from optkit.config.pipeline import Pipeline
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from optkit.config import load_pipeline
-from optkit.data import DigitsFolders, digits_cnn, digits_imagefolder
-from optkit.host import Host, hookimpl
+from optkit.config.pipeline import load_pipeline
+from optkit.data.digits import DigitsFolders, digits_cnn, digits_imagefolder
+from optkit.host.facade import Host
+from optkit.host.hookspecs import hookimpl
 from optkit.passes import Pass, check_pass_class
 from optkit.results import RUN_STATUSES, STAGE_STATUSES
 

@@ -15,9 +15,18 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.models import ClassifierNotFoundError, auxiliary_classifiers, find_classifier, in_width, out_width, replace_module
+from optkit import (
+    ClassifierNotFoundError,
+    Pass,
+    PassContext,
+    StageError,
+    auxiliary_classifiers,
+    find_classifier,
+    hookimpl,
+    in_width,
+    out_width,
+    replace_module,
+)
 
 __all__ = ["Reclassify", "new_head"]
 

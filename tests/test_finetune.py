@@ -9,18 +9,18 @@ import shutil
 import traceback
 from pathlib import Path
 
+import plugins_for_tests
 import pytest
 import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import plugins_for_tests
 from optkit import Pass, PassContext, hookimpl
-from optkit.data import DeviceLoader
+from optkit.config.pipeline import load_pipeline
+from optkit.data.loaders import DeviceLoader
 from optkit.errors import PipelineError, StageError
-from optkit.host import Host
-from optkit.config import load_pipeline
+from optkit.host.facade import Host
 from optkit.passes import PassData
 from optkit.run.runner import run_pipeline
 from optkit.testing import DIGITS_MODEL, digits_cnn, run_pass

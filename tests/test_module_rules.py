@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
-from optkit.config import parse_pipeline
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PluginError
-from optkit.host import Host
-from optkit.measure import profile_macs
-from optkit.models import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
+from optkit.host.facade import Host
+from optkit.measure.flops import profile_macs
+from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
 from optkit.run.runner import run_pipeline
+
 
 class Gain(nn.Module):
     """A per-channel gain: elementwise work that no counter sees (what a custom kernel looks like)."""

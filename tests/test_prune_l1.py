@@ -15,10 +15,11 @@ import torchvision
 from pydantic import ValidationError
 from torch import nn
 
+from optkit.config.pipeline import load_pipeline
 from optkit.errors import PipelineError, StageError
-from optkit.measure import count_macs, count_params
+from optkit.measure.flops import count_macs
+from optkit.measure.params import count_params
 from optkit.passes import PassContext
-from optkit.config import load_pipeline
 from optkit_plugins.prune_l1 import PruneL1
 
 X64 = (1, 3, 64, 64)

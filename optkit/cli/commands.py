@@ -100,7 +100,7 @@ def _strict_plugins() -> bool:
 def _host(warn: bool = False) -> Any:
     """The plugins, loaded fresh. Broken plugins are an error in strict plugin mode, else, with
     ``warn`` (``run`` and ``validate``), a warning on stderr."""
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     host = Host()
     if _strict_plugins():
@@ -116,7 +116,7 @@ def _host(warn: bool = False) -> Any:
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    from optkit.reporting import report_json
+    from optkit.reporting.writing import report_json
 
     click.echo(report_json(data), nl=False)
 
@@ -155,8 +155,8 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     """Run PIPELINE: load the model, measure a baseline, apply and measure each stage."""
     from optkit.cli.progress import ConsoleProgress
     from optkit.cli.streams import stdout_to_stderr
-    from optkit.config import load_pipeline
-    from optkit.reporting import print_report
+    from optkit.config.pipeline import load_pipeline
+    from optkit.reporting.console import print_report
     from optkit.run.runner import run_pipeline
 
     host = _host(warn=True)
@@ -186,7 +186,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
     """Check PIPELINE (YAML, keys, passes, options) without running it."""
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
 
     host = _host(warn=True)
     spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
@@ -202,7 +202,7 @@ def passes(as_json: bool) -> None:
 
     The exit code is 2 when a plugin is broken and strict plugin mode is on.
     """
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     host = Host()
     registry = host.passes
@@ -223,7 +223,7 @@ def passes(as_json: bool) -> None:
         for r in host.broken
     ]
     conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-    from optkit.measure import thop_warning
+    from optkit.measure.thop_distribution import thop_warning
 
     # Every stage's MACs go through thop's formulas: say when the thop installed is not the validated one.
     thop = thop_warning()
@@ -305,7 +305,7 @@ def _first_line(text: str | None) -> str:
 @_common_options
 def schema() -> None:
     """Print the JSON Schema of pipeline files, every installed pass's options included."""
-    from optkit.config import pipeline_json_schema
+    from optkit.config.pipeline import pipeline_json_schema
 
     click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in _host().passes), indent=2))
 
@@ -321,7 +321,8 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
     Each of RUNS is a run folder, a sweep or benchmark folder, or a report.json.
     """
-    from optkit.reporting import load_runs, write_comparison_report
+    from optkit.reporting.runs import load_runs
+    from optkit.reporting.writing import write_comparison_report
 
     compared = load_runs(list(runs))
     meta = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
@@ -343,7 +344,7 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 
     A failing job is reported and the others go on; the exit code is 1 when any job failed.
     """
-    from optkit.config import load_sweep
+    from optkit.config.sweep import load_sweep
     from optkit.sweep.driver import run_sweep
     from optkit.sweep.executors import make_executor
 
@@ -391,8 +392,8 @@ def info(model: str, input_shape: str, weights: str | None, device: str, warmup:
     """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency,
     and accuracy with --data."""
     from optkit.cli.streams import stdout_to_stderr
-    from optkit.measure import configure_timing
-    from optkit.reporting import render_info
+    from optkit.measure.latency import configure_timing
+    from optkit.reporting.console import render_info
     from optkit.run.info import data_spec, inspect_model, parse_input_shape
 
     shape = parse_input_shape(input_shape)

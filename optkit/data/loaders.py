@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from optkit.config import DATA_ROLES
+from optkit.config.data import DATA_ROLES
 from optkit.data.sources import DatasetLoader, DatasetRequest, verify_images
 from optkit.data.transforms import build_transform
 from optkit.errors import PipelineError
 from optkit.passes import PassData
 
 if TYPE_CHECKING:
-    from optkit.config import DatasetSpec, DataSpec
+    from optkit.config.data import DatasetSpec, DataSpec
 
 __all__ = ["DatasetLookup", "LabeledSamples", "DataSet", "PipelineData", "DeviceLoader", "build_data", "as_labeled"]
 

@@ -26,12 +26,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from optkit.errors import PipelineError
 from optkit.files import resolve_path
-from optkit.models import import_callable
+from optkit.models.sources import import_callable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from optkit.config import DatasetSpec
+    from optkit.config.data import DatasetSpec
 
 __all__ = [
     "DatasetRequest",

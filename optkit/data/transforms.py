@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import v2
 
 if TYPE_CHECKING:
-    from optkit.config import TransformSpec
+    from optkit.config.data import TransformSpec
 
 __all__ = ["build_transform"]
 

@@ -17,9 +17,12 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from optkit.config import DataSpec, ModelSpec
-    from optkit.data import DatasetLoader, PipelineData
-    from optkit.models import ModuleRule, ModuleRules, SourceLoader
+    from optkit.config.data import DataSpec
+    from optkit.config.pipeline import ModelSpec
+    from optkit.data.loaders import PipelineData
+    from optkit.data.sources import DatasetLoader
+    from optkit.models.rules import ModuleRule, ModuleRules
+    from optkit.models.sources import SourceLoader
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
@@ -82,7 +85,7 @@ class Host:
     @cached_property
     def module_rules(self) -> Registry[ModuleRule]:
         """Every registered module rule, by the class path it describes."""
-        from optkit.models import ModuleRule
+        from optkit.models.rules import ModuleRule
 
         def validate(rule: object, record: PluginRecord) -> tuple[str, ModuleRule]:
             if not isinstance(rule, ModuleRule):
@@ -94,7 +97,7 @@ class Host:
     def rule_table(self) -> ModuleRules:
         """The module rules as passes get them (``ctx.module_rules``): a class path two plugins
         describe raises :class:`PluginError` where it is looked up, naming both."""
-        from optkit.models import ModuleRules
+        from optkit.models.rules import ModuleRules
 
         registry = self.module_rules
         conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
@@ -183,14 +186,14 @@ class Host:
     def load_data(self, spec: DataSpec, base_dir: Path, *, seed: int = 0) -> PipelineData:
         """Load the data sets of a ``data:`` section through the loaders registered for their
         schemes (see :func:`optkit.data.build_data`)."""
-        from optkit.data import build_data
+        from optkit.data.loaders import build_data
 
         return build_data(spec, lambda scheme: self.get_dataset(scheme).obj, base_dir, seed=seed)
 
     def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         """Build the model ``spec`` describes through the source registered for its scheme
         (see :func:`optkit.models.load_model`)."""
-        from optkit.models import load_model
+        from optkit.models.loading import load_model
 
         entry = self.get_source(spec.scheme)
         return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.name)

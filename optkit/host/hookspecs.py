@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from optkit.data import DatasetLoader
-    from optkit.models import ModuleRule, SourceLoader
+    from optkit.data.sources import DatasetLoader
+    from optkit.models.rules import ModuleRule
+    from optkit.models.sources import SourceLoader
     from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 

@@ -16,7 +16,7 @@ from torch import nn
 from optkit.artifacts import Artifact
 from optkit.errors import PipelineError, StageError
 from optkit.measure.outputs import flatten_outputs
-from optkit.models import eval_mode
+from optkit.models.layers import eval_mode
 
 __all__ = ["LOGITS_KEPT", "Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "similarity_metrics", "AccuracyTracker"]
 

@@ -43,7 +43,7 @@ from optkit.measure.mac_rules import UNIT, has_rule, module_rule_macs, rules_for
 from optkit.measure.probe import copy_memo, meta_copy
 
 if TYPE_CHECKING:
-    from optkit.models import ModuleRule
+    from optkit.models.rules import ModuleRule
 
 __all__ = ["MacsProfile", "profile_macs", "count_macs"]
 

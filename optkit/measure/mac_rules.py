@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from optkit.models import find_rule
+from optkit.models.rules import find_rule
 
 if TYPE_CHECKING:
-    from optkit.models import ModuleRule
+    from optkit.models.rules import ModuleRule
 
 __all__ = [
     "MAC_RULES",

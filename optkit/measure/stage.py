@@ -18,11 +18,11 @@ from optkit.measure.flops import count_macs
 from optkit.measure.latency import Contender, time_callable
 from optkit.measure.params import count_params
 from optkit.measure.size import file_bytes, state_dict_bytes
-from optkit.models import eval_mode
+from optkit.models.layers import eval_mode
 
 if TYPE_CHECKING:
-    from optkit.config import MeasureSpec
-    from optkit.models import ModuleRule
+    from optkit.config.pipeline import MeasureSpec
+    from optkit.models.rules import ModuleRule
 
 __all__ = ["Measurement", "Runnable", "runnable", "measure"]
 

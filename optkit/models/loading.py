@@ -14,7 +14,7 @@ from optkit.models.weights import load_weights_into, weights_spec_of
 if TYPE_CHECKING:
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config.pipeline import ModelSpec
 
 __all__ = ["load_model"]
 

@@ -28,7 +28,7 @@ from optkit.models.state_dicts import WRAPPER_KEYS
 if TYPE_CHECKING:
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config.pipeline import ModelSpec
 
 __all__ = [
     "SourceRequest",

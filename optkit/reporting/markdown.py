@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from optkit.measure import output_parts
+from optkit.measure.drift import output_parts
 from optkit.reporting.tables import (
     COLUMNS,
     comparison_columns,

@@ -11,17 +11,20 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from optkit.config import DataSpec, MeasureSpec, ModelSpec, check_input_shape
+from optkit.config.data import DataSpec
+from optkit.config.pipeline import MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.measure import measure, profile_macs, thop_owner, thop_warning
+from optkit.host.facade import Host
+from optkit.measure.flops import profile_macs
+from optkit.measure.stage import measure
+from optkit.measure.thop_distribution import thop_owner, thop_warning
 from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
 from optkit.run.runner import example_input
 from optkit.run.seeding import seeded_construction
 
 if TYPE_CHECKING:
-    from optkit.models import ModuleRule
+    from optkit.models.rules import ModuleRule
 
 __all__ = ["parse_input_shape", "data_spec", "inspect_model", "model_info", "parameter_table"]
 

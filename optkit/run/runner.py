@@ -15,29 +15,23 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from optkit.artifacts import Artifact
+from optkit.config.pipeline import Pipeline, load_pipeline
 from optkit.errors import OptkitError, PipelineError, StageError, plain_text
 from optkit.files import atomic_write_text, overwrite_in_place
-from optkit.measure import (
-    Measurement,
-    channel_groups_for,
-    compare_outputs,
-    configure_timing,
-    drift_exceeds,
-    measure,
-    select_outputs,
-    tensor_bytes,
-    tolerance_failure,
-)
-from optkit.config.pipeline import Pipeline, load_pipeline
 from optkit.host.facade import Host
+from optkit.measure.drift import channel_groups_for, compare_outputs, drift_exceeds, tolerance_failure
+from optkit.measure.latency import configure_timing
+from optkit.measure.outputs import select_outputs
+from optkit.measure.size import tensor_bytes
+from optkit.measure.stage import Measurement, measure
 from optkit.passes import Pass, PassContext, Tolerance
-from optkit.reporting import report_json, write_run_report
+from optkit.reporting.writing import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
@@ -45,7 +39,6 @@ from optkit.run.environment import environment
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.timing import StageTiming, plan_timing
-
 
 __all__ = ["run_pipeline", "example_input"]
 

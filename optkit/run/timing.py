@@ -30,21 +30,14 @@ from torch import nn
 
 from optkit.artifacts import Artifact
 from optkit.errors import StageError
-from optkit.measure import (
-    INDEPENDENT_SPEEDUP_METHOD,
-    MEDIAN_METHOD,
-    PAIRED_SPEEDUP_METHOD,
-    Contender,
-    check_noise,
-    runnable,
-    speedup,
-    tensor_bytes,
-    time_callable,
-    time_round_robin,
-)
+from optkit.measure.intervals import INDEPENDENT_SPEEDUP_METHOD, MEDIAN_METHOD, PAIRED_SPEEDUP_METHOD, speedup
+from optkit.measure.latency import Contender, time_callable, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.measure.size import tensor_bytes
+from optkit.measure.stage import runnable
 
 if TYPE_CHECKING:
-    from optkit.config import MeasureSpec
+    from optkit.config.pipeline import MeasureSpec
     from optkit.results import StageResult
 
 __all__ = ["TimingPlan", "plan_timing", "StageTiming"]

@@ -31,9 +31,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit.errors import StageError
-from optkit.files import atomic_write_bytes
-from optkit.measure import output_leaves
+from optkit import StageError, atomic_write_bytes, output_leaves
 from optkit_plugins.export_onnx.opsets import (
     NATIVE_DYNAMO_OPSET,
     checker_problem,

@@ -11,9 +11,7 @@ import torch
 from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
-from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
-from optkit.errors import StageError
-from optkit.measure import channel_groups_for
+from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, channel_groups_for, hookimpl
 from optkit_plugins.export_onnx.exporter import export_onnx_model, output_layout, save_onnx_model, symbolic_batch_dim
 from optkit_plugins.export_onnx.selection import exported_module
 from optkit_plugins.export_onnx.simplify import simplify_onnx_model
@@ -108,7 +106,7 @@ class ExportOnnx(Pass):
         atol, rtol = self._parity_bounds()
 
         reference = copy.deepcopy(model).eval()  # the pipeline's model is carried on untouched
-        chosen = exported_module(reference, ctx.example_input, options.outputs, options.deployment_output)
+        chosen = exported_module(reference, ctx.example_input, options.outputs, options.deployment_output, ctx.module_rules)
         module = copy.deepcopy(chosen.module).half() if options.fp16 else chosen.module
         example = ctx.example_input.half() if options.fp16 else ctx.example_input
         with torch.inference_mode():
@@ -164,7 +162,7 @@ class ExportOnnx(Pass):
         )
         inputs = parity_inputs(ctx.example_input, options.verify_batch_sizes, options.dynamic_batch)
         with torch.inference_mode():
-            groups = channel_groups_for(chosen.module, chosen.module(ctx.example_input))
+            groups = channel_groups_for(chosen.module, chosen.module(ctx.example_input), ctx.module_rules)
         figures = measure_parity(chosen.module, artifact.load(ctx.device), inputs, groups)
         details["parity"] = {
             "runtime": "onnxruntime",

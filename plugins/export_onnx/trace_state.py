@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.models import is_instance_of
+from optkit_plugins.module_rules.yolo import is_instance_of
 
 __all__ = ["release_inference_tensors", "traceable_state"]
 

@@ -17,8 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from optkit.errors import StageError
-from optkit import ChannelGroup, compare_outputs, drift_exceeds, output_excesses
+from optkit import ChannelGroup, StageError, compare_outputs, drift_exceeds, output_excesses
 
 __all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_by_output", "parity_failure"]
 

@@ -16,10 +16,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.measure import evaluate
-from optkit.models import ALL_BUT_HEAD, apply_freeze
+from optkit import ALL_BUT_HEAD, Pass, PassContext, StageError, apply_freeze, evaluate, hookimpl
 from optkit_plugins.finetune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optkit_plugins.finetune.training import StepReport, TrainingSettings, autocast_dtype, logits, train
 

@@ -14,8 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from optkit.errors import PipelineError, StageError
-from optkit.measure import classifier_outputs
+from optkit import PipelineError, StageError, classifier_outputs
 from optkit_plugins.finetune.batchnorm import frozen_batchnorm
 from optkit_plugins.finetune.loss import finetune_loss
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from optkit.measure import flatten_outputs
+from optkit import flatten_outputs
 from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS
 from optkit_plugins.fuse_bn.graph import IsNorm, is_batchnorm
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from optkit.models import ModuleRule, out_width
+from optkit import ModuleRule, out_width
 
 __all__ = ["FOLDABLE_LAYERS", "NORM_LAYERS", "fold_problem"]
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from optkit.models import ModuleRule, fold_bn_into_layer, replace_module
+from optkit import ModuleRule, fold_bn_into_layer, replace_module
 from optkit_plugins.fuse_bn.dataflow import DataflowRecord, probe_dataflow
 from optkit_plugins.fuse_bn.folding import NORM_LAYERS, fold_problem
 from optkit_plugins.fuse_bn.graph import GraphEvidence, find_graph_pairs, to_graph_module

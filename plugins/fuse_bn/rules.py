@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit.models import ModuleRule, find_rule, replace_module
+from optkit import ModuleRule, find_rule, replace_module
 
 __all__ = ["PROOF_RTOL", "LibraryFusion", "bn_rule", "bn_rule_error", "fuse_library_modules", "scaled_error"]
 

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from optkit.measure import zero_macs
-from optkit.models import AttentionHeads, ModuleRule
+from optkit import AttentionHeads, ModuleRule, zero_macs
 
 __all__ = ["TIMM_RULES", "bn_drop_act", "drop_act"]
 

@@ -20,6 +20,9 @@ attribute ``c`` (``forward_split``, ``split((c, c))``), which is updated after t
 
 MAC counting: ``Concat`` does no multiply-accumulates (without a rule it would be listed as
 uncounted: a leaf that ran no counted operator).
+
+Drift and export: the root models (Ultralytics' ``BaseModel``, YOLOv5's models) name the channel
+groups of their predictions and give their deployment view (:mod:`~optkit_plugins.module_rules.yolo`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from optkit.measure import zero_macs
-from optkit.models import ModuleRule, bn_affine, fold_bn_into_layer
+from optkit import ModuleRule, bn_affine, fold_bn_into_layer, zero_macs
+from optkit_plugins.module_rules.yolo import ULTRALYTICS_ROOTS, YOLOV5_ROOTS, deployment_view, detection_output_groups
 
 __all__ = ["ULTRALYTICS_RULES", "fuse_conv", "fuse_conv2", "fuse_conv_transpose", "fuse_rep_conv", "fuse_rep_vgg_dw"]
 
@@ -261,5 +264,18 @@ ULTRALYTICS_RULES: tuple[ModuleRule, ...] = (
         same_forward=False,
         head=True,
         note="a detection head: channel pruning keeps the output widths of its layers",
+    ),
+    *(
+        ModuleRule(
+            root,
+            computes="a YOLO model: its layers in .model, the head last",
+            subclasses=True,
+            same_forward=False,  # DetectionModel, SegmentationModel, ... each have their own forward
+            output_groups=detection_output_groups,
+            deployment=deployment_view,
+            note="drift and ONNX parity hold boxes, scores and extra channels to their own tolerances; "
+            "export_onnx exports the deployment output",
+        )
+        for root in (*ULTRALYTICS_ROOTS, *YOLOV5_ROOTS)
     ),
 )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit.models import AttentionHeads
+from optkit import AttentionHeads
 from optkit_plugins.prune_l1.atoms import Ann, UnionFind
 
 __all__ = ["ModuleStepLike", "attention_heads", "heads_after_surgery"]

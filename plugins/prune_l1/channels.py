@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.errors import StageError
-from optkit.models import ModuleRule, find_rule, out_width
+from optkit import ModuleRule, StageError, find_rule, out_width
 from optkit_plugins.prune_l1 import plan as planning
 from optkit_plugins.prune_l1.replay import Diverged, replay
 from optkit_plugins.prune_l1.surgery import apply_plan

@@ -11,9 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.models import ClassifierNotFoundError, find_classifier
+from optkit import ClassifierNotFoundError, Pass, PassContext, StageError, find_classifier, hookimpl
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 

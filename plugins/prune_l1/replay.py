@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from optkit.models import ModuleRule
+from optkit import ModuleRule
 from optkit_plugins.prune_l1.op_rules import METADATA, UNRECORDED, op_name, tensors
 from optkit_plugins.prune_l1.plan import kept_count
 from optkit_plugins.prune_l1.trace import Analysis, Entry, opaque_rule

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from optkit.models import ModuleRule, find_rule
+from optkit import ModuleRule, find_rule
 from optkit_plugins.prune_l1.attention import heads_after_surgery
 from optkit_plugins.prune_l1.trace import Analysis
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from optkit.models import ModuleRule, find_rule
+from optkit import ModuleRule, find_rule
 from optkit_plugins.prune_l1.atoms import Ann, UnionFind
 from optkit_plugins.prune_l1.attention import attention_heads
 from optkit_plugins.prune_l1.op_rules import METADATA, UNRECORDED, handler_for, op_name, tensors

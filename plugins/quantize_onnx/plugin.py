@@ -15,9 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
-from optkit.errors import StageError
-from optkit.measure import file_bytes
+from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, file_bytes, hookimpl
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
 from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_input, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8

@@ -26,7 +26,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit.models import YoloModel, recognise_yolo
+from optkit_plugins.module_rules.yolo import YoloModel, recognise_yolo
 
 __all__ = ["Kind", "DetectionLayout", "OutputPlan", "UnknownOutputError", "plan_outputs", "infer_kind", "DECLARABLE"]
 
