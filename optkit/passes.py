@@ -151,8 +151,11 @@ class Pass(ABC):
         """Transform ``model`` and return the result.
 
         Args:
-            model: the current model (in eval mode, on ``ctx.device``). A pass may change it
-                in place or return a new module.
+            model: the current model (in eval mode, on ``ctx.device``), the stage's to change:
+                a pass that returns a module changes it in place (or builds a new one from it)
+                and never copies it defensively; the runner keeps its own copy of what it still
+                needs (the baseline). A pass that returns an artifact leaves the model as it got
+                it (the run carries it on) and copies only what the export changes.
             ctx: device, example input, this stage's output folder, logger, ``details``
                 (a dict for what the pass has to say: it lands in the report), and ``artifact``
                 (the artifact of the latest earlier stage, for a pass that ``consumes`` one).

@@ -87,6 +87,10 @@ def plan_timing(settings: MeasureSpec, model: nn.Module, stage_count: int, devic
         return TimingPlan("sequential", "measure.compare: sequential", {})
     if stage_count == 0:
         return TimingPlan("sequential", "no stage to time beside the baseline", {})
+    # What the side-by-side timing really holds: the baseline and every stage's product but the
+    # last (that one is the live model), each about one model (an artifact's runtime session too).
+    # Passes copy nothing (they change the model they are handed), and ctx.baseline_model shares
+    # the baseline's copy, so nothing else is held.
     per_copy = tensor_bytes(model)
     available, source = available_memory(device)
     memory = {"bytes_per_copy": per_copy, "copies": stage_count, "available_bytes": available, "available_from": source,

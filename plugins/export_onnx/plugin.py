@@ -105,9 +105,12 @@ class ExportOnnx(Pass):
             raise StageError(f"export_onnx: fp16 needs a CUDA device, and this run is on {ctx.device}; set device: cuda or drop fp16")
         atol, rtol = self._parity_bounds()
 
-        reference = copy.deepcopy(model).eval()  # the pipeline's model is carried on untouched
-        chosen = exported_module(reference, ctx.example_input, options.outputs, options.deployment_output, ctx.module_rules)
-        module = copy.deepcopy(chosen.module).half() if options.fp16 else chosen.module
+        # The model is read, not changed: a pass that returns an artifact leaves its model as it got
+        # it (the run carries it on). Only what the export changes is copied: fp16 weights, once.
+        chosen = exported_module(model, ctx.example_input, options.outputs, options.deployment_output, ctx.module_rules)
+        module = chosen.module
+        if options.fp16:
+            module = (module if chosen.copied else copy.deepcopy(module)).half()
         example = ctx.example_input.half() if options.fp16 else ctx.example_input
         with torch.inference_mode():
             layout = output_layout(module(example), options.output_names or chosen.names)

@@ -34,16 +34,18 @@ class ExportedModule:
     """The module to export and how its outputs relate to the model's.
 
     Attributes:
-        module: what is exported (an eval copy; the pipeline's model is not touched).
+        module: what is exported: the model, a wrapper selecting its outputs, or a deployment copy.
         selection: indices of its outputs among the model's flattened outputs; ``None``: all of them.
         names: default graph-output names (the model's own names of the selected outputs).
         details: what the report says about the choice.
+        copied: ``module`` is a copy (a deployment view), the export's to change.
     """
 
     module: nn.Module
     selection: list[int] | None = None
     names: list[str] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    copied: bool = False
 
 
 def _deployment_view(model: nn.Module, rules: Mapping[str, ModuleRule]) -> tuple[nn.Module, dict[str, Any]] | None:
@@ -96,4 +98,4 @@ def exported_module(
             "and select outputs with the outputs option"
         )
     selection = list(range(len(deployed))) if len(deployed) < len(leaves) else None
-    return ExportedModule(module, selection, None, {"deployment_output": details})
+    return ExportedModule(module, selection, None, {"deployment_output": details}, copied=True)

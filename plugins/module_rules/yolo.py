@@ -161,7 +161,9 @@ def recognise_yolo(model: nn.Module) -> YoloModel | None:
         What optkit needs to know about it, or ``None`` for any other model.
     """
     root = _root_of(model)
-    inner = getattr(root, "model", None) if root is not None else None
+    if root is None:
+        return None
+    inner = getattr(root, "model", None)
     if not isinstance(inner, (nn.Sequential, nn.ModuleList)) or not len(inner):
         return None
     head = inner[-1]

@@ -130,10 +130,11 @@ def prune_channels(
     free_outputs: Sequence[str] = (),
     prune_heads: bool = False,
 ) -> ChannelPruning:
-    """Remove ``amount`` of the channels of every prunable group of a copy of ``model``.
+    """Remove ``amount`` of the channels of every prunable group of ``model``, in a pruned copy
+    (each try at a plan starts from the unpruned model, so the model is kept until one holds).
 
     Args:
-        model: the model (not changed).
+        model: the model: put in eval mode and traced, otherwise not changed.
         example_inputs: a tensor or a tuple of positional arguments (small: 64x64 is plenty).
         amount: share of each group's units removed (``floor(n * (1 - amount))`` are kept).
         rules: module rules by class path (``ctx.module_rules``).
@@ -156,7 +157,7 @@ def prune_channels(
     inputs = _as_tuple(example_inputs)
     rules = rules or {}
     free = (lambda path: any(part in path for part in free_outputs)) if free_outputs else None
-    base = copy.deepcopy(model).eval()
+    base = model.eval()  # no defensive copy: the pruned model is a copy of it anyway
     try:
         with torch.no_grad():
             reference = _shapes(base(*inputs), free)  # also the warm-up: caches filled before the trace

@@ -3,7 +3,6 @@ or structured (whole channels, :mod:`~optkit_plugins.prune_l1.channels`)."""
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 from typing import Any, Literal
@@ -77,19 +76,19 @@ class PruneL1(Pass):
     options: Options
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
-        """Prune a copy of ``model``; see the module docstring for the two modes.
+        """Prune ``model``; see the module docstring for the two modes.
 
         Args:
-            model: the model (left unchanged).
+            model: the model, this stage's to change: unstructured pruning zeroes its weights in
+                place; channel pruning returns a slimmer model built from it.
             ctx: the stage context; ``details`` receives sparsity or channels per layer.
 
         Returns:
-            The pruned copy.
+            The pruned model.
         """
         options = self.options
         if options.mode == "channels":
             return self._prune_channels(model, ctx)
-        model = copy.deepcopy(model).eval()
         selected = _select_layers(model, options, ctx.details)
         prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
         return model
