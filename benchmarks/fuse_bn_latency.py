@@ -8,7 +8,7 @@ Ultralytics fuses it), the same with ``graph_module: true`` (one flat fx GraphMo
 torch.fx's fuser returns, where the model traces), and the model after
 ``torch.fx.experimental.optimization.fuse`` (which fuses exact ``nn.BatchNorm2d`` after
 ``nn.Conv2d`` only, and needs a model that traces).
-They are timed side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call
+They are timed side by side by optkit's own loop (``optkit.measure.latency.time_round_robin``: one call
 each per round in a shuffled order, CUDA events on a GPU), so noise on a shared machine hits all
 of them alike. Each speed-up is the median of the per-round ratios (unfused / fused) with its
 95% order-statistic interval widened by the 5% run-to-run margin, as ``optkit run`` reports it; a speed-up whose interval includes 1

@@ -4,7 +4,7 @@ The model (``weights=None``: latency does not depend on the weights) is exported
 ``export_onnx`` pass itself, so the file timed is the verified artifact a pipeline produces.
 Eager PyTorch runs the eval model under ``torch.inference_mode()``; onnxruntime runs the file with
 all graph optimizations (``ORT_ENABLE_ALL``) and as many intra-op threads as torch uses. The two
-are timed side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call each
+are timed side by side by optkit's own loop (``optkit.measure.latency.time_round_robin``: one call each
 per round in a shuffled order), so noise on a shared machine hits both alike. The speed-up
 is the median of the per-round ratios with its 95% order-statistic interval, as ``optkit run``
 reports it; the target is met only when the whole interval lies above it.

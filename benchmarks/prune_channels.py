@@ -14,7 +14,7 @@ For each model and amount, from the same randomly initialised model (``benchmark
 counter and module rules), the same for every variant. Every optkit result is checked: same
 output shapes, a train-mode forward and backward, a save and reload, and an ONNX export
 (optkit's ``export_onnx``) whose outputs match PyTorch at batch 1, 2 and 8. CPU latency at batch 1
-is measured side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call each
+is measured side by side by optkit's own loop (``optkit.measure.latency.time_round_robin``: one call each
 per round, in a shuffled order) unless ``--no-latency``; each latency ratio is the median of the
 per-round ratios with its 95% interval (widened by the 5% run-to-run margin), a tie when it includes 1, after a noise check. MACs are
 deterministic.

@@ -68,7 +68,7 @@ class OnnxArtifact(Artifact):
             or dict from the graph outputs; ``None`` returns one tensor, or a tuple of several.
         output_selection: when the file computes only some of the source model's outputs (a
             selection, a YOLO model's deployment output), their indices in the model's flattened
-            output (:func:`optkit.measure.output_leaves` order), in graph order; the runner
+            output (:func:`optkit.output_leaves` order), in graph order; the runner
             compares the file's drift with those outputs of the stages before. ``None``: all.
     """
 

@@ -177,7 +177,7 @@ class PassData:
     without one. ``len(loader)`` is its number of batches, ``loader.dataset`` its samples,
     ``loader.classes`` the class names the dataset reports (an image folder's) or ``None``, and
     ``loader.batched(batch_size, seed=..., drop_last=...)`` the same samples shuffled by a pass's
-    own seed (:class:`optkit.data.DeviceLoader`).
+    own seed (:class:`optkit.data.loaders.DeviceLoader`).
 
     Attributes:
         train: ``data.train`` (shuffled, seeded, when ``shuffle: true``), or ``None``.
@@ -250,8 +250,8 @@ class PassContext:
             when none did or a stage returned a module since (the artifact is then stale);
             :meth:`require_artifact` gets it typed, or fails the stage.
         module_rules: what library modules compute, by class path (an
-            :class:`optkit.models.ModuleRules` from every plugin's ``optkit_register_module_rules``;
-            look a module up with :func:`optkit.models.find_rule`). Empty outside a run.
+            :class:`optkit.models.rules.ModuleRules` from every plugin's ``optkit_register_module_rules``;
+            look a module up with :func:`optkit.find_rule`). Empty outside a run.
     """
 
     device: torch.device

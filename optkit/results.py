@@ -127,7 +127,7 @@ class RunInfo:
 
 @dataclass
 class RunReport:
-    """The run report: what ``report.json`` holds (:func:`optkit.reporting.write_run_report` writes it).
+    """The run report: what ``report.json`` holds (:func:`optkit.reporting.writing.write_run_report` writes it).
 
     Attributes:
         timing: how latency was measured: ``compare`` (``interleaved`` or ``sequential``) and why,

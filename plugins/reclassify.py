@@ -1,7 +1,7 @@
 """The ``reclassify`` pass: give any classifier a new head with ``num_classes`` outputs.
 
 YOLOv5's ``load_classifier``, made general: the head is found structurally
-(:func:`optkit.models.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
+(:func:`optkit.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
 replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
 exactly the old logits with no training.
 """

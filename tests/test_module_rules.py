@@ -147,7 +147,7 @@ def test_registering_something_that_is_not_a_rule_is_refused_by_name():
 
     host = Host.with_plugins(Wrong())
     [broken] = [b for b in host.broken if b.name == "wrong-rules"]
-    assert broken.error.startswith("wrong-rules: register(rule) takes an optkit.models.ModuleRule, got 'timm.")
+    assert broken.error.startswith("wrong-rules: register(rule) takes an optkit.ModuleRule, got 'timm.")
 
 
 def test_two_plugins_describing_one_class_fail_only_where_it_is_used():

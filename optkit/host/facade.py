@@ -89,7 +89,7 @@ class Host:
 
         def validate(rule: object, record: PluginRecord) -> tuple[str, ModuleRule]:
             if not isinstance(rule, ModuleRule):
-                raise PluginError(f"{record.origin}: register(rule) takes an optkit.models.ModuleRule, got {rule!r}")
+                raise PluginError(f"{record.origin}: register(rule) takes an optkit.ModuleRule, got {rule!r}")
             return rule.class_path, rule
 
         return self._collect("module rule", "optkit_register_module_rules", validate)
@@ -185,14 +185,14 @@ class Host:
 
     def load_data(self, spec: DataSpec, base_dir: Path, *, seed: int = 0) -> PipelineData:
         """Load the data sets of a ``data:`` section through the loaders registered for their
-        schemes (see :func:`optkit.data.build_data`)."""
+        schemes (see :func:`optkit.data.loaders.build_data`)."""
         from optkit.data.loaders import build_data
 
         return build_data(spec, lambda scheme: self.get_dataset(scheme).obj, base_dir, seed=seed)
 
     def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         """Build the model ``spec`` describes through the source registered for its scheme
-        (see :func:`optkit.models.load_model`)."""
+        (see :func:`optkit.models.loading.load_model`)."""
         from optkit.models.loading import load_model
 
         entry = self.get_source(spec.scheme)

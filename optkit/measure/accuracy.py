@@ -87,7 +87,7 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
 
     Args:
         subject: a stage's product.
-        batches: ``(inputs, labels)`` batches (e.g. :class:`optkit.data.DeviceLoader`); labels ``-1``
+        batches: ``(inputs, labels)`` batches (e.g. :class:`optkit.data.loaders.DeviceLoader`); labels ``-1``
             for samples without one.
         device: where the artifact runs (a module runs where its parameters are).
 

@@ -62,7 +62,7 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
     Args:
         outputs: a model output (tensor, or tuples, lists, dicts of tensors).
         reference: the output it is compared with.
-        groups: per output name (see :func:`optkit.measure.output_leaves`), channel groups that get
+        groups: per output name (see :func:`optkit.output_leaves`), channel groups that get
             a row of their own.
 
     Returns:
@@ -218,7 +218,7 @@ def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict
     The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
     exact arithmetic must agree on any input). The similarity bounds (``cosine``,
     ``top1_agreement``) are checked on ``on_data`` when given (the stage against the stage before
-    on data.eval: :func:`optkit.measure.similarity_metrics`), else on ``drift``: a quantized
+    on data.eval: :func:`optkit.measure.accuracy.similarity_metrics`), else on ``drift``: a quantized
     model is calibrated for real inputs, and the seeded batch of random values is not one.
 
     Args:

@@ -60,7 +60,7 @@ class MacsProfile:
         functional_macs: what the aten counter found outside those modules (attention, ...).
         per_module: module name (``""`` for the root) -> ``{"type", "macs", "counted_by"}`` for every
             module that contributes; ``counted_by`` is ``thop``, ``module rule`` (a plugin's
-            :class:`optkit.models.ModuleRule`) or ``aten``. They add up to ``macs``.
+            :class:`optkit.ModuleRule`) or ``aten``. They add up to ``macs``.
         layers: one row per module with MACs, in ``named_modules()`` order: ``module``, ``type``,
             ``depth``, ``macs`` (everything under it, itself included), ``self_macs`` (its rule or
             its own code), ``counted_by`` (``thop``, ``module rule``, ``aten`` or ``children``) and ``calls``

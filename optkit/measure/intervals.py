@@ -188,7 +188,7 @@ def speedup(
     """The speed-up of ``stage`` over ``baseline`` (two ``latency_ms`` records with ``samples``).
 
     Args:
-        baseline, stage: latency records as :func:`optkit.measure.time_callable` returns them.
+        baseline, stage: latency records as :func:`optkit.measure.latency.time_callable` returns them.
         confidence: the statistical interval's confidence.
         paired: both were timed in the same round-robin loop (the i-th samples share a round).
         margin: the run-to-run margin the interval is widened by (see :data:`RUN_TO_RUN_MARGIN`).

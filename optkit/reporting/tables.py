@@ -107,7 +107,7 @@ def timing_lines(report: RunReport) -> list[str]:
 
 
 def noise_warning(noise: dict[str, Any] | None) -> str | None:
-    """The warning for a noise check (:func:`optkit.measure.check_noise`) that found the machine busy, else ``None``."""
+    """The warning for a noise check (:func:`optkit.measure.noise.check_noise`) that found the machine busy, else ``None``."""
     if not noise or not noise.get("noisy"):
         return None
     why = noise.get("why") or f"its timings varied by {noise['cv']:.0%} (CV, above {noise['max_cv']:.0%})"

@@ -34,7 +34,7 @@ def parse_input_shape(text: str) -> list[int]:
 
     Raises:
         PipelineError: not a list of 3 or more positive integers, or a batch larger than
-            :data:`optkit.config.MAX_INPUT_ELEMENTS`.
+            :data:`optkit.config.pipeline.MAX_INPUT_ELEMENTS`.
     """
     parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("[]()")) if p]
     if len(parts) < 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -94,7 +94,7 @@ def inspect_model(
     Args:
         source: ``scheme:target`` (``torchvision:resnet50``, ``file:model.pt``, ``python:pkg.mod:factory``).
         input_shape: the input batch shape (MACs and latency are for this batch).
-        host: the plugins (sources) to load through; a fresh :class:`~optkit.host.Host` by default.
+        host: the plugins (sources) to load through; a fresh :class:`~optkit.host.facade.Host` by default.
         weights: as ``model.weights`` in a pipeline file.
         device: ``auto | cpu | cuda | cuda:N | N``.
         warmup, iters: latency warm-up and timed calls.
@@ -168,11 +168,11 @@ def model_info(
     Args:
         model: the measured model (not changed).
         inputs: the batch it was measured on.
-        metrics: what :func:`optkit.measure.measure` returned for it (without MACs).
+        metrics: what :func:`optkit.measure.stage.measure` returned for it (without MACs).
         verbose: add ``parameters`` (see :func:`parameter_table`) and ``layer_macs``: one row per
             module with MACs, in ``named_modules()`` order, with ``macs`` (everything under it:
             a container shows the sum of its children), ``self_macs``, ``counted_by``, ``calls``
-            and ``depth`` (see :attr:`optkit.measure.MacsProfile.layers`).
+            and ``depth`` (see :attr:`optkit.measure.flops.MacsProfile.layers`).
         module_rules: module rules by class path (their ``macs`` count what they describe).
 
     Returns:

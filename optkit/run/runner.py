@@ -368,7 +368,7 @@ class _StageRunner:
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
-        :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
+        :func:`optkit.measure.drift.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
         drift = result.metrics.get("drift")
         if tolerance is None or drift is None or "previous" not in drift:
             return

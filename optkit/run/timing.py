@@ -5,7 +5,7 @@ Two ways (``measure.compare``):
 - **interleaved**: each stage is applied and measured (parameters, MACs, drift) without timing;
   its product is kept (a copy of a module, since the next pass may change it in place; an
   artifact is a file and needs none). After the last stage the baseline and every product are
-  timed side by side, round-robin (:func:`optkit.measure.time_round_robin`), so each speed-up
+  timed side by side, round-robin (:func:`optkit.measure.latency.time_round_robin`), so each speed-up
   compares timings taken in the same rounds under the same load.
 - **sequential**: each product is timed right after it is applied, and only the current model is
   held. For models too big to hold once per stage.

@@ -92,7 +92,7 @@ class SweepResult:
 
     @property
     def runs(self) -> list[ComparedRun]:
-        """The outcomes as :class:`~optkit.reporting.ComparedRun` entries of the combined report."""
+        """The outcomes as :class:`~optkit.reporting.runs.ComparedRun` entries of the combined report."""
         return [outcome_as_run(o) for o in self.outcomes]
 
 
@@ -104,7 +104,7 @@ def _keep_report_locally(outcome: JobOutcome) -> None:
 
 
 def outcome_as_run(outcome: JobOutcome) -> ComparedRun:
-    """A job's outcome as a :class:`~optkit.reporting.ComparedRun` (a stub report when none was written)."""
+    """A job's outcome as a :class:`~optkit.reporting.runs.ComparedRun` (a stub report when none was written)."""
     if outcome.report is not None:
         report = RunReport.from_dict(outcome.report)
     else:

@@ -10,7 +10,7 @@ batch when asked for, that passes ``onnx.checker`` and loads in onnxruntime:
 * ``torchscript``: the legacy exporter, what Ultralytics itself uses.
 
 When none does, the export is refused before anything is written, with every route's reason.
-Outputs are named as :func:`optkit.measure.output_leaves` names them (the exporters' flattening
+Outputs are named as :func:`optkit.output_leaves` names them (the exporters' flattening
 order), so the recorded structure puts ONNX outputs back into the model's own tuple or dict.
 """
 

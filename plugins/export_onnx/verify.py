@@ -81,7 +81,7 @@ def measure_parity(
     Returns:
         Per label: ``batch``, ``max_abs``, ``max_rel`` (``max_abs / max|reference|``), ``cosine``,
         ``reference_max_abs``, ``comparable``, ``outputs`` (the figures per output tensor, see
-        :func:`optkit.measure.compare_outputs`); and ``shapes``/``reference_shapes`` when the
+        :func:`optkit.compare_outputs`); and ``shapes``/``reference_shapes`` when the
         outputs differ in shape.
     """
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFailure

@@ -1,6 +1,6 @@
 """Which Conv/ConvTranspose/Linear → BatchNorm pairs may be folded, judged from the two modules.
 
-The arithmetic of folding is :func:`optkit.models.fold_bn_into_layer` (public: module rules use
+The arithmetic of folding is :func:`optkit.fold_bn_into_layer` (public: module rules use
 it too). A BatchNorm subclass with its own ``forward`` (timm's ``BatchNormAct2d``) folds only
 through a module rule that says what it computes (``bn_reference``), which fuse_bn proves on the
 module's input (:mod:`optkit_plugins.fuse_bn.rules`).

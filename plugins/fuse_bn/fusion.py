@@ -162,7 +162,7 @@ def fuse_batchnorm(
             the whole model traces: no Python call per container, but the model's own classes
             are gone. Otherwise the model keeps its classes and each BatchNorm becomes ``nn.Identity``.
         rules: module rules by class path (a pass's ``ctx.module_rules``; the standard ones are
-            ``optkit.host.Host().rule_table()``). Without them, modules with their own ``forward``
+            ``optkit.host.facade.Host().rule_table()``). Without them, modules with their own ``forward``
             are left alone.
 
     Returns:

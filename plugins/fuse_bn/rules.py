@@ -1,4 +1,4 @@
-"""Fusion that module rules describe (:class:`optkit.models.ModuleRule`), each claim proven on the
+"""Fusion that module rules describe (:class:`optkit.ModuleRule`), each claim proven on the
 inputs the module received.
 
 - A module whose rule has ``fuse`` (Ultralytics' ``Conv``, ``RepConv``, ...) is fused as its

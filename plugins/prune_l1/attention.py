@@ -1,5 +1,5 @@
 """Attention heads as one step of the channel analysis, read from a module rule's
-:class:`optkit.models.AttentionHeads`.
+:class:`optkit.AttentionHeads`.
 
 Attention whose fused qkv projection is reshaped into heads splits channels across dimensions,
 which the operator rules do not follow (the channels would be left alone). A module a rule

@@ -21,7 +21,7 @@ agree on them. Each operator has a rule that relates the atoms of its inputs and
   normalize (any dim, so LayerNorm over channels after a permute is followed);
 - view/reshape/flatten/permute/transpose/expand/squeeze/unsqueeze/cat/split/chunk/select/slice
   map atoms between dimensions; a reshape that splits channels across dimensions (attention heads)
-  is followed only through a module rule (:class:`optkit.models.AttentionHeads`);
+  is followed only through a module rule (:class:`optkit.AttentionHeads`);
 - pooling, interpolation, padding of spatial dims, dropout, softmax and reductions keep atoms;
 - anything else *fixes* the atoms it consumes, with its name and module as the reason; so does
   reaching the model's output (output shapes never change) and meeting an untracked dimension.

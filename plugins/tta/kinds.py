@@ -12,7 +12,7 @@ Kinds:
 * ``passthrough``: tensors that are not floating point (indices, masks): the first branch's.
 
 Anything else is refused with :class:`UnknownOutputError`, whose message says what to declare.
-Recognised Ultralytics and YOLOv5 models (:func:`optkit.models.recognise_yolo`) need no
+Recognised Ultralytics and YOLOv5 models (:func:`optkit_plugins.module_rules.yolo.recognise_yolo`) need no
 declaration: their deployment output is a detection, and their raw training-style outputs
 (``boxes``, ``scores``, ``feats``) are dropped, as Ultralytics' own ``augment=True`` drops them.
 """
