@@ -215,12 +215,14 @@ def test_every_package_is_installed():
 
 
 @pytest.mark.parametrize("package", sorted(PUBLIC_PACKAGES))
-def test_packages_re_export_nothing(package):
-    """The packages are internal: their ``__init__`` imports nothing at module level (the public
-    API is re-exported by ``optkit`` alone), so internal code imports from the defining module."""
+def test_packages_re_export_only_what_they_list(package):
+    """The packages are internal: their ``__init__`` re-exports only what its ``__all__`` lists
+    (``optkit.data.digits_cnn``, which pipeline files name; the public API is ``optkit``'s)."""
     tree = ast.parse(MODULES[package].read_text(encoding="utf-8"))
-    imported = [node.lineno for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) and node.module != "__future__"]
-    assert imported == [], f"{package}/__init__.py imports at lines {imported}"
+    imported = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+                for alias in node.names}
+    imported |= {alias.asname or alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    assert imported <= (_public_names(package) or set()), f"{package}/__init__.py imports {sorted(imported)} without exporting them"
 
 
 #: Licenses optkit must not link: Ultralytics (and its thop) are AGPL-3.0. Models of theirs are
