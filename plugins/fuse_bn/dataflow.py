@@ -34,7 +34,7 @@ _METADATA_READS = (
     torch.Tensor.shape.__get__,  # type: ignore[attr-defined]
     torch.Tensor.ndim.__get__,  # type: ignore[attr-defined]
     torch.Tensor.dtype.__get__,  # type: ignore[attr-defined]
-    torch.Tensor.device.__get__,  # type: ignore[attr-defined]
+    torch.Tensor.device.__get__,
     torch.Tensor.requires_grad.__get__,  # type: ignore[attr-defined]
     torch.Tensor.size,
     torch.Tensor.dim,
