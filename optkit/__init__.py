@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from optkit.models.bn_folding import bn_affine, fold_bn_into_layer
     from optkit.models.classifier_head import ClassifierNotFoundError, auxiliary_classifiers, find_classifier
     from optkit.models.freezing import ALL_BUT_HEAD, apply_freeze
-    from optkit.models.layers import in_width, out_width, replace_module
+    from optkit.models.layers import eval_mode, in_width, out_width, replace_module
     from optkit.models.rules import AttentionHeads, ChannelGroup, ModuleRule, class_path, find_rule
     from optkit.models.sources import STANDARD_SOURCES, SourceRequest
     from optkit.passes import Pass, PassContext, PassData, Progress, Tolerance
@@ -75,6 +75,7 @@ __all__ = [
     "replace_module",
     "in_width",
     "out_width",
+    "eval_mode",
     "bn_affine",
     "fold_bn_into_layer",
     "find_classifier",
@@ -135,6 +136,7 @@ _EXPORTS: dict[str, str] = {
     "replace_module": "optkit.models.layers",
     "in_width": "optkit.models.layers",
     "out_width": "optkit.models.layers",
+    "eval_mode": "optkit.models.layers",
     "bn_affine": "optkit.models.bn_folding",
     "fold_bn_into_layer": "optkit.models.bn_folding",
     "find_classifier": "optkit.models.classifier_head",

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
-from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, channel_groups_for, hookimpl
+from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, channel_groups_for, eval_mode, hookimpl
 from optkit_plugins.export_onnx.exporter import export_onnx_model, output_layout, save_onnx_model, symbolic_batch_dim
 from optkit_plugins.export_onnx.selection import exported_module
 from optkit_plugins.export_onnx.simplify import simplify_onnx_model
@@ -95,10 +95,17 @@ class ExportOnnx(Pass):
     def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         """Export, simplify (optionally), save, check and verify; returns the artifact.
 
+        The model is exported in eval mode, as deployed, and left as it was given (its modules'
+        training flags too): the run carries it on.
+
         Raises:
             StageError: fp16 off CUDA, no exporter succeeded, the file is invalid, the batch is
                 not symbolic though asked for, or onnxruntime and PyTorch disagree.
         """
+        with eval_mode(model):
+            return self._export(model, ctx)
+
+    def _export(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         options = self.options
         precision = "fp16" if options.fp16 else "fp32"
         if options.fp16 and ctx.device.type != "cuda":
