@@ -163,8 +163,8 @@ def train(
                 step += 1
                 if not math.isfinite(value):
                     raise StageError(
-                        f"the loss is {value} at step {step} (epoch {epoch}); training stopped there and the model "
-                        f"before this stage is kept; lower lr (now {settings.lr:g}) or check data.train"
+                        f"the loss is {value} at step {step} (epoch {epoch}); training stopped there and the stage fails "
+                        f"(the stages before it are kept); lower lr (now {settings.lr:g}) or check data.train"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(parts.total).backward()
