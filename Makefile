@@ -37,7 +37,12 @@ demo: $(STAMP)
 	$(BIN)/optkit run examples/digits_finetune.yaml --output runs/demo-digits-finetune --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
-test: lint test-main test-ultralytics
+# Both environments are installed first, so the time printed at the end is the tests' alone.
+test: $(STAMP) $(USTAMP)
+	$(MAKE) --no-print-directory lint
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-main test-ultralytics || exit $$?; \
+	echo "make test: the test jobs took $$(( $$(date +%s) - start )) s of wall time (installs excluded)"
 
 # Lint, format and types of optkit/ and plugins/ (configured in pyproject.toml). mypy cannot map the
 # package-dir plugins/ -> optkit_plugins, so it reads the plugins through a link named for the package.
@@ -47,12 +52,13 @@ lint: $(STAMP)
 	mkdir -p build/mypy && ln -sfn ../../plugins build/mypy/optkit_plugins
 	$(BIN)/mypy
 
+# --durations: the 15 slowest tests, so what makes the suite slow stays in sight.
 test-main: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q --durations=15
 
 # Fails when Ultralytics is missing or no test marked ultralytics passed (see tests/conftest.py).
 test-ultralytics: $(USTAMP)
-	YOLO_OFFLINE=1 $(UBIN)/python -m pytest -n 2 -q -m "ultralytics or thop" --ultralytics-job
+	YOLO_OFFLINE=1 $(UBIN)/python -m pytest -n 2 -q -m "ultralytics or thop" --ultralytics-job --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from optkit.files import atomic_write_bytes
     from optkit.host.hookspecs import hookimpl
     from optkit.measure.accuracy import classifier_outputs, evaluate
+    from optkit.measure.cpu import CpuInfo, cpu_info
     from optkit.measure.drift import channel_groups_for, compare_outputs, drift_exceeds, output_excesses
     from optkit.measure.flops import count_macs
     from optkit.measure.mac_rules import zero_macs
@@ -97,6 +98,8 @@ __all__ = [
     "drift_exceeds",
     "output_excesses",
     "channel_groups_for",
+    "cpu_info",
+    "CpuInfo",
     # Writing files
     "atomic_write_bytes",
     "__version__",
@@ -158,6 +161,8 @@ _EXPORTS: dict[str, str] = {
     "drift_exceeds": "optkit.measure.drift",
     "output_excesses": "optkit.measure.drift",
     "channel_groups_for": "optkit.measure.drift",
+    "cpu_info": "optkit.measure.cpu",
+    "CpuInfo": "optkit.measure.cpu",
     # Writing files
     "atomic_write_bytes": "optkit.files",
 }
