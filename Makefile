@@ -10,7 +10,7 @@ UVENV := .venv-ultralytics
 UBIN := $(UVENV)/bin
 USTAMP := $(UVENV)/.installed
 
-.PHONY: demo test test-main test-ultralytics test-fast install install-ultralytics docs clean
+.PHONY: demo test lint test-main test-ultralytics test-fast install install-ultralytics docs clean
 # Debian's chromium: tests/test_docs_site.py opens every page of the built site in it, headless.
 CHROMIUM := /usr/bin/chromium
 
@@ -46,11 +46,19 @@ demo: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
-# Both environments (and Chromium) are installed first, so the time printed at the end is the tests' alone.
+# Both environments (and Chromium) are installed first, so the time printed at the end is the checks' alone.
 test: $(STAMP) $(USTAMP) $(CHROMIUM)
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-main test-ultralytics || exit $$?; \
-	echo "make test: the test jobs took $$(( $$(date +%s) - start )) s of wall time (installs excluded)"
+	$(MAKE) --no-print-directory lint test-main test-ultralytics || exit $$?; \
+	echo "make test: lint and the test jobs took $$(( $$(date +%s) - start )) s of wall time (installs excluded)"
+
+# Lint, format and types of optkit/ and plugins/ (configured in pyproject.toml). mypy cannot map the
+# package-dir plugins/ -> optkit_plugins, so it reads the plugins through a link named for the package.
+lint: $(STAMP)
+	$(BIN)/ruff check optkit plugins
+	$(BIN)/ruff format --check optkit plugins
+	mkdir -p build/mypy && ln -sfn ../../plugins build/mypy/optkit_plugins
+	$(BIN)/mypy
 
 # --durations: the 15 slowest tests, so what makes the suite slow stays in sight.
 # tests/test_docs_*.py build the site, run every how-to recipe and open every page in Chromium;

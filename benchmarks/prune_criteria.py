@@ -41,11 +41,16 @@ import torch
 import yaml
 from torch import nn
 
-from optkit.config import TransformSpec, load_pipeline
-from optkit.data import build_transform, digits_cnn, digits_imagefolder, image_folder
+from optkit.config.data import TransformSpec
+from optkit.config.pipeline import load_pipeline
+from optkit.data import digits_cnn
+from optkit.data.digits import digits_imagefolder
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
 from optkit.files import atomic_write_text
-from optkit.host import Host
-from optkit.measure import CpuInfo, count_macs, cpu_info
+from optkit.host.facade import Host
+from optkit.measure.cpu import CpuInfo, cpu_info
+from optkit.measure.flops import count_macs
 from optkit.passes import PassContext, PassData
 from optkit.run.environment import environment
 from optkit.run.runner import run_pipeline

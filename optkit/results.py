@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, Serializer
 from optkit.errors import PipelineError
 
 if TYPE_CHECKING:
-    from optkit.config import Pipeline
+    from optkit.config.pipeline import Pipeline
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -574,7 +574,7 @@ class RunInfo:
 
 
 class RunReport(ReportModel):
-    """The run report: what ``report.json`` holds (:func:`optkit.reporting.write_run_report` writes it)."""
+    """The run report: what ``report.json`` holds (:func:`optkit.reporting.writing.write_run_report` writes it)."""
 
     _omit_none: ClassVar[bool] = False
 

@@ -29,16 +29,18 @@ A pass that reads data (``ctx.data``) runs on a real data set and a real trained
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from optkit.config import load_pipeline
-from optkit.data import DigitsFolders, digits_cnn, digits_imagefolder
-from optkit.host import Host, hookimpl
+from optkit.config.pipeline import load_pipeline
+from optkit.data.digits import DigitsFolders, digits_cnn, digits_imagefolder
+from optkit.host.facade import Host
+from optkit.host.hookspecs import hookimpl
 from optkit.passes import Pass, check_pass_class
 from optkit.results import RUN_STATUSES, SCHEMA_VERSION, STAGE_STATUSES, RunReport
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import plugins_for_tests
 import pytest
 import torch
 from PIL import Image
 
-import plugins_for_tests
-from optkit.config import DataSpec, TransformSpec, parse_pipeline
-from optkit.data import DIGITS_CLASSES, build_transform, digits_imagefolder, image_folder
+from optkit.config.data import DataSpec, TransformSpec
+from optkit.config.pipeline import parse_pipeline
+from optkit.data.digits import DIGITS_CLASSES, digits_imagefolder
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
 from optkit.errors import PipelineError, StageError
-from optkit.host import Host
+from optkit.host.facade import Host
 from optkit.passes import PassContext, PassData
 from optkit.run.runner import run_pipeline
 from optkit.testing import run_pass

@@ -77,7 +77,7 @@ def test_every_command_is_in_the_cli_reference(site: Path) -> None:
 def test_every_hook_and_parameter_is_in_the_hooks_reference(generate: Any) -> None:
     import inspect
 
-    from optkit.host import get_plugin_manager
+    from optkit.host.manager import get_plugin_manager
 
     page = generate.hooks_markdown()
     registered = [name for name in vars(get_plugin_manager().hook) if name.startswith("optkit_")]
@@ -89,7 +89,7 @@ def test_every_hook_and_parameter_is_in_the_hooks_reference(generate: Any) -> No
 
 
 def test_every_pass_option_is_in_the_pass_options_reference(generate: Any) -> None:
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     page = generate.pass_options_markdown()
     passes = list(Host().passes)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from optkit.config import load_pipeline
+from optkit.config.pipeline import load_pipeline
 from optkit.run.runner import run_pipeline
 from optkit_plugins.fuse_bn import fuse_batchnorm
 
@@ -355,7 +355,7 @@ class ConvBNAct(nn.Module):
 
 
 def fold_and_switch(module: nn.Module) -> None:
-    from optkit.models import fold_bn_into_layer
+    from optkit.models.bn_folding import fold_bn_into_layer
 
     fold_bn_into_layer(module.conv, module.bn)
     del module.bn
@@ -368,7 +368,7 @@ def forget_the_bn(module: nn.Module) -> None:  # a wrong claim: drops the BatchN
 
 
 def conv_bn_rule(fuse) -> dict:
-    from optkit.models import ModuleRule, class_path
+    from optkit.models.rules import ModuleRule, class_path
 
     rule = ModuleRule(class_path(ConvBNAct), computes="act(bn(conv(x)))", check=lambda m: None if hasattr(m, "bn") else "no bn", fuse=fuse)
     return {rule.class_path: rule}

@@ -9,19 +9,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-import torch
-
 import hostile_plugins
 import plugins_for_tests
+import pytest
+import torch
 from fake_distributions import FakeDistribution, install_fake_distributions
-from optkit.config import parse_pipeline
+from test_cli import TEST_PASSES
+
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.measure import configure_timing, flush_denormal_enabled
+from optkit.host.facade import Host
+from optkit.measure.latency import configure_timing, flush_denormal_enabled
 from optkit.run.run_dirs import MIN_FREE_BYTES, prepare_run_dir
 from optkit.run.runner import run_pipeline
-from test_cli import TEST_PASSES
 
 HOSTILE = FakeDistribution("optkit-hostile", "0.1", {"hostile": "hostile_plugins"})
 TESTS = Path(__file__).parent

@@ -14,8 +14,8 @@ from torch import nn
 
 from optkit import PassContext, PassData, hookimpl
 from optkit.errors import StageError
-from optkit.measure import count_macs
-from optkit.models import GroupTensor, PruningGroup
+from optkit.measure.flops import count_macs
+from optkit.models.importance import GroupTensor, PruningGroup
 from optkit.testing import run_pass, tiny_convnet
 from optkit_plugins.prune_channels import PruneChannels
 from optkit_plugins.prune_channels.criteria import l2, normalized
@@ -184,7 +184,7 @@ def test_sensitivity_allocation_takes_more_from_the_group_whose_removal_costs_le
 
 def test_two_plugins_registering_one_criterion_name_fail_only_where_it_is_used():
     from optkit.errors import PluginError
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     class Other:
         @hookimpl
@@ -197,7 +197,7 @@ def test_two_plugins_registering_one_criterion_name_fail_only_where_it_is_used()
 
 
 def test_a_registration_that_is_not_a_criterion_marks_its_plugin_broken():
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     class Broken:
         @hookimpl

@@ -131,14 +131,14 @@ def rows_table(rows: list[SchemaRow]) -> str:
 
 def installed_passes() -> list[Any]:
     """Every installed pass, as the registry lists it (``Registered``: name, class, plugin)."""
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     return sorted(Host().passes, key=lambda entry: entry.name)
 
 
 def pipeline_schema() -> dict[str, Any]:
     """``optkit schema``: the JSON Schema of pipeline files."""
-    from optkit.config import pipeline_json_schema
+    from optkit.config.pipeline import pipeline_json_schema
 
     return pipeline_json_schema(entry.obj for entry in installed_passes())
 

@@ -7,8 +7,9 @@ import contextlib
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -90,7 +91,7 @@ def cli() -> None:
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    from optkit.reporting import report_json
+    from optkit.reporting.writing import report_json
 
     click.echo(report_json(data), nl=False)
 
@@ -129,8 +130,8 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     """Run PIPELINE: load the model, measure a baseline, apply and measure each stage."""
     from optkit.cli.progress import ConsoleProgress
     from optkit.cli.streams import stdout_to_stderr
-    from optkit.config import load_pipeline
-    from optkit.reporting import print_report
+    from optkit.config.pipeline import load_pipeline
+    from optkit.reporting.console import print_report
     from optkit.run.runner import run_pipeline
 
     host = session().host
@@ -160,7 +161,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
     """Check PIPELINE (YAML, keys, passes, options) without running it."""
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
 
     host = session().host
     spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
@@ -178,7 +179,7 @@ def passes(as_json: bool) -> None:
     """
     host = session().host
     registry = host.passes
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": e.name,
             "summary": e.obj.summary,
@@ -195,7 +196,7 @@ def passes(as_json: bool) -> None:
         for r in host.broken
     ]
     conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-    from optkit.measure import thop_warning
+    from optkit.measure.thop_distribution import thop_warning
 
     # Every stage's MACs go through thop's formulas: say when the thop installed is not the validated one.
     thop = thop_warning()
@@ -275,7 +276,7 @@ def schema(of_report: bool) -> None:
 
         click.echo(json.dumps(report_json_schema(), indent=2))
         return
-    from optkit.config import pipeline_json_schema
+    from optkit.config.pipeline import pipeline_json_schema
 
     click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in session().host.passes), indent=2))
 
@@ -291,7 +292,8 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
     Each of RUNS is a run folder, a sweep or benchmark folder, or a report.json.
     """
-    from optkit.reporting import load_runs, write_comparison_report
+    from optkit.reporting.runs import load_runs
+    from optkit.reporting.writing import write_comparison_report
 
     from optkit.results import SCHEMA_VERSION
 
@@ -322,7 +324,7 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 
     A failing job is reported and the others go on; the exit code is 1 when any job failed.
     """
-    from optkit.config import load_sweep
+    from optkit.config.sweep import load_sweep
     from optkit.sweep.driver import run_sweep
     from optkit.sweep.executors import make_executor
 
@@ -370,8 +372,8 @@ def info(model: str, input_shape: str, weights: str | None, device: str, warmup:
     """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency,
     and accuracy with --data."""
     from optkit.cli.streams import stdout_to_stderr
-    from optkit.measure import configure_timing
-    from optkit.reporting import render_info
+    from optkit.measure.latency import configure_timing
+    from optkit.reporting.console import render_info
     from optkit.run.info import data_spec, inspect_model, parse_input_shape
 
     shape = parse_input_shape(input_shape)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -114,7 +114,7 @@ class ModelSpec(SourceSpec):
 
     source: str = Field(description="scheme:rest — torchvision:resnet50, file:model.pt, python:pkg.module:factory, ...")
     weights: Annotated[
-        Union[Annotated[str, Tag("name")], Annotated[WeightsSpec, Tag("spec")]],
+        Annotated[str, Tag("name")] | Annotated[WeightsSpec, Tag("spec")],
         Discriminator(_weights_kind),
     ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
     input_shape: InputShape = Field(default_factory=lambda: [1, 3, 224, 224])
@@ -377,6 +377,8 @@ def check_accuracy_settings(measure: MeasureSpec, data: DataSpec | None, doc: Co
 
 def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -> Stage:
     number = i + 1
+    base: tuple[str | int, ...]
+    options: Any
     if isinstance(item, str):
         name, options, base = item, {}, ("passes", i)
     elif isinstance(item, dict) and len(item) == 1:

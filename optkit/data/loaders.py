@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from optkit.config import DATA_ROLES
+from optkit.config.data import DATA_ROLES
 from optkit.data.sources import DatasetLoader, DatasetRequest, verify_images
 from optkit.data.transforms import build_transform
 from optkit.errors import PipelineError
 from optkit.passes import PassData
 
 if TYPE_CHECKING:
-    from optkit.config import DataSpec, DatasetSpec
+    from optkit.config.data import DatasetSpec, DataSpec
 
 __all__ = ["DatasetLookup", "LabeledSamples", "DataSet", "PipelineData", "DeviceLoader", "build_data", "as_labeled"]
 
@@ -206,7 +207,8 @@ def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, se
             image (named), a sample that is not ``(tensor, label)``; nothing has run yet.
     """
     transform = build_transform(spec.transform)
-    loaded: dict[str, tuple[Dataset, dict[str, Any]]] = {}  # the same source for two roles is read once
+    # Map-style data sets with a length (checked when loaded): torch's Dataset does not declare __len__.
+    loaded: dict[str, tuple[Any, dict[str, Any]]] = {}  # the same source for two roles is read once
     sets = {}
     for role, entry in spec.datasets().items():
         where = f"data.{role} ({entry.source})"

@@ -14,9 +14,10 @@ hook (``optkit_register_datasets``) any plugin uses:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -25,12 +26,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from optkit.errors import PipelineError
 from optkit.files import resolve_path
-from optkit.models import import_callable
+from optkit.models.sources import import_callable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from optkit.config import DatasetSpec
+    from optkit.config.data import DatasetSpec
 
 __all__ = [
     "DatasetRequest",
@@ -41,6 +42,7 @@ __all__ = [
     "load_python_dataset",
     "image_folder",
     "verify_images",
+    "STANDARD_DATASETS",
 ]
 
 log = logging.getLogger(__name__)
@@ -202,3 +204,8 @@ def load_python_dataset(request: DatasetRequest) -> Dataset[Any]:
             f"{request.option}: {request.target} returned {type(dataset).__name__}, not a Dataset with __getitem__ and __len__"
         )
     return dataset
+
+
+#: The data set schemes optkit ships, by name: its standard ``datasets`` plugin registers them
+#: through ``optkit_register_datasets`` as any plugin registers its own.
+STANDARD_DATASETS: dict[str, DatasetLoader] = {"imagefolder": load_imagefolder, "images": load_images, "python": load_python_dataset}

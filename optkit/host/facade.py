@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from optkit.errors import PipelineError, PluginError, plain_text
 from optkit.host.manager import OptkitPluginManager, PluginRecord, get_plugin_manager
@@ -16,9 +17,13 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from optkit.config import DataSpec, ModelSpec
-    from optkit.data import DatasetLoader, PipelineData
-    from optkit.models import Importance, ModuleRule, ModuleRules, SourceLoader
+    from optkit.config.data import DataSpec
+    from optkit.config.pipeline import ModelSpec
+    from optkit.data.loaders import PipelineData
+    from optkit.data.sources import DatasetLoader
+    from optkit.models.rules import ModuleRule, ModuleRules
+    from optkit.models.sources import SourceLoader
+    from optkit.models.importance import Importance
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
@@ -95,11 +100,11 @@ class Host:
     @cached_property
     def module_rules(self) -> Registry[ModuleRule]:
         """Every registered module rule, by the class path it describes."""
-        from optkit.models import ModuleRule
+        from optkit.models.rules import ModuleRule
 
         def validate(rule: object, record: PluginRecord) -> tuple[str, ModuleRule]:
             if not isinstance(rule, ModuleRule):
-                raise PluginError(f"{record.origin}: register(rule) takes an optkit.models.ModuleRule, got {rule!r}")
+                raise PluginError(f"{record.origin}: register(rule) takes an optkit.ModuleRule, got {rule!r}")
             return rule.class_path, rule
 
         return self._collect("module rule", "optkit_register_module_rules", validate)
@@ -122,7 +127,7 @@ class Host:
     def rule_table(self) -> ModuleRules:
         """The module rules as passes get them (``ctx.module_rules``): a class path two plugins
         describe raises :class:`PluginError` where it is looked up, naming both."""
-        from optkit.models import ModuleRules
+        from optkit.models.rules import ModuleRules
 
         registry = self.module_rules
         conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
@@ -149,7 +154,7 @@ class Host:
                 continue
             # A plugin's registration hook is third-party code: any failure marks that plugin
             # broken and names it, rather than breaking every command.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.debug("plugin %s failed in %s", record.name, hook_name, exc_info=True)
                 self._mark_broken(record, f"{hook_name} raised {type(exc).__name__}: {plain_text(str(exc))}")
                 continue
@@ -213,15 +218,15 @@ class Host:
 
     def load_data(self, spec: DataSpec, base_dir: Path, *, seed: int = 0) -> PipelineData:
         """Load the data sets of a ``data:`` section through the loaders registered for their
-        schemes (see :func:`optkit.data.build_data`)."""
-        from optkit.data import build_data
+        schemes (see :func:`optkit.data.loaders.build_data`)."""
+        from optkit.data.loaders import build_data
 
         return build_data(spec, lambda scheme: self.get_dataset(scheme).obj, base_dir, seed=seed)
 
     def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         """Build the model ``spec`` describes through the source registered for its scheme
-        (see :func:`optkit.models.load_model`)."""
-        from optkit.models import load_model
+        (see :func:`optkit.models.loading.load_model`)."""
+        from optkit.models.loading import load_model
 
         entry = self.get_source(spec.scheme)
         return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.name)

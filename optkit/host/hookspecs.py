@@ -17,13 +17,16 @@ one is refused at load, by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
-    from optkit.data import DatasetLoader
-    from optkit.models import Importance, ModuleRule, SourceLoader
+    from optkit.data.sources import DatasetLoader
+    from optkit.models.rules import ModuleRule
+    from optkit.models.sources import SourceLoader
+    from optkit.models.importance import Importance
     from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 
@@ -52,8 +55,8 @@ def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> No
     """Add model sources by scheme (``torchvision``, ``file``, ``python``, or your own).
 
     A source ``scheme:rest`` in a pipeline file is handed to the loader registered for ``scheme``
-    as ``loader(request)``, an :class:`optkit.models.SourceRequest` with ``target`` (``rest``),
-    ``spec`` (the validated :class:`optkit.config.ModelSpec`), ``base_dir`` (relative paths
+    as ``loader(request)``, an :class:`optkit.SourceRequest` with ``target`` (``rest``),
+    ``spec`` (the validated :class:`optkit.config.pipeline.ModelSpec`), ``base_dir`` (relative paths
     resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
     an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
 
@@ -68,7 +71,7 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
     """Add dataset sources by scheme (``imagefolder``, ``python``, or your own).
 
     A ``data:`` entry ``source: scheme:rest`` is handed to the loader registered for ``scheme`` as
-    ``loader(request)``, an :class:`optkit.data.DatasetRequest` with ``target`` (``rest``),
+    ``loader(request)``, an :class:`optkit.DatasetRequest` with ``target`` (``rest``),
     ``spec`` (the validated entry: ``batch_size``, ``limit``, ``kwargs``, ...), ``role``
     (``eval``, ``train`` or ``calibration``), ``transform`` (the ``data.transform`` pipeline, for
     loaders that read images), ``base_dir`` (``request.resolve(path)``) and ``details``; it returns
@@ -85,7 +88,7 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
 def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None:
     """Describe module classes whose ``forward`` optkit cannot read, for fusion, pruning and MACs.
 
-    Call ``register(rule)`` once per class, with an :class:`optkit.models.ModuleRule` naming the
+    Call ``register(rule)`` once per class, with an :class:`optkit.ModuleRule` naming the
     class by its path (``"my_lib.blocks.ConvBNAct"``; the class is never imported) and what it
     computes: a BatchNorm with extras that ``fuse_bn`` may fold (``bn_reference``,
     ``bn_remainder``), the library's own fused form (``fuse``), attention heads, attributes to
@@ -93,7 +96,7 @@ def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None
     the rules as ``ctx.module_rules``; the runner counts MACs with them. Two plugins describing
     the same class path is an error where a model holds such a module.
 
-    :param register: adds one :class:`optkit.models.ModuleRule`.
+    :param register: adds one :class:`optkit.ModuleRule`.
 
     .. versionadded:: 0.1
     """

@@ -14,7 +14,7 @@ from optkit.models.weights import load_weights_into, weights_spec_of
 if TYPE_CHECKING:
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config.pipeline import ModelSpec
 
 __all__ = ["load_model"]
 
@@ -48,7 +48,7 @@ def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin:
         raise
     # A source loader is plugin code (or a model's own constructor) and may fail in any way: the
     # error names the scheme and the plugin; `optkit --debug` shows the traceback.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PipelineError(
             f"model.source: the {spec.scheme!r} loader of plugin {plugin or '?'!r} failed on {spec.source!r}: "
             f"{type(exc).__name__}: {plain_text(str(exc))}"

@@ -18,7 +18,10 @@ consumer reads the fields it knows:
   itself as its library does);
 - ``prune_l1 mode: channels``: ``attention`` (prune whole heads), ``fixup`` (attributes to update
   after the surgery) and ``head`` (a detection or segmentation head keeps its layers' widths);
-- MAC counting: ``macs``.
+- MAC counting: ``macs``;
+- drift and export (a library's root model class): ``output_groups`` (channel groups of its
+  outputs held to tolerances of their own) and ``deployment`` (a copy that returns what the
+  library deploys).
 
 No claim of a rule is trusted blindly: fuse_bn checks ``bn_reference`` and ``fuse`` numerically
 on the input the module received before it keeps the change, and channel pruning replays the
@@ -33,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["AttentionHeads", "ModuleRule", "ModuleRules", "class_path", "find_rule"]
+__all__ = ["AttentionHeads", "ChannelGroup", "ModuleRule", "ModuleRules", "class_path", "find_rule"]
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.(<locals>|[A-Za-z_]\w*))+$")  # qualnames may hold <locals>
 _LAYOUT_AXES = {"qkv", "heads", "dim"}
@@ -90,6 +93,26 @@ class AttentionHeads:
             raise ValueError(f"AttentionHeads.layout must order 'qkv', 'heads' and 'dim', got {self.layout!r}")
 
 
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels ``start:stop`` of dimension ``dim`` of one output, compared on their own.
+
+    Example:
+        >>> ChannelGroup("scores", dim=1, start=4, stop=84)  # class scores of a YOLO [B, 84, A] tensor
+    """
+
+    name: str
+    dim: int
+    start: int
+    stop: int
+
+
+#: ``f(model, outputs) -> {output name: groups}`` (output names as :func:`optkit.measure.outputs.output_leaves` gives them).
+OutputGroups = Callable[["nn.Module", Any], Mapping[str, Sequence[ChannelGroup]]]
+
+#: ``f(model) -> (copy, details) | None``: an eval copy returning the deployment output, and what was set.
+Deployment = Callable[["nn.Module"], "tuple[nn.Module, dict[str, Any]] | None"]
+
 #: ``f(module, inputs, output)``, thop's signature: adds the module's MACs to ``module.total_ops``.
 MacRule = Callable[["nn.Module", tuple[Any, ...], Any], None]
 
@@ -120,6 +143,13 @@ class ModuleRule:
         head: a detection or segmentation head: channel pruning keeps the output widths of
             every layer inside it (its outputs are decoded by position).
         macs: a thop-style counting rule for the module's whole call (children included).
+        output_groups: ``f(model, outputs) -> {output name: [ChannelGroup]}``, for a library's root
+            model class: channel groups of its outputs that deserve tolerances of their own (a
+            detector's boxes in pixels beside its scores in [0, 1]); the runner's drift and
+            export_onnx's parity compare each group on its own.
+        deployment: ``f(model) -> (copy, details) | None``, for a library's root model class: an
+            eval copy that returns what the library deploys (export_onnx's ``deployment_output``);
+            ``model`` is not changed.
         note: anything a reader of a report should know.
     """
 
@@ -135,6 +165,8 @@ class ModuleRule:
     fixup: Callable[[nn.Module], None] | None = None
     head: bool = False
     macs: MacRule | None = None
+    output_groups: OutputGroups | None = None
+    deployment: Deployment | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -142,7 +174,7 @@ class ModuleRule:
             raise ValueError(f"ModuleRule.class_path must be a dotted class path such as 'pkg.module.Class', got {self.class_path!r}")
         if not isinstance(self.computes, str) or not self.computes.strip():
             raise ValueError(f"ModuleRule for {self.class_path}: computes must say what the module computes")
-        for name in ("check", "bn_reference", "bn_remainder", "fuse", "fixup", "macs"):
+        for name in ("check", "bn_reference", "bn_remainder", "fuse", "fixup", "macs", "output_groups", "deployment"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"ModuleRule for {self.class_path}: {name} must be callable, got {value!r}")

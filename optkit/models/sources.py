@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from optkit.errors import CheckpointError, PipelineError, did_you_mean
 from optkit.files import resolve_path
@@ -28,7 +28,7 @@ from optkit.models.state_dicts import WRAPPER_KEYS
 if TYPE_CHECKING:
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config.pipeline import ModelSpec
 
 __all__ = [
     "SourceRequest",
@@ -39,6 +39,7 @@ __all__ = [
     "is_weights_path",
     "import_callable",
     "import_beside",
+    "STANDARD_SOURCES",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,3 +225,8 @@ def _what_it_holds(obj: Any) -> str:
             return f"a state dict ({tensors} tensors)"
         return f"a dict with entries {', '.join(map(str, list(obj)[:8]))}"
     return f"a {type(obj).__name__}"
+
+
+#: The schemes optkit ships, by name: its standard ``sources`` plugin registers them through
+#: ``optkit_register_sources`` as any plugin registers its own.
+STANDARD_SOURCES: dict[str, SourceLoader] = {"torchvision": load_torchvision, "python": load_python, "file": load_file}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from optkit.measure import flatten_outputs
+from optkit import flatten_outputs
 from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS
 from optkit_plugins.fuse_bn.graph import IsNorm, is_batchnorm
 
@@ -28,12 +29,13 @@ __all__ = ["DataflowRecord", "probe_dataflow"]
 log = logging.getLogger(__name__)
 
 # Operations that read a tensor's metadata, never its values: folding cannot change what they see.
+# (torch's stubs type these C descriptors as the values they return, hence the ignores.)
 _METADATA_READS = (
-    torch.Tensor.shape.__get__,
-    torch.Tensor.ndim.__get__,
-    torch.Tensor.dtype.__get__,
+    torch.Tensor.shape.__get__,  # type: ignore[attr-defined]
+    torch.Tensor.ndim.__get__,  # type: ignore[attr-defined]
+    torch.Tensor.dtype.__get__,  # type: ignore[attr-defined]
     torch.Tensor.device.__get__,
-    torch.Tensor.requires_grad.__get__,
+    torch.Tensor.requires_grad.__get__,  # type: ignore[attr-defined]
     torch.Tensor.size,
     torch.Tensor.dim,
     torch.Tensor.numel,
@@ -104,7 +106,7 @@ def probe_dataflow(
     # A BatchNorm's uses of a tensor count as its own only for the layer that produced its input.
     partner: dict[str, str] = {}
 
-    def on_layer_output(name: str):
+    def on_layer_output(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             record.calls[name] += 1
             if isinstance(output, torch.Tensor):
@@ -114,7 +116,7 @@ def probe_dataflow(
 
         return hook
 
-    def on_bn_enter(name: str):
+    def on_bn_enter(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple) -> None:
             record.calls[name] += 1
             source = watched.get(id(args[0])) if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
@@ -128,7 +130,7 @@ def probe_dataflow(
 
         return hook
 
-    def on_bn_exit(name: str):
+    def on_bn_exit(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             active_bn.pop()
 

@@ -1,6 +1,6 @@
 """Which Conv/ConvTranspose/Linear → BatchNorm pairs may be folded, judged from the two modules.
 
-The arithmetic of folding is :func:`optkit.models.fold_bn_into_layer` (public: module rules use
+The arithmetic of folding is :func:`optkit.fold_bn_into_layer` (public: module rules use
 it too). A BatchNorm subclass with its own ``forward`` (timm's ``BatchNormAct2d``) folds only
 through a module rule that says what it computes (``bn_reference``), which fuse_bn proves on the
 module's input (:mod:`optkit_plugins.fuse_bn.rules`).
@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from optkit.models import ModuleRule, out_width
+from optkit import ModuleRule, out_width
 
 __all__ = ["FOLDABLE_LAYERS", "NORM_LAYERS", "fold_problem"]
 
@@ -86,6 +86,7 @@ def fold_problem(layer: nn.Module, bn: nn.Module, rule: ModuleRule | None = None
         return "BatchNorm is in training mode (it normalizes with batch statistics)"
     if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
         return "BatchNorm has no running statistics (track_running_stats=False): it normalizes with batch statistics"
-    if bn.running_mean.numel() != out_width(layer):
-        return f"BatchNorm has {bn.running_mean.numel()} features but {type(layer).__name__} has {out_width(layer)} outputs"
+    features = bn.get_buffer("running_mean").numel()
+    if features != out_width(layer):
+        return f"BatchNorm has {features} features but {type(layer).__name__} has {out_width(layer)} outputs"
     return None

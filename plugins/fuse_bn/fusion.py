@@ -20,11 +20,12 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
-from optkit.models import ModuleRule, fold_bn_into_layer, replace_module
+from optkit import ModuleRule, fold_bn_into_layer, replace_module
 from optkit_plugins.fuse_bn.dataflow import DataflowRecord, probe_dataflow
 from optkit_plugins.fuse_bn.folding import NORM_LAYERS, fold_problem
 from optkit_plugins.fuse_bn.graph import GraphEvidence, find_graph_pairs, to_graph_module
@@ -81,7 +82,7 @@ def _registrations(model: nn.Module) -> tuple[dict[str, nn.Module], Counter[int]
 
 def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None) -> str | None:
     """Why the BatchNorm may not normalize the layer's output channels, or ``None`` if it does."""
-    expected = 2 if isinstance(layer, nn.Linear) else layer.weight.dim()
+    expected = 2 if isinstance(layer, nn.Linear) else cast(torch.Tensor, layer.weight).dim()
     if output_dim is None:
         # BatchNorm2d/3d refuse anything but 4-D/5-D input: a Conv2d/3d output they accept is batched.
         for bn_class, dims in ((nn.BatchNorm2d, 4), (nn.BatchNorm3d, 5)):
@@ -161,7 +162,7 @@ def fuse_batchnorm(
             the whole model traces: no Python call per container, but the model's own classes
             are gone. Otherwise the model keeps its classes and each BatchNorm becomes ``nn.Identity``.
         rules: module rules by class path (a pass's ``ctx.module_rules``; the standard ones are
-            ``optkit.host.Host().rule_table()``). Without them, modules with their own ``forward``
+            ``optkit.host.facade.Host().rule_table()``). Without them, modules with their own ``forward``
             are left alone.
 
     Returns:
@@ -217,7 +218,7 @@ def fuse_batchnorm(
         kind = f"{type(layer).__name__}+{type(bn).__name__}"
         rule = described.get(bn_name)
         fold_bn_into_layer(layer, bn)
-        replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None else nn.Identity())
+        replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None and rule.bn_remainder is not None else nn.Identity())
         entry = {"layer": layer_name, "bn": bn_name, "kind": kind, "evidence": evidence}
         if rule is not None:
             entry["evidence"] += f"; module rule {rule.class_path} checked on the example input"

@@ -107,15 +107,15 @@ def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvi
         if not isinstance(source, fx.Node):
             evidence.bn_inputs[name] = "called with other arguments than one tensor"
             continue
-        producer = root.get_submodule(source.target) if source.op == "call_module" else None
+        producer = root.get_submodule(str(source.target)) if source.op == "call_module" else None
         if not isinstance(producer, FOLDABLE_LAYERS):
             evidence.bn_inputs[name] = f"its input comes from {_describe_producer(source)}, not a Conv/Linear"
             continue
         if len(source.users) != 1:
             others = ", ".join(sorted(_describe_producer(u) for u in source.users if u is not node))
-            evidence.bn_inputs[name] = f"the output of {_qualify(scope, source.target)} is also used by {others}"
+            evidence.bn_inputs[name] = f"the output of {_qualify(scope, str(source.target))} is also used by {others}"
             continue
-        evidence.pairs.append(GraphPair(_qualify(scope, source.target), name, scope))
+        evidence.pairs.append(GraphPair(_qualify(scope, str(source.target)), name, scope))
     return reached
 
 

@@ -1,4 +1,4 @@
-"""Fusion that module rules describe (:class:`optkit.models.ModuleRule`), each claim proven on the
+"""Fusion that module rules describe (:class:`optkit.ModuleRule`), each claim proven on the
 inputs the module received.
 
 - A module whose rule has ``fuse`` (Ultralytics' ``Conv``, ``RepConv``, ...) is fused as its
@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit.models import ModuleRule, find_rule, replace_module
+from optkit import ModuleRule, find_rule, replace_module
 
 __all__ = ["PROOF_RTOL", "LibraryFusion", "bn_rule", "bn_rule_error", "fuse_library_modules", "scaled_error"]
 
@@ -44,10 +44,10 @@ def scaled_error(reference: Any, candidate: Any) -> float:
     ``inf`` when their structure or shapes differ."""
     a = [t for t in tree_leaves(reference) if isinstance(t, torch.Tensor)]
     b = [t for t in tree_leaves(candidate) if isinstance(t, torch.Tensor)]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         return float("inf")
     error = 0.0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x.numel():
             x, y = x.detach().double(), y.detach().double()
             error = max(error, float((x - y).abs().max()) / max(1.0, float(x.abs().max())))
@@ -63,6 +63,8 @@ def bn_rule(module: nn.Module, rules: Mapping[str, ModuleRule]) -> ModuleRule | 
 @torch.no_grad()
 def bn_rule_error(module: nn.Module, rule: ModuleRule, x: torch.Tensor) -> float:
     """How far ``rule.bn_reference(module, x)`` is from ``module(x)`` (see :func:`scaled_error`)."""
+    if rule.bn_reference is None:
+        raise ValueError(f"the rule for {rule.class_path} has no bn_reference")
     return scaled_error(module(x.clone()), rule.bn_reference(module, x.clone()))
 
 
@@ -121,7 +123,7 @@ def _received_inputs(model: nn.Module, example_input: Any, modules: dict[str, nn
     """The arguments each of ``modules`` received on one run of the model (the first calls)."""
     received: dict[str, list[tuple[tuple, dict]]] = defaultdict(list)
 
-    def keep(name: str):
+    def keep(name: str) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if len(received[name]) < _CALLS_KEPT:
                 clone = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
@@ -162,6 +164,8 @@ def fuse_library_modules(model: nn.Module, example_input: Any, rules: Mapping[st
             result.skipped.append({"layer": name, "bn": "", "reason": f"{type(module).__name__} did not run on the example input, so its fused form cannot be checked"})
             continue
         fused = copy.deepcopy(module)
+        if rule.fuse is None:
+            raise ValueError(f"the rule for {rule.class_path} has no fuse")
         rule.fuse(fused)
         error = max(scaled_error(module(*args, **kwargs), fused(*args, **kwargs)) for args, kwargs in calls)
         if error > PROOF_RTOL:

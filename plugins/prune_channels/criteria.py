@@ -9,9 +9,11 @@ and shifts do not say how much a channel carries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from optkit.models import Importance, PruningGroup
+from optkit import PruningGroup
 
 __all__ = ["BUILTIN", "WEIGHT_ROLES", "l1", "l2", "bn_scale", "taylor", "random_scores", "normalized"]
 
@@ -49,6 +51,9 @@ def random_scores(group: PruningGroup) -> torch.Tensor:
 
 
 #: The criteria ``prune_channels`` knows without plugins.
+#: A criterion: one score per channel of a group (what optkit_register_importances registers).
+Importance = Callable[[PruningGroup], torch.Tensor]
+
 BUILTIN: dict[str, Importance] = {"l1": l1, "l2": l2, "bn_scale": bn_scale, "taylor": taylor, "random": random_scores}
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from optkit import PassData
-from optkit.models import GroupTensor, PruningGroup, TensorRole
+from optkit import GroupTensor, PruningGroup
 from optkit_plugins.prune_l1.channels import PRUNABLE
 from optkit_plugins.prune_l1.plan import Group
 from optkit_plugins.prune_l1.trace import Analysis
@@ -38,7 +38,7 @@ class GroupViews:
     units: list[list[int]]  # units[g][i]: the root of channel i of views[g]
 
 
-def _role(module: nn.Module, attr: str, dim: int, produced: bool) -> TensorRole:
+def _role(module: nn.Module, attr: str, dim: int, produced: bool) -> str:
     if produced:
         return "output"
     if isinstance(module, PRUNABLE) and attr == "weight":

@@ -18,9 +18,8 @@ from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
-from optkit.models import Importance
 from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
-from optkit_plugins.prune_channels.criteria import BUILTIN, normalized
+from optkit_plugins.prune_channels.criteria import BUILTIN, Importance, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
 from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_channels.search import Search, cost_of, search_amount

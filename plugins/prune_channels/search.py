@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.measure import count_macs, count_params, time_callable
+from optkit import count_macs, count_params, time_callable
 
 __all__ = ["Search", "cost_of", "search_amount"]
 

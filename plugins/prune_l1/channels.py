@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.errors import StageError
-from optkit.models import ModuleRule, find_rule, out_width
+from optkit import ModuleRule, StageError, find_rule, out_width
 from optkit_plugins.prune_l1 import plan as planning
 from optkit_plugins.prune_l1.replay import Diverged, replay
 from optkit_plugins.prune_l1.surgery import apply_plan
@@ -139,10 +138,11 @@ def prune_channels(
     prune_heads: bool = False,
     choose: Chooser | None = None,
 ) -> ChannelPruning:
-    """Remove ``amount`` of the channels of every prunable group of a copy of ``model``.
+    """Remove ``amount`` of the channels of every prunable group of ``model``, in a pruned copy
+    (each try at a plan starts from the unpruned model, so the model is kept until one holds).
 
     Args:
-        model: the model (not changed).
+        model: the model: put in eval mode and traced, otherwise not changed.
         example_inputs: a tensor or a tuple of positional arguments (small: 64x64 is plenty).
         amount: share of each group's units removed (``floor(n * (1 - amount))`` are kept).
         rules: module rules by class path (``ctx.module_rules``).
@@ -211,7 +211,7 @@ class ChannelPlanner:
         inputs = _as_tuple(example_inputs)
         self.rules = rules = rules or {}
         self.free = free = (lambda path: any(part in path for part in free_outputs)) if free_outputs else None
-        self.base = base = copy.deepcopy(model).eval()
+        self.base = base = model.eval()  # no defensive copy: every plan cuts a copy of it
         try:
             with torch.no_grad():
                 self.reference = _shapes(base(*inputs), free)  # also the warm-up: caches filled before the trace
@@ -340,7 +340,7 @@ def _replay_all(
                     try:
                         target(*mode_inputs)
                     # The warm-up may fail exactly where the replay did; the second replay names it.
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.debug("warm-up call before the second replay failed", exc_info=True)
                 replay(target, mode_inputs, an, mode, removed, rules)
         except Diverged as exc:

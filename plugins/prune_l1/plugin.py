@@ -3,7 +3,6 @@ or structured (whole channels, :mod:`~optkit_plugins.prune_l1.channels`)."""
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 from typing import Any, Literal
@@ -11,9 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.models import ClassifierNotFoundError, find_classifier
+from optkit import ClassifierNotFoundError, Pass, PassContext, StageError, find_classifier, hookimpl
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 
@@ -79,19 +76,19 @@ class PruneL1(Pass):
     options: Options
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
-        """Prune a copy of ``model``; see the module docstring for the two modes.
+        """Prune ``model``; see the module docstring for the two modes.
 
         Args:
-            model: the model (left unchanged).
+            model: the model, this stage's to change: unstructured pruning zeroes its weights in
+                place; channel pruning returns a slimmer model built from it.
             ctx: the stage context; ``details`` receives sparsity or channels per layer.
 
         Returns:
-            The pruned copy.
+            The pruned model.
         """
         options = self.options
         if options.mode == "channels":
             return self._prune_channels(model, ctx)
-        model = copy.deepcopy(model).eval()
         selected = _select_layers(model, options, ctx.details)
         prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
         return model
@@ -181,7 +178,8 @@ def _select_layers(model: nn.Module, options: Any, details: dict[str, Any], stag
             log.info("%s: no classifier found, none excluded (%s)", stage, exc)
             head = None
         details["classifier_left_alone"] = head
-        selected.pop(head, None)
+        if head is not None:
+            selected.pop(head, None)
     if not selected:
         raise StageError(f"{stage}: no convolution or Linear layer is left to prune; check include, exclude and prune_classifier")
     return selected

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from optkit.models import ModuleRule, find_rule
+from optkit import ModuleRule, find_rule
 from optkit_plugins.prune_l1.attention import heads_after_surgery
 from optkit_plugins.prune_l1.trace import Analysis
 
@@ -29,7 +29,7 @@ def apply_plan(model: nn.Module, an: Analysis, removed: set[int], rules: Mapping
 
     Tied parameters (one tensor under several names) are cut once and stay tied.
     """
-    changed = []
+    changed: list[str] = []
     if not removed:
         return changed
     all_named = {
