@@ -249,6 +249,9 @@ class PassContext:
         module_rules: what library modules compute, by class path (an
             :class:`optkit.models.ModuleRules` from every plugin's ``optkit_register_module_rules``;
             look a module up with :func:`optkit.models.find_rule`). Empty outside a run.
+        importances: channel-importance criteria registered by plugins (``optkit_register_importances``),
+            by name: ``criterion(group) -> one score per channel`` (see :class:`optkit.models.PruningGroup`).
+            Empty outside a run.
     """
 
     device: torch.device
@@ -263,6 +266,7 @@ class PassContext:
     on_progress: Callable[[Progress], None] | None = None
     module_rules: Mapping[str, Any] = field(default_factory=dict)
     artifact: Artifact | None = None
+    importances: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def require_artifact(self, kind: type[A]) -> A:
         """``ctx.artifact``, checked to be a ``kind`` (e.g. :class:`~optkit.artifacts.OnnxArtifact`).

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from optkit.config import DataSpec, ModelSpec
     from optkit.data import DatasetLoader, PipelineData
-    from optkit.models import ModuleRule, ModuleRules, SourceLoader
+    from optkit.models import Importance, ModuleRule, ModuleRules, SourceLoader
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
@@ -31,6 +31,20 @@ def _validate_scheme(scheme: object, loader: object, record: PluginRecord) -> tu
     if not isinstance(scheme, str) or not scheme.isidentifier() or not callable(loader):
         raise PluginError(f"{record.origin}: register(scheme, loader) needs a name and a callable")
     return scheme, loader
+
+
+def _validate_criterion(name: object, criterion: object, record: PluginRecord) -> tuple[str, Callable[..., Any]]:
+    """``register(name, criterion)`` of ``optkit_register_importances``: a lower_snake_case name and a callable."""
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower() or not callable(criterion):
+        raise PluginError(f"{record.origin}: register(name, criterion) needs a lower_snake_case name and a callable")
+    return name, criterion
+
+
+def _conflicting(message: str) -> Callable[..., Any]:
+    def criterion(*args: object) -> Any:
+        raise PluginError(message)
+
+    return criterion
 
 
 class Host:
@@ -56,7 +70,7 @@ class Host:
     @property
     def broken(self) -> list[PluginRecord]:
         """Plugins that failed to load or to register, in load order."""
-        self.passes, self.sources, self.datasets, self.module_rules  # noqa: B018 - registration failures are found by collecting
+        self.passes, self.sources, self.datasets, self.module_rules, self.importances  # noqa: B018 - registration failures are found by collecting
         return self.pm.broken
 
     @cached_property
@@ -89,6 +103,21 @@ class Host:
             return rule.class_path, rule
 
         return self._collect("module rule", "optkit_register_module_rules", validate)
+
+    @cached_property
+    def importances(self) -> Registry[Importance]:
+        """Every registered channel-importance criterion (``prune_channels``' ``importance``), by name."""
+        return self._collect("importance criterion", "optkit_register_importances", _validate_criterion)
+
+    def importance_table(self) -> dict[str, Importance]:
+        """The criteria as passes get them (``ctx.importances``): name -> criterion. A name two
+        plugins register maps to a criterion that raises :class:`PluginError` naming both, so the
+        error appears only in a pipeline that uses it."""
+        registry = self.importances
+        table = {entry.name: entry.obj for entry in registry}
+        for name in registry.conflicts:
+            table[name] = _conflicting(registry.conflict_message(name))
+        return table
 
     def rule_table(self) -> ModuleRules:
         """The module rules as passes get them (``ctx.module_rules``): a class path two plugins

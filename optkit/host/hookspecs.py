@@ -23,7 +23,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from optkit.data import DatasetLoader
-    from optkit.models import ModuleRule, SourceLoader
+    from optkit.models import Importance, ModuleRule, SourceLoader
     from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 
@@ -94,6 +94,23 @@ def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None
     the same class path is an error where a model holds such a module.
 
     :param register: adds one :class:`optkit.models.ModuleRule`.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_register_importances(register: Callable[[str, Importance], None]) -> None:
+    """Add channel-importance criteria for ``prune_channels`` (``importance: NAME`` in a pipeline).
+
+    A criterion is a callable that gets one :class:`optkit.models.PruningGroup` (the coupled
+    channels' layers, their weights with the positions of every channel, the data loaders and
+    ``gradients()``) and returns a 1-D tensor with one score per channel (``group.channels``);
+    the lowest are removed first. The pass normalises each group's scores before a global
+    ranking, so a criterion need not. Names are lower_snake_case; the built-in ones (``l1``,
+    ``l2``, ``bn_scale``, ``taylor``, ``random``) cannot be taken.
+
+    :param register: ``register(name, criterion)`` adds one criterion.
 
     .. versionadded:: 0.1
     """

@@ -4,7 +4,7 @@ module computes, for fusion, pruning and MAC counting), and YOLO models recognis
 
 Plugins use what is exported here: the standard source loaders, :class:`SourceRequest`, the
 classifier-head finder, freezing (:func:`apply_freeze`), the layer helpers, :class:`ModuleRule` and the
-folding arithmetic.
+folding arithmetic, and the view of a channel group that pruning criteria score (:class:`PruningGroup`).
 """
 
 from optkit.models.bn_folding import bn_affine, fold_bn_into_layer
@@ -15,6 +15,7 @@ from optkit.models.classifier_head import (
     candidate_heads_hint,
     find_classifier,
 )
+from optkit.models.importance import PruningGroup, GroupTensor, Importance, TensorRole
 from optkit.models.freezing import ALL_BUT_HEAD, apply_freeze
 from optkit.models.layers import eval_mode, in_width, module_mode, out_width, replace_module
 from optkit.models.loading import load_model
@@ -65,4 +66,8 @@ __all__ = [
     "ModuleRules",
     "AttentionHeads",
     "find_rule",
+    "PruningGroup",
+    "GroupTensor",
+    "Importance",
+    "TensorRole",
 ]

@@ -224,6 +224,7 @@ class _StageRunner:
         self.inputs, self.device, self.run_dir, self.data = inputs, device, run_dir, data
         self.settings = info.pipeline.measure
         self.module_rules = host.rule_table()
+        self.importances = host.importance_table()
         self.timing = timing
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
@@ -247,6 +248,7 @@ class _StageRunner:
             on_progress=lambda progress: self.host.stage_progress(result.name, result.index, progress, self.info),
             artifact=artifact,
             module_rules=self.module_rules,
+            importances=self.importances,
         )
         ctx.details.update(result.details)
         product = None
