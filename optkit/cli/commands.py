@@ -301,9 +301,10 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     meta: dict[str, Any] = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
     older = [run for run in compared if run.report.schema < SCHEMA_VERSION]
     if older:
-        note = (f"{len(older)} of the runs ({', '.join(run.run_dir or run.model for run in older)}) have report.json schema "
+        named = ", ".join(run.run_dir or run.model for run in older[:3]) + (", ..." if len(older) > 3 else "")
+        note = (f"{len(older)} of the runs ({named}) have report.json schema "
                 f"{', '.join(sorted({str(run.report.schema) for run in older}))}, written by an older optkit; they are read as "
-                f"schema {SCHEMA_VERSION}: their figures that were not finite are the bare tokens NaN/Infinity there")
+                f"schema {SCHEMA_VERSION} (schema 1 wrote figures that were not finite as the bare tokens NaN/Infinity)")
         click.secho(f"note: {note}", fg="yellow", err=True)
         meta["notes"] = [f"{note}."]
     written = write_comparison_report(compared, output, meta=meta)
