@@ -194,7 +194,8 @@ def run_pass(
     Args:
         pass_ref: the pass's name (installed, or registered by ``plugins``) or its class.
         options: the stage's options, as a pipeline file would give them.
-        tmp_path: the folder for the pipeline file and the run (pytest's ``tmp_path``).
+        tmp_path: the folder for the pipeline file and the run (pytest's ``tmp_path``); created
+            with its parents when missing.
         plugins: extra in-process plugins (modules or objects with ``@hookimpl`` functions).
         source: the model source (default: :func:`tiny_convnet`); e.g. ``torchvision:resnet18``.
         input_shape: the measured batch; small keeps tests fast.
@@ -218,6 +219,8 @@ def run_pass(
     """
     from optkit.run.runner import run_pipeline  # imports torch: only when a pass is run
 
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     extra = list(plugins)
     if isinstance(pass_ref, str):
         name = pass_ref
@@ -243,7 +246,7 @@ def run_pass(
         document["data"] = data
     pipeline_path = tmp_path / "pipeline.yaml"
     pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    pipeline = load_pipeline(pipeline_path, host.get_pass, producers=host.passes_producing)
+    pipeline = load_pipeline(pipeline_path, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     _, run_dir = run_pipeline(pipeline, host)  # a second run in one tmp_path goes to run-2
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     check_report_contract(report)

@@ -159,7 +159,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     from optkit.run.runner import run_pipeline
 
     host = _host(warn=True)
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
     if verbose:
@@ -184,11 +184,11 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
 @_common_options
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
-    """Check PIPELINE (YAML, keys, passes, options) without running it."""
+    """Check PIPELINE (YAML, keys, passes, options, model and dataset source schemes) without running it."""
     from optkit.config import load_pipeline
 
     host = _host(warn=True)
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 

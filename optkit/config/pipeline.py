@@ -57,8 +57,9 @@ PassLookup = Callable[[str], "type[Pass]"]
 #: for the fix an artifact-flow error suggests.
 ProducerLookup = Callable[["type[Artifact]"], "list[str]"]
 
-#: Checks that a model-source scheme is registered (``Host.get_source``); raises
-#: :class:`~optkit.errors.PipelineError` for an unknown scheme.
+#: Checks that a model-source or dataset-source scheme is registered (``Host.get_source``,
+#: ``Host.get_dataset``); raises :class:`~optkit.errors.PipelineError` for an unknown scheme (with
+#: the closest registered ones), :class:`~optkit.errors.PluginError` for one two plugins claim.
 SourceLookup = Callable[[str], object]
 
 #: The most elements of an input batch: 4 GiB of float32. A larger shape is a typo that would
@@ -270,7 +271,12 @@ class Pipeline:
 
 
 def load_pipeline(
-    path: str | Path, get_pass: PassLookup, get_source: SourceLookup | None = None, *, producers: ProducerLookup | None = None
+    path: str | Path,
+    get_pass: PassLookup,
+    get_source: SourceLookup | None = None,
+    *,
+    producers: ProducerLookup | None = None,
+    get_dataset: SourceLookup | None = None,
 ) -> Pipeline:
     """Read and validate a pipeline file.
 
@@ -280,13 +286,14 @@ def load_pipeline(
         get_source: checks the scheme of ``model.source`` (``host.get_source``); unchecked when ``None``.
         producers: names the passes that produce an artifact kind (``host.passes_producing``), so
             that a stage missing its input artifact is told which pass to add.
+        get_dataset: checks the scheme of every ``data:`` entry (``host.get_dataset``); unchecked when ``None``.
 
     Raises:
-        PipelineError: unreadable file, bad YAML, unknown keys, passes or source scheme, bad
-            options, a stage whose input artifact no earlier stage produces or a later one made
-            stale; each with ``file:line`` where YAML gives one.
+        PipelineError: unreadable file, bad YAML, unknown keys, passes, model or dataset source
+            schemes, bad options, a stage whose input artifact no earlier stage produces or a
+            later one made stale; each with ``file:line`` where YAML gives one.
     """
-    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source, producers)
+    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source, producers, get_dataset)
 
 
 def parse_pipeline(
@@ -296,27 +303,43 @@ def parse_pipeline(
     get_source: SourceLookup | None = None,
     *,
     producers: ProducerLookup | None = None,
+    get_dataset: SourceLookup | None = None,
 ) -> Pipeline:
     """Validate pipeline YAML ``text`` (see :func:`load_pipeline`)."""
     doc = parse_config(text, str(path) if path is not None else "<pipeline>")
-    return _build(doc, get_pass, path, get_source, producers)
+    return _build(doc, get_pass, path, get_source, producers, get_dataset)
 
 
 def _build(
-    doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_source: SourceLookup | None, producers: ProducerLookup | None
+    doc: ConfigDocument,
+    get_pass: PassLookup,
+    path: Path | None,
+    get_source: SourceLookup | None,
+    producers: ProducerLookup | None,
+    get_dataset: SourceLookup | None = None,
 ) -> Pipeline:
     if not isinstance(doc.data, dict):
         raise doc.error("a pipeline file is a mapping with at least 'model:' and 'passes:'")
     spec = doc.validate(PipelineFile, doc.data)
     if get_source is not None:
-        try:
-            get_source(spec.model.scheme)
-        except (PipelineError, PluginError) as exc:  # unknown, or claimed by two plugins
-            raise doc.error(getattr(exc, "message", str(exc)), ("model", "source")) from None
+        _check_scheme(doc, get_source, spec.model.scheme, "model.source", ("model", "source"))
+    if get_dataset is not None and spec.data is not None:
+        for role, entry in spec.data.datasets().items():
+            given = doc.data["data"][role]  # a mapping {source: ...}, or the source string alone
+            ypath = ("data", role, "source") if isinstance(given, dict) else ("data", role)
+            _check_scheme(doc, get_dataset, entry.scheme, f"data.{role}", ypath)
     check_accuracy_settings(spec.measure, spec.data, doc)
     stages = tuple(_parse_stage(i, item, get_pass, doc) for i, item in enumerate(spec.passes))
     check_artifact_flow(stages, doc, producers)
     return Pipeline(spec=spec, stages=stages, path=path)
+
+
+def _check_scheme(doc: ConfigDocument, lookup: SourceLookup, scheme: str, option: str, ypath: tuple[Any, ...]) -> None:
+    """``scheme`` is registered, or a :class:`PipelineError` at the line of ``ypath`` naming ``option``."""
+    try:
+        lookup(scheme)
+    except (PipelineError, PluginError) as exc:  # unknown (with did-you-mean), or claimed by two plugins
+        raise doc.error(f"{option}: {getattr(exc, 'message', str(exc))}", ypath) from None
 
 
 def check_artifact_flow(stages: Iterable[Stage], doc: ConfigDocument, producers: ProducerLookup | None = None) -> None:

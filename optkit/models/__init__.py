@@ -21,6 +21,7 @@ from optkit.models.loading import load_model
 from optkit.models.sources import (
     SourceLoader,
     SourceRequest,
+    call_factory,
     import_beside,
     import_callable,
     is_weights_path,
@@ -39,6 +40,7 @@ __all__ = [
     "load_file",
     "is_weights_path",
     "import_callable",
+    "call_factory",
     "import_beside",
     "load_model",
     "HEAD_TYPES",
