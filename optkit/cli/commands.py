@@ -303,10 +303,13 @@ def _first_line(text: str | None) -> str:
 @cli.command()
 @_common_options
 def schema() -> None:
-    """Print the JSON Schema of pipeline files, every installed pass's options included."""
+    """Print the JSON Schema of pipeline files: every installed pass with its options, and the installed
+    model and dataset source schemes (so that editors complete them)."""
     from optkit.config import pipeline_json_schema
 
-    click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in _host().passes), indent=2))
+    host = _host()
+    schema_ = pipeline_json_schema((entry.obj for entry in host.passes), host.sources.names(), host.datasets.names())
+    click.echo(json.dumps(schema_, indent=2))
 
 
 @cli.command()

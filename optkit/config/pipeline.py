@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydantic import (
 )
 
 from optkit.artifacts import Artifact
-from optkit.config.data import DataSpec
+from optkit.config.data import DATA_ROLES, DatasetSpec, DataSpec
 from optkit.config.documents import ConfigDocument, SourceSpec, StrictModel, parse_config, read_config
 from optkit.errors import PipelineError, PluginError
 from optkit.files import resolve_path
@@ -334,6 +335,13 @@ def _build(
     return Pipeline(spec=spec, stages=stages, path=path)
 
 
+def _enumerate_schemes(source: dict[str, Any], schemes: list[str]) -> None:
+    """Make the JSON Schema of a ``source`` string start with one of ``schemes``, listed for completion."""
+    source["pattern"] = f"^({'|'.join(re.escape(s) for s in schemes)}):."
+    source["examples"] = [f"{scheme}:" for scheme in schemes]
+    source["description"] += f" Installed schemes: {', '.join(schemes) or 'none'}."
+
+
 def _check_scheme(doc: ConfigDocument, lookup: SourceLookup, scheme: str, option: str, ypath: tuple[Any, ...]) -> None:
     """``scheme`` is registered, or a :class:`PipelineError` at the line of ``ypath`` naming ``option``."""
     try:
@@ -420,12 +428,27 @@ def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -
     return Stage(number, name, pass_cls, parsed, doc.line(base))
 
 
-def pipeline_json_schema(passes: Iterable[type[Pass]]) -> dict[str, Any]:
-    """JSON Schema of pipeline files, with the options of every pass in ``passes`` (for editors)."""
+def pipeline_json_schema(
+    passes: Iterable[type[Pass]], model_schemes: Iterable[str] | None = None, dataset_schemes: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """JSON Schema of pipeline files, with the options of every pass in ``passes`` (for editors).
+
+    Args:
+        passes: the installed pass classes; ``passes:`` items enumerate their names.
+        model_schemes: the installed model-source schemes: ``model.source`` must start with one
+            (a ``pattern``), and ``examples`` lists them for completion. ``None``: free text.
+        dataset_schemes: the same for the ``source`` of every ``data:`` entry.
+    """
     schema = PipelineFile.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "optkit pipeline"
     defs = schema.setdefault("$defs", {})
+    for spec, schemes in ((ModelSpec, model_schemes), (DatasetSpec, dataset_schemes)):
+        if schemes is not None:
+            _enumerate_schemes(defs[spec.__name__]["properties"]["source"], sorted(schemes))
+    # A data: entry may be its source string alone (eval: imagefolder:data/val).
+    for role in DATA_ROLES:
+        defs["DataSpec"]["properties"][role]["anyOf"].insert(1, defs["DatasetSpec"]["properties"]["source"])
     variants: list[dict[str, Any]] = []
     names = []
     for pass_cls in passes:
