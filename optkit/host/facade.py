@@ -97,7 +97,8 @@ class Host:
 
         registry = self.module_rules
         conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts)
+        origins = {entry.name: entry.plugin.description for entry in registry}
+        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts, origins)
 
     def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
         # Each implementation is called with its own ``register`` so that every entry knows

@@ -29,7 +29,7 @@ from optkit.models.sources import (
     load_python,
     load_torchvision,
 )
-from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
+from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, call_rule, class_path, find_rule
 from optkit.models.yolo import YoloModel, deployment_view, detection_channel_groups, is_instance_of, recognise_yolo
 
 __all__ = [
@@ -67,4 +67,5 @@ __all__ = [
     "ModuleRules",
     "AttentionHeads",
     "find_rule",
+    "call_rule",
 ]

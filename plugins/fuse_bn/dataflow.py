@@ -20,8 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from optkit.measure import flatten_outputs
-from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS
-from optkit_plugins.fuse_bn.graph import IsNorm, is_batchnorm
+from optkit_plugins.fuse_bn.graph import IsLayer, IsNorm, is_batchnorm, is_foldable_layer
 
 __all__ = ["DataflowRecord", "probe_dataflow"]
 
@@ -50,6 +49,7 @@ class DataflowRecord:
     Attributes:
         calls: how many times each layer and BatchNorm was called.
         output_dims: the number of dimensions of each layer's output.
+        output_channels: the size of dim 1 of each layer's output (outputs of 2 or more dims).
         bn_source: for each BatchNorm call, the layer whose output tensor was its input
             (``None`` when the input came from anything else).
         foreign_uses: for each layer, the operations outside its BatchNorm partner that read
@@ -59,6 +59,7 @@ class DataflowRecord:
 
     calls: Counter[str] = field(default_factory=Counter)
     output_dims: dict[str, int] = field(default_factory=dict)
+    output_channels: dict[str, int] = field(default_factory=dict)
     bn_source: dict[str, str | None] = field(default_factory=dict)
     foreign_uses: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     bn_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -83,7 +84,11 @@ class _ConsumerMode(TorchFunctionMode):
 
 @torch.no_grad()
 def probe_dataflow(
-    model: nn.Module, example_input: Any, is_norm: IsNorm = is_batchnorm, keep_inputs: frozenset[str] = frozenset()
+    model: nn.Module,
+    example_input: Any,
+    is_norm: IsNorm = is_batchnorm,
+    keep_inputs: frozenset[str] = frozenset(),
+    is_layer: IsLayer = is_foldable_layer,
 ) -> DataflowRecord:
     """Run ``model`` once on ``example_input`` and record the dataflow around layers and BatchNorms.
 
@@ -94,6 +99,7 @@ def probe_dataflow(
         example_input: a tensor, or a tuple of positional arguments.
         is_norm: which modules count as BatchNorms (module rules may describe more).
         keep_inputs: BatchNorms whose input is kept (``bn_inputs``), for a rule's numerical proof.
+        is_layer: which modules a BatchNorm may fold into (module rules may describe more).
 
     Returns:
         The :class:`DataflowRecord`.
@@ -109,6 +115,8 @@ def probe_dataflow(
             record.calls[name] += 1
             if isinstance(output, torch.Tensor):
                 record.output_dims[name] = output.dim()  # read before watching, or it counts as a use
+                if output.dim() >= 2:
+                    record.output_channels[name] = output.shape[1]
                 watched[id(output)] = name
                 weakref.finalize(output, watched.pop, id(output), None)
 
@@ -137,7 +145,7 @@ def probe_dataflow(
     handles = []
     try:
         for name, module in model.named_modules(remove_duplicate=False):
-            if isinstance(module, FOLDABLE_LAYERS):
+            if is_layer(module):
                 handles.append(module.register_forward_hook(on_layer_output(name)))
             elif is_norm(module):
                 handles.append(module.register_forward_pre_hook(on_bn_enter(name)))
