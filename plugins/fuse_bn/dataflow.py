@@ -49,7 +49,6 @@ class DataflowRecord:
     Attributes:
         calls: how many times each layer and BatchNorm was called.
         output_dims: the number of dimensions of each layer's output.
-        output_channels: the size of dim 1 of each layer's output (outputs of 2 or more dims).
         bn_source: for each BatchNorm call, the layer whose output tensor was its input
             (``None`` when the input came from anything else).
         foreign_uses: for each layer, the operations outside its BatchNorm partner that read
@@ -59,7 +58,6 @@ class DataflowRecord:
 
     calls: Counter[str] = field(default_factory=Counter)
     output_dims: dict[str, int] = field(default_factory=dict)
-    output_channels: dict[str, int] = field(default_factory=dict)
     bn_source: dict[str, str | None] = field(default_factory=dict)
     foreign_uses: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     bn_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -115,8 +113,6 @@ def probe_dataflow(
             record.calls[name] += 1
             if isinstance(output, torch.Tensor):
                 record.output_dims[name] = output.dim()  # read before watching, or it counts as a use
-                if output.dim() >= 2:
-                    record.output_channels[name] = output.shape[1]
                 watched[id(output)] = name
                 weakref.finalize(output, watched.pop, id(output), None)
 

@@ -91,14 +91,10 @@ def _registrations(model: nn.Module) -> tuple[dict[str, nn.Module], Counter[int]
     return modules, Counter(id(m) for m in modules.values())
 
 
-def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None, channels: int | None, by_rule: bool) -> str | None:
+def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None, by_rule: bool) -> str | None:
     """Why the BatchNorm may not normalize the layer's output channels, or ``None`` if it does."""
-    if by_rule:  # a rule's layer: its output as it ran, and the fold is proven numerically
-        if output_dim is None:
-            return "the layer did not run on the example input, so its fold_bn cannot be checked"
-        if channels != bn.running_mean.numel():
-            return f"the layer's output has {channels} channels in dim 1, but the BatchNorm has {bn.running_mean.numel()} features"
-        return None
+    if by_rule:  # a rule's layer: the fold is proven numerically on the inputs it received
+        return None if output_dim is not None else "the layer did not run on the example input, so its module rule's fold_bn cannot be checked"
     expected = 2 if isinstance(layer, nn.Linear) else layer.weight.dim()
     if output_dim is None:
         # BatchNorm2d/3d refuse anything but 4-D/5-D input: a Conv2d/3d output they accept is batched.
@@ -146,7 +142,7 @@ def _pair_problem(
     if len(readers) > 1:
         return f"{layer_name}'s output feeds several BatchNorms: {', '.join(sorted(readers))}"
     by_rule = rule_of_layer is not None
-    problem = _shape_problem(layer, bn, record.output_dims.get(layer_name), record.output_channels.get(layer_name), by_rule)
+    problem = _shape_problem(layer, bn, record.output_dims.get(layer_name), by_rule)
     if problem or rule is None:
         return problem
     x = record.bn_inputs.get(bn_name)
@@ -210,12 +206,8 @@ def _fold_pair(
     layer, bn = modules[layer_name], modules[bn_name]
     entry = {"layer": layer_name, "bn": bn_name, "kind": f"{type(layer).__name__}+{type(bn).__name__}", "evidence": evidence}
     if rule_of_layer is not None:
-        calls = received.get(layer_name)
-        if not calls:
-            reason = f"{layer_name} did not run on the example input, so module rule {rule_of_layer.class_path}'s fold_bn cannot be checked"
-            result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": reason})
-            return
-        folded, error = fold_bn_by_rule(layer, bn, rule_of_layer, calls, rules)
+        # An accepted pair's layer ran on the example input (_shape_problem), so its calls are known.
+        folded, error = fold_bn_by_rule(layer, bn, rule_of_layer, received[layer_name], rules)
         if error > PROOF_RTOL:
             reason = f"module rule {rule_of_layer.class_path}: fold_bn differs from {bn_name}({layer_name}(x)) by {error:.2e} on the example input"
             result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": reason})
