@@ -82,7 +82,8 @@ def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None
     Call ``register(rule)`` once per class, with an :class:`optkit.models.ModuleRule` naming the
     class by its path (``"my_lib.blocks.ConvBNAct"``; the class is never imported) and what it
     computes: a BatchNorm with extras that ``fuse_bn`` may fold (``bn_reference``,
-    ``bn_remainder``), the library's own fused form (``fuse``), attention heads, attributes to
+    ``bn_remainder``), the library's own fused form (``fuse``), a conv-like layer that takes the
+    BatchNorm after it (``fold_bn``), attention heads, attributes to
     update after channel pruning (``fixup``), a detection head, a MAC-counting rule. Passes get
     the rules as ``ctx.module_rules``; the runner counts MACs with them. Two plugins describing
     the same class path is an error where a model holds such a module.
