@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optkit_plugins.fuse_bn import fuse_batchnorm
+from optkit_plugins.fuse_bn.folding import fold_problem
 from torch import nn
 from torch.nn.utils import parametrize
 
 from optkit.errors import PluginBugError
 from optkit.models import ModuleRule, class_path, fold_bn_into_layer
-from optkit_plugins.fuse_bn import fuse_batchnorm
-from optkit_plugins.fuse_bn.folding import fold_problem
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -10,15 +10,21 @@ import json
 from pathlib import Path
 
 import jsonschema
+import npz_plugin
 import numpy as np
 import pytest
 import yaml
-
-import npz_plugin
 from fake_distributions import FakeDistribution, install_fake_distributions
+
 from optkit.data import DatasetRequest
 from optkit.errors import PipelineError
-from optkit.testing import load_dataset, load_source, raises_plugin_bug, raises_user_error, run_pass
+from optkit.testing import (
+    load_dataset,
+    load_source,
+    raises_plugin_bug,
+    raises_user_error,
+    run_pass,
+)
 
 NPZ = FakeDistribution("optkit-npz", "0.3", {"npz": "npz_plugin"})
 
