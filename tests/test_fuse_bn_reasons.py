@@ -473,8 +473,20 @@ class LeaksItsConv(nn.Module):
 
 
 def test_a_layer_inside_a_block_a_fuse_rule_leaves_alone():
+    # The block did not run on the example input, so its rule left it as it was.
     result = fuse_batchnorm(randomized(LeaksItsConv()), X, rules=block_rule())
+    assert {"layer": "block", "bn": "", "reason": "ConvBNAct did not run on the example input, so its fused form cannot be checked"} in result.skipped
     assert skipped(result, "bn") == "the layer `block.conv` is inside `block` (ConvBNAct), which its module rule fuses as a whole"
+
+
+def test_a_layer_inside_a_block_a_fuse_rule_fused():
+    class UsesBoth(LeaksItsConv):
+        def forward(self, x):
+            return self.block(x) + self.bn(self.block.conv(x))
+
+    result = fuse_batchnorm(randomized(UsesBoth()), X, rules=block_rule())
+    assert [e["layer"] for e in result.fused] == ["block"]
+    assert skipped(result, "bn") == "the layer `block.conv` is inside `block` (ConvBNAct), which its module rule fused as a whole"
 
 
 def test_a_batchnorm_inside_a_block_whose_rule_fused_it_is_named_with_the_block():

@@ -156,7 +156,8 @@ def _pair_problem(
 
 def _owned_problem(layer_name: str, bn_name: str, library: LibraryFusion) -> str | None:
     """Why a pair inside a module with a ``fuse`` rule is left to that rule, ``""`` when the rule
-    fused the module (nothing to report), ``None`` when the pair is not inside one.
+    fused the module that holds the BatchNorm (its entry lists it), ``None`` when the pair is not
+    inside one.
 
     The module itself may be the pair's layer (a rule with ``fuse`` and ``fold_bn``): a BatchNorm
     after it is not inside it.
@@ -169,14 +170,15 @@ def _owned_problem(layer_name: str, bn_name: str, library: LibraryFusion) -> str
     if not inside:
         return None
     name, owner = inside.get("BatchNorm") or inside["layer"]
-    if owner in {e["layer"] for e in library.fused}:
+    fused = owner in {e["layer"] for e in library.fused}
+    if fused and "BatchNorm" in inside:
         return ""
     if len(inside) == 2 and inside["layer"][1] == owner:
         what = "inside"  # the whole pair
     else:
         role = "BatchNorm" if "BatchNorm" in inside else "layer"
         what = f"the {role} `{name}` {'is' if name == owner else 'is inside'}"
-    return f"{what} `{owner}` ({library.owned[owner]}), which its module rule fuses as a whole"
+    return f"{what} `{owner}` ({library.owned[owner]}), which its module rule {'fused' if fused else 'fuses'} as a whole"
 
 
 def _unseen_reason(name: str, library: LibraryFusion, record: DataflowRecord) -> str:
