@@ -519,3 +519,42 @@ def test_a_block_with_a_fuse_rule_left_alone(setup, reason):
         model[0].register_forward_pre_hook(lambda m, args: None)
     result = fuse_batchnorm(model, X, rules=block_rule())
     assert {"layer": "" if setup == "model" else "0", "bn": "", "reason": reason} in result.skipped
+
+
+class ScaledBlock(nn.Module):
+    """The same arithmetic as a module holding a conv (not a Conv2d subclass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(3, 8, 3, padding=1), nn.Parameter(torch.tensor(1.7))
+
+    def forward(self, x):
+        return self.conv(x) * self.scale
+
+
+class BlockThenBN(nn.Module):
+    def __init__(self, traceable: bool) -> None:
+        super().__init__()
+        self.block, self.bn, self.traceable = ScaledBlock(), nn.BatchNorm2d(8), traceable
+
+    def forward(self, x):
+        if not self.traceable:
+            untraceable(x)
+        return torch.relu(self.bn(self.block(x)))
+
+
+def fold_bn_into_scaled_block(module: ScaledBlock, bn: nn.Module) -> None:
+    with torch.no_grad():
+        module.conv.weight.mul_(module.scale)
+        module.conv.bias.mul_(module.scale)
+        module.scale.fill_(1.0)
+    fold_bn_into_layer(module.conv, bn)
+
+
+@pytest.mark.parametrize("traceable", [True, False], ids=["fx graph", "dataflow probe"])
+def test_a_composite_module_with_a_fold_bn_rule_takes_the_batchnorm_after_it(traceable):
+    rule = ModuleRule(class_path(ScaledBlock), computes="conv(x) * scale", fold_bn=fold_bn_into_scaled_block)
+    model = randomized(BlockThenBN(traceable))
+    result = fuse_batchnorm(model, X, rules={rule.class_path: rule})
+    assert [(e["layer"], e["bn"]) for e in result.fused] == [("block", "bn")] and result.method == ("fx" if traceable else "fallback")
+    torch.testing.assert_close(result.model(X), model(X), **TOL)
