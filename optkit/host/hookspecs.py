@@ -50,6 +50,8 @@ def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> No
     ``spec`` (the validated :class:`optkit.config.ModelSpec`), ``base_dir`` (relative paths
     resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
     an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
+    For input it refuses the loader raises :class:`optkit.errors.PipelineError` (exit 2, the
+    source named); anything else it raises is reported as a bug in the plugin (exit 1).
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 
@@ -67,7 +69,9 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
     (``eval``, ``train`` or ``calibration``), ``transform`` (the ``data.transform`` pipeline, for
     loaders that read images), ``base_dir`` (``request.resolve(path)``) and ``details``; it returns
     a map-style ``torch.utils.data.Dataset`` of ``(input, label)`` pairs or of inputs only.
-    ``limit``, batching and shuffling are applied by optkit afterwards.
+    ``limit``, batching and shuffling are applied by optkit afterwards. For input it refuses the
+    loader raises :class:`optkit.errors.PipelineError` (exit 2, the entry named); anything else
+    it raises is reported as a bug in the plugin (exit 1).
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 
