@@ -23,7 +23,7 @@ A model source or a dataset loader is called through the host as a run calls it,
 the entry named) and :func:`raises_plugin_bug` (anything else: exit 1, the plugin named)::
 
     def test_a_missing_file_is_the_users_error(tmp_path):
-        with raises_user_error(r"^data.eval \(npz:missing.npz\): no such file"):
+        with raises_user_error(r"^data.eval \\(npz:missing.npz\\): no such file"):
             load_dataset("npz:missing.npz", base_dir=tmp_path)
 
 A pass that reads data (``ctx.data``) runs on a real data set and a real trained model: the digits
