@@ -22,7 +22,7 @@ def optkit_stage_finished(result, run):
         "stage": result.name,
         "index": result.index,
         "status": result.status,
-        "params": result.metrics.get("params"),
+        "params": result.metrics.params,  # None for a stage that failed before it was measured
         "error": result.error,
     }
     with open(run.output_dir / LOG_NAME, "a", encoding="utf-8") as log:
