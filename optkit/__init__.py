@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from optkit.models.freezing import ALL_BUT_HEAD, apply_freeze
     from optkit.models.importance import GroupTensor, PruningGroup
     from optkit.models.layers import eval_mode, in_width, out_width, replace_module
-    from optkit.models.rules import AttentionHeads, ChannelGroup, ModuleRule, class_path, find_rule
+    from optkit.models.rules import AttentionHeads, ChannelGroup, ModuleRule, call_rule, class_path, find_rule
     from optkit.models.sources import STANDARD_SOURCES, SourceRequest
     from optkit.passes import Pass, PassContext, PassData, Progress, Tolerance
     from optkit.results import RunReport, StageResult
@@ -71,6 +71,7 @@ __all__ = [
     "ChannelGroup",
     "class_path",
     "find_rule",
+    "call_rule",
     # Running a pipeline from Python, and its report
     "run_pipeline",
     "RunReport",
@@ -139,6 +140,7 @@ _EXPORTS: dict[str, str] = {
     "ChannelGroup": "optkit.models.rules",
     "class_path": "optkit.models.rules",
     "find_rule": "optkit.models.rules",
+    "call_rule": "optkit.models.rules",
     # Running a pipeline from Python, and its report
     "run_pipeline": "optkit.run.runner",
     "RunReport": "optkit.results",

@@ -85,7 +85,7 @@ def test_a_data_section_is_validated_and_resolved_against_the_file(test_host, tm
     path.write_text(pipeline_text("  eval: imagefolder:val\n  root: ../data"))
     pipeline = parse_pipeline(path.read_text(), test_host.get_pass, path)
     assert pipeline.data.eval.source == "imagefolder:val" and pipeline.data.eval.batch_size == 64
-    assert pipeline.data_dir == tmp_path / "sub" / ".." / "data"
+    assert pipeline.data_dir == tmp_path / "data"  # absolute and normalized
     assert pipeline.evaluates_accuracy
     assert pipeline.summary()["data"] == {"eval": {"source": "imagefolder:val"}, "root": "../data"}
 
@@ -161,7 +161,7 @@ def test_hook_optkit_register_datasets(tmp_path):
 
 
 def test_unknown_dataset_schemes_are_named_with_the_closest(test_host, tmp_path):
-    with pytest.raises(PipelineError, match=r"data: unknown dataset source scheme 'imagefolders'; did you mean 'imagefolder' or 'images'\?"):
+    with pytest.raises(PipelineError, match=r"data.eval: unknown dataset source scheme 'imagefolders'; did you mean 'imagefolder' or 'images'\?"):
         run(test_host, tmp_path, "  eval: imagefolders:val")
 
 

@@ -135,7 +135,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     from optkit.run.runner import run_pipeline
 
     host = session().host
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
     if verbose:
@@ -160,11 +160,11 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
 @_common_options
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
-    """Check PIPELINE (YAML, keys, passes, options) without running it."""
+    """Check PIPELINE (YAML, keys, passes, options, model and dataset source schemes) without running it."""
     from optkit.config.pipeline import load_pipeline
 
     host = session().host
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 
@@ -270,7 +270,8 @@ def _first_line(text: str | None) -> str:
 @_common_options
 @click.option("--report", "of_report", is_flag=True, help="The JSON Schema of report.json instead (no plugins needed).")
 def schema(of_report: bool) -> None:
-    """Print the JSON Schema of pipeline files, every installed pass's options included; with --report, of report.json."""
+    """Print the JSON Schema of pipeline files: every installed pass with its options, and the installed
+    model and dataset source schemes (so that editors complete them); with --report, of report.json."""
     if of_report:
         from optkit.results import report_json_schema
 
@@ -278,7 +279,9 @@ def schema(of_report: bool) -> None:
         return
     from optkit.config.pipeline import pipeline_json_schema
 
-    click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in session().host.passes), indent=2))
+    host = session().host
+    schema_ = pipeline_json_schema((entry.obj for entry in host.passes), host.sources.names(), host.datasets.names())
+    click.echo(json.dumps(schema_, indent=2))
 
 
 @cli.command()

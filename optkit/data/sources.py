@@ -26,7 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from optkit.errors import PipelineError
 from optkit.files import resolve_path
-from optkit.models.sources import import_callable
+from optkit.models.sources import call_factory, import_callable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -195,10 +195,7 @@ def load_python_dataset(request: DatasetRequest) -> Dataset[Any]:
         PipelineError: the callable cannot be imported or called, or returns no sized dataset.
     """
     factory = import_callable(request.target, request.base_dir, request.option)
-    try:
-        dataset = factory(**request.spec.kwargs)
-    except TypeError as exc:
-        raise PipelineError(f"{request.option}.kwargs: {request.target}: {exc}") from exc
+    dataset = call_factory(factory, request.spec.kwargs, request.target, request.option, f"{request.option}.kwargs")
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise PipelineError(
             f"{request.option}: {request.target} returned {type(dataset).__name__}, not a Dataset with __getitem__ and __len__"

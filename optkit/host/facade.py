@@ -131,7 +131,8 @@ class Host:
 
         registry = self.module_rules
         conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts)
+        origins = {entry.name: entry.plugin.description for entry in registry}
+        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts, origins)
 
     def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
         # The hook is called once per plugin (pluggy's subset caller, every other plugin left out),
@@ -200,7 +201,7 @@ class Host:
             PipelineError: unknown scheme, with the closest registered ones.
             PluginError: two plugins claim the scheme.
         """
-        return self._scheme(self.sources, scheme, "model.source", "model source scheme")
+        return self._scheme(self.sources, scheme, "model source scheme")
 
     def get_dataset(self, scheme: str) -> Registered[DatasetLoader]:
         """The dataset loader registered for ``scheme``, with the plugin that registered it.
@@ -209,27 +210,35 @@ class Host:
             PipelineError: unknown scheme, with the closest registered ones.
             PluginError: two plugins claim the scheme.
         """
-        return self._scheme(self.datasets, scheme, "data", "dataset source scheme")
+        return self._scheme(self.datasets, scheme, "dataset source scheme")
 
-    def _scheme(self, registry: Registry, scheme: str, option: str, kind: str) -> Registered:
+    def _scheme(self, registry: Registry, scheme: str, kind: str) -> Registered:
+        # The message names no option: the caller knows which entry gave the scheme.
         if scheme in registry:
             return registry.get(scheme)
-        raise PipelineError(f"{option}: {self.unknown_message(kind, scheme, registry)}")
+        raise PipelineError(self.unknown_message(kind, scheme, registry))
 
     def load_data(self, spec: DataSpec, base_dir: Path, *, seed: int = 0) -> PipelineData:
         """Load the data sets of a ``data:`` section through the loaders registered for their
         schemes (see :func:`optkit.data.loaders.build_data`)."""
         from optkit.data.loaders import build_data
 
-        return build_data(spec, lambda scheme: self.get_dataset(scheme).obj, base_dir, seed=seed)
+        def lookup(scheme: str) -> tuple[DatasetLoader, str]:
+            entry = self.get_dataset(scheme)
+            return entry.obj, entry.plugin.description
+
+        return build_data(spec, lookup, base_dir, seed=seed)
 
     def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         """Build the model ``spec`` describes through the source registered for its scheme
         (see :func:`optkit.models.loading.load_model`)."""
         from optkit.models.loading import load_model
 
-        entry = self.get_source(spec.scheme)
-        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.name)
+        try:
+            entry = self.get_source(spec.scheme)
+        except PipelineError as exc:
+            raise PipelineError(f"model.source: {exc.message}") from None
+        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.description)
 
     def unknown_message(self, kind: str, name: str, registry: Registry) -> str:
         message = f"unknown {kind} {name!r}"

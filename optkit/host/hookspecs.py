@@ -59,6 +59,8 @@ def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> No
     ``spec`` (the validated :class:`optkit.config.pipeline.ModelSpec`), ``base_dir`` (relative paths
     resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
     an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
+    For input it refuses the loader raises :class:`optkit.errors.PipelineError` (exit 2, the
+    source named); anything else it raises is reported as a bug in the plugin (exit 1).
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 
@@ -76,7 +78,9 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
     (``eval``, ``train`` or ``calibration``), ``transform`` (the ``data.transform`` pipeline, for
     loaders that read images), ``base_dir`` (``request.resolve(path)``) and ``details``; it returns
     a map-style ``torch.utils.data.Dataset`` of ``(input, label)`` pairs or of inputs only.
-    ``limit``, batching and shuffling are applied by optkit afterwards.
+    ``limit``, batching and shuffling are applied by optkit afterwards. For input it refuses the
+    loader raises :class:`optkit.errors.PipelineError` (exit 2, the entry named); anything else
+    it raises is reported as a bug in the plugin (exit 1).
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 
@@ -91,7 +95,8 @@ def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None
     Call ``register(rule)`` once per class, with an :class:`optkit.ModuleRule` naming the
     class by its path (``"my_lib.blocks.ConvBNAct"``; the class is never imported) and what it
     computes: a BatchNorm with extras that ``fuse_bn`` may fold (``bn_reference``,
-    ``bn_remainder``), the library's own fused form (``fuse``), attention heads, attributes to
+    ``bn_remainder``), the library's own fused form (``fuse``), a conv-like layer that takes the
+    BatchNorm after it (``fold_bn``), attention heads, attributes to
     update after channel pruning (``fixup``), a detection head, a MAC-counting rule. Passes get
     the rules as ``ctx.module_rules``; the runner counts MACs with them. Two plugins describing
     the same class path is an error where a model holds such a module.

@@ -62,6 +62,11 @@ class PluginRecord:
         return f"{self.distribution} {self.version}"
 
     @property
+    def description(self) -> str:
+        """``plugin 'name' (distribution version)`` for messages that blame the plugin."""
+        return f"plugin {self.name!r}" + (f" ({self.origin})" if self.distribution is not None else "")
+
+    @property
     def disable_hint(self) -> str:
         return f"{DISABLE_ENV}={self.name}"
 

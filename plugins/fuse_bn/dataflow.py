@@ -21,8 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from optkit import flatten_outputs
-from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS
-from optkit_plugins.fuse_bn.graph import IsNorm, is_batchnorm
+from optkit_plugins.fuse_bn.graph import IsLayer, IsNorm, is_batchnorm, is_foldable_layer
 
 __all__ = ["DataflowRecord", "probe_dataflow"]
 
@@ -85,7 +84,11 @@ class _ConsumerMode(TorchFunctionMode):
 
 @torch.no_grad()
 def probe_dataflow(
-    model: nn.Module, example_input: Any, is_norm: IsNorm = is_batchnorm, keep_inputs: frozenset[str] = frozenset()
+    model: nn.Module,
+    example_input: Any,
+    is_norm: IsNorm = is_batchnorm,
+    keep_inputs: frozenset[str] = frozenset(),
+    is_layer: IsLayer = is_foldable_layer,
 ) -> DataflowRecord:
     """Run ``model`` once on ``example_input`` and record the dataflow around layers and BatchNorms.
 
@@ -96,6 +99,7 @@ def probe_dataflow(
         example_input: a tensor, or a tuple of positional arguments.
         is_norm: which modules count as BatchNorms (module rules may describe more).
         keep_inputs: BatchNorms whose input is kept (``bn_inputs``), for a rule's numerical proof.
+        is_layer: which modules a BatchNorm may fold into (module rules may describe more).
 
     Returns:
         The :class:`DataflowRecord`.
@@ -139,7 +143,7 @@ def probe_dataflow(
     handles = []
     try:
         for name, module in model.named_modules(remove_duplicate=False):
-            if isinstance(module, FOLDABLE_LAYERS):
+            if is_layer(module):
                 handles.append(module.register_forward_hook(on_layer_output(name)))
             elif is_norm(module):
                 handles.append(module.register_forward_pre_hook(on_bn_enter(name)))

@@ -16,8 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
+from optkit import Pass, PassContext, StageError, hookimpl
 from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
 from optkit_plugins.prune_channels.criteria import BUILTIN, Importance, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
