@@ -233,3 +233,16 @@ def test_every_torchvision_classifier(tmp_path):
         del model
     assert {"googlenet", "inception_v3", "squeezenet1_0", "vit_h_14", "swin_v2_t", "maxvit_t"} <= timings.keys()
     print("slowest:", sorted(timings.items(), key=lambda kv: -kv[1])[:5])
+
+
+def test_reclassify_leaves_every_buffer_unchanged(tmp_path):
+    """Finding the auxiliary heads traces the model in train mode; timm's BatchNorms must not count that
+    as a batch (num_batches_tracked), and no running statistic may move."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10).eval()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model, _ = apply(model, tmp_path, num_classes=5)
+    after = dict(model.named_buffers())
+    assert after.keys() == before.keys()
+    changed = [name for name, buffer in before.items() if not torch.equal(after[name], buffer)]
+    assert changed == []
