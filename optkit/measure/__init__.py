@@ -51,9 +51,13 @@ from optkit.measure.params import count_params
 from optkit.measure.probe import meta_copy
 from optkit.measure.size import file_bytes, state_dict_bytes, tensor_bytes
 from optkit.measure.stage import Measurement, Runnable, measure, runnable
+from optkit.measure.uninformative import second_input, uninformative_outputs, uninformative_warning
 from optkit.measure.thop_distribution import ThopOwner, thop_owner, thop_warning
 
 __all__ = [
+    "second_input",
+    "uninformative_outputs",
+    "uninformative_warning",
     "Measurement",
     "measure",
     "Evaluation",

@@ -20,6 +20,7 @@ __all__ = [
     "DATA_NOTE",
     "shown_columns",
     "data_note",
+    "drift_warning",
     "COMPARISON_COLUMNS",
     "format_count",
     "format_speedup",
@@ -306,6 +307,12 @@ DATA_NOTE = (" Accuracy is top-1 on data.eval; agreement is the share of data.ev
 
 def _has_data(report: RunReport) -> bool:
     return any("accuracy" in s.metrics or "agreement" in s.metrics for s in report.stages)
+
+
+def drift_warning(report: RunReport) -> str | None:
+    """The baseline's warning that drift compares empty or input-independent outputs, or ``None``."""
+    drift = report.stages[0].metrics.get("drift", {}) if report.stages else {}
+    return f"Warning: {drift['warning']}" if drift.get("warning") else None
 
 
 def data_note(report: RunReport) -> str:

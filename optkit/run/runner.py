@@ -29,11 +29,16 @@ from optkit.measure import (
     compare_outputs,
     configure_timing,
     drift_exceeds,
+    flatten_outputs,
     measure,
+    second_input,
     select_outputs,
     tolerance_failure,
     tensor_bytes,
+    uninformative_outputs,
+    uninformative_warning,
 )
+from optkit.models import eval_mode
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
@@ -227,6 +232,8 @@ class _StageRunner:
         self.timing = timing
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
+        #: Outputs whose drift says nothing (empty, or the same for another input): name -> why.
+        self.uninformative: dict[str, str] = {}
         #: ``ctx.baseline_model`` of the next stages (kept only while a pass that reads it is to come).
         self.baseline_model: nn.Module | None = None
 
@@ -342,6 +349,9 @@ class _StageRunner:
             # every ok stage of report.json carries the same metric fields.
             self.baseline = self.previous = measurement
             result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs, groups=groups)
+            if isinstance(module, nn.Module):
+                self.uninformative = self._uninformative(module, measurement.outputs)
+            self._note_uninformative(result.metrics["drift"])
             return
         # An artifact that keeps only some of the model's outputs (export_onnx's `outputs:`, a YOLO
         # deployment output) is compared with those outputs of the stages before it. It changes
@@ -354,8 +364,27 @@ class _StageRunner:
         drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
         drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
         result.metrics["drift"] = drift
+        self._note_uninformative(drift)
         if selection is None:
             self.previous = measurement
+
+    def _uninformative(self, model: nn.Module, outputs: Any) -> dict[str, str]:
+        """The baseline's outputs that are empty or do not change with the input (one more forward pass)."""
+        other = second_input(self.inputs, self.info.pipeline.spec.seed + 1)
+        with eval_mode(model), torch.inference_mode():
+            found = uninformative_outputs(outputs, model(other))
+        warning = uninformative_warning(found, len(flatten_outputs(outputs)))
+        if warning:
+            log.warning("%s", warning)
+        return found
+
+    def _note_uninformative(self, drift: dict[str, Any]) -> None:
+        """Name, in a stage's drift figures, the outputs whose comparison says nothing."""
+        rows = drift.get("outputs") or []
+        found = {row["name"]: self.uninformative[row["name"]] for row in rows if row["name"] in self.uninformative}
+        if found:
+            drift["uninformative"] = found
+            drift["warning"] = uninformative_warning(found, len(rows))
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
