@@ -267,7 +267,7 @@ class _StageRunner:
             result.metrics = measurement.metrics
             self._add_drift(result, measurement, product)
             self._add_accuracy(result, product)
-            self._hold_to(result, tolerance)
+            self._hold_to(result, tolerance, ctx.details)
             result.status = "ok"
             self.timing.keep(result, product)
             self.timing.add_speedups(self.report.stages)
@@ -386,9 +386,10 @@ class _StageRunner:
             drift["uninformative"] = found
             drift["warning"] = uninformative_warning(found, len(rows))
 
-    def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
+    def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None, details: dict[str, Any]) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
-        :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
+        :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated, else on
+        the pass's ``similarity_gate`` in ``details`` when it gives one: figures over more samples than the seeded batch)."""
         drift = result.metrics.get("drift")
         if tolerance is None or drift is None or "previous" not in drift:
             return
@@ -396,17 +397,21 @@ class _StageRunner:
         on_data = result.metrics.get("agreement", {}).get("previous")
         if on_data is not None and not on_data.get("comparable", True):  # other outputs (a new head): the seeded batch
             on_data = None
+        where = "data.eval" if on_data is not None else "seeded batch"
+        gate = details.get("similarity_gate")
+        if on_data is None and isinstance(gate, dict):  # the pass compared more samples than the seeded batch
+            on_data, where = gate, gate["on"]
         similarity = limit.cosine is not None or limit.top1_agreement is not None
         drift["tolerance"] = {**limit.model_dump(exclude_none=True), "set_by": option}
         if similarity:
-            drift["tolerance"]["similarity_on"] = "data.eval" if on_data is not None else "seeded batch"
-        problem = tolerance_failure(drift["previous"], limit, on_data)
+            drift["tolerance"]["similarity_on"] = where
+        problem = tolerance_failure(drift["previous"], limit, on_data, f"on {where}")
         if problem:
             # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
             elementwise = limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None
             fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
-            if not elementwise and on_data is None:
-                fix += ", or give data.eval: similarity is then held on real samples, not on the seeded batch of random values"
+            if not elementwise and where != "data.eval":
+                fix += ", or give data.eval: similarity is then held on real samples, not on random values"
             raise StageError(f"{result.name} must preserve outputs, but {problem}; {fix}")
 
 
