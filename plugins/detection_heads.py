@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["ClassHead", "DetectorHeadsRefused", "detector_class_heads"]
+__all__ = ["ClassHead", "DetectorHeadsRefused", "detector_class_heads", "torchvision_detector"]
 
 #: One-stage detectors by class name, with the head that holds their classes.
 _ONE_STAGE = {"SSD": "head.classification_head", "RetinaNet": "head.classification_head", "FCOS": "head.classification_head"}
@@ -35,6 +35,18 @@ class ClassHead:
 
 def _is_torchvision_detector(model: nn.Module, class_name: str) -> bool:
     return any(cls.__name__ == class_name and cls.__module__.startswith("torchvision.models.detection") for cls in type(model).__mro__)
+
+
+def torchvision_detector(model: nn.Module) -> str | None:
+    """The class name of a torchvision detector (R-CNN family, SSD, RetinaNet, FCOS), else ``None``.
+
+    These take a list of images, resize them inside the model, need targets in train mode and return
+    post-NMS detections as a list of dicts (``boxes``, ``scores``, ``labels``) per image.
+    """
+    for family in ("GeneralizedRCNN", *_ONE_STAGE):
+        if _is_torchvision_detector(model, family):
+            return type(model).__name__
+    return None
 
 
 def detector_class_heads(model: nn.Module) -> list[ClassHead] | None:

@@ -20,6 +20,7 @@ from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
 from optkit.measure import evaluate
 from optkit.models import ALL_BUT_HEAD, apply_freeze
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.finetune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optkit_plugins.finetune.training import StepReport, TrainingSettings, autocast_dtype, logits, train
 
@@ -88,6 +89,12 @@ class FineTune(Pass):
                 teacher's; every parameter frozen; a loss that is not finite (with its step).
         """
         opts = self.options
+        detector = torchvision_detector(model)
+        if detector is not None:
+            raise StageError(
+                f"finetune trains classifiers on (image, class) samples with cross-entropy; torchvision's {detector} "
+                "trains on box targets with its own detection losses, which finetune does not give it"
+            )
         train_data = ctx.require_data("train")
         with torch.no_grad():
             classes = logits(model(ctx.example_input)).shape[1]

@@ -14,6 +14,7 @@ from torch import nn
 from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
 from optkit.models import ClassifierNotFoundError, find_classifier
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 
@@ -90,6 +91,12 @@ class PruneL1(Pass):
         """
         options = self.options
         if options.mode == "channels":
+            detector = torchvision_detector(model)
+            if detector is not None:
+                raise StageError(
+                    f"prune_l1 mode channels: torchvision's {detector} needs targets in train mode and resizes its inputs "
+                    "inside the model, which the channel tracer does not follow; mode: unstructured prunes it"
+                )
             return self._prune_channels(model, ctx)
         model = copy.deepcopy(model).eval()
         selected = _select_layers(model, options, ctx.details)

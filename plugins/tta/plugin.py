@@ -12,6 +12,7 @@ from torch import nn
 from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
 from optkit.measure import count_macs
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.tta.flip_check import flip_warnings
 from optkit_plugins.tta.kinds import OutputPlan, UnknownOutputError, plan_outputs
 from optkit_plugins.tta.wrapper import SAME_SHAPE_SCALES, TestTimeAugmentation, padded_size
@@ -82,6 +83,12 @@ class TTA(Pass):
                 flipped without ``flip_idx``, or a model that fails on the augmented inputs.
         """
         opts = self.options
+        detector = torchvision_detector(model)
+        if detector is not None:
+            raise StageError(
+                f"tta: torchvision's {detector} returns detections after NMS (a list of dicts of boxes, scores and labels per "
+                "image), which cannot be merged across branches; TTA merges YOLO-layout predictions before NMS"
+            )
         plan = self._plan(model, ctx.example_input)
         stride = opts.stride
         if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
