@@ -76,7 +76,10 @@ def detector_class_heads(model: nn.Module) -> list[ClassHead] | None:
             f"{type(model).__name__}'s roi_heads.box_predictor is a {type(box).__name__} without Linear cls_score and bbox_pred; "
             "reclassify replaces only torchvision's FastRCNNPredictor (scores and boxes together)"
         )
-    heads = [ClassHead("roi_heads.box_predictor.cls_score", box.cls_score, 1), ClassHead("roi_heads.box_predictor.bbox_pred", box.bbox_pred, 4)]
+    heads = [
+        ClassHead("roi_heads.box_predictor.cls_score", box.cls_score, 1),
+        ClassHead("roi_heads.box_predictor.bbox_pred", box.bbox_pred, 4),
+    ]
     masks = getattr(model.roi_heads, "mask_predictor", None)
     if masks is not None:
         heads.append(ClassHead("roi_heads.mask_predictor.mask_fcn_logits", masks.mask_fcn_logits, 1))

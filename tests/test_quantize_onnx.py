@@ -279,9 +279,11 @@ def test_without_data_eval_similarity_is_held_on_32_seeded_samples_and_the_messa
         name = session.get_inputs()[0].name
         return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(32)])
 
-    reference, quantized = logits(run.run_dir / "stages/01-export_onnx/model.onnx"), logits(run.run_dir / "stages/02-quantize_onnx/model_int8.onnx")
+    reference = logits(run.run_dir / "stages/01-export_onnx/model.onnx")
+    quantized = logits(run.run_dir / "stages/02-quantize_onnx/model_int8.onnx")
     assert gate["top1"] == pytest.approx(float((reference.argmax(1) == quantized.argmax(1)).mean()))
-    cosine = float(torch.nn.functional.cosine_similarity(torch.from_numpy(quantized).double().flatten(), torch.from_numpy(reference).double().flatten(), dim=0))
+    ours, theirs = torch.from_numpy(quantized).double().flatten(), torch.from_numpy(reference).double().flatten()
+    cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
     assert gate["cosine"] == pytest.approx(cosine, abs=1e-6)
 
 

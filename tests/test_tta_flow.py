@@ -74,7 +74,8 @@ def test_an_undeclared_vector_field_is_flagged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         _, details = apply(SobelFlow().eval(), images(), tmp_path, scales=[1.0], flips=["horizontal"])
     assert details["outputs"] == [{"output": "output", "kind": "dense"}]
-    assert len(details["warnings"]) == 1 and details["warnings"][0].startswith("output output: under a horizontal flip channels [0] change sign")
+    assert len(details["warnings"]) == 1
+    assert details["warnings"][0].startswith("output output: under a horizontal flip channels [0] change sign")
     assert "declare `tta: {output: flow}`" in caplog.text
 
 

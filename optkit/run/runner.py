@@ -421,7 +421,8 @@ class _StageRunner:
                 log.warning(
                     "%s: drift max |Δ| %.3g on %s is over the tolerance but within %g× what a %g change of the input causes (%.3g): "
                     "the model amplifies rounding, and the stage is not failed for it",
-                    result.name, own_noise["drift_max_abs"], own_noise["output"], own_noise["factor"], INPUT_STEP, own_noise["sensitivity_max_abs"],
+                    result.name, own_noise["drift_max_abs"], own_noise["output"], own_noise["factor"], INPUT_STEP,
+                    own_noise["sensitivity_max_abs"],
                 )
                 similarity_only = limit.cosine is not None or limit.top1_agreement is not None
                 relaxed = limit.model_copy(update={"atol": None, "rtol": None}) if similarity_only else None

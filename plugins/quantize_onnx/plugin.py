@@ -189,7 +189,8 @@ class QuantizeOnnx(Pass):
         on_data = ctx.data is not None and ctx.data.eval is not None
         if not on_data:
             # The runner holds the similarity bounds to these figures (report.json's similarity_gate).
-            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_input, ctx.device, graph_input(float_model).fixed_batch)
+            fixed_batch = graph_input(float_model).fixed_batch
+            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_input, ctx.device, fixed_batch)
         where = "data.eval" if on_data else details["similarity_gate"]["on"]
         details["tolerance"] = self.tolerance().describe() + f" against the float ONNX model (on {where})"
         return dataclasses.replace(source, path=target, source_model=model)

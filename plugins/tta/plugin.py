@@ -44,8 +44,8 @@ class TTA(Pass):
         same_shape: bool = Field(False, description="Pad back to the input size (models with a fixed input size).")
         output: Literal["classification", "dense", "flow", "detection"] | None = Field(
             None,
-            description="What the output is, for models TTA does not recognise: detection = YOLO layout [B, 4+nc, anchors], xywh in input pixels; "
-            "flow = a [B, 2, h, w] vector field (u, v in input pixels), whose vectors are un-flipped and rescaled too.",
+            description="What the output is, for models TTA does not recognise: detection = YOLO layout [B, 4+nc, anchors], "
+            "xywh in input pixels; flow = a [B, 2, h, w] vector field (u, v in input pixels), whose vectors are un-flipped and rescaled too.",
         )
         output_index: int | str | None = Field(
             None, description="With output: which output it is about, by flattened index or path ([0]), when the model returns several."
