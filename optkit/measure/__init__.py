@@ -50,8 +50,8 @@ from optkit.measure.outputs import OutputLeaf, flatten_outputs, output_leaves, r
 from optkit.measure.params import count_params
 from optkit.measure.probe import meta_copy
 from optkit.measure.size import file_bytes, state_dict_bytes, tensor_bytes
-from optkit.measure.stage import Measurement, Runnable, measure, runnable
 from optkit.measure.sensitivity import INPUT_STEP, output_sensitivity, within_sensitivity
+from optkit.measure.stage import Measurement, Runnable, latency_record, measure, runnable
 from optkit.measure.uninformative import second_input, uninformative_outputs, uninformative_warning
 from optkit.measure.thop_distribution import ThopOwner, thop_owner, thop_warning
 
@@ -91,6 +91,7 @@ __all__ = [
     "MacsProfile",
     "Runnable",
     "runnable",
+    "latency_record",
     "configure_timing",
     "TimingSettings",
     "flush_denormal_enabled",

@@ -37,14 +37,14 @@ class ComparedRun:
     def __post_init__(self) -> None:
         spec = self.report.pipeline
         if not self.model:
-            self.model = str((spec.get("model") or {}).get("source", "?")).rsplit(":", 1)[-1]
+            self.model = str(spec.model.get("source", "?")).rsplit(":", 1)[-1]
         if not self.pipeline:
-            self.pipeline = "+".join(p.get("pass", "?") for p in spec.get("passes") or []) or "baseline"
+            self.pipeline = "+".join(p.get("pass", "?") for p in spec.passes) or "baseline"
 
     @property
     def device(self) -> str:
         """The device name the run recorded ('' when it recorded none: it failed before measuring)."""
-        return str(self.report.environment.get("device") or "")
+        return str(self.report.environment.device or "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "pipeline": self.pipeline, "run_dir": self.run_dir,
@@ -73,5 +73,5 @@ def load_runs(paths: list[Path]) -> list[ComparedRun]:
             runs += [ComparedRun.from_dict(entry) for entry in data.get("runs", [])]
         else:
             folder = path if path.is_dir() else path.parent
-            runs.append(ComparedRun(RunReport.from_dict(data), run_dir=str(folder)))
+            runs.append(ComparedRun(RunReport.from_dict(data, str(path / "report.json" if path.is_dir() else path)), run_dir=str(folder)))
     return runs

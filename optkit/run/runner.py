@@ -43,8 +43,8 @@ from optkit.measure import (
 )
 from optkit.models import eval_mode
 from optkit.passes import Pass, PassContext, Tolerance
-from optkit.reporting import report_json, write_run_report
-from optkit.results import RunInfo, RunReport, StageResult, optkit_version
+from optkit.reporting import write_run_report
+from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, json_problem, optkit_version
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
@@ -273,6 +273,9 @@ class _StageRunner:
             self._add_drift(result, measurement, product)
             self._add_accuracy(result, product)
             self._hold_to(result, tolerance, ctx.details)
+            problem = json_problem(ctx.details, "details")
+            if problem is not None:
+                raise StageError(f"{problem}: report.json holds JSON values only")
             result.status = "ok"
             self.timing.keep(result, product)
             self.timing.add_speedups(self.report.stages)
@@ -288,7 +291,8 @@ class _StageRunner:
         finally:
             if product is None:  # the pass itself failed: its time until then
                 result.duration_s = time.perf_counter() - start
-            result.details = ctx.details
+            # A value that is not JSON failed the stage above; the report keeps the keys that are.
+            result.details = {key: value for key, value in ctx.details.items() if json_problem(value, key) is None}
             result.artifacts = self._artifacts(result, ctx)
             _remove_if_empty(stage_dir, stage_dir.parent)
             written = self.write_report()
@@ -310,7 +314,7 @@ class _StageRunner:
                 f"cannot write into the run folder {self.run_dir} ({exc.strerror or exc}); the run stopped there"
             )
             try:
-                overwrite_in_place(self.run_dir / "report.json", report_json(self.report.to_dict()).encode("utf-8"))
+                overwrite_in_place(self.run_dir / "report.json", self.report.to_json().encode("utf-8"))
             except OSError:
                 self.report.error += "; report.json on disk is from an earlier stage"
             return False
@@ -342,7 +346,8 @@ class _StageRunner:
         if tracker is None:
             return
         metrics, seconds = tracker.evaluate(product)
-        result.metrics.update(metrics)
+        for key, value in metrics.items():  # accuracy, agreement
+            setattr(result.metrics, key, value)
         result.measure_s += seconds
         tracker.check_budget(metrics)
 
@@ -353,11 +358,12 @@ class _StageRunner:
             # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
             # every ok stage of report.json carries the same metric fields.
             self.baseline = self.previous = measurement
-            result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs, groups=groups)
+            drift = compare_outputs(measurement.outputs, measurement.outputs, groups=groups)
             if isinstance(module, nn.Module):
                 self._check_baseline(module, measurement.outputs)
-                result.metrics["drift"]["sensitivity"] = {"input_step": INPUT_STEP, "max_abs": self.sensitivity}
-            self._note_uninformative(result.metrics["drift"])
+                drift["sensitivity"] = {"input_step": INPUT_STEP, "max_abs": self.sensitivity}
+            self._note_uninformative(drift)
+            result.metrics.drift = Drift.model_validate(drift)
             return
         # An artifact that keeps only some of the model's outputs (export_onnx's `outputs:`, a YOLO
         # deployment output) is compared with those outputs of the stages before it. It changes
@@ -369,8 +375,8 @@ class _StageRunner:
 
         drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
         drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
-        result.metrics["drift"] = drift
         self._note_uninformative(drift)
+        result.metrics.drift = Drift.model_validate(drift)
         if selection is None:
             self.previous = measurement
 
@@ -397,39 +403,38 @@ class _StageRunner:
         """Fail a stage whose outputs break its tolerance against the stage before (see
         :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated, else on
         the pass's ``similarity_gate`` in ``details`` when it gives one: figures over more samples than the seeded batch)."""
-        drift = result.metrics.get("drift")
-        if tolerance is None or drift is None or "previous" not in drift:
+        drift = result.metrics.drift
+        if tolerance is None or drift is None or drift.previous is None:
             return
         limit, option = tolerance
-        on_data = result.metrics.get("agreement", {}).get("previous")
-        if on_data is not None and not on_data.get("comparable", True):  # other outputs (a new head): the seeded batch
-            on_data = None
+        previous = drift.previous.model_dump()  # the figures as compare_outputs made them (NaN kept)
+        agreement = result.metrics.agreement
+        similar = agreement.previous if agreement is not None else None
+        # Other outputs (a new head) are not comparable on data.eval: the seeded batch is used.
+        on_data = similar.model_dump() if similar is not None and similar.comparable is not False else None
         where = "data.eval" if on_data is not None else "seeded batch"
         gate = details.get("similarity_gate")
         if on_data is None and isinstance(gate, dict):  # the pass compared more samples than the seeded batch
             on_data, where = gate, gate["on"]
         similarity = limit.cosine is not None or limit.top1_agreement is not None
-        drift["tolerance"] = {**limit.model_dump(exclude_none=True), "set_by": option}
-        if similarity:
-            drift["tolerance"]["similarity_on"] = where
-        problem = tolerance_failure(drift["previous"], limit, on_data, f"on {where}")
-        if problem and limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None:
-            own_noise = within_sensitivity(drift["previous"], self.sensitivity)
+        drift.tolerance = DriftTolerance(**limit.model_dump(exclude_none=True), set_by=option, similarity_on=where if similarity else None)
+        problem = tolerance_failure(previous, limit, on_data, f"on {where}")
+        if problem and limit.atol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None:
+            own_noise = within_sensitivity(previous, self.sensitivity)
             if own_noise is not None:
                 # The model moves as much under a rounding-level change of its input: not the transform's doing.
-                drift["tolerance"]["within_model_sensitivity"] = own_noise
+                drift.tolerance.within_model_sensitivity = own_noise
                 log.warning(
                     "%s: drift max |Δ| %.3g on %s is over the tolerance but within %g× what a %g change of the input causes (%.3g): "
                     "the model amplifies rounding, and the stage is not failed for it",
                     result.name, own_noise["drift_max_abs"], own_noise["output"], own_noise["factor"], INPUT_STEP,
                     own_noise["sensitivity_max_abs"],
                 )
-                similarity_only = limit.cosine is not None or limit.top1_agreement is not None
-                relaxed = limit.model_copy(update={"atol": None, "rtol": None}) if similarity_only else None
-                problem = tolerance_failure(drift["previous"], relaxed, on_data, f"on {where}") if relaxed is not None else None
+                relaxed = limit.model_copy(update={"atol": None, "rtol": None}) if similarity else None
+                problem = tolerance_failure(previous, relaxed, on_data, f"on {where}") if relaxed is not None else None
         if problem:
             # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
-            elementwise = limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None
+            elementwise = limit.atol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None
             fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
             if not elementwise and where != "data.eval":
                 fix += ", or give data.eval: similarity is then held on real samples, not on random values"
