@@ -49,7 +49,6 @@ import yaml
 from optkit import OnnxArtifact
 from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.config.pipeline import MeasureSpec
 from optkit.host.facade import Host
 from optkit.measure.cpu import CpuInfo
 from optkit.measure.intervals import speedup
@@ -57,7 +56,6 @@ from optkit.measure.latency import Contender, configure_timing, time_round_robin
 from optkit.measure.noise import check_noise
 from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.passes import PassContext
-from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.run.environment import environment
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.quantize_onnx import QuantizeOnnx

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optkit.artifacts import Artifact, OnnxArtifact
     from optkit.data.sources import STANDARD_DATASETS, DatasetRequest
-    from optkit.errors import OptkitError, PipelineError, PluginError, StageError, did_you_mean
+    from optkit.errors import OptkitError, PipelineError, PluginError, StageError
     from optkit.files import atomic_write_bytes
+    from optkit.inputs import ExampleInputs, InputDef
     from optkit.host.hookspecs import hookimpl
     from optkit.measure.accuracy import classifier_outputs, evaluate
     from optkit.measure.cpu import CpuInfo, cpu_info
@@ -51,6 +52,8 @@ __all__ = [
     "Pass",
     "PassContext",
     "PassData",
+    "ExampleInputs",
+    "InputDef",
     "Progress",
     "Tolerance",
     "Artifact",
@@ -61,7 +64,6 @@ __all__ = [
     "PipelineError",
     "StageError",
     "PluginError",
-    "did_you_mean",
     # What the other hooks register: model sources, data sets, module rules
     "SourceRequest",
     "STANDARD_SOURCES",
@@ -121,6 +123,8 @@ _EXPORTS: dict[str, str] = {
     "Pass": "optkit.passes",
     "PassContext": "optkit.passes",
     "PassData": "optkit.passes",
+    "ExampleInputs": "optkit.inputs",
+    "InputDef": "optkit.inputs",
     "Progress": "optkit.passes",
     "Tolerance": "optkit.passes",
     "Artifact": "optkit.artifacts",
@@ -131,7 +135,6 @@ _EXPORTS: dict[str, str] = {
     "PipelineError": "optkit.errors",
     "StageError": "optkit.errors",
     "PluginError": "optkit.errors",
-    "did_you_mean": "optkit.errors",
     # What the other hooks register: model sources, data sets, module rules
     "SourceRequest": "optkit.models.sources",
     "STANDARD_SOURCES": "optkit.models.sources",

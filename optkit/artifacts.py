@@ -33,8 +33,8 @@ class Artifact(ABC):
     runtime: str
 
     @abstractmethod
-    def load(self, device: torch.device) -> Callable[[torch.Tensor], Any]:
-        """A callable that runs the artifact on a torch input and returns torch outputs."""
+    def load(self, device: torch.device) -> Callable[..., Any]:
+        """A callable that runs the artifact on torch inputs (called as the model is) and returns torch outputs."""
 
     def io(self, device: torch.device) -> dict[str, Any]:
         """What a call of :meth:`load`'s callable moves on ``device``, as report.json's ``latency_ms.io``
@@ -92,16 +92,18 @@ class OnnxArtifact(Artifact):
         options.log_severity_level = 3
         return ort.InferenceSession(str(self.path), options, providers=onnxruntime_providers(device))
 
-    def load(self, device: torch.device) -> Callable[[torch.Tensor], Any]:
-        """A callable that feeds a torch tensor to the graph and returns the model's own output
+    def load(self, device: torch.device) -> Callable[..., Any]:
+        """A callable that feeds torch tensors to the graph and returns the model's own output
         structure (tensor, tuple or dict) as torch tensors on ``device``.
 
-        The input is cast to the graph's input type (float16 for a half-precision export). A graph
-        exported for a fixed batch size takes a batch of any size: it is run in slices of its own
-        size (the last one padded), and the outputs are joined along the batch dimension. On the
-        CPU, tensors and numpy arrays share memory both ways. On CUDA, IO binding hands
-        onnxruntime the input tensor's device memory and output tensors allocated by torch on the
-        device: nothing is copied through the host (see :meth:`io`).
+        Positional tensors feed the graph's inputs in order, keyword tensors the inputs of that
+        name (as the model was called: ``call(x)``, ``call(frame1, frame2)``,
+        ``call(input_ids=..., attention_mask=...)``). Each is cast to its graph input's type
+        (float16 for a half-precision export). A graph exported for a fixed batch size takes a
+        batch of any size: it is run in slices of its own size (the last one padded), and the
+        outputs are joined along the batch dimension. On the CPU, tensors and numpy arrays share
+        memory both ways. On CUDA, IO binding hands onnxruntime the inputs' device memory and
+        output tensors allocated by torch on the device: nothing is copied through the host (see :meth:`io`).
         """
         import torch
         import torch.utils._pytree as pytree
@@ -109,18 +111,30 @@ class OnnxArtifact(Artifact):
         session = self.session(device)
         names = self.output_names or [o.name for o in session.get_outputs()]
         call = _run_bound(session, names, device) if device.type == "cuda" else _run_on_host(session, names)
+        graph_inputs = [i.name for i in session.get_inputs()]
         graph_input = session.get_inputs()[0]
         fixed_batch = graph_input.shape[0] if graph_input.shape and isinstance(graph_input.shape[0], int) else None
 
-        def run(x: torch.Tensor) -> Any:
-            if fixed_batch is None or x.shape[0] == fixed_batch:
-                tensors = call(x)
+        def feeds(args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            unknown = sorted(set(kwargs) - set(graph_inputs))
+            if len(args) > len(graph_inputs) or unknown:
+                raise TypeError(
+                    f"{self.path.name} takes the inputs {graph_inputs}, called with {len(args)} positional and {sorted(kwargs)}"
+                )
+            return {**dict(zip(graph_inputs, args)), **kwargs}
+
+        def run(*args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+            inputs = feeds(args, kwargs)
+            batch = next(iter(inputs.values())).shape[0]
+            if fixed_batch is None or batch == fixed_batch:
+                tensors = call(inputs)
             else:
                 parts = []
-                for part in x.split(fixed_batch):
-                    padding = fixed_batch - part.shape[0]
+                for start in range(0, batch, fixed_batch):
+                    part = {name: t[start : start + fixed_batch] for name, t in inputs.items()}
+                    padding = fixed_batch - next(iter(part.values())).shape[0]
                     if padding:
-                        part = torch.cat([part, part[-1:].expand(padding, *part.shape[1:])])
+                        part = {name: torch.cat([t, t[-1:].expand(padding, *t.shape[1:])]) for name, t in part.items()}
                     parts.append([t[: fixed_batch - padding] for t in call(part)])
                 tensors = [torch.cat(pieces) for pieces in zip(*parts, strict=True)]
             if self.output_structure is not None:
@@ -163,16 +177,15 @@ def _onnx_type(type_name: str, what: str) -> tuple[Any, Any]:
     return getattr(torch, torch_name), (np.dtype(element).type if isinstance(element, str) else element)
 
 
-def _run_on_host(session: Any, names: list[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """``session.run`` on numpy views of CPU tensors (cast to the graph's input type where it names one)."""
+def _run_on_host(session: Any, names: list[str]) -> Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]:
+    """``session.run`` on numpy views of CPU tensors (each cast to its graph input's type where it names one)."""
     import torch
 
-    graph_input = session.get_inputs()[0]
-    input_dtype = _onnx_type(graph_input.type, "")[0] if graph_input.type in _ONNX_TYPES else None
+    input_dtypes = {i.name: _onnx_type(i.type, "")[0] if i.type in _ONNX_TYPES else None for i in session.get_inputs()}
 
-    def call(x: torch.Tensor) -> list[torch.Tensor]:
-        array = x.detach().to("cpu", input_dtype).numpy()
-        return [torch.from_numpy(o) for o in session.run(names, {graph_input.name: array})]
+    def call(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        arrays = {name: x.detach().to("cpu", input_dtypes.get(name)).numpy() for name, x in inputs.items()}
+        return [torch.from_numpy(o) for o in session.run(names, arrays)]
 
     return call
 
@@ -188,25 +201,26 @@ def _run_bound(session: Any, names: list[str], device: torch.device) -> Callable
 
     device_id = device.index or 0  # the device the session's CUDA provider runs on (onnxruntime_providers)
     device = torch.device("cuda", device_id)
-    graph_input = session.get_inputs()[0]
-    input_dtype, input_element = _onnx_type(graph_input.type, f"input {graph_input.name!r}")
+    input_types = {i.name: _onnx_type(i.type, f"input {i.name!r}") for i in session.get_inputs()}
     graph_outputs = {o.name: o for o in session.get_outputs()}
     output_types = [_onnx_type(graph_outputs[name].type, f"output {name!r}") for name in names]
     binding = session.io_binding()
-    shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    shapes: dict[tuple[tuple[int, ...], ...], list[tuple[int, ...]]] = {}
 
-    def call(x: torch.Tensor) -> list[torch.Tensor]:
-        x = x.detach().to(device=device, dtype=input_dtype).contiguous()
-        # onnxruntime reads the input on its own stream: what torch queued to make it must be done.
+    def call(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        bound = {name: x.detach().to(device=device, dtype=input_types[name][0]).contiguous() for name, x in inputs.items()}
+        # onnxruntime reads the inputs on its own stream: what torch queued to make them must be done.
         torch.cuda.current_stream(device).synchronize()
-        binding.bind_input(graph_input.name, "cuda", device_id, input_element, tuple(x.shape), x.data_ptr())
-        known = shapes.get(tuple(x.shape))
+        for name, x in bound.items():
+            binding.bind_input(name, "cuda", device_id, input_types[name][1], tuple(x.shape), x.data_ptr())
+        key = tuple(tuple(x.shape) for x in bound.values())
+        known = shapes.get(key)
         if known is None:
             for name in names:
                 binding.bind_output(name, "cuda", device_id)
             session.run_with_iobinding(binding)
             arrays = binding.copy_outputs_to_cpu()
-            shapes[tuple(x.shape)] = [tuple(a.shape) for a in arrays]
+            shapes[key] = [tuple(a.shape) for a in arrays]
             return [torch.from_numpy(a).to(device) for a in arrays]
         outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, (dtype, _) in zip(known, output_types, strict=True)]
         for name, tensor, (_, element) in zip(names, outputs, output_types, strict=True):

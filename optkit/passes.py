@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from optkit.inputs import ExampleInputs
+
 __all__ = ["Pass", "PassContext", "PassData", "Progress", "Tolerance", "check_pass_class"]
 
 A = TypeVar("A", bound=Artifact)
@@ -233,7 +235,11 @@ class PassContext:
 
     Attributes:
         device: the device the model is on and is measured on.
-        example_input: a seeded batch of the pipeline's ``input_shape`` on ``device``.
+        example_input: a seeded batch of the pipeline's ``input_shape`` on ``device``; for a model
+            of several inputs, the first of them (a pass that cannot feed them all calls
+            :meth:`require_single_input` first).
+        example_inputs: all of the model's seeded inputs (:class:`optkit.inputs.ExampleInputs`:
+            ``args``, ``kwargs``, ``call(model)``); built from ``example_input`` when not given.
         output_dir: this stage's own folder (created); artifacts go here.
         logger: a logger named for the stage.
         stage_index: 1-based position of the stage in the pipeline.
@@ -270,6 +276,26 @@ class PassContext:
     module_rules: Mapping[str, Any] = field(default_factory=dict)
     artifact: Artifact | None = None
     importances: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    example_inputs: ExampleInputs = None  # type: ignore[assignment]  # set from example_input in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.example_inputs is None:
+            from optkit.inputs import ExampleInputs  # torch is imported only when a context is made
+
+            self.example_inputs = ExampleInputs.of(self.example_input)
+
+    def require_single_input(self, stage: str) -> torch.Tensor:
+        """``example_input``, for a pass that handles models of one input tensor only.
+
+        Raises:
+            StageError: the model takes several inputs (or one by keyword), before the pass does any work.
+        """
+        if not self.example_inputs.single:
+            raise StageError(
+                f"{stage} handles models of one input tensor, and this model takes {len(self.example_inputs.defs)} "
+                f"({', '.join(self.example_inputs.names)}); remove {stage} from the pipeline for this model"
+            )
+        return self.example_input
 
     def require_artifact(self, kind: type[A]) -> A:
         """``ctx.artifact``, checked to be a ``kind`` (e.g. :class:`~optkit.artifacts.OnnxArtifact`).

@@ -208,6 +208,7 @@ def run_pass(
     plugins: Iterable[object] = (),
     source: str = TINY_MODEL,
     input_shape: Iterable[int] = (2, 3, 64, 64),
+    inputs: list[dict[str, Any]] | dict[str, dict[str, Any]] | None = None,
     model_kwargs: dict[str, Any] | None = None,
     before: Iterable[str | dict[str, Any]] = (),
     measure: dict[str, Any] | None = None,
@@ -225,6 +226,7 @@ def run_pass(
         plugins: extra in-process plugins (modules or objects with ``@hookimpl`` functions).
         source: the model source (default: :func:`tiny_convnet`); e.g. ``torchvision:resnet18``.
         input_shape: the measured batch; small keeps tests fast.
+        inputs: ``model.inputs`` for a model of several or integer inputs (instead of ``input_shape``).
         model_kwargs: keyword arguments for the model builder (``model.kwargs``).
         before: stages to run before the pass (names or ``{name: options}``).
         measure: the pipeline's ``measure:`` section (default: 1 warm-up, 3 timed runs).
@@ -256,7 +258,11 @@ def run_pass(
     host = Host.with_plugins(*extra)
     stage = {name: options} if options is not None else name
     document = {
-        "model": {"source": source, "input_shape": list(input_shape), "kwargs": model_kwargs or {}},
+        "model": {
+            "source": source,
+            **({"inputs": inputs} if inputs is not None else {"input_shape": list(input_shape)}),
+            "kwargs": model_kwargs or {},
+        },
         "device": "cpu",
         "measure": measure if measure is not None else {"warmup": 1, "iters": 3},
         "passes": [*before, stage],

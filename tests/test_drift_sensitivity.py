@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from optkit import ExampleInputs
 from optkit.measure.sensitivity import output_sensitivity, within_sensitivity
 
 
@@ -73,7 +74,7 @@ def test_an_ordinary_model_keeps_the_tolerance():
     x = torch.randn(1, 3, 8, 8)
     with torch.inference_mode():
         outputs = model(x)
-        sensitivity = output_sensitivity(model, x, outputs, seed=1)
+        sensitivity = output_sensitivity(model, ExampleInputs.of(x), outputs, seed=1)
     assert 0 < sensitivity["output"] < 1e-5
     broken = {"outputs": [{"name": "output", "max_abs": 1e-3}]}
     assert within_sensitivity(broken, sensitivity) is None

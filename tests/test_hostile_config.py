@@ -213,5 +213,5 @@ def test_validate_refuses_an_unknown_source_scheme(test_passes, cli, write_pipel
     result = cli("validate", path)
     assert result.exit_code == 2
     assert errors(result).startswith(
-        f"error: {path}:2: model.source: unknown model source scheme 'timmm'; registered: file, python, torchvision"
+        f"error: {path}:2: model.source: unknown model source scheme 'timmm'; registered: file, hf, python, torchvision"
     )

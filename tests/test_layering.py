@@ -24,6 +24,7 @@ LAYERS: tuple[str, ...] = (
     "optkit.errors",  # errors a user can act on
     "optkit.files",  # atomic writes, paths relative to a pipeline file
     "optkit.artifacts",  # deployable files a pass can return (ONNX)
+    "optkit.inputs",  # a model's example inputs: one tensor or several, by position and keyword
     "optkit.passes",  # the pass API
     "optkit.config",  # YAML files -> validated pipeline and sweep specs
     "optkit.results",  # what a run produces (data only)

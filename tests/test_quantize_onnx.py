@@ -23,6 +23,7 @@ from optkit.measure.cpu import CpuInfo, cpu_info, parse_cpuinfo
 from optkit.testing import DIGITS_MODEL, digits_cnn, run_pass
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, fit_batch
+from optkit_plugins.quantize_onnx.graph import GraphInput
 from optkit_plugins.quantize_onnx.graph import Exclusion, op_census
 from optkit_plugins.quantize_onnx import QuantizeOnnx
 from optkit_plugins.quantize_onnx.quantizers import convert_fp16
@@ -199,8 +200,10 @@ def test_random_calibration_only_when_asked_and_the_report_says_so(tmp_path):
     )
     calibration = run.stage["details"]["calibration"]
     assert calibration["source"] == "random" and calibration["batches"] == 3 and calibration["samples"] == 6  # input batch 2
-    assert calibration["warning"].startswith("calibrated on random standard-normal inputs (calibration: {random: true}), not on data")
-    assert "calibrated on random standard-normal inputs" in (run.run_dir / "report.md").read_text()
+    assert calibration["warning"].startswith(
+        "calibrated on random inputs (calibration: {random: true}; standard-normal floats, integers in their range), not on data"
+    )
+    assert "calibrated on random inputs" in (run.run_dir / "report.md").read_text()
     # Without data.eval the similarity is held on 32 seeded samples, which random calibration covers.
     assert run.drift["tolerance"]["similarity_on"] == "a seeded batch of 32 random samples"
     assert run.stage["details"]["similarity_gate"]["cosine"] >= 0.99
@@ -309,9 +312,10 @@ def test_a_quantized_model_is_not_quantized_twice(tmp_path, digits):
 
 def test_calibration_batches_fit_a_fixed_batch_graph():
     batch = torch.arange(5.0).reshape(5, 1)
-    assert [t.tolist() for t in fit_batch(batch, 2)] == [[[0.0], [1.0]], [[2.0], [3.0]]]  # the short last slice is left out
-    assert fit_batch(batch, None)[0] is batch
-    feed = CalibrationFeed([batch, batch], "input", fixed_batch=2)
+    # the short last slice is left out
+    assert [p["input"].tolist() for p in fit_batch({"input": batch}, 2)] == [[[0.0], [1.0]], [[2.0], [3.0]]]
+    assert fit_batch({"input": batch}, None)[0]["input"] is batch
+    feed = CalibrationFeed([batch, batch], [GraphInput("input", 2, np.float32)], fixed_batch=2)
     assert len(feed) == 4 and feed.samples == 8
     feed.set_range(1, 3)
     assert [feed.get_next()["input"].tolist() for _ in range(2)] == [[[2.0], [3.0]], [[0.0], [1.0]]]

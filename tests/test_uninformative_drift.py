@@ -9,6 +9,7 @@ import textwrap
 import torch
 from torch import nn
 
+from optkit import ExampleInputs
 from optkit.measure.uninformative import second_input, uninformative_outputs
 
 
@@ -33,14 +34,14 @@ def test_empty_and_input_independent_outputs_are_named():
     model = DetectorLike().eval()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
-        found = uninformative_outputs(model(x), model(second_input(x, 1)))
+        found = uninformative_outputs(model(x), second_input(ExampleInputs.of(x), 1).call(model))
     assert found == {"anchors": "is the same for two different inputs", "boxes": "has no elements (shape [0, 4])"}
 
 
 def test_second_input_differs_and_keeps_integer_values():
     ids = torch.tensor([[3, 1, 4, 1, 5]])
     x = torch.randn(2, 3)
-    other_x, other_ids = second_input((x, ids), 1)
+    other_x, other_ids = second_input(ExampleInputs.of((x, ids)), 1).args
     assert not torch.equal(other_x, x) and other_x.shape == x.shape
     assert sorted(other_ids.flatten().tolist()) == sorted(ids.flatten().tolist()) and not torch.equal(other_ids, ids)
 

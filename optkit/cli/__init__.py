@@ -1,7 +1,8 @@
 """The ``optkit`` command line (click): ``run``, ``validate``, ``passes``, ``schema``, ``info``,
 ``sweep`` and ``report`` (:mod:`optkit.cli.commands`)."""
 
-__all__ = ["main"]
+# ``main`` is the console script's target (pyproject's [project.scripts]), not Python API.
+__all__: list[str] = []
 
 
 def main() -> None:

@@ -17,8 +17,10 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     Tag,
     field_validator,
+    model_validator,
 )
 
 from optkit.artifacts import Artifact
@@ -26,6 +28,7 @@ from optkit.config.data import DATA_ROLES, DatasetSpec, DataSpec
 from optkit.config.documents import ConfigDocument, SourceSpec, StrictModel, parse_config, read_config
 from optkit.errors import PipelineError, PluginError
 from optkit.files import resolve_path
+from optkit.inputs import DTYPES, InputDef
 from optkit.passes import Pass, Tolerance
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "check_input_shape",
     "SourceLookup",
     "WeightsSpec",
+    "InputSpec",
     "ModelSpec",
     "MeasureSpec",
     "PipelineFile",
@@ -104,6 +108,32 @@ class WeightsSpec(StrictModel):
     trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling (only for files you trust); model.trust_checkpoint also applies here.")
 
 
+class InputSpec(StrictModel):
+    """One input of ``model.inputs``: its batch shape, dtype and the range its example values are drawn from."""
+
+    name: str | None = Field(None, description="The input's name in a list of inputs (ONNX graph input name); a mapping's key names it.")
+    shape: InputShape = Field(description="The batch shape; the first dimension is the batch.")
+    dtype: Literal["float32", "float16", "int64", "int32", "bool"] = Field("float32", description="The tensor's dtype.")
+    range: tuple[float, float] | None = Field(
+        None, description="Example values are drawn from [low, high): integers uniformly (token ids: [0, vocab_size)); "
+        "floats uniformly. Unset: standard normal floats; required for integer inputs."
+    )
+
+    @model_validator(mode="after")
+    def _range_fits_dtype(self) -> InputSpec:
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError(f"range [{self.range[0]}, {self.range[1]}) is empty: low must be below high")
+        if self.dtype in ("int64", "int32") and self.range is None:
+            raise ValueError(f"an {self.dtype} input needs a range: [low, high) of its values, e.g. [0, vocab_size) for token ids")
+        if self.dtype in ("int64", "int32", "bool") and self.range is not None and not all(float(v).is_integer() for v in self.range):
+            raise ValueError(f"an {self.dtype} input's range must be whole numbers, not {list(self.range)}")
+        return self
+
+    def to_def(self, name: str, keyword: bool) -> InputDef:
+        low, high = self.range if self.range is not None else (None, None)
+        return InputDef(name, tuple(self.shape), DTYPES[self.dtype], low, high, keyword)
+
+
 def _weights_kind(value: Any) -> str:
     # A mapping when validating a file, a WeightsSpec when serializing the validated model.
     return "spec" if isinstance(value, (dict, WeightsSpec)) else "name"
@@ -119,11 +149,49 @@ class ModelSpec(SourceSpec):
         Annotated[str, Tag("name")] | Annotated[WeightsSpec, Tag("spec")],
         Discriminator(_weights_kind),
     ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
-    input_shape: InputShape = Field(default_factory=lambda: [1, 3, 224, 224])
+    input_shape: InputShape | None = Field(
+        None, description="One float input's batch shape (the shorthand of inputs); [1, 3, 224, 224] when neither is set."
+    )
+    inputs: Annotated[
+        Annotated[list[InputSpec], Tag("list")] | Annotated[dict[str, InputSpec], Tag("mapping")],
+        Discriminator(lambda value: "mapping" if isinstance(value, dict) else "list"),
+    ] | None = Field(
+        None, description="Several or non-float inputs: a mapping is passed by keyword (model(input_ids=..., attention_mask=...)), "
+        "a list positionally (model(frame1, frame2)). Exclusive with input_shape."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model builder (e.g. num_classes).")
     trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling of file: sources and weights (only for files you trust); --trust-checkpoint sets it.")
     freeze: list[str] | None = Field(None, description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.")
+    _inputs_given: bool = PrivateAttr(False)
     list_keys: bool = Field(False, description="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts; --verbose sets it.")
+
+    @model_validator(mode="after")
+    def _one_input_spec(self) -> ModelSpec:
+        if self.input_shape is not None and self.inputs is not None:
+            raise ValueError("give either input_shape (one float tensor) or inputs (several or non-float inputs), not both")
+        if self.inputs is not None and not self.inputs:
+            raise ValueError("inputs is empty: name at least one input")
+        if isinstance(self.inputs, list):
+            names = [spec.name or f"input{i}" for i, spec in enumerate(self.inputs)]
+            if len(set(names)) != len(names):
+                raise ValueError(f"inputs: the names {names} repeat; each input needs its own name")
+        self._inputs_given = self.input_shape is not None or self.inputs is not None
+        if not self._inputs_given:
+            self.input_shape = [1, 3, 224, 224]
+        return self
+
+    @property
+    def inputs_given(self) -> bool:
+        """The file sets ``input_shape`` or ``inputs``; else example inputs a source returns take precedence over the default shape."""
+        return self._inputs_given
+
+    def input_defs(self) -> list[InputDef]:
+        """The model's inputs: ``input_shape`` as one positional float input named ``input``, or ``inputs``."""
+        if self.inputs is None:
+            return [InputDef("input", tuple(self.input_shape or ()))]
+        if isinstance(self.inputs, dict):
+            return [spec.to_def(name, keyword=True) for name, spec in self.inputs.items()]
+        return [spec.to_def(spec.name or f"input{i}", keyword=False) for i, spec in enumerate(self.inputs)]
 
     @field_validator("weights", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from optkit.config.data import DATA_ROLES
@@ -35,22 +36,34 @@ log = logging.getLogger(__name__)
 DatasetLookup = Callable[[str], "tuple[DatasetLoader, str]"]
 
 
-def as_labeled(item: Any, where: str) -> tuple[torch.Tensor, int]:
-    """A dataset item as ``(input, label)``: a tensor alone gets label ``-1``.
+def _is_model_inputs(value: Any) -> bool:
+    """A tensor, or the inputs of a model of several: a tuple or list of tensors (positional), a dict of them (by name)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else None
+    return bool(parts) and all(isinstance(p, torch.Tensor) for p in parts)
+
+
+def as_labeled(item: Any, where: str) -> tuple[Any, int]:
+    """A dataset item as ``(inputs, label)``: a tensor alone gets label ``-1``. The inputs are a
+    tensor, or for a model of several inputs a tuple of tensors (positional) or a dict of them (by name).
 
     Raises:
-        PipelineError: the item is neither a tensor nor an ``(input, label)`` pair with an integer label.
+        PipelineError: the item is neither a tensor nor an ``(inputs, label)`` pair with an integer label.
     """
     if isinstance(item, torch.Tensor):
         return item, -1
-    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
+    if isinstance(item, (tuple, list)) and len(item) == 2 and _is_model_inputs(item[0]):
         label = item[1]
         if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
             return item[0], int(label)
         if isinstance(label, int) and not isinstance(label, bool):
             return item[0], label
         raise PipelineError(f"{where}: a sample's label must be an integer class index, got {_describe(label)}")
-    raise PipelineError(f"{where}: a sample must be a tensor or an (input tensor, label) pair, got {_describe(item)}")
+    raise PipelineError(
+        f"{where}: a sample must be a tensor or an (inputs, label) pair (inputs: a tensor, a tuple or a dict of tensors), "
+        f"got {_describe(item)}"
+    )
 
 
 def _describe(value: Any) -> str:
@@ -114,7 +127,7 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for inputs, labels in self.loader:
-            yield inputs.to(self.device), labels.to(self.device)
+            yield pytree.tree_map(lambda t: t.to(self.device), inputs), labels.to(self.device)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -15,7 +15,6 @@ from optkit.passes import Pass, Progress, check_pass_class
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from torch import nn
 
     from optkit.config.data import DataSpec
     from optkit.config.pipeline import ModelSpec
@@ -229,16 +228,17 @@ class Host:
 
         return build_data(spec, lookup, base_dir, seed=seed)
 
-    def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    def load_model(self, spec: ModelSpec, base_dir: Path, *, with_inputs: bool = False) -> Any:
         """Build the model ``spec`` describes through the source registered for its scheme
-        (see :func:`optkit.models.loading.load_model`)."""
+        (see :func:`optkit.models.loading.load_model`): ``(model, details)``, with ``with_inputs``
+        ``(model, details, example_inputs or None)``."""
         from optkit.models.loading import load_model
 
         try:
             entry = self.get_source(spec.scheme)
         except PipelineError as exc:
             raise PipelineError(f"model.source: {exc.message}") from None
-        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.description)
+        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.description, with_inputs=with_inputs)
 
     def unknown_message(self, kind: str, name: str, registry: Registry) -> str:
         message = f"unknown {kind} {name!r}"

@@ -15,6 +15,7 @@ from torch import nn
 
 from optkit.artifacts import Artifact
 from optkit.errors import PipelineError, StageError
+from optkit.inputs import ExampleInputs
 from optkit.measure.outputs import flatten_outputs
 from optkit.models.layers import eval_mode
 
@@ -106,7 +107,7 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
     with in_eval, torch.inference_mode():
         for inputs, labels in batches:
             try:
-                logits = classifier_outputs(run(inputs), "data.eval").detach().cpu()
+                logits = classifier_outputs(ExampleInputs.of(inputs).call(run), "data.eval").detach().cpu()
             except PipelineError as exc:
                 raise StageError(exc.message) from None
             labels = labels.cpu()

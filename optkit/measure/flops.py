@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from optkit.inputs import ExampleInputs
 from optkit.measure.mac_rules import UNIT, has_rule, module_rule_macs, rules_for
 from optkit.measure.probe import copy_memo, meta_copy
 
@@ -90,12 +91,15 @@ class MacsProfile:
         }
 
 
-def count_macs(model: nn.Module, inputs: torch.Tensor, module_rules: Mapping[str, ModuleRule] | None = None) -> dict[str, Any]:
+def count_macs(
+    model: nn.Module, inputs: torch.Tensor | ExampleInputs, module_rules: Mapping[str, ModuleRule] | None = None
+) -> dict[str, Any]:
     """MACs and GFLOPs (= 2 × GMACs) of one forward pass of ``model`` on ``inputs``.
 
     Args:
         model: the module to count; it is not changed (see :func:`profile_macs`).
-        inputs: one input batch; MACs scale with its batch size.
+        inputs: one input batch (a tensor, or :class:`~optkit.inputs.ExampleInputs` for several); MACs
+            scale with its batch size.
         module_rules: module rules by class path (``ctx.module_rules``); a module whose rule has
             ``macs`` is counted by it, for its whole call.
 
@@ -110,13 +114,16 @@ def count_macs(model: nn.Module, inputs: torch.Tensor, module_rules: Mapping[str
     return profile_macs(model, inputs, module_rules).metrics()
 
 
-def profile_macs(model: nn.Module, inputs: torch.Tensor, module_rules: Mapping[str, ModuleRule] | None = None) -> MacsProfile:
+def profile_macs(
+    model: nn.Module, inputs: torch.Tensor | ExampleInputs, module_rules: Mapping[str, ModuleRule] | None = None
+) -> MacsProfile:
     """Count the MACs of ``model(inputs)`` per module, on a copy (see the module docstring).
 
     Raises:
         Whatever the model's forward (or copying it) raises on an ordinary copy; the model itself
         stays untouched.
     """
+    inputs = ExampleInputs.of(inputs)
     try:
         return _profile(meta_copy(model), inputs.to("meta"), "meta", module_rules)
     # The meta device is an optimisation: the model's own code may refuse it in any way
@@ -139,7 +146,7 @@ def _mha_fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def _profile(model: nn.Module, inputs: torch.Tensor, probe: str, module_rules: Mapping[str, ModuleRule] | None) -> MacsProfile:
+def _profile(model: nn.Module, inputs: ExampleInputs, probe: str, module_rules: Mapping[str, ModuleRule] | None) -> MacsProfile:
     """Run ``model`` (a throwaway copy) once under the aten counter with a tally hooked on every module."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,7 +155,7 @@ def _profile(model: nn.Module, inputs: torch.Tensor, probe: str, module_rules: M
         tally = _Tally(model, rules_for(model, module_rules), counter, set(module_rule_macs(model, module_rules)))
         try:
             with _mha_fastpath_disabled(), torch.no_grad():
-                model(inputs)
+                inputs.call(model)
         finally:
             tally.remove_hooks()
     return tally.profile(probe)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from optkit.inputs import ExampleInputs
 from optkit.measure.intervals import CONFIDENCE, median_interval
 
 __all__ = [
@@ -150,16 +151,16 @@ class Contender:
     cuda_events: bool = False
 
 
-def _call_timer(device: torch.device, cuda_events: bool) -> Callable[[Callable[[torch.Tensor], Any], torch.Tensor], float]:
-    """A function that calls ``fn(inputs)`` once and returns the milliseconds the whole call took."""
+def _call_timer(device: torch.device, cuda_events: bool) -> Callable[[Callable[..., Any], ExampleInputs], float]:
+    """A function that calls ``inputs.call(fn)`` once and returns the milliseconds the whole call took."""
     if cuda_events:
         stream = torch.cuda.current_stream(device)
 
-        def timed_by_events(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> float:
+        def timed_by_events(fn: Callable[..., Any], inputs: ExampleInputs) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize(device)  # nothing queued before the call is timed with it
             start.record(stream)
-            fn(inputs)
+            inputs.call(fn)
             end.record(stream)
             end.synchronize()
             return start.elapsed_time(end)
@@ -167,11 +168,11 @@ def _call_timer(device: torch.device, cuda_events: bool) -> Callable[[Callable[[
         return timed_by_events
     on_cuda = device.type == "cuda"
 
-    def timed_by_host(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> float:
+    def timed_by_host(fn: Callable[..., Any], inputs: ExampleInputs) -> float:
         if on_cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        fn(inputs)
+        inputs.call(fn)
         if on_cuda:
             torch.cuda.synchronize(device)
         return (time.perf_counter() - start) * 1e3
@@ -179,10 +180,10 @@ def _call_timer(device: torch.device, cuda_events: bool) -> Callable[[Callable[[
     return timed_by_host
 
 
-def _settings(inputs: torch.Tensor, device: torch.device, warmup: int, cuda_events: bool) -> dict[str, Any]:
+def _settings(inputs: ExampleInputs, device: torch.device, warmup: int, cuda_events: bool) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "warmup": warmup,
-        "batch": int(inputs.shape[0]) if inputs.dim() else 1,
+        "batch": inputs.batch_size,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "timer": "cuda_event" if cuda_events else "perf_counter",
@@ -197,8 +198,8 @@ def _on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 
 def time_callable(
-    fn: Callable[[torch.Tensor], Any],
-    inputs: torch.Tensor,
+    fn: Callable[..., Any],
+    inputs: torch.Tensor | ExampleInputs,
     device: torch.device,
     warmup: int = 10,
     iters: int = 50,
@@ -210,7 +211,8 @@ def time_callable(
 
     Args:
         fn: the model or runtime callable.
-        inputs: the batch (its first dimension is recorded as ``batch``).
+        inputs: the batch, or several inputs (:class:`~optkit.inputs.ExampleInputs`, called as
+            ``inputs.call(fn)``); the first dimension of the first is recorded as ``batch``.
         device: where ``fn`` runs.
         warmup: untimed calls first (cuDNN autotuning, allocator, lazy initialisation).
         iters: timed calls (at least 1).
@@ -227,16 +229,17 @@ def time_callable(
         raise ValueError(f"iters must be at least 1, got {iters}")
     use_events = device.type == "cuda" if cuda_events is None else cuda_events
     timed = _call_timer(device, use_events)
+    inputs = ExampleInputs.of(inputs)
     with torch.inference_mode(), _on_device(device):
         for _ in range(warmup):
-            fn(inputs)
+            inputs.call(fn)
         times = [timed(fn, inputs) for _ in range(iters)]
     return {**summarize_times(times, confidence), **_settings(inputs, device, warmup, use_events)}
 
 
 def time_round_robin(
     contenders: Mapping[K, Contender],
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | ExampleInputs,
     device: torch.device,
     warmup: int = 10,
     rounds: int = 50,
@@ -269,6 +272,7 @@ def time_round_robin(
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     names = list(contenders)
+    inputs = ExampleInputs.of(inputs)
     timers = {name: _call_timer(device, contenders[name].cuda_events) for name in names}
     times: dict[K, list[float]] = {name: [] for name in names}
     order = random.Random(seed)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from optkit.inputs import ExampleInputs
 from optkit.measure.outputs import output_leaves
 
 __all__ = ["INPUT_STEP", "DRAWS", "FACTOR", "perturbed_input", "output_sensitivity", "within_sensitivity"]
@@ -28,7 +29,7 @@ DRAWS = 2
 FACTOR = 4.0
 
 
-def perturbed_input(inputs: Any, seed: int) -> Any:
+def perturbed_input(inputs: ExampleInputs, seed: int) -> ExampleInputs:
     """``inputs`` with every floating element moved by ``INPUT_STEP`` × the tensor's RMS, random signs (seeded)."""
     generator = torch.Generator().manual_seed(seed)
 
@@ -38,16 +39,16 @@ def perturbed_input(inputs: Any, seed: int) -> Any:
         signs = torch.randint(0, 2, t.shape, generator=generator).to(device=t.device, dtype=t.dtype) * 2 - 1
         return t + INPUT_STEP * t.double().pow(2).mean().sqrt().item() * signs
 
-    return pytree.tree_map(moved, inputs)
+    return inputs.map(lambda t, _: moved(t))
 
 
-def output_sensitivity(model: Callable[[Any], Any], inputs: Any, outputs: Any, seed: int) -> dict[str, float]:
+def output_sensitivity(model: Callable[..., Any], inputs: ExampleInputs, outputs: Any, seed: int) -> dict[str, float]:
     """The largest change of each output tensor over :data:`DRAWS` perturbed inputs.
 
     Args:
         model: the baseline (in eval mode, under inference mode).
         inputs: the seeded batch.
-        outputs: ``model(inputs)`` (on the CPU).
+        outputs: ``inputs.call(model)`` (on the CPU).
         seed: of the perturbations.
 
     Returns:
@@ -57,7 +58,7 @@ def output_sensitivity(model: Callable[[Any], Any], inputs: Any, outputs: Any, s
     reference = pytree.tree_leaves(outputs)
     found: dict[str, float] = {}
     for draw in range(DRAWS):
-        moved = pytree.tree_leaves(model(perturbed_input(inputs, seed + draw)))
+        moved = pytree.tree_leaves(perturbed_input(inputs, seed + draw).call(model))
         if len(moved) != len(reference):
             return {}
         for name, a, b in zip(names, reference, moved):

@@ -14,6 +14,7 @@ from torch import nn
 
 from optkit.artifacts import Artifact
 from optkit.errors import StageError
+from optkit.inputs import ExampleInputs
 from optkit.measure.flops import count_macs
 from optkit.measure.latency import Contender, time_callable
 from optkit.measure.params import count_params
@@ -52,7 +53,7 @@ class Runnable:
     """
 
     subject: nn.Module | Artifact
-    call: Callable[[torch.Tensor], Any]
+    call: Callable[..., Any]
     runtime: str
     module: nn.Module | None
     io: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +90,7 @@ def _to_cpu(outputs: Any) -> Any:
 
 def measure(
     subject: nn.Module | Artifact,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | ExampleInputs,
     settings: MeasureSpec,
     device: torch.device,
     module_rules: Mapping[str, ModuleRule] | None = None,
@@ -100,7 +101,7 @@ def measure(
 
     Args:
         subject: the stage's result.
-        inputs: the seeded batch, on ``device``.
+        inputs: the seeded batch, or the model's several inputs, on ``device``.
         settings: the pipeline's ``measure:`` section (``flops``, ``latency``, ``warmup``, ``iters``,
             ``confidence``).
         device: where to run.
@@ -114,6 +115,7 @@ def measure(
         the seconds measuring took.
     """
     start = time.perf_counter()
+    inputs = ExampleInputs.of(inputs)
     run = runnable(subject, device)
     size = file_bytes(subject.path) if isinstance(subject, Artifact) else state_dict_bytes(subject)
     counts: dict[str, Any] = {"size_bytes": size, "runtime": run.runtime}
@@ -136,7 +138,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     with run.ready():
         with torch.inference_mode():
-            outputs = _to_cpu(run.call(inputs))
+            outputs = _to_cpu(inputs.call(run.call))
         if settings.latency and time_latency:
             latency = time_callable(
                 run.call, inputs, device, settings.warmup, settings.iters, cuda_events=run.cuda_events, confidence=settings.confidence

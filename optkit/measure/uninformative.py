@@ -13,12 +13,13 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from optkit.inputs import ExampleInputs
 from optkit.measure.outputs import output_leaves
 
 __all__ = ["second_input", "uninformative_outputs", "uninformative_warning"]
 
 
-def second_input(inputs: Any, seed: int) -> Any:
+def second_input(inputs: ExampleInputs, seed: int) -> ExampleInputs:
     """Another seeded input like ``inputs``: floats drawn anew, integers and booleans rolled along
     the last dimension (the same values, so ids stay in their range, in other places)."""
     generator = torch.Generator().manual_seed(seed)
@@ -30,7 +31,7 @@ def second_input(inputs: Any, seed: int) -> Any:
             return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
         return torch.roll(t, 1, dims=-1) if t.dim() else t
 
-    return pytree.tree_map(other, inputs)
+    return inputs.map(lambda t, _: other(t))
 
 
 def uninformative_outputs(outputs: Any, other_outputs: Any) -> dict[str, str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optkit.errors import PipelineError, plugin_code
+from optkit.inputs import ExampleInputs
 from optkit.models.freezing import apply_freeze
 from optkit.models.layers import make_pruning_permanent
 from optkit.models.sources import SourceLoader, SourceRequest
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["load_model"]
 
 
-def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin: str = "") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin: str = "", with_inputs: bool = False
+) -> tuple[nn.Module, dict[str, Any]] | tuple[nn.Module, dict[str, Any], ExampleInputs | None]:
     """Build the model ``spec`` describes with ``loader`` (the source registered for its scheme),
     load its weights and freeze what it names; the model is returned in eval mode.
 
@@ -31,9 +34,12 @@ def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin:
         loader: the source loader for ``spec.scheme``.
         base_dir: relative paths resolve against it (the pipeline file's folder).
         plugin: who registered ``loader`` (``"plugin 'x' (dist 1.0)"``), for messages.
+        with_inputs: also return the model's example inputs.
 
     Returns:
-        ``(model, details)``; details say what was loaded from where.
+        ``(model, details)``; details say what was loaded from where. With ``with_inputs``,
+        ``(model, details, example_inputs)``: the example inputs the source gave, or ``None`` when
+        it gave none or the pipeline file sets ``input_shape`` or ``inputs`` (which win).
 
     Raises:
         PipelineError: unknown model, unreadable or unsafe checkpoint, a loader that refuses the
@@ -58,4 +64,19 @@ def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin:
         request.details["weights"] = load_weights_into(model, weights, base_dir, list_keys=spec.list_keys)
     if spec.freeze:
         request.details["freeze"] = apply_freeze(model, spec.freeze, list_keys=spec.list_keys)
-    return model.eval(), request.details
+    if not with_inputs:
+        return model.eval(), request.details
+    return model.eval(), request.details, _example_inputs(spec, request)
+
+
+def _example_inputs(spec: ModelSpec, request: SourceRequest) -> ExampleInputs | None:
+    if request.example_inputs is None or spec.inputs_given:
+        return None
+    try:
+        inputs = ExampleInputs.of(request.example_inputs)
+    except TypeError as exc:
+        raise PipelineError(f"model.source: {spec.source!r} returned example inputs that optkit cannot use: {exc}") from exc
+    request.details["example_inputs"] = [
+        {"name": d.name, "shape": list(d.shape), "dtype": str(d.dtype).removeprefix("torch."), "keyword": d.keyword} for d in inputs.defs
+    ]
+    return inputs

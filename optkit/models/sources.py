@@ -57,12 +57,16 @@ class SourceRequest:
         spec: the whole validated ``model:`` section.
         base_dir: relative paths resolve against this (the pipeline file's folder).
         details: what loading has to report (lands in the baseline stage's ``details``).
+        example_inputs: example inputs the source knows for its model (a tensor, a tuple or a
+            dict of tensors; see :meth:`optkit.inputs.ExampleInputs.of`); used when the pipeline
+            file sets neither ``model.input_shape`` nor ``model.inputs``.
     """
 
     target: str
     spec: ModelSpec
     base_dir: Path = field(default_factory=Path.cwd)
     details: dict[str, Any] = field(default_factory=dict)
+    example_inputs: Any = None
 
     def resolve(self, path: str | Path) -> Path:
         """``path`` made absolute against :attr:`base_dir` (``~`` expanded)."""
@@ -109,12 +113,16 @@ def load_torchvision(request: SourceRequest) -> nn.Module:
 
 
 def load_python(request: SourceRequest) -> nn.Module:
-    """``python:package.module:callable`` called with ``model.kwargs``."""
+    """``python:package.module:callable`` called with ``model.kwargs``; it returns a module, or
+    ``(module, example_inputs)`` (a tensor, a tuple of tensors passed positionally, or a dict of
+    tensors passed by keyword)."""
     _refuse_weights_name(request)
     factory = import_callable(request.target, request.base_dir, "model.source")
     model = call_factory(factory, request.spec.kwargs, request.target, "model.source", "model.kwargs")
     from torch import nn
 
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+        model, request.example_inputs = model
     if not isinstance(model, nn.Module):
         raise PipelineError(f"model.source: {request.target} returned {type(model).__name__}, not an nn.Module")
     request.details["source"] = {"python": request.target}

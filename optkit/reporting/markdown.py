@@ -38,7 +38,7 @@ def render_markdown(report: RunReport) -> str:
     lines = [
         f"# optkit report: {model.get('source', '?')}",
         "",
-        f"Status: **{report.status}** · input {model.get('input_shape')} · {environment_line(report)}",
+        f"Status: **{report.status}** · input {_inputs_line(model)} · {environment_line(report)}",
         "",
         "MACs are multiply-accumulates (thop's unit); GFLOPs = 2 × GMACs. Latency is the median "
         "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline."
@@ -125,3 +125,12 @@ def render_comparison_markdown(
         lines += ["", "## Errors", ""]
         lines += [f"- **{run.model} / {run.pipeline}**: {short_text(run.report.error or run.report.status, 600)}" for run in failed]
     return "\n".join(lines) + "\n"
+
+
+def _inputs_line(model: dict[str, Any]) -> str:
+    """``model.input_shape``, or each of ``model.inputs`` as ``name [shape] dtype``."""
+    inputs = model.get("inputs")
+    if not inputs:
+        return str(model.get("input_shape"))
+    named = inputs.items() if isinstance(inputs, dict) else ((spec.get("name") or f"input{i}", spec) for i, spec in enumerate(inputs))
+    return ", ".join(f"{name} {spec['shape']} {spec['dtype']}" for name, spec in named)

@@ -13,6 +13,7 @@ from torch import nn
 from optkit.data.checks import check_labels_fit, check_sample_shapes
 from optkit.measure.accuracy import AccuracyTracker, classifier_outputs
 from optkit.models.layers import eval_mode
+from optkit.inputs import ExampleInputs
 
 if TYPE_CHECKING:
     from optkit.config.data import DataSpec
@@ -41,7 +42,7 @@ def prepare_data(
     spec: DataSpec | None,
     host: Host,
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | ExampleInputs,
     device: torch.device,
     *,
     base_dir: Path,
@@ -55,7 +56,7 @@ def prepare_data(
         spec: the ``data:`` section, or ``None``.
         host: finds the dataset loader of each scheme.
         model: the baseline model, on ``device``.
-        inputs: the example batch (``model.input_shape``).
+        inputs: the example batch (``model.input_shape``), or the model's several inputs (``model.inputs``).
         device: where the loaders deliver batches.
         base_dir: relative dataset paths resolve against it.
         seed: seeds ``limit`` subsets and shuffling.
@@ -69,13 +70,15 @@ def prepare_data(
     if spec is None:
         return RunData()
     data = host.load_data(spec, base_dir, seed=seed)
-    check_sample_shapes(data, list(inputs.shape))
+    inputs = ExampleInputs.of(inputs)
+    if inputs.single:  # a data set of several inputs yields tuples or dicts, which the model call checks
+        check_sample_shapes(data, list(inputs.first.shape))
     loaders = data.on_device(device)
     tracker = None
     eval_set = data.get("eval")
     if accuracy and eval_set is not None:
         with eval_mode(model), torch.inference_mode():
-            logits = classifier_outputs(model(inputs), f"data.eval ({eval_set.spec.source})")
+            logits = classifier_outputs(inputs.call(model), f"data.eval ({eval_set.spec.source})")
         check_labels_fit(eval_set, logits.shape[1])
         tracker = AccuracyTracker(loaders.eval, device, max_accuracy_drop)  # type: ignore[arg-type]
     return RunData(loaders, tracker, data.details())

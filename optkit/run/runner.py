@@ -34,6 +34,7 @@ from optkit.measure.outputs import flatten_outputs
 from optkit.measure.sensitivity import INPUT_STEP, output_sensitivity, within_sensitivity
 from optkit.measure.uninformative import second_input, uninformative_outputs, uninformative_warning
 from optkit.models.layers import eval_mode
+from optkit.inputs import ExampleInputs, InputDef
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting.writing import write_run_report
 from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, json_problem, optkit_version
@@ -44,7 +45,7 @@ from optkit.run.run_dirs import prepare_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.timing import StageTiming, plan_timing
 
-__all__ = ["run_pipeline", "example_input"]
+__all__ = ["run_pipeline", "example_input", "seeded_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,21 @@ def example_input(shape: list[int], seed: int, device: torch.device) -> torch.Te
     Raises:
         PipelineError: the batch cannot be allocated (too large for this machine).
     """
-    generator = torch.Generator().manual_seed(seed)
+    return seeded_inputs([InputDef("input", tuple(shape))], seed, device).first
+
+
+def seeded_inputs(defs: list[InputDef], seed: int, device: torch.device) -> ExampleInputs:
+    """The seeded inputs every stage is measured on (the same on every machine).
+
+    Raises:
+        PipelineError: the inputs cannot be allocated (too large for this machine).
+    """
     try:
-        return torch.randn(*shape, generator=generator).to(device)
+        return ExampleInputs.sample(defs, seed, device)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one; the CPU allocator raises RuntimeError
+        option = f"model.input_shape {list(defs[0].shape)}" if len(defs) == 1 else "model.inputs"
         raise PipelineError(
-            f"model.input_shape {list(shape)}: cannot allocate the input batch on {device}: {plain_text(str(exc)).splitlines()[0]}"
+            f"{option}: cannot allocate the input batch on {device}: {plain_text(str(exc)).splitlines()[0]}"
         ) from exc
 
 
@@ -105,9 +115,12 @@ def run_pipeline(
 def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path | None, overwrite: bool) -> tuple[RunReport, Path]:
     torch_device = select_device(device if device is not None else pipeline.spec.device)
     with seeded_construction(pipeline.spec.seed):  # report.json's pipeline.seed records it
-        model, load_details = host.load_model(pipeline.model, pipeline.base_dir)
+        model, load_details, source_inputs = host.load_model(pipeline.model, pipeline.base_dir, with_inputs=True)
     model = model.to(torch_device)
-    inputs = example_input(pipeline.model.input_shape, pipeline.spec.seed, torch_device)
+    if source_inputs is not None:
+        inputs = source_inputs.to(torch_device)
+    else:
+        inputs = seeded_inputs(pipeline.model.input_defs(), pipeline.spec.seed, torch_device)
     data = prepare_data(
         pipeline.data, host, model, inputs, torch_device, base_dir=pipeline.data_dir, seed=pipeline.spec.seed,
         accuracy=pipeline.evaluates_accuracy, max_accuracy_drop=pipeline.measure.max_accuracy_drop,
@@ -229,7 +242,7 @@ class _StageRunner:
     """Runs one stage at a time: apply, measure, check drift, record, notify, write the report."""
 
     def __init__(
-        self, report: RunReport, info: RunInfo, host: Host, inputs: torch.Tensor, device: torch.device, run_dir: Path, data: RunData,
+        self, report: RunReport, info: RunInfo, host: Host, inputs: ExampleInputs, device: torch.device, run_dir: Path, data: RunData,
         timing: StageTiming,
     ):
         self.report, self.info, self.host = report, info, host
@@ -255,7 +268,8 @@ class _StageRunner:
         stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
         ctx = PassContext(
             device=self.device,
-            example_input=self.inputs,
+            example_input=self.inputs.first,
+            example_inputs=self.inputs,
             output_dir=stage_dir,
             logger=logging.getLogger(f"optkit.stage.{result.name}"),
             stage_index=result.index,
@@ -392,7 +406,7 @@ class _StageRunner:
         sensitivity to a rounding-level change of the input (a few more forward passes)."""
         seed = self.info.pipeline.spec.seed
         with eval_mode(model), torch.inference_mode():
-            self.uninformative = uninformative_outputs(outputs, model(second_input(self.inputs, seed + 1)))
+            self.uninformative = uninformative_outputs(outputs, second_input(self.inputs, seed + 1).call(model))
             self.sensitivity = output_sensitivity(model, self.inputs, outputs, seed + 2)
         warning = uninformative_warning(self.uninformative, len(flatten_outputs(outputs)))
         if warning:

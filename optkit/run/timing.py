@@ -35,6 +35,7 @@ from optkit.measure.latency import Contender, time_callable, time_round_robin
 from optkit.measure.noise import check_noise
 from optkit.measure.size import tensor_bytes
 from optkit.measure.stage import latency_record, runnable
+from optkit.inputs import ExampleInputs
 
 from optkit.results import NoiseCheck, Speedup, StageResult, Timing, TimingMemory, TimingStatus
 
@@ -116,7 +117,9 @@ class StageTiming:
     :meth:`time_side_by_side` after the last stage. :attr:`summary` is report.json's ``timing``.
     """
 
-    def __init__(self, plan: TimingPlan, settings: MeasureSpec, inputs: torch.Tensor, device: torch.device, stage_count: int):
+    def __init__(
+        self, plan: TimingPlan, settings: MeasureSpec, inputs: torch.Tensor | ExampleInputs, device: torch.device, stage_count: int
+    ):
         self.plan, self.settings, self.inputs, self.device = plan, settings, inputs, device
         self.stage_count = stage_count
         self._kept: dict[int, nn.Module | Artifact] = {}
@@ -240,8 +243,8 @@ class StageTiming:
     def _calling(self, index: int, call: Any) -> Any:
         """``call``, noting which stage runs (to name it if it fails)."""
 
-        def run(inputs: torch.Tensor) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
             self._running = index
-            return call(inputs)
+            return call(*args, **kwargs)
 
         return run

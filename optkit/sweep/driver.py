@@ -20,7 +20,7 @@ import yaml
 from optkit.config.sweep import SweepFile
 from optkit.files import atomic_write_text
 from optkit.reporting.runs import ComparedRun
-from optkit.reporting.writing import report_json, write_comparison_report
+from optkit.reporting.writing import write_comparison_report
 from optkit.results import RunReport
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.sweep.executors import Executor

@@ -31,7 +31,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit import StageError, atomic_write_bytes, output_leaves
+from optkit import ExampleInputs, StageError, atomic_write_bytes, output_leaves
 from optkit_plugins.export_onnx.opsets import (
     NATIVE_DYNAMO_OPSET,
     checker_problem,
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Name of the symbolic batch dimension in the graph.
 BATCH_DIM = "batch"
+#: The name of the symbolic sequence dimension of integer inputs (token ids, attention masks).
+SEQUENCE_DIM = "sequence"
 _PROTOBUF_LIMIT = 2**31 - 1
 
 Exporter = Literal["auto", "dynamo", "torchscript"]
@@ -152,14 +154,53 @@ def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
         logger.setLevel(previous)
 
 
+class _PositionalCall(nn.Module):
+    """``model`` called with all its inputs positionally (the exporters name graph inputs in that order);
+    the trailing ``keywords`` are passed by name."""
+
+    def __init__(self, model: nn.Module, positional: int, keywords: list[str]):
+        super().__init__()
+        self.model, self.positional, self.keywords = model, positional, keywords
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        args, rest = tensors[: self.positional], tensors[self.positional :]
+        return self.model(*args, **dict(zip(self.keywords, rest)))
+
+
+def _positional(model: nn.Module, example: ExampleInputs) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The module and the tuple of tensors to export: keyword inputs become trailing positional ones."""
+    if not example.kwargs:
+        return model, example.args
+    return _PositionalCall(model, len(example.args), list(example.kwargs)), tuple(example.tensors)
+
+
+def dynamic_dims(example: ExampleInputs, dynamic_batch: bool) -> list[dict[int, str]]:
+    """Per input, its symbolic dimensions: the batch (dimension 0) when ``dynamic_batch``, and the
+    sequence (dimension 1) of integer inputs of two or more dimensions (token ids, masks), which all share it."""
+    dims = []
+    for tensor, definition in zip(example.tensors, example.defs):
+        axes = {0: BATCH_DIM} if dynamic_batch and tensor.dim() else {}
+        if dynamic_batch and definition.has_sequence:
+            axes[1] = SEQUENCE_DIM
+        dims.append(axes)
+    return dims
+
+
+def _dynamic_shapes(module: nn.Module, example: ExampleInputs) -> tuple[Any, ...]:
+    """torch.export's ``dynamic_shapes``: one entry per argument of ``forward`` (the wrapper's ``*tensors`` is one)."""
+    dims = tuple(dynamic_dims(example, True))
+    return (dims,) if isinstance(module, _PositionalCall) else dims
+
+
 def _export_dynamo(
-    model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, output_names: list[str]
+    model: nn.Module, example: ExampleInputs, opset: int | None, dynamic_batch: bool, input_names: list[str], output_names: list[str]
 ) -> onnx.ModelProto:
-    if dynamic_batch and example.shape[0] == 1:
+    if dynamic_batch and example.batch_size == 1:
         # torch.export specializes dimensions of size 0 and 1: traced at batch 1, the graph input is
         # symbolic but inner reshapes (nn.MultiheadAttention's, for one) keep batch 1 and fail on any
         # other batch. Traced at batch 2, the batch stays symbolic all through.
-        example = example.repeat(2, *([1] * (example.dim() - 1)))
+        example = example.with_batch(2)
+    module, tensors = _positional(model, example)
     # torch.export prints progress to stdout, which a pipeline run keeps for the CLI; a failed
     # opset conversion is logged with a traceback by onnxscript, and is reported by the caller
     # as the reason for the fallback instead.
@@ -171,14 +212,14 @@ def _export_dynamo(
     ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model,
-            (example,),
+            module,
+            tensors,
             dynamo=True,
             verbose=False,
             opset_version=opset,
-            input_names=[input_name],
+            input_names=input_names,
             output_names=output_names,
-            dynamic_shapes=({0: BATCH_DIM},) if dynamic_batch else None,
+            dynamic_shapes=_dynamic_shapes(module, example) if dynamic_batch else None,
             external_data=False,
         )
     if program is None:  # torch returns None only when it wrote to a file, which this call does not ask for
@@ -187,19 +228,23 @@ def _export_dynamo(
 
 
 def _export_torchscript(
-    model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, output_names: list[str]
+    model: nn.Module, example: ExampleInputs, opset: int | None, dynamic_batch: bool, input_names: list[str], output_names: list[str]
 ) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    dynamic_axes = {name: {0: BATCH_DIM} for name in [input_name, *output_names]} if dynamic_batch else None
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: axes for name, axes in zip(input_names, dynamic_dims(example, True))}
+        dynamic_axes.update({name: {0: BATCH_DIM} for name in output_names})
+    module, tensors = _positional(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice of the legacy exporter
         torch.onnx.export(
-            model,
-            (example,),
+            module,
+            tensors,
             buffer,  # type: ignore[arg-type]  # a file-like object is documented; the stub names paths only
             dynamo=False,
             opset_version=opset,
-            input_names=[input_name],
+            input_names=input_names,
             output_names=output_names,
             dynamic_axes=dynamic_axes,
         )
@@ -226,17 +271,21 @@ def _unfulfilled(model: onnx.ModelProto, opset: int | None, dynamic_batch: bool)
     return None
 
 
-def _export(route: str, model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, names: list[str]) -> onnx.ModelProto:
+def _export(
+    route: str, model: nn.Module, example: ExampleInputs, opset: int | None, dynamic_batch: bool, input_names: list[str], names: list[str]
+) -> onnx.ModelProto:
     """One export by ``route``; exporter failures propagate."""
     export = _export_dynamo if route == "dynamo" else _export_torchscript
     with traceable_state(model):
-        return export(model, example, opset, dynamic_batch, input_name, names)
+        return export(model, example, opset, dynamic_batch, input_names, names)
 
 
-def _attempt(route: str, model: nn.Module, example: torch.Tensor, opset: int | None, dynamic_batch: bool, input_name: str, names: list[str]) -> tuple[onnx.ModelProto | None, dict[str, Any]]:
+def _attempt(
+    route: str, model: nn.Module, example: ExampleInputs, opset: int | None, dynamic_batch: bool, input_names: list[str], names: list[str]
+) -> tuple[onnx.ModelProto | None, dict[str, Any]]:
     """Export by ``route`` and check the result; returns the model (``None`` on failure) and the attempt's record."""
     try:
-        proto = _export(route, model, example, opset, dynamic_batch, input_name, names)
+        proto = _export(route, model, example, opset, dynamic_batch, input_names, names)
     # The torch.export-based exporter wraps its failures in OnnxExporterError (ImportError: no
     # onnxscript). The TorchScript tracer raises RuntimeError (unsupported operators raise
     # OnnxExporterError, a RuntimeError); arguments the traced code cannot take raise TypeError or ValueError.
@@ -257,13 +306,14 @@ def _attempt(route: str, model: nn.Module, example: torch.Tensor, opset: int | N
 
 def export_onnx_model(
     model: nn.Module,
-    example: torch.Tensor,
+    example: torch.Tensor | ExampleInputs,
     layout: OutputLayout,
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
     input_name: str = "input",
     exporter: Exporter = "auto",
+    input_names: list[str] | None = None,
 ) -> ExportedOnnx:
     """Export ``model`` (already an eval copy) to a valid in-memory ONNX model.
 
@@ -273,11 +323,14 @@ def export_onnx_model(
 
     Args:
         model: the module to export, in eval mode.
-        example: an input batch on the model's device.
+        example: an input batch on the model's device, or the model's several inputs.
         layout: the output names (see :func:`output_layout`).
         opset: default-domain opset; ``None`` lets the exporter choose.
-        dynamic_batch: make the leading input (and output) dimension symbolic.
-        input_name: name of the graph input.
+        dynamic_batch: make the leading input (and output) dimension symbolic, and the sequence
+            dimension of integer inputs (see :func:`dynamic_dims`).
+        input_name: name of the graph input of a one-input model.
+        input_names: names of the graph inputs, one per input (default: ``example``'s names, or
+            ``[input_name]`` for one positional input).
         exporter: ``auto``, ``dynamo`` or ``torchscript``.
 
     Returns:
@@ -288,9 +341,12 @@ def export_onnx_model(
     """
     start = time.perf_counter()
     release_inference_tensors(model)
+    example = ExampleInputs.of(example)
+    if input_names is None:
+        input_names = [input_name] if example.single else example.names
     attempts = []
     for route in ROUTES[exporter]:
-        proto, record = _attempt(route, model, example, opset, dynamic_batch, input_name, layout.names)
+        proto, record = _attempt(route, model, example, opset, dynamic_batch, input_names, layout.names)
         attempts.append(record)
         if proto is not None:
             failed = "; ".join(f"{a['route']}: {a['reason']}" for a in attempts[:-1])

@@ -49,7 +49,9 @@ class ExportOnnx(Pass):
             description="ONNX opset; default: the exporter's choice (20 with torch 2.14). Each opset gives a valid model or a refusal before export.",
         )
         dynamic_batch: bool = Field(True, description="Make the batch dimension symbolic ('batch') and verify batch sizes 1, 2 and 8.")
-        input_name: str = Field("input", min_length=1, description="Name of the graph input.")
+        input_name: str = Field(
+            "input", min_length=1, description="Name of the graph input of a one-input model (model.inputs names several)."
+        )
         outputs: list[int | str] | None = Field(
             None,
             min_length=1,
@@ -121,13 +123,14 @@ class ExportOnnx(Pass):
 
         # The model is read, not changed: a pass that returns an artifact leaves its model as it got
         # it (the run carries it on). Only what the export changes is copied: fp16 weights, once.
-        chosen = exported_module(model, ctx.example_input, options.outputs, options.deployment_output, ctx.module_rules)
+        chosen = exported_module(model, ctx.example_inputs, options.outputs, options.deployment_output, ctx.module_rules)
         module = chosen.module
         if options.fp16:
             module = (module if chosen.copied else copy.deepcopy(module)).half()
-        example = ctx.example_input.half() if options.fp16 else ctx.example_input
+        example = ctx.example_inputs.map(lambda t, _: t.half() if t.is_floating_point() else t) if options.fp16 else ctx.example_inputs
         with torch.inference_mode():
-            layout = output_layout(module(example), options.output_names or chosen.names)
+            layout = output_layout(example.call(module), options.output_names or chosen.names)
+        input_names = [options.input_name] if example.single else example.names
 
         exported = export_onnx_model(
             module,
@@ -135,7 +138,7 @@ class ExportOnnx(Pass):
             layout,
             opset=options.opset,
             dynamic_batch=options.dynamic_batch,
-            input_name=options.input_name,
+            input_names=input_names,
             exporter=options.exporter,
         )
         details = ctx.details
@@ -144,7 +147,8 @@ class ExportOnnx(Pass):
             "exporter": exported.exporter,
             "opset": exported.opset,
             "precision": precision,
-            "input_name": options.input_name,
+            "input_name": input_names[0],
+            "input_names": input_names,
             "output_names": layout.names,
             "export_s": round(exported.seconds, 3),
             "export_attempts": exported.attempts,
@@ -177,9 +181,9 @@ class ExportOnnx(Pass):
             output_structure=layout.structure,
             output_selection=chosen.selection,
         )
-        inputs = parity_inputs(ctx.example_input, options.verify_batch_sizes, options.dynamic_batch)
+        inputs = parity_inputs(ctx.example_inputs, options.verify_batch_sizes, options.dynamic_batch)
         with torch.inference_mode():
-            groups = channel_groups_for(chosen.module, chosen.module(ctx.example_input), ctx.module_rules)
+            groups = channel_groups_for(chosen.module, ctx.example_inputs.call(chosen.module), ctx.module_rules)
         figures = measure_parity(chosen.module, artifact.load(ctx.device), inputs, groups)
         details["parity"] = {
             "runtime": "onnxruntime",

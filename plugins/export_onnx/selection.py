@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit import ModuleRule, StageError, find_rule, output_leaves, resolve_output_selection, select_outputs
+from optkit import ExampleInputs, ModuleRule, StageError, find_rule, output_leaves, resolve_output_selection, select_outputs
 
 __all__ = ["SelectedOutputs", "ExportedModule", "exported_module"]
 
@@ -22,8 +22,8 @@ class SelectedOutputs(nn.Module):
         self.model = model
         self.indices = list(indices)
 
-    def forward(self, x: torch.Tensor) -> Any:
-        return select_outputs(self.model(x), self.indices)
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        return select_outputs(self.model(*args, **kwargs), self.indices)
 
     def extra_repr(self) -> str:
         return f"indices={self.indices}"
@@ -55,13 +55,13 @@ def _deployment_view(model: nn.Module, rules: Mapping[str, ModuleRule]) -> tuple
 
 
 def exported_module(
-    reference: nn.Module, example: torch.Tensor, outputs: list[int | str] | None, deployment_output: bool, rules: Mapping[str, ModuleRule]
+    reference: nn.Module, example: ExampleInputs, outputs: list[int | str] | None, deployment_output: bool, rules: Mapping[str, ModuleRule]
 ) -> ExportedModule:
     """Choose what to export from ``reference`` (an eval copy of the model).
 
     Args:
         reference: the model, in eval mode.
-        example: the example batch.
+        example: the model's example inputs.
         outputs: the ``outputs`` option: indices, names or paths of the model's outputs.
         deployment_output: export the deployment output a module rule gives for the model (a YOLO
             model's, say) when ``outputs`` is not given.
@@ -72,7 +72,7 @@ def exported_module(
             that is not the leading outputs of the model's eval output.
     """
     with torch.inference_mode():
-        leaves = output_leaves(reference(example))
+        leaves = output_leaves(example.call(reference))
     if outputs is not None:
         try:
             indices = resolve_output_selection(outputs, leaves)
@@ -89,7 +89,7 @@ def exported_module(
         return ExportedModule(reference)
     module, details = view
     with torch.inference_mode():
-        deployed = output_leaves(module(example))
+        deployed = output_leaves(example.call(module))
     # The head in export mode returns the leading part of its eval output (Detect: y of (y, raw)).
     if [leaf.shape for leaf in deployed] != [leaf.shape for leaf in leaves[: len(deployed)]]:
         raise StageError(

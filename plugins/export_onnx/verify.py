@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from optkit import ChannelGroup, StageError, compare_outputs, drift_exceeds, output_excesses
+from optkit import ChannelGroup, ExampleInputs, StageError, compare_outputs, drift_exceeds, output_excesses
 
 __all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_by_output", "parity_failure"]
 
@@ -36,38 +36,41 @@ def check_onnx_file(path: Path) -> None:
         raise StageError(f"export_onnx: {path.name} fails onnx.checker: {error}") from error
 
 
-def parity_inputs(example: torch.Tensor, batch_sizes: list[int], dynamic_batch: bool, seed: int = 20260) -> dict[str, torch.Tensor]:
+def parity_inputs(
+    example: torch.Tensor | ExampleInputs, batch_sizes: list[int], dynamic_batch: bool, seed: int = 20260
+) -> dict[str, ExampleInputs]:
     """The inputs the ONNX file is checked on, by label.
 
     Args:
-        example: the pipeline's seeded batch (always included, as ``example``).
+        example: the pipeline's seeded batch, or all the model's inputs (always included, as ``example``).
         batch_sizes: batch sizes to check when the batch is dynamic.
         dynamic_batch: whether the graph takes any batch size; if not, two more random batches
             of the example's shape are used.
-        seed: seed of the random inputs (standard normal, like the example batch; a seed of
-            its own so that ``batch_1`` is not the example again).
+        seed: seed of the random inputs (drawn like the example batch: standard normal, or each
+            input's range; a seed of its own so that ``batch_1`` is not the example again).
 
     Returns:
         ``{"example": ..., "batch_1": ..., "batch_2": ..., "batch_8": ...}`` (or ``random_1``,
-        ``random_2``), on the example's device and dtype.
+        ``random_2``), and for integer inputs with a sequence dimension ``sequence_N`` (half the
+        example's length), on the example's devices and dtypes.
     """
+    example = ExampleInputs.of(example)
     generator = torch.Generator().manual_seed(seed)
-    rest = list(example.shape[1:])
-    shapes = (
-        {f"batch_{b}": [b, *rest] for b in batch_sizes}
-        if dynamic_batch
-        else {f"random_{i}": list(example.shape) for i in (1, 2)}
-    )
+    batches = {f"batch_{b}": b for b in batch_sizes} if dynamic_batch else {f"random_{i}": None for i in (1, 2)}
     inputs = {"example": example}
-    for label, shape in shapes.items():
-        inputs[label] = torch.randn(*shape, generator=generator).to(device=example.device, dtype=example.dtype)
+    for label, batch in batches.items():
+        inputs[label] = example.resample(generator, batch)
+    sequences = {int(t.shape[1]) for t, d in zip(example.tensors, example.defs) if d.has_sequence}
+    if dynamic_batch and len(sequences) == 1:  # the symbolic sequence, checked at another length
+        length = max(1, sequences.pop() // 2)
+        inputs[f"sequence_{length}"] = example.resample(generator, sequence=length)
     return inputs
 
 
 def measure_parity(
     model: nn.Module,
-    run: Callable[[torch.Tensor], Any],
-    inputs: dict[str, torch.Tensor],
+    run: Callable[..., Any],
+    inputs: dict[str, ExampleInputs],
     groups: Mapping[str, Sequence[ChannelGroup]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Compare ``run`` (onnxruntime) with ``model`` (PyTorch) on each input.
@@ -89,15 +92,15 @@ def measure_parity(
     figures: dict[str, dict[str, Any]] = {}
     for label, x in inputs.items():
         with torch.inference_mode():
-            reference = model(x)
+            reference = x.call(model)
         try:
-            outputs = run(x)
+            outputs = x.call(run)
         except OrtFailure as error:
             message = str(error).splitlines()[0][:400]
-            raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {int(x.shape[0])}): {message}") from error
+            raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {x.batch_size}): {message}") from error
         drift = compare_outputs(outputs, reference, groups=groups)
         drift.pop("top1_agreement", None)
-        drift["batch"] = int(x.shape[0])
+        drift["batch"] = x.batch_size
         if drift["comparable"]:
             scale = drift["reference_max_abs"]
             drift["max_rel"] = drift["max_abs"] / scale if scale else 0.0

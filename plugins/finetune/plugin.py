@@ -87,6 +87,7 @@ class FineTune(Pass):
                 teacher's; every parameter frozen; a loss that is not finite (with its step).
         """
         opts = self.options
+        ctx.require_single_input("finetune")  # its loops feed one input tensor per batch
         detector = torchvision_detector(model)
         if detector is not None:
             raise StageError(

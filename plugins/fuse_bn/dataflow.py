@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from optkit import flatten_outputs
+from optkit import ExampleInputs, flatten_outputs
 from optkit_plugins.fuse_bn.graph import IsLayer, IsNorm, is_batchnorm, is_foldable_layer
 
 __all__ = ["DataflowRecord", "probe_dataflow"]
@@ -96,7 +96,7 @@ def probe_dataflow(
 
     Args:
         model: the model, in the mode it will be used in (eval).
-        example_input: a tensor, or a tuple of positional arguments.
+        example_input: a tensor, a tuple of positional arguments, or :class:`~optkit.inputs.ExampleInputs`.
         is_norm: which modules count as BatchNorms (module rules may describe more).
         keep_inputs: BatchNorms whose input is kept (``bn_inputs``), for a rule's numerical proof.
         is_layer: which modules a BatchNorm may fold into (module rules may describe more).
@@ -148,9 +148,8 @@ def probe_dataflow(
             elif is_norm(module):
                 handles.append(module.register_forward_pre_hook(on_bn_enter(name)))
                 handles.append(module.register_forward_hook(on_bn_exit(name)))
-        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         with _ConsumerMode(watched, active_bn, record, partner):
-            outputs = model(*inputs)
+            outputs = ExampleInputs.of(example_input).call(model)
         for tensor in flatten_outputs(outputs):
             layer = watched.get(id(tensor))
             if layer is not None:

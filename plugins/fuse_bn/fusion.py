@@ -242,7 +242,7 @@ def fuse_batchnorm(
     Args:
         model: the model. A model in training mode is never changed: it is copied and put
             in eval mode first, whatever ``inplace`` says.
-        example_input: a tensor (or tuple of positional arguments) the model runs on; the
+        example_input: a tensor (or tuple of positional arguments, or :class:`~optkit.inputs.ExampleInputs`) the model runs on; the
             dataflow probe runs it once to check call counts, shapes and hidden readers.
         inplace: change ``model`` itself (when in eval mode) instead of a copy.
         probe: also fuse pairs inside code that does not trace, when the probe shows the

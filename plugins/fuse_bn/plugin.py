@@ -38,7 +38,7 @@ class FuseBatchNorm(Pass):
         """Fuse ``model`` in place (a training-mode model is copied) and report the pairs in ``ctx.details``."""
         result = fuse_batchnorm(
             model,
-            ctx.example_input,
+            ctx.example_inputs,
             inplace=True,
             probe=self.options.probe,
             graph_module=self.options.graph_module,

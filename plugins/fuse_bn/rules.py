@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit import ModuleRule, call_rule, find_rule, replace_module
+from optkit import ExampleInputs, ModuleRule, call_rule, find_rule, replace_module
 
 __all__ = [
     "PROOF_RTOL",
@@ -180,8 +180,7 @@ def received_inputs(model: nn.Module, example_input: Any, modules: dict[str, nn.
 
     handles = [m.register_forward_pre_hook(keep(n), with_kwargs=True) for n, m in modules.items()]
     try:
-        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-        model(*inputs)
+        ExampleInputs.of(example_input).call(model)
     finally:
         for handle in handles:
             handle.remove()
@@ -194,7 +193,7 @@ def fuse_library_modules(model: nn.Module, example_input: Any, rules: Mapping[st
 
     Args:
         model: an eval model, changed in place (fused modules are replaced by fused copies).
-        example_input: a tensor or tuple of positional arguments; the model runs on it once.
+        example_input: a tensor, a tuple of positional arguments or :class:`~optkit.inputs.ExampleInputs`; the model runs on it once.
         rules: module rules by class path (``ctx.module_rules``).
 
     Returns:

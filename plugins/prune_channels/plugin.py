@@ -113,6 +113,7 @@ class PruneChannels(Pass):
             StageError: an unknown criterion, a criterion that returns a wrong shape, or a target not reached.
         """
         options = self.options
+        ctx.require_single_input(self.name)  # its trace and cost targets feed one input tensor
         criterion = self._criterion(ctx)
         excluded, keep = channel_limits(model, options, ctx.details, self.name)
         current = copy.deepcopy(model).eval()

@@ -103,9 +103,14 @@ class PruneL1(Pass):
     def _prune_channels(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         """Whole channels on the executed graph (:func:`~optkit_plugins.prune_l1.channels.prune_channels`)."""
         options = self.options
+        if ctx.example_inputs.kwargs:
+            raise StageError(
+                f"prune_l1: mode channels traces models called with positional inputs, and this one takes "
+                f"{', '.join(ctx.example_inputs.kwargs)} by keyword; use mode: unstructured, or give model.inputs as a list"
+            )
         excluded, keep = channel_limits(model, options, ctx.details)
         result = prune_channels(
-            model, ctx.example_input, options.amount, rules=ctx.module_rules, round_to=options.round_to,
+            model, _positional_inputs(ctx), options.amount, rules=ctx.module_rules, round_to=options.round_to,
             exclude=excluded, keep_outputs=keep, free_outputs=options.free_outputs, prune_heads=options.prune_heads,
         )
         ctx.details.update(result.details())
@@ -204,3 +209,8 @@ def _matches_any(name: str, patterns: list[str]) -> bool:
 @hookimpl
 def optkit_register_passes(register):
     register(PruneL1)
+
+
+def _positional_inputs(ctx: PassContext) -> Any:
+    """What the channel trace runs the model on: the one input tensor, or the tuple of several."""
+    return ctx.example_input if ctx.example_inputs.single else ctx.example_inputs.args

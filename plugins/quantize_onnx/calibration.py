@@ -4,7 +4,11 @@ when asked for, fed to onnxruntime's calibrator one graph input at a time."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from optkit import ExampleInputs, StageError
+from optkit_plugins.quantize_onnx.graph import GraphInput
 
 if TYPE_CHECKING:
     import numpy as np
@@ -13,29 +17,33 @@ if TYPE_CHECKING:
 __all__ = ["CalibrationFeed", "data_batches", "random_batches", "fit_batch"]
 
 
-def data_batches(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int) -> Iterator[torch.Tensor]:
-    """The inputs of the first ``count`` batches of ``loader`` (its ``(inputs, labels)`` pairs)."""
+def data_batches(loader: Iterable[tuple[Any, torch.Tensor]], count: int) -> Iterator[ExampleInputs]:
+    """The inputs of the first ``count`` batches of ``loader`` (its ``(inputs, labels)`` pairs; the
+    inputs a tensor, a tuple of tensors passed positionally, or a dict of tensors passed by name)."""
     for index, (inputs, _) in enumerate(loader):
         if index >= count:
             return
-        yield inputs
+        yield ExampleInputs.of(inputs)
 
 
-def random_batches(shape: list[int], count: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """``count`` batches of standard-normal values of ``shape`` (the seeded batch's distribution), seeded."""
+def random_batches(example: torch.Tensor | ExampleInputs, count: int, seed: int = 0) -> Iterator[ExampleInputs]:
+    """``count`` seeded random batches drawn like ``example`` (standard-normal floats, or each input's range)."""
     import torch
 
+    example = ExampleInputs.of(example)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(count):
-        yield torch.randn(*shape, generator=generator)
+        yield example.resample(generator)
 
 
-def fit_batch(inputs: torch.Tensor, fixed_batch: int | None) -> list[torch.Tensor]:
-    """``inputs`` as batches the graph takes: itself for a graph of any batch size, else slices of
-    ``fixed_batch`` (a last, shorter slice is left out: a padded one would skew the ranges)."""
-    if fixed_batch is None or inputs.shape[0] == fixed_batch:
+def fit_batch(inputs: dict[str, torch.Tensor], fixed_batch: int | None) -> list[dict[str, torch.Tensor]]:
+    """``inputs`` (graph input name → tensor) as batches the graph takes: itself for a graph of any
+    batch size, else slices of ``fixed_batch`` (a last, shorter slice is left out: a padded one would skew the ranges)."""
+    batch = next(iter(inputs.values())).shape[0]
+    if fixed_batch is None or batch == fixed_batch:
         return [inputs]
-    return [part for part in inputs.split(fixed_batch) if part.shape[0] == fixed_batch]
+    starts = range(0, batch - fixed_batch + 1, fixed_batch)
+    return [{name: t[start : start + fixed_batch] for name, t in inputs.items()} for start in starts]
 
 
 class CalibrationFeed:
@@ -46,21 +54,31 @@ class CalibrationFeed:
     calibrator then holds one batch's activations, not every batch's.
 
     Args:
-        batches: input batches, as the model takes them.
-        input_name: the graph input they feed.
+        batches: input batches, as the model takes them: positional tensors feed the graph's
+            inputs in order, keyword tensors the input of their name.
+        inputs: the graph's inputs (:func:`~optkit_plugins.quantize_onnx.graph.graph_inputs`); each
+            array is cast to its input's type.
         fixed_batch: the graph's batch size when it has a fixed one.
 
     Attributes:
-        arrays: the batches, each of the graph's batch size when it has one.
+        arrays: the batches (graph input name → array), each of the graph's batch size when it has one.
         samples: the samples in them.
+
+    Raises:
+        StageError: a batch does not match the graph's inputs.
     """
 
-    def __init__(self, batches: Iterable[torch.Tensor], input_name: str, fixed_batch: int | None = None) -> None:
-        self.input_name = input_name
-        self.arrays: list[np.ndarray] = [
-            part.numpy() for inputs in batches for part in fit_batch(inputs.detach().cpu().float(), fixed_batch)
-        ]
-        self.samples = sum(int(array.shape[0]) for array in self.arrays)
+    def __init__(
+        self, batches: Iterable[torch.Tensor | ExampleInputs], inputs: Sequence[GraphInput], fixed_batch: int | None = None
+    ) -> None:
+        names = [i.name for i in inputs]
+        types = {i.name: i.dtype for i in inputs}
+        self.arrays: list[dict[str, np.ndarray]] = []
+        for batch in batches:
+            feed = _feed(ExampleInputs.of(batch), names)
+            for part in fit_batch(feed, fixed_batch):
+                self.arrays.append({name: t.detach().cpu().numpy().astype(types[name], copy=False) for name, t in part.items()})
+        self.samples = sum(int(next(iter(array.values())).shape[0]) for array in self.arrays)
         self._next, self._end = 0, len(self.arrays)
 
     def __len__(self) -> int:
@@ -75,4 +93,15 @@ class CalibrationFeed:
         if self._next >= self._end:
             return None
         self._next += 1
-        return {self.input_name: self.arrays[self._next - 1]}
+        return self.arrays[self._next - 1]
+
+
+def _feed(batch: ExampleInputs, names: list[str]) -> dict[str, torch.Tensor]:
+    """Graph input name → tensor: positional tensors in order, keyword ones by name; every input fed."""
+    feed = {**dict(zip(names, batch.args)), **batch.kwargs}
+    if len(batch.args) > len(names) or set(feed) != set(names):
+        raise StageError(
+            f"quantize_onnx: a calibration batch has {len(batch.args)} positional inputs and {sorted(batch.kwargs)} by name, "
+            f"and the graph takes {names}; data.calibration must yield the model's inputs (a tensor, a tuple or a dict of them)"
+        )
+    return feed

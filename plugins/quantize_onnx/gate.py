@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from optkit import OnnxArtifact, compare_outputs
+from optkit import ExampleInputs, OnnxArtifact, compare_outputs
 
 __all__ = ["GATE_SAMPLES", "seeded_similarity"]
 
@@ -23,14 +23,14 @@ GATE_SAMPLES = 32
 
 
 def seeded_similarity(
-    source: OnnxArtifact, quantized: Path, example_input: torch.Tensor, device: torch.device, fixed_batch: int | None, seed: int = 1
+    source: OnnxArtifact, quantized: Path, example: ExampleInputs, device: torch.device, fixed_batch: int | None, seed: int = 1
 ) -> dict[str, Any]:
     """Cosine and top-1 agreement of ``quantized`` against ``source`` on seeded standard-normal samples.
 
     Args:
         source: the float ONNX artifact.
         quantized: the quantized file (run like ``source``: same outputs and structure).
-        example_input: the seeded batch; its sample shape is used.
+        example: the seeded inputs; samples are drawn anew from their definitions (shapes, dtypes, ranges).
         device: where onnxruntime runs.
         fixed_batch: the graph's batch size when it has a fixed one (the samples then take several calls).
         seed: of the samples (another seed than the measurement batch's).
@@ -39,10 +39,9 @@ def seeded_similarity(
         ``cosine``, ``top1`` (``None`` for outputs that are not ``[batch, classes]`` logits),
         ``samples``, ``calls`` and ``on`` (what was compared, in words).
     """
-    batch = torch.randn(GATE_SAMPLES, *example_input.shape[1:], generator=torch.Generator().manual_seed(seed))
-    batch = batch.to(device=example_input.device, dtype=example_input.dtype)
-    reference = source.load(device)(batch)
-    outputs = dataclasses.replace(source, path=quantized).load(device)(batch)
+    batch = example.resample(torch.Generator().manual_seed(seed), batch=GATE_SAMPLES)
+    reference = batch.call(source.load(device))
+    outputs = batch.call(dataclasses.replace(source, path=quantized).load(device))
     figures = compare_outputs(outputs, reference)
     calls = 1 if fixed_batch is None else -(-GATE_SAMPLES // fixed_batch)
     return {

@@ -12,7 +12,7 @@ from optkit import StageError
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["GraphInput", "graph_input", "refuse_quantized", "Exclusion", "resolve_exclude", "op_census", "COMPUTE_OPS"]
+__all__ = ["GraphInput", "graph_inputs", "refuse_quantized", "Exclusion", "resolve_exclude", "op_census", "COMPUTE_OPS"]
 
 #: Op types that carry a model's multiply-accumulates: what "left in float" is counted over.
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "RNN", "Einsum"})
@@ -26,30 +26,38 @@ _QUANTIZED_OPS = frozenset({
 
 @dataclass(frozen=True)
 class GraphInput:
-    """The one input of an exported graph.
+    """An input of an exported graph.
 
     Attributes:
         name: its name in the graph.
         fixed_batch: the batch size when the graph was exported for one (``dynamic_batch: false``), else ``None``.
+        dtype: the numpy type it takes.
     """
 
     name: str
     fixed_batch: int | None
+    dtype: Any = None
 
 
-def graph_input(model: onnx.ModelProto) -> GraphInput:
-    """The graph's input (initializers listed as inputs by old exporters are skipped).
+def graph_inputs(model: onnx.ModelProto) -> list[GraphInput]:
+    """The graph's inputs (initializers listed as inputs by old exporters are skipped).
 
     Raises:
-        StageError: the graph has no input, or more than one.
+        StageError: the graph has no input.
     """
+    import onnx
+
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise StageError(f"quantize_onnx: the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); it quantizes graphs of one input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-    return GraphInput(inputs[0].name, fixed or None)
+    if not inputs:
+        raise StageError("quantize_onnx: the graph has no input")
+    found = []
+    for graph_input in inputs:
+        tensor_type = graph_input.type.tensor_type
+        dims = tensor_type.shape.dim
+        fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        found.append(GraphInput(graph_input.name, fixed or None, onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)))
+    return found
 
 
 def refuse_quantized(model: onnx.ModelProto) -> None:

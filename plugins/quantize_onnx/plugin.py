@@ -18,7 +18,7 @@ from torch import nn
 from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, cpu_info, file_bytes, hookimpl
 from optkit_plugins.quantize_onnx.gate import seeded_similarity
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
-from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_input, op_census, refuse_quantized, resolve_exclude
+from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_inputs, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
 from optkit_plugins.quantize_onnx.scheme import choose_reduce_range
 
@@ -174,7 +174,7 @@ class QuantizeOnnx(Pass):
             else:
                 prepared = self._prepare(source.path, Path(work), details)
                 exclusion = resolve_exclude(onnx.load(str(prepared), load_external_data=False), options.exclude, float_model)
-                self._quantize_int8(prepared, target, exclusion, ctx, graph_input(float_model))
+                self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model))
         ctx.artifact_path(name)
         details["exclude"] = exclusion.matched or {}
         try:
@@ -188,8 +188,8 @@ class QuantizeOnnx(Pass):
         on_data = ctx.data is not None and ctx.data.eval is not None
         if not on_data:
             # The runner holds the similarity bounds to these figures (report.json's similarity_gate).
-            fixed_batch = graph_input(float_model).fixed_batch
-            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_input, ctx.device, fixed_batch)
+            fixed_batch = graph_inputs(float_model)[0].fixed_batch
+            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_inputs, ctx.device, fixed_batch)
         where = "data.eval" if on_data else details["similarity_gate"]["on"]
         details["tolerance"] = self.tolerance().describe() + f" against the float ONNX model (on {where})"
         return dataclasses.replace(source, path=target, source_model=model)
@@ -216,7 +216,7 @@ class QuantizeOnnx(Pass):
         details["preprocess"] = "quant_pre_process" if failure is None else f"failed, quantized as exported: {failure}"
         return source if failure is not None else prepared
 
-    def _quantize_int8(self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: GraphInput) -> None:
+    def _quantize_int8(self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput]) -> None:
         options = self.options
         settings = self._int8_scheme(ctx.details)
         if options.mode == "dynamic":
@@ -224,7 +224,7 @@ class QuantizeOnnx(Pass):
             return
         calibration = options.calibration
         if calibration.random:
-            batches = random_batches(list(ctx.example_input.shape), calibration.batches)
+            batches = random_batches(ctx.example_inputs, calibration.batches)
             where = "random"
             ctx.logger.warning(
                 "quantize_onnx: calibrating on random inputs (calibration: {random: true}): the ranges fit random data, not real inputs"
@@ -235,9 +235,10 @@ class QuantizeOnnx(Pass):
             except StageError as exc:
                 raise StageError(f"{exc}; or, for a latency study only, calibration: {{random: true}}") from None
             where = "data.calibration"
-        feed = CalibrationFeed(batches, graph.name, graph.fixed_batch)
+        fixed_batch = graph[0].fixed_batch
+        feed = CalibrationFeed(batches, graph, fixed_batch)
         if not len(feed):
-            batch = f" of the graph's fixed batch size {graph.fixed_batch}" if graph.fixed_batch else ""
+            batch = f" of the graph's fixed batch size {fixed_batch}" if fixed_batch else ""
             raise StageError(f"quantize_onnx: {where} gave no batches{batch} to calibrate on")
         # The histogram calibrators print progress to stdout; it goes to the debug log instead.
         printed = io.StringIO()
@@ -250,7 +251,8 @@ class QuantizeOnnx(Pass):
             record["percentile"] = calibration.percentile
         if calibration.random:
             record["warning"] = (
-                "calibrated on random standard-normal inputs (calibration: {random: true}), not on data: the activation "
+                "calibrated on random inputs (calibration: {random: true}; standard-normal floats, integers in their range), "
+                "not on data: the activation "
                 "ranges fit random inputs, and accuracy on real inputs may suffer; give data.calibration for a real model"
             )
         ctx.details["calibration"] = record

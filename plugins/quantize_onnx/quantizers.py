@@ -7,6 +7,8 @@ Every function imports onnxruntime when called, so importing the plugin stays ch
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,11 @@ def preprocess(source: Path, target: Path) -> str | None:
     from onnxruntime.quantization import quant_pre_process
 
     try:
-        quant_pre_process(str(source), str(target))
+        # Where symbolic shape inference stops short (BERT's graphs), onnxruntime saves
+        # sym_shape_infer_temp.onnx and its data into the working directory: it is made the
+        # target's folder (a temporary one) for the call.
+        with contextlib.chdir(target.parent):
+            quant_pre_process(str(source.resolve()), str(target.resolve()))
     # Shape inference and the optimizer run on arbitrary graphs and fail in many ways; the
     # graph is then quantized as exported, and the report says why.
     except Exception as exc:

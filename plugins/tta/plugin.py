@@ -82,6 +82,7 @@ class TTA(Pass):
                 flipped without ``flip_idx``, or a model that fails on the augmented inputs.
         """
         opts = self.options
+        ctx.require_single_input("tta")  # the augmentations transform one image batch
         detector = torchvision_detector(model)
         if detector is not None:
             raise StageError(

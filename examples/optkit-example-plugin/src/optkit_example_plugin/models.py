@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
 
-from optkit import hookimpl
-from optkit import PipelineError, SourceRequest, did_you_mean
+from optkit import PipelineError, SourceRequest, hookimpl
 from optkit_example_plugin.scaled_conv import ScaledConv
 
 __all__ = ["MODELS", "load_example", "scaled_stem"]
@@ -51,7 +52,9 @@ def load_example(request: SourceRequest) -> nn.Module:
     """Small models of the example plugin (example:scaled_stem)."""
     builder = MODELS.get(request.target)
     if builder is None:  # the user's input is wrong: PipelineError, one line (exit 2)
-        raise PipelineError(f"no example model {request.target!r}{did_you_mean(request.target, MODELS)}; known: {', '.join(MODELS)}")
+        close = difflib.get_close_matches(request.target, MODELS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PipelineError(f"no example model {request.target!r}{hint} (known: {', '.join(MODELS)})")
     try:
         model = builder(**request.spec.kwargs)
     except TypeError as exc:  # an unknown keyword in model.kwargs is the user's input too
