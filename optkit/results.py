@@ -142,6 +142,8 @@ class RunReport:
     schema: int = SCHEMA_VERSION
     error: str | None = None
     timing: dict[str, Any] = field(default_factory=dict)
+    #: The run folder's lock while the run held it (:mod:`optkit.run.lock`): pid, host, started, took_over.
+    lock: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +154,7 @@ class RunReport:
             "status": self.status,
             "error": self.error,
             "timing": self.timing,
+            **({"lock": self.lock} if self.lock else {}),
             "stages": [s.to_dict() for s in self.stages],
         }
 
@@ -166,6 +169,7 @@ class RunReport:
             schema=data.get("schema", SCHEMA_VERSION),
             error=data.get("error"),
             timing=data.get("timing", {}),
+            lock=data.get("lock") or {},
         )
 
     @classmethod

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 from pydantic import Field
 from torch import nn
@@ -19,7 +21,7 @@ from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
 
 __all__ = ["WritesArtifactAt", "ListsOutside", "Prints", "Colored", "RefusesPolitely", "GoesReadOnly",
-           "Unpicklable", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
+           "Unpicklable", "Sleeps", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
 
 SOURCE_ERROR = "the weights server is down"
 
@@ -123,9 +125,33 @@ class Unpicklable(Pass):
         return model
 
 
+class Sleeps(Pass):
+    """Writes an artifact, touches ``marker`` (so a test knows the run is mid-stage), then sleeps
+    ``seconds``, or less once the file ``until`` exists."""
+
+    name = "sleeps"
+    summary = "Sleep in the middle of a stage."
+
+    class Options(Pass.Options):
+        seconds: float = Field(2.0, description="How long.")
+        marker: str = Field("", description="A file created once the stage is under way.")
+        until: str = Field("", description="Stop sleeping once this file exists.")
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        ctx.artifact_path("mine.txt").write_text(f"{os.getpid()}\n")
+        if self.options.marker:
+            Path(self.options.marker).write_text(f"{os.getpid()}\n")
+        deadline = time.monotonic() + self.options.seconds
+        while time.monotonic() < deadline and not (self.options.until and Path(self.options.until).exists()):
+            time.sleep(0.05)
+        return model
+
+
 @hookimpl
 def optkit_register_passes(register):
-    for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable):
+    for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable, Sleeps):
         register(pass_cls)
 
 

@@ -40,7 +40,7 @@ from optkit.results import RunInfo, RunReport, StageResult, optkit_version
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
-from optkit.run.run_dirs import prepare_run_dir
+from optkit.run.run_dirs import claim_run_dir, prepare_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.timing import StageTiming, plan_timing
 
@@ -105,12 +105,23 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
 
     # model.pt and an export (ONNX) each take about the model's size.
     need = 2 * tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
-    run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
+    run_dir, lock = claim_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
+    try:
+        return _run_stages(pipeline, host, model, inputs, data, torch_device, run_dir, lock.record(), load_details)
+    finally:
+        lock.release()  # however the run ends: the folder is free for the next one
+
+
+def _run_stages(
+    pipeline: Pipeline, host: Host, model: nn.Module, inputs: torch.Tensor, data: RunData, torch_device: torch.device,
+    run_dir: Path, lock: dict[str, Any], load_details: dict[str, Any],
+) -> tuple[RunReport, Path]:
     stages = [StageResult("baseline", None, 0, details=load_details)]
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
     plan = plan_timing(pipeline.measure, model, len(pipeline.stages), torch_device)
     timing = StageTiming(plan, pipeline.measure, inputs, torch_device, len(pipeline.stages))
-    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary)
+    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary,
+                       lock=lock)
     info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=plan.compare)
     runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data, timing)
     if not runner.write_report():
