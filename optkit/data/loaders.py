@@ -44,9 +44,11 @@ def as_labeled(item: Any, where: str) -> tuple[torch.Tensor, int]:
         return item, -1
     if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
         label = item[1]
-        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
-            return item[0], int(label)
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point() and label.dtype != torch.bool:
+            label = int(label)
         if isinstance(label, int) and not isinstance(label, bool):
+            if label < -1:  # -1 alone means "no label"; any other negative value is a broken dataset, not a missing label
+                raise PipelineError(f"{where}: a sample's label is {label}; labels are class indices 0, 1, ... or -1 for none")
             return item[0], label
         raise PipelineError(f"{where}: a sample's label must be an integer class index, got {_describe(label)}")
     raise PipelineError(f"{where}: a sample must be a tensor or an (input tensor, label) pair, got {_describe(item)}")
@@ -242,7 +244,30 @@ def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, se
             },
         )
         sets[role].first_sample()  # a sample the transform cannot make, or of the wrong kind, fails here
+    _check_same_classes(sets)
     return PipelineData(sets)
+
+
+def _check_same_classes(sets: dict[str, DataSet]) -> None:
+    """The entries that name their classes (image folders) name the same ones, in the same order:
+    label ``i`` means one class in training, calibration and evaluation.
+
+    Raises:
+        PipelineError: naming both entries and their classes.
+    """
+    named = [data_set for data_set in sets.values() if data_set.classes is not None]
+    for other in named[1:]:
+        first = named[0]
+        if other.classes != first.classes:
+            raise PipelineError(
+                f"{other.option} ({other.spec.source}) has the classes {_names(other.classes)} but {first.option} has "
+                f"{_names(first.classes)}; the same label would mean different classes: give both the same class folders"
+            )
+
+
+def _names(classes: list[str] | None, shown: int = 5) -> str:
+    classes = classes or []
+    return ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
 
 
 def _chosen(size: int, entry: DatasetSpec, seed: int) -> list[int]:
