@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -21,7 +22,7 @@ from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
 
 __all__ = ["WritesArtifactAt", "ListsOutside", "Prints", "Colored", "RefusesPolitely", "GoesReadOnly",
-           "Unpicklable", "Sleeps", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
+           "Unpicklable", "Sleeps", "ReadsBaseline", "ZeroesBaseline", "SlowsBaseline", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
 
 SOURCE_ERROR = "the weights server is down"
 
@@ -149,9 +150,52 @@ class Sleeps(Pass):
         return model
 
 
+class ReadsBaseline(Pass):
+    """Calls ``ctx.baseline_model`` as a distilling pass does, and changes nothing."""
+
+    name = "reads_baseline"
+    summary = "Read the baseline model."
+    needs_baseline_model = True
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        with torch.inference_mode():
+            ctx.details["teacher_mean"] = float(ctx.baseline_model(ctx.example_input).mean())
+        return model
+
+
+class ZeroesBaseline(Pass):
+    name = "zeroes_baseline"
+    summary = "Zero the weights of ctx.baseline_model (what no pass may do)."
+    needs_baseline_model = True
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        with torch.no_grad():
+            for parameter in ctx.baseline_model.parameters():
+                parameter.zero_()
+        return model
+
+
+class SlowsBaseline(Pass):
+    name = "slows_baseline"
+    summary = "Wrap the forward of ctx.baseline_model in a sleep (what no pass may do)."
+    needs_baseline_model = True
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        baseline = ctx.baseline_model
+        forward = baseline.forward
+
+        def slow(*args, **kwargs):
+            time.sleep(0.01)
+            return forward(*args, **kwargs)
+
+        baseline.forward = slow
+        return model
+
+
 @hookimpl
 def optkit_register_passes(register):
-    for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable, Sleeps):
+    for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable, Sleeps,
+                     ReadsBaseline, ZeroesBaseline, SlowsBaseline):
         register(pass_cls)
 
 

@@ -350,3 +350,26 @@ def test_info_leaves_the_process_timing_settings_as_they_were(cli):
     assert json.loads(result.stdout)["latency_ms"]["threads"] == 3
     assert (torch.get_num_threads(), flush_denormal_enabled()) == before
 
+
+
+# --- the baseline model is the passes' to read, never to change (issue 25, item 3) --------------------
+
+
+def test_a_pass_that_reads_the_baseline_model_passes_the_check(host, tmp_path):
+    report, _ = run(host, tmp_path, "  - reads_baseline\n  - reads_baseline")
+    assert report.status == "ok", report.error
+    assert report.stages[1].details["teacher_mean"] == pytest.approx(report.stages[2].details["teacher_mean"], rel=1e-6)
+
+
+@pytest.mark.parametrize(("culprit", "what"), [("zeroes_baseline", "its tensor '0.weight'"), ("slows_baseline", "its module '' (forward)")])
+def test_a_pass_that_changes_the_baseline_model_fails_its_stage(host, tmp_path, culprit, what):
+    report, run_dir = run(host, tmp_path, f"  - {culprit}\n  - reads_baseline")
+    assert report.status == "failed"
+    stage = report.stages[1]
+    assert stage.status == "failed"
+    assert stage.error.startswith(f"stage 1 ({culprit}) failed: pass {culprit!r} changed ctx.baseline_model ({what}")
+    assert "passes read it, never change it" in stage.error
+    assert report.stages[2].status == "skipped"
+    # the baseline's latency was measured before the change; no stage gets a speed-up over a corrupted baseline
+    written = json.loads((run_dir / "report.json").read_text())
+    assert all("speedup" not in s["metrics"] for s in written["stages"])

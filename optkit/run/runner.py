@@ -37,6 +37,7 @@ from optkit.measure import (
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting import report_json, write_run_report
 from optkit.results import RunInfo, RunReport, StageResult, optkit_version
+from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
@@ -264,7 +265,9 @@ class _StageRunner:
         start = time.perf_counter()
         try:
             stage_dir.mkdir(parents=True, exist_ok=True)
+            guard = BaselineGuard(self.baseline_model)
             product = apply(ctx)
+            self._check_baseline(guard, result)
             result.duration_s = time.perf_counter() - start
             measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved)
             result.measure_s = measurement.seconds
@@ -293,6 +296,15 @@ class _StageRunner:
             written = self.write_report()
             self.host.stage_finished(result, self.info)
         return product if result.status == "ok" and written else None
+
+    def _check_baseline(self, guard: BaselineGuard, result: StageResult) -> None:
+        """Fail the stage whose pass changed ``ctx.baseline_model``; the baseline's copy is then out of the side-by-side timing."""
+        changed = guard.changes()
+        if changed:
+            self.timing.forget(0)  # shared with ctx.baseline_model: no speed-up over a corrupted baseline
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise StageError(f"pass {result.pass_name!r} changed ctx.baseline_model ({changed[0]}{more}); passes read it, never change it: "
+                             "later stages read it too, and the side-by-side timing times it")
 
     def write_report(self) -> bool:
         """Write report.json and report.md; ``False`` (and the run failed) when the folder no longer takes them.
