@@ -8,6 +8,7 @@ distribution ``HOSTILE`` (entry point ``hostile``) for command-line tests.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from optkit import Pass, PassContext, hookimpl
 from optkit.errors import StageError
 
 __all__ = ["WritesArtifactAt", "ListsOutside", "Prints", "Colored", "RefusesPolitely", "GoesReadOnly",
-           "Unpicklable", "Sleeps", "ReadsBaseline", "ZeroesBaseline", "SlowsBaseline", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
+           "Unpicklable", "Sleeps", "ReadsBaseline", "ZeroesBaseline", "SlowsBaseline", "SignalsItself", "IgnoresSigint", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
 
 SOURCE_ERROR = "the weights server is down"
 
@@ -192,10 +193,37 @@ class SlowsBaseline(Pass):
         return model
 
 
+class SignalsItself(Pass):
+    """Sends its own process a signal, as ``timeout`` or a job scheduler does mid-stage."""
+
+    name = "signals_itself"
+    summary = "Send this process SIGTERM (or another signal)."
+
+    class Options(Pass.Options):
+        signal: str = Field("SIGTERM", description="The signal's name.")
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        os.kill(os.getpid(), getattr(signal, self.options.signal))
+        time.sleep(5)  # the handler interrupts this
+        return model
+
+
+class IgnoresSigint(Pass):
+    name = "ignores_sigint"
+    summary = "Ignore SIGINT and SIGTERM from now on, as some libraries do."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return model
+
+
 @hookimpl
 def optkit_register_passes(register):
     for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable, Sleeps,
-                     ReadsBaseline, ZeroesBaseline, SlowsBaseline):
+                     ReadsBaseline, ZeroesBaseline, SlowsBaseline, SignalsItself, IgnoresSigint):
         register(pass_cls)
 
 

@@ -249,19 +249,23 @@ def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, se
 
 
 def _check_same_classes(sets: dict[str, DataSet]) -> None:
-    """The entries that name their classes (image folders) name the same ones, in the same order:
-    label ``i`` means one class in training, calibration and evaluation.
+    """Label ``i`` means one class in every entry that names its classes (image folders): where two
+    entries both have label ``i``, its class name is the same. (An entry may have fewer classes: train
+    on folders 0 to 3 of 10; a shifted list is refused: train ``a``-``j`` against eval ``0``-``9``.)
 
     Raises:
-        PipelineError: naming both entries and their classes.
+        PipelineError: naming both entries, their classes and the first label that differs.
     """
     named = [data_set for data_set in sets.values() if data_set.classes is not None]
+    first = named[0] if named else None
     for other in named[1:]:
-        first = named[0]
-        if other.classes != first.classes:
+        assert first is not None and first.classes is not None and other.classes is not None
+        differ = next((i for i, (a, b) in enumerate(zip(first.classes, other.classes)) if a != b), None)
+        if differ is not None:
             raise PipelineError(
                 f"{other.option} ({other.spec.source}) has the classes {_names(other.classes)} but {first.option} has "
-                f"{_names(first.classes)}; the same label would mean different classes: give both the same class folders"
+                f"{_names(first.classes)}; the same label would mean different classes (label {differ} is "
+                f"{other.classes[differ]!r} in one, {first.classes[differ]!r} in the other): give both the same class folders"
             )
 
 

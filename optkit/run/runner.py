@@ -43,6 +43,7 @@ from optkit.run.device import select_device
 from optkit.run.environment import environment
 from optkit.run.run_dirs import claim_run_dir, prepare_run_dir
 from optkit.run.seeding import seeded_construction
+from optkit.run.signals import handling_signals, interruption, restore_handlers
 from optkit.run.timing import StageTiming, plan_timing
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def run_pipeline(
             written or has too little room; nothing was run.
     """
     settings = pipeline.measure
-    with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal):
+    with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal), handling_signals():
         return _run(pipeline, host, device, output, overwrite)
 
 
@@ -128,6 +129,20 @@ def _run_stages(
     if not runner.write_report():
         return report, run_dir
 
+    try:
+        return _run_passes(pipeline, model, runner, stages, timing)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between stages (a hook, a report write): say so on disk
+        report.status, report.error = "interrupted", report.error or interruption(exc)
+        if runner.current is not None and runner.current.status not in ("ok", "failed"):
+            runner.current.status, runner.current.error = "interrupted", interruption(exc)
+        _mark_timing_interrupted(timing)
+        runner.write_report()
+        return report, run_dir
+
+
+def _run_passes(pipeline: Pipeline, model: nn.Module, runner: _StageRunner, stages: list[StageResult],
+                timing: StageTiming) -> tuple[RunReport, Path]:
+    report, run_dir = runner.report, runner.run_dir
     passes = [stage.make_pass() for stage in pipeline.stages]
     timing.start()
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
@@ -150,10 +165,18 @@ def _run_stages(
         _save_model(model, run_dir / "model.pt", report)  # before the side-by-side timing: Ctrl-C there keeps it
     if report.status != "interrupted":
         _time_side_by_side(timing, report)
+    else:
+        _mark_timing_interrupted(timing)
     if report.status == "running":
         report.status = "ok"
     runner.write_report()
     return report, run_dir
+
+
+def _mark_timing_interrupted(timing: StageTiming) -> None:
+    """A side-by-side timing that will never run says so (not ``pending``)."""
+    if timing.summary.get("status") == "pending":
+        timing.summary["status"] = "interrupted"
 
 
 def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
@@ -167,9 +190,9 @@ def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
         return
     try:
         timing.time_side_by_side(report.stages)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         report.status = "interrupted"
-        report.error = report.error or "interrupted (Ctrl-C) while timing the stages side by side: they have no latency"
+        report.error = report.error or f"{interruption(exc)} while timing the stages side by side: they have no latency"
     except StageError as exc:
         if report.status == "running":
             report.status, report.error = "failed", str(exc)
@@ -241,11 +264,14 @@ class _StageRunner:
         self.previous: Measurement | None = None
         #: ``ctx.baseline_model`` of the next stages (kept only while a pass that reads it is to come).
         self.baseline_model: nn.Module | None = None
+        #: The stage under way (recorded ``interrupted`` when a signal ends the run outside its own handling).
+        self.current: StageResult | None = None
 
     def run(
         self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None, artifact: Artifact | None = None
     ) -> nn.Module | Artifact | None:
         """Run one stage (``artifact``: the pass's ``ctx.artifact``); returns its product, or ``None`` when the run must stop."""
+        self.current = result
         self.host.stage_started(result.name, result.index, self.info)
         stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
         ctx = PassContext(
@@ -278,8 +304,8 @@ class _StageRunner:
             result.status = "ok"
             self.timing.keep(result, product)
             self.timing.add_speedups(self.report.stages)
-        except KeyboardInterrupt:
-            result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (optkit.run.signals)
+            result.status, result.error = "interrupted", interruption(exc)
             self.report.status = "interrupted"
         except OptkitError as exc:
             self._fail(result, str(exc), ctx)
@@ -288,6 +314,7 @@ class _StageRunner:
         except Exception as exc:  # noqa: BLE001
             self._fail(result, f"{type(exc).__name__}: {exc}", ctx)
         finally:
+            restore_handlers()  # the pass may have replaced or ignored SIGINT/SIGTERM
             if product is None:  # the pass itself failed: its time until then
                 result.duration_s = time.perf_counter() - start
             result.details = ctx.details
@@ -295,6 +322,7 @@ class _StageRunner:
             _remove_if_empty(stage_dir, stage_dir.parent)
             written = self.write_report()
             self.host.stage_finished(result, self.info)
+        self.current = None
         return product if result.status == "ok" and written else None
 
     def _check_baseline(self, guard: BaselineGuard, result: StageResult) -> None:
