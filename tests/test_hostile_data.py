@@ -163,3 +163,14 @@ def test_a_negative_label_other_than_minus_one_is_refused():
         as_labeled((torch.zeros(3), -3), "data.eval")
     with pytest.raises(PipelineError, match=r"label is -3"):
         as_labeled((torch.zeros(3), torch.tensor(-3)), "data.eval")
+
+
+# --- resources ---------------------------------------------------------------------------------------
+
+
+def test_num_workers_above_the_cpus_available_is_refused_with_the_line(test_host, tmp_path):
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(PipelineError, match=rf"^{tmp_path}/p.yaml:\d+: key 'data.num_workers': Value error, {cpus + 1} worker processes, "
+                                            rf"but this process may use {cpus} CPUs?; give at most {cpus}"):
+        run(test_host, tmp_path, f"  num_workers: {cpus + 1}\n  eval: imagefolder:val")
+    assert not (tmp_path / "run").exists()
