@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optkit.errors import PipelineError
+from optkit.files import read_limited
 
 if TYPE_CHECKING:
     from optkit.config import Pipeline
 
 __all__ = [
     "SCHEMA_VERSION",
+    "REPORT_MAX_BYTES",
     "STAGE_STATUSES",
     "RUN_STATUSES",
     "StageResult",
@@ -29,6 +31,9 @@ __all__ = [
 
 #: Bumped only when a field is renamed or removed; fields are otherwise only added.
 SCHEMA_VERSION = 1
+
+#: The largest report.json optkit reads (a run's is a few KiB; a comparison of hundreds of runs a few MiB).
+REPORT_MAX_BYTES = 64 * 2**20
 
 #: What a stage can end as (``skipped``: not reached).
 STAGE_STATUSES = ("ok", "failed", "skipped", "interrupted")
@@ -54,10 +59,10 @@ def read_report_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / "report.json" if path.is_dir() else path
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_limited(file, REPORT_MAX_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # UnsafeFileError, bad JSON and bad UTF-8 are ValueErrors
         raise PipelineError(f"cannot read report: {exc}", str(file)) from exc
     if not isinstance(data, dict) or not ("runs" in data or "stages" in data):
         raise PipelineError("not an optkit report (no 'stages' or 'runs')", str(file))

@@ -3,6 +3,8 @@ in bounded memory (issue 12)."""
 
 from __future__ import annotations
 
+import os
+
 import time
 
 import pytest
@@ -129,8 +131,32 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it_all(test_host,
 def test_a_device_file_that_never_ends_is_refused(test_host):
     from optkit.config import load_pipeline
 
-    with pytest.raises(PipelineError, match="larger than 1 MiB"):
+    with pytest.raises(PipelineError, match=r"^/dev/zero: not a regular file \(a character device\); a pipeline file is a file"):
         load_pipeline("/dev/zero", test_host.get_pass)
+
+
+def test_a_fifo_as_a_sweep_or_pipeline_file_is_refused_without_blocking(test_host, tmp_path):
+    """Before issue 25, opening a FIFO waited for a writer forever."""
+    import threading
+
+    from optkit.config import load_pipeline, load_sweep
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    caught: list[str] = []
+
+    def read() -> None:
+        for load in (lambda p: load_pipeline(p, test_host.get_pass), load_sweep):
+            try:
+                load(tmp_path / "fifo.yaml")
+            except PipelineError as exc:
+                caught.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert len(caught) == 2, "reading a FIFO blocked"
+    assert caught[0] == f"{tmp_path}/fifo.yaml: not a regular file (a FIFO); a pipeline file is a file"
+    assert caught[1] == f"{tmp_path}/fifo.yaml: not a regular file (a FIFO); a sweep file is a file"
 
 
 # --- YAML 1.1 booleans are not numbers -------------------------------------------------------------

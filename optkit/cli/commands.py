@@ -327,7 +327,10 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """
     from optkit.reporting import load_runs, write_comparison_report
 
-    compared = load_runs(list(runs))
+    def skipped(error: Exception) -> None:  # one unreadable report leaves the others to compare
+        click.secho(f"warning: skipped {plain_text(str(error))}", fg="yellow", err=True)
+
+    compared = load_runs(list(runs), on_skip=skipped)
     meta = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
     written = write_comparison_report(compared, output, meta=meta)
     click.echo(f"{len(compared)} runs → {written['markdown']}, {written['html']}")
