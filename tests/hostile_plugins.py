@@ -19,11 +19,11 @@ from pydantic import Field
 from torch import nn
 
 import optkit.files
-from optkit import Pass, PassContext, hookimpl
+from optkit import OnnxArtifact, Pass, PassContext, hookimpl
 from optkit.errors import StageError
 
 __all__ = ["WritesArtifactAt", "ListsOutside", "Prints", "Colored", "RefusesPolitely", "GoesReadOnly",
-           "Unpicklable", "Sleeps", "ReadsBaseline", "ZeroesBaseline", "SlowsBaseline", "SignalsItself", "IgnoresSigint", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
+           "Unpicklable", "Sleeps", "ReadsBaseline", "ZeroesBaseline", "SlowsBaseline", "SignalsItself", "IgnoresSigint", "ReturnsOnnxAt", "DeletesEarlierArtifacts", "restore_writes", "RaisingObserver", "SOURCE_ERROR"]
 
 SOURCE_ERROR = "the weights server is down"
 
@@ -220,10 +220,42 @@ class IgnoresSigint(Pass):
         return model
 
 
+class ReturnsOnnxAt(Pass):
+    """Returns an ``OnnxArtifact`` at a path of its choosing, not through ctx.artifact_path."""
+
+    name = "returns_onnx_at"
+    summary = "Return an OnnxArtifact at a given path."
+
+    class Options(Pass.Options):
+        path: str = Field(description="The artifact's path; relative paths are under the run folder.")
+
+    options: Options
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
+        path = Path(self.options.path)
+        if not path.is_absolute():
+            path = ctx.output_dir.parent.parent / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not onnx")
+        return OnnxArtifact(path=path, source_model=model)
+
+
+class DeletesEarlierArtifacts(Pass):
+    name = "deletes_earlier_artifacts"
+    summary = "Delete the files earlier stages wrote."
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        for path in ctx.output_dir.parent.rglob("*"):
+            if path.is_file():
+                path.unlink()
+        return model
+
+
 @hookimpl
 def optkit_register_passes(register):
     for pass_cls in (WritesArtifactAt, ListsOutside, Prints, Colored, RefusesPolitely, GoesReadOnly, Unpicklable, Sleeps,
-                     ReadsBaseline, ZeroesBaseline, SlowsBaseline, SignalsItself, IgnoresSigint):
+                     ReadsBaseline, ZeroesBaseline, SlowsBaseline, SignalsItself, IgnoresSigint,
+                     ReturnsOnnxAt, DeletesEarlierArtifacts):
         register(pass_cls)
 
 

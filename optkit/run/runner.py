@@ -294,6 +294,10 @@ class _StageRunner:
             guard = BaselineGuard(self.baseline_model)
             product = apply(ctx)
             self._check_baseline(guard, result)
+            if isinstance(product, Artifact):  # made however the pass liked: it must still be in the stage folder
+                self._check_inside(product.path, stage_dir)
+                if not any(Path(listed).resolve() == Path(product.path).resolve() for listed in ctx.artifacts):
+                    ctx.artifacts.append(Path(product.path))
             result.duration_s = time.perf_counter() - start
             measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved)
             result.measure_s = measurement.seconds
@@ -340,6 +344,7 @@ class _StageRunner:
         A folder that turned read-only still lets report.json be rewritten in place, so the
         report on disk says why the run stopped.
         """
+        self._drop_missing_artifacts()
         try:
             write_run_report(self.report, self.run_dir)
             return True
@@ -354,13 +359,31 @@ class _StageRunner:
                 self.report.error += "; report.json on disk is from an earlier stage"
             return False
 
+    def _check_inside(self, path: str | Path, stage_dir: Path) -> None:
+        """Raise StageError for an artifact outside the stage folder (another stage's, the run folder's, elsewhere)."""
+        if _relative_to(path, stage_dir.resolve()) is None:
+            raise StageError(self._outside_message(path, stage_dir))
+
+    def _outside_message(self, path: str | Path, stage_dir: Path) -> str:
+        shown = _relative_to(stage_dir, self.run_dir.resolve()) or str(stage_dir)
+        return f"artifact {path} is outside the stage folder {shown}; write artifacts with ctx.artifact_path(name)"
+
     def _artifacts(self, result: StageResult, ctx: PassContext) -> list[str]:
-        """The stage's artifacts relative to the run folder; one outside it fails the stage."""
-        root = self.run_dir.resolve()
-        outside = [str(path) for path in ctx.artifacts if _relative_to(path, root) is None]
+        """The stage's artifacts relative to the run folder; one outside the stage folder fails the stage."""
+        root, stage_dir = self.run_dir.resolve(), ctx.output_dir.resolve()
+        outside = [str(path) for path in ctx.artifacts if _relative_to(path, stage_dir) is None]
         if outside and result.status == "ok":
-            self._fail(result, f"artifact {outside[0]} is outside the run folder; write artifacts with ctx.artifact_path(name)", ctx)
-        return [relative for path in ctx.artifacts if (relative := _relative_to(path, root)) is not None]
+            self._fail(result, self._outside_message(outside[0], ctx.output_dir), ctx)
+        return [str(Path(path).resolve().relative_to(root)) for path in ctx.artifacts if _relative_to(path, stage_dir) is not None]
+
+    def _drop_missing_artifacts(self) -> None:
+        """The report lists only artifacts that exist (a later stage may delete a file); details say which went."""
+        for stage in self.report.stages:
+            missing = [a for a in stage.artifacts if not (self.run_dir / a).exists()]
+            if missing:
+                stage.artifacts = [a for a in stage.artifacts if a not in missing]
+                stage.details.setdefault("artifacts_removed", []).extend(missing)
+                log.warning("stage %s: artifacts no longer on disk: %s", stage.name, ", ".join(missing))
 
     def _fail(self, result: StageResult, message: str, ctx: PassContext) -> None:
         where = "baseline (model loading and measurement)" if result.index == 0 else f"stage {result.index} ({result.name})"
