@@ -243,3 +243,18 @@ def test_validate_refuses_an_unknown_source_scheme(test_passes, cli, write_pipel
     assert errors(result).startswith(
         f"error: {path}:2: model.source: unknown model source scheme 'timmm'; registered: file, python, torchvision"
     )
+
+
+# --- issue 25, item 10: shapes, fp16 on the CPU --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("[16]", "<pipeline>:3: key 'model.input_shape': List should have at least 2 items after validation, not 1"),
+        ('["2", 3, 64, 64]', "<pipeline>:3: key 'model.input_shape.0': Value error, a size is an integer written as one (a str is not"),
+        ("[2, 3, 64.0, 64]", "<pipeline>:3: key 'model.input_shape.2': Value error, a size is an integer written as one (a float is"),
+    ],
+)
+def test_input_shapes_need_a_batch_dimension_and_real_integers(test_host, shape, message):
+    assert parse_error(tiny(**{"[2, 3, 64, 64]": shape}), test_host).startswith(message)
