@@ -399,3 +399,12 @@ def test_the_report_lists_only_artifacts_that_exist_at_the_end(host, tmp_path):
     written = json.loads((run_dir / "report.json").read_text())
     assert written["stages"][1]["artifacts"] == []
     assert written["stages"][1]["details"]["artifacts_removed"] == ["stages/01-writes_artifact/note.txt"]
+
+
+def test_latency_false_announces_no_side_by_side_timing(installed, cli, tmp_path):
+    """Issue 25, item 10: with measure.latency: false nothing is timed, and the progress says nothing of it."""
+    path = write(tmp_path, "  - identity", **{"measure: {warmup: 1, iters: 3}": "measure: {warmup: 1, iters: 3, latency: false}"})
+    result = cli("run", path, "-o", "out")
+    assert result.exit_code == 0, result.stderr
+    assert "side by side" not in result.stderr
+    assert "identity: ok" in result.stderr

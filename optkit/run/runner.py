@@ -124,7 +124,8 @@ def _run_stages(
     timing = StageTiming(plan, pipeline.measure, inputs, torch_device, len(pipeline.stages))
     report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary,
                        lock=lock)
-    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=plan.compare)
+    # Observers read `compare` to announce the side-by-side timing: there is none without latency.
+    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare="interleaved" if timing.interleaved else "sequential")
     runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data, timing)
     if not runner.write_report():
         return report, run_dir
