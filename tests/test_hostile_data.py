@@ -174,3 +174,14 @@ def test_num_workers_above_the_cpus_available_is_refused_with_the_line(test_host
                                             rf"but this process may use {cpus} CPUs?; give at most {cpus}"):
         run(test_host, tmp_path, f"  num_workers: {cpus + 1}\n  eval: imagefolder:val")
     assert not (tmp_path / "run").exists()
+
+
+def test_nonfinite_eval_inputs_are_counted_and_warned_about(tmp_path, caplog):
+    text = plugins_for_tests.TINY_PIPELINE.format(passes="  - identity").replace(
+        "device: cpu", "device: cpu\ndata:\n  eval: {source: 'python:plugins_for_tests:nonfinite_noise', batch_size: 4}")
+    test_host = Host.with_plugins(plugins_for_tests)
+    report, _ = run_pipeline(parse_pipeline(text, test_host.get_pass), test_host, output=tmp_path / "run")
+    assert report.status == "ok"
+    for stage in report.stages:
+        assert stage.metrics["accuracy"]["nonfinite_inputs"] == 2
+    assert "data.eval: 2 of 8 samples hold NaN or infinite values" in caplog.text
