@@ -50,7 +50,7 @@ from optkit import OnnxArtifact
 from optkit.files import atomic_write_text
 from optkit.host import Host
 from optkit.config import MeasureSpec
-from optkit.measure import Contender, check_noise, configure_timing, speedup, time_round_robin
+from optkit.measure import Contender, CpuInfo, check_noise, configure_timing, speedup, time_round_robin
 from optkit.reporting import format_speedup, noise_warning
 from optkit.passes import PassContext
 from optkit.run.environment import environment
@@ -67,12 +67,17 @@ TARGET_TOP1_DROP, TARGET_SIZE_RATIO = 0.01, 3.5
 #: resnet50 variants timed: name -> quantize_onnx options (random calibration added).
 LATENCY_VARIANTS = {
     "int8 qoperator per-channel": {"format": "qoperator", "per_channel": True},
+    "int8 qoperator per-channel, 8-bit weights": {"format": "qoperator", "per_channel": True, "reduce_range": False},
     "int8 qoperator per-tensor": {"format": "qoperator", "per_channel": False},
     "int8 qdq per-channel": {"format": "qdq", "per_channel": True},
+    "int8 qdq per-channel, int8 activations": {"format": "qdq", "per_channel": True, "activation_type": "int8"},
 }
 #: digits variants measured: name -> quantize_onnx options.
 ACCURACY_VARIANTS = {
     "qoperator per-channel minmax": {},
+    "qoperator per-channel minmax, 8-bit weights": {"reduce_range": False},
+    "qoperator per-channel minmax, 7-bit weights": {"reduce_range": True},
+    "qdq per-channel minmax, int8 activations": {"format": "qdq", "activation_type": "int8"},
     "qoperator per-channel entropy": {"calibration": {"method": "entropy"}},
     "qoperator per-channel percentile": {"calibration": {"method": "percentile"}},
     "qoperator per-tensor minmax": {"per_channel": False},
@@ -168,6 +173,7 @@ def accuracy_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "fp32_bytes": exported.metrics["size_bytes"],
             "int8_bytes": quantized.metrics["size_bytes"],
             "size_ratio": exported.metrics["size_bytes"] / quantized.metrics["size_bytes"],
+            "reduce_range": quantized.details["int8_scheme"]["reduce_range"],
         }
         log.info("%s: %s", name, rows[name])
     return {"samples": 360, "calibration": "16 batches of 64 from the train split (shuffled, seeded)", "variants": rows}
@@ -218,19 +224,24 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## Digits (trained digits_cnn, {part['samples']} val samples; calibration: {part['calibration']})",
             "",
-            "| variant | fp32 top-1 | int8 top-1 | agreement with fp32 | cosine with fp32 | fp32 bytes | int8 bytes | smaller |",
-            "|---|---|---|---|---|---|---|---|",
+            f"CPU: {CpuInfo.from_dict(env['cpu']).describe()}. Variants without `reduce_range` use `auto`, which chose "
+            f"{'7' if CpuInfo.from_dict(env['cpu']).int8_saturates else '8'}-bit weights on this CPU.",
+            "",
+            "| variant | fp32 top-1 | int8 top-1 | agreement with fp32 | cosine with fp32 | fp32 bytes | int8 bytes | smaller | weights |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in part["variants"].items():
             if "error" in row:
-                lines.append(f"| {name} | failed: {row['error']} | | | | | | |")
+                lines.append(f"| {name} | failed: {row['error']} | | | | | | | |")
                 continue
             lines.append(
                 f"| {name} | {row['fp32_top1']:.2%} | {row['int8_top1']:.2%} | {row['agreement_with_fp32']:.2%} | "
-                f"{row['cosine_with_fp32']:.5f} | {row['fp32_bytes']:,} | {row['int8_bytes']:,} | {row['size_ratio']:.2f}× |"
+                f"{row['cosine_with_fp32']:.5f} | {row['fp32_bytes']:,} | {row['int8_bytes']:,} | {row['size_ratio']:.2f}× | "
+                f"{'7-bit' if row['reduce_range'] else '8-bit'} |"
             )
         lines += ["", f"Targets: top-1 within {TARGET_TOP1_DROP:.0%} of fp32, at least {TARGET_SIZE_RATIO}× smaller. "
-                  "These figures are deterministic.", ""]
+                  "These figures are deterministic on one CPU and differ between CPUs: 8-bit weights lose accuracy on x86 "
+                  "without VNNI, where onnxruntime's uint8 x int8 products saturate.", ""]
     if "latency" in result:
         part = result["latency"]
         k = part.get("calls_per_round", 1)
@@ -238,7 +249,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## Latency: {part['model']} {part['input_shape']}, {part['threads']} threads, random weights",
             "",
-            f"CPU ({env['processor']}), onnxruntime {env['onnxruntime']}, torch {env['torch']}. Timed interleaved: "
+            f"CPU: {CpuInfo.from_dict(env['cpu']).describe()}; onnxruntime {env['onnxruntime']}, torch {env['torch']}. Ratios differ by CPU (its "
+            "vector width and int8 instructions). Timed interleaved: "
             f"{part['rounds']} rounds after {part['warmup']} warm-up rounds, onnxruntime spinning "
             f"{'on' if part['spinning'] else 'off'}, {k} call(s) of a model in a row per round ({cache}). "
             f"Calibration: {part['calibration']}. Speed-up: the median of the per-round ratios with its 95% interval; "

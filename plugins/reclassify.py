@@ -3,7 +3,7 @@
 YOLOv5's ``load_classifier``, made general: the head is found structurally
 (:func:`optkit.models.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
 replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
-exactly the old logits with no training.
+the old logits with no training (the same weights; a narrower GEMM may round in another order).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Reclassify(Pass):
             ctx.details["keep"] = list(opts.keep)
             ctx.details["note"] = (
                 f"outputs 0..{len(opts.keep) - 1} are copies of old classes {opts.keep}: logits[:, i] equals the old "
-                f"logits[:, keep[i]] exactly, with no training"
+                f"logits[:, keep[i]] (the same rows of weights, up to float rounding), with no training"
                 + (f"; outputs {len(opts.keep)}..{num_classes - 1} are new ({opts.init} init)" if num_classes > len(opts.keep) else "")
             )
         ctx.logger.info("reclassify: %s -> %d classes", ", ".join(h["layer"] for h in replaced), num_classes)

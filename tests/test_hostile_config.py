@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-import time
-
 import pytest
 
 import plugins_for_tests
@@ -89,13 +87,12 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 """
 
 
-def test_billion_laughs_fails_fast_on_the_expansion_limit(test_host):
-    start = time.perf_counter()
+def test_billion_laughs_stops_at_the_expansion_limit(test_host):
+    # 9**9 values once expanded: a reader that expanded first and counted after would run out of
+    # memory here instead of answering (no wall-clock bound: machines differ several-fold).
     message = parse_error(BILLION_LAUGHS, test_host)
-    elapsed = time.perf_counter() - start
     assert message.startswith("<pipeline>:")
     assert f"expands to more than {MAX_VALUES:,} values through aliases" in message
-    assert elapsed < 2.0, f"took {elapsed:.1f} s"
 
 
 def test_too_many_aliases_is_an_error(test_host):

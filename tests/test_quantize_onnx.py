@@ -19,11 +19,14 @@ from optkit.config import parse_pipeline
 from optkit.errors import PipelineError
 from optkit.host import Host
 from optkit.passes import PassContext
+from optkit.measure.cpu import CpuInfo, cpu_info, parse_cpuinfo
 from optkit.testing import DIGITS_MODEL, digits_cnn, run_pass
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, fit_batch
 from optkit_plugins.quantize_onnx.graph import Exclusion, op_census
+from optkit_plugins.quantize_onnx import QuantizeOnnx
 from optkit_plugins.quantize_onnx.quantizers import convert_fp16
+from optkit_plugins.quantize_onnx.scheme import choose_reduce_range
 
 DIGITS = {"source": DIGITS_MODEL, "model_kwargs": {"pretrained": True}, "input_shape": (1, 3, 32, 32)}
 #: Quick measurement: quantization figures, not latency, are under test.
@@ -69,9 +72,10 @@ def test_static_int8_keeps_digits_accuracy_in_a_quarter_of_the_size(static_run, 
     run = static_run
     exported, quantized = run.report["stages"][1], run.stage
 
-    # Within one point of the float model, on the 360 val samples, as an independent evaluation finds.
+    # Within 0.3 points of the float model on the 360 val samples (one sample is 0.28 points), on
+    # every CPU: reduce_range: auto picks 7-bit weights where 8-bit ones saturate (x86 without VNNI).
     float_top1, int8_top1 = exported["metrics"]["accuracy"]["top1"], quantized["metrics"]["accuracy"]["top1"]
-    assert float_top1 >= 0.97 and int8_top1 >= float_top1 - 0.01
+    assert float_top1 >= 0.97 and int8_top1 >= float_top1 - 0.003
     assert quantized["metrics"]["accuracy"]["n"] == 360
     assert int8_top1 == pytest.approx(val_accuracy(run.artifact("model_int8.onnx"), digits), abs=1e-12)
     # At least 3.5x smaller than the float ONNX file (int8 weights, per-channel scales).
@@ -91,6 +95,52 @@ def test_static_int8_keeps_digits_accuracy_in_a_quarter_of_the_size(static_run, 
     previous = quantized["metrics"]["agreement"]["previous"]
     assert previous["cosine"] >= 0.99 and previous["top1"] >= 0.99 and previous["n"] == 360
     assert "cosine >= 0.99, top-1 agreement >= 0.95" in quantized["details"]["tolerance"]
+    # The scheme was chosen for this machine's CPU, and the report says which CPU and why.
+    scheme = quantized["details"]["int8_scheme"]
+    assert scheme["option"] == "auto" and scheme["cpu"] == cpu_info().as_dict()
+    assert scheme["reduce_range"] is quantized["details"]["reduce_range"] is cpu_info().int8_saturates
+    assert cpu_info().name in scheme["reason"]
+
+
+EPYC = CpuInfo("AMD EPYC", "x86_64", ("avx", "avx2", "fma"))
+XEON = CpuInfo("Intel(R) Xeon(R) Platinum 8480+", "x86_64", ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"))
+GRAVITON = CpuInfo("Neoverse-V1", "aarch64", ("asimd", "asimddp", "sve", "i8mm"))
+
+
+@pytest.mark.parametrize(
+    ("cpu", "uint8_activations", "expected", "why"),
+    [
+        (EPYC, True, True, "AMD EPYC has no VNNI"),
+        (EPYC, False, False, "int8 activations"),
+        (XEON, True, False, "has VNNI"),
+        (GRAVITON, True, False, "is aarch64, not x86"),
+        (CpuInfo("Intel(R) Xeon(R) Gold 6148", "x86_64", ("avx2", "avx512f", "avx512bw")), True, True, "has no VNNI"),
+    ],
+)
+def test_reduce_range_auto_follows_the_cpu(cpu, uint8_activations, expected, why):
+    choice = choose_reduce_range("auto", cpu, uint8_activations=uint8_activations)
+    assert choice.reduce_range is expected and why in choice.reason
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_pinned_reduce_range_wins_on_any_cpu(pinned):
+    for cpu in (EPYC, XEON):
+        choice = choose_reduce_range(pinned, cpu, uint8_activations=True)
+        assert choice.reduce_range is pinned and "pinned" in choice.reason
+
+
+def test_cpuinfo_flags_are_read_from_x86_and_arm_texts():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n"
+    assert parse_cpuinfo(x86) == ("AMD EPYC", {"fpu", "sse4_2", "avx", "avx2", "fma"})
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd asimddp sve\n"
+    assert parse_cpuinfo(arm) == (None, {"fp", "asimd", "asimddp", "sve"})
+
+
+def test_the_reduce_range_option_takes_auto_or_a_boolean(tmp_path, digits):
+    assert QuantizeOnnx.Options().reduce_range == "auto"
+    assert QuantizeOnnx.Options(reduce_range=True).reduce_range is True
+    with pytest.raises(ValueError, match="reduce_range"):
+        QuantizeOnnx.Options(reduce_range="sometimes")
 
 
 def test_qdq_format_dequantizes_int8_weights_into_float_operators(tmp_path, digits):

@@ -19,6 +19,13 @@ from optkit_plugins.reclassify import Reclassify, new_head
 EXACT = {"rtol": 0.0, "atol": 0.0}
 
 
+def assert_same_logits(after: torch.Tensor, before: torch.Tensor, **kwargs) -> None:
+    """The kept rows compute the same dot products as before, but a head of another width runs
+    another GEMM shape, which may sum in another order (CPUs differ: AVX2, AVX-512): equal up to
+    float32 rounding, relative to the logits' magnitude."""
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()), **kwargs)
+
+
 def apply(model: nn.Module, tmp_path, **options) -> tuple[nn.Module, dict]:
     ctx = PassContext(
         device=torch.device("cpu"), example_input=torch.zeros(1), output_dir=tmp_path, logger=logging.getLogger("test")
@@ -38,7 +45,7 @@ def test_new_head_has_num_classes_and_old_in_features(tmp_path):
 
 
 @torch.inference_mode()
-def test_keep_reproduces_the_old_logits_exactly(tmp_path):
+def test_keep_reproduces_the_old_logits(tmp_path):
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
     before = model(x)
@@ -46,8 +53,8 @@ def test_keep_reproduces_the_old_logits_exactly(tmp_path):
     model, details = apply(model, tmp_path, keep=keep)
     after = model(x)
     assert after.shape == (2, 3)
-    torch.testing.assert_close(after, before[:, keep], **EXACT)
-    assert details["keep"] == keep and "exactly" in details["note"]
+    assert_same_logits(after, before[:, keep])
+    assert details["keep"] == keep and "the same rows of weights" in details["note"]
 
 
 @torch.inference_mode()
@@ -58,7 +65,7 @@ def test_keep_with_extra_zero_rows(tmp_path):
     model, details = apply(model, tmp_path, num_classes=5, keep=[4, 0], init="zeros")
     after = model(x)
     assert isinstance(model.classifier[1], nn.Conv2d) and model.classifier[1].out_channels == 5
-    torch.testing.assert_close(after[:, :2], before[:, [4, 0]], **EXACT)
+    assert_same_logits(after[:, :2], before[:, [4, 0]])
     # zero weights and bias, then ReLU and pooling: the new classes start at exactly 0
     torch.testing.assert_close(after[:, 2:], torch.zeros(2, 3), **EXACT)
     assert "outputs 2..4 are new (zeros init)" in details["note"]
@@ -207,7 +214,7 @@ def _build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
 @pytest.mark.slow
 @torch.inference_mode()
 def test_every_torchvision_classifier(tmp_path):
-    """Every classification model: the new head is num_classes wide, and kept classes are exact."""
+    """Every classification model: the new head is num_classes wide, and kept classes give the old logits."""
     keep = [5, 0, 999]
     timings = {}
     for name in torchvision.models.list_models(module=torchvision.models):
@@ -219,7 +226,7 @@ def test_every_torchvision_classifier(tmp_path):
         model, details = apply(model, tmp_path, num_classes=4, keep=keep)
         after = model(x)
         assert after.shape == (1, 4), name
-        torch.testing.assert_close(after[:, :3], before[:, keep], **EXACT, msg=lambda m, n=name: f"{n}: {m}")
+        assert_same_logits(after[:, :3], before[:, keep], msg=lambda m, n=name: f"{n}: {m}")
         assert [h["layer"] for h in details["heads"]] == [find_classifier(model)[0], *aux_before], name
         assert all(out_width(model.get_submodule(h["layer"])) == 4 for h in details["heads"]), name
         timings[name] = time.perf_counter() - start

@@ -21,6 +21,7 @@ from optkit.measure.drift import (
     tolerance_failure,
     worst_output,
 )
+from optkit.measure.cpu import CpuInfo, cpu_info
 from optkit.measure.flops import MacsProfile, count_macs, profile_macs
 from optkit.measure.mac_rules import zero_macs
 from optkit.measure.intervals import (
@@ -108,4 +109,6 @@ __all__ = [
     "thop_owner",
     "thop_warning",
     "zero_macs",
+    "CpuInfo",
+    "cpu_info",
 ]

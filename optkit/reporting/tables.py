@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from optkit.measure.cpu import CpuInfo
+
 if TYPE_CHECKING:
     from optkit.reporting.runs import ComparedRun
     from optkit.results import RunReport
@@ -273,10 +275,11 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], in
 
 
 def environment_text(env: dict[str, Any]) -> str:
-    """One line: device, threads, processor, platform and library versions."""
+    """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
     versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
                           if env.get(k))
-    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {env.get('processor')} · "
+    cpu = CpuInfo.from_dict(env["cpu"]).describe() if env.get("cpu") else env.get("processor")
+    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {cpu} · "
             f"{env.get('platform')} · {versions}")
 
 

@@ -17,15 +17,19 @@ def _version(dist: str) -> str | None:
 
 
 def environment(device: Any = None) -> dict[str, Any]:
-    """Versions, platform, processor, device name and thread count (torch is imported)."""
+    """Versions, platform, the CPU (model name and instruction sets), device name and thread count (torch is imported)."""
     import torch
 
+    from optkit.measure.cpu import cpu_info
     from optkit.run.device import device_name
+
+    cpu = cpu_info()
 
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu.name,
+        "cpu": cpu.as_dict(),
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "onnx": _version("onnx"),

@@ -16,10 +16,11 @@ from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
 from optkit.errors import StageError
-from optkit.measure import file_bytes
+from optkit.measure import cpu_info, file_bytes
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
 from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_input, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
+from optkit_plugins.quantize_onnx.scheme import choose_reduce_range
 
 __all__ = ["QuantizeOnnx", "optkit_register_passes"]
 
@@ -91,7 +92,12 @@ class QuantizeOnnx(Pass):
             "qoperator", description="qoperator: quantized operators (QLinearConv); qdq: QuantizeLinear/DequantizeLinear pairs (TensorRT and other runtimes)."
         )
         per_channel: bool = Field(True, description="One weight scale per output channel.")
-        reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI where 8-bit products may saturate.")
+        reduce_range: bool | Literal["auto"] = Field(
+            "auto",
+            description="7-bit weights. auto: on an x86 CPU without VNNI (where onnxruntime's uint8 x int8 products of 8-bit "
+            "weights saturate and lose accuracy) when activations are uint8, else 8-bit; true/false pins it (pin it when the "
+            "model will run on another CPU than the one that quantizes it).",
+        )
         activation_type: Literal["uint8", "int8"] = Field("uint8", description="Activation type (static).")
         weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight type.")
         calibration: CalibrationOptions = Field(default_factory=CalibrationOptions, description="Static only.")
@@ -156,11 +162,6 @@ class QuantizeOnnx(Pass):
         refuse_quantized(float_model)
         details = ctx.details
         details.update({"mode": options.mode, "input": os.path.relpath(source.path, ctx.output_dir)})
-        if options.mode != "fp16":
-            details.update({"format": options.format, "per_channel": options.per_channel, "reduce_range": options.reduce_range,
-                            "weight_type": options.weight_type})
-        if options.mode == "static":
-            details["activation_type"] = options.activation_type
         name = "model_fp16.onnx" if options.mode == "fp16" else "model_int8.onnx"
         target = ctx.output_dir / name  # listed as the stage's artifact once written
         # Pre-processed graphs and onnxruntime's calibration models go beside the stage, on the
@@ -187,6 +188,18 @@ class QuantizeOnnx(Pass):
         details["tolerance"] = self.tolerance().describe() + " against the float ONNX model (on data.eval when given, else the seeded batch)"
         return dataclasses.replace(source, path=target, source_model=model)
 
+    def _int8_scheme(self, details: dict[str, Any]) -> Int8Settings:
+        """The int8 settings, ``reduce_range`` chosen for this CPU; recorded in ``details``."""
+        options = self.options
+        cpu = cpu_info()
+        uint8_activations = options.mode == "dynamic" or options.activation_type == "uint8"
+        choice = choose_reduce_range(options.reduce_range, cpu, uint8_activations=uint8_activations)
+        details.update({"format": options.format, "per_channel": options.per_channel, "reduce_range": choice.reduce_range,
+                        "weight_type": options.weight_type, "int8_scheme": choice.as_dict(cpu)})
+        if options.mode == "static":
+            details["activation_type"] = options.activation_type
+        return Int8Settings(options.format, options.per_channel, choice.reduce_range, options.activation_type, options.weight_type)
+
     def _prepare(self, source: Path, work: Path, details: dict[str, Any]) -> Path:
         """The graph to quantize: pre-processed when asked and possible, else the float file itself."""
         if not self.options.preprocess:
@@ -199,7 +212,7 @@ class QuantizeOnnx(Pass):
 
     def _quantize_int8(self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: GraphInput) -> None:
         options = self.options
-        settings = Int8Settings(options.format, options.per_channel, options.reduce_range, options.activation_type, options.weight_type)
+        settings = self._int8_scheme(ctx.details)
         if options.mode == "dynamic":
             quantize_dynamic_int8(prepared, target, settings, exclusion)
             return
