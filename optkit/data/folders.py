@@ -14,6 +14,7 @@ The rules (documented in docs/reference/limits.md):
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -105,7 +106,9 @@ def open_image(path: str | Path, where: str) -> Image.Image:
         PipelineError: not an image, or too large (see :func:`check_image_header`).
     """
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # PIL warns above its own limit; ours, lower, is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses before giving the size
         raise PipelineError(f"{where}: {path} has more pixels than the limit of {_limit_text()} ({exc}); resize it") from None
     try:
