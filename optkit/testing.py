@@ -40,7 +40,7 @@ from optkit.config import load_pipeline
 from optkit.data import DigitsFolders, digits_cnn, digits_imagefolder
 from optkit.host import Host, hookimpl
 from optkit.passes import Pass, check_pass_class
-from optkit.results import RUN_STATUSES, STAGE_STATUSES
+from optkit.results import RUN_STATUSES, SCHEMA_VERSION, STAGE_STATUSES, RunReport
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,7 +70,7 @@ TINY_MODEL = "python:optkit.testing:tiny_convnet"
 #: weights), through the ``python:`` source; it takes ``[N, 3, 32, 32]`` inputs in [0, 1].
 DIGITS_MODEL = "python:optkit.testing:digits_cnn"
 
-#: Fields of ``report.json`` (see the contract in the README), top level.
+#: Fields of ``report.json`` (the models of :mod:`optkit.results`), top level.
 REPORT_FIELDS = ("schema", "optkit_version", "environment", "pipeline", "status", "timing", "stages")
 ENVIRONMENT_FIELDS = ("python", "torch", "torchvision", "device", "threads")
 #: Fields of every stage.
@@ -245,7 +245,7 @@ def run_pass(
     pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
     pipeline = load_pipeline(pipeline_path, host.get_pass, producers=host.passes_producing)
     _, run_dir = run_pipeline(pipeline, host)  # a second run in one tmp_path goes to run-2
-    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"), parse_constant=_not_json)
     check_report_contract(report)
     run = PassRun(report, run_dir)
     if run.stage["status"] != expect_status:
@@ -260,16 +260,26 @@ def run_pass(
 
 
 def check_report_contract(report: dict[str, Any]) -> None:
-    """Assert that a ``report.json`` dict has the fields of the contract.
+    """Assert that a ``report.json`` dict fits the report models (:class:`optkit.results.RunReport`)
+    and has the fields of the contract.
 
-    Every stage has the stage fields; every ``ok`` stage has parameters, size, latency (when
+    It validates against the same models that write and read reports, in the current schema; every
+    stage has the stage fields; every ``ok`` stage has parameters, size, latency (when
     measured, with its spread) and drift (the baseline's is the identity: it is the reference);
     every timed stage after a timed baseline has its ``speedup`` with an interval.
 
     Raises:
         AssertionError: naming the first missing field and the stage.
     """
+    from pydantic import ValidationError
+
     _require(report, REPORT_FIELDS, "report")
+    _check(report["schema"] == SCHEMA_VERSION, f"schema {report['schema']!r}, not this optkit's {SCHEMA_VERSION}")
+    try:
+        RunReport.model_validate(report)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _check(False, f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']} (of {exc.error_count()} errors)")
     _require(report["environment"], ENVIRONMENT_FIELDS, "environment")
     _require(report["pipeline"], ("path", "model"), "pipeline")
     _require(report["pipeline"]["model"], ("source", "input_shape"), "pipeline.model")
@@ -296,6 +306,11 @@ def check_report_contract(report: dict[str, Any]) -> None:
             _require(metrics["accuracy"], ("top1", "n"), f"{where} accuracy")
         if "agreement" in metrics and metrics["agreement"].get("comparable", True):
             _require(metrics["agreement"], ("top1", "n"), f"{where} agreement")
+
+
+def _not_json(token: str) -> float:
+    """``json.loads``'s hook for ``NaN``/``Infinity``: report.json writes them as null."""
+    raise AssertionError(f"report.json: {token} is not JSON (a figure that is not finite is written as null)")
 
 
 def _check(condition: bool, message: str) -> None:

@@ -62,7 +62,7 @@ def digits_run(digits, tmp_path_factory):
 def test_every_stage_has_accuracy_and_agreement_onnx_included(digits_run):
     report, run_dir = digits_run
     assert report.status == "ok", report.error
-    stages = {s.name: s.metrics for s in report.stages}
+    stages = {s["name"]: s["metrics"] for s in report.to_dict()["stages"]}  # as report.json holds them
     assert list(stages) == ["baseline", "fuse_bn", "prune_l1", "export_onnx"]
     assert stages["export_onnx"]["runtime"] == "onnxruntime"
     for name, metrics in stages.items():

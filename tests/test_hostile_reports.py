@@ -96,11 +96,11 @@ def test_a_report_json_over_the_size_limit_is_refused_unread(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r.update(stages="oops"), "'stages' must be a list, got str"),
-        (lambda r: r["stages"][0].update(metrics="fast"), "'stages.0.metrics' must be a mapping, got str"),
-        (lambda r: r["stages"][0].update(artifacts=[1]), "'stages.0.artifacts.0' must be a string, got int"),
-        (lambda r: r.update(environment=[]), "'environment' must be a mapping, got list"),
-        (lambda r: r.update(schema=999), "schema 999 is newer than this optkit reads \\(1\\); upgrade optkit"),
+        (lambda r: r.update(stages="oops"), "report.json does not fit the report schema at stages: Input should be a valid list"),
+        (lambda r: r["stages"][0].update(metrics="fast"), "report.json does not fit the report schema at stages.0.metrics: "),
+        (lambda r: r["stages"][0].update(artifacts=[1]), "report.json does not fit the report schema at stages.0.artifacts.0: "),
+        (lambda r: r.update(environment=[]), "report.json does not fit the report schema at environment: "),
+        (lambda r: r.update(schema=999), "report.json has schema 999, written by a newer optkit .*upgrade optkit"),
     ],
 )
 def test_malformed_reports_name_the_file_and_the_field(tmp_path, change, message):
@@ -118,14 +118,17 @@ def test_one_bad_report_is_skipped_with_a_warning_not_the_whole_comparison(tmp_p
     (bad / "report.json").write_text('{"stages": "oops"}')
     result = cli("report", good, bad, "-o", tmp_path / "cmp")
     assert result.exit_code == 0, result.stderr
-    assert f"warning: skipped {bad}/report.json: 'stages' must be a list, got str" in result.stderr
+    assert f"warning: skipped {bad}/report.json: report.json does not fit the report schema at stages: " in result.stderr
     assert result.stdout.startswith("1 runs →")
     result = cli("report", bad, "-o", tmp_path / "cmp2")
-    assert result.exit_code == 2 and f"error: {bad}/report.json: 'stages' must be a list" in result.stderr
+    assert result.exit_code == 2 and f"error: {bad}/report.json: report.json does not fit the report schema at stages" in result.stderr
 
 
 def test_a_malformed_run_inside_a_comparison_report_is_named(tmp_path):
     comparison = {"kind": "optkit-comparison", "runs": [{"report": {"stages": [{"metrics": "fast"}]}}]}
     (tmp_path / "report.json").write_text(json.dumps(comparison))
-    with pytest.raises(PipelineError, match=r"report.json: 'runs.0.report.stages.0.metrics' must be a mapping, got str"):
+    with pytest.raises(PipelineError, match=rf"^{tmp_path}/report.json: report.json does not fit the report schema at stages.0"):
+        load_runs([tmp_path / "report.json"])
+    (tmp_path / "report.json").write_text(json.dumps({"kind": "optkit-comparison", "runs": "oops"}))
+    with pytest.raises(PipelineError, match=rf"^{tmp_path}/report.json: a comparison report's 'runs' must be a list of mappings"):
         load_runs([tmp_path / "report.json"])

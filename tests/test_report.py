@@ -31,7 +31,7 @@ def test_report_json_has_every_field_of_the_contract(finished_run):
     _, data, _ = finished_run
 
     check_report_contract(data)
-    assert data["schema"] == 1 and data["status"] == "failed"
+    assert data["schema"] == 2 and data["status"] == "failed"
     assert data["optkit_version"] == "0.1.0"
     env = data["environment"]
     assert env["device"] == "cpu" and env["python"].count(".") == 2 and isinstance(env["threads"], int)

@@ -66,7 +66,7 @@ def test_failing_stage_keeps_earlier_stages_artifacts_and_a_partial_report(test_
     assert [s.status for s in report.stages] == ["ok", "ok", "ok", "failed", "skipped"]
     assert report.error == "stage 3 (raises) failed: RuntimeError: boom from the raises pass"
     failed = report.stages[3]
-    assert failed.error == report.error and failed.metrics == {}
+    assert failed.error == report.error and not failed.metrics
     assert failed.artifacts == ["stages/03-raises/traceback.txt"]
     traceback = (run_dir / failed.artifacts[0]).read_text()
     assert "RuntimeError: boom from the raises pass" in traceback and "plugins_for_tests.py" in traceback

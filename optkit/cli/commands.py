@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -13,12 +12,10 @@ from typing import Any, Callable
 
 import click
 
+from optkit.cli.session import STRICT_PLUGINS_ENV, session
 from optkit.errors import OptkitError, plain_text
 
 __all__ = ["cli", "STRICT_PLUGINS_ENV"]
-
-#: ``OPTKIT_STRICT_PLUGINS=1`` is ``--strict-plugins``: a plugin that fails to load is an error.
-STRICT_PLUGINS_ENV = "OPTKIT_STRICT_PLUGINS"
 
 EXIT_CODES = """\b
 Exit codes:
@@ -93,28 +90,6 @@ def cli() -> None:
     """
 
 
-def _strict_plugins() -> bool:
-    return _flag(click.get_current_context(), "strict_plugins") or os.environ.get(STRICT_PLUGINS_ENV, "") not in ("", "0")
-
-
-def _host(warn: bool = False) -> Any:
-    """The plugins, loaded fresh. Broken plugins are an error in strict plugin mode, else, with
-    ``warn`` (``run`` and ``validate``), a warning on stderr."""
-    from optkit.host import Host
-
-    host = Host()
-    if _strict_plugins():
-        host.check_plugins()
-    elif warn:
-        for record in host.broken:
-            click.secho(
-                f"warning: plugin {record.name!r} from {record.origin} failed to load: {plain_text(record.error or '')}; "
-                f"disable it with {record.disable_hint}, or fail on it with --strict-plugins",
-                fg="yellow", err=True,
-            )
-    return host
-
-
 def _print_json(data: dict[str, Any]) -> None:
     from optkit.reporting import report_json
 
@@ -159,7 +134,7 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     from optkit.reporting import print_report
     from optkit.run.runner import run_pipeline
 
-    host = _host(warn=True)
+    host = session().host
     spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
@@ -192,7 +167,7 @@ def validate(pipeline: Path) -> None:
     """Check PIPELINE (YAML, keys, passes, options) without running it."""
     from optkit.config import load_pipeline
 
-    host = _host(warn=True)
+    host = session().host
     spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
@@ -204,11 +179,9 @@ def validate(pipeline: Path) -> None:
 def passes(as_json: bool) -> None:
     """List installed passes (name, summary, plugin) and plugins that failed to load.
 
-    The exit code is 2 when a plugin is broken and strict plugin mode is on.
+    The exit code is 2 when a plugin is broken and strict plugin mode is on (nothing is listed then).
     """
-    from optkit.host import Host
-
-    host = Host()
+    host = session().host
     registry = host.passes
     rows = [
         {
@@ -233,7 +206,6 @@ def passes(as_json: bool) -> None:
     thop = thop_warning()
     if as_json:
         click.echo(json.dumps({"passes": rows, "broken": broken, "conflicts": conflicts, "thop_warning": thop}, indent=2))
-        _exit_if_strict(broken)
         return
     console = _registry_table("optkit passes", [(row["name"], row) for row in rows], conflicts, first="name")
     for b in broken:
@@ -244,13 +216,6 @@ def passes(as_json: bool) -> None:
         )
     if thop:
         console.print(f"[yellow]warning:[/yellow] {thop}", highlight=False)
-    _exit_if_strict(broken)
-
-
-def _exit_if_strict(broken: list[Any]) -> None:
-    if broken and _strict_plugins():
-        click.secho(f"error: {len(broken)} plugin(s) failed to load, and strict plugin mode is on", fg="red", err=True)
-        sys.exit(2)
 
 
 @cli.command()
@@ -259,7 +224,7 @@ def _exit_if_strict(broken: list[Any]) -> None:
 def sources(as_json: bool) -> None:
     """List model sources (the schemes model.source takes: torchvision:NAME, file:PATH, ...) and dataset
     sources (the schemes of data: entries: imagefolder:PATH, ...), with their plugins."""
-    host = _host()
+    host = session().host
     listed = {"sources": _scheme_rows(host.sources), "datasets": _scheme_rows(host.datasets)}
     conflicts = {name: registry.conflict_message(name) for registry in (host.sources, host.datasets) for name in registry.conflicts}
     if as_json:
@@ -307,11 +272,17 @@ def _first_line(text: str | None) -> str:
 
 @cli.command()
 @_common_options
-def schema() -> None:
-    """Print the JSON Schema of pipeline files, every installed pass's options included."""
+@click.option("--report", "of_report", is_flag=True, help="The JSON Schema of report.json instead (no plugins needed).")
+def schema(of_report: bool) -> None:
+    """Print the JSON Schema of pipeline files, every installed pass's options included; with --report, of report.json."""
+    if of_report:
+        from optkit.results import report_json_schema
+
+        click.echo(json.dumps(report_json_schema(), indent=2))
+        return
     from optkit.config import pipeline_json_schema
 
-    click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in _host().passes), indent=2))
+    click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in session().host.passes), indent=2))
 
 
 @cli.command()
@@ -327,11 +298,20 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """
     from optkit.reporting import load_runs, write_comparison_report
 
+    from optkit.results import SCHEMA_VERSION
+
     def skipped(error: Exception) -> None:  # one unreadable report leaves the others to compare
         click.secho(f"warning: skipped {plain_text(str(error))}", fg="yellow", err=True)
 
     compared = load_runs(list(runs), on_skip=skipped)
-    meta = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
+    meta: dict[str, Any] = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
+    older = [run for run in compared if run.report.schema < SCHEMA_VERSION]
+    if older:
+        note = (f"{len(older)} of the runs ({', '.join(run.run_dir or run.model for run in older)}) have report.json schema "
+                f"{', '.join(sorted({str(run.report.schema) for run in older}))}, written by an older optkit; they are read as "
+                f"schema {SCHEMA_VERSION}: their figures that were not finite are the bare tokens NaN/Infinity there")
+        click.secho(f"note: {note}", fg="yellow", err=True)
+        meta["notes"] = [f"{note}."]
     written = write_comparison_report(compared, output, meta=meta)
     click.echo(f"{len(compared)} runs → {written['markdown']}, {written['html']}")
 
@@ -408,7 +388,7 @@ def info(model: str, input_shape: str, weights: str | None, device: str, warmup:
     data = data_spec(data_source, _yaml_mapping(transform, "--transform"), limit) if data_source else None
     with configure_timing(threads, cudnn_benchmark), stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = inspect_model(
-            model, shape, host=_host(), weights=weights, device=device, warmup=warmup, iters=iters,
+            model, shape, host=session().host, weights=weights, device=device, warmup=warmup, iters=iters,
             latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint, data=data,
         )
     if as_json:

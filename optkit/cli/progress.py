@@ -73,7 +73,7 @@ class ConsoleProgress:
             self._bars.stop()
             self._bars = None
         style = STATUS_STYLE.get(result.status, "")
-        latency = (result.metrics.get("latency_ms") or {}).get("p50")
+        latency = result.metrics.latency_ms.p50 if result.metrics.latency_ms is not None else None
         timing = f" · p50 {latency:.2f} ms" if latency is not None else ""
         self.console.print(
             f"[{result.index}/{run.stage_count - 1}] {result.name}: [{style}]{result.status}[/{style}]"

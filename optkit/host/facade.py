@@ -100,18 +100,21 @@ class Host:
         return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts)
 
     def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
-        # Each implementation is called with its own ``register`` so that every entry knows
-        # which plugin (and so which distribution) registered it.
+        # The hook is called once per plugin (pluggy's subset caller, every other plugin left out),
+        # each time with its own ``register``, so that every entry knows which plugin (and so
+        # which distribution) registered it, and a failure breaks that plugin only.
         registry: Registry = Registry(kind)
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            record = self.pm.record_of(impl.plugin_name)
+        plugins = list(dict.fromkeys(impl.plugin for impl in getattr(self.pm.hook, hook_name).get_hookimpls()))
+        for plugin in plugins:
+            record = self.pm.record_of(self.pm.get_name(plugin) or "")
             staged: list[tuple[str, object]] = []
 
             def register(*args: object, _record: PluginRecord = record, _staged: list = staged) -> None:
                 _staged.append(validate(*args, _record))
 
+            call = self.pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
             try:
-                impl.function(register=register)
+                call(register=register)
             except PluginError as exc:
                 self._mark_broken(record, str(exc))
                 continue
@@ -222,24 +225,13 @@ class Host:
             raise PluginError("\n".join(lines))
 
     def stage_started(self, stage: str, index: int, run: RunInfo) -> None:
-        self._notify("optkit_stage_started", stage=stage, index=index, run=run)
+        """Call ``optkit_stage_started`` (observers that raise are logged and skipped: :mod:`optkit.host.hookcalls`)."""
+        self.pm.hook.optkit_stage_started(stage=stage, index=index, run=run)
 
     def stage_progress(self, stage: str, index: int, progress: Progress, run: RunInfo) -> None:
-        self._notify("optkit_stage_progress", stage=stage, index=index, progress=progress, run=run)
+        """Call ``optkit_stage_progress``."""
+        self.pm.hook.optkit_stage_progress(stage=stage, index=index, progress=progress, run=run)
 
     def stage_finished(self, result: StageResult, run: RunInfo) -> None:
-        self._notify("optkit_stage_finished", result=result, run=run)
-
-    def _notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every observer of ``hook_name`` in pluggy's order; one that raises is logged and skipped.
-
-        Observers (loggers, trackers, progress displays) cannot stop a run or keep the other
-        observers from being called.
-        """
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):  # pluggy calls last-first
-            try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
-            # An observer is third-party code: its failure must not lose the run.
-            except Exception as exc:  # noqa: BLE001
-                log.warning("plugin %r raised in %s and was skipped: %s: %s", impl.plugin_name, hook_name,
-                            type(exc).__name__, plain_text(str(exc)), exc_info=log.isEnabledFor(logging.DEBUG))
+        """Call ``optkit_stage_finished``."""
+        self.pm.hook.optkit_stage_finished(result=result, run=run)

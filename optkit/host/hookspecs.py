@@ -7,6 +7,12 @@ Every hook is prefixed ``optkit_``. Plugins implement them with :data:`optkit.ho
     @hookimpl
     def optkit_register_passes(register):
         register(MyPass)
+
+Every hook is called through pluggy. The observers (``optkit_stage_*``) may be wrappers
+(``@hookimpl(wrapper=True)``, or old-style ``hookwrapper=True``) that run around the other
+observers; one that raises is logged, naming its plugin, and skipped. The registration hooks
+(``optkit_register_*``) are called once per plugin and may not be wrappers: a plugin that declares
+one is refused at load, by name.
 """
 
 from __future__ import annotations

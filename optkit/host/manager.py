@@ -17,6 +17,7 @@ from typing import Iterable
 import pluggy
 
 from optkit.host import hookspecs
+from optkit.host.hookcalls import check_registration_impl, guard_observer, is_registration_hook
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -90,6 +91,27 @@ class OptkitPluginManager(pluggy.PluginManager):
     def record_of(self, plugin_name: str) -> PluginRecord:
         """The record for a registered plugin (a bare record for in-process plugins)."""
         return self.records.get(plugin_name) or PluginRecord(name=plugin_name, value=plugin_name)
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` as pluggy does, then refuse a wrapper on a registration hook and guard
+        its observers (see :mod:`optkit.host.hookcalls`).
+
+        Raises:
+            pluggy.PluginValidationError: a registration hook is a wrapper (the plugin stays registered,
+                as after pluggy's own validation errors: :meth:`add_plugin` unregisters it).
+        """
+        plugin_name = super().register(plugin, name)
+        if plugin_name is None:  # blocked
+            return None
+        for hook_caller in self.get_hookcallers(plugin) or []:
+            for impl in hook_caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                if is_registration_hook(hook_caller.name):
+                    check_registration_impl(impl, hook_caller.name)
+                else:
+                    guard_observer(impl, hook_caller.name)
+        return plugin_name
 
     def add_plugin(self, plugin: object, record: PluginRecord) -> None:
         """Register ``plugin``; a plugin whose hooks do not fit the specs is recorded as broken."""

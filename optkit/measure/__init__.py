@@ -50,7 +50,7 @@ from optkit.measure.outputs import OutputLeaf, flatten_outputs, output_leaves, r
 from optkit.measure.params import count_params
 from optkit.measure.probe import meta_copy
 from optkit.measure.size import file_bytes, state_dict_bytes, tensor_bytes
-from optkit.measure.stage import Measurement, Runnable, measure, runnable
+from optkit.measure.stage import Measurement, Runnable, latency_record, measure, runnable
 from optkit.measure.thop_distribution import ThopOwner, thop_owner, thop_warning
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "MacsProfile",
     "Runnable",
     "runnable",
+    "latency_record",
     "configure_timing",
     "TimingSettings",
     "flush_denormal_enabled",

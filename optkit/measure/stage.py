@@ -19,19 +19,20 @@ from optkit.measure.latency import Contender, time_callable
 from optkit.measure.params import count_params
 from optkit.measure.size import file_bytes, state_dict_bytes
 from optkit.models import eval_mode
+from optkit.results import Latency, StageMetrics
 
 if TYPE_CHECKING:
     from optkit.config import MeasureSpec
     from optkit.models import ModuleRule
 
-__all__ = ["Measurement", "Runnable", "runnable", "measure"]
+__all__ = ["Measurement", "Runnable", "runnable", "latency_record", "measure"]
 
 
 @dataclass
 class Measurement:
     """The metrics of one stage and its outputs on the seeded batch (on the CPU, for drift)."""
 
-    metrics: dict[str, Any]
+    metrics: StageMetrics
     outputs: Any
     seconds: float
 
@@ -74,6 +75,13 @@ def runnable(subject: nn.Module | Artifact, device: torch.device) -> Runnable:
     return Runnable(subject, subject, "torch", subject, io, cuda_events=device.type == "cuda")
 
 
+def latency_record(timings: dict[str, Any], run: Runnable, compare: str, **extra: Any) -> Latency:
+    """report.json's ``latency_ms`` of ``run``: what :func:`optkit.measure.time_callable` (or one
+    contender of :func:`optkit.measure.time_round_robin`) measured, with the runtime, where its
+    inputs and outputs live, and how it was compared (``sequential`` or ``interleaved``)."""
+    return Latency.model_validate({**timings, "runtime": run.runtime, "io": run.io, "compare": compare, **extra})
+
+
 def _to_cpu(outputs: Any) -> Any:
     """``outputs`` (a tensor, or tuples, dicts, namedtuples of them) with every tensor detached on the CPU."""
     return pytree.tree_map(lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, outputs)
@@ -101,20 +109,19 @@ def measure(
             every stage side by side later.
 
     Returns:
-        The metrics (the keys of README's "Reports": ``params``, ``trainable_params``, ``nonzero_params``,
-        ``sparsity``, ``macs``, ``gmacs``, ``gflops``, ``unit``, ``uncounted``, ``size_bytes``,
-        ``runtime``, ``latency_ms``, ``peak_memory_bytes`` on CUDA), the outputs on the CPU, and
+        The metrics (:class:`optkit.results.StageMetrics`: parameters, MACs, size, runtime, latency,
+        peak CUDA memory; drift and accuracy are added by the runner), the outputs on the CPU, and
         the seconds measuring took.
     """
     start = time.perf_counter()
     run = runnable(subject, device)
     size = file_bytes(subject.path) if isinstance(subject, Artifact) else state_dict_bytes(subject)
-    metrics: dict[str, Any] = {"size_bytes": size, "runtime": run.runtime}
+    counts: dict[str, Any] = {"size_bytes": size, "runtime": run.runtime}
     if run.module is not None:
-        metrics.update(count_params(run.module))
+        counts.update(count_params(run.module))
         if settings.flops:
             try:
-                metrics.update(count_macs(run.module, inputs, module_rules))
+                counts.update(count_macs(run.module, inputs, module_rules))
             # Counting runs the model's own code on a copy, which may fail in ways its measured
             # run does not; the message says it was the count, and how to go without it.
             except Exception as exc:  # noqa: BLE001
@@ -122,6 +129,7 @@ def measure(
                     f"counting MACs (on a copy of the model) failed: {type(exc).__name__}: {exc}; "
                     "measure.flops: false skips the count"
                 ) from exc
+    metrics = StageMetrics.model_validate(counts)
     track_memory = device.type == "cuda" and run.runtime == "torch"
     if track_memory:
         torch.cuda.synchronize(device)
@@ -133,7 +141,7 @@ def measure(
             latency = time_callable(
                 run.call, inputs, device, settings.warmup, settings.iters, cuda_events=run.cuda_events, confidence=settings.confidence
             )
-            metrics["latency_ms"] = {**latency, "runtime": run.runtime, "io": run.io, "compare": "sequential"}
+            metrics.latency_ms = latency_record(latency, run, "sequential")
     if track_memory:
-        metrics["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        metrics.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
     return Measurement(metrics=metrics, outputs=outputs, seconds=time.perf_counter() - start)

@@ -26,7 +26,7 @@ _OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", 
 
 
 def _stage_table(report: RunReport, columns: list[str]) -> Table:
-    table = Table(title=f"optkit · {report.pipeline.get('model', {}).get('source')} · {report.environment.get('device')}")
+    table = Table(title=f"optkit · {report.pipeline.model.get('source')} · {report.environment.device}")
     for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "status") else "right", no_wrap=True)
     for row in stage_rows(report):

@@ -32,7 +32,7 @@ __all__ = ["render_markdown", "render_comparison_markdown"]
 
 def render_markdown(report: RunReport) -> str:
     """The report as Markdown: environment, the stage table, errors, and each stage's details."""
-    model = report.pipeline.get("model", {})
+    model = report.pipeline.model
     rows = stage_rows(report)
     columns = shown_columns(COLUMNS, rows)
     lines = [
@@ -64,8 +64,8 @@ def _per_output_lines(report: RunReport) -> list[str]:
     """A table of drift per output tensor (and channel group), for stages with more than one."""
     rows = []
     for stage in report.stages:
-        drift = stage.metrics.get("drift") or {}
-        parts = output_parts(drift) if drift.get("outputs") else []
+        drift = stage.metrics.drift
+        parts = output_parts(drift.model_dump()) if drift is not None and drift.outputs else []
         if len(parts) > 1:
             rows += [[str(stage.index), stage.name, label, f"{f['max_abs']:.2e}", f"{f['reference_max_abs']:.3g}", f"{f['cosine']:.6f}"]
                      for label, f in parts]

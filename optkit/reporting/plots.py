@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from optkit.errors import OptkitError
+from optkit.results import Speedup
 
 if TYPE_CHECKING:
     from optkit.reporting.runs import ComparedRun
@@ -65,14 +66,15 @@ def stage_points(runs: list[ComparedRun]) -> list[StagePoint]:
     for run in runs:
         previous: float | None = None
         for stage in run.report.stages:
-            p50 = (stage.metrics.get("latency_ms") or {}).get("p50")
+            p50 = stage.metrics.latency_ms.p50 if stage.metrics.latency_ms is not None else None
             if stage.status != "ok" or not p50:
                 continue
-            figure = stage.metrics.get("speedup_vs_previous") or {}
-            ratio = None if previous is None or stage.index == 0 else figure.get("value", previous / p50)
+            figure = stage.metrics.speedup_vs_previous or Speedup(value=None)
+            measured = figure.value if figure.value is not None else (previous / p50 if previous is not None else None)
+            ratio = None if previous is None or stage.index == 0 else measured
             points.append(StagePoint(
-                run.model, run.pipeline, run.device, stage.name, stage.metrics.get("gmacs"), p50, ratio,
-                figure.get("low"), figure.get("high"), bool(figure.get("tie", False)),
+                run.model, run.pipeline, run.device, stage.name, stage.metrics.gmacs, p50, ratio,
+                figure.low, figure.high, bool(figure.tie),
             ))
             previous = p50
     return points

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from optkit.errors import PipelineError
-from optkit.results import SCHEMA_VERSION, RunReport, read_report_json
+from optkit.results import RunReport, read_report_json
 
 __all__ = ["COMPARISON_KIND", "ComparedRun", "load_runs"]
 
@@ -37,22 +37,23 @@ class ComparedRun:
     def __post_init__(self) -> None:
         spec = self.report.pipeline
         if not self.model:
-            self.model = str((spec.get("model") or {}).get("source", "?")).rsplit(":", 1)[-1]
+            self.model = str(spec.model.get("source", "?")).rsplit(":", 1)[-1]
         if not self.pipeline:
-            self.pipeline = "+".join(p.get("pass", "?") for p in spec.get("passes") or []) or "baseline"
+            self.pipeline = "+".join(p.get("pass", "?") for p in spec.passes) or "baseline"
 
     @property
     def device(self) -> str:
         """The device name the run recorded ('' when it recorded none: it failed before measuring)."""
-        return str(self.report.environment.get("device") or "")
+        return str(self.report.environment.device or "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "pipeline": self.pipeline, "run_dir": self.run_dir,
                 "seconds": self.seconds, "report": self.report.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ComparedRun:
-        return cls(RunReport.from_dict(data["report"]), data.get("model", ""), data.get("pipeline", ""),
+    def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> ComparedRun:
+        """One entry of a comparison report's ``runs`` (``where``: the file, for errors)."""
+        return cls(RunReport.from_dict(data["report"], where), data.get("model", ""), data.get("pipeline", ""),
                    data.get("run_dir"), data.get("seconds"))
 
 
@@ -90,51 +91,10 @@ def _load(path: Path) -> list[ComparedRun]:
     except FileNotFoundError:
         raise PipelineError("no report.json here (expected a run folder, a sweep folder or a report.json)", str(path)) from None
     file = str(path / "report.json" if path.is_dir() else path)
-    try:
-        if data.get("kind") == COMPARISON_KIND:
-            entries = _expect(data, "runs", list)
-            for i, _ in enumerate(entries):
-                _check_run(_expect(_expect(entries, i, dict, "runs."), "report", dict, f"runs.{i}."), f"runs.{i}.report.")
-            return [ComparedRun.from_dict(entry) for entry in entries]
-        _check_run(data, "")
-        folder = path if path.is_dir() else path.parent
-        return [ComparedRun(RunReport.from_dict(data), run_dir=str(folder))]
-    except ValueError as exc:
-        raise PipelineError(str(exc), file) from None
-
-
-def _check_run(report: dict[str, Any], prefix: str) -> None:
-    """Check the fields of a run's report that rendering reads (their types), and its schema.
-
-    Raises:
-        ValueError: naming the field (``stages.0.metrics``) and what it holds.
-    """
-    schema = report.get("schema", SCHEMA_VERSION)
-    if not isinstance(schema, int) or isinstance(schema, bool) or schema > SCHEMA_VERSION:
-        raise ValueError(f"schema {schema} is newer than this optkit reads ({SCHEMA_VERSION}); upgrade optkit")
-    for key in ("environment", "pipeline", "timing"):
-        _expect(report, key, dict, prefix, optional=True)
-    for key in ("status", "error"):
-        _expect(report, key, str, prefix, optional=True)
-    for i, stage in enumerate(_expect(report, "stages", list, prefix, optional=True) or []):
-        where = f"{prefix}stages.{i}."
-        _expect(report["stages"], i, dict, f"{prefix}stages.")
-        for key in ("metrics", "details"):
-            _expect(stage, key, dict, where, optional=True)
-        for key in ("name", "status", "error"):
-            _expect(stage, key, str, where, optional=True)
-        for j, _ in enumerate(_expect(stage, "artifacts", list, where, optional=True) or []):
-            _expect(stage["artifacts"], j, str, f"{where}artifacts.")
-
-
-_TYPE_NAMES = {dict: "mapping", list: "list", str: "string"}
-
-
-def _expect(container: Any, key: Any, kind: type, prefix: str = "", optional: bool = False) -> Any:
-    """``container[key]`` when it is a ``kind`` (or absent/null with ``optional``), else ValueError naming it."""
-    value = container.get(key) if isinstance(container, dict) else container[key]
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind):
-        raise ValueError(f"'{prefix}{key}' must be a {_TYPE_NAMES[kind]}, got {type(value).__name__}")
-    return value
+    if data.get("kind") == COMPARISON_KIND:
+        entries = data.get("runs")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("report"), dict) for e in entries):
+            raise PipelineError("a comparison report's 'runs' must be a list of mappings, each with a 'report' mapping", file)
+        return [ComparedRun.from_dict(entry, file) for entry in entries]
+    folder = path if path.is_dir() else path.parent
+    return [ComparedRun(RunReport.from_dict(data, file), run_dir=str(folder))]

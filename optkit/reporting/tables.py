@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from optkit.measure.cpu import CpuInfo
+from optkit.results import Drift, Environment, NoiseCheck, RunReport, Speedup, StageMetrics
 
 if TYPE_CHECKING:
     from optkit.reporting.runs import ComparedRun
-    from optkit.results import RunReport
 
 __all__ = [
     "COLUMNS",
@@ -69,17 +69,19 @@ def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def format_speedup(figure: dict[str, Any] | None, ratio: float | None = None) -> str:
+def format_speedup(figure: Speedup | dict[str, Any] | None, ratio: float | None = None) -> str:
     """A speed-up with its interval: ``1.13× [1.08–1.19]``; ``tie [0.95–1.04]`` when the interval includes 1.
 
     Args:
         figure: a stage's ``speedup`` record (``value``, ``low``, ``high``, ``tie``).
         ratio: the p50 ratio, for reports written before speed-ups had intervals (shown as such).
     """
-    if figure is None:
+    if isinstance(figure, dict):
+        figure = Speedup.model_validate(figure)
+    if figure is None or figure.low is None or figure.high is None or figure.value is None:
         return "–" if ratio is None else f"{ratio:.2f}× (no interval)"
-    bounds = f"[{_ratio_bound(figure['low'])}–{_ratio_bound(figure['high'])}]"
-    return f"tie {bounds}" if figure["tie"] else f"{figure['value']:.2f}× {bounds}"
+    bounds = f"[{_ratio_bound(figure.low)}–{_ratio_bound(figure.high)}]"
+    return f"tie {bounds}" if figure.tie else f"{figure.value:.2f}× {bounds}"
 
 
 def _ratio_bound(value: float) -> str:
@@ -93,26 +95,29 @@ def timing_lines(report: RunReport) -> list[str]:
     timing = report.timing
     if not timing:
         return []
-    confidence = timing.get("confidence", 0.95)
-    if timing.get("compare") == "interleaved":
-        how = (f"Latency: the baseline and every stage timed side by side, round-robin ({timing.get('iters')} rounds); "
+    confidence = timing.confidence if timing.confidence is not None else 0.95
+    if timing.compare == "interleaved":
+        how = (f"Latency: the baseline and every stage timed side by side, round-robin ({timing.iters} rounds); "
                "speed-up = median of the per-round ratios")
     else:
-        how = f"Latency: each stage timed alone right after it was applied ({timing.get('iters')} calls); speed-up = ratio of medians"
-    margin = timing.get("run_to_run_margin")  # absent in reports written before the margin
+        how = f"Latency: each stage timed alone right after it was applied ({timing.iters} calls); speed-up = ratio of medians"
+    margin = timing.run_to_run_margin  # absent in reports written before the margin
     widened = f", widened by {margin:.0%} for run-to-run variation" if margin else ""
     lines = [f"{how}, with its {confidence:.0%} interval{widened}; 'tie' = the interval includes 1× (no speed-up or slow-down shown)."]
-    if timing.get("status") in ("failed", "interrupted"):
-        lines.append(f"Side-by-side timing {timing['status']}: {timing.get('error') or 'Ctrl-C'}; stages have no latency.")
-    warning = noise_warning(timing.get("noise"))
+    if timing.status in ("failed", "interrupted"):
+        lines.append(f"Side-by-side timing {timing.status}: {timing.error or 'Ctrl-C'}; stages have no latency.")
+    warning = noise_warning(timing.noise)
     return lines + ([warning] if warning else [])
 
 
-def noise_warning(noise: dict[str, Any] | None) -> str | None:
+def noise_warning(noise: NoiseCheck | dict[str, Any] | None) -> str | None:
     """The warning for a noise check (:func:`optkit.measure.check_noise`) that found the machine busy, else ``None``."""
-    if not noise or not noise.get("noisy"):
+    if noise is None:
         return None
-    why = noise.get("why") or f"its timings varied by {noise['cv']:.0%} (CV, above {noise['max_cv']:.0%})"
+    noise = NoiseCheck.model_validate(noise)
+    if not noise.noisy:
+        return None
+    why = noise.why or f"its timings varied by {noise.cv or 0:.0%} (CV, above {noise.max_cv or 0:.0%})"
     return f"Warning: the machine was busy before timing: a fixed workload: {why}; latency figures are noisy."
 
 
@@ -124,41 +129,45 @@ def _ratio(new: float | None, old: float | None, fmt: str = "+.1%") -> str:
 
 def stage_rows(report: RunReport) -> list[dict[str, str]]:
     """One row per stage, every value formatted, deltas against the baseline."""
-    base = report.baseline.metrics if report.baseline is not None else {}
-    base_latency = (base.get("latency_ms") or {}).get("p50")
+    base = report.baseline.metrics if report.baseline is not None else StageMetrics()
+    base_latency = _p50(base)
     rows = []
     for stage in report.stages:
         m = stage.metrics
-        latency = (m.get("latency_ms") or {}).get("p50")
-        drift = m.get("drift") or {}
+        latency = _p50(m)
+        drift = m.drift or Drift()
         rows.append({
             "#": str(stage.index),
-            "stage": stage.name + (" (onnxruntime)" if m.get("runtime") == "onnxruntime" else ""),
-            "status": stage.status,
-            "params": format_count(m.get("params")),
-            "Δparams": "" if stage.index == 0 else _ratio(m.get("params"), base.get("params")),
-            "sparsity": _num(m.get("sparsity"), ".1%"),
-            "GMACs": _num(m.get("gmacs"), ".3f"),
-            "GFLOPs": _num(m.get("gflops"), ".3f"),
-            "size MB": _num(m["size_bytes"] / 1e6 if "size_bytes" in m else None, ".2f"),
+            "stage": stage.name + (" (onnxruntime)" if m.runtime == "onnxruntime" else ""),
+            "status": str(stage.status),
+            "params": format_count(m.params),
+            "Δparams": "" if stage.index == 0 else _ratio(m.params, base.params),
+            "sparsity": _num(m.sparsity, ".1%"),
+            "GMACs": _num(m.gmacs, ".3f"),
+            "GFLOPs": _num(m.gflops, ".3f"),
+            "size MB": _num(m.size_bytes / 1e6 if m.size_bytes is not None else None, ".2f"),
             "p50 ms": _num(latency, ".2f"),
             "speed-up": "" if stage.index == 0 or latency is None or not base_latency
-                        else format_speedup(m.get("speedup"), base_latency / latency),
-            "accuracy": _num((m.get("accuracy") or {}).get("top1"), ".2%"),
-            "agreement": _num((m.get("agreement") or {}).get("top1"), ".2%"),
-            "max|Δ|": _num(drift.get("max_abs"), ".2e"),
-            "cosine": _num(drift.get("cosine"), ".6f"),
-            "top-1": _num(drift.get("top1_agreement"), ".0%"),
+                        else format_speedup(m.speedup, base_latency / latency),
+            "accuracy": _num(m.accuracy.top1 if m.accuracy else None, ".2%"),
+            "agreement": _num(m.agreement.top1 if m.agreement else None, ".2%"),
+            "max|Δ|": _num(drift.max_abs, ".2e"),
+            "cosine": _num(drift.cosine, ".6f"),
+            "top-1": _num(drift.top1_agreement, ".0%"),
             "time s": _num(stage.duration_s if stage.status != "skipped" else None, ".2f"),
         })
     return rows
 
 
+def _p50(metrics: StageMetrics) -> float | None:
+    return metrics.latency_ms.p50 if metrics.latency_ms is not None else None
+
+
 def environment_line(report: RunReport) -> str:
     env = report.environment
     return (
-        f"optkit {report.optkit_version} · torch {env.get('torch')} · device {env.get('device')} · "
-        f"{env.get('threads')} threads · python {env.get('python')}"
+        f"optkit {report.optkit_version} · torch {env.torch} · device {env.device} · "
+        f"{env.threads} threads · python {env.python}"
     )
 
 
@@ -225,16 +234,16 @@ def comparison_rows(runs: list[ComparedRun]) -> list[dict[str, str]]:
 
 def final_speedup(report: RunReport) -> float | None:
     """p50 latency of the baseline over that of the last stage measured ``ok`` (``None`` if either is missing)."""
-    timed = [s for s in report.stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("p50")]
-    if len(timed) < 2 or timed[0].index != 0:
+    timed = [(s.index, p50) for s in report.stages if s.status == "ok" and (p50 := _p50(s.metrics))]
+    if len(timed) < 2 or timed[0][0] != 0:
         return None
-    return timed[0].metrics["latency_ms"]["p50"] / timed[-1].metrics["latency_ms"]["p50"]
+    return timed[0][1] / timed[-1][1]
 
 
-def final_speedup_figure(report: RunReport) -> dict[str, Any] | None:
+def final_speedup_figure(report: RunReport) -> Speedup | None:
     """The ``speedup`` record (with its interval) of the stage :func:`final_speedup` compares, if it has one."""
-    timed = [s for s in report.stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("p50")]
-    return timed[-1].metrics.get("speedup") if len(timed) >= 2 and timed[0].index == 0 else None
+    timed = [s for s in report.stages if s.status == "ok" and _p50(s.metrics)]
+    return timed[-1].metrics.speedup if len(timed) >= 2 and timed[0].index == 0 else None
 
 
 def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
@@ -258,9 +267,9 @@ def speedup_table(runs: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
     return header, [[model, *(row.get(p, "") for p in pipelines)] for model, row in cells.items()]
 
 
-def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], int]]:
+def environment_groups(runs: list[ComparedRun]) -> list[tuple[Environment, int]]:
     """The distinct environments of ``runs`` (ignoring runs that recorded none) and how many runs each has."""
-    groups: list[tuple[dict[str, Any], int]] = []
+    groups: list[tuple[Environment, int]] = []
     for run in runs:
         env = run.report.environment
         if not env:
@@ -274,21 +283,20 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[dict[str, Any], in
     return groups
 
 
-def environment_text(env: dict[str, Any]) -> str:
+def environment_text(env: Environment) -> str:
     """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
     versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
                           if env.get(k))
-    cpu = CpuInfo.from_dict(env["cpu"]).describe() if env.get("cpu") else env.get("processor")
-    return (f"device **{env.get('device')}** · {env.get('threads')} threads · {cpu} · "
-            f"{env.get('platform')} · {versions}")
+    cpu = CpuInfo.from_dict(env.cpu).describe() if env.cpu else env.processor
+    return f"device **{env.device}** · {env.threads} threads · {cpu} · {env.platform} · {versions}"
 
 
 def comparison_note(runs: list[ComparedRun]) -> str:
     """How many runs are ok, how they were timed, and how to read the figures."""
     ok = sum(run.report.status == "ok" for run in runs)
-    modes = {mode: sum(run.report.timing.get("compare") == mode for run in runs) for mode in ("interleaved", "sequential")}
+    modes = {mode: sum(run.report.timing.compare == mode for run in runs) for mode in ("interleaved", "sequential")}
     timed = ", ".join(f"{count} {mode}" for mode, count in modes.items() if count)
-    busy = sum(bool((run.report.timing.get("noise") or {}).get("noisy")) for run in runs)
+    busy = sum(bool(run.report.timing.noise and run.report.timing.noise.noisy) for run in runs)
     return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
             "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
             "baseline, measured in the same process, with its confidence interval (95% unless the run set "
@@ -305,7 +313,7 @@ DATA_NOTE = (" Accuracy is top-1 on data.eval; agreement is the share of data.ev
 
 
 def _has_data(report: RunReport) -> bool:
-    return any("accuracy" in s.metrics or "agreement" in s.metrics for s in report.stages)
+    return any(s.metrics.accuracy is not None or s.metrics.agreement is not None for s in report.stages)
 
 
 def data_note(report: RunReport) -> str:

@@ -27,13 +27,18 @@ log = logging.getLogger(__name__)
 
 
 def report_json(data: dict[str, Any]) -> str:
-    """A report dict as the text of a ``report.json`` (indented; values JSON cannot hold as strings)."""
-    return json.dumps(data, indent=2, default=str) + "\n"
+    """A JSON document as the text of a ``report.json`` (indented).
+
+    Raises:
+        ValueError: ``data`` holds NaN or infinity (reports write them as null: :mod:`optkit.results`).
+        TypeError: ``data`` holds a value that is not JSON.
+    """
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
 def write_run_report(report: RunReport, folder: Path) -> None:
     """Write ``report.json`` and ``report.md`` of one run into ``folder``, each atomically."""
-    atomic_write_text(Path(folder) / "report.json", report_json(report.to_dict()))
+    atomic_write_text(Path(folder) / "report.json", report.to_json())
     atomic_write_text(Path(folder) / "report.md", render_markdown(report))
 
 

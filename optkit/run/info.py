@@ -117,7 +117,7 @@ def inspect_model(
     inputs = example_input(input_shape, seed, torch_device)
     run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
     rules = host.rule_table()
-    metrics = measure(model, inputs, settings, torch_device, rules).metrics
+    metrics = measure(model, inputs, settings, torch_device, rules).metrics.model_dump()
     info = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
     info.update(model_info(model, inputs, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:

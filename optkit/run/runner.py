@@ -35,8 +35,8 @@ from optkit.measure import (
     tensor_bytes,
 )
 from optkit.passes import Pass, PassContext, Tolerance
-from optkit.reporting import report_json, write_run_report
-from optkit.results import RunInfo, RunReport, StageResult, optkit_version
+from optkit.reporting import write_run_report
+from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, TimingStatus, json_problem, optkit_version
 from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
@@ -125,7 +125,8 @@ def _run_stages(
     report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary,
                        lock=lock)
     # Observers read `compare` to announce the side-by-side timing: there is none without latency.
-    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare="interleaved" if timing.interleaved else "sequential")
+    compare = "interleaved" if timing.interleaved else "sequential"
+    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=compare)
     runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data, timing)
     if not runner.write_report():
         return report, run_dir
@@ -176,8 +177,8 @@ def _run_passes(pipeline: Pipeline, model: nn.Module, runner: _StageRunner, stag
 
 def _mark_timing_interrupted(timing: StageTiming) -> None:
     """A side-by-side timing that will never run says so (not ``pending``)."""
-    if timing.summary.get("status") == "pending":
-        timing.summary["status"] = "interrupted"
+    if timing.summary.status == TimingStatus.pending:
+        timing.summary.status = TimingStatus.interrupted
 
 
 def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
@@ -306,6 +307,9 @@ class _StageRunner:
             self._add_drift(result, measurement, product)
             self._add_accuracy(result, product)
             self._hold_to(result, tolerance)
+            problem = json_problem(ctx.details, "details")
+            if problem is not None:
+                raise StageError(f"{problem}: report.json holds JSON values only")
             result.status = "ok"
             self.timing.keep(result, product)
             self.timing.add_speedups(self.report.stages)
@@ -322,7 +326,8 @@ class _StageRunner:
             restore_handlers()  # the pass may have replaced or ignored SIGINT/SIGTERM
             if product is None:  # the pass itself failed: its time until then
                 result.duration_s = time.perf_counter() - start
-            result.details = ctx.details
+            # A value that is not JSON failed the stage above; the report keeps the keys that are.
+            result.details = {key: value for key, value in ctx.details.items() if json_problem(value, key) is None}
             result.artifacts = self._artifacts(result, ctx)
             _remove_if_empty(stage_dir, stage_dir.parent)
             written = self.write_report()
@@ -355,7 +360,7 @@ class _StageRunner:
                 f"cannot write into the run folder {self.run_dir} ({exc.strerror or exc}); the run stopped there"
             )
             try:
-                overwrite_in_place(self.run_dir / "report.json", report_json(self.report.to_dict()).encode("utf-8"))
+                overwrite_in_place(self.run_dir / "report.json", self.report.to_json().encode("utf-8"))
             except OSError:
                 self.report.error += "; report.json on disk is from an earlier stage"
             return False
@@ -405,7 +410,8 @@ class _StageRunner:
         if tracker is None:
             return
         metrics, seconds = tracker.evaluate(product)
-        result.metrics.update(metrics)
+        for key, value in metrics.items():  # accuracy, agreement
+            setattr(result.metrics, key, value)
         result.measure_s += seconds
         tracker.check_budget(metrics)
 
@@ -416,7 +422,7 @@ class _StageRunner:
             # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
             # every ok stage of report.json carries the same metric fields.
             self.baseline = self.previous = measurement
-            result.metrics["drift"] = compare_outputs(measurement.outputs, measurement.outputs, groups=groups)
+            result.metrics.drift = Drift.model_validate(compare_outputs(measurement.outputs, measurement.outputs, groups=groups))
             return
         # An artifact that keeps only some of the model's outputs (export_onnx's `outputs:`, a YOLO
         # deployment output) is compared with those outputs of the stages before it. It changes
@@ -428,28 +434,31 @@ class _StageRunner:
 
         drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
         drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
-        result.metrics["drift"] = drift
+        result.metrics.drift = Drift.model_validate(drift)
         if selection is None:
             self.previous = measurement
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
         :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
-        drift = result.metrics.get("drift")
-        if tolerance is None or drift is None or "previous" not in drift:
+        drift = result.metrics.drift
+        if tolerance is None or drift is None or drift.previous is None:
             return
         limit, option = tolerance
-        on_data = result.metrics.get("agreement", {}).get("previous")
-        if on_data is not None and not on_data.get("comparable", True):  # other outputs (a new head): the seeded batch
-            on_data = None
+        previous = drift.previous.model_dump()  # the figures as compare_outputs made them (NaN kept)
+        agreement = result.metrics.agreement
+        similar = agreement.previous if agreement is not None else None
+        # Other outputs (a new head) are not comparable on data.eval: the seeded batch is used.
+        on_data = similar.model_dump() if similar is not None and similar.comparable is not False else None
         similarity = limit.cosine is not None or limit.top1_agreement is not None
-        drift["tolerance"] = {**limit.model_dump(exclude_none=True), "set_by": option}
-        if similarity:
-            drift["tolerance"]["similarity_on"] = "data.eval" if on_data is not None else "seeded batch"
-        problem = tolerance_failure(drift["previous"], limit, on_data)
+        drift.tolerance = DriftTolerance(
+            **limit.model_dump(exclude_none=True), set_by=option,
+            similarity_on=("data.eval" if on_data is not None else "seeded batch") if similarity else None,
+        )
+        problem = tolerance_failure(previous, limit, on_data)
         if problem:
             # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
-            elementwise = limit.atol is not None and drift_exceeds(drift["previous"], limit.atol, limit.rtol) is not None
+            elementwise = limit.atol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None
             fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
             if not elementwise and on_data is None:
                 fix += ", or give data.eval: similarity is then held on real samples, not on the seeded batch of random values"

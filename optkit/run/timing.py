@@ -35,6 +35,7 @@ from optkit.measure import (
     PAIRED_SPEEDUP_METHOD,
     Contender,
     check_noise,
+    latency_record,
     runnable,
     speedup,
     tensor_bytes,
@@ -42,9 +43,10 @@ from optkit.measure import (
     time_round_robin,
 )
 
+from optkit.results import NoiseCheck, Speedup, StageResult, Timing, TimingMemory, TimingStatus
+
 if TYPE_CHECKING:
     from optkit.config import MeasureSpec
-    from optkit.results import StageResult
 
 __all__ = ["TimingPlan", "plan_timing", "StageTiming"]
 
@@ -122,26 +124,24 @@ class StageTiming:
         self.stage_count = stage_count
         self._kept: dict[int, nn.Module | Artifact] = {}
         self._running: int | None = None
-        self.summary: dict[str, Any] = {}
+        self.summary = Timing()
         if settings.latency:
-            self.summary = {
-                "compare": plan.compare,
-                "requested": settings.compare,
-                "reason": plan.reason,
-                "warmup": settings.warmup,
-                "iters": settings.iters,
-                "order": ("side by side after the last stage: each round calls every product once, in a seeded shuffled order"
-                          if self.interleaved else "each stage's product timed alone, right after it is applied"),
-                "confidence": settings.confidence,
-                "run_to_run_margin": settings.run_to_run_margin,
-                "median_interval": MEDIAN_METHOD,
-                "speedup_interval": PAIRED_SPEEDUP_METHOD if self.interleaved else INDEPENDENT_SPEEDUP_METHOD,
-                "tie": "a speed-up whose interval (widened by the run-to-run margin) includes 1 is a tie: reports show 'tie', not a speed-up or slow-down",
-            }
-            if self.interleaved:
-                self.summary["status"] = "pending"
-            if plan.memory:
-                self.summary["memory"] = plan.memory
+            self.summary = Timing(
+                compare=plan.compare,
+                requested=settings.compare,
+                reason=plan.reason,
+                warmup=settings.warmup,
+                iters=settings.iters,
+                order=("side by side after the last stage: each round calls every product once, in a seeded shuffled order"
+                       if self.interleaved else "each stage's product timed alone, right after it is applied"),
+                confidence=settings.confidence,
+                run_to_run_margin=settings.run_to_run_margin,
+                median_interval=MEDIAN_METHOD,
+                speedup_interval=PAIRED_SPEEDUP_METHOD if self.interleaved else INDEPENDENT_SPEEDUP_METHOD,
+                tie="a speed-up whose interval (widened by the run-to-run margin) includes 1 is a tie: reports show 'tie', not a speed-up or slow-down",
+                status=TimingStatus.pending if self.interleaved else None,
+                memory=TimingMemory.model_validate(plan.memory) if plan.memory else None,
+            )
 
     @property
     def interleaved(self) -> bool:
@@ -155,7 +155,7 @@ class StageTiming:
 
     def _check_noise(self) -> None:
         if self.settings.noise_max_cv is not None:
-            self.summary["noise"] = check_noise(self.device, self.settings.noise_max_cv)
+            self.summary.noise = NoiseCheck.model_validate(check_noise(self.device, self.settings.noise_max_cv))
 
     def keep(self, result: StageResult, product: nn.Module | Artifact) -> None:
         """Hold ``result``'s product for the side-by-side timing (a copy of a module the next pass may change)."""
@@ -174,8 +174,8 @@ class StageTiming:
             with run.ready():
                 latency = time_callable(run.call, self.inputs, self.device, self.settings.warmup, self.settings.iters,
                                         cuda_events=run.cuda_events, confidence=self.settings.confidence)
-            result.metrics["latency_ms"] = {**latency, "runtime": run.runtime, "io": run.io, "compare": "sequential",
-                                            "why_sequential": f"the product cannot be copied: {type(exc).__name__}: {exc}"}
+            result.metrics.latency_ms = latency_record(latency, run, "sequential",
+                                                       why_sequential=f"the product cannot be copied: {type(exc).__name__}: {exc}")
 
     def forget(self, index: int) -> None:
         """Leave stage ``index`` out of the side-by-side timing (its kept product can no longer be trusted)."""
@@ -192,16 +192,17 @@ class StageTiming:
         Two stages timed in the same side-by-side loop are compared round by round (the median of
         the per-round ratios); otherwise as two independent samples (ratio of medians, bootstrap).
         """
-        timed = [s for s in stages if s.status == "ok" and (s.metrics.get("latency_ms") or {}).get("samples")]
-        if not timed or timed[0].index != 0:
+        timed = [(s, s.metrics.latency_ms) for s in stages if s.status == "ok" and s.metrics.latency_ms is not None]
+        timed = [(s, latency) for s, latency in timed if latency is not None and latency.samples]
+        if not timed or timed[0][0].index != 0:
             return
-        for previous, stage in zip(timed, timed[1:]):
-            for key, reference in (("speedup", timed[0]), ("speedup_vs_previous", previous)):
-                base, new = reference.metrics["latency_ms"], stage.metrics["latency_ms"]
-                paired = base.get("compare") == new.get("compare") == "interleaved"
-                figure = speedup(base, new, self.settings.confidence, paired=paired, margin=self.settings.run_to_run_margin)
+        for (previous, before), (stage, new) in zip(timed, timed[1:]):
+            for key, (reference, base) in (("speedup", timed[0]), ("speedup_vs_previous", (previous, before))):
+                paired = base.compare == new.compare == "interleaved"
+                figure = speedup({"samples": base.samples}, {"samples": new.samples}, self.settings.confidence, paired=paired,
+                                 margin=self.settings.run_to_run_margin)
                 if figure is not None:
-                    stage.metrics[key] = {**figure, "against": reference.name}
+                    setattr(stage.metrics, key, Speedup.model_validate({**figure, "against": reference.name}))
 
     def time_side_by_side(self, stages: list[StageResult]) -> None:
         """Time the baseline and every kept product round-robin; fill their ``latency_ms`` and speed-ups.
@@ -227,7 +228,7 @@ class StageTiming:
                 records = time_round_robin(contenders, self.inputs, self.device, self.settings.warmup, self.settings.iters,
                                            confidence=self.settings.confidence)
         except KeyboardInterrupt:
-            self.summary["status"] = "interrupted"
+            self.summary.status = TimingStatus.interrupted
             raise
         # The products are plugin code (a pass's module, an artifact's runtime) and may fail in any way.
         except Exception as exc:  # noqa: BLE001
@@ -235,13 +236,12 @@ class StageTiming:
             where = f"stage {stage.index} ({stage.name})" if stage is not None else "the loop"
             message = (f"timing the stages side by side failed in {where}: {type(exc).__name__}: {exc}; "
                        "measure.compare: sequential times each stage alone, right after it is applied")
-            self.summary.update(status="failed", error=message)
+            self.summary.status, self.summary.error = TimingStatus.failed, message
             raise StageError(message) from exc
         for index, record in records.items():
             run = runs[index]
-            stages[index].metrics["latency_ms"] = {**record, "runtime": run.runtime, "io": run.io, "compare": "interleaved",
-                                                   "side_by_side": len(records)}
-        self.summary["status"] = "ok"
+            stages[index].metrics.latency_ms = latency_record(record, run, "interleaved", side_by_side=len(records))
+        self.summary.status = TimingStatus.ok
         self.add_speedups(stages)
 
     def _calling(self, index: int, call: Any) -> Any:

@@ -18,7 +18,7 @@ import yaml
 
 from optkit.config import SweepFile
 from optkit.files import atomic_write_text
-from optkit.reporting import ComparedRun, report_json, write_comparison_report
+from optkit.reporting import ComparedRun, write_comparison_report
 from optkit.results import RunReport
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.sweep.executors import Executor
@@ -98,7 +98,7 @@ def _keep_report_locally(outcome: JobOutcome) -> None:
     """A job run on another machine returned its report: keep a copy in the local run folder."""
     path = Path(outcome.job.run_dir) / "report.json"
     if outcome.report is not None and not path.exists():
-        atomic_write_text(path, report_json(outcome.report))
+        atomic_write_text(path, RunReport.from_dict(outcome.report, str(path)).to_json())  # through the models: no NaN token
 
 
 def outcome_as_run(outcome: JobOutcome) -> ComparedRun:
