@@ -256,21 +256,19 @@ def _check_same_classes(sets: dict[str, DataSet]) -> None:
     Raises:
         PipelineError: naming both entries, their classes and the first label that differs.
     """
-    named = [data_set for data_set in sets.values() if data_set.classes is not None]
-    first = named[0] if named else None
-    for other in named[1:]:
-        assert first is not None and first.classes is not None and other.classes is not None
-        differ = next((i for i, (a, b) in enumerate(zip(first.classes, other.classes)) if a != b), None)
+    named = [(data_set, data_set.classes) for data_set in sets.values() if data_set.classes is not None]
+    for other, classes in named[1:]:
+        first, reference = named[0]
+        differ = next((i for i, (a, b) in enumerate(zip(reference, classes)) if a != b), None)
         if differ is not None:
             raise PipelineError(
-                f"{other.option} ({other.spec.source}) has the classes {_names(other.classes)} but {first.option} has "
-                f"{_names(first.classes)}; the same label would mean different classes (label {differ} is "
-                f"{other.classes[differ]!r} in one, {first.classes[differ]!r} in the other): give both the same class folders"
+                f"{other.option} ({other.spec.source}) has the classes {_names(classes)} but {first.option} has "
+                f"{_names(reference)}; the same label would mean different classes (label {differ} is "
+                f"{classes[differ]!r} in one, {reference[differ]!r} in the other): give both the same class folders"
             )
 
 
-def _names(classes: list[str] | None, shown: int = 5) -> str:
-    classes = classes or []
+def _names(classes: list[str], shown: int = 5) -> str:
     return ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
 
 

@@ -62,8 +62,8 @@ def load_runs(paths: list[Path], on_skip: Callable[[PipelineError], None] | None
 
     Args:
         paths: what to read.
-        on_skip: called with the error of each path that cannot be read; that path is then left out
-            and the others are read. Without it, the first such path raises.
+        on_skip: called, once every path was read, with the error of each path that could not be (and
+            was left out). Without it, the first such path raises.
 
     Raises:
         PipelineError: a path holds no report, or one that cannot be read (a special file, over
@@ -79,9 +79,10 @@ def load_runs(paths: list[Path], on_skip: Callable[[PipelineError], None] | None
             if on_skip is None:
                 raise
             errors.append(exc)
-            on_skip(exc)
     if errors and not runs:
-        raise errors[0]
+        raise errors[0]  # nothing to compare: the error alone, not a warning too
+    for error in errors:
+        on_skip(error)  # type: ignore[misc]  # errors is empty without on_skip
     return runs
 
 
