@@ -10,7 +10,9 @@ UVENV := .venv-ultralytics
 UBIN := $(UVENV)/bin
 USTAMP := $(UVENV)/.installed
 
-.PHONY: demo test test-main test-ultralytics test-fast install install-ultralytics clean
+.PHONY: demo test lint test-main test-ultralytics test-fast install install-ultralytics docs clean
+# Debian's chromium: tests/test_docs_site.py opens every page of the built site in it, headless.
+CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,9 @@ $(USTAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
 install-ultralytics: $(USTAMP)
 
 # The digits pipelines first (a trained model, accuracy at every stage; pruned, then fine-tuned), then ResNet-18 (random weights).
@@ -37,15 +42,29 @@ demo: $(STAMP)
 	$(BIN)/optkit run examples/digits_finetune.yaml --output runs/demo-digits-finetune --overwrite
 	$(BIN)/optkit run examples/resnet18.yaml --output runs/demo --overwrite
 
-# Both environments are installed first, so the time printed at the end is the tests' alone.
-test: $(STAMP) $(USTAMP)
+# The docs site, strict: a broken link or a reference that cannot be generated fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+# Both environments (and Chromium) are installed first, so the time printed at the end is the checks' alone.
+test: $(STAMP) $(USTAMP) $(CHROMIUM)
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-main test-ultralytics || exit $$?; \
-	echo "make test: the test jobs took $$(( $$(date +%s) - start )) s of wall time (installs excluded)"
+	$(MAKE) --no-print-directory lint test-main test-ultralytics || exit $$?; \
+	echo "make test: lint and the test jobs took $$(( $$(date +%s) - start )) s of wall time (installs excluded)"
+
+# Lint, format and types of optkit/ and plugins/ (configured in pyproject.toml). mypy cannot map the
+# package-dir plugins/ -> optkit_plugins, so it reads the plugins through a link named for the package.
+lint: $(STAMP)
+	$(BIN)/ruff check optkit plugins
+	$(BIN)/ruff format --check optkit plugins
+	mkdir -p build/mypy && ln -sfn ../../plugins build/mypy/optkit_plugins
+	$(BIN)/mypy
 
 # --durations: the 15 slowest tests, so what makes the suite slow stays in sight.
-test-main: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q --durations=15
+# tests/test_docs_*.py build the site, run every how-to recipe and open every page in Chromium;
+# loadgroup: one worker builds the site for all of the site's tests.
+test-main: $(STAMP) $(CHROMIUM)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=15
 
 # Fails when Ultralytics is missing or no test marked ultralytics passed (see tests/conftest.py).
 test-ultralytics: $(USTAMP)
@@ -55,4 +74,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(UVENV) runs build *.egg-info
+	rm -rf $(VENV) $(UVENV) runs build site *.egg-info

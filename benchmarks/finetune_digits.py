@@ -36,10 +36,13 @@ import torch
 import yaml
 from torch import nn
 
-from optkit.config import TransformSpec, load_pipeline
-from optkit.data import build_transform, digits_cnn, digits_imagefolder, image_folder
+from optkit.config.data import TransformSpec
+from optkit.config.pipeline import load_pipeline
+from optkit.data.digits import digits_cnn, digits_imagefolder
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
 from optkit.files import atomic_write_text
-from optkit.host import Host
+from optkit.host.facade import Host
 from optkit.passes import PassContext
 from optkit.run.environment import environment
 from optkit.run.runner import run_pipeline

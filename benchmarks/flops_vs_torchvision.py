@@ -30,10 +30,13 @@ from typing import Any
 import torch
 import torchvision
 
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.config import MeasureSpec
-from optkit.measure import check_noise, configure_timing, count_params, profile_macs, time_callable
-from optkit.reporting import noise_warning
+from optkit.measure.flops import profile_macs
+from optkit.measure.latency import configure_timing, time_callable
+from optkit.measure.noise import check_noise
+from optkit.measure.params import count_params
+from optkit.reporting.tables import noise_warning
 
 log = logging.getLogger("flops_vs_torchvision")
 

@@ -8,7 +8,7 @@ Ultralytics fuses it), the same with ``graph_module: true`` (one flat fx GraphMo
 torch.fx's fuser returns, where the model traces), and the model after
 ``torch.fx.experimental.optimization.fuse`` (which fuses exact ``nn.BatchNorm2d`` after
 ``nn.Conv2d`` only, and needs a model that traces).
-They are timed side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call
+They are timed side by side by optkit's own loop (``optkit.measure.latency.time_round_robin``: one call
 each per round in a shuffled order, CUDA events on a GPU), so noise on a shared machine hits all
 of them alike. Each speed-up is the median of the per-round ratios (unfused / fused) with its
 95% order-statistic interval widened by the 5% run-to-run margin, as ``optkit run`` reports it; a speed-up whose interval includes 1
@@ -40,10 +40,13 @@ from torch.fx.experimental.optimization import fuse as fx_fuse
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_sources  # noqa: E402
 
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text  # noqa: E402
-from optkit.measure import Contender, check_noise, compare_outputs, configure_timing, speedup, time_round_robin  # noqa: E402
-from optkit.config import MeasureSpec  # noqa: E402
-from optkit.reporting import format_speedup, noise_warning  # noqa: E402
+from optkit.measure.drift import compare_outputs
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.run.device import select_device  # noqa: E402
 from optkit.run.environment import environment  # noqa: E402
 from optkit_plugins.fuse_bn import fuse_batchnorm  # noqa: E402

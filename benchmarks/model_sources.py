@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.host import Host
-from optkit.measure import count_macs
+from optkit.host.facade import Host
+from optkit.measure.flops import count_macs
 
 __all__ = ["build", "example_input", "macs", "needs_missing_library", "randomize_batchnorms", "rules"]
 

@@ -4,7 +4,7 @@ The model (``weights=None``: latency does not depend on the weights) is exported
 ``export_onnx`` pass itself, so the file timed is the verified artifact a pipeline produces.
 Eager PyTorch runs the eval model under ``torch.inference_mode()``; onnxruntime runs the file with
 all graph optimizations (``ORT_ENABLE_ALL``) and as many intra-op threads as torch uses. The two
-are timed side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call each
+are timed side by side by optkit's own loop (``optkit.measure.latency.time_round_robin``: one call each
 per round in a shuffled order), so noise on a shared machine hits both alike. The speed-up
 is the median of the per-round ratios with its 95% order-statistic interval, as ``optkit run``
 reports it; the target is met only when the whole interval lies above it.
@@ -31,12 +31,14 @@ from typing import Any
 import torch
 import torchvision
 
-from optkit.config import MeasureSpec
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.measure import Contender, check_noise, configure_timing, speedup, time_round_robin
-from optkit.reporting import format_speedup, noise_warning
-from optkit.run.environment import environment
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
 from optkit.passes import PassContext
+from optkit.reporting.tables import format_speedup, noise_warning
+from optkit.run.environment import environment
 from optkit_plugins.export_onnx import ExportOnnx
 
 log = logging.getLogger("onnx_latency")
@@ -58,7 +60,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> tuple
 
 def fuse_batchnorm(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> torch.nn.Module:
     """The model after the fuse_bn pass (looked up in the registry, as a pipeline would)."""
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     pass_cls = Host().get_pass("fuse_bn")
     ctx = PassContext(device=torch.device("cpu"), example_input=example, output_dir=folder, logger=log)

@@ -14,7 +14,7 @@ For each model and amount, from the same randomly initialised model (``benchmark
 counter and module rules), the same for every variant. Every optkit result is checked: same
 output shapes, a train-mode forward and backward, a save and reload, and an ONNX export
 (optkit's ``export_onnx``) whose outputs match PyTorch at batch 1, 2 and 8. CPU latency at batch 1
-is measured side by side by optkit's own loop (``optkit.measure.time_round_robin``: one call each
+is measured side by side by optkit's own loop (``optkit.measure.latency.time_round_robin``: one call each
 per round, in a shuffled order) unless ``--no-latency``; each latency ratio is the median of the
 per-round ratios with its 95% interval (widened by the 5% run-to-run margin), a tie when it includes 1, after a noise check. MACs are
 deterministic.
@@ -51,11 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_sources  # noqa: E402
 
 from optkit import PassContext  # noqa: E402
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text  # noqa: E402
-from optkit.config import MeasureSpec  # noqa: E402
-from optkit.measure import Contender, check_noise, configure_timing, count_params, speedup, time_round_robin  # noqa: E402
-from optkit.models import class_path, find_classifier  # noqa: E402
-from optkit.reporting import format_count, format_speedup, noise_warning  # noqa: E402
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.measure.params import count_params
+from optkit.models.classifier_head import find_classifier
+from optkit.models.rules import class_path
+from optkit.reporting.tables import format_count, format_speedup, noise_warning
 from optkit.run.environment import environment  # noqa: E402
 from optkit_plugins.export_onnx import ExportOnnx  # noqa: E402
 from optkit_plugins.prune_l1 import PruneL1  # noqa: E402

@@ -8,13 +8,13 @@ Two parts, one run:
    (``calibration: {random: true}``: the weights are random, so there is no data they fit; the
    int8 model's accuracy here means nothing, its latency does). Eager PyTorch, the fp32 ONNX
    model and every int8 model are timed side by side by optkit's own loop
-   (``optkit.measure.time_round_robin``: one call each per round, in a seeded shuffled order), so
+   (``optkit.measure.latency.time_round_robin``: one call each per round, in a seeded shuffled order), so
    that noise on a shared machine hits all alike, after the noise check. Each speed-up is the
    median of the per-round ratios with its 95% interval, as ``optkit run`` reports it (a tie when
    the interval, widened by the 5% run-to-run margin, includes 1). ``--calls-per-round K`` calls each model K times in a row
    per round: with K = 1 every call follows another model and finds the caches cold; with K = 10
    it runs as a model serving calls back to back does.
-2. **Accuracy and size, the trained digits model** (``optkit.data.digits_cnn`` with its shipped
+2. **Accuracy and size, the trained digits model** (``optkit.data.digits.digits_cnn`` with its shipped
    weights, the digits written by ``python -m optkit.data``): an ``optkit run`` pipeline per
    variant (export_onnx, then quantize_onnx calibrated on 16 batches of the train split), its
    top-1 on the 360 val samples and its file size against the float ONNX file. These figures are
@@ -47,12 +47,17 @@ import torchvision
 import yaml
 
 from optkit import OnnxArtifact
+from optkit.config.pipeline import MeasureSpec
 from optkit.files import atomic_write_text
-from optkit.host import Host
-from optkit.config import MeasureSpec
-from optkit.measure import Contender, CpuInfo, check_noise, configure_timing, speedup, time_round_robin
-from optkit.reporting import format_speedup, noise_warning
+from optkit.config.pipeline import MeasureSpec
+from optkit.host.facade import Host
+from optkit.measure.cpu import CpuInfo
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, configure_timing, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.passes import PassContext
+from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.run.environment import environment
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.quantize_onnx import QuantizeOnnx
@@ -143,7 +148,7 @@ def latency_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def accuracy_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """The digits: one pipeline per variant, its accuracy on val and its size."""
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
     from optkit.run.runner import run_pipeline
 
     host = Host()

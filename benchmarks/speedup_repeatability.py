@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from optkit.config import load_pipeline
+from optkit.config.pipeline import load_pipeline
 from optkit.files import atomic_write_text
-from optkit.host import Host
-from optkit.reporting import format_speedup, noise_warning
+from optkit.host.facade import Host
+from optkit.reporting.tables import format_speedup, noise_warning
 from optkit.run.runner import run_pipeline
 
 __all__ = ["SMALL_PIPELINE", "repeat", "overlap", "main"]

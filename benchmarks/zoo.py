@@ -21,10 +21,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from optkit.sweep.executors import EXECUTORS, make_executor
-from optkit.reporting import write_comparison_report
-from optkit.config import SweepFile, load_sweep
+from optkit.config.sweep import SweepFile, load_sweep
+from optkit.reporting.writing import write_comparison_report
 from optkit.sweep.driver import run_sweep
+from optkit.sweep.executors import EXECUTORS, make_executor
 from optkit.sweep.jobs import JobOutcome
 
 __all__ = ["ZOO_FILE", "main", "select"]

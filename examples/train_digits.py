@@ -1,6 +1,6 @@
-"""Train the digits CNN (``optkit.data.digits_cnn``) on scikit-learn's digits and save its weights.
+"""Train the digits CNN (``optkit.data.digits.digits_cnn``) on scikit-learn's digits and save its weights.
 
-The data are the ImageFolder that ``optkit.data.digits_imagefolder`` writes (32×32 RGB PNGs, a
+The data are the ImageFolder that ``optkit.data.digits.digits_imagefolder`` writes (32×32 RGB PNGs, a
 seeded 80/20 split), read through the same transform ``optkit run`` uses for ``data:`` (no
 ``transform`` keys: images as float in [0, 1]), so the accuracy printed here is the accuracy a
 pipeline reports for the baseline. The shipped weights (``optkit/data/digits_cnn.safetensors``)
@@ -24,8 +24,10 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import v2
 
-from optkit.config import TransformSpec
-from optkit.data import DIGITS_WEIGHTS, build_transform, digits_cnn, digits_imagefolder, image_folder
+from optkit.config.data import TransformSpec
+from optkit.data.digits import DIGITS_WEIGHTS, digits_cnn, digits_imagefolder
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
 
 ROOT = Path(__file__).resolve().parent
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,7 @@ class Artifact(ABC):
         return {}
 
 
-def onnxruntime_providers(device: torch.device) -> list[str]:
+def onnxruntime_providers(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
     """onnxruntime execution providers for ``device``: CUDA where asked for and available."""
     import onnxruntime as ort
 
@@ -67,7 +68,7 @@ class OnnxArtifact(Artifact):
             or dict from the graph outputs; ``None`` returns one tensor, or a tuple of several.
         output_selection: when the file computes only some of the source model's outputs (a
             selection, a YOLO model's deployment output), their indices in the model's flattened
-            output (:func:`optkit.measure.output_leaves` order), in graph order; the runner
+            output (:func:`optkit.output_leaves` order), in graph order; the runner
             compares the file's drift with those outputs of the stages before. ``None``: all.
     """
 
@@ -121,7 +122,7 @@ class OnnxArtifact(Artifact):
                     if padding:
                         part = torch.cat([part, part[-1:].expand(padding, *part.shape[1:])])
                     parts.append([t[: fixed_batch - padding] for t in call(part)])
-                tensors = [torch.cat(pieces) for pieces in zip(*parts)]
+                tensors = [torch.cat(pieces) for pieces in zip(*parts, strict=True)]
             if self.output_structure is not None:
                 return pytree.tree_unflatten(tensors, self.output_structure)
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
@@ -207,8 +208,8 @@ def _run_bound(session: Any, names: list[str], device: torch.device) -> Callable
             arrays = binding.copy_outputs_to_cpu()
             shapes[tuple(x.shape)] = [tuple(a.shape) for a in arrays]
             return [torch.from_numpy(a).to(device) for a in arrays]
-        outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, (dtype, _) in zip(known, output_types)]
-        for name, tensor, (_, element) in zip(names, outputs, output_types):
+        outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, (dtype, _) in zip(known, output_types, strict=True)]
+        for name, tensor, (_, element) in zip(names, outputs, output_types, strict=True):
             binding.bind_output(name, "cuda", device_id, element, tuple(tensor.shape), tensor.data_ptr())
         session.run_with_iobinding(binding)  # returns once the outputs are written (it synchronizes the device)
         binding.synchronize_outputs()

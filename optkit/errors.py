@@ -1,10 +1,21 @@
-"""Errors a user can act on. Each says what is at fault: file and line, stage, option or plugin."""
+"""Errors a user can act on. Each says what is at fault: file and line, stage, option or plugin.
+
+The contract for plugin code (a model source, a dataset loader, a module rule, a pass):
+
+- the user's input is wrong (a missing file, a target the plugin does not know, an option it
+  cannot honour): raise :class:`PipelineError` with one line saying what is wrong and how to fix
+  it. ``optkit run`` exits 2 before anything ran, the entry named (``data.eval (npz:x.npz): ...``);
+  inside a pass's ``apply`` the stage fails instead (exit 1, the stage named), as the run has begun.
+- anything else a plugin raises is a bug in the plugin: optkit names the plugin and its
+  distribution (:class:`PluginBugError`, exit 1; ``optkit --debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "OptkitError",
@@ -12,6 +23,8 @@ __all__ = [
     "PluginError",
     "StageError",
     "CheckpointError",
+    "PluginBugError",
+    "plugin_code",
     "did_you_mean",
     "closest",
     "plain_text",
@@ -60,6 +73,44 @@ class PluginError(OptkitError):
 
 class CheckpointError(PipelineError):
     """A checkpoint cannot be read, is unsafe to unpickle, or does not fit the model."""
+
+
+class PluginBugError(OptkitError):
+    """Plugin code raised something other than an optkit error: a bug in that plugin, which the
+    message names with its distribution (exit 1). Raised by optkit around plugin code, never by plugins."""
+
+    exit_code = 1
+
+
+@contextmanager
+def plugin_code(where: str, plugin: str, what: str, named: Iterable[str] = ()) -> Iterator[None]:
+    """Run plugin code that reads the user's input under the error contract (see the module docstring).
+
+    Args:
+        where: the entry at fault, e.g. ``"data.eval (npz:data/x.npz)"``; put before a
+            :class:`PipelineError`'s message.
+        plugin: who registered the code, e.g. ``"plugin 'npz' (optkit-npz 0.1.0)"``.
+        what: the code, e.g. ``"the 'npz' dataset loader"``.
+        named: prefixes of messages that name the entry already (``"data.eval"``): kept as they are.
+
+    Raises:
+        PipelineError: the code refused the user's input; ``where`` named.
+        PluginBugError: the code raised anything else, chained (``--debug`` shows its traceback).
+    """
+    try:
+        yield
+    except PipelineError as exc:
+        if any(exc.message.startswith(prefix) for prefix in named):
+            raise
+        raise type(exc)(f"{where}: {exc.message}", exc.file, exc.line) from exc
+    except OptkitError:
+        raise
+    # Plugin code may fail in any way; whatever it is, the plugin is named and the cause chained.
+    except Exception as exc:  # noqa: BLE001
+        raise PluginBugError(
+            f"{where}: {what} of {plugin} raised {type(exc).__name__}: {plain_text(str(exc))} "
+            f"(a bug in that plugin: for input it refuses, plugin code raises optkit.errors.PipelineError)"
+        ) from exc
 
 
 class StageError(OptkitError):

@@ -101,7 +101,13 @@ def resolve_path(path: str | Path, base_dir: Path) -> Path:
     """``path`` with ``~`` expanded, made absolute against ``base_dir`` when it is relative.
 
     Relative paths in a pipeline file (checkpoints, ``file:`` sources, data folders) are
-    relative to the file's own folder, not to the current directory.
+    relative to the file's own folder, not to the current directory. The result is always
+    absolute and normalized (``..`` removed), also when ``base_dir`` itself is relative, so that
+    messages name one unambiguous file; symlinks are kept as given.
+
+    Example:
+        >>> resolve_path("../data/x.npz", Path("/work/pipelines"))
+        PosixPath('/work/data/x.npz')
     """
     p = Path(path).expanduser()
-    return p if p.is_absolute() else Path(base_dir) / p
+    return Path(os.path.abspath(p if p.is_absolute() else Path(base_dir).expanduser() / p))

@@ -6,10 +6,10 @@ import inspect
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -140,7 +140,7 @@ class Pass(ABC):
     def __init__(self, options: BaseModel | Mapping[str, Any] | None = None) -> None:
         if options is None or isinstance(options, Mapping):
             options = self.Options.model_validate(dict(options or {}))
-        self.options = options
+        self.options = cast("Pass.Options", options)  # the subclass's Options, validated above or given
 
     def tolerance(self) -> Tolerance | None:
         """The drift this stage may show when ``preserves_outputs``; ``None``: the pipeline's own."""
@@ -151,8 +151,11 @@ class Pass(ABC):
         """Transform ``model`` and return the result.
 
         Args:
-            model: the current model (in eval mode, on ``ctx.device``). A pass may change it
-                in place or return a new module.
+            model: the current model (in eval mode, on ``ctx.device``), the stage's to change:
+                a pass that returns a module changes it in place (or builds a new one from it)
+                and never copies it defensively; the runner keeps its own copy of what it still
+                needs (the baseline). A pass that returns an artifact leaves the model as it got
+                it (the run carries it on) and copies only what the export changes.
             ctx: device, example input, this stage's output folder, logger, ``details``
                 (a dict for what the pass has to say: it lands in the report), and ``artifact``
                 (the artifact of the latest earlier stage, for a pass that ``consumes`` one).
@@ -174,7 +177,7 @@ class PassData:
     without one. ``len(loader)`` is its number of batches, ``loader.dataset`` its samples,
     ``loader.classes`` the class names the dataset reports (an image folder's) or ``None``, and
     ``loader.batched(batch_size, seed=..., drop_last=...)`` the same samples shuffled by a pass's
-    own seed (:class:`optkit.data.DeviceLoader`).
+    own seed (:class:`optkit.data.loaders.DeviceLoader`).
 
     Attributes:
         train: ``data.train`` (shuffled, seeded, when ``shuffle: true``), or ``None``.
@@ -247,8 +250,11 @@ class PassContext:
             when none did or a stage returned a module since (the artifact is then stale);
             :meth:`require_artifact` gets it typed, or fails the stage.
         module_rules: what library modules compute, by class path (an
-            :class:`optkit.models.ModuleRules` from every plugin's ``optkit_register_module_rules``;
-            look a module up with :func:`optkit.models.find_rule`). Empty outside a run.
+            :class:`optkit.models.rules.ModuleRules` from every plugin's ``optkit_register_module_rules``;
+            look a module up with :func:`optkit.find_rule`). Empty outside a run.
+        importances: channel-importance criteria registered by plugins (``optkit_register_importances``),
+            by name: ``criterion(group) -> one score per channel`` (see :class:`optkit.PruningGroup`).
+            Empty outside a run.
     """
 
     device: torch.device
@@ -263,6 +269,7 @@ class PassContext:
     on_progress: Callable[[Progress], None] | None = None
     module_rules: Mapping[str, Any] = field(default_factory=dict)
     artifact: Artifact | None = None
+    importances: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def require_artifact(self, kind: type[A]) -> A:
         """``ctx.artifact``, checked to be a ``kind`` (e.g. :class:`~optkit.artifacts.OnnxArtifact`).

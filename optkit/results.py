@@ -36,7 +36,7 @@ from optkit.errors import PipelineError
 from optkit.files import read_limited
 
 if TYPE_CHECKING:
-    from optkit.config import Pipeline
+    from optkit.config.pipeline import Pipeline
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -579,7 +579,7 @@ class RunInfo:
 
 
 class RunReport(ReportModel):
-    """The run report: what ``report.json`` holds (:func:`optkit.reporting.write_run_report` writes it)."""
+    """The run report: what ``report.json`` holds (:func:`optkit.reporting.writing.write_run_report` writes it)."""
 
     _omit_none: ClassVar[bool] = False
 

@@ -17,6 +17,15 @@ A pass class not installed through an entry point yet can be passed directly:
 ``run_pass(MyPass, tmp_path=tmp_path)``. With ``pytest_plugins = ["optkit.testing"]`` in a
 ``conftest.py``, the ``optkit_run_pass`` fixture does the same with ``tmp_path`` filled in.
 
+A model source or a dataset loader is called through the host as a run calls it, with
+:func:`load_source` and :func:`load_dataset`, and the error contract of plugin code (see
+:mod:`optkit.errors`) is asserted with :func:`raises_user_error` (the user's input is wrong: exit 2,
+the entry named) and :func:`raises_plugin_bug` (anything else: exit 1, the plugin named)::
+
+    def test_a_missing_file_is_the_users_error(tmp_path):
+        with raises_user_error(r"^data.eval \\(npz:missing.npz\\): no such file"):
+            load_dataset("npz:missing.npz", base_dir=tmp_path)
+
 A pass that reads data (``ctx.data``) runs on a real data set and a real trained model: the digits
 (:func:`digits_imagefolder`, or the ``optkit_digits`` fixture) and :func:`digits_cnn`::
 
@@ -29,16 +38,24 @@ A pass that reads data (``ctx.data``) runs on a real data set and a real trained
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from optkit.config import load_pipeline
-from optkit.data import DigitsFolders, digits_cnn, digits_imagefolder
-from optkit.host import Host, hookimpl
+from optkit.config.data import DataSpec
+from optkit.config.pipeline import ModelSpec, load_pipeline
+from optkit.data import digits_cnn
+from optkit.data.digits import DigitsFolders, digits_imagefolder
+from optkit.data.loaders import DataSet
+from optkit.errors import PipelineError, PluginBugError
+from optkit.host.facade import Host
+from optkit.host.hookspecs import hookimpl
 from optkit.passes import Pass, check_pass_class
 from optkit.results import RUN_STATUSES, SCHEMA_VERSION, STAGE_STATUSES, RunReport
 
@@ -59,6 +76,10 @@ __all__ = [
     "PassRun",
     "tiny_convnet",
     "run_pass",
+    "load_source",
+    "load_dataset",
+    "raises_user_error",
+    "raises_plugin_bug",
     "check_report_contract",
     "optkit_run_pass",
 ]
@@ -146,6 +167,11 @@ class PassRun:
         """The pass's output drift against the baseline: ``max_abs``, ``cosine``, ``top1_agreement``."""
         return self.metrics["drift"]
 
+    @property
+    def error(self) -> str | None:
+        """The stage's error as ``optkit run`` prints it (``stage 1 (my_pass) failed: ...``), or ``None``."""
+        return self.stage["error"]
+
     def artifact(self, filename: str) -> Path:
         """The path of the stage artifact named ``filename``."""
         for relative in self.stage["artifacts"]:
@@ -194,7 +220,8 @@ def run_pass(
     Args:
         pass_ref: the pass's name (installed, or registered by ``plugins``) or its class.
         options: the stage's options, as a pipeline file would give them.
-        tmp_path: the folder for the pipeline file and the run (pytest's ``tmp_path``).
+        tmp_path: the folder for the pipeline file and the run (pytest's ``tmp_path``); created
+            with its parents when missing.
         plugins: extra in-process plugins (modules or objects with ``@hookimpl`` functions).
         source: the model source (default: :func:`tiny_convnet`); e.g. ``torchvision:resnet18``.
         input_shape: the measured batch; small keeps tests fast.
@@ -218,6 +245,8 @@ def run_pass(
     """
     from optkit.run.runner import run_pipeline  # imports torch: only when a pass is run
 
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     extra = list(plugins)
     if isinstance(pass_ref, str):
         name = pass_ref
@@ -243,7 +272,7 @@ def run_pass(
         document["data"] = data
     pipeline_path = tmp_path / "pipeline.yaml"
     pipeline_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    pipeline = load_pipeline(pipeline_path, host.get_pass, producers=host.passes_producing)
+    pipeline = load_pipeline(pipeline_path, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     _, run_dir = run_pipeline(pipeline, host)  # a second run in one tmp_path goes to run-2
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"), parse_constant=_not_json)
     check_report_contract(report)
@@ -257,6 +286,99 @@ def run_pass(
         if not (run_dir / relative).is_file():
             raise AssertionError(f"stage {name!r} lists artifact {relative} but it is not on disk")
     return run
+
+
+def load_source(
+    source: str, *, base_dir: Path | None = None, plugins: Iterable[object] = (), kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """Build ``model.source: SOURCE`` through the host, as a run does (the installed plugins and ``plugins``).
+
+    Args:
+        source: ``scheme:target``.
+        base_dir: the folder relative paths resolve against (a pipeline file's folder); default: the current one.
+        plugins: extra in-process plugins (modules or objects with ``@hookimpl`` functions).
+        kwargs: ``model.kwargs``.
+
+    Raises:
+        PipelineError: the source is refused (an unknown scheme, a loader's own refusal), ``model.source`` named.
+        PluginBugError: the loader raised anything else (a bug in its plugin, named).
+    """
+    spec = ModelSpec.model_validate({"source": source, "kwargs": kwargs or {}})
+    model, _ = Host.with_plugins(*plugins).load_model(spec, Path(base_dir) if base_dir is not None else Path.cwd())
+    return model
+
+
+def load_dataset(
+    source: str,
+    *,
+    base_dir: Path | None = None,
+    plugins: Iterable[object] = (),
+    role: str = "eval",
+    kwargs: dict[str, Any] | None = None,
+    transform: dict[str, Any] | None = None,
+) -> DataSet:
+    """Load the ``data:`` entry ``{ROLE: {source: SOURCE, kwargs: KWARGS}}`` through the host, as a run
+    does: the loader is found by scheme, called, and every file it lists is checked.
+
+    Args:
+        source: ``scheme:target``.
+        base_dir: the folder relative paths resolve against (``request.base_dir``); default: the current one.
+        plugins: extra in-process plugins (modules or objects with ``@hookimpl`` functions).
+        role: ``eval``, ``train`` or ``calibration``.
+        kwargs: the entry's ``kwargs``.
+        transform: the ``data.transform`` section (``{resize: 36, center_crop: 32}``).
+
+    Returns:
+        The loaded entry: ``samples`` (``(input, label)`` pairs), ``classes``, ``details``, ``loader``.
+
+    Raises:
+        PipelineError: the entry is refused (an unknown scheme, a loader's own refusal), ``data.ROLE`` named.
+        PluginBugError: the loader raised anything else (a bug in its plugin, named).
+    """
+    spec = DataSpec.model_validate({role: {"source": source, "kwargs": kwargs or {}}, "transform": transform or {}})
+    data = Host.with_plugins(*plugins).load_data(spec, Path(base_dir) if base_dir is not None else Path.cwd())
+    return data.get(role)  # type: ignore[return-value]
+
+
+@contextmanager
+def raises_user_error(match: str | None = None) -> Iterator[pytest.ExceptionInfo[PipelineError]]:
+    """Assert that the block refuses the user's input as the contract says: a
+    :class:`~optkit.errors.PipelineError` (``optkit run`` exits 2), whose message is one line and
+    matches ``match`` (``re.search``).
+
+    Yields:
+        pytest's ``ExceptionInfo``, filled when the block ends.
+    """
+    with pytest.raises(PipelineError) as info:
+        yield info
+    message = str(info.value)
+    _check_error(info.value.exit_code == 2, f"{type(info.value).__name__} exits {info.value.exit_code}, not 2")
+    _check_error("\n" not in message, f"the message is not one line: {message!r}")
+    _check_error(match is None or re.search(match, message) is not None, f"{message!r} does not match {match!r}")
+
+
+@contextmanager
+def raises_plugin_bug(plugin: str, match: str | None = None) -> Iterator[pytest.ExceptionInfo[PluginBugError]]:
+    """Assert that the block fails as a bug in plugin code: a :class:`~optkit.errors.PluginBugError`
+    (``optkit run`` exits 1) whose one-line message names ``plugin`` (its entry-point or
+    distribution name) and matches ``match`` (``re.search``).
+
+    Yields:
+        pytest's ``ExceptionInfo``, filled when the block ends.
+    """
+    with pytest.raises(PluginBugError) as info:
+        yield info
+    message = str(info.value)
+    _check_error(info.value.exit_code == 1, f"PluginBugError exits {info.value.exit_code}, not 1")
+    _check_error("\n" not in message, f"the message is not one line: {message!r}")
+    _check_error(plugin in message, f"{message!r} does not name the plugin {plugin!r}")
+    _check_error(match is None or re.search(match, message) is not None, f"{message!r} does not match {match!r}")
+
+
+def _check_error(condition: bool, message: str) -> None:
+    """``assert`` for the error contract, kept under ``python -O``."""
+    if not condition:
+        raise AssertionError(f"error contract: {message}")
 
 
 def check_report_contract(report: dict[str, Any]) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from optkit import hookimpl
-from optkit.data import load_imagefolder, load_images, load_python_dataset
+from optkit import STANDARD_DATASETS, hookimpl
 
 __all__ = ["optkit_register_datasets"]
 
@@ -11,6 +10,5 @@ __all__ = ["optkit_register_datasets"]
 @hookimpl
 def optkit_register_datasets(register):
     """Register the ``imagefolder``, ``images`` and ``python`` schemes."""
-    register("imagefolder", load_imagefolder)
-    register("images", load_images)
-    register("python", load_python_dataset)
+    for scheme, loader in STANDARD_DATASETS.items():
+        register(scheme, loader)

@@ -1,7 +1,7 @@
 """The ``reclassify`` pass: give any classifier a new head with ``num_classes`` outputs.
 
 YOLOv5's ``load_classifier``, made general: the head is found structurally
-(:func:`optkit.models.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
+(:func:`optkit.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
 replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
 the old logits with no training (the same weights; a narrower GEMM may round in another order).
 """
@@ -9,15 +9,24 @@ the old logits with no training (the same weights; a narrower GEMM may round in 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.models import ClassifierNotFoundError, auxiliary_classifiers, find_classifier, in_width, out_width, replace_module
+from optkit import (
+    ClassifierNotFoundError,
+    Pass,
+    PassContext,
+    StageError,
+    auxiliary_classifiers,
+    find_classifier,
+    hookimpl,
+    in_width,
+    out_width,
+    replace_module,
+)
 
 __all__ = ["Reclassify", "new_head"]
 
@@ -47,17 +56,19 @@ def new_head(old: nn.Module, num_classes: int, keep: list[int] | None = None, in
             old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
             dilation=old.dilation, groups=1, bias=bias, padding_mode=old.padding_mode, **factory,
         )
-    head = head.to(old.weight.device)
+    old_weight, old_bias = old.get_parameter("weight"), old.bias
+    head = head.to(old_weight.device)
+    weight, new_bias = head.get_parameter("weight"), head.get_parameter("bias") if bias else None
     with torch.no_grad():
         if init == "zeros":
-            head.weight.zero_()
-            if bias:
-                head.bias.zero_()
+            weight.zero_()
+            if new_bias is not None:
+                new_bias.zero_()
         if keep:
-            rows = torch.tensor(keep, device=old.weight.device)
-            head.weight[: len(keep)] = old.weight.index_select(0, rows)
-            if bias:
-                head.bias[: len(keep)] = old.bias.index_select(0, rows)
+            rows = torch.tensor(keep, device=old_weight.device)
+            weight[: len(keep)] = old_weight.index_select(0, rows)
+            if new_bias is not None and isinstance(old_bias, torch.Tensor):
+                new_bias[: len(keep)] = old_bias.index_select(0, rows)
     return head
 
 
@@ -98,7 +109,7 @@ class Reclassify(Pass):
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         opts = self.options
-        num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep)
+        num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep or ())  # one of them is set
         try:
             name, old = find_classifier(model, opts.layer)
         except ClassifierNotFoundError as exc:  # a stage failure: the model was loaded and measured
@@ -106,7 +117,7 @@ class Reclassify(Pass):
         heads = [(name, old)]
         if opts.aux and opts.layer is None:
             heads += auxiliary_classifiers(model)
-        replaced = []
+        replaced: list[dict[str, Any]] = []
         # The CPU generator only, saved and restored: torch.manual_seed would reseed every CUDA
         # generator too, and fork_rng(devices=[]) would not restore them.
         with torch.random.fork_rng(devices=[]):

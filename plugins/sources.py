@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from optkit import hookimpl
-from optkit.models import load_file, load_python, load_torchvision
-
+from optkit import STANDARD_SOURCES, hookimpl
 
 __all__ = ["optkit_register_sources"]
 
@@ -12,6 +10,5 @@ __all__ = ["optkit_register_sources"]
 @hookimpl
 def optkit_register_sources(register):
     """Register the ``torchvision``, ``python`` and ``file`` schemes."""
-    register("torchvision", load_torchvision)
-    register("python", load_python)
-    register("file", load_file)
+    for scheme, loader in STANDARD_SOURCES.items():
+        register(scheme, loader)

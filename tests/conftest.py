@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from optkit.host import Host
+from optkit.host.facade import Host
 
 # Two cores, and pytest-xdist runs two workers: one intra-op thread each keeps them from fighting.
 torch.set_num_threads(1)
@@ -70,7 +70,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory):
     """scikit-learn's digits as an ImageFolder of 32×32 RGB PNGs (train/ and val/), once per worker."""
-    from optkit.data import digits_imagefolder
+    from optkit.data.digits import digits_imagefolder
 
     return digits_imagefolder(tmp_path_factory.mktemp("digits") / "digits32", size=32)
 
@@ -96,7 +96,7 @@ def host() -> Host:
 @pytest.fixture
 def cli() -> Callable[..., object]:
     """Invoke the ``optkit`` CLI in-process: ``cli("run", "p.yaml")`` returns click's Result."""
-    from optkit.cli import cli as command
+    from optkit.cli.commands import cli as command
 
     runner = CliRunner()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from optkit.host import ENTRY_POINT_GROUP
+from optkit.host.manager import ENTRY_POINT_GROUP
 
 __all__ = ["FakeDistribution", "install_fake_distributions", "write_module"]
 

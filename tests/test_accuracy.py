@@ -8,6 +8,7 @@ import operator
 from pathlib import Path
 
 import onnxruntime as ort
+import plugins_for_tests
 import pytest
 import torch
 import yaml
@@ -15,13 +16,12 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-import plugins_for_tests
-from optkit.config import load_pipeline, parse_sweep
-from optkit.data import DIGITS_WEIGHTS, digits_cnn
+from optkit.config.pipeline import load_pipeline
+from optkit.config.sweep import parse_sweep
+from optkit.data.digits import DIGITS_WEIGHTS, digits_cnn
 from optkit.errors import StageError
-from optkit.host import Host
-from optkit.measure import AccuracyTracker, Evaluation, evaluate
-from optkit.reporting import load_runs, write_comparison_report
+from optkit.host.facade import Host
+from optkit.measure.accuracy import AccuracyTracker, Evaluation, evaluate
 from optkit.run.runner import run_pipeline
 from optkit.sweep.plan import plan_jobs
 
@@ -130,7 +130,7 @@ def test_the_budget_compares_sample_counts_so_a_drop_of_exactly_the_budget_passe
 
 
 def test_agreement_is_not_claimed_between_different_class_counts():
-    from optkit.measure import accuracy_metrics
+    from optkit.measure.accuracy import accuracy_metrics
 
     ten = Evaluation(torch.zeros(4, dtype=torch.long), None, torch.full((4,), -1), classes=10)
     five = Evaluation(torch.zeros(4, dtype=torch.long), None, torch.full((4,), -1), classes=5)

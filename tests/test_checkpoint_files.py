@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from optkit.models.checkpoint_files import read_checkpoint, sniff_format
 from optkit.errors import CheckpointError
+from optkit.models.checkpoint_files import read_checkpoint, sniff_format
 
 
 class _CreatesAFile:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +14,10 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
-from optkit.models.weights import load_weights_into, weights_spec_of
+from optkit.config.pipeline import ModelSpec, WeightsSpec
 from optkit.errors import CheckpointError, PipelineError
 from optkit.models.freezing import apply_freeze
-from optkit.config import ModelSpec, WeightsSpec
+from optkit.models.weights import load_weights_into, weights_spec_of
 
 INPUT = (2, 3, 64, 64)
 

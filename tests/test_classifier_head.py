@@ -7,14 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from optkit.models import (
-    ClassifierNotFoundError,
-    auxiliary_classifiers,
-    find_classifier,
-    out_width,
-    replace_module,
-)
 from optkit.errors import PipelineError
+from optkit.models.classifier_head import ClassifierNotFoundError, auxiliary_classifiers, find_classifier
+from optkit.models.layers import out_width, replace_module
 
 
 def small_vit() -> nn.Module:

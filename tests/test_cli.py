@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import plugins_for_tests
+import pytest
 from fake_distributions import FakeDistribution, install_fake_distributions, write_module
 
 TEST_PASSES = FakeDistribution("optkit-test-passes", "1.2.3", {"test_passes": "plugins_for_tests"})

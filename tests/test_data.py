@@ -6,15 +6,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import plugins_for_tests
 import pytest
 import torch
 from PIL import Image
 
-import plugins_for_tests
-from optkit.config import DataSpec, TransformSpec, parse_pipeline
-from optkit.data import DIGITS_CLASSES, build_transform, digits_imagefolder, image_folder
+from optkit.config.data import DataSpec, TransformSpec
+from optkit.config.pipeline import parse_pipeline
+from optkit.data.digits import DIGITS_CLASSES, digits_imagefolder
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
 from optkit.errors import PipelineError, StageError
-from optkit.host import Host
+from optkit.host.facade import Host
 from optkit.passes import PassContext, PassData
 from optkit.run.runner import run_pipeline
 from optkit.testing import run_pass
@@ -82,7 +85,7 @@ def test_a_data_section_is_validated_and_resolved_against_the_file(test_host, tm
     path.write_text(pipeline_text("  eval: imagefolder:val\n  root: ../data"))
     pipeline = parse_pipeline(path.read_text(), test_host.get_pass, path)
     assert pipeline.data.eval.source == "imagefolder:val" and pipeline.data.eval.batch_size == 64
-    assert pipeline.data_dir == tmp_path / "sub" / ".." / "data"
+    assert pipeline.data_dir == tmp_path / "data"  # absolute and normalized
     assert pipeline.evaluates_accuracy
     assert pipeline.summary()["data"] == {"eval": {"source": "imagefolder:val"}, "root": "../data"}
 
@@ -158,7 +161,7 @@ def test_hook_optkit_register_datasets(tmp_path):
 
 
 def test_unknown_dataset_schemes_are_named_with_the_closest(test_host, tmp_path):
-    with pytest.raises(PipelineError, match=r"data: unknown dataset source scheme 'imagefolders'; did you mean 'imagefolder' or 'images'\?"):
+    with pytest.raises(PipelineError, match=r"data.eval: unknown dataset source scheme 'imagefolders'; did you mean 'imagefolder' or 'images'\?"):
         run(test_host, tmp_path, "  eval: imagefolders:val")
 
 

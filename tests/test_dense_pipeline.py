@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from optkit.config import load_pipeline
+from optkit.config.pipeline import load_pipeline
 from optkit.run.runner import run_pipeline
 
 

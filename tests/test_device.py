@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optkit.run.device import select_device
 from optkit.errors import PipelineError
+from optkit.run.device import select_device
 
 
 @pytest.fixture

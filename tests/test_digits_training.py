@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from optkit.config import TransformSpec
-from optkit.data import build_transform, digits_cnn, image_folder
-from optkit.measure import evaluate
+from optkit.config.data import TransformSpec
+from optkit.data.digits import digits_cnn
+from optkit.data.sources import image_folder
+from optkit.data.transforms import build_transform
+from optkit.measure.accuracy import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
 

@@ -1,4 +1,6 @@
-"""End to end: the example third-party distribution, built and installed with pip, used by optkit.
+"""End to end: the example third-party distribution, built and installed with pip, used by optkit:
+every extension point (a pass, a model source, a dataset source, a module rule, an observer) and
+the distribution's own tests, which use optkit.testing.
 
 It is installed into a temporary ``--target`` folder put on ``PYTHONPATH`` of subprocesses, never
 into the shared virtualenv, so tests running in parallel see nothing of it.
@@ -75,6 +77,17 @@ def test_pipeline_using_the_plugin_runs(installed, tmp_path):
     assert stage["metrics"]["drift"]["max_abs"] == 0.0
 
 
+def test_its_sources_are_listed_with_their_docstring_summaries(installed):
+    done = optkit(installed, "sources", "--json")
+
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    rows = {row["scheme"]: row for row in listed["sources"] + listed["datasets"]}
+    assert (rows["example"]["summary"], rows["example"]["distribution"]) == ("Small models of the example plugin (example:scaled_stem).",
+                                                                             "optkit-example-plugin")
+    assert rows["npz"]["summary"] == "Arrays x (inputs) and y (labels) of a NumPy .npz file."
+
+
 def test_disabling_the_plugin_by_distribution_name(installed, tmp_path):
     env = {**installed, "OPTKIT_DISABLE_PLUGINS": "optkit-example-plugin"}
     names = [r["name"] for r in json.loads(optkit(env, "passes", "--json").stdout)["passes"]]
@@ -90,4 +103,4 @@ def test_the_plugin_own_tests_pass_with_optkit_testing(installed, tmp_path):
         env=installed, cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
+    assert "13 passed" in done.stdout

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from optkit.errors import StageError
-from optkit.measure import compare_outputs, output_leaves
+from optkit.measure.drift import compare_outputs
+from optkit.measure.outputs import output_leaves
 from optkit.passes import PassContext
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.export_onnx.exporter import output_layout
@@ -208,7 +209,7 @@ def test_inference_tensors_and_shape_caches_are_made_traceable_and_put_back():
 def test_a_pipeline_exporting_one_output_is_compared_with_that_output(tmp_path, host):
     import textwrap
 
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
     from optkit.run.runner import run_pipeline
 
     path = tmp_path / "p.yaml"

@@ -9,18 +9,18 @@ import shutil
 import traceback
 from pathlib import Path
 
+import plugins_for_tests
 import pytest
 import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import plugins_for_tests
 from optkit import Pass, PassContext, hookimpl
-from optkit.data import DeviceLoader
+from optkit.config.pipeline import load_pipeline
+from optkit.data.loaders import DeviceLoader
 from optkit.errors import PipelineError, StageError
-from optkit.host import Host
-from optkit.config import load_pipeline
+from optkit.host.facade import Host
 from optkit.passes import PassData
 from optkit.run.runner import run_pipeline
 from optkit.testing import DIGITS_MODEL, digits_cnn, run_pass
@@ -305,16 +305,18 @@ def noise_context(tmp_path, n: int = 32) -> PassContext:
                        logging.getLogger("test"), stage_index=1, data=PassData(train=train))
 
 
-def test_a_loss_that_is_not_finite_stops_at_its_step_and_keeps_the_model_before(tmp_path):
+def test_a_loss_that_is_not_finite_stops_at_its_step(tmp_path):
+    """The model is the stage's to change (trained in place, no copy): a failed stage stops the run,
+    whose earlier stages stay on disk (next test)."""
     model = plugins_for_tests.tiny_net().eval()
     before = weights(model)
     with pytest.raises(StageError) as failure:
         FineTune({"max_steps": 10, "lr": 1e30, "teacher": "none"}).apply(model, noise_context(tmp_path))
     assert str(failure.value) == (
-        "the loss is nan at step 2 (epoch 1); training stopped there and the model before this stage is kept; "
+        "the loss is nan at step 2 (epoch 1); training stopped there and the stage fails (the stages before it are kept); "
         "lower lr (now 1e+30) or check data.train"
     )
-    torch.testing.assert_close(weights(model), before, rtol=0, atol=0)
+    assert any(not torch.equal(weights(model)[k], before[k]) for k in before)  # step 1 trained the model itself
 
 
 def test_a_failed_stage_through_the_runner_keeps_the_stages_before(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from optkit.config import load_pipeline
+from optkit.config.pipeline import load_pipeline
 from optkit.run.runner import run_pipeline
 from optkit_plugins.fuse_bn import fuse_batchnorm
 
@@ -318,7 +318,7 @@ class StandardizedConv(nn.Conv2d):
 
 def test_layer_subclass_with_its_own_forward_is_not_fused():
     details = check_fused(nn.Sequential(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4)), torch.randn(1, 3, 8, 8), pairs=0)
-    assert details["skipped"][0]["reason"] == "StandardizedConv overrides forward(), so its arithmetic is unknown"
+    assert details["skipped"][0]["reason"] == "StandardizedConv overrides forward(), so its arithmetic is unknown (no module rule with fold_bn describes it)"
 
 
 def test_graph_module_output_is_flat_and_exact():
@@ -355,7 +355,7 @@ class ConvBNAct(nn.Module):
 
 
 def fold_and_switch(module: nn.Module) -> None:
-    from optkit.models import fold_bn_into_layer
+    from optkit.models.bn_folding import fold_bn_into_layer
 
     fold_bn_into_layer(module.conv, module.bn)
     del module.bn
@@ -368,7 +368,7 @@ def forget_the_bn(module: nn.Module) -> None:  # a wrong claim: drops the BatchN
 
 
 def conv_bn_rule(fuse) -> dict:
-    from optkit.models import ModuleRule, class_path
+    from optkit.models.rules import ModuleRule, class_path
 
     rule = ModuleRule(class_path(ConvBNAct), computes="act(bn(conv(x)))", check=lambda m: None if hasattr(m, "bn") else "no bn", fuse=fuse)
     return {rule.class_path: rule}

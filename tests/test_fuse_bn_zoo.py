@@ -17,8 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
-from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS
 from optkit_plugins.fuse_bn import fuse_batchnorm
+from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS
 
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
 # Builder arguments that shrink fixed-size models (the input must match them).
@@ -194,7 +194,7 @@ def test_timm_models_fuse_every_norm_act_pair_through_module_rules(name):
     import timm
     from timm.layers.norm_act import BatchNormAct2d
 
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     with no_random_init():
         model = timm.create_model(name, pretrained=False).eval()
@@ -215,7 +215,7 @@ def test_timm_models_fuse_every_norm_act_pair_through_module_rules(name):
 
 @pytest.mark.slow
 def test_googlenet_auxiliary_pairs_are_still_fused_with_module_rules():
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
     with warnings.catch_warnings(), no_random_init():
         warnings.simplefilter("ignore", FutureWarning)

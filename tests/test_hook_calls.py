@@ -9,8 +9,8 @@ import logging
 import plugins_for_tests
 
 from optkit import hookimpl
-from optkit.config import parse_pipeline
-from optkit.host import Host
+from optkit.config.pipeline import parse_pipeline
+from optkit.host.facade import Host
 from optkit.run.runner import run_pipeline
 
 

@@ -17,16 +17,18 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 
 
 def plugin_guide() -> str:
-    """The "Writing a plugin" section of README.md."""
+    """The "Writing a plugin" section of README.md, and the plugin guide's pages under docs/plugins/."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(r"^## Writing a plugin\n(.*?)(?=^## )", readme + "\n## end", flags=re.S | re.M)
     assert match, "README.md has no '## Writing a plugin' section"
-    return match.group(1)
+    pages = sorted((ROOT / "docs" / "plugins").glob("*.md"))
+    return "\n".join([match.group(1), *(page.read_text(encoding="utf-8") for page in pages)])
 
 
 def test_the_hooks_are_the_documented_set():
     assert HOOKS == [
-        "optkit_register_datasets", "optkit_register_module_rules", "optkit_register_passes", "optkit_register_sources",
+        "optkit_register_datasets", "optkit_register_importances", "optkit_register_module_rules", "optkit_register_passes",
+        "optkit_register_sources",
         "optkit_stage_finished", "optkit_stage_progress", "optkit_stage_started",
     ]
 

@@ -93,8 +93,8 @@ def test_overwrite_of_a_finished_run_keeps_the_lock_until_released(tmp_path):
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_note(tmp_path, caplog):
-    from optkit.config import parse_pipeline
-    from optkit.host import Host
+    from optkit.config.pipeline import parse_pipeline
+    from optkit.host.facade import Host
     from optkit.run.runner import run_pipeline
 
     run_dir = tmp_path / "run"

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import plugins_for_tests
-from optkit.config import parse_pipeline, parse_sweep
-from optkit.config.pipeline import MAX_INPUT_ELEMENTS
+import pytest
+from test_cli import (
+    errors,
+    test_passes,  # noqa: F401  (pytest fixture)
+)
+
+from optkit.config.pipeline import MAX_INPUT_ELEMENTS, parse_pipeline
+from optkit.config.sweep import parse_sweep
 from optkit.config.yaml_lines import MAX_ALIASES, MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, load_yaml_with_lines
 from optkit.errors import PipelineError
-from optkit.host import Host
-
-from test_cli import errors
-from test_cli import test_passes  # noqa: F401  (pytest fixture)
+from optkit.host.facade import Host
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_aliases_within_the_limits_still_work(test_host):
 
 
 def test_a_file_over_the_size_limit_is_refused_without_reading_it_all(test_host, tmp_path):
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
 
     path = tmp_path / "big.yaml"
     with open(path, "w") as f:
@@ -126,7 +127,7 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it_all(test_host,
 
 
 def test_a_device_file_that_never_ends_is_refused(test_host):
-    from optkit.config import load_pipeline
+    from optkit.config.pipeline import load_pipeline
 
     with pytest.raises(PipelineError, match=r"^/dev/zero: not a regular file \(a character device\); a pipeline file is a file"):
         load_pipeline("/dev/zero", test_host.get_pass)
@@ -136,7 +137,8 @@ def test_a_fifo_as_a_sweep_or_pipeline_file_is_refused_without_blocking(test_hos
     """Before issue 25, opening a FIFO waited for a writer forever."""
     import threading
 
-    from optkit.config import load_pipeline, load_sweep
+    from optkit.config.pipeline import load_pipeline
+    from optkit.config.sweep import load_sweep
 
     os.mkfifo(tmp_path / "fifo.yaml")
     caught: list[str] = []

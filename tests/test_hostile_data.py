@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import plugins_for_tests
-from optkit.config import parse_pipeline
-from optkit.data import DIGITS_CLASSES
+from optkit.config.pipeline import parse_pipeline
+from optkit.data.digits import DIGITS_CLASSES
 from optkit.data.loaders import as_labeled
 from optkit.errors import PipelineError
-from optkit.host import Host
+from optkit.host.facade import Host
 from optkit.run.runner import run_pipeline
 
 

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from optkit.config import ModelSpec, WeightsSpec
+from optkit.config.pipeline import WeightsSpec
 from optkit.errors import CheckpointError, StageError
-from optkit.measure import count_macs, count_params, measure, profile_macs
+from optkit.measure.flops import count_macs, profile_macs
+from optkit.measure.params import count_params
+from optkit.measure.stage import measure
 from optkit.models.checkpoint_files import read_checkpoint, sniff_format
 from optkit.models.weights import load_weights_into
 from optkit.testing import run_pass
@@ -219,7 +221,7 @@ class FailsAlways(nn.Module):
 
 
 def test_a_failing_mac_count_says_so_and_how_to_skip_it():
-    from optkit.config import MeasureSpec
+    from optkit.config.pipeline import MeasureSpec
 
     with pytest.raises(StageError) as caught:
         measure(FailsAlways(), torch.zeros(1, 8), MeasureSpec(latency=False), torch.device("cpu"))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from optkit.errors import PipelineError
-from optkit.reporting import load_runs, render_markdown
+from optkit.reporting.markdown import render_markdown
+from optkit.reporting.runs import load_runs
 from optkit.reporting.markdown import render_comparison_markdown
 from optkit.reporting.runs import ComparedRun
 from optkit.results import REPORT_MAX_BYTES, RunReport, StageResult

@@ -9,19 +9,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-import torch
-
 import hostile_plugins
 import plugins_for_tests
+import pytest
+import torch
 from fake_distributions import FakeDistribution, install_fake_distributions
-from optkit.config import parse_pipeline
+from test_cli import TEST_PASSES
+
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.measure import configure_timing, flush_denormal_enabled
+from optkit.host.facade import Host
+from optkit.measure.latency import configure_timing, flush_denormal_enabled
 from optkit.run.run_dirs import MIN_FREE_BYTES, prepare_run_dir
 from optkit.run.runner import run_pipeline
-from test_cli import TEST_PASSES
 
 HOSTILE = FakeDistribution("optkit-hostile", "0.1", {"hostile": "hostile_plugins"})
 TESTS = Path(__file__).parent
@@ -208,19 +208,20 @@ def test_errors_lose_ansi_escapes_but_keep_their_reason(installed, cli, tmp_path
     assert report["error"] == "stage 2 (colored) failed: RuntimeError: shape mismatch in Graph"
 
 
-def test_a_source_loader_that_raises_is_a_one_line_error_naming_the_plugin(installed, cli, tmp_path):
+def test_a_source_loader_that_raises_is_a_plugin_bug_naming_the_plugin(installed, cli, tmp_path):
     path = write(tmp_path, "  - identity", **{"python:plugins_for_tests:tiny_net": "boom:anything"})
     result = cli("run", path, "-o", "out")
 
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # not the user's input: a bug in the plugin (see optkit.errors)
     assert one_line_error(result) == (
-        f"error: model.source: the 'boom' loader of plugin 'hostile' failed on 'boom:anything': "
-        f"RuntimeError: {hostile_plugins.SOURCE_ERROR}"
+        f"error: model.source (boom:anything): the 'boom' source loader of plugin 'hostile' (optkit-hostile 0.1) "
+        f"raised RuntimeError: {hostile_plugins.SOURCE_ERROR} (a bug in that plugin: for input it refuses, "
+        f"plugin code raises optkit.errors.PipelineError)"
     )
     assert not (tmp_path / "out").exists()  # nothing was run
 
     debug = cli("--debug", "run", path, "-o", "out")
-    assert debug.exit_code == 2
+    assert debug.exit_code == 1
     assert "Traceback (most recent call last)" in debug.stderr and "load_boom" in debug.stderr
 
 

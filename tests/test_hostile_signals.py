@@ -13,8 +13,8 @@ import pytest
 
 import hostile_plugins
 import plugins_for_tests
-from optkit.config import parse_pipeline
-from optkit.host import Host
+from optkit.config.pipeline import parse_pipeline
+from optkit.host.facade import Host
 from optkit.run.runner import run_pipeline
 from test_hostile_concurrency import sleepy_pipeline, start_run, wait_for
 

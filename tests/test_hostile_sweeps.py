@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import yaml
 
-from optkit.config import parse_sweep
+from optkit.config.sweep import parse_sweep
 from optkit.errors import PipelineError
 from optkit.sweep.plan import plan_jobs
 

@@ -81,7 +81,7 @@ def test_parse_input_shape():
 
 
 def test_optkit_help_does_not_import_torch():
-    code = "import sys; from optkit.cli import cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys; from optkit.cli.commands import cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from optkit.config import MeasureSpec
-from optkit.measure import RUN_TO_RUN_MARGIN, median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
+from optkit.config.pipeline import MeasureSpec
+from optkit.measure.intervals import RUN_TO_RUN_MARGIN, median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
 
 
 def _coverage_of_pair(n: int, j: int) -> float:

@@ -16,8 +16,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from optkit.measure import profile_macs
-from optkit.reporting import render_info
+from optkit.measure.flops import profile_macs
+from optkit.reporting.console import render_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

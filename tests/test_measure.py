@@ -13,19 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from optkit.measure import (
-    Contender,
-    check_noise,
-    compare_outputs,
-    count_params,
-    drift_exceeds,
-    measure,
-    state_dict_bytes,
-    summarize_times,
-    time_callable,
-    time_round_robin,
-)
-from optkit.config import MeasureSpec
+from optkit.config.pipeline import MeasureSpec
+from optkit.measure.drift import compare_outputs, drift_exceeds
+from optkit.measure.latency import Contender, summarize_times, time_callable, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.measure.params import count_params
+from optkit.measure.size import state_dict_bytes
+from optkit.measure.stage import measure
 
 
 def test_params_total_trainable_nonzero_and_shared():
@@ -200,7 +194,7 @@ def test_drift_tolerance_messages():
 def test_a_tolerance_holds_every_bound_it_sets():
     from pydantic import ValidationError
 
-    from optkit.measure import tolerance_failure
+    from optkit.measure.drift import tolerance_failure
     from optkit.passes import Tolerance
 
     reference = torch.tensor([[3.0, 1.0], [1.0, 3.0], [2.0, 0.0], [0.0, 2.0]])
@@ -243,7 +237,7 @@ def test_onnx_size_includes_external_data(tmp_path):
     import onnx
     from onnx import helper, numpy_helper
 
-    from optkit.measure import file_bytes
+    from optkit.measure.size import file_bytes
 
     weight = numpy_helper.from_array(np.ones((64, 64), dtype=np.float32), name="w")
     graph = helper.make_graph(
@@ -259,7 +253,7 @@ def test_onnx_size_includes_external_data(tmp_path):
 
 
 def test_drift_is_held_per_output_each_to_its_own_magnitude():
-    from optkit.measure import ChannelGroup
+    from optkit.models.rules import ChannelGroup
 
     reference = (torch.full((1, 4), 480.0), {"scores": torch.full((1, 80), 1e-4)})
     broken = (reference[0].clone(), {"scores": reference[1]["scores"] + 0.01})  # 100x the scores' size

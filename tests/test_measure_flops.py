@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from optkit.measure import count_macs, profile_macs
+from optkit.measure.flops import count_macs, profile_macs
 
 
 def aten_macs(model: nn.Module, x: torch.Tensor) -> int:

@@ -9,8 +9,9 @@ import thop
 import torch
 from torch import nn
 
-from optkit.measure import count_macs, measure
-from optkit.config import MeasureSpec
+from optkit.config.pipeline import MeasureSpec
+from optkit.measure.flops import count_macs
+from optkit.measure.stage import measure
 
 
 def fingerprint(model: nn.Module) -> dict[str, object]:

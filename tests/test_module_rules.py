@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
-from optkit.config import parse_pipeline
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PluginError
-from optkit.host import Host
-from optkit.measure import profile_macs
-from optkit.models import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
+from optkit.host.facade import Host
+from optkit.measure.flops import profile_macs
+from optkit.models.rules import AttentionHeads, ModuleRule, ModuleRules, class_path, find_rule
 from optkit.run.runner import run_pipeline
+
 
 class Gain(nn.Module):
     """A per-channel gain: elementwise work that no counter sees (what a custom kernel looks like)."""
@@ -146,7 +147,7 @@ def test_registering_something_that_is_not_a_rule_is_refused_by_name():
 
     host = Host.with_plugins(Wrong())
     [broken] = [b for b in host.broken if b.name == "wrong-rules"]
-    assert broken.error.startswith("wrong-rules: register(rule) takes an optkit.models.ModuleRule, got 'timm.")
+    assert broken.error.startswith("wrong-rules: register(rule) takes an optkit.ModuleRule, got 'timm.")
 
 
 def test_two_plugins_describing_one_class_fail_only_where_it_is_used():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import plugins_for_tests
 import pytest
 
-import plugins_for_tests
-from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.config import Pipeline, load_pipeline, parse_pipeline, pipeline_json_schema
+from optkit.config.pipeline import Pipeline, load_pipeline, parse_pipeline, pipeline_json_schema
 from optkit.config.yaml_lines import load_yaml_with_lines
+from optkit.errors import PipelineError
+from optkit.host.facade import Host
 
 GOOD = """\
 model:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 
 import matplotlib.image as matplotlib_image
-import pytest
 import torch
 
 from optkit.reporting.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
-from optkit.reporting import ComparedRun
+from optkit.reporting.runs import ComparedRun
 from optkit.results import RunReport, StageResult
-
 
 
 def _stage(name: str, index: int, p50: float | None, gmacs: float | None = 1.0, status: str = "ok") -> StageResult:

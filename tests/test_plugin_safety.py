@@ -9,17 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import plugins_for_tests
+import pytest
 from fake_distributions import FakeDistribution, install_fake_distributions, write_module
-from optkit import Pass, hookimpl
-from optkit.config import parse_pipeline
-from optkit.errors import PluginError
-from optkit.host import Host
-from optkit.run.runner import run_pipeline
 from test_cli import BROKEN_WARNING, test_passes  # noqa: F401  (test_passes: a fixture)
 from test_registry import SHARPEN_PLUGIN
+
+from optkit import Pass, hookimpl
+from optkit.config.pipeline import parse_pipeline
+from optkit.errors import PluginError
+from optkit.host.facade import Host
+from optkit.run.runner import run_pipeline
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -254,7 +254,7 @@ def test_report_without_matplotlib_writes_everything_but_the_plots(no_matplotlib
 
 
 def test_a_sweep_without_matplotlib_ends_with_its_final_report(no_matplotlib, timed_run, tmp_path):
-    from optkit.config import parse_sweep
+    from optkit.config.sweep import parse_sweep
     from optkit.sweep.driver import run_sweep
     from optkit.sweep.jobs import JobOutcome
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 
+import plugins_for_tests
 import pytest
 import torch
+from fake_distributions import FakeDistribution, install_fake_distributions, write_module
 from pydantic import BaseModel
 from torch import nn
 
-import plugins_for_tests
-from fake_distributions import FakeDistribution, install_fake_distributions, write_module
 from optkit import hookimpl
-from optkit.config import parse_pipeline
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError
-from optkit.host import DISABLE_ENV, Host, PluginRecord, disabled_from_env, get_plugin_manager
+from optkit.host.facade import Host
+from optkit.host.manager import DISABLE_ENV, PluginRecord, disabled_from_env, get_plugin_manager
 from optkit.run.runner import run_pipeline
 
 TEST_PASSES = FakeDistribution("optkit-test-passes", "1.2.3", {"test_passes": "plugins_for_tests"})

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from structural_checks import assert_sound, leaves
 from torch import nn
 
 from optkit_plugins.prune_l1 import PruningRefused, prune_channels
 from optkit_plugins.prune_l1.atoms import UnionFind
 from optkit_plugins.prune_l1.plan import units_to_keep
-from structural_checks import assert_sound, leaves
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 

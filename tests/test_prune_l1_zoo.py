@@ -12,8 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from optkit.models import find_classifier
-from optkit.measure import count_macs, count_params
+from optkit.measure.flops import count_macs
+from optkit.measure.params import count_params
+from optkit.models.classifier_head import find_classifier
 from optkit.passes import PassContext
 from optkit_plugins.prune_l1 import PruneL1
 
@@ -129,8 +130,9 @@ def _user_model(source: str) -> nn.Module:
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("source", USER_MODELS)
 def test_channel_pruning_of_the_models_users_bring(tmp_path, source):
-    from optkit.host import Host
     from structural_checks import assert_sound
+
+    from optkit.host.facade import Host
 
     model = _user_model(source)
     ctx = PassContext(torch.device("cpu"), _ctx(tmp_path).example_input, tmp_path, logging.getLogger("test.zoo"),

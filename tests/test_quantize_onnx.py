@@ -10,14 +10,14 @@ import logging
 import numpy as np
 import onnx
 import onnxruntime as ort
+import plugins_for_tests
 import pytest
 import torch
 from PIL import Image
 
-import plugins_for_tests
-from optkit.config import parse_pipeline
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError
-from optkit.host import Host
+from optkit.host.facade import Host
 from optkit.passes import PassContext
 from optkit.measure.cpu import CpuInfo, cpu_info, parse_cpuinfo
 from optkit.testing import DIGITS_MODEL, digits_cnn, run_pass

@@ -12,8 +12,9 @@ import torchvision
 from torch import nn
 
 from optkit import PassContext
-from optkit.models import ClassifierNotFoundError, auxiliary_classifiers, find_classifier, out_width
-from optkit.errors import PipelineError, StageError
+from optkit.errors import StageError
+from optkit.models.classifier_head import auxiliary_classifiers, find_classifier
+from optkit.models.layers import out_width
 from optkit_plugins.reclassify import Reclassify, new_head
 
 EXACT = {"rtol": 0.0, "atol": 0.0}

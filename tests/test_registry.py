@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import plugins_for_tests
+import pytest
 from fake_distributions import FakeDistribution, install_fake_distributions, write_module
+
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError, PluginError
-from optkit.host import Host
-from optkit.config import parse_pipeline
-from optkit.host import PluginRecord
-from optkit.host import Registry
+from optkit.host.facade import Host
+from optkit.host.manager import PluginRecord
+from optkit.host.registry import Registry
 
 ALPHA = PluginRecord("alpha", "alpha_mod", "optkit-alpha", "1.0")
 BETA = PluginRecord("beta", "beta_mod", "optkit-beta", "2.0")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 
+import plugins_for_tests
 import pytest
 
-import plugins_for_tests
-from optkit.host import Host
-from optkit.config import load_pipeline
-from optkit.reporting import COLUMNS, DATA_COLUMNS, format_count, render_markdown, stage_rows
+from optkit.config.pipeline import load_pipeline
+from optkit.host.facade import Host
+from optkit.reporting.markdown import render_markdown
+from optkit.reporting.tables import COLUMNS, DATA_COLUMNS, format_count, stage_rows
 from optkit.results import RunReport, StageResult
 from optkit.run.runner import run_pipeline
 from optkit.testing import check_report_contract
@@ -133,7 +134,7 @@ def test_stage_rows_compute_deltas_against_the_baseline():
 
 
 def test_a_bound_next_to_one_keeps_the_side_it_is_on():
-    from optkit.reporting import format_speedup
+    from optkit.reporting.tables import format_speedup
 
     assert format_speedup({"value": 1.05, "low": 0.998, "high": 1.12, "tie": True}) == "tie [0.998–1.12]"
     assert format_speedup({"value": 1.05, "low": 1.003, "high": 1.12, "tie": False}) == "1.05× [1.003–1.12]"
@@ -168,7 +169,7 @@ def test_console_table_is_whole_in_a_pipe_and_trimmed_in_a_narrow_terminal():
 
     from rich.console import Console
 
-    from optkit.reporting import print_report
+    from optkit.reporting.console import print_report
 
     piped = StringIO()
     print_report(synthetic_report(), Console(file=piped, width=80), "runs/x")

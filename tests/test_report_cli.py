@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from optkit import Pass, hookimpl
-from optkit.host import Host
-from optkit.config import parse_pipeline
-from optkit.reporting import ComparedRun, final_speedup, speedup_table
+from optkit.config.pipeline import parse_pipeline
+from optkit.host.facade import Host
+from optkit.reporting.runs import ComparedRun
+from optkit.reporting.tables import final_speedup, speedup_table
 from optkit.results import RunReport, StageResult
 from optkit.run.runner import run_pipeline
-
 
 
 class Halve(Pass):
@@ -75,7 +75,7 @@ def rendered(two_runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> 
     """``optkit report`` of the two runs (rendered once: plots take a few seconds)."""
     from click.testing import CliRunner
 
-    from optkit.cli import cli as command
+    from optkit.cli.commands import cli as command
 
     out = tmp_path_factory.mktemp("report")
     result = CliRunner().invoke(command, ["report", *map(str, two_runs), "--output", str(out), "--title", "two convs"])

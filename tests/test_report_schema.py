@@ -17,8 +17,8 @@ import yaml
 from torch import nn
 
 from optkit import Pass, PassContext
-from optkit.config import load_pipeline, parse_pipeline
-from optkit.host import Host
+from optkit.config.pipeline import load_pipeline, parse_pipeline
+from optkit.host.facade import Host
 from optkit.results import SCHEMA_VERSION, RunReport, optkit_version, report_json_schema
 from optkit.run.runner import run_pipeline
 from optkit.testing import check_report_contract
@@ -107,7 +107,7 @@ def test_every_example_pipeline_writes_a_report_that_validates_against_the_publi
 @pytest.mark.parametrize("sweep_file", SWEEPS, ids=lambda p: p.name)
 def test_a_job_of_every_sweep_and_benchmark_pipeline_file_validates_against_the_published_schema(sweep_file, tmp_path, digits):
     """The first model's longest pipeline of each sweep file, run as its job would run it (made cheap)."""
-    from optkit.config import load_sweep
+    from optkit.config.sweep import load_sweep
     from optkit.sweep.plan import plan_jobs
 
     jobs = plan_jobs(load_sweep(sweep_file), tmp_path / "sweep")

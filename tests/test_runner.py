@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import plugins_for_tests
 import pytest
 import torch
 
-import plugins_for_tests
+from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.config import parse_pipeline
+from optkit.host.facade import Host
 from optkit.run.runner import example_input, prepare_run_dir, run_pipeline
 
 

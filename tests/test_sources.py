@@ -15,10 +15,10 @@ import torchvision
 from torch import nn
 
 from optkit import hookimpl
+from optkit.config.pipeline import ModelSpec
 from optkit.errors import CheckpointError, PipelineError
-from optkit.host import Host
-from optkit.config import ModelSpec
-from optkit.models import SourceRequest
+from optkit.host.facade import Host
+from optkit.models.sources import SourceRequest
 
 INPUT = (1, 3, 64, 64)
 

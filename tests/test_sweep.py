@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from optkit.config.sweep import parse_sweep
 from optkit.errors import PipelineError
-from optkit.config import parse_sweep
 from optkit.sweep.plan import plan_jobs
 
 SMALL_SWEEP = """

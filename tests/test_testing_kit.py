@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import plugins_for_tests
 import pytest
 import torch
 from torch import nn
 
-import plugins_for_tests
 from optkit.errors import PipelineError, PluginError
 from optkit.testing import check_report_contract, run_pass, tiny_convnet
-
 
 
 def test_run_pass_by_class_returns_the_report_and_the_stage(tmp_path):

@@ -19,10 +19,12 @@ import torchvision
 from torch import nn
 
 from optkit import Pass, PassContext, hookimpl
-from optkit.config import MeasureSpec, parse_pipeline
-from optkit.host import Host
-from optkit.measure import Contender, speedup, time_round_robin
-from optkit.reporting import noise_warning, render_markdown
+from optkit.config.pipeline import MeasureSpec, parse_pipeline
+from optkit.host.facade import Host
+from optkit.measure.intervals import speedup
+from optkit.measure.latency import Contender, time_round_robin
+from optkit.reporting.markdown import render_markdown
+from optkit.reporting.tables import noise_warning
 from optkit.run import timing as run_timing
 from optkit.run.runner import run_pipeline
 from optkit.run.timing import plan_timing

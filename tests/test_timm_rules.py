@@ -12,8 +12,8 @@ from timm.layers.norm_act import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from optkit.measure import profile_macs
-from optkit.models import ModuleRule, ModuleRules, class_path, find_rule
+from optkit.measure.flops import profile_macs
+from optkit.models.rules import ModuleRule, ModuleRules, class_path, find_rule
 from optkit_plugins.fuse_bn import fuse_batchnorm
 from optkit_plugins.module_rules import TIMM_RULES
 from optkit_plugins.prune_l1 import prune_channels

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from optkit import PassContext
 from optkit.errors import StageError
-from optkit.measure import count_macs
+from optkit.measure.flops import count_macs
 from optkit_plugins.tta import TTA, TestTimeAugmentation
 
 EXACT = {"rtol": 0.0, "atol": 0.0}

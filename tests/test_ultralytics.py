@@ -13,10 +13,10 @@ import onnx
 import pytest
 import torch
 
-from optkit.config import load_pipeline
-from optkit.measure import thop_owner
-from optkit.models import deployment_view, recognise_yolo
+from optkit.config.pipeline import load_pipeline
+from optkit.measure.thop_distribution import thop_owner
 from optkit.run.runner import run_pipeline
+from optkit_plugins.module_rules.yolo import deployment_view, recognise_yolo
 from optkit_plugins.tta import TestTimeAugmentation
 
 pytestmark = pytest.mark.ultralytics
@@ -66,10 +66,11 @@ def test_tta_is_ultralytics_augment_when_configured_like_it(yolo11n):
 
 
 def test_segment_models_are_refused_and_pose_flips_need_flip_idx(tmp_path, host):
+    from yolo_factories import yolo
+
     from optkit import PassContext
     from optkit.errors import StageError
     from optkit_plugins.tta import TTA
-    from yolo_factories import yolo
 
     x = torch.rand(1, 3, 64, 64)
 

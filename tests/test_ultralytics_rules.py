@@ -10,14 +10,14 @@ import logging
 import numpy as np
 import pytest
 import torch
+from structural_checks import assert_sound, output_shapes
 from torch import nn
 
 from optkit import PassContext
-from optkit.host import Host
-from optkit.models import find_rule
+from optkit.host.facade import Host
+from optkit.models.rules import find_rule
 from optkit_plugins.fuse_bn import FuseBatchNorm
 from optkit_plugins.prune_l1 import PruneL1
-from structural_checks import assert_sound, output_shapes
 
 pytestmark = pytest.mark.ultralytics
 
@@ -143,7 +143,6 @@ def test_fuse_bn_fuses_reparameterised_blocks_whole(tmp_path, rules, cfg, kinds)
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
 def test_channel_pruning_of_yolo_without_rewrites(tmp_path, rules, cfg):
     from torch.utils.flop_counter import FlopCounterMode
-
     from ultralytics.nn.modules.block import C2f
 
     model = yolo(cfg)
@@ -186,7 +185,7 @@ def test_c2psa_hidden_width_follows_its_pruned_split(rules):
     from ultralytics.nn.modules.block import C2PSA
     from ultralytics.nn.modules.conv import Conv
 
-    from optkit.models import ModuleRules
+    from optkit.models.rules import ModuleRules
     from optkit_plugins.prune_l1 import prune_channels
 
     torch.manual_seed(0)
@@ -204,7 +203,7 @@ def test_c2psa_hidden_width_follows_its_pruned_split(rules):
 
 
 def test_a_yolo_pipeline_prunes_then_fuses_the_pruned_modules(tmp_path, host):
-    from optkit.config import parse_pipeline
+    from optkit.config.pipeline import parse_pipeline
     from optkit.run.runner import run_pipeline
 
     text = (
@@ -222,9 +221,9 @@ def test_a_yolo_pipeline_prunes_then_fuses_the_pruned_modules(tmp_path, host):
 
 def test_concat_counts_zero_macs_by_its_rule(rules):
     from torch.utils.flop_counter import FlopCounterMode
-
-    from optkit.measure import profile_macs
     from ultralytics.nn.modules.conv import Concat
+
+    from optkit.measure.flops import profile_macs
 
     class TwoWays(nn.Module):
         def __init__(self) -> None:

@@ -1,11 +1,11 @@
 """The ``optkit`` command line (click): ``run``, ``validate``, ``passes``, ``schema``, ``info``,
-``sweep`` and ``report``."""
+``sweep`` and ``report`` (:mod:`optkit.cli.commands`)."""
 
-from optkit.cli.commands import cli
-
-__all__ = ["cli", "main"]
+__all__ = ["main"]
 
 
 def main() -> None:
     """The ``optkit`` console script."""
+    from optkit.cli.commands import cli
+
     cli(prog_name="optkit")

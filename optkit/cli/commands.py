@@ -7,8 +7,9 @@ import contextlib
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -91,7 +92,7 @@ def cli() -> None:
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    from optkit.reporting import report_json
+    from optkit.reporting.writing import report_json
 
     click.echo(report_json(data), nl=False)
 
@@ -130,12 +131,12 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
     """Run PIPELINE: load the model, measure a baseline, apply and measure each stage."""
     from optkit.cli.progress import ConsoleProgress
     from optkit.cli.streams import stdout_to_stderr
-    from optkit.config import load_pipeline
-    from optkit.reporting import print_report
+    from optkit.config.pipeline import load_pipeline
+    from optkit.reporting.console import print_report
     from optkit.run.runner import run_pipeline
 
     host = session().host
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     if trust_checkpoint:
         spec.model.trust_checkpoint = True
     if verbose:
@@ -164,11 +165,11 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
 @_common_options
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
-    """Check PIPELINE (YAML, keys, passes, options) without running it."""
-    from optkit.config import load_pipeline
+    """Check PIPELINE (YAML, keys, passes, options, model and dataset source schemes) without running it."""
+    from optkit.config.pipeline import load_pipeline
 
     host = session().host
-    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 
@@ -183,7 +184,7 @@ def passes(as_json: bool) -> None:
     """
     host = session().host
     registry = host.passes
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": e.name,
             "summary": e.obj.summary,
@@ -200,7 +201,7 @@ def passes(as_json: bool) -> None:
         for r in host.broken
     ]
     conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-    from optkit.measure import thop_warning
+    from optkit.measure.thop_distribution import thop_warning
 
     # Every stage's MACs go through thop's formulas: say when the thop installed is not the validated one.
     thop = thop_warning()
@@ -274,15 +275,18 @@ def _first_line(text: str | None) -> str:
 @_common_options
 @click.option("--report", "of_report", is_flag=True, help="The JSON Schema of report.json instead (no plugins needed).")
 def schema(of_report: bool) -> None:
-    """Print the JSON Schema of pipeline files, every installed pass's options included; with --report, of report.json."""
+    """Print the JSON Schema of pipeline files: every installed pass with its options, and the installed
+    model and dataset source schemes (so that editors complete them); with --report, of report.json."""
     if of_report:
         from optkit.results import report_json_schema
 
         click.echo(json.dumps(report_json_schema(), indent=2))
         return
-    from optkit.config import pipeline_json_schema
+    from optkit.config.pipeline import pipeline_json_schema
 
-    click.echo(json.dumps(pipeline_json_schema(entry.obj for entry in session().host.passes), indent=2))
+    host = session().host
+    schema_ = pipeline_json_schema((entry.obj for entry in host.passes), host.sources.names(), host.datasets.names())
+    click.echo(json.dumps(schema_, indent=2))
 
 
 @cli.command()
@@ -296,7 +300,8 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
     Each of RUNS is a run folder, a sweep or benchmark folder, or a report.json.
     """
-    from optkit.reporting import load_runs, write_comparison_report
+    from optkit.reporting.runs import load_runs
+    from optkit.reporting.writing import write_comparison_report
 
     from optkit.results import SCHEMA_VERSION
 
@@ -307,9 +312,10 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     meta: dict[str, Any] = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
     older = [run for run in compared if run.report.schema < SCHEMA_VERSION]
     if older:
-        note = (f"{len(older)} of the runs ({', '.join(run.run_dir or run.model for run in older)}) have report.json schema "
+        named = ", ".join(run.run_dir or run.model for run in older[:3]) + (", ..." if len(older) > 3 else "")
+        note = (f"{len(older)} of the runs ({named}) have report.json schema "
                 f"{', '.join(sorted({str(run.report.schema) for run in older}))}, written by an older optkit; they are read as "
-                f"schema {SCHEMA_VERSION}: their figures that were not finite are the bare tokens NaN/Infinity there")
+                f"schema {SCHEMA_VERSION} (schema 1 wrote figures that were not finite as the bare tokens NaN/Infinity)")
         click.secho(f"note: {note}", fg="yellow", err=True)
         meta["notes"] = [f"{note}."]
     written = write_comparison_report(compared, output, meta=meta)
@@ -330,7 +336,7 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 
     A failing job is reported and the others go on; the exit code is 1 when any job failed.
     """
-    from optkit.config import load_sweep
+    from optkit.config.sweep import load_sweep
     from optkit.sweep.driver import run_sweep
     from optkit.sweep.executors import make_executor
 
@@ -378,8 +384,8 @@ def info(model: str, input_shape: str, weights: str | None, device: str, warmup:
     """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency,
     and accuracy with --data."""
     from optkit.cli.streams import stdout_to_stderr
-    from optkit.measure import configure_timing
-    from optkit.reporting import render_info
+    from optkit.measure.latency import configure_timing
+    from optkit.reporting.console import render_info
     from optkit.run.info import data_spec, inspect_model, parse_input_shape
 
     shape = parse_input_shape(input_shape)

@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as ProgressBars
 
-from optkit.host import hookimpl
-from optkit.reporting import weights_line, weights_partly_loaded
+from optkit.host.hookspecs import hookimpl
 from optkit.reporting.console import STATUS_STYLE
+from optkit.reporting.tables import weights_line, weights_partly_loaded
 
 if TYPE_CHECKING:
     from optkit.passes import Progress

@@ -16,7 +16,7 @@ import click
 from optkit.errors import plain_text
 
 if TYPE_CHECKING:
-    from optkit.host import Host
+    from optkit.host.facade import Host
 
 __all__ = ["STRICT_PLUGINS_ENV", "CliSession", "session"]
 
@@ -44,7 +44,7 @@ class CliSession:
             optkit.errors.PluginError: a plugin is broken and strict plugin mode is on.
         """
         if self._host is None:
-            from optkit.host import Host
+            from optkit.host.facade import Host
 
             host = Host()
             if self.strict_plugins:

@@ -45,7 +45,7 @@ def stdout_to_stderr() -> Iterator[None]:
     finally:
         with contextlib.suppress(ValueError, io.UnsupportedOperation):
             sys.stderr.flush()
-        if saved is not None:
+        if saved is not None and out_fd is not None:
             _flush_c_stdio()
             os.dup2(saved, out_fd)
             os.close(saved)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from optkit.config.yaml_lines import MAX_FILE_BYTES, line_of, load_yaml_with_lines
 from optkit.errors import PipelineError, closest
@@ -86,15 +87,15 @@ class ConfigDocument:
             err = exc.errors()[0]
             ypath = _data_path(data, err["loc"])
             raise self.error(prefix + _describe(err, model, ypath, what), base + ypath) from None
-        ypath = _boolean_taken_as_number(data, validated)
-        if ypath is not None:
+        boolean_path = _boolean_taken_as_number(data, validated)
+        if boolean_path is not None:
             # pydantic's lax mode turns True into 1: YAML 1.1 reads `iters: yes` or `device: no`
             # as booleans, so a typo would silently become a number.
-            dotted = ".".join(str(p) for p in ypath) or "(top level)"
+            dotted = ".".join(str(p) for p in boolean_path) or "(top level)"
             raise self.error(
                 f"{prefix}{what} {dotted!r}: YAML reads yes/no/on/off/true/false as a boolean, and "
-                f"{_lookup(data, ypath)!r} is a boolean, not a number; write the number, or quote a word you mean as text",
-                base + ypath,
+                f"{_lookup(data, boolean_path)!r} is a boolean, not a number; write the number, or quote a word you mean as text",
+                base + boolean_path,
             )
         return validated
 
@@ -147,7 +148,7 @@ def _boolean_taken_as_number(data: Any, value: Any, path: tuple[Any, ...] = ()) 
     elif isinstance(data, dict) and isinstance(value, dict):
         pairs = [(key, item, value[key]) for key, item in data.items() if key in value]
     elif isinstance(data, list) and isinstance(value, (list, tuple)) and len(data) == len(value):
-        pairs = [(i, item, validated) for i, (item, validated) in enumerate(zip(data, value))]
+        pairs = [(i, item, validated) for i, (item, validated) in enumerate(zip(data, value, strict=True))]
     for key, item, validated in pairs:
         found = _boolean_taken_as_number(item, validated, path + (key,))
         if found is not None:
@@ -166,9 +167,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and part not in node and part == loc[-1]:
             pass  # a missing key: keep it for the message, the line comes from its parent
@@ -178,7 +177,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(path)
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel], ypath: tuple[Any, ...], what: str) -> str:
+def _describe(err: ErrorDetails, model: type[BaseModel], ypath: tuple[Any, ...], what: str) -> str:
     dotted = ".".join(str(p) for p in ypath) or "(top level)"
     kind = err["type"]
     if kind == "missing":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,7 +23,7 @@ from pydantic import (
 )
 
 from optkit.artifacts import Artifact
-from optkit.config.data import DataSpec
+from optkit.config.data import DATA_ROLES, DatasetSpec, DataSpec
 from optkit.config.documents import ConfigDocument, SourceSpec, StrictModel, parse_config, read_config
 from optkit.errors import PipelineError, PluginError
 from optkit.files import resolve_path
@@ -58,8 +59,9 @@ PassLookup = Callable[[str], "type[Pass]"]
 #: for the fix an artifact-flow error suggests.
 ProducerLookup = Callable[["type[Artifact]"], "list[str]"]
 
-#: Checks that a model-source scheme is registered (``Host.get_source``); raises
-#: :class:`~optkit.errors.PipelineError` for an unknown scheme.
+#: Checks that a model-source or dataset-source scheme is registered (``Host.get_source``,
+#: ``Host.get_dataset``); raises :class:`~optkit.errors.PipelineError` for an unknown scheme (with
+#: the closest registered ones), :class:`~optkit.errors.PluginError` for one two plugins claim.
 SourceLookup = Callable[[str], object]
 
 #: The most elements of an input batch: 4 GiB of float32. A larger shape is a typo that would
@@ -125,7 +127,7 @@ class ModelSpec(SourceSpec):
 
     source: str = Field(description="scheme:rest — torchvision:resnet50, file:model.pt, python:pkg.module:factory, ...")
     weights: Annotated[
-        Union[Annotated[str, Tag("name")], Annotated[WeightsSpec, Tag("spec")]],
+        Annotated[str, Tag("name")] | Annotated[WeightsSpec, Tag("spec")],
         Discriminator(_weights_kind),
     ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
     input_shape: InputShape = Field(default_factory=lambda: [1, 3, 224, 224])
@@ -281,7 +283,12 @@ class Pipeline:
 
 
 def load_pipeline(
-    path: str | Path, get_pass: PassLookup, get_source: SourceLookup | None = None, *, producers: ProducerLookup | None = None
+    path: str | Path,
+    get_pass: PassLookup,
+    get_source: SourceLookup | None = None,
+    *,
+    producers: ProducerLookup | None = None,
+    get_dataset: SourceLookup | None = None,
 ) -> Pipeline:
     """Read and validate a pipeline file.
 
@@ -291,13 +298,14 @@ def load_pipeline(
         get_source: checks the scheme of ``model.source`` (``host.get_source``); unchecked when ``None``.
         producers: names the passes that produce an artifact kind (``host.passes_producing``), so
             that a stage missing its input artifact is told which pass to add.
+        get_dataset: checks the scheme of every ``data:`` entry (``host.get_dataset``); unchecked when ``None``.
 
     Raises:
-        PipelineError: unreadable file, bad YAML, unknown keys, passes or source scheme, bad
-            options, a stage whose input artifact no earlier stage produces or a later one made
-            stale; each with ``file:line`` where YAML gives one.
+        PipelineError: unreadable file, bad YAML, unknown keys, passes, model or dataset source
+            schemes, bad options, a stage whose input artifact no earlier stage produces or a
+            later one made stale; each with ``file:line`` where YAML gives one.
     """
-    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source, producers)
+    return _build(read_config(path, "pipeline file"), get_pass, Path(path), get_source, producers, get_dataset)
 
 
 def parse_pipeline(
@@ -307,27 +315,50 @@ def parse_pipeline(
     get_source: SourceLookup | None = None,
     *,
     producers: ProducerLookup | None = None,
+    get_dataset: SourceLookup | None = None,
 ) -> Pipeline:
     """Validate pipeline YAML ``text`` (see :func:`load_pipeline`)."""
     doc = parse_config(text, str(path) if path is not None else "<pipeline>")
-    return _build(doc, get_pass, path, get_source, producers)
+    return _build(doc, get_pass, path, get_source, producers, get_dataset)
 
 
 def _build(
-    doc: ConfigDocument, get_pass: PassLookup, path: Path | None, get_source: SourceLookup | None, producers: ProducerLookup | None
+    doc: ConfigDocument,
+    get_pass: PassLookup,
+    path: Path | None,
+    get_source: SourceLookup | None,
+    producers: ProducerLookup | None,
+    get_dataset: SourceLookup | None = None,
 ) -> Pipeline:
     if not isinstance(doc.data, dict):
         raise doc.error("a pipeline file is a mapping with at least 'model:' and 'passes:'")
     spec = doc.validate(PipelineFile, doc.data)
     if get_source is not None:
-        try:
-            get_source(spec.model.scheme)
-        except (PipelineError, PluginError) as exc:  # unknown, or claimed by two plugins
-            raise doc.error(getattr(exc, "message", str(exc)), ("model", "source")) from None
+        _check_scheme(doc, get_source, spec.model.scheme, "model.source", ("model", "source"))
+    if get_dataset is not None and spec.data is not None:
+        for role, entry in spec.data.datasets().items():
+            given = doc.data["data"][role]  # a mapping {source: ...}, or the source string alone
+            ypath = ("data", role, "source") if isinstance(given, dict) else ("data", role)
+            _check_scheme(doc, get_dataset, entry.scheme, f"data.{role}", ypath)
     check_accuracy_settings(spec.measure, spec.data, doc)
     stages = tuple(_parse_stage(i, item, get_pass, doc) for i, item in enumerate(spec.passes))
     check_artifact_flow(stages, doc, producers)
     return Pipeline(spec=spec, stages=stages, path=path)
+
+
+def _enumerate_schemes(source: dict[str, Any], schemes: list[str]) -> None:
+    """Make the JSON Schema of a ``source`` string start with one of ``schemes``, listed for completion."""
+    source["pattern"] = f"^({'|'.join(re.escape(s) for s in schemes)}):."
+    source["examples"] = [f"{scheme}:" for scheme in schemes]
+    source["description"] += f" Installed schemes: {', '.join(schemes) or 'none'}."
+
+
+def _check_scheme(doc: ConfigDocument, lookup: SourceLookup, scheme: str, option: str, ypath: tuple[Any, ...]) -> None:
+    """``scheme`` is registered, or a :class:`PipelineError` at the line of ``ypath`` naming ``option``."""
+    try:
+        lookup(scheme)
+    except (PipelineError, PluginError) as exc:  # unknown (with did-you-mean), or claimed by two plugins
+        raise doc.error(f"{option}: {getattr(exc, 'message', str(exc))}", ypath) from None
 
 
 def check_artifact_flow(stages: Iterable[Stage], doc: ConfigDocument, producers: ProducerLookup | None = None) -> None:
@@ -388,6 +419,8 @@ def check_accuracy_settings(measure: MeasureSpec, data: DataSpec | None, doc: Co
 
 def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -> Stage:
     number = i + 1
+    base: tuple[str | int, ...]
+    options: Any
     if isinstance(item, str):
         name, options, base = item, {}, ("passes", i)
     elif isinstance(item, dict) and len(item) == 1:
@@ -408,12 +441,27 @@ def _parse_stage(i: int, item: Any, get_pass: PassLookup, doc: ConfigDocument) -
     return Stage(number, name, pass_cls, parsed, doc.line(base))
 
 
-def pipeline_json_schema(passes: Iterable[type[Pass]]) -> dict[str, Any]:
-    """JSON Schema of pipeline files, with the options of every pass in ``passes`` (for editors)."""
+def pipeline_json_schema(
+    passes: Iterable[type[Pass]], model_schemes: Iterable[str] | None = None, dataset_schemes: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """JSON Schema of pipeline files, with the options of every pass in ``passes`` (for editors).
+
+    Args:
+        passes: the installed pass classes; ``passes:`` items enumerate their names.
+        model_schemes: the installed model-source schemes: ``model.source`` must start with one
+            (a ``pattern``), and ``examples`` lists them for completion. ``None``: free text.
+        dataset_schemes: the same for the ``source`` of every ``data:`` entry.
+    """
     schema = PipelineFile.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "optkit pipeline"
     defs = schema.setdefault("$defs", {})
+    for spec, schemes in ((ModelSpec, model_schemes), (DatasetSpec, dataset_schemes)):
+        if schemes is not None:
+            _enumerate_schemes(defs[spec.__name__]["properties"]["source"], sorted(schemes))
+    # A data: entry may be its source string alone (eval: imagefolder:data/val).
+    for role in DATA_ROLES:
+        defs["DataSpec"]["properties"][role]["anyOf"].insert(1, defs["DatasetSpec"]["properties"]["source"])
     variants: list[dict[str, Any]] = []
     names = []
     for pass_cls in passes:

@@ -43,7 +43,7 @@ class _StrictSafeLoader(yaml.SafeLoader):
     def error(self, message: str, mark: yaml.Mark | None) -> PipelineError:
         return PipelineError(message, self.filename, mark.line + 1 if mark is not None else None)
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
@@ -70,7 +70,8 @@ class _StrictSafeLoader(yaml.SafeLoader):
             try:
                 hash(key)
             except TypeError:
-                kind = {list: "list", dict: "mapping"}.get(type(key), type(key).__name__)
+                kinds: dict[type, str] = {list: "list", dict: "mapping"}
+                kind = kinds.get(type(key), type(key).__name__)
                 raise PipelineError(
                     f"a mapping key must be a plain value (text or a number), not a {kind}", self.filename, line
                 ) from None

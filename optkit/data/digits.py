@@ -17,11 +17,13 @@ On the command line: ``python -m optkit.data data/digits --size 32``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -176,7 +178,7 @@ class DigitsCNN(nn.Module):
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = DIGITS_WIDTHS) -> None:
         super().__init__()
         layers: list[nn.Module] = [conv_bn_relu(3, widths[0], stride=2), ResidualBlock(widths[0])]
-        for cin, cout in zip(widths, widths[1:]):
+        for cin, cout in itertools.pairwise(widths):
             layers += [conv_bn_relu(cin, cout, stride=2), ResidualBlock(cout)]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

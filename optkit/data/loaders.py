@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from optkit.config import DATA_ROLES
+from optkit.config.data import DATA_ROLES
 from optkit.data.sources import DatasetLoader, DatasetRequest, verify_images
 from optkit.data.transforms import build_transform
-from optkit.errors import PipelineError
+from optkit.errors import PipelineError, plugin_code
 from optkit.passes import PassData
 
 if TYPE_CHECKING:
-    from optkit.config import DataSpec, DatasetSpec
+    from optkit.config.data import DatasetSpec, DataSpec
 
 __all__ = ["DatasetLookup", "LabeledSamples", "DataSet", "PipelineData", "DeviceLoader", "build_data", "as_labeled"]
 
 log = logging.getLogger(__name__)
 
-#: Finds the dataset loader registered for a scheme (``Host.get_dataset``); raises
-#: :class:`~optkit.errors.PipelineError` for an unknown scheme.
-DatasetLookup = Callable[[str], DatasetLoader]
+#: Finds the dataset loader registered for a scheme and who registered it (``"plugin 'x' (dist 1.0)"``,
+#: for messages that blame it); raises :class:`~optkit.errors.PipelineError` for an unknown scheme.
+DatasetLookup = Callable[[str], "tuple[DatasetLoader, str]"]
 
 
 def as_labeled(item: Any, where: str) -> tuple[torch.Tensor, int]:
@@ -205,18 +206,25 @@ def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, se
 
     Raises:
         PipelineError: an unknown scheme, a missing or empty folder, a file that is no readable
-            image (named), a sample that is not ``(tensor, label)``; nothing has run yet.
+            image (named), a sample that is not ``(tensor, label)``, a loader that refuses its
+            entry (named); nothing has run yet.
+        PluginBugError: a loader raised anything but an optkit error (a bug in its plugin).
     """
     transform = build_transform(spec.transform)
-    loaded: dict[str, tuple[Dataset, dict[str, Any]]] = {}  # the same source for two roles is read once
+    # Map-style data sets with a length (checked when loaded): torch's Dataset does not declare __len__.
+    loaded: dict[str, tuple[Any, dict[str, Any]]] = {}  # the same source for two roles is read once
     sets = {}
     for role, entry in spec.datasets().items():
         where = f"data.{role} ({entry.source})"
         key = json.dumps([entry.source, entry.kwargs], sort_keys=True, default=str)
         if key not in loaded:
-            loader = get_dataset(entry.scheme)
+            try:
+                loader, plugin = get_dataset(entry.scheme)
+            except PipelineError as exc:  # an unknown scheme
+                raise PipelineError(f"data.{role}: {exc.message}") from None
             request = DatasetRequest(entry.target, entry, role, transform, base_dir)
-            dataset = loader(request)
+            with plugin_code(where, plugin, f"the {entry.scheme!r} dataset loader", named=(f"data.{role}",)):
+                dataset = loader(request)
             if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
                 raise PipelineError(f"data.{role}: the {entry.scheme!r} loader returned {type(dataset).__name__}, not a Dataset")
             loaded[key] = dataset, request.details

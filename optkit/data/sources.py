@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -27,12 +28,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from optkit.data.folders import class_folders, image_files, open_image
 from optkit.errors import PipelineError
 from optkit.files import resolve_path
-from optkit.models import import_callable
+from optkit.models.sources import call_factory, import_callable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from optkit.config import DatasetSpec
+    from optkit.config.data import DatasetSpec
 
 __all__ = [
     "DatasetRequest",
@@ -43,6 +44,7 @@ __all__ = [
     "load_python_dataset",
     "image_folder",
     "verify_images",
+    "STANDARD_DATASETS",
 ]
 
 log = logging.getLogger(__name__)
@@ -229,12 +231,14 @@ def load_python_dataset(request: DatasetRequest) -> Dataset[Any]:
         PipelineError: the callable cannot be imported or called, or returns no sized dataset.
     """
     factory = import_callable(request.target, request.base_dir, request.option)
-    try:
-        dataset = factory(**request.spec.kwargs)
-    except TypeError as exc:
-        raise PipelineError(f"{request.option}.kwargs: {request.target}: {exc}") from exc
+    dataset = call_factory(factory, request.spec.kwargs, request.target, request.option, f"{request.option}.kwargs")
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise PipelineError(
             f"{request.option}: {request.target} returned {type(dataset).__name__}, not a Dataset with __getitem__ and __len__"
         )
     return dataset
+
+
+#: The data set schemes optkit ships, by name: its standard ``datasets`` plugin registers them
+#: through ``optkit_register_datasets`` as any plugin registers its own.
+STANDARD_DATASETS: dict[str, DatasetLoader] = {"imagefolder": load_imagefolder, "images": load_images, "python": load_python_dataset}

@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import v2
 
 if TYPE_CHECKING:
-    from optkit.config import TransformSpec
+    from optkit.config.data import TransformSpec
 
 __all__ = ["build_transform"]
 
@@ -20,7 +20,7 @@ def build_transform(spec: TransformSpec) -> v2.Compose:
     float in [0, 1], normalize with ``mean``/``std``. No keys: the image as float in [0, 1].
 
     Example:
-        >>> from optkit.config import TransformSpec
+        >>> from optkit.config.data import TransformSpec
         >>> build_transform(TransformSpec(resize=36, center_crop=32))  # doctest: +ELLIPSIS
         Compose(...)
     """

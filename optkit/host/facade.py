@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from optkit.errors import PipelineError, PluginError, plain_text
 from optkit.host.manager import OptkitPluginManager, PluginRecord, get_plugin_manager
@@ -16,9 +17,13 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from optkit.config import DataSpec, ModelSpec
-    from optkit.data import DatasetLoader, PipelineData
-    from optkit.models import ModuleRule, ModuleRules, SourceLoader
+    from optkit.config.data import DataSpec
+    from optkit.config.pipeline import ModelSpec
+    from optkit.data.loaders import PipelineData
+    from optkit.data.sources import DatasetLoader
+    from optkit.models.rules import ModuleRule, ModuleRules
+    from optkit.models.sources import SourceLoader
+    from optkit.models.importance import Importance
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
@@ -31,6 +36,20 @@ def _validate_scheme(scheme: object, loader: object, record: PluginRecord) -> tu
     if not isinstance(scheme, str) or not scheme.isidentifier() or not callable(loader):
         raise PluginError(f"{record.origin}: register(scheme, loader) needs a name and a callable")
     return scheme, loader
+
+
+def _validate_criterion(name: object, criterion: object, record: PluginRecord) -> tuple[str, Callable[..., Any]]:
+    """``register(name, criterion)`` of ``optkit_register_importances``: a lower_snake_case name and a callable."""
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower() or not callable(criterion):
+        raise PluginError(f"{record.origin}: register(name, criterion) needs a lower_snake_case name and a callable")
+    return name, criterion
+
+
+def _conflicting(message: str) -> Callable[..., Any]:
+    def criterion(*args: object) -> Any:
+        raise PluginError(message)
+
+    return criterion
 
 
 class Host:
@@ -56,7 +75,7 @@ class Host:
     @property
     def broken(self) -> list[PluginRecord]:
         """Plugins that failed to load or to register, in load order."""
-        self.passes, self.sources, self.datasets, self.module_rules  # noqa: B018 - registration failures are found by collecting
+        self.passes, self.sources, self.datasets, self.module_rules, self.importances  # noqa: B018 - registration failures are found by collecting
         return self.pm.broken
 
     @cached_property
@@ -81,23 +100,39 @@ class Host:
     @cached_property
     def module_rules(self) -> Registry[ModuleRule]:
         """Every registered module rule, by the class path it describes."""
-        from optkit.models import ModuleRule
+        from optkit.models.rules import ModuleRule
 
         def validate(rule: object, record: PluginRecord) -> tuple[str, ModuleRule]:
             if not isinstance(rule, ModuleRule):
-                raise PluginError(f"{record.origin}: register(rule) takes an optkit.models.ModuleRule, got {rule!r}")
+                raise PluginError(f"{record.origin}: register(rule) takes an optkit.ModuleRule, got {rule!r}")
             return rule.class_path, rule
 
         return self._collect("module rule", "optkit_register_module_rules", validate)
 
+    @cached_property
+    def importances(self) -> Registry[Importance]:
+        """Every registered channel-importance criterion (``prune_channels``' ``importance``), by name."""
+        return self._collect("importance criterion", "optkit_register_importances", _validate_criterion)
+
+    def importance_table(self) -> dict[str, Importance]:
+        """The criteria as passes get them (``ctx.importances``): name -> criterion. A name two
+        plugins register maps to a criterion that raises :class:`PluginError` naming both, so the
+        error appears only in a pipeline that uses it."""
+        registry = self.importances
+        table = {entry.name: entry.obj for entry in registry}
+        for name in registry.conflicts:
+            table[name] = _conflicting(registry.conflict_message(name))
+        return table
+
     def rule_table(self) -> ModuleRules:
         """The module rules as passes get them (``ctx.module_rules``): a class path two plugins
         describe raises :class:`PluginError` where it is looked up, naming both."""
-        from optkit.models import ModuleRules
+        from optkit.models.rules import ModuleRules
 
         registry = self.module_rules
         conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
-        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts)
+        origins = {entry.name: entry.plugin.description for entry in registry}
+        return ModuleRules({entry.name: entry.obj for entry in registry}, conflicts, origins)
 
     def _collect(self, kind: str, hook_name: str, validate: Callable[..., tuple[str, object]]) -> Registry:
         # The hook is called once per plugin (pluggy's subset caller, every other plugin left out),
@@ -120,7 +155,7 @@ class Host:
                 continue
             # A plugin's registration hook is third-party code: any failure marks that plugin
             # broken and names it, rather than breaking every command.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.debug("plugin %s failed in %s", record.name, hook_name, exc_info=True)
                 self._mark_broken(record, f"{hook_name} raised {type(exc).__name__}: {plain_text(str(exc))}")
                 continue
@@ -166,7 +201,7 @@ class Host:
             PipelineError: unknown scheme, with the closest registered ones.
             PluginError: two plugins claim the scheme.
         """
-        return self._scheme(self.sources, scheme, "model.source", "model source scheme")
+        return self._scheme(self.sources, scheme, "model source scheme")
 
     def get_dataset(self, scheme: str) -> Registered[DatasetLoader]:
         """The dataset loader registered for ``scheme``, with the plugin that registered it.
@@ -175,27 +210,35 @@ class Host:
             PipelineError: unknown scheme, with the closest registered ones.
             PluginError: two plugins claim the scheme.
         """
-        return self._scheme(self.datasets, scheme, "data", "dataset source scheme")
+        return self._scheme(self.datasets, scheme, "dataset source scheme")
 
-    def _scheme(self, registry: Registry, scheme: str, option: str, kind: str) -> Registered:
+    def _scheme(self, registry: Registry, scheme: str, kind: str) -> Registered:
+        # The message names no option: the caller knows which entry gave the scheme.
         if scheme in registry:
             return registry.get(scheme)
-        raise PipelineError(f"{option}: {self.unknown_message(kind, scheme, registry)}")
+        raise PipelineError(self.unknown_message(kind, scheme, registry))
 
     def load_data(self, spec: DataSpec, base_dir: Path, *, seed: int = 0) -> PipelineData:
         """Load the data sets of a ``data:`` section through the loaders registered for their
-        schemes (see :func:`optkit.data.build_data`)."""
-        from optkit.data import build_data
+        schemes (see :func:`optkit.data.loaders.build_data`)."""
+        from optkit.data.loaders import build_data
 
-        return build_data(spec, lambda scheme: self.get_dataset(scheme).obj, base_dir, seed=seed)
+        def lookup(scheme: str) -> tuple[DatasetLoader, str]:
+            entry = self.get_dataset(scheme)
+            return entry.obj, entry.plugin.description
+
+        return build_data(spec, lookup, base_dir, seed=seed)
 
     def load_model(self, spec: ModelSpec, base_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         """Build the model ``spec`` describes through the source registered for its scheme
-        (see :func:`optkit.models.load_model`)."""
-        from optkit.models import load_model
+        (see :func:`optkit.models.loading.load_model`)."""
+        from optkit.models.loading import load_model
 
-        entry = self.get_source(spec.scheme)
-        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.name)
+        try:
+            entry = self.get_source(spec.scheme)
+        except PipelineError as exc:
+            raise PipelineError(f"model.source: {exc.message}") from None
+        return load_model(spec, entry.obj, base_dir, plugin=entry.plugin.description)
 
     def unknown_message(self, kind: str, name: str, registry: Registry) -> str:
         message = f"unknown {kind} {name!r}"

@@ -17,13 +17,16 @@ one is refused at load, by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
-    from optkit.data import DatasetLoader
-    from optkit.models import ModuleRule, SourceLoader
+    from optkit.data.sources import DatasetLoader
+    from optkit.models.rules import ModuleRule
+    from optkit.models.sources import SourceLoader
+    from optkit.models.importance import Importance
     from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 
@@ -52,10 +55,12 @@ def optkit_register_sources(register: Callable[[str, SourceLoader], None]) -> No
     """Add model sources by scheme (``torchvision``, ``file``, ``python``, or your own).
 
     A source ``scheme:rest`` in a pipeline file is handed to the loader registered for ``scheme``
-    as ``loader(request)``, an :class:`optkit.models.SourceRequest` with ``target`` (``rest``),
-    ``spec`` (the validated :class:`optkit.config.ModelSpec`), ``base_dir`` (relative paths
+    as ``loader(request)``, an :class:`optkit.SourceRequest` with ``target`` (``rest``),
+    ``spec`` (the validated :class:`optkit.config.pipeline.ModelSpec`), ``base_dir`` (relative paths
     resolve against it: ``request.resolve(path)``) and ``details`` (what to report); it returns
     an ``nn.Module``. ``model.weights`` and ``model.freeze`` are applied by optkit afterwards.
+    For input it refuses the loader raises :class:`optkit.errors.PipelineError` (exit 2, the
+    source named); anything else it raises is reported as a bug in the plugin (exit 1).
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 
@@ -68,12 +73,14 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
     """Add dataset sources by scheme (``imagefolder``, ``python``, or your own).
 
     A ``data:`` entry ``source: scheme:rest`` is handed to the loader registered for ``scheme`` as
-    ``loader(request)``, an :class:`optkit.data.DatasetRequest` with ``target`` (``rest``),
+    ``loader(request)``, an :class:`optkit.DatasetRequest` with ``target`` (``rest``),
     ``spec`` (the validated entry: ``batch_size``, ``limit``, ``kwargs``, ...), ``role``
     (``eval``, ``train`` or ``calibration``), ``transform`` (the ``data.transform`` pipeline, for
     loaders that read images), ``base_dir`` (``request.resolve(path)``) and ``details``; it returns
     a map-style ``torch.utils.data.Dataset`` of ``(input, label)`` pairs or of inputs only.
-    ``limit``, batching and shuffling are applied by optkit afterwards.
+    ``limit``, batching and shuffling are applied by optkit afterwards. For input it refuses the
+    loader raises :class:`optkit.errors.PipelineError` (exit 2, the entry named); anything else
+    it raises is reported as a bug in the plugin (exit 1).
 
     :param register: ``register(scheme, loader)`` adds one scheme.
 
@@ -85,15 +92,33 @@ def optkit_register_datasets(register: Callable[[str, DatasetLoader], None]) -> 
 def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None:
     """Describe module classes whose ``forward`` optkit cannot read, for fusion, pruning and MACs.
 
-    Call ``register(rule)`` once per class, with an :class:`optkit.models.ModuleRule` naming the
+    Call ``register(rule)`` once per class, with an :class:`optkit.ModuleRule` naming the
     class by its path (``"my_lib.blocks.ConvBNAct"``; the class is never imported) and what it
     computes: a BatchNorm with extras that ``fuse_bn`` may fold (``bn_reference``,
-    ``bn_remainder``), the library's own fused form (``fuse``), attention heads, attributes to
+    ``bn_remainder``), the library's own fused form (``fuse``), a conv-like layer that takes the
+    BatchNorm after it (``fold_bn``), attention heads, attributes to
     update after channel pruning (``fixup``), a detection head, a MAC-counting rule. Passes get
     the rules as ``ctx.module_rules``; the runner counts MACs with them. Two plugins describing
     the same class path is an error where a model holds such a module.
 
-    :param register: adds one :class:`optkit.models.ModuleRule`.
+    :param register: adds one :class:`optkit.ModuleRule`.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def optkit_register_importances(register: Callable[[str, Importance], None]) -> None:
+    """Add channel-importance criteria for ``prune_channels`` (``importance: NAME`` in a pipeline).
+
+    A criterion is a callable that gets one :class:`optkit.models.PruningGroup` (the coupled
+    channels' layers, their weights with the positions of every channel, the data loaders and
+    ``gradients()``) and returns a 1-D tensor with one score per channel (``group.channels``);
+    the lowest are removed first. The pass normalises each group's scores before a global
+    ranking, so a criterion need not. Names are lower_snake_case; the built-in ones (``l1``,
+    ``l2``, ``bn_scale``, ``taylor``, ``random``) cannot be taken.
+
+    :param register: ``register(name, criterion)`` adds one criterion.
 
     .. versionadded:: 0.1
     """

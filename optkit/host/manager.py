@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import pluggy
 
@@ -60,6 +60,11 @@ class PluginRecord:
         if self.distribution is None:
             return self.name
         return f"{self.distribution} {self.version}"
+
+    @property
+    def description(self) -> str:
+        """``plugin 'name' (distribution version)`` for messages that blame the plugin."""
+        return f"plugin {self.name!r}" + (f" ({self.origin})" if self.distribution is not None else "")
 
     @property
     def disable_hint(self) -> str:
@@ -173,7 +178,7 @@ def get_plugin_manager(
                 plugin = ep.load()
             # A plugin's import can fail in any way (ImportError, SyntaxError, a raise at import);
             # it is recorded by name and skipped so that everything else keeps working.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.debug("plugin %s failed to load", record.name, exc_info=True)
                 pm.records[record.name] = _with_error(record, f"{type(exc).__name__}: {exc}")
                 continue

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from optkit.errors import PluginError, closest
 from optkit.host.manager import DISABLE_ENV, PluginRecord

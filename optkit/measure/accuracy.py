@@ -17,7 +17,7 @@ from torch import nn
 from optkit.artifacts import Artifact
 from optkit.errors import PipelineError, StageError
 from optkit.measure.outputs import flatten_outputs
-from optkit.models import eval_mode
+from optkit.models.layers import eval_mode
 
 __all__ = ["LOGITS_KEPT", "Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "similarity_metrics", "AccuracyTracker"]
 
@@ -94,7 +94,7 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
 
     Args:
         subject: a stage's product.
-        batches: ``(inputs, labels)`` batches (e.g. :class:`optkit.data.DeviceLoader`); labels ``-1``
+        batches: ``(inputs, labels)`` batches (e.g. :class:`optkit.data.loaders.DeviceLoader`); labels ``-1``
             for samples without one.
         device: where the artifact runs (a module runs where its parameters are).
 

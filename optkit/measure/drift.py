@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,7 +22,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from optkit.measure.outputs import flatten_outputs, output_leaves
-from optkit.models import detection_channel_groups, recognise_yolo
+from optkit.models.rules import ChannelGroup, ModuleRule, find_rule
 
 if TYPE_CHECKING:
     from optkit.passes import Tolerance
@@ -35,24 +34,15 @@ __all__ = [
     "output_excess",
     "output_parts",
     "worst_output",
+    "output_excesses",
     "channel_groups_for",
     "similarity_falls_short",
     "tolerance_failure",
 ]
 
 
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels ``start:stop`` of dimension ``dim`` of one output, compared on their own.
-
-    Example:
-        >>> ChannelGroup("scores", dim=1, start=4, stop=84)  # class scores of a YOLO [B, 84, A] tensor
-    """
-
-    name: str
-    dim: int
-    start: int
-    stop: int
+#: How many wrappers keeping the wrapped model in ``.model`` (optkit's TTA, ...) are looked through.
+_MAX_WRAPPERS = 4
 
 
 def _figures(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -72,7 +62,7 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
     Args:
         outputs: a model output (tensor, or tuples, lists, dicts of tensors).
         reference: the output it is compared with.
-        groups: per output name (see :func:`optkit.measure.output_leaves`), channel groups that get
+        groups: per output name (see :func:`optkit.output_leaves`), channel groups that get
             a row of their own.
 
     Returns:
@@ -89,10 +79,10 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1]}
     if not a:
         return {"comparable": False}
-    names = [leaf.name for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference)) if isinstance(value, torch.Tensor)]
+    names = [leaf.name for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference), strict=True) if isinstance(value, torch.Tensor)]
     groups = groups or {}
     rows = []
-    for name, got, want in zip(names, a, b):
+    for name, got, want in zip(names, a, b, strict=True):
         row: dict[str, Any] = {"name": name, "shape": list(want.shape), **_figures(got, want)}
         if name in groups:
             row["groups"] = [
@@ -136,10 +126,19 @@ def output_parts(drift: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]
     return parts
 
 
+def output_excesses(drift: Mapping[str, Any], atol: float, rtol: float) -> list[tuple[str, Mapping[str, Any], float]]:
+    """Every part of ``drift`` held to a tolerance of its own (see :func:`output_parts`) with its
+    excess ``max|Δ| / (atol + rtol × max|reference|)``: above 1 breaks the tolerance.
+
+    Returns:
+        ``(label, figures, excess)`` per output tensor or channel group.
+    """
+    return [(label, figures, output_excess(figures, atol, rtol)) for label, figures in output_parts(drift)]
+
+
 def worst_output(drift: Mapping[str, Any], atol: float, rtol: float) -> tuple[str, Mapping[str, Any], float]:
     """The part of ``drift`` (see :func:`output_parts`) furthest over its tolerance: label, figures, excess."""
-    label, figures = max(output_parts(drift), key=lambda part: output_excess(part[1], atol, rtol))
-    return label, figures, output_excess(figures, atol, rtol)
+    return max(output_excesses(drift, atol, rtol), key=lambda part: part[2])
 
 
 def drift_exceeds(drift: Mapping[str, Any], atol: float, rtol: float) -> str | None:
@@ -165,25 +164,29 @@ def drift_exceeds(drift: Mapping[str, Any], atol: float, rtol: float) -> str | N
     )
 
 
-def channel_groups_for(model: nn.Module, outputs: Any) -> dict[str, list[ChannelGroup]]:
-    """Channel groups of ``model``'s outputs that deserve tolerances of their own.
+def channel_groups_for(model: nn.Module, outputs: Any, rules: Mapping[str, ModuleRule]) -> dict[str, list[ChannelGroup]]:
+    """Channel groups of ``model``'s outputs that deserve tolerances of their own, as the module
+    rules say (:attr:`ModuleRule.output_groups <optkit.models.rules.ModuleRule>` of the model's
+    class, or of the model a wrapper keeps in ``.model``); a model no rule describes gets none.
 
-    A recognised YOLO model's prediction tensors (3-D, ``4 + nc (+ extra)`` channels on the
-    library's channel dim) are split into ``boxes``, ``scores`` and ``extra``
-    (:func:`optkit.models.yolo.detection_channel_groups`); other models get none.
+    Args:
+        model: the model (or artifact's source model) that produced ``outputs``.
+        outputs: its outputs.
+        rules: the module rules (``ctx.module_rules`` in a pass).
 
     Returns:
         Output name -> groups, for :func:`compare_outputs`.
     """
-    info = recognise_yolo(model)
-    if info is None or info.task in ("classify", "semantic", "depth", "rtdetr") or info.end2end:
-        return {}
-    groups = [ChannelGroup(*g) for g in detection_channel_groups(info)]
-    found = {}
-    for leaf in output_leaves(outputs):
-        if len(leaf.shape) == 3 and leaf.shape[info.channels_dim] == info.channels:
-            found[leaf.name] = groups
-    return found
+    candidate = model
+    for _ in range(_MAX_WRAPPERS + 1):
+        rule = find_rule(candidate, rules)
+        if rule is not None and rule.output_groups is not None:
+            return {name: list(groups) for name, groups in rule.output_groups(candidate, outputs).items()}
+        inner = getattr(candidate, "model", None)
+        if not isinstance(inner, nn.Module):
+            break
+        candidate = inner
+    return {}
 
 
 def similarity_falls_short(
@@ -215,7 +218,7 @@ def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict
     The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
     exact arithmetic must agree on any input). The similarity bounds (``cosine``,
     ``top1_agreement``) are checked on ``on_data`` when given (the stage against the stage before
-    on data.eval: :func:`optkit.measure.similarity_metrics`), else on ``drift``: a quantized
+    on data.eval: :func:`optkit.measure.accuracy.similarity_metrics`), else on ``drift``: a quantized
     model is calibrated for real inputs, and the seeded batch of random values is not one.
 
     Args:

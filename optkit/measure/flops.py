@@ -43,7 +43,7 @@ from optkit.measure.mac_rules import UNIT, has_rule, module_rule_macs, rules_for
 from optkit.measure.probe import copy_memo, meta_copy
 
 if TYPE_CHECKING:
-    from optkit.models import ModuleRule
+    from optkit.models.rules import ModuleRule
 
 __all__ = ["MacsProfile", "profile_macs", "count_macs"]
 
@@ -60,7 +60,7 @@ class MacsProfile:
         functional_macs: what the aten counter found outside those modules (attention, ...).
         per_module: module name (``""`` for the root) -> ``{"type", "macs", "counted_by"}`` for every
             module that contributes; ``counted_by`` is ``thop``, ``module rule`` (a plugin's
-            :class:`optkit.models.ModuleRule`) or ``aten``. They add up to ``macs``.
+            :class:`optkit.ModuleRule`) or ``aten``. They add up to ``macs``.
         layers: one row per module with MACs, in ``named_modules()`` order: ``module``, ``type``,
             ``depth``, ``macs`` (everything under it, itself included), ``self_macs`` (its rule or
             its own code), ``counted_by`` (``thop``, ``module rule``, ``aten`` or ``children``) and ``calls``
@@ -144,7 +144,7 @@ def _profile(model: nn.Module, inputs: torch.Tensor, probe: str, module_rules: M
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    with FlopCounterMode(display=False, depth=None) as counter:
+    with FlopCounterMode(display=False, depth=None) as counter:  # type: ignore[arg-type]  # depth=None (no limit) is documented; the stub says int
         tally = _Tally(model, rules_for(model, module_rules), counter, set(module_rule_macs(model, module_rules)))
         try:
             with _mha_fastpath_disabled(), torch.no_grad():

@@ -126,7 +126,7 @@ def paired_ratio_interval(numerator: Sequence[float], denominator: Sequence[floa
     """
     if len(numerator) != len(denominator):
         raise ValueError(f"paired samples need equal lengths, got {len(numerator)} and {len(denominator)}")
-    return median_interval([a / b for a, b in zip(numerator, denominator)], confidence)
+    return median_interval([a / b for a, b in zip(numerator, denominator, strict=True)], confidence)
 
 
 def ratio_of_medians_interval(
@@ -188,7 +188,7 @@ def speedup(
     """The speed-up of ``stage`` over ``baseline`` (two ``latency_ms`` records with ``samples``).
 
     Args:
-        baseline, stage: latency records as :func:`optkit.measure.time_callable` returns them.
+        baseline, stage: latency records as :func:`optkit.measure.latency.time_callable` returns them.
         confidence: the statistical interval's confidence.
         paired: both were timed in the same round-robin loop (the i-th samples share a round).
         margin: the run-to-run margin the interval is widened by (see :data:`RUN_TO_RUN_MARGIN`).

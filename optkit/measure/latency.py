@@ -18,9 +18,9 @@ import contextlib
 import random
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 

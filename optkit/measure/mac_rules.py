@@ -13,16 +13,16 @@ speak the same unit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from optkit.models import find_rule
+from optkit.models.rules import find_rule
 
 if TYPE_CHECKING:
-    from optkit.models import ModuleRule
+    from optkit.models.rules import ModuleRule
 
 __all__ = [
     "MAC_RULES",
@@ -46,9 +46,17 @@ UNIT = (
 Rule = Callable[[nn.Module, tuple[Any, ...], Any], None]
 
 
+def _add_macs(module: nn.Module, macs: float) -> None:
+    """Add ``macs`` to the ``total_ops`` tensor that thop attached to ``module`` (in place)."""
+    total = module.total_ops
+    if not isinstance(total, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.total_ops is {type(total).__name__}, not thop's counter tensor")
+    total += torch.tensor([macs], dtype=torch.float64)
+
+
 def zero_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     """A thop rule for modules that do no convolution or matrix product (counted as zero on purpose)."""
-    module.total_ops += torch.zeros(1, dtype=torch.float64)
+    _add_macs(module, 0.0)
 
 
 def conv_transpose_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -57,14 +65,15 @@ def conv_transpose_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any)
     thop counts them like a forward convolution over the output, which overstates a stride-2
     transposed convolution fourfold.
     """
-    x = inputs[0]
-    per_input = module.weight.shape[1] * math.prod(module.weight.shape[2:])
-    module.total_ops += torch.tensor([float(x.numel() * per_input)], dtype=torch.float64)
+    x, weight = inputs[0], module.get_parameter("weight")
+    per_input = weight.shape[1] * math.prod(weight.shape[2:])
+    _add_macs(module, float(x.numel() * per_input))
 
 
 def quantized_linear_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     """A rule for quantized Linear layers (``torch.ao``, static and dynamic): ``in_features`` per output element."""
-    module.total_ops += torch.tensor([float(output.numel() * module.in_features)], dtype=torch.float64)
+    quantized: Any = module  # torch types module attributes as Tensor | Module; in_features is an int
+    _add_macs(module, float(output.numel() * int(quantized.in_features)))
 
 
 def quantized_conv_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -72,8 +81,9 @@ def quantized_conv_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any)
 
     Their weight is a method (``module.weight()``), which thop's convolution rule cannot read.
     """
-    per_output = math.prod(module.weight().shape[1:])
-    module.total_ops += torch.tensor([float(output.numel() * per_output)], dtype=torch.float64)
+    quantized: Any = module  # torch types module attributes as Tensor | Module; here weight is a method
+    per_output = math.prod(quantized.weight().shape[1:])
+    _add_macs(module, float(output.numel() * per_output))
 
 
 def _quantized_rules() -> dict[type[nn.Module], Rule]:

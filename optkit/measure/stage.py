@@ -18,12 +18,12 @@ from optkit.measure.flops import count_macs
 from optkit.measure.latency import Contender, time_callable
 from optkit.measure.params import count_params
 from optkit.measure.size import file_bytes, state_dict_bytes
-from optkit.models import eval_mode
+from optkit.models.layers import eval_mode
 from optkit.results import Latency, StageMetrics
 
 if TYPE_CHECKING:
-    from optkit.config import MeasureSpec
-    from optkit.models import ModuleRule
+    from optkit.config.pipeline import MeasureSpec
+    from optkit.models.rules import ModuleRule
 
 __all__ = ["Measurement", "Runnable", "runnable", "latency_record", "measure"]
 
@@ -124,7 +124,7 @@ def measure(
                 counts.update(count_macs(run.module, inputs, module_rules))
             # Counting runs the model's own code on a copy, which may fail in ways its measured
             # run does not; the message says it was the count, and how to go without it.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise StageError(
                     f"counting MACs (on a copy of the model) failed: {type(exc).__name__}: {exc}; "
                     "measure.flops: false skips the count"

@@ -82,7 +82,7 @@ def thop_owner() -> ThopOwner:
         hashes = _recorded_hashes(dist)
         if "thop/__init__.py" not in hashes:
             continue
-        name, where = dist.metadata["Name"], Path(dist.locate_file("thop")).resolve()
+        name, where = dist.metadata["Name"], Path(str(dist.locate_file("thop"))).resolve()
         if (name, str(where)) in seen:
             continue
         seen.add((name, str(where)))
@@ -90,7 +90,8 @@ def thop_owner() -> ThopOwner:
         result.claimants.append({
             "name": name,
             "version": dist.version,
-            "license": dist.metadata.get("License-Expression") or dist.metadata.get("License"),
+            # The PackageMetadata protocol of typeshed for 3.11 lacks get(); the email.message object has it.
+            "license": dist.metadata.get("License-Expression") or dist.metadata.get("License"),  # type: ignore[attr-defined]
             "folder": str(where),
             "intact": matching == set(hashes),
             "imported": where == folder,

@@ -16,10 +16,15 @@ folds with :func:`fold_bn_into_layer` as fuse_bn does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 __all__ = ["bn_affine", "fold_bn_into_layer"]
+
+#: A layer BatchNorm folds into: a convolution (transposed too) or a Linear layer.
+FoldableLayer = nn.modules.conv._ConvNd | nn.Linear
 
 
 def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,17 +38,18 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``(scale, shift)``, each of shape ``(num_features,)``.
     """
-    mean = bn.running_mean.detach().double()
-    scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
+    norm: Any = bn  # duck-typed (see Args); torch types a module's attributes as Tensor | Module
+    mean = norm.running_mean.detach().double()
+    scale = torch.rsqrt(norm.running_var.detach().double() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double()
     shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach().double()
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().double()
     return scale, shift
 
 
-def _scale_output_channels(layer: nn.Module, scale: torch.Tensor) -> torch.Tensor:
+def _scale_output_channels(layer: FoldableLayer, scale: torch.Tensor) -> torch.Tensor:
     """``layer.weight`` (float64) with each output channel multiplied by ``scale``."""
     weight = layer.weight.detach().double()
     if isinstance(layer, nn.modules.conv._ConvTransposeNd):
@@ -69,6 +75,8 @@ def fold_bn_into_layer(layer: nn.Module, bn: nn.Module) -> None:
         >>> conv, bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8).eval()
         >>> fold_bn_into_layer(conv, bn)  # conv now computes bn(conv(x))
     """
+    if not isinstance(layer, FoldableLayer):
+        raise TypeError(f"BatchNorm folds into a convolution or a Linear layer, not {type(layer).__name__}")
     weight = layer.weight
     scale, shift = (t.to(weight.device) for t in bn_affine(bn))
     new_weight = _scale_output_channels(layer, scale).to(weight.dtype)

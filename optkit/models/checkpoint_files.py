@@ -22,7 +22,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from optkit.errors import CheckpointError
 
@@ -34,7 +34,7 @@ __all__ = ["MapLocation", "LoadedCheckpoint", "read_checkpoint", "sniff_format"]
 log = logging.getLogger(__name__)
 
 #: ``map_location`` as a pipeline file gives it: a device, or a mapping of saved device to device.
-MapLocation = Union[str, dict[str, str]]
+MapLocation = str | dict[str, str]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
@@ -139,7 +139,7 @@ def _read_torch(path: Path, map_location: MapLocation, trust: bool, option: str)
 
     saved_on: set[str] = set()
 
-    def restore(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
+    def restore(storage: torch.storage.Storage, location: str) -> torch.storage.Storage:
         # torch.load hands each storage (on the CPU) with the device it was saved on; recording
         # that is the only way to learn it. The mapping then follows torch.load's own rules.
         saved_on.add(location)

@@ -167,11 +167,12 @@ def _head_of(node: torch.fx.Node, model: nn.Module) -> str | None:
     pooled = False
     while True:
         if node.op == "call_module":
-            module = model.get_submodule(node.target)
+            name = str(node.target)  # a call_module's target is the module's qualified name
+            module = model.get_submodule(name)
             if isinstance(module, nn.Linear):
-                return node.target
+                return name
             if isinstance(module, HEAD_TYPES):
-                return node.target if pooled and all(k == 1 for k in module.kernel_size) else None
+                return name if pooled and all(k == 1 for k in module.get_parameter("weight").shape[2:]) else None
             if isinstance(module, _POOL_MODULES):
                 pooled = True
             elif not isinstance(module, _PASS_THROUGH_MODULES):
@@ -236,4 +237,6 @@ def candidate_heads_hint(model: nn.Module, limit: int = 5) -> str:
 
 def _width(module: nn.Module) -> str:
     widths = f"{in_width(module)}->{out_width(module)}"
-    return widths if isinstance(module, nn.Linear) else f"{widths}, {'x'.join(map(str, module.kernel_size))}"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return f"{widths}, {'x'.join(map(str, module.kernel_size))}"
+    return widths

@@ -132,7 +132,7 @@ def match_by_order(
     model_keys = _positional_keys(model, exclude, result.excluded)
     checkpoint_keys = _positional_keys(checkpoint, exclude, result.excluded)
     position = 0
-    for position, (model_key, checkpoint_key) in enumerate(zip(model_keys, checkpoint_keys)):
+    for position, (model_key, checkpoint_key) in enumerate(zip(model_keys, checkpoint_keys, strict=False)):
         model_shape, checkpoint_shape = tuple(model[model_key].shape), tuple(checkpoint[checkpoint_key].shape)
         if model_shape != checkpoint_shape:
             result.mismatched.append(ShapeMismatch(checkpoint_key, model_key, checkpoint_shape, model_shape))

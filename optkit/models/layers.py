@@ -13,12 +13,20 @@ __all__ = ["in_width", "out_width", "replace_module", "module_mode", "eval_mode"
 
 def in_width(layer: nn.Module) -> int:
     """Input channels of a convolution, or in-features of a Linear layer."""
-    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.in_channels
+    raise TypeError(f"{type(layer).__name__} is neither a convolution nor a Linear layer")
 
 
 def out_width(layer: nn.Module) -> int:
     """Output channels of a convolution, or out-features of a Linear layer (a classifier's classes)."""
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.out_channels
+    raise TypeError(f"{type(layer).__name__} is neither a convolution nor a Linear layer")
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optkit.errors import OptkitError, PipelineError, plain_text
+from optkit.errors import PipelineError, plugin_code
 from optkit.models.freezing import apply_freeze
 from optkit.models.layers import make_pruning_permanent
 from optkit.models.sources import SourceLoader, SourceRequest
@@ -14,7 +14,7 @@ from optkit.models.weights import load_weights_into, weights_spec_of
 if TYPE_CHECKING:
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config.pipeline import ModelSpec
 
 __all__ = ["load_model"]
 
@@ -30,32 +30,24 @@ def load_model(spec: ModelSpec, loader: SourceLoader, base_dir: Path, *, plugin:
         spec: the validated ``model:`` section.
         loader: the source loader for ``spec.scheme``.
         base_dir: relative paths resolve against it (the pipeline file's folder).
-        plugin: the name of the plugin that registered ``loader``, for messages.
+        plugin: who registered ``loader`` (``"plugin 'x' (dist 1.0)"``), for messages.
 
     Returns:
         ``(model, details)``; details say what was loaded from where.
 
     Raises:
-        PipelineError: unknown model, unreadable or unsafe checkpoint, a loader that fails or
-            returns something other than a module.
+        PipelineError: unknown model, unreadable or unsafe checkpoint, a loader that refuses the
+            source (naming ``model.source``), or returns something other than a module.
+        PluginBugError: the loader raised anything but an optkit error (a bug in its plugin).
     """
     from torch import nn
 
     request = SourceRequest(spec.target, spec, base_dir)
-    try:
+    with plugin_code(f"model.source ({spec.source})", plugin or "plugin '?'", f"the {spec.scheme!r} source loader", named=("model.",)):
         model = loader(request)
-    except OptkitError:
-        raise
-    # A source loader is plugin code (or a model's own constructor) and may fail in any way: the
-    # error names the scheme and the plugin; `optkit --debug` shows the traceback.
-    except Exception as exc:  # noqa: BLE001
-        raise PipelineError(
-            f"model.source: the {spec.scheme!r} loader of plugin {plugin or '?'!r} failed on {spec.source!r}: "
-            f"{type(exc).__name__}: {plain_text(str(exc))}"
-        ) from exc
     if not isinstance(model, nn.Module):
         raise PipelineError(
-            f"model.source: the {spec.scheme!r} loader of plugin {plugin or '?'!r} returned "
+            f"model.source: the {spec.scheme!r} loader of {plugin or 'plugin ?'} returned "
             f"{type(model).__name__}, not an nn.Module"
         )
     pruned = make_pruning_permanent(model)

@@ -14,11 +14,15 @@ them as ``ctx.module_rules`` (a :class:`ModuleRules`) and the runner counts MACs
 consumer reads the fields it knows:
 
 - ``fuse_bn``: ``bn_reference`` + ``bn_remainder`` (a BatchNorm with elementwise extras: it is
-  folded into the layer before it and replaced by its remainder) and ``fuse`` (the module fuses
-  itself as its library does);
+  folded into the layer before it and replaced by its remainder), ``fuse`` (the module fuses
+  itself as its library does) and ``fold_bn`` (a conv-like module folds the BatchNorm that reads
+  its output into itself);
 - ``prune_l1 mode: channels``: ``attention`` (prune whole heads), ``fixup`` (attributes to update
   after the surgery) and ``head`` (a detection or segmentation head keeps its layers' widths);
-- MAC counting: ``macs``.
+- MAC counting: ``macs``;
+- drift and export (a library's root model class): ``output_groups`` (channel groups of its
+  outputs held to tolerances of their own) and ``deployment`` (a copy that returns what the
+  library deploys).
 
 No claim of a rule is trusted blindly: fuse_bn checks ``bn_reference`` and ``fuse`` numerically
 on the input the module received before it keeps the change, and channel pruning replays the
@@ -33,17 +37,17 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from optkit.errors import PluginError
+from optkit.errors import PluginError, plugin_code
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["AttentionHeads", "ModuleRule", "ModuleRules", "class_path", "find_rule"]
+__all__ = ["AttentionHeads", "ChannelGroup", "ModuleRule", "ModuleRules", "call_rule", "class_path", "find_rule"]
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.(<locals>|[A-Za-z_]\w*))+$")  # qualnames may hold <locals>
 _LAYOUT_AXES = {"qkv", "heads", "dim"}
@@ -90,6 +94,26 @@ class AttentionHeads:
             raise ValueError(f"AttentionHeads.layout must order 'qkv', 'heads' and 'dim', got {self.layout!r}")
 
 
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels ``start:stop`` of dimension ``dim`` of one output, compared on their own.
+
+    Example:
+        >>> ChannelGroup("scores", dim=1, start=4, stop=84)  # class scores of a YOLO [B, 84, A] tensor
+    """
+
+    name: str
+    dim: int
+    start: int
+    stop: int
+
+
+#: ``f(model, outputs) -> {output name: groups}`` (output names as :func:`optkit.measure.outputs.output_leaves` gives them).
+OutputGroups = Callable[["nn.Module", Any], Mapping[str, Sequence[ChannelGroup]]]
+
+#: ``f(model) -> (copy, details) | None``: an eval copy returning the deployment output, and what was set.
+Deployment = Callable[["nn.Module"], "tuple[nn.Module, dict[str, Any]] | None"]
+
 #: ``f(module, inputs, output)``, thop's signature: adds the module's MACs to ``module.total_ops``.
 MacRule = Callable[["nn.Module", tuple[Any, ...], Any], None]
 
@@ -114,12 +138,25 @@ class ModuleRule:
         fuse: ``f(module) -> None``: fuse the module in place as its library does (fold its
             BatchNorms into its convolution, switch to its fused ``forward``); fuse_bn keeps the
             result only when its outputs equal the module's on the inputs it received.
+        fold_bn: ``f(module, bn) -> None``: fold the eval BatchNorm ``bn`` that reads the module's
+            whole output (channels in dim 1) into the module, in place, so that afterwards
+            ``module(x)`` computes what ``bn(module(x))`` did (a conv-like layer of its own
+            ``forward``: a scaled or weight-standardized conv). fuse_bn pairs such a module with
+            the BatchNorm after it like a Conv, and keeps the fold only when the folded copy's
+            outputs equal ``bn(module(x))`` on the inputs the module received.
         attention: the module is multi-head attention that channel pruning may prune by heads.
         fixup: ``f(module) -> None``: update the module's own attributes after channel pruning
             cut its children and tensors (a hidden width read by ``forward``).
         head: a detection or segmentation head: channel pruning keeps the output widths of
             every layer inside it (its outputs are decoded by position).
         macs: a thop-style counting rule for the module's whole call (children included).
+        output_groups: ``f(model, outputs) -> {output name: [ChannelGroup]}``, for a library's root
+            model class: channel groups of its outputs that deserve tolerances of their own (a
+            detector's boxes in pixels beside its scores in [0, 1]); the runner's drift and
+            export_onnx's parity compare each group on its own.
+        deployment: ``f(model) -> (copy, details) | None``, for a library's root model class: an
+            eval copy that returns what the library deploys (export_onnx's ``deployment_output``);
+            ``model`` is not changed.
         note: anything a reader of a report should know.
     """
 
@@ -131,10 +168,13 @@ class ModuleRule:
     bn_reference: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     bn_remainder: Callable[[nn.Module], nn.Module] | None = None
     fuse: Callable[[nn.Module], None] | None = None
+    fold_bn: Callable[[nn.Module, nn.Module], None] | None = None
     attention: AttentionHeads | None = None
     fixup: Callable[[nn.Module], None] | None = None
     head: bool = False
     macs: MacRule | None = None
+    output_groups: OutputGroups | None = None
+    deployment: Deployment | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -142,7 +182,7 @@ class ModuleRule:
             raise ValueError(f"ModuleRule.class_path must be a dotted class path such as 'pkg.module.Class', got {self.class_path!r}")
         if not isinstance(self.computes, str) or not self.computes.strip():
             raise ValueError(f"ModuleRule for {self.class_path}: computes must say what the module computes")
-        for name in ("check", "bn_reference", "bn_remainder", "fuse", "fixup", "macs"):
+        for name in ("check", "bn_reference", "bn_remainder", "fuse", "fold_bn", "fixup", "macs", "output_groups", "deployment"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"ModuleRule for {self.class_path}: {name} must be callable, got {value!r}")
@@ -166,11 +206,19 @@ class ModuleRules(Mapping[str, ModuleRule]):
     Args:
         rules: class path -> rule.
         conflicts: class path -> the message to raise when it is looked up.
+        origins: class path -> who registered its rule (see :meth:`origin`).
     """
 
-    def __init__(self, rules: Mapping[str, ModuleRule] | None = None, conflicts: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, rules: Mapping[str, ModuleRule] | None = None, conflicts: Mapping[str, str] | None = None, origins: Mapping[str, str] | None = None
+    ) -> None:
         self._rules = dict(rules or {})
         self._conflicts = dict(conflicts or {})
+        self._origins = dict(origins or {})
+
+    def origin(self, path: str) -> str:
+        """Who registered the rule for ``path`` (``"plugin 'x' (dist 1.0)"``), for messages that blame it."""
+        return self._origins.get(path, "an unregistered plugin")
 
     def __getitem__(self, path: str) -> ModuleRule:
         if path in self._conflicts:
@@ -222,3 +270,21 @@ def find_rule(module: nn.Module, rules: Mapping[str, ModuleRule]) -> ModuleRule 
             return None
         return rule
     return None
+
+
+def call_rule(rules: Mapping[str, ModuleRule], rule: ModuleRule, field: str, *args: Any) -> Any:
+    """``rule.<field>(*args)`` under the plugin error contract (see :mod:`optkit.errors`).
+
+    Args:
+        rules: the table ``rule`` came from (a :class:`ModuleRules` names the rule's plugin).
+        rule: the rule.
+        field: the callable field to call (``"fuse"``, ``"fold_bn"``, ``"check"``, ...).
+        *args: its arguments.
+
+    Raises:
+        PipelineError: the rule refused its input, with the rule named.
+        PluginBugError: it raised anything else, naming the rule and its plugin.
+    """
+    origin = rules.origin(rule.class_path) if isinstance(rules, ModuleRules) else "the rules passed in"
+    with plugin_code(f"module rule {rule.class_path}", origin, field):
+        return getattr(rule, field)(*args)

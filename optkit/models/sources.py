@@ -15,12 +15,12 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from optkit.errors import CheckpointError, PipelineError, did_you_mean
+from optkit.errors import CheckpointError, OptkitError, PipelineError, did_you_mean, plain_text
 from optkit.files import resolve_path
 from optkit.models.checkpoint_files import read_checkpoint
 from optkit.models.state_dicts import WRAPPER_KEYS
@@ -28,7 +28,7 @@ from optkit.models.state_dicts import WRAPPER_KEYS
 if TYPE_CHECKING:
     from torch import nn
 
-    from optkit.config import ModelSpec
+    from optkit.config.pipeline import ModelSpec
 
 __all__ = [
     "SourceRequest",
@@ -38,7 +38,9 @@ __all__ = [
     "load_file",
     "is_weights_path",
     "import_callable",
+    "call_factory",
     "import_beside",
+    "STANDARD_SOURCES",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,16 +112,34 @@ def load_python(request: SourceRequest) -> nn.Module:
     """``python:package.module:callable`` called with ``model.kwargs``."""
     _refuse_weights_name(request)
     factory = import_callable(request.target, request.base_dir, "model.source")
-    try:
-        model = factory(**request.spec.kwargs)
-    except TypeError as exc:
-        raise PipelineError(f"model.kwargs: {request.target}: {exc}") from exc
+    model = call_factory(factory, request.spec.kwargs, request.target, "model.source", "model.kwargs")
     from torch import nn
 
     if not isinstance(model, nn.Module):
         raise PipelineError(f"model.source: {request.target} returned {type(model).__name__}, not an nn.Module")
     request.details["source"] = {"python": request.target}
     return model
+
+
+def call_factory(factory: Callable[..., Any], kwargs: dict[str, Any], target: str, option: str, kwargs_option: str) -> Any:
+    """``factory(**kwargs)``: the user's own callable named by a ``python:`` source.
+
+    What it raises is about the user's input, not a bug of the plugin that calls it, so every
+    failure is a :class:`PipelineError` naming the entry (``--debug`` shows the chained traceback).
+
+    Raises:
+        PipelineError: naming ``kwargs_option`` for a ``TypeError`` (an unknown or missing
+            keyword), else ``option``.
+    """
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise PipelineError(f"{kwargs_option}: {target}: {exc}") from exc
+    except OptkitError:
+        raise
+    # The user's own code, which may fail in any way.
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"{option}: {target} raised {type(exc).__name__}: {plain_text(str(exc))}") from exc
 
 
 def import_callable(target: str, folder: Path, option: str) -> Callable[..., Any]:
@@ -224,3 +244,8 @@ def _what_it_holds(obj: Any) -> str:
             return f"a state dict ({tensors} tensors)"
         return f"a dict with entries {', '.join(map(str, list(obj)[:8]))}"
     return f"a {type(obj).__name__}"
+
+
+#: The schemes optkit ships, by name: its standard ``sources`` plugin registers them through
+#: ``optkit_register_sources`` as any plugin registers its own.
+STANDARD_SOURCES: dict[str, SourceLoader] = {"torchvision": load_torchvision, "python": load_python, "file": load_file}

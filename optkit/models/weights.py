@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optkit.config import ModelSpec, WeightsSpec
+from optkit.config.pipeline import ModelSpec, WeightsSpec
 from optkit.errors import CheckpointError
 from optkit.files import resolve_path
 from optkit.models.checkpoint_files import read_checkpoint

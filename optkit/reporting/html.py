@@ -47,7 +47,7 @@ def render_html(runs: list[ComparedRun], meta: dict[str, Any] | None = None, ima
 
     Args:
         runs: the runs, in the order to show them.
-        meta: as for :func:`optkit.reporting.write_comparison_report`.
+        meta: as for :func:`optkit.reporting.writing.write_comparison_report`.
         images: caption → PNG bytes.
     """
     meta = meta or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
-from optkit.measure import output_parts
+from optkit.measure.drift import output_parts
 from optkit.reporting.tables import (
     COLUMNS,
     comparison_columns,
@@ -16,8 +16,8 @@ from optkit.reporting.tables import (
     environment_line,
     environment_text,
     short_text,
-    speedup_table,
     shown_columns,
+    speedup_table,
     stage_rows,
     timing_lines,
     weights_line,

@@ -140,6 +140,13 @@ def _times(value: float, _position: int) -> str:
     return f"{value:.2g}×"
 
 
+def _ratio(point: StagePoint) -> float:
+    """The speed-up of a point that has one (the plot keeps only those)."""
+    if point.speedup_vs_previous is None:
+        raise ValueError(f"{point.model} {point.stage}: no speed-up to plot")
+    return point.speedup_vs_previous
+
+
 def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     """Grouped bars, one panel per pipeline (and device): per model, each pass's speed-up over the stage before.
 
@@ -159,7 +166,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.7 * len({p.model for p in points}) + 3), 3.2 * len(panels)),
                              squeeze=False)
     colors = plt.get_cmap("tab10")
-    for ax, (pipeline, device) in zip(axes[:, 0], panels):
+    for ax, (pipeline, device) in zip(axes[:, 0], panels, strict=True):
         chosen = [p for p in points if p.pipeline == pipeline and p.device == device]
         models = list(dict.fromkeys(p.model for p in chosen))
         stages = list(dict.fromkeys(p.stage for p in chosen))
@@ -168,17 +175,18 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
             by_model = {p.model: p for p in chosen if p.stage == stage}
             drawn = [(mi + (si - (len(stages) - 1) / 2) * width, by_model[m]) for mi, m in enumerate(models) if m in by_model]
             xs = [x for x, _ in drawn]
-            heights = [p.speedup_vs_previous - 1.0 for _, p in drawn]  # bars grow from 1×, down for slow-downs
+            heights = [_ratio(p) - 1.0 for _, p in drawn]  # bars grow from 1×, down for slow-downs
             bars = ax.bar(xs, heights, bottom=1.0, width=width, color=colors(si % 10))
-            for bar, (_, point) in zip(bars, drawn):
+            for bar, (_, point) in zip(bars, drawn, strict=True):
                 if point.tie:  # not a finding: pale and hatched
                     bar.set_alpha(0.35)
                     bar.set_hatch("//")
-            with_interval = [(x, p) for x, p in drawn if p.speedup_low is not None and p.speedup_high is not None]
+            with_interval = [(x, _ratio(p), p.speedup_low, p.speedup_high) for x, p in drawn
+                             if p.speedup_low is not None and p.speedup_high is not None]
             if with_interval:
-                ax.errorbar([x for x, _ in with_interval], [p.speedup_vs_previous for _, p in with_interval],
-                            yerr=[[max(0.0, p.speedup_vs_previous - p.speedup_low) for _, p in with_interval],
-                                  [max(0.0, p.speedup_high - p.speedup_vs_previous) for _, p in with_interval]],
+                ax.errorbar([x for x, *_ in with_interval], [ratio for _, ratio, _, _ in with_interval],
+                            yerr=[[max(0.0, ratio - low) for _, ratio, low, _ in with_interval],
+                                  [max(0.0, high - ratio) for _, ratio, _, high in with_interval]],
                             fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         ax.set_yscale("log")  # speed-ups are ratios: 2× and 0.5× lie as far from 1
         ax.yaxis.set_major_formatter(ratio_labels)

@@ -111,7 +111,7 @@ def timing_lines(report: RunReport) -> list[str]:
 
 
 def noise_warning(noise: NoiseCheck | dict[str, Any] | None) -> str | None:
-    """The warning for a noise check (:func:`optkit.measure.check_noise`) that found the machine busy, else ``None``."""
+    """The warning for a noise check (:func:`optkit.measure.noise.check_noise`) that found the machine busy, else ``None``."""
     if noise is None:
         return None
     noise = NoiseCheck.model_validate(noise)

@@ -52,7 +52,7 @@ PLOT_FILES = {
 def _render_plots(runs: list[ComparedRun]) -> dict[str, tuple[str, bytes]]:
     """Caption → (file name, PNG bytes) of the plots there is data for."""
     points = stage_points(runs)
-    images = dict(zip(PLOT_FILES, (latency_vs_gmacs_png(points), pass_speedups_png(points))))
+    images = dict(zip(PLOT_FILES, (latency_vs_gmacs_png(points), pass_speedups_png(points)), strict=True))
     return {caption: (PLOT_FILES[caption], png) for caption, png in images.items() if png is not None}
 
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from optkit.data import check_labels_fit, check_sample_shapes
-from optkit.measure import AccuracyTracker, classifier_outputs
-from optkit.models import eval_mode
+from optkit.data.checks import check_labels_fit, check_sample_shapes
+from optkit.measure.accuracy import AccuracyTracker, classifier_outputs
+from optkit.models.layers import eval_mode
 
 if TYPE_CHECKING:
-    from optkit.config import DataSpec
-    from optkit.host import Host
+    from optkit.config.data import DataSpec
+    from optkit.host.facade import Host
     from optkit.passes import PassData
 
 __all__ = ["RunData", "prepare_data"]

@@ -11,17 +11,20 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from optkit.config import DataSpec, MeasureSpec, ModelSpec, check_input_shape
+from optkit.config.data import DataSpec
+from optkit.config.pipeline import MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
-from optkit.host import Host
-from optkit.measure import measure, profile_macs, thop_owner, thop_warning
+from optkit.host.facade import Host
+from optkit.measure.flops import profile_macs
+from optkit.measure.stage import measure
+from optkit.measure.thop_distribution import thop_owner, thop_warning
 from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
 from optkit.run.runner import example_input
 from optkit.run.seeding import seeded_construction
 
 if TYPE_CHECKING:
-    from optkit.models import ModuleRule
+    from optkit.models.rules import ModuleRule
 
 __all__ = ["parse_input_shape", "data_spec", "inspect_model", "model_info", "parameter_table"]
 
@@ -31,7 +34,7 @@ def parse_input_shape(text: str) -> list[int]:
 
     Raises:
         PipelineError: not a list of 3 or more positive integers, or a batch larger than
-            :data:`optkit.config.MAX_INPUT_ELEMENTS`.
+            :data:`optkit.config.pipeline.MAX_INPUT_ELEMENTS`.
     """
     parts = [p for p in re.split(r"[,x\s]+", text.strip().strip("[]()")) if p]
     if len(parts) < 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -91,7 +94,7 @@ def inspect_model(
     Args:
         source: ``scheme:target`` (``torchvision:resnet50``, ``file:model.pt``, ``python:pkg.mod:factory``).
         input_shape: the input batch shape (MACs and latency are for this batch).
-        host: the plugins (sources) to load through; a fresh :class:`~optkit.host.Host` by default.
+        host: the plugins (sources) to load through; a fresh :class:`~optkit.host.facade.Host` by default.
         weights: as ``model.weights`` in a pipeline file.
         device: ``auto | cpu | cuda | cuda:N | N``.
         warmup, iters: latency warm-up and timed calls.
@@ -118,7 +121,7 @@ def inspect_model(
     run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
     rules = host.rule_table()
     metrics = measure(model, inputs, settings, torch_device, rules).metrics.model_dump()
-    info = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
+    info: dict[str, Any] = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
     info.update(model_info(model, inputs, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:
         info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
@@ -165,11 +168,11 @@ def model_info(
     Args:
         model: the measured model (not changed).
         inputs: the batch it was measured on.
-        metrics: what :func:`optkit.measure.measure` returned for it (without MACs).
+        metrics: what :func:`optkit.measure.stage.measure` returned for it (without MACs).
         verbose: add ``parameters`` (see :func:`parameter_table`) and ``layer_macs``: one row per
             module with MACs, in ``named_modules()`` order, with ``macs`` (everything under it:
             a container shows the sum of its children), ``self_macs``, ``counted_by``, ``calls``
-            and ``depth`` (see :attr:`optkit.measure.MacsProfile.layers`).
+            and ``depth`` (see :attr:`optkit.measure.flops.MacsProfile.layers`).
         module_rules: module rules by class path (their ``macs`` count what they describe).
 
     Returns:

@@ -15,27 +15,23 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from optkit.artifacts import Artifact
+from optkit.config.pipeline import Pipeline, load_pipeline
 from optkit.errors import OptkitError, PipelineError, StageError, plain_text
 from optkit.files import atomic_write_text, overwrite_in_place
-from optkit.measure import (
-    Measurement,
-    channel_groups_for,
-    compare_outputs,
-    configure_timing,
-    drift_exceeds,
-    measure,
-    select_outputs,
-    tolerance_failure,
-    tensor_bytes,
-)
+from optkit.host.facade import Host
+from optkit.measure.drift import channel_groups_for, compare_outputs, drift_exceeds, tolerance_failure
+from optkit.measure.latency import configure_timing
+from optkit.measure.outputs import select_outputs
+from optkit.measure.size import tensor_bytes
+from optkit.measure.stage import Measurement, measure
 from optkit.passes import Pass, PassContext, Tolerance
-from optkit.reporting import write_run_report
+from optkit.reporting.writing import write_run_report
 from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, TimingStatus, json_problem, optkit_version
 from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
@@ -45,10 +41,6 @@ from optkit.run.run_dirs import claim_run_dir, prepare_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.signals import handling_signals, interruption, restore_handlers
 from optkit.run.timing import StageTiming, plan_timing
-
-if TYPE_CHECKING:
-    from optkit.config import Pipeline
-    from optkit.host import Host
 
 __all__ = ["run_pipeline", "example_input"]
 
@@ -71,22 +63,38 @@ def example_input(shape: list[int], seed: int, device: torch.device) -> torch.Te
 
 
 def run_pipeline(
-    pipeline: Pipeline,
-    host: Host,
+    pipeline: Pipeline | str | Path,
+    host: Host | None = None,
     *,
     device: str | int | None = None,
     output: Path | None = None,
     overwrite: bool = False,
 ) -> tuple[RunReport, Path]:
-    """Run ``pipeline``; returns the report (status ``ok``, ``failed`` or ``interrupted``) and its folder.
+    """Run a pipeline, as ``optkit run`` does; returns the report (status ``ok``, ``failed`` or
+    ``interrupted``) and its folder.
 
     The timing settings of ``measure:`` (threads, cuDNN autotuning, denormal flushing) hold
     for the run only: they are restored when it ends.
 
+    Args:
+        pipeline: a pipeline file, or one already loaded.
+        host: the plugins to run with; by default the installed ones (a fresh ``Host()``).
+        device: overrides the file's ``device:`` (``cpu``, ``cuda:1``, ...).
+        output: overrides the file's ``output:`` folder.
+        overwrite: replace an existing run folder.
+
+    Example:
+        >>> report, run_dir = optkit.run_pipeline("examples/resnet18.yaml", output=Path("runs/r18"))  # doctest: +SKIP
+        >>> report.status  # doctest: +SKIP
+        'ok'
+
     Raises:
-        PipelineError: the device or the model cannot be had, or the run folder cannot be
-            written or has too little room; nothing was run.
+        PipelineError: the file is invalid, or the device or the model cannot be had, or the run
+            folder cannot be written or has too little room; nothing was run.
     """
+    host = host if host is not None else Host()
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     settings = pipeline.measure
     with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal), handling_signals():
         return _run(pipeline, host, device, output, overwrite)
@@ -152,7 +160,7 @@ def _run_passes(pipeline: Pipeline, model: nn.Module, runner: _StageRunner, stag
         last_reader = max((i for i, p in enumerate(passes) if p.needs_baseline_model), default=-1)
         runner.baseline_model = _frozen_copy(model, timing.kept_module(0)) if last_reader >= 0 else None
         artifact: Artifact | None = None  # ctx.artifact: the latest stage's artifact, until a module makes it stale
-        for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes)):
+        for i, (stage, pass_) in enumerate(zip(pipeline.stages, passes, strict=True)):
             tolerance = _tolerance(pass_, pipeline.measure.drift_tolerance)
             result = runner.run(stages[stage.index], _applier(stage.pass_name, pass_, model), tolerance, artifact=artifact)
             if i == last_reader:
@@ -261,6 +269,7 @@ class _StageRunner:
         self.inputs, self.device, self.run_dir, self.data = inputs, device, run_dir, data
         self.settings = info.pipeline.measure
         self.module_rules = host.rule_table()
+        self.importances = host.importance_table()
         self.timing = timing
         self.baseline: Measurement | None = None
         self.previous: Measurement | None = None
@@ -287,6 +296,7 @@ class _StageRunner:
             on_progress=lambda progress: self.host.stage_progress(result.name, result.index, progress, self.info),
             artifact=artifact,
             module_rules=self.module_rules,
+            importances=self.importances,
         )
         ctx.details.update(result.details)
         product = None
@@ -417,7 +427,7 @@ class _StageRunner:
 
     def _add_drift(self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact) -> None:
         module = product.source_model if isinstance(product, Artifact) else product
-        groups = channel_groups_for(module, measurement.outputs) if isinstance(module, nn.Module) else {}
+        groups = channel_groups_for(module, measurement.outputs, self.module_rules) if isinstance(module, nn.Module) else {}
         if self.baseline is None:
             # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
             # every ok stage of report.json carries the same metric fields.
@@ -432,6 +442,7 @@ class _StageRunner:
         def reference(stage: Measurement) -> Any:
             return stage.outputs if selection is None else select_outputs(stage.outputs, selection)
 
+        previous = self.previous if self.previous is not None else self.baseline  # both are set together
         drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
         drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
         result.metrics.drift = Drift.model_validate(drift)
@@ -440,7 +451,7 @@ class _StageRunner:
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
-        :func:`optkit.measure.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
+        :func:`optkit.measure.drift.tolerance_failure`: similarity bounds on data.eval when it is evaluated)."""
         drift = result.metrics.drift
         if tolerance is None or drift is None or drift.previous is None:
             return
@@ -458,7 +469,7 @@ class _StageRunner:
         problem = tolerance_failure(previous, limit, on_data)
         if problem:
             # An element-wise bound is loosened by raising it, a similarity bound by lowering it.
-            elementwise = limit.atol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None
+            elementwise = limit.atol is not None and limit.rtol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None
             fix = f"{'raise' if elementwise else 'lower'} {option} to accept it"
             if not elementwise and on_data is None:
                 fix += ", or give data.eval: similarity is then held on real samples, not on the seeded batch of random values"

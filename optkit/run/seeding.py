@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -24,6 +25,7 @@ def seeded_construction(seed: int) -> Iterator[None]:
     CUDA generators are left alone (models are built on the CPU and moved afterwards), and a
     factory that seeds itself still wins: it runs inside the block.
     """
+    numpy: Any
     try:
         import numpy
     except ImportError:  # numpy is optional for optkit itself

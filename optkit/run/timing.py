@@ -5,7 +5,7 @@ Two ways (``measure.compare``):
 - **interleaved**: each stage is applied and measured (parameters, MACs, drift) without timing;
   its product is kept (a copy of a module, since the next pass may change it in place; an
   artifact is a file and needs none). After the last stage the baseline and every product are
-  timed side by side, round-robin (:func:`optkit.measure.time_round_robin`), so each speed-up
+  timed side by side, round-robin (:func:`optkit.measure.latency.time_round_robin`), so each speed-up
   compares timings taken in the same rounds under the same load.
 - **sequential**: each product is timed right after it is applied, and only the current model is
   held. For models too big to hold once per stage.
@@ -18,6 +18,7 @@ most half of the memory available now (``MemAvailable`` on the CPU, free device 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 from contextlib import ExitStack
@@ -29,24 +30,16 @@ from torch import nn
 
 from optkit.artifacts import Artifact
 from optkit.errors import StageError
-from optkit.measure import (
-    INDEPENDENT_SPEEDUP_METHOD,
-    MEDIAN_METHOD,
-    PAIRED_SPEEDUP_METHOD,
-    Contender,
-    check_noise,
-    latency_record,
-    runnable,
-    speedup,
-    tensor_bytes,
-    time_callable,
-    time_round_robin,
-)
+from optkit.measure.intervals import INDEPENDENT_SPEEDUP_METHOD, MEDIAN_METHOD, PAIRED_SPEEDUP_METHOD, speedup
+from optkit.measure.latency import Contender, time_callable, time_round_robin
+from optkit.measure.noise import check_noise
+from optkit.measure.size import tensor_bytes
+from optkit.measure.stage import latency_record, runnable
 
 from optkit.results import NoiseCheck, Speedup, StageResult, Timing, TimingMemory, TimingStatus
 
 if TYPE_CHECKING:
-    from optkit.config import MeasureSpec
+    from optkit.config.pipeline import MeasureSpec
 
 __all__ = ["TimingPlan", "plan_timing", "StageTiming"]
 
@@ -95,6 +88,10 @@ def plan_timing(settings: MeasureSpec, model: nn.Module, stage_count: int, devic
         return TimingPlan("sequential", "measure.compare: sequential", {})
     if stage_count == 0:
         return TimingPlan("sequential", "no stage to time beside the baseline", {})
+    # What the side-by-side timing really holds: the baseline and every stage's product but the
+    # last (that one is the live model), each about one model (an artifact's runtime session too).
+    # Passes copy nothing (they change the model they are handed), and ctx.baseline_model shares
+    # the baseline's copy, so nothing else is held.
     per_copy = tensor_bytes(model)
     available, source = available_memory(device)
     memory = {"bytes_per_copy": per_copy, "copies": stage_count, "available_bytes": available, "available_from": source,
@@ -196,7 +193,7 @@ class StageTiming:
         timed = [(s, latency) for s, latency in timed if latency is not None and latency.samples]
         if not timed or timed[0][0].index != 0:
             return
-        for (previous, before), (stage, new) in zip(timed, timed[1:]):
+        for (previous, before), (stage, new) in itertools.pairwise(timed):
             for key, (reference, base) in (("speedup", timed[0]), ("speedup_vs_previous", (previous, before))):
                 paired = base.compare == new.compare == "interleaved"
                 figure = speedup({"samples": base.samples}, {"samples": new.samples}, self.settings.confidence, paired=paired,
@@ -231,7 +228,7 @@ class StageTiming:
             self.summary.status = TimingStatus.interrupted
             raise
         # The products are plugin code (a pass's module, an artifact's runtime) and may fail in any way.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             stage = stages[self._running] if self._running is not None else None
             where = f"stage {stage.index} ({stage.name})" if stage is not None else "the loop"
             message = (f"timing the stages side by side failed in {where}: {type(exc).__name__}: {exc}; "

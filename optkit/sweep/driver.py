@@ -10,15 +10,17 @@ standard job list.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from optkit.config import SweepFile
+from optkit.config.sweep import SweepFile
 from optkit.files import atomic_write_text
-from optkit.reporting import ComparedRun, write_comparison_report
+from optkit.reporting.runs import ComparedRun
+from optkit.reporting.writing import report_json, write_comparison_report
 from optkit.results import RunReport
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.sweep.executors import Executor
@@ -90,7 +92,7 @@ class SweepResult:
 
     @property
     def runs(self) -> list[ComparedRun]:
-        """The outcomes as :class:`~optkit.reporting.ComparedRun` entries of the combined report."""
+        """The outcomes as :class:`~optkit.reporting.runs.ComparedRun` entries of the combined report."""
         return [outcome_as_run(o) for o in self.outcomes]
 
 
@@ -102,7 +104,7 @@ def _keep_report_locally(outcome: JobOutcome) -> None:
 
 
 def outcome_as_run(outcome: JobOutcome) -> ComparedRun:
-    """A job's outcome as a :class:`~optkit.reporting.ComparedRun` (a stub report when none was written)."""
+    """A job's outcome as a :class:`~optkit.reporting.runs.ComparedRun` (a stub report when none was written)."""
     if outcome.report is not None:
         report = RunReport.from_dict(outcome.report)
     else:

@@ -101,7 +101,7 @@ def execute_job(job: Job) -> JobOutcome:
     report = _read_report(job.run_dir)
     if proc.returncode == 0 and report is not None:
         return JobOutcome(job, "ok", report, None, seconds, proc.returncode)
-    status = report.get("status") if report and report.get("status") in ("failed", "interrupted") else "failed"
+    status = str(report["status"]) if report and report.get("status") in ("failed", "interrupted") else "failed"
     error = (report or {}).get("error") or _stderr_tail(proc.stderr) or f"optkit run exited with {proc.returncode}"
     return JobOutcome(job, status, report, error, seconds, proc.returncode)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from optkit.config import SweepFile, SweepModel
+from optkit.config.sweep import SweepFile, SweepModel
 from optkit.errors import PipelineError
 from optkit.sweep.jobs import Job
 

@@ -10,7 +10,7 @@ batch when asked for, that passes ``onnx.checker`` and loads in onnxruntime:
 * ``torchscript``: the legacy exporter, what Ultralytics itself uses.
 
 When none does, the export is refused before anything is written, with every route's reason.
-Outputs are named as :func:`optkit.measure.output_leaves` names them (the exporters' flattening
+Outputs are named as :func:`optkit.output_leaves` names them (the exporters' flattening
 order), so the recorded structure puts ONNX outputs back into the model's own tuple or dict.
 """
 
@@ -21,18 +21,17 @@ import io
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import onnx
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit.errors import StageError
-from optkit.files import atomic_write_bytes
-from optkit.measure import output_leaves
+from optkit import StageError, atomic_write_bytes, output_leaves
 from optkit_plugins.export_onnx.opsets import (
     NATIVE_DYNAMO_OPSET,
     checker_problem,
@@ -182,6 +181,8 @@ def _export_dynamo(
             dynamic_shapes=({0: BATCH_DIM},) if dynamic_batch else None,
             external_data=False,
         )
+    if program is None:  # torch returns None only when it wrote to a file, which this call does not ask for
+        raise StageError("torch.onnx.export (dynamo) returned no program")
     return program.model_proto
 
 
@@ -195,7 +196,7 @@ def _export_torchscript(
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file-like object is documented; the stub names paths only
             dynamo=False,
             opset_version=opset,
             input_names=[input_name],

@@ -4,15 +4,14 @@ model computes under onnxruntime, measured by the runner under onnxruntime."""
 from __future__ import annotations
 
 import copy
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
-from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
-from optkit.errors import StageError
-from optkit.measure import channel_groups_for
+from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, channel_groups_for, eval_mode, hookimpl
 from optkit_plugins.export_onnx.exporter import export_onnx_model, output_layout, save_onnx_model, symbolic_batch_dim
 from optkit_plugins.export_onnx.selection import exported_module
 from optkit_plugins.export_onnx.simplify import simplify_onnx_model
@@ -20,8 +19,8 @@ from optkit_plugins.export_onnx.verify import check_onnx_file, measure_parity, p
 
 __all__ = ["ExportOnnx", "optkit_register_passes"]
 
-#: Parity tolerances (``max|Δ| <= atol + rtol * max|reference|``) by export precision.
-DEFAULT_TOLERANCE = {"fp32": Tolerance(atol=1e-5, rtol=1e-3), "fp16": Tolerance(atol=1e-3, rtol=1e-2)}
+#: Parity tolerances ``(atol, rtol)`` (``max|Δ| <= atol + rtol * max|reference|``) by export precision.
+DEFAULT_TOLERANCE = {"fp32": (1e-5, 1e-3), "fp16": (1e-3, 1e-2)}
 
 
 class ExportOnnx(Pass):
@@ -83,27 +82,42 @@ class ExportOnnx(Pass):
 
     def tolerance(self) -> Tolerance:
         """``atol``/``rtol`` of the options; by default 1e-5/1e-3, or 1e-3/1e-2 for an fp16 export."""
-        default = DEFAULT_TOLERANCE["fp16" if self.options.fp16 else "fp32"]
-        atol = default.atol if self.options.atol is None else self.options.atol
-        rtol = default.rtol if self.options.rtol is None else self.options.rtol
+        atol, rtol = self._parity_bounds()
         return Tolerance(atol=atol, rtol=rtol)
+
+    def _parity_bounds(self) -> tuple[float, float]:
+        """``(atol, rtol)``: the options', or the defaults of the export precision."""
+        default_atol, default_rtol = DEFAULT_TOLERANCE["fp16" if self.options.fp16 else "fp32"]
+        atol = default_atol if self.options.atol is None else self.options.atol
+        rtol = default_rtol if self.options.rtol is None else self.options.rtol
+        return atol, rtol
 
     def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         """Export, simplify (optionally), save, check and verify; returns the artifact.
+
+        The model is exported in eval mode, as deployed, and left as it was given (its modules'
+        training flags too): the run carries it on.
 
         Raises:
             StageError: fp16 off CUDA, no exporter succeeded, the file is invalid, the batch is
                 not symbolic though asked for, or onnxruntime and PyTorch disagree.
         """
+        with eval_mode(model):
+            return self._export(model, ctx)
+
+    def _export(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         options = self.options
         precision = "fp16" if options.fp16 else "fp32"
         if options.fp16 and ctx.device.type != "cuda":
             raise StageError(f"export_onnx: fp16 needs a CUDA device, and this run is on {ctx.device}; set device: cuda or drop fp16")
-        tolerance = self.tolerance()
+        atol, rtol = self._parity_bounds()
 
-        reference = copy.deepcopy(model).eval()  # the pipeline's model is carried on untouched
-        chosen = exported_module(reference, ctx.example_input, options.outputs, options.deployment_output)
-        module = copy.deepcopy(chosen.module).half() if options.fp16 else chosen.module
+        # The model is read, not changed: a pass that returns an artifact leaves its model as it got
+        # it (the run carries it on). Only what the export changes is copied: fp16 weights, once.
+        chosen = exported_module(model, ctx.example_input, options.outputs, options.deployment_output, ctx.module_rules)
+        module = chosen.module
+        if options.fp16:
+            module = (module if chosen.copied else copy.deepcopy(module)).half()
         example = ctx.example_input.half() if options.fp16 else ctx.example_input
         with torch.inference_mode():
             layout = output_layout(module(example), options.output_names or chosen.names)
@@ -158,18 +172,18 @@ class ExportOnnx(Pass):
         )
         inputs = parity_inputs(ctx.example_input, options.verify_batch_sizes, options.dynamic_batch)
         with torch.inference_mode():
-            groups = channel_groups_for(chosen.module, chosen.module(ctx.example_input))
+            groups = channel_groups_for(chosen.module, chosen.module(ctx.example_input), ctx.module_rules)
         figures = measure_parity(chosen.module, artifact.load(ctx.device), inputs, groups)
         details["parity"] = {
             "runtime": "onnxruntime",
             "device": str(ctx.device),
-            "atol": tolerance.atol,
-            "rtol": tolerance.rtol,
+            "atol": atol,
+            "rtol": rtol,
             "inputs": figures,
             "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
-            "per_output": parity_by_output(figures, tolerance.atol, tolerance.rtol),
+            "per_output": parity_by_output(figures, atol, rtol),
         }
-        problem = parity_failure(figures, tolerance.atol, tolerance.rtol)
+        problem = parity_failure(figures, atol, rtol)
         if problem is not None:
             raise StageError(f"export_onnx: {problem}; raise the pass's atol/rtol to accept it")
         return artifact

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from optkit.models import is_instance_of
+from optkit_plugins.module_rules.yolo import is_instance_of
 
 __all__ = ["release_inference_tensors", "traceable_state"]
 
@@ -60,7 +61,8 @@ def traceable_state(model: nn.Module) -> Iterator[None]:
     saved = [(module, {k: v for k, v in vars(module).items() if k not in _MODULE_STORES}) for module in model.modules()]
     for module in model.modules():
         if is_instance_of(module, *SHAPE_CACHING_HEADS) and hasattr(module, "shape"):
-            module.shape = None
+            head: Any = module  # an Ultralytics head, whose `shape` is a plain attribute
+            head.shape = None
     try:
         yield
     finally:

@@ -9,16 +9,15 @@ channel group for YOLO predictions), so a tolerance means here what it means for
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
-from optkit.errors import StageError
-from optkit.measure import ChannelGroup, compare_outputs, drift_exceeds, output_excess, output_parts, worst_output
+from optkit import ChannelGroup, StageError, compare_outputs, drift_exceeds, output_excesses
 
 __all__ = ["check_onnx_file", "parity_inputs", "measure_parity", "parity_by_output", "parity_failure"]
 
@@ -82,7 +81,7 @@ def measure_parity(
     Returns:
         Per label: ``batch``, ``max_abs``, ``max_rel`` (``max_abs / max|reference|``), ``cosine``,
         ``reference_max_abs``, ``comparable``, ``outputs`` (the figures per output tensor, see
-        :func:`optkit.measure.compare_outputs`); and ``shapes``/``reference_shapes`` when the
+        :func:`optkit.compare_outputs`); and ``shapes``/``reference_shapes`` when the
         outputs differ in shape.
     """
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFailure
@@ -112,8 +111,7 @@ def parity_by_output(figures: dict[str, dict[str, Any]], atol: float, rtol: floa
     ``allowed`` difference and ``excess`` (max|Δ| / allowed: above 1 fails), for the report."""
     rows: dict[str, dict[str, Any]] = {}
     for label, drift in figures.items():
-        for name, part in output_parts(drift) if drift.get("outputs") else ():
-            excess = output_excess(part, atol, rtol)
+        for name, part, excess in output_excesses(drift, atol, rtol) if drift.get("outputs") else ():
             if name not in rows or excess > rows[name]["excess"]:
                 rows[name] = {
                     "output": name,
@@ -135,7 +133,7 @@ def parity_failure(figures: dict[str, dict[str, Any]], atol: float, rtol: float)
                 f"onnxruntime outputs have shapes {drift.get('shapes')} where PyTorch gives "
                 f"{drift.get('reference_shapes')} (input {label}, batch {drift['batch']})"
             )
-    label, worst = max(figures.items(), key=lambda item: worst_output(item[1], atol, rtol)[2])
+    label, worst = max(figures.items(), key=lambda item: max(excess for *_, excess in output_excesses(item[1], atol, rtol)))
     problem = drift_exceeds(worst, atol, rtol)
     if problem is None:
         return None

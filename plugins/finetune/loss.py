@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from optkit.errors import StageError
+from optkit import StageError
 
 __all__ = ["LossParts", "finetune_loss"]
 

@@ -16,10 +16,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.measure import evaluate
-from optkit.models import ALL_BUT_HEAD, apply_freeze
+from optkit import ALL_BUT_HEAD, Pass, PassContext, StageError, apply_freeze, evaluate, hookimpl
 from optkit_plugins.finetune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optkit_plugins.finetune.training import StepReport, TrainingSettings, autocast_dtype, logits, train
 
@@ -81,7 +78,8 @@ class FineTune(Pass):
         return self.options.teacher in ("baseline", "auto")
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
-        """Train a copy of ``model`` (the model before the stage is left as it was).
+        """Train ``model`` in place (the runner hands a pass a model it may change, and keeps the
+        baseline itself); ``teacher: previous`` keeps a frozen copy of it from before training.
 
         Raises:
             StageError: no ``data.train``; outputs that do not match the labels' classes or the
@@ -93,7 +91,7 @@ class FineTune(Pass):
             classes = logits(model(ctx.example_input)).shape[1]
         _check_classes(train_data, classes)
         teacher = self._teacher(model, ctx, classes)
-        student = copy.deepcopy(model)
+        student = model  # the model is this stage's to change: trained in place, no copy
         trainable = {name: p.requires_grad for name, p in student.named_parameters()}
         if opts.freeze:
             ctx.details["freeze"] = apply_freeze(student, opts.freeze, option="finetune option freeze")
@@ -146,8 +144,10 @@ class FineTune(Pass):
         if choice == "none":
             ctx.details["teacher"] = "none"
             return None
+        teacher: nn.Module | None
         if choice == "previous":
-            teacher = model  # the student is a copy: the model before the stage stays as it was
+            # The student is the model itself, trained in place: the teacher is what it was before.
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
         else:
             teacher = ctx.baseline_model
             if teacher is None:

@@ -14,8 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from optkit.errors import PipelineError, StageError
-from optkit.measure import classifier_outputs
+from optkit import PipelineError, StageError, classifier_outputs
 from optkit_plugins.finetune.batchnorm import frozen_batchnorm
 from optkit_plugins.finetune.loss import finetune_loss
 
@@ -164,8 +163,8 @@ def train(
                 step += 1
                 if not math.isfinite(value):
                     raise StageError(
-                        f"the loss is {value} at step {step} (epoch {epoch}); training stopped there and the model "
-                        f"before this stage is kept; lower lr (now {settings.lr:g}) or check data.train"
+                        f"the loss is {value} at step {step} (epoch {epoch}); training stopped there and the stage fails "
+                        f"(the stages before it are kept); lower lr (now {settings.lr:g}) or check data.train"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(parts.total).backward()

@@ -2,7 +2,7 @@
 
 Modules: :mod:`~optkit_plugins.fuse_bn.plugin` (the pass), :mod:`~optkit_plugins.fuse_bn.fusion`
 (proving and folding pairs), :mod:`~optkit_plugins.fuse_bn.folding` (which pairs may fold; the
-arithmetic is :func:`optkit.models.fold_bn_into_layer`), :mod:`~optkit_plugins.fuse_bn.graph`
+arithmetic is :func:`optkit.fold_bn_into_layer`), :mod:`~optkit_plugins.fuse_bn.graph`
 (torch.fx evidence), :mod:`~optkit_plugins.fuse_bn.dataflow` (the dataflow probe),
 :mod:`~optkit_plugins.fuse_bn.rules` (what module rules describe, proven on the example input).
 In Python: ``from optkit_plugins.fuse_bn import fuse_batchnorm``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,21 +20,21 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from optkit.measure import flatten_outputs
-from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS
-from optkit_plugins.fuse_bn.graph import IsNorm, is_batchnorm
+from optkit import flatten_outputs
+from optkit_plugins.fuse_bn.graph import IsLayer, IsNorm, is_batchnorm, is_foldable_layer
 
 __all__ = ["DataflowRecord", "probe_dataflow"]
 
 log = logging.getLogger(__name__)
 
 # Operations that read a tensor's metadata, never its values: folding cannot change what they see.
+# (torch's stubs type these C descriptors as the values they return, hence the ignores.)
 _METADATA_READS = (
-    torch.Tensor.shape.__get__,
-    torch.Tensor.ndim.__get__,
-    torch.Tensor.dtype.__get__,
+    torch.Tensor.shape.__get__,  # type: ignore[attr-defined]
+    torch.Tensor.ndim.__get__,  # type: ignore[attr-defined]
+    torch.Tensor.dtype.__get__,  # type: ignore[attr-defined]
     torch.Tensor.device.__get__,
-    torch.Tensor.requires_grad.__get__,
+    torch.Tensor.requires_grad.__get__,  # type: ignore[attr-defined]
     torch.Tensor.size,
     torch.Tensor.dim,
     torch.Tensor.numel,
@@ -83,7 +84,11 @@ class _ConsumerMode(TorchFunctionMode):
 
 @torch.no_grad()
 def probe_dataflow(
-    model: nn.Module, example_input: Any, is_norm: IsNorm = is_batchnorm, keep_inputs: frozenset[str] = frozenset()
+    model: nn.Module,
+    example_input: Any,
+    is_norm: IsNorm = is_batchnorm,
+    keep_inputs: frozenset[str] = frozenset(),
+    is_layer: IsLayer = is_foldable_layer,
 ) -> DataflowRecord:
     """Run ``model`` once on ``example_input`` and record the dataflow around layers and BatchNorms.
 
@@ -94,6 +99,7 @@ def probe_dataflow(
         example_input: a tensor, or a tuple of positional arguments.
         is_norm: which modules count as BatchNorms (module rules may describe more).
         keep_inputs: BatchNorms whose input is kept (``bn_inputs``), for a rule's numerical proof.
+        is_layer: which modules a BatchNorm may fold into (module rules may describe more).
 
     Returns:
         The :class:`DataflowRecord`.
@@ -104,7 +110,7 @@ def probe_dataflow(
     # A BatchNorm's uses of a tensor count as its own only for the layer that produced its input.
     partner: dict[str, str] = {}
 
-    def on_layer_output(name: str):
+    def on_layer_output(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             record.calls[name] += 1
             if isinstance(output, torch.Tensor):
@@ -114,7 +120,7 @@ def probe_dataflow(
 
         return hook
 
-    def on_bn_enter(name: str):
+    def on_bn_enter(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple) -> None:
             record.calls[name] += 1
             source = watched.get(id(args[0])) if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
@@ -128,7 +134,7 @@ def probe_dataflow(
 
         return hook
 
-    def on_bn_exit(name: str):
+    def on_bn_exit(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             active_bn.pop()
 
@@ -137,7 +143,7 @@ def probe_dataflow(
     handles = []
     try:
         for name, module in model.named_modules(remove_duplicate=False):
-            if isinstance(module, FOLDABLE_LAYERS):
+            if is_layer(module):
                 handles.append(module.register_forward_hook(on_layer_output(name)))
             elif is_norm(module):
                 handles.append(module.register_forward_pre_hook(on_bn_enter(name)))

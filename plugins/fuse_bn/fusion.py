@@ -8,9 +8,11 @@ that output, each module is registered and called once, and the BatchNorm normal
 output channels. The proof comes from torch.fx graphs (the whole model, or scope by scope where
 it does not trace) and from a dataflow probe on the example input, which also covers code no
 graph reaches. A BatchNorm subclass with its own ``forward`` (timm's ``BatchNormAct2d``) pairs
-only through a module rule (``bn_reference``) whose claim holds on the input it received. The
-model keeps its own classes: the fused layer gets the folded weights and the BatchNorm becomes
-``nn.Identity``, or the rule's ``bn_remainder`` (timm: its dropout and activation).
+only through a module rule (``bn_reference``) whose claim holds on the input it received, and a
+layer-like module with its own ``forward`` (a scaled conv) takes the role of the Conv only
+through a module rule with ``fold_bn``, proven the same way. The model keeps its own classes: the
+fused layer gets the folded weights and the BatchNorm becomes ``nn.Identity``, or the rule's
+``bn_remainder`` (timm: its dropout and activation).
 """
 
 from __future__ import annotations
@@ -20,15 +22,26 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
-from optkit.models import ModuleRule, fold_bn_into_layer, replace_module
+from optkit import ModuleRule, fold_bn_into_layer, replace_module
 from optkit_plugins.fuse_bn.dataflow import DataflowRecord, probe_dataflow
-from optkit_plugins.fuse_bn.folding import NORM_LAYERS, fold_problem
+from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS, fold_problem
 from optkit_plugins.fuse_bn.graph import GraphEvidence, find_graph_pairs, to_graph_module
-from optkit_plugins.fuse_bn.rules import PROOF_RTOL, bn_rule, bn_rule_error, fuse_library_modules
+from optkit_plugins.fuse_bn.rules import (
+    PROOF_RTOL,
+    LibraryFusion,
+    ReceivedInputs,
+    bn_rule,
+    bn_rule_error,
+    fold_bn_by_rule,
+    fuse_library_modules,
+    layer_rule,
+    received_inputs,
+)
 
 __all__ = ["FusionResult", "fuse_batchnorm"]
 
@@ -79,9 +92,11 @@ def _registrations(model: nn.Module) -> tuple[dict[str, nn.Module], Counter[int]
     return modules, Counter(id(m) for m in modules.values())
 
 
-def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None) -> str | None:
+def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None, by_rule: bool) -> str | None:
     """Why the BatchNorm may not normalize the layer's output channels, or ``None`` if it does."""
-    expected = 2 if isinstance(layer, nn.Linear) else layer.weight.dim()
+    if by_rule:  # a rule's layer: the fold is proven numerically on the inputs it received
+        return None if output_dim is not None else "the layer did not run on the example input, so its module rule's fold_bn cannot be checked"
+    expected = 2 if isinstance(layer, nn.Linear) else cast(torch.Tensor, layer.weight).dim()
     if output_dim is None:
         # BatchNorm2d/3d refuse anything but 4-D/5-D input: a Conv2d/3d output they accept is batched.
         for bn_class, dims in ((nn.BatchNorm2d, 4), (nn.BatchNorm3d, 5)):
@@ -102,9 +117,11 @@ def _pair_problem(
     record: DataflowRecord,
     from_graph: bool,
     rule: ModuleRule | None,
+    rule_of_layer: ModuleRule | None,
+    rules: Mapping[str, ModuleRule],
 ) -> str | None:
     layer, bn = modules[layer_name], modules[bn_name]
-    problem = fold_problem(layer, bn, rule)
+    problem = fold_problem(layer, bn, rule, rule_of_layer)
     if problem:
         return problem
     for name, module in ((layer_name, layer), (bn_name, bn)):
@@ -125,16 +142,90 @@ def _pair_problem(
     readers = [b for b, source in record.bn_source.items() if source == layer_name]
     if len(readers) > 1:
         return f"{layer_name}'s output feeds several BatchNorms: {', '.join(sorted(readers))}"
-    problem = _shape_problem(layer, bn, record.output_dims.get(layer_name))
+    by_rule = rule_of_layer is not None
+    problem = _shape_problem(layer, bn, record.output_dims.get(layer_name), by_rule)
     if problem or rule is None:
         return problem
     x = record.bn_inputs.get(bn_name)
     if x is None:
         return f"{bn_name} did not run on the example input, so module rule {rule.class_path} cannot be checked on it"
-    error = bn_rule_error(bn, rule, x)
+    error = bn_rule_error(bn, rule, x, rules)
     if error > PROOF_RTOL:
         return f"module rule {rule.class_path} does not match {type(bn).__name__}'s output on the example input (error {error:.2e})"
     return None
+
+
+def _owned_problem(layer_name: str, bn_name: str, library: LibraryFusion) -> str | None:
+    """Why a pair inside a module with a ``fuse`` rule is left to that rule, ``""`` when the rule
+    fused the module that holds the BatchNorm (its entry lists it), ``None`` when the pair is not
+    inside one.
+
+    The module itself may be the pair's layer (a rule with ``fuse`` and ``fold_bn``): a BatchNorm
+    after it is not inside it.
+    """
+    inside = {}
+    for name, role in ((bn_name, "BatchNorm"), (layer_name, "layer")):
+        owner = library.owner_of(name)
+        if owner is not None and not (name == owner and role == "layer"):
+            inside[role] = (name, owner)
+    if not inside:
+        return None
+    name, owner = inside.get("BatchNorm") or inside["layer"]
+    fused = owner in {e["layer"] for e in library.fused}
+    if fused and "BatchNorm" in inside:
+        return ""
+    if len(inside) == 2 and inside["layer"][1] == owner:
+        what = "inside"  # the whole pair
+    else:
+        role = "BatchNorm" if "BatchNorm" in inside else "layer"
+        what = f"the {role} `{name}` {'is' if name == owner else 'is inside'}"
+    return f"{what} `{owner}` ({library.owned[owner]}), which its module rule {'fused' if fused else 'fuses'} as a whole"
+
+
+def _unseen_reason(name: str, library: LibraryFusion, record: DataflowRecord) -> str:
+    """Why a BatchNorm that no pair and no graph names was left alone."""
+    owner = library.owner_of(name)
+    if owner is not None:
+        verb = "fused" if owner in {e["layer"] for e in library.fused} else "fuses"
+        return f"inside `{owner}` ({library.owned[owner]}), which its module rule {verb} as a whole"
+    if record.calls[name]:
+        return f"it ran {record.calls[name]} time(s) on the example input, but no traced graph or probe paired it with a layer"
+    return "no traced graph reaches it and it did not run on the example input"
+
+
+def _fold_pair(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    layer_name: str,
+    bn_name: str,
+    evidence: str,
+    rule: ModuleRule | None,
+    rule_of_layer: ModuleRule | None,
+    received: ReceivedInputs,
+    rules: Mapping[str, ModuleRule],
+    result: FusionResult,
+) -> None:
+    """Fold one accepted pair into ``model`` (a layer rule's fold only once proven) and record it in ``result``."""
+    layer, bn = modules[layer_name], modules[bn_name]
+    entry = {"layer": layer_name, "bn": bn_name, "kind": f"{type(layer).__name__}+{type(bn).__name__}", "evidence": evidence}
+    if rule_of_layer is not None:
+        # An accepted pair's layer ran on the example input (_shape_problem), so its calls are known.
+        folded, error = fold_bn_by_rule(layer, bn, rule_of_layer, received[layer_name], rules)
+        if error > PROOF_RTOL:
+            reason = f"module rule {rule_of_layer.class_path}: fold_bn differs from {bn_name}({layer_name}(x)) by {error:.2e} on the example input"
+            result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": reason})
+            return
+        replace_module(model, layer_name, folded)
+        entry["evidence"] += f"; module rule {rule_of_layer.class_path}: fold_bn checked on the example input (largest difference {error:.1e})"
+        entry["rule"] = rule_of_layer.class_path
+    else:
+        fold_bn_into_layer(layer, bn)
+    replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None else nn.Identity())
+    if rule is not None:
+        entry["evidence"] += f"; module rule {rule.class_path} checked on the example input"
+        entry["rule"] = rule.class_path
+    result.fused.append(entry)
+    result.batchnorms_folded += 1
 
 
 def fuse_batchnorm(
@@ -161,7 +252,7 @@ def fuse_batchnorm(
             the whole model traces: no Python call per container, but the model's own classes
             are gone. Otherwise the model keeps its classes and each BatchNorm becomes ``nn.Identity``.
         rules: module rules by class path (a pass's ``ctx.module_rules``; the standard ones are
-            ``optkit.host.Host().rule_table()``). Without them, modules with their own ``forward``
+            ``optkit.host.facade.Host().rule_table()``). Without them, modules with their own ``forward``
             are left alone.
 
     Returns:
@@ -180,10 +271,14 @@ def fuse_batchnorm(
     def is_norm(module: nn.Module) -> bool:
         return isinstance(module, NORM_LAYERS) or bn_rule(module, rules) is not None
 
-    graphs = find_graph_pairs(model, is_norm)
+    def is_layer(module: nn.Module) -> bool:
+        return isinstance(module, FOLDABLE_LAYERS) or layer_rule(module, rules) is not None
+
+    graphs = find_graph_pairs(model, is_norm, is_layer)
     modules, registered = _registrations(model)
     described = {name: rule for name, m in modules.items() if (rule := bn_rule(m, rules)) is not None}
-    record = probe_dataflow(model, example_input, is_norm, keep_inputs=frozenset(described))
+    folding = {name: rule for name, m in modules.items() if (rule := layer_rule(m, rules)) is not None}
+    record = probe_dataflow(model, example_input, is_norm, keep_inputs=frozenset(described), is_layer=is_layer)
     result = FusionResult(model, "fx" if graphs.whole_model_traced else "fallback", untraceable=graphs.untraceable)
     result.fused, result.skipped, result.batchnorms_folded = library.fused, library.skipped, library.batchnorms_folded
 
@@ -202,33 +297,24 @@ def fuse_batchnorm(
 
     accepted = []
     for layer_name, bn_name, evidence, from_graph in candidates:
-        owner = library.owner_of(bn_name) or library.owner_of(layer_name)
-        if owner is not None:
-            if owner not in {e["layer"] for e in library.fused}:  # a fused module holds no BatchNorm any more
-                result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": f"inside `{owner}` ({library.owned[owner]}), which its module rule fuses as a whole"})
-            continue
-        problem = _pair_problem(layer_name, bn_name, modules, registered, graphs, record, from_graph, described.get(bn_name))
+        owned = _owned_problem(layer_name, bn_name, library)
+        if owned == "":
+            continue  # inside a module its rule fused: that module's entry lists the BatchNorms it held
+        problem = owned or _pair_problem(
+            layer_name, bn_name, modules, registered, graphs, record, from_graph, described.get(bn_name), folding.get(layer_name), rules
+        )
         if problem:
             result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": problem})
         else:
             accepted.append((layer_name, bn_name, evidence))
+    received = received_inputs(model, example_input, {n: modules[n] for n, _, _ in accepted if n in folding}) if folding else {}
     for layer_name, bn_name, evidence in accepted:
-        layer, bn = modules[layer_name], modules[bn_name]
-        kind = f"{type(layer).__name__}+{type(bn).__name__}"
-        rule = described.get(bn_name)
-        fold_bn_into_layer(layer, bn)
-        replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None else nn.Identity())
-        entry = {"layer": layer_name, "bn": bn_name, "kind": kind, "evidence": evidence}
-        if rule is not None:
-            entry["evidence"] += f"; module rule {rule.class_path} checked on the example input"
-            entry["rule"] = rule.class_path
-        result.fused.append(entry)
-        result.batchnorms_folded += 1
+        _fold_pair(model, modules, layer_name, bn_name, evidence, described.get(bn_name), folding.get(layer_name), received, rules, result)
 
-    seen = {e["bn"] for e in result.fused + result.skipped} | set(result.unpaired)
+    seen = {e["bn"] for e in result.skipped} | {bn for e in result.fused for bn in e["bn"].split(", ")} | set(result.unpaired)
     for name, module in modules.items():
         if is_norm(module) and name not in seen:
-            result.unpaired[name] = "no traced graph reaches it and it did not run on the example input"
+            result.unpaired[name] = _unseen_reason(name, library, record)
     if graph_module:
         if graphs.whole_model_traced:
             result.model = to_graph_module(model)

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from optkit_plugins.fuse_bn.folding import FOLDABLE_LAYERS, NORM_LAYERS
 
-__all__ = ["GraphEvidence", "GraphPair", "IsNorm", "find_graph_pairs", "is_batchnorm", "to_graph_module"]
+__all__ = ["GraphEvidence", "GraphPair", "IsLayer", "IsNorm", "find_graph_pairs", "is_batchnorm", "is_foldable_layer", "to_graph_module"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class GraphEvidence:
 
 #: Whether a module normalizes like a BatchNorm (a BatchNorm, or a module a rule describes as one).
 IsNorm = Callable[[nn.Module], bool]
+#: Whether a BatchNorm may fold into a module (a Conv/ConvTranspose/Linear, or a module whose rule has ``fold_bn``).
+IsLayer = Callable[[nn.Module], bool]
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -61,15 +63,20 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, NORM_LAYERS)
 
 
+def is_foldable_layer(module: nn.Module) -> bool:
+    """A Conv, ConvTranspose or Linear layer, subclasses included (no module rules consulted)."""
+    return isinstance(module, FOLDABLE_LAYERS)
+
+
 class _LayerLeafTracer(fx.Tracer):
     """Keeps every layer and BatchNorm a ``call_module`` node, subclasses and FrozenBatchNorm2d included."""
 
-    def __init__(self, is_norm: IsNorm = is_batchnorm) -> None:
+    def __init__(self, is_norm: IsNorm = is_batchnorm, is_layer: IsLayer = is_foldable_layer) -> None:
         super().__init__()
-        self.is_norm = is_norm
+        self.is_norm, self.is_layer = is_norm, is_layer
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, FOLDABLE_LAYERS) or self.is_norm(m) or super().is_leaf_module(m, module_qualified_name)
+        return self.is_layer(m) or self.is_norm(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _qualify(scope: str, name: str) -> str:
@@ -84,11 +91,11 @@ def _describe_producer(node: fx.Node) -> str:
     return f"{node.op} {node.target}"
 
 
-def _trace(module: nn.Module, is_norm: IsNorm = is_batchnorm) -> fx.Graph:
-    return _LayerLeafTracer(is_norm).trace(module)
+def _trace(module: nn.Module, is_norm: IsNorm = is_batchnorm, is_layer: IsLayer = is_foldable_layer) -> fx.Graph:
+    return _LayerLeafTracer(is_norm, is_layer).trace(module)
 
 
-def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvidence, is_norm: IsNorm) -> set[str]:
+def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvidence, is_norm: IsNorm, is_layer: IsLayer) -> set[str]:
     """Record the pairs and calls in ``graph``; returns the qualified names of the modules it calls."""
     reached: set[str] = set()
     for node in graph.nodes:
@@ -98,7 +105,7 @@ def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvi
         reached.add(name)
         module = root.get_submodule(node.target)
         norm = is_norm(module)
-        if not (norm or isinstance(module, FOLDABLE_LAYERS)):
+        if not (norm or is_layer(module)):
             continue
         evidence.calls[name] += 1
         if not norm:
@@ -107,15 +114,15 @@ def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvi
         if not isinstance(source, fx.Node):
             evidence.bn_inputs[name] = "called with other arguments than one tensor"
             continue
-        producer = root.get_submodule(source.target) if source.op == "call_module" else None
-        if not isinstance(producer, FOLDABLE_LAYERS):
-            evidence.bn_inputs[name] = f"its input comes from {_describe_producer(source)}, not a Conv/Linear"
+        producer = root.get_submodule(str(source.target)) if source.op == "call_module" else None
+        if producer is None or not is_layer(producer):
+            evidence.bn_inputs[name] = f"its input comes from {_describe_producer(source)}, not a Conv/Linear (nor a module whose rule has fold_bn)"
             continue
         if len(source.users) != 1:
             others = ", ".join(sorted(_describe_producer(u) for u in source.users if u is not node))
-            evidence.bn_inputs[name] = f"the output of {_qualify(scope, source.target)} is also used by {others}"
+            evidence.bn_inputs[name] = f"the output of {_qualify(scope, str(source.target))} is also used by {others}"
             continue
-        evidence.pairs.append(GraphPair(_qualify(scope, source.target), name, scope))
+        evidence.pairs.append(GraphPair(_qualify(scope, str(source.target)), name, scope))
     return reached
 
 
@@ -123,9 +130,9 @@ def _modules_under(root: nn.Module, scope: str) -> list[tuple[str, nn.Module]]:
     return [(_qualify(scope, n), m) for n, m in root.named_modules() if n]
 
 
-def _analyse(module: nn.Module, scope: str, evidence: GraphEvidence, is_norm: IsNorm) -> None:
+def _analyse(module: nn.Module, scope: str, evidence: GraphEvidence, is_norm: IsNorm, is_layer: IsLayer) -> None:
     try:
-        graph = _trace(module, is_norm)
+        graph = _trace(module, is_norm, is_layer)
     # Tracing runs arbitrary forward code, which can fail in any way (TraceError on
     # data-dependent control flow, TypeError on unusual arguments, ...): every failure
     # means the same thing here, that this scope has no graph and its children are tried.
@@ -133,15 +140,17 @@ def _analyse(module: nn.Module, scope: str, evidence: GraphEvidence, is_norm: Is
         evidence.untraceable[scope] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.debug("scope %r does not trace: %s", scope, exc)
         for name, child in module.named_children():
-            _analyse(child, _qualify(scope, name), evidence, is_norm)
+            _analyse(child, _qualify(scope, name), evidence, is_norm, is_layer)
         return
     if scope == "":
         evidence.whole_model_traced = True
-    reached = _read_graph(graph, scope, module, evidence, is_norm)
-    _analyse_unreached(module, scope, reached, evidence, is_norm)
+    reached = _read_graph(graph, scope, module, evidence, is_norm, is_layer)
+    _analyse_unreached(module, scope, reached, evidence, is_norm, is_layer)
 
 
-def _analyse_unreached(module: nn.Module, scope: str, reached: set[str], evidence: GraphEvidence, is_norm: IsNorm) -> None:
+def _analyse_unreached(
+    module: nn.Module, scope: str, reached: set[str], evidence: GraphEvidence, is_norm: IsNorm, is_layer: IsLayer
+) -> None:
     """Give the subtrees of ``module`` that its graph never entered graphs of their own.
 
     An auxiliary head used only in training, or a branch another input would take, holds
@@ -149,29 +158,30 @@ def _analyse_unreached(module: nn.Module, scope: str, reached: set[str], evidenc
     """
     for name, child in module.named_children():
         qualified = _qualify(scope, name)
-        if qualified in reached or isinstance(child, FOLDABLE_LAYERS) or is_norm(child):
+        if qualified in reached or is_layer(child) or is_norm(child):
             continue
         below = _modules_under(child, qualified)
         if not any(is_norm(m) and n not in reached for n, m in below):
             continue
         if any(n in reached for n, _ in below):
-            _analyse_unreached(child, qualified, reached, evidence, is_norm)
+            _analyse_unreached(child, qualified, reached, evidence, is_norm, is_layer)
         else:
-            _analyse(child, qualified, evidence, is_norm)
+            _analyse(child, qualified, evidence, is_norm, is_layer)
 
 
-def find_graph_pairs(model: nn.Module, is_norm: IsNorm = is_batchnorm) -> GraphEvidence:
+def find_graph_pairs(model: nn.Module, is_norm: IsNorm = is_batchnorm, is_layer: IsLayer = is_foldable_layer) -> GraphEvidence:
     """Trace ``model`` (scope by scope where it must) and collect the pairs the graphs prove.
 
     Args:
         model: the model in eval mode (tracing follows the eval branch of ``if self.training``).
         is_norm: which modules count as BatchNorms (module rules may describe more).
+        is_layer: which modules a BatchNorm may fold into (module rules may describe more).
 
     Returns:
         The :class:`GraphEvidence`.
     """
     evidence = GraphEvidence()
-    _analyse(model, "", evidence, is_norm)
+    _analyse(model, "", evidence, is_norm, is_layer)
     return evidence
 
 

@@ -1,4 +1,4 @@
-"""Fusion that module rules describe (:class:`optkit.models.ModuleRule`), each claim proven on the
+"""Fusion that module rules describe (:class:`optkit.ModuleRule`), each claim proven on the
 inputs the module received.
 
 - A module whose rule has ``fuse`` (Ultralytics' ``Conv``, ``RepConv``, ...) is fused as its
@@ -9,6 +9,12 @@ inputs the module received.
 - A BatchNorm-like module whose rule has ``bn_reference`` (timm's ``BatchNormAct2d``) folds like
   a BatchNorm only when ``bn_reference(module, x)`` equals ``module(x)`` on the input it received
   (see :func:`bn_rule_error`); it is then replaced by ``bn_remainder(module)``.
+- A layer-like module whose rule has ``fold_bn`` (a conv times a learned scale) takes the
+  BatchNorm that reads its output like a Conv does, only when a copy with the BatchNorm folded
+  in computes ``bn(module(x))`` on every input the module received (see :func:`fold_bn_by_rule`).
+
+Rule callables are plugin code: they run under :func:`optkit.models.call_rule`, so what they
+raise names the rule and its plugin.
 
 "Equal" means a largest difference of at most :data:`PROOF_RTOL` times the largest output
 magnitude (at least 1): what folding in float64 and casting back leaves.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +33,20 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit.models import ModuleRule, find_rule, replace_module
+from optkit import ModuleRule, call_rule, find_rule, replace_module
 
-__all__ = ["PROOF_RTOL", "LibraryFusion", "bn_rule", "bn_rule_error", "fuse_library_modules", "scaled_error"]
+__all__ = [
+    "PROOF_RTOL",
+    "LibraryFusion",
+    "ReceivedInputs",
+    "bn_rule",
+    "bn_rule_error",
+    "fold_bn_by_rule",
+    "fuse_library_modules",
+    "layer_rule",
+    "received_inputs",
+    "scaled_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +61,10 @@ def scaled_error(reference: Any, candidate: Any) -> float:
     ``inf`` when their structure or shapes differ."""
     a = [t for t in tree_leaves(reference) if isinstance(t, torch.Tensor)]
     b = [t for t in tree_leaves(candidate) if isinstance(t, torch.Tensor)]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         return float("inf")
     error = 0.0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x.numel():
             x, y = x.detach().double(), y.detach().double()
             error = max(error, float((x - y).abs().max()) / max(1.0, float(x.abs().max())))
@@ -60,10 +77,42 @@ def bn_rule(module: nn.Module, rules: Mapping[str, ModuleRule]) -> ModuleRule | 
     return rule if rule is not None and rule.bn_reference is not None else None
 
 
+def layer_rule(module: nn.Module, rules: Mapping[str, ModuleRule]) -> ModuleRule | None:
+    """The rule that folds a following BatchNorm into ``module`` (``fold_bn``), or ``None``."""
+    rule = find_rule(module, rules)
+    return rule if rule is not None and rule.fold_bn is not None else None
+
+
 @torch.no_grad()
-def bn_rule_error(module: nn.Module, rule: ModuleRule, x: torch.Tensor) -> float:
+def bn_rule_error(module: nn.Module, rule: ModuleRule, x: torch.Tensor, rules: Mapping[str, ModuleRule] | None = None) -> float:
     """How far ``rule.bn_reference(module, x)`` is from ``module(x)`` (see :func:`scaled_error`)."""
-    return scaled_error(module(x.clone()), rule.bn_reference(module, x.clone()))
+    return scaled_error(module(x.clone()), call_rule(rules or {}, rule, "bn_reference", module, x.clone()))
+
+
+#: The calls each module received on one run: ``(args, kwargs)`` per call, the first few.
+ReceivedInputs = dict[str, list[tuple[tuple, dict]]]
+
+
+@torch.no_grad()
+def fold_bn_by_rule(
+    layer: nn.Module, bn: nn.Module, rule: ModuleRule, calls: list[tuple[tuple, dict]], rules: Mapping[str, ModuleRule]
+) -> tuple[nn.Module, float]:
+    """A copy of ``layer`` with ``bn`` folded in by ``rule.fold_bn``, and how far it is from ``bn(layer(x))``.
+
+    Args:
+        layer: the module the rule describes (unchanged).
+        bn: the eval BatchNorm that reads ``layer``'s output.
+        rule: the rule with ``fold_bn``.
+        calls: the inputs ``layer`` received on the example run (see :func:`received_inputs`).
+        rules: the table ``rule`` came from (for messages naming its plugin).
+
+    Returns:
+        ``(folded copy, error)``; the error is the largest :func:`scaled_error` over ``calls``.
+    """
+    folded = copy.deepcopy(layer)
+    call_rule(rules, rule, "fold_bn", folded, bn)
+    error = max(scaled_error(bn(layer(*args, **kwargs)), folded(*args, **kwargs)) for args, kwargs in calls)
+    return folded, error
 
 
 @dataclass
@@ -102,7 +151,7 @@ def _candidates(model: nn.Module, rules: Mapping[str, ModuleRule], result: Libra
             continue
         taken.append(name)
         result.owned[name] = type(module).__name__
-        problem = rule.problem(module)
+        problem = call_rule(rules, rule, "check", module) if rule.check is not None else None
         if problem is None and registered[id(module)] > 1:
             problem = f"it is registered under {registered[id(module)]} names (a module used twice)"
         if problem is None and any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
@@ -117,11 +166,11 @@ def _candidates(model: nn.Module, rules: Mapping[str, ModuleRule], result: Libra
 
 
 @torch.no_grad()
-def _received_inputs(model: nn.Module, example_input: Any, modules: dict[str, nn.Module]) -> dict[str, list[tuple[tuple, dict]]]:
-    """The arguments each of ``modules`` received on one run of the model (the first calls)."""
-    received: dict[str, list[tuple[tuple, dict]]] = defaultdict(list)
+def received_inputs(model: nn.Module, example_input: Any, modules: dict[str, nn.Module]) -> ReceivedInputs:
+    """The arguments each of ``modules`` (name -> module) received on one run of the model (the first calls)."""
+    received: ReceivedInputs = defaultdict(list)
 
-    def keep(name: str):
+    def keep(name: str) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if len(received[name]) < _CALLS_KEPT:
                 clone = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
@@ -155,14 +204,14 @@ def fuse_library_modules(model: nn.Module, example_input: Any, rules: Mapping[st
     candidates = _candidates(model, rules, result)
     if not candidates:
         return result
-    received = _received_inputs(model, example_input, {name: m for name, (m, _) in candidates.items()})
+    received = received_inputs(model, example_input, {name: m for name, (m, _) in candidates.items()})
     for name, (module, rule) in candidates.items():
         calls = received.get(name)
         if not calls:
             result.skipped.append({"layer": name, "bn": "", "reason": f"{type(module).__name__} did not run on the example input, so its fused form cannot be checked"})
             continue
         fused = copy.deepcopy(module)
-        rule.fuse(fused)
+        call_rule(rules, rule, "fuse", fused)
         error = max(scaled_error(module(*args, **kwargs), fused(*args, **kwargs)) for args, kwargs in calls)
         if error > PROOF_RTOL:
             result.skipped.append({

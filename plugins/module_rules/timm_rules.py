@@ -11,19 +11,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from optkit.measure import zero_macs
-from optkit.models import AttentionHeads, ModuleRule
+from optkit import AttentionHeads, ModuleRule, zero_macs
 
 __all__ = ["TIMM_RULES", "bn_drop_act", "drop_act"]
 
 
 def _eval_batch_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The eval batch norm of ``module``'s state: running statistics, affine parameters, eps."""
-    return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps)
+    norm: Any = module  # timm's BatchNormAct2d family; torch types its attributes as Tensor | Module
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
 
 
 def _extras(module: nn.Module) -> list[nn.Module]:
@@ -61,7 +63,8 @@ def _attention_problem(module: nn.Module) -> str | None:
 
 
 def _attention_fixup(module: nn.Module) -> None:
-    module.attn_dim = module.num_heads * module.head_dim
+    attention: Any = module  # timm's Attention: num_heads and head_dim are ints
+    attention.attn_dim = attention.num_heads * attention.head_dim
 
 
 _NORM_ACT = "batch_norm(x; running statistics, weight, bias, eps) -> self.drop -> self.act"

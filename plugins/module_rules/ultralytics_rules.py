@@ -20,23 +20,32 @@ attribute ``c`` (``forward_split``, ``split((c, c))``), which is updated after t
 
 MAC counting: ``Concat`` does no multiply-accumulates (without a rule it would be listed as
 uncounted: a leaf that ran no counted operator).
+
+Drift and export: the root models (Ultralytics' ``BaseModel``, YOLOv5's models) name the channel
+groups of their predictions and give their deployment view (:mod:`~optkit_plugins.module_rules.yolo`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from optkit.measure import zero_macs
-from optkit.models import ModuleRule, bn_affine, fold_bn_into_layer
+from optkit import ModuleRule, bn_affine, fold_bn_into_layer, zero_macs
+from optkit_plugins.module_rules.yolo import ULTRALYTICS_ROOTS, YOLOV5_ROOTS, deployment_view, detection_output_groups
 
 __all__ = ["ULTRALYTICS_RULES", "fuse_conv", "fuse_conv2", "fuse_conv_transpose", "fuse_rep_conv", "fuse_rep_vgg_dw"]
 
 _MODULES = "ultralytics.nn.modules"
 
+#: An Ultralytics module: optkit cannot import its class (AGPL-3.0), so its attributes (``conv``,
+#: ``bn``, ``c1``, ...) are reached by duck typing, as the rules' ``applies`` checks make safe.
+UltralyticsModule = Any
 
-def _switch_to_fused_forward(module: nn.Module) -> None:
+
+def _switch_to_fused_forward(module: UltralyticsModule) -> None:
     module.forward = module.forward_fuse  # what Ultralytics' fuse() does: an instance attribute
 
 
@@ -48,7 +57,7 @@ def _batchnorm_problem(bn: object, where: str) -> str | None:
     return None
 
 
-def _conv_problem(module: nn.Module) -> str | None:
+def _conv_problem(module: UltralyticsModule) -> str | None:
     if "bn" not in module._modules:
         return "it has no bn (already fused)"
     if not isinstance(getattr(module, "conv", None), nn.Conv2d):
@@ -56,21 +65,21 @@ def _conv_problem(module: nn.Module) -> str | None:
     return _batchnorm_problem(module.bn, "bn")
 
 
-def fuse_conv(module: nn.Module) -> None:
+def fuse_conv(module: UltralyticsModule) -> None:
     """Fuse an Ultralytics ``Conv`` (``act(bn(conv(x)))``) as ``BaseModel.fuse()`` does."""
     fold_bn_into_layer(module.conv, module.bn)
     del module.bn
     _switch_to_fused_forward(module)
 
 
-def _conv2_problem(module: nn.Module) -> str | None:
+def _conv2_problem(module: UltralyticsModule) -> str | None:
     if "cv2" not in module._modules:
         return "it has no cv2 (already fused)"
     return _conv_problem(module)
 
 
 @torch.no_grad()
-def fuse_conv2(module: nn.Module) -> None:
+def fuse_conv2(module: UltralyticsModule) -> None:
     """Fuse an Ultralytics ``Conv2`` (``act(bn(conv(x) + cv2(x)))``): ``cv2`` into ``conv``'s centre, then as a ``Conv``."""
     side = torch.zeros_like(module.conv.weight)
     centre = [k // 2 for k in side.shape[2:]]
@@ -80,7 +89,7 @@ def fuse_conv2(module: nn.Module) -> None:
     fuse_conv(module)
 
 
-def _conv_transpose_problem(module: nn.Module) -> str | None:
+def _conv_transpose_problem(module: UltralyticsModule) -> str | None:
     if "bn" not in module._modules:
         return "it has no bn (already fused)"
     if type(module.bn) is nn.Identity:
@@ -88,7 +97,7 @@ def _conv_transpose_problem(module: nn.Module) -> str | None:
     return _batchnorm_problem(module.bn, "bn")
 
 
-def fuse_conv_transpose(module: nn.Module) -> None:
+def fuse_conv_transpose(module: UltralyticsModule) -> None:
     """Fuse an Ultralytics ``ConvTranspose`` (``act(bn(conv_transpose(x)))``)."""
     if type(module.bn) is not nn.Identity:
         fold_bn_into_layer(module.conv_transpose, module.bn)
@@ -104,7 +113,7 @@ def _folded(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     return weight, bias
 
 
-def _branches_problem(module: nn.Module, branches: tuple[str, str]) -> str | None:
+def _branches_problem(module: UltralyticsModule, branches: tuple[str, str]) -> str | None:
     """Why a re-parameterisable block (two ``Conv`` branches) cannot be fused, or ``None``."""
     if "conv1" not in module._modules:
         return "it has no conv1 (already fused)"
@@ -115,7 +124,7 @@ def _branches_problem(module: nn.Module, branches: tuple[str, str]) -> str | Non
     return None
 
 
-def _rep_conv_problem(module: nn.Module) -> str | None:
+def _rep_conv_problem(module: UltralyticsModule) -> str | None:
     problem = _branches_problem(module, ("conv1", "conv2"))
     if problem:
         return problem
@@ -126,7 +135,7 @@ def _rep_conv_problem(module: nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def fuse_rep_conv(module: nn.Module) -> None:
+def fuse_rep_conv(module: UltralyticsModule) -> None:
     """Fuse an Ultralytics ``RepConv`` (``act(conv1(x) + conv2(x) + bn(x))``) as ``RepConv.fuse_convs`` does."""
     weight, bias = _folded(module.conv1.conv, module.conv1.bn)
     w1, b1 = _folded(module.conv2.conv, module.conv2.bn)
@@ -143,7 +152,7 @@ def fuse_rep_conv(module: nn.Module) -> None:
     conv = nn.Conv2d(ref.in_channels, ref.out_channels, ref.kernel_size, ref.stride, ref.padding, ref.dilation, ref.groups, bias=True)
     conv = conv.to(device=ref.weight.device, dtype=ref.weight.dtype).requires_grad_(False)
     conv.weight.copy_(weight)
-    conv.bias.copy_(bias)
+    conv.get_parameter("bias").copy_(bias)
     module.conv = conv
     for name in ("conv1", "conv2", "bn", "id_tensor"):
         if hasattr(module, name):
@@ -151,12 +160,12 @@ def fuse_rep_conv(module: nn.Module) -> None:
     _switch_to_fused_forward(module)
 
 
-def _rep_vgg_dw_problem(module: nn.Module) -> str | None:
+def _rep_vgg_dw_problem(module: UltralyticsModule) -> str | None:
     return _branches_problem(module, ("conv", "conv1"))
 
 
 @torch.no_grad()
-def fuse_rep_vgg_dw(module: nn.Module) -> None:
+def fuse_rep_vgg_dw(module: UltralyticsModule) -> None:
     """Fuse an Ultralytics ``RepVGGDW`` (``act(conv(x) + conv1(x))``, depthwise 7x7 and 3x3) as ``RepVGGDW.fuse`` does."""
     weight, bias = _folded(module.conv.conv, module.conv.bn)
     w3, b3 = _folded(module.conv1.conv, module.conv1.bn)
@@ -169,11 +178,11 @@ def fuse_rep_vgg_dw(module: nn.Module) -> None:
     _switch_to_fused_forward(module)
 
 
-def _hidden_width_fixup(module: nn.Module) -> None:
+def _hidden_width_fixup(module: UltralyticsModule) -> None:
     module.c = module.cv1.conv.out_channels // 2
 
 
-def _c2f_problem(module: nn.Module) -> str | None:
+def _c2f_problem(module: UltralyticsModule) -> str | None:
     if not isinstance(getattr(getattr(module, "cv1", None), "conv", None), nn.Conv2d):
         return "its cv1 is not an Ultralytics Conv"
     return None
@@ -255,5 +264,18 @@ ULTRALYTICS_RULES: tuple[ModuleRule, ...] = (
         same_forward=False,
         head=True,
         note="a detection head: channel pruning keeps the output widths of its layers",
+    ),
+    *(
+        ModuleRule(
+            root,
+            computes="a YOLO model: its layers in .model, the head last",
+            subclasses=True,
+            same_forward=False,  # DetectionModel, SegmentationModel, ... each have their own forward
+            output_groups=detection_output_groups,
+            deployment=deployment_view,
+            note="drift and ONNX parity hold boxes, scores and extra channels to their own tolerances; "
+            "export_onnx exports the deployment output",
+        )
+        for root in (*ULTRALYTICS_ROOTS, *YOLOV5_ROOTS)
     ),
 )

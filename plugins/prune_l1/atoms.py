@@ -54,7 +54,7 @@ class UnionFind:
         """Merge ``a[i]`` with ``b[i]`` for every ``i`` (the lists have the same length)."""
         if a is b:
             return
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             if x != y:
                 self.union(x, y)
 

@@ -1,5 +1,5 @@
 """Attention heads as one step of the channel analysis, read from a module rule's
-:class:`optkit.models.AttentionHeads`.
+:class:`optkit.AttentionHeads`.
 
 Attention whose fused qkv projection is reshaped into heads splits channels across dimensions,
 which the operator rules do not follow (the channels would be left alone). A module a rule
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit.models import AttentionHeads
+from optkit import AttentionHeads
 from optkit_plugins.prune_l1.atoms import Ann, UnionFind
 
 __all__ = ["ModuleStepLike", "attention_heads", "heads_after_surgery"]
@@ -58,7 +58,7 @@ def attention_heads(step: ModuleStepLike, module: nn.Module, args: tuple, output
         spec: the rule's description of the module.
     """
     x = args[0]
-    y = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)][0]
+    y = next(t for t in tree_leaves(output) if isinstance(t, torch.Tensor))
     heads, head_dim = int(getattr(module, spec.num_heads)), int(getattr(module, spec.head_dim))
     prefix = f"{step.name}." if step.name else ""
     qkv_weight, proj_weight = step.param(f"{prefix}{spec.qkv}.weight"), step.param(f"{prefix}{spec.proj}.weight")

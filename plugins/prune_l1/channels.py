@@ -31,19 +31,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.errors import StageError
-from optkit.models import ModuleRule, find_rule, out_width
+from optkit import ModuleRule, StageError, find_rule, out_width
 from optkit_plugins.prune_l1 import plan as planning
 from optkit_plugins.prune_l1.replay import Diverged, replay
 from optkit_plugins.prune_l1.surgery import apply_plan
 from optkit_plugins.prune_l1.trace import Analysis, Entry, output_leaves, trace_channels
 
-__all__ = ["PRUNABLE", "ChannelPruning", "PruningRefused", "prune_channels"]
+__all__ = ["PRUNABLE", "ChannelPlanner", "ChannelPruning", "Chooser", "Cut", "PruningRefused", "prune_channels"]
 
 log = logging.getLogger(__name__)
 
 #: Layers whose weights channel and unstructured pruning remove.
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+#: ``choose(model, analysis, groups) -> units to remove``: what a caller decides instead of ``amount`` by L1.
+Chooser = Callable[[nn.Module, Analysis, "list[planning.Group]"], set[int]]
 
 #: How many replay divergences may shrink the plan before the pass gives up.
 MAX_BACKOFFS = 12
@@ -82,6 +84,10 @@ class ChannelPruning:
     backoffs: list[str] = field(default_factory=list)
     not_traced: list[str] = field(default_factory=list)
     rules_used: dict[str, str] = field(default_factory=dict)
+
+    def removed_channels(self) -> int:
+        """Output channels removed over all groups."""
+        return sum(row["channels"][0] - row["channels"][1] for row in self.groups)
 
     def details(self) -> dict[str, Any]:
         """A JSON-serializable summary for the run report."""
@@ -130,11 +136,13 @@ def prune_channels(
     keep_outputs: Mapping[str, str] | None = None,
     free_outputs: Sequence[str] = (),
     prune_heads: bool = False,
+    choose: Chooser | None = None,
 ) -> ChannelPruning:
-    """Remove ``amount`` of the channels of every prunable group of a copy of ``model``.
+    """Remove ``amount`` of the channels of every prunable group of ``model``, in a pruned copy
+    (each try at a plan starts from the unpruned model, so the model is kept until one holds).
 
     Args:
-        model: the model (not changed).
+        model: the model: put in eval mode and traced, otherwise not changed.
         example_inputs: a tensor or a tuple of positional arguments (small: 64x64 is plenty).
         amount: share of each group's units removed (``floor(n * (1 - amount))`` are kept).
         rules: module rules by class path (``ctx.module_rules``).
@@ -146,6 +154,9 @@ def prune_channels(
             a model returns another structure) contains one is free. By default none is.
         prune_heads: layers inside detection/segmentation heads may lose output channels too
             (the head's own outputs still keep theirs).
+        choose: ``choose(model, analysis, groups) -> units to remove``, instead of ``amount`` of
+            every group by L1 (:func:`~optkit_plugins.prune_l1.plan.choose_removed`); called
+            again after every replay divergence, on the analysis with more channels left alone.
 
     Returns:
         A :class:`ChannelPruning`.
@@ -154,57 +165,124 @@ def prune_channels(
         PruningRefused: the model does not run on the example input, does not execute the same
             graph twice, or no safe plan was found within :data:`MAX_BACKOFFS` divergences.
     """
-    inputs = _as_tuple(example_inputs)
-    rules = rules or {}
-    free = (lambda path: any(part in path for part in free_outputs)) if free_outputs else None
-    base = copy.deepcopy(model).eval()
-    try:
-        with torch.no_grad():
-            reference = _shapes(base(*inputs), free)  # also the warm-up: caches filled before the trace
-    # The model's own code on the example input: whatever it raises, channel pruning cannot proceed.
-    except Exception as exc:  # noqa: BLE001
-        raise PruningRefused(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from exc
-    an = Analysis()
-    trace_channels(base, inputs, an, "eval", rules, free)
-    train_inputs = _batch_of_two(inputs)
-    trace_channels(copy.deepcopy(base).train(), train_inputs, an, "train", rules, free)
-    modes = {"eval": inputs, "train": train_inputs}
+    planner = ChannelPlanner(
+        model, example_inputs, rules=rules, exclude=exclude, keep_outputs=keep_outputs, free_outputs=free_outputs,
+        prune_heads=prune_heads,
+    )
 
-    if not prune_heads:
-        heads = [name for name, m in base.named_modules() if (rule := find_rule(m, rules)) is not None and rule.head]
-        heads = [h for h in heads if not any(h.startswith(o + ".") for o in heads if o != h)]
-        for head in heads:
-            planning.keep_outputs(an, [head], f"are in the head `{head}` ({type(base.get_submodule(head)).__name__}, module rule)")
-    for name, reason in (keep_outputs or {}).items():
-        planning.keep_outputs(an, [name], reason)
-    planning.exclude(an, exclude, "are excluded (exclude)")
-    _replay_all(base, modes, an, set(), rules, unpruned=True)
+    def by_l1(base: nn.Module, an: Analysis, groups: list[planning.Group]) -> set[int]:
+        return planning.choose_removed(base, an, groups, amount, round_to)
 
-    before = _layer_widths(base, an)
-    backoffs: list[str] = []
-    while True:
-        groups = planning.groups_of(an)
-        removed = planning.choose_removed(base, an, groups, amount, round_to)
-        pruned = copy.deepcopy(base)
-        apply_plan(pruned, an, removed, rules)
+    return planner.result(planner.cut(choose or by_l1), amount, round_to)
+
+
+@dataclass
+class Cut:
+    """One plan carried out: the pruned copy (replayed), the groups planned and the units removed."""
+
+    model: nn.Module
+    groups: list[planning.Group]
+    removed: set[int]
+
+
+class ChannelPlanner:
+    """A traced copy of a model, ready to be cut by any number of plans (steps 1 and 3 of the module docstring).
+
+    :meth:`cut` carries out one plan and backs off on replay divergences; the analysis keeps what
+    every back-off left alone, so a search over plans (a target in MACs) converges on safe ones.
+
+    Args: as :func:`prune_channels`.
+
+    Raises:
+        PruningRefused: the model does not run on the example input or does not execute the same graph twice.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        rules: Mapping[str, ModuleRule],
+        exclude: Sequence[str] = (),
+        keep_outputs: Mapping[str, str] | None = None,
+        free_outputs: Sequence[str] = (),
+        prune_heads: bool = False,
+    ) -> None:
+        inputs = _as_tuple(example_inputs)
+        self.rules = rules = rules or {}
+        self.free = free = (lambda path: any(part in path for part in free_outputs)) if free_outputs else None
+        self.base = base = model.eval()  # no defensive copy: every plan cuts a copy of it
         try:
-            _replay_all(pruned, modes, an, removed, rules)
-            break
-        except Diverged as exc:
-            if len(backoffs) >= MAX_BACKOFFS:
-                raise PruningRefused(f"no safe plan after {MAX_BACKOFFS} replay divergences; the last: {exc}") from exc
-            where = _back_off(an, exc, removed)
-            if where is None:
-                raise PruningRefused(f"the pruned model diverged and no pruned channel explains it: {exc}") from exc
-            backoffs.append(f"{exc} -> channels of {where} left alone")
-            log.info("replay diverged (%s); channels of %s left alone", exc, where)
+            with torch.no_grad():
+                self.reference = _shapes(base(*inputs), free)  # also the warm-up: caches filled before the trace
+        # The model's own code on the example input: whatever it raises, channel pruning cannot proceed.
+        except Exception as exc:  # noqa: BLE001
+            raise PruningRefused(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from exc
+        self.an = an = Analysis()
+        trace_channels(base, inputs, an, "eval", rules, free)
+        train_inputs = _batch_of_two(inputs)
+        trace_channels(copy.deepcopy(base).train(), train_inputs, an, "train", rules, free)
+        self.modes = {"eval": inputs, "train": train_inputs}
 
-    pruned.eval()
-    with torch.no_grad():
-        after = _shapes(pruned(*inputs), free)
-    if after != reference:  # the replay predicts this; a model that changes its outputs is refused all the same
-        raise PruningRefused(f"the output shapes changed from {reference} to {after}")
-    return _result(pruned, base, an, groups, removed, backoffs, before, amount, round_to)
+        if not prune_heads:
+            heads = [name for name, m in base.named_modules() if (rule := find_rule(m, rules)) is not None and rule.head]
+            heads = [h for h in heads if not any(h.startswith(o + ".") for o in heads if o != h)]
+            for head in heads:
+                planning.keep_outputs(an, [head], f"are in the head `{head}` ({type(base.get_submodule(head)).__name__}, module rule)")
+        for name, reason in (keep_outputs or {}).items():
+            planning.keep_outputs(an, [name], reason)
+        planning.exclude(an, exclude, "are excluded (exclude)")
+        _replay_all(base, self.modes, an, set(), rules, unpruned=True)
+        self.before = _layer_widths(base, an)
+        self.backoffs: list[str] = []
+
+    def draft(self, choose: Chooser) -> Cut:
+        """Plan with ``choose`` and cut a copy, without the replay: cheap, for costing candidate plans.
+
+        The plan is safe only where the analysis already knows every width the model hard-codes
+        (after a :meth:`cut` at a larger amount, say); :meth:`cut` the chosen plan before using it.
+        """
+        groups = planning.groups_of(self.an)
+        removed = choose(self.base, self.an, groups)
+        pruned = copy.deepcopy(self.base)
+        apply_plan(pruned, self.an, removed, self.rules)
+        return Cut(pruned.eval(), groups, removed)
+
+    def cut(self, choose: Chooser) -> Cut:
+        """Plan with ``choose``, cut a copy and replay it; on a divergence, leave that step's channels
+        alone and plan again.
+
+        Raises:
+            PruningRefused: no safe plan within :data:`MAX_BACKOFFS` divergences (over all cuts), or
+                the pruned model changed its output shapes.
+        """
+        an, base = self.an, self.base
+        while True:
+            groups = planning.groups_of(an)
+            removed = choose(base, an, groups)
+            pruned = copy.deepcopy(base)
+            apply_plan(pruned, an, removed, self.rules)
+            try:
+                _replay_all(pruned, self.modes, an, removed, self.rules)
+                break
+            except Diverged as exc:
+                if len(self.backoffs) >= MAX_BACKOFFS:
+                    raise PruningRefused(f"no safe plan after {MAX_BACKOFFS} replay divergences; the last: {exc}") from exc
+                where = _back_off(an, exc, removed)
+                if where is None:
+                    raise PruningRefused(f"the pruned model diverged and no pruned channel explains it: {exc}") from exc
+                self.backoffs.append(f"{exc} -> channels of {where} left alone")
+                log.info("replay diverged (%s); channels of %s left alone", exc, where)
+        pruned.eval()
+        with torch.no_grad():
+            after = _shapes(pruned(*self.modes["eval"]), self.free)
+        if after != self.reference:  # the replay predicts this; a model that changes its outputs is refused all the same
+            raise PruningRefused(f"the output shapes changed from {self.reference} to {after}")
+        return Cut(pruned, groups, removed)
+
+    def result(self, cut: Cut, amount: float, round_to: int) -> ChannelPruning:
+        """What :func:`prune_channels` returns for ``cut``."""
+        return _result(cut.model, self.base, self.an, cut.groups, cut.removed, list(self.backoffs), self.before, amount, round_to)
 
 
 def _fix_entries(an: Analysis, entries: list[Entry], removed: set[int], reason: str) -> bool:
@@ -262,7 +340,7 @@ def _replay_all(
                     try:
                         target(*mode_inputs)
                     # The warm-up may fail exactly where the replay did; the second replay names it.
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.debug("warm-up call before the second replay failed", exc_info=True)
                 replay(target, mode_inputs, an, mode, removed, rules)
         except Diverged as exc:

@@ -86,7 +86,7 @@ def _dim(d: int, ndim: int) -> int:
 
 
 # -- operator rules -----------------------------------------------------------------------------
-def _pointwise(tr: Tracer, func, args, kwargs, out) -> None:
+def _pointwise(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     outputs = tensors(out)
     if len(outputs) != 1:
         tr.unknown(func, tensors((args, kwargs)), outputs, "(a pointwise op with several outputs)")
@@ -118,7 +118,7 @@ def _pointwise(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(result, ann)
 
 
-def _pass(tr: Tracer, func, args, kwargs, out) -> None:
+def _pass(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     for t in tensors(out):
         if tuple(t.shape) == tuple(x.shape):
@@ -127,16 +127,16 @@ def _pass(tr: Tracer, func, args, kwargs, out) -> None:
             tr.unknown(func, [x], [t], "(changes the shape)")
 
 
-def _new(tr: Tracer, func, args, kwargs, out) -> None:
+def _new(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     for t in tensors(out):
         tr.set(t, [None] * t.dim())
 
 
-def _value_read(tr: Tracer, func, args, kwargs, out) -> None:
+def _value_read(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     tr.fix_all(tensors(args), f"are read as Python values by {tr.where(func)} (data-dependent code)")
 
 
-def _conv(tr: Tracer, func, args, kwargs, out) -> None:
+def _conv(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, w, b = args[0], args[1], args[2]
     transposed, groups = bool(args[6]), int(args[8])
     X, W = tr.ann(x), tr.ann(w)
@@ -192,7 +192,7 @@ def _bias(tr: Tracer, bias: torch.Tensor | None, out: torch.Tensor, out_ann: Ann
             tr.tie(B[k], out_ann[d], why)
 
 
-def _mm(tr: Tracer, func, args, kwargs, out) -> None:
+def _mm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     name = op_name(func)
     bias = None
     if name in ("addmm", "baddbmm"):
@@ -209,7 +209,7 @@ def _mm(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, ann)
 
 
-def _linear(tr: Tracer, func, args, kwargs, out) -> None:
+def _linear(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, w = args[0], args[1]
     b = args[2] if len(args) > 2 else kwargs.get("bias")
     X, W = tr.ann(x), tr.ann(w)
@@ -221,7 +221,7 @@ def _linear(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, ann)
 
 
-def _batch_norm(tr: Tracer, func, args, kwargs, out) -> None:
+def _batch_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     X = tr.ann(x)
     why = f"are normalized by {tr.where(func)} on an untracked channel dimension"
@@ -234,7 +234,7 @@ def _batch_norm(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set(t, [X[1]] if t.dim() == 1 and t.shape[0] == x.shape[1] else [None] * t.dim())
 
 
-def _layer_norm(tr: Tracer, func, args, kwargs, out) -> None:
+def _layer_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, shape = args[0], list(args[1])
     weight, bias = (args[2] if len(args) > 2 else None), (args[3] if len(args) > 3 else None)
     X = tr.ann(x)
@@ -251,7 +251,7 @@ def _layer_norm(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set(t, list(X[: x.dim() - k]) + [None] * k)
 
 
-def _group_norm(tr: Tracer, func, args, kwargs, out) -> None:
+def _group_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, weight, bias, groups = args[0], args[1], args[2], int(args[6])
     X = tr.ann(x)
     why = f"are normalized by {tr.where(func)} on an untracked channel dimension"
@@ -268,7 +268,7 @@ def _group_norm(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set(t, [None] * t.dim())
 
 
-def _spatial(tr: Tracer, func, args, kwargs, out) -> None:
+def _spatial(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     k = _SPATIAL[op_name(func)]
     X = tr.ann(x)
@@ -279,7 +279,7 @@ def _spatial(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set(t, list(X[: x.dim() - k]) + [None] * k)
 
 
-def _constant_pad(tr: Tracer, func, args, kwargs, out) -> None:
+def _constant_pad(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, pad = args[0], list(args[1])
     X = list(tr.ann(x))
     for i in range(len(pad) // 2):
@@ -290,7 +290,7 @@ def _constant_pad(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, X)
 
 
-def _reduction(tr: Tracer, func, args, kwargs, out) -> None:
+def _reduction(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     X = tr.ann(x)
     name = op_name(func)
@@ -323,7 +323,7 @@ def _reduction(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set(t, ann)
 
 
-def _view(tr: Tracer, func, args, kwargs, out) -> None:
+def _view(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     tr.set(out, _reshape_ann(tr, x, out, f"are reshaped across dimensions by {tr.where(func)} (e.g. into heads)"))
 
@@ -378,7 +378,7 @@ def _reshape_ann(tr: Tracer, x: torch.Tensor, out: torch.Tensor, reason: str) ->
     return result
 
 
-def _expand(tr: Tracer, func, args, kwargs, out) -> None:
+def _expand(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     X = tr.ann(x)
     lead = out.dim() - x.dim()
@@ -386,7 +386,7 @@ def _expand(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, ann)
 
 
-def _permute(tr: Tracer, func, args, kwargs, out) -> None:
+def _permute(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     X = tr.ann(x)
     name = op_name(func)
@@ -402,26 +402,26 @@ def _permute(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, [X[d] for d in order])
 
 
-def _unsqueeze(tr: Tracer, func, args, kwargs, out) -> None:
+def _unsqueeze(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     X = list(tr.ann(x))
     d = _dim(args[1], out.dim())
     tr.set(out, X[:d] + [None] + X[d:])
 
 
-def _squeeze(tr: Tracer, func, args, kwargs, out) -> None:
+def _squeeze(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     X = tr.ann(x)
     if len(args) > 1:
-        dims = [args[1]] if isinstance(args[1], int) else list(args[1])
-        dims = {_dim(d, x.dim()) for d in dims}
+        given = [args[1]] if isinstance(args[1], int) else list(args[1])
+        dims = {_dim(d, x.dim()) for d in given}
     else:
         dims = set(range(x.dim()))
     gone = {d for d in dims if x.shape[d] == 1}
     tr.set(out, [X[d] for d in range(x.dim()) if d not in gone])
 
 
-def _select(tr: Tracer, func, args, kwargs, out) -> None:
+def _select(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, d = args[0], _dim(args[1], args[0].dim())
     X = tr.ann(x)
     tr.fix(X[d], f"are indexed one by one by {tr.where(func)}")
@@ -437,14 +437,14 @@ def _without_dim(tr: Tracer, x: torch.Tensor, out: torch.Tensor, d: int, reason:
     tr.set(out, X)
 
 
-def _slice(tr: Tracer, func, args, kwargs, out) -> None:
+def _slice(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     d = _dim(args[1] if len(args) > 1 else 0, x.dim())
     partial = out.shape[d] != x.shape[d]
     _without_dim(tr, x, out, d, f"are sliced by {tr.where(func)} (a partial slice of channels)" if partial else None)
 
 
-def _split(tr: Tracer, func, args, kwargs, out) -> None:
+def _split(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     pieces = tensors(out)
     d = _dim(args[2] if len(args) > 2 else kwargs.get("dim", 0), x.dim())
@@ -455,7 +455,7 @@ def _split(tr: Tracer, func, args, kwargs, out) -> None:
         tr.fix(atoms, f"are split into unequal parts by {tr.where(func)}")
         atoms = None
     start = 0
-    for p, size in zip(pieces, sizes):
+    for p, size in zip(pieces, sizes, strict=True):
         ann = list(X)
         ann[d] = atoms[start:start + size] if atoms is not None else None
         start += size
@@ -467,7 +467,7 @@ def _split(tr: Tracer, func, args, kwargs, out) -> None:
             tr.uf.union_lists(first, atoms[k * sizes[0]:(k + 1) * sizes[0]])
 
 
-def _unbind(tr: Tracer, func, args, kwargs, out) -> None:
+def _unbind(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x = args[0]
     d = _dim(args[1] if len(args) > 1 else 0, x.dim())
     X = tr.ann(x)
@@ -476,7 +476,7 @@ def _unbind(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set(t, [X[k] for k in range(x.dim()) if k != d])
 
 
-def _cat(tr: Tracer, func, args, kwargs, out) -> None:
+def _cat(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     tensors = [t for t in args[0] if not (t.dim() == 1 and t.shape[0] == 0)]
     d = _dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), out.dim())
     anns = [tr.ann(t) for t in tensors]
@@ -486,7 +486,7 @@ def _cat(tr: Tracer, func, args, kwargs, out) -> None:
         if k == d:
             if any(a[k] is not None for a in anns):
                 atoms: list[int] = []
-                for t, a in zip(tensors, anns):
+                for t, a in zip(tensors, anns, strict=True):
                     if a[k] is not None:
                         atoms.extend(a[k])
                     else:
@@ -503,7 +503,7 @@ def _cat(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, result)
 
 
-def _stack(tr: Tracer, func, args, kwargs, out) -> None:
+def _stack(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     tensors = list(args[0])
     d = _dim(args[1] if len(args) > 1 else 0, out.dim())
     anns = [tr.ann(t) for t in tensors]
@@ -517,12 +517,12 @@ def _stack(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, result[:d] + [None] + result[d:])
 
 
-def _index_select(tr: Tracer, func, args, kwargs, out) -> None:
+def _index_select(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, d = args[0], _dim(args[1], args[0].dim())
     _without_dim(tr, x, out, d, f"are indexed by {tr.where(func)}")
 
 
-def _dims_op(tr: Tracer, func, args, kwargs, out) -> None:
+def _dims_op(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     """roll/flip/cumsum: positions along the given dims move, so channels there are fixed."""
     x = args[0]
     name = op_name(func)
@@ -536,7 +536,7 @@ def _dims_op(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, X)
 
 
-def _repeat(tr: Tracer, func, args, kwargs, out) -> None:
+def _repeat(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     x, reps = args[0], list(args[1])
     X = tr.ann(x)
     lead = len(reps) - x.dim()
@@ -550,7 +550,7 @@ def _repeat(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, ann)
 
 
-def _sdpa(tr: Tracer, func, args, kwargs, out) -> None:
+def _sdpa(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     q, k, v = args[0], args[1], args[2]
     Q, K, V = tr.ann(q), tr.ann(k), tr.ann(v)
     why = f"meet an untracked operand of {tr.where(func)}"
@@ -568,7 +568,7 @@ def _sdpa(tr: Tracer, func, args, kwargs, out) -> None:
         tr.fix_all([mask], why)
 
 
-def _as_strided(tr: Tracer, func, args, kwargs, out) -> None:
+def _as_strided(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     """A restride that keeps the shape and the order of every dim larger than 1 keeps the atoms."""
     x = args[0]
     before = tr.strides_before
@@ -582,7 +582,7 @@ def _as_strided(tr: Tracer, func, args, kwargs, out) -> None:
         tr.unknown(func, [x], [out], "(a strided view that moves elements)")
 
 
-def _embedding(tr: Tracer, func, args, kwargs, out) -> None:
+def _embedding(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     w, idx = args[0], args[1]
     W = tr.ann(w)
     tr.fix(W[0], f"are looked up by {tr.where(func)}")
@@ -590,7 +590,7 @@ def _embedding(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set(out, [None] * idx.dim() + [W[1]])
 
 
-def _native_dropout(tr: Tracer, func, args, kwargs, out) -> None:
+def _native_dropout(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     X = tr.ann(args[0])
     for t in tensors(out):
         tr.set(t, list(X))

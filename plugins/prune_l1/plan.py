@@ -19,8 +19,8 @@ from torch import nn
 from optkit_plugins.prune_l1.trace import Analysis
 
 __all__ = [
-    "Group", "Fixed", "groups_of", "fixed_of", "units_to_keep", "importance", "choose_removed", "keep_outputs",
-    "exclude", "kept_count", "matches",
+    "Group", "Fixed", "groups_of", "fixed_of", "units_to_keep", "importance", "choose_removed", "choose_uniform",
+    "choose_global", "keep_outputs", "exclude", "kept_count", "matches",
 ]
 
 
@@ -111,20 +111,59 @@ def importance(model: nn.Module, an: Analysis) -> dict[int, float]:
 
 
 def choose_removed(model: nn.Module, an: Analysis, groups: list[Group], amount: float, round_to: int = 1) -> set[int]:
-    """The units to remove: ``amount`` of each group's, lowest importance first.
+    """The units to remove: ``amount`` of each group's, lowest L1 :func:`importance` first
+    (``prune_l1 mode: channels``: :func:`choose_uniform` with today's L1 scores)."""
+    return choose_uniform(groups, importance(model, an), amount, round_to)
+
+
+def _rounded_keep(group: Group, keep: int, round_to: int) -> int:
+    """``keep`` rounded up so that the group keeps a multiple of ``round_to`` channels where its unit width allows."""
+    width = max(1, group.channels // max(len(group.units), 1))
+    step = round_to // math.gcd(round_to, width)
+    return min(len(group.units), math.ceil(keep / step) * step)
+
+
+def _lowest(group: Group, scores: dict[int, float], keep: int) -> list[int]:
+    ranked = sorted(group.units, key=lambda u: (-scores.get(u, 0.0), u))
+    return ranked[keep:]
+
+
+def choose_uniform(groups: list[Group], scores: dict[int, float], amount: float, round_to: int = 1) -> set[int]:
+    """``amount`` of every group's units, the lowest ``scores`` first (``floor(n * (1 - amount))`` kept).
 
     With ``round_to``, each group keeps a multiple of ``round_to`` channels (rounded up) where
     its unit width allows.
     """
-    scores = importance(model, an)
     removed: set[int] = set()
     for group in groups:
-        keep = units_to_keep(len(group.units), amount)
-        width = max(1, group.channels // max(len(group.units), 1))
-        step = round_to // math.gcd(round_to, width)
-        keep = min(len(group.units), math.ceil(keep / step) * step)
-        ranked = sorted(group.units, key=lambda u: (-scores.get(u, 0.0), u))
-        removed.update(ranked[keep:])
+        keep = _rounded_keep(group, units_to_keep(len(group.units), amount), round_to)
+        removed.update(_lowest(group, scores, keep))
+    return removed
+
+
+def choose_global(
+    groups: list[Group], scores: dict[int, float], amount: float, floor: float, round_to: int = 1
+) -> set[int]:
+    """``amount`` of all units, one ranking over every group's ``scores`` (normalised per group by the caller).
+
+    Every group keeps at least ``ceil(n * floor)`` units (and at least 1), so no layer vanishes;
+    ``round_to`` rounds each group's kept count up as :func:`choose_uniform` does.
+    """
+    total = sum(len(g.units) for g in groups)
+    budget = total - max(0, min(total, math.floor(total * (1.0 - amount) + 1e-9)))
+    minimum = {id(g): max(1, math.ceil(len(g.units) * floor - 1e-9)) for g in groups}
+    ranked = sorted(((scores.get(u, 0.0), u, g) for g in groups for u in g.units), key=lambda item: (item[0], item[1]))
+    cut: dict[int, int] = {id(g): 0 for g in groups}
+    for _, _, group in ranked:
+        if budget <= 0:
+            break
+        if len(group.units) - cut[id(group)] > minimum[id(group)]:
+            cut[id(group)] += 1
+            budget -= 1
+    removed: set[int] = set()
+    for group in groups:
+        keep = _rounded_keep(group, len(group.units) - cut[id(group)], round_to)
+        removed.update(_lowest(group, scores, keep))
     return removed
 
 

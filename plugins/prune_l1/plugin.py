@@ -3,7 +3,6 @@ or structured (whole channels, :mod:`~optkit_plugins.prune_l1.channels`)."""
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 from typing import Any, Literal
@@ -11,13 +10,11 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.models import ClassifierNotFoundError, find_classifier
+from optkit import ClassifierNotFoundError, Pass, PassContext, StageError, find_classifier, hookimpl
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 
-__all__ = ["PruneL1", "optkit_register_passes"]
+__all__ = ["PruneL1", "channel_limits", "optkit_register_passes", "warn_if_nothing_removed"]
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +76,19 @@ class PruneL1(Pass):
     options: Options
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
-        """Prune a copy of ``model``; see the module docstring for the two modes.
+        """Prune ``model``; see the module docstring for the two modes.
 
         Args:
-            model: the model (left unchanged).
+            model: the model, this stage's to change: unstructured pruning zeroes its weights in
+                place; channel pruning returns a slimmer model built from it.
             ctx: the stage context; ``details`` receives sparsity or channels per layer.
 
         Returns:
-            The pruned copy.
+            The pruned model.
         """
         options = self.options
         if options.mode == "channels":
             return self._prune_channels(model, ctx)
-        model = copy.deepcopy(model).eval()
         selected = _select_layers(model, options, ctx.details)
         prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
         return model
@@ -99,21 +96,13 @@ class PruneL1(Pass):
     def _prune_channels(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         """Whole channels on the executed graph (:func:`~optkit_plugins.prune_l1.channels.prune_channels`)."""
         options = self.options
-        selected = _select_layers(model, options, ctx.details)
-        layers = _layers(model)
-        excluded = [name for name in layers if _matches_any(name, options.exclude)]
-        classifier = ctx.details.get("classifier_left_alone")
-        keep = {
-            name: "are the classifier's (prune_classifier: false)" if name == classifier else "are not selected (include)"
-            for name in layers if name not in selected and name not in excluded
-        }
+        excluded, keep = channel_limits(model, options, ctx.details)
         result = prune_channels(
             model, ctx.example_input, options.amount, rules=ctx.module_rules, round_to=options.round_to,
             exclude=excluded, keep_outputs=keep, free_outputs=options.free_outputs, prune_heads=options.prune_heads,
         )
         ctx.details.update(result.details())
-        if not result.groups:
-            ctx.logger.warning("prune_l1: no channel group can be pruned; the model is unchanged (see details.left_alone)")
+        warn_if_nothing_removed(ctx, result.removed_channels(), len(result.groups), options.amount, self.name)
         if result.not_traced:
             ctx.logger.warning(
                 "prune_l1: %d module(s) with weights ran in neither eval nor train mode on the example input, so what "
@@ -122,7 +111,51 @@ class PruneL1(Pass):
         return result.model
 
 
-def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str, Any]) -> dict[str, nn.Module]:
+def warn_if_nothing_removed(ctx: PassContext, removed: int, groups: int, amount: float, stage: str) -> None:
+    """A stage asked to remove channels that removed none says so: in the console and in ``details.warnings``.
+
+    Args:
+        ctx: the stage context.
+        removed: output channels removed.
+        groups: prunable groups found.
+        amount: the share asked for.
+        stage: the pass name.
+    """
+    if amount <= 0 or removed:
+        return
+    if not groups:
+        message = "no channel group can be pruned; the model is unchanged (see details.left_alone)"
+    else:
+        message = f"amount {amount:g} removes no channel: every group is too small to lose one (see details.groups)"
+    ctx.details.setdefault("warnings", []).append(message)
+    ctx.logger.warning("%s: %s", stage, message)
+
+
+def channel_limits(model: nn.Module, options: Any, details: dict[str, Any], stage: str = "prune_l1") -> tuple[list[str], dict[str, str]]:
+    """What channel pruning must leave alone: the layers ``exclude`` names (inputs and outputs), and
+    the output widths of the layers ``include`` and ``prune_classifier`` leave out (with why).
+
+    Args:
+        model: the model.
+        options: the pass's options (``include``, ``exclude``, ``prune_classifier``).
+        details: the stage's details (``classifier_left_alone`` is added).
+        stage: the pass name, for messages.
+
+    Raises:
+        StageError: a pattern matches no layer, or nothing is left to prune.
+    """
+    selected = _select_layers(model, options, details, stage)
+    layers = _layers(model)
+    excluded = [name for name in layers if _matches_any(name, options.exclude)]
+    classifier = details.get("classifier_left_alone")
+    keep = {
+        name: "are the classifier's (prune_classifier: false)" if name == classifier else "are not selected (include)"
+        for name in layers if name not in selected and name not in excluded
+    }
+    return excluded, keep
+
+
+def _select_layers(model: nn.Module, options: Any, details: dict[str, Any], stage: str = "prune_l1") -> dict[str, nn.Module]:
     """The convolution and Linear layers that ``include``/``exclude`` and the classifier rule allow.
 
     Raises:
@@ -133,7 +166,7 @@ def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str
         for pattern in getattr(options, option):
             if pattern != "*" and not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
                 examples = ", ".join(list(layers)[:4])
-                raise StageError(f"prune_l1: {option} pattern {pattern!r} matches no convolution or Linear layer (they are named like {examples})")
+                raise StageError(f"{stage}: {option} pattern {pattern!r} matches no convolution or Linear layer (they are named like {examples})")
     selected = {
         name: m for name, m in layers.items()
         if _matches_any(name, options.include) and not _matches_any(name, options.exclude)
@@ -142,12 +175,13 @@ def _select_layers(model: nn.Module, options: PruneL1.Options, details: dict[str
         try:
             head, _ = find_classifier(model)
         except ClassifierNotFoundError as exc:
-            log.info("prune_l1: no classifier found, none excluded (%s)", exc)
+            log.info("%s: no classifier found, none excluded (%s)", stage, exc)
             head = None
         details["classifier_left_alone"] = head
-        selected.pop(head, None)
+        if head is not None:
+            selected.pop(head, None)
     if not selected:
-        raise StageError("prune_l1: no convolution or Linear layer is left to prune; check include, exclude and prune_classifier")
+        raise StageError(f"{stage}: no convolution or Linear layer is left to prune; check include, exclude and prune_classifier")
     return selected
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from optkit.models import ModuleRule
+from optkit import ModuleRule
 from optkit_plugins.prune_l1.op_rules import METADATA, UNRECORDED, op_name, tensors
 from optkit_plugins.prune_l1.plan import kept_count
 from optkit_plugins.prune_l1.trace import Analysis, Entry, opaque_rule
@@ -35,7 +35,7 @@ class Diverged(Exception):
 def predicted_shapes(an: Analysis, entries: list[Entry], removed: set[int]) -> list[list[tuple[int, ...]]]:
     """Every step's output shapes once ``removed`` units are gone."""
     return [
-        [tuple(kept_count(an, atoms, removed, size) for atoms, size in zip(ann, shape)) for ann, shape in zip(e.out_anns, e.out_shapes)]
+        [tuple(kept_count(an, atoms, removed, size) for atoms, size in zip(ann, shape, strict=True)) for ann, shape in zip(e.out_anns, e.out_shapes, strict=True)]
         for e in entries
     ]
 
@@ -100,7 +100,7 @@ def replay(
         raise
     # Whatever the pruned model raises (a shape error, an assertion of its own), it left the
     # predicted graph there: the step is named, and the caller leaves its channels alone.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         step = entries[recorder.k] if recorder.k < len(entries) else None
         where = f"{step.target} in `{step.scope}`" if step else "after the last traced step"
         raise Diverged(mode, recorder.k, f"{where} raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from optkit.models import ModuleRule, find_rule
+from optkit import ModuleRule, find_rule
 from optkit_plugins.prune_l1.attention import heads_after_surgery
 from optkit_plugins.prune_l1.trace import Analysis
 
@@ -29,7 +29,7 @@ def apply_plan(model: nn.Module, an: Analysis, removed: set[int], rules: Mapping
 
     Tied parameters (one tensor under several names) are cut once and stay tied.
     """
-    changed = []
+    changed: list[str] = []
     if not removed:
         return changed
     all_named = {
@@ -52,7 +52,7 @@ def apply_plan(model: nn.Module, an: Analysis, removed: set[int], rules: Mapping
                 new = new.index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=new.device))
         if new is tensor.detach():
             continue
-        new = new.clone()
+        new = _in_memory_format_of(new, tensor)
         kind = an.kinds.get(name, "parameter")
         shared = nn.Parameter(new, requires_grad=tensor.requires_grad) if kind == "parameter" else new
         for alias in aliases[id(tensor)]:
@@ -65,6 +65,17 @@ def apply_plan(model: nn.Module, an: Analysis, removed: set[int], rules: Mapping
         changed.append(name)
     fix_attributes(model, an, rules)
     return changed
+
+
+def _in_memory_format_of(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """A copy of ``new`` (cut by ``index_select``, so contiguous) laid out as ``old`` was: a
+    ``channels_last`` weight stays ``channels_last``, so that the pruned model's convolutions give
+    outputs in the same memory format and run the same kernels (and aten steps) as the traced model."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    layout = formats.get(old.dim())
+    if layout is not None and not old.is_contiguous() and old.is_contiguous(memory_format=layout):
+        return new.contiguous(memory_format=layout).clone(memory_format=torch.preserve_format)
+    return new.clone()
 
 
 def fix_attributes(model: nn.Module, an: Analysis, rules: Mapping[str, ModuleRule]) -> None:

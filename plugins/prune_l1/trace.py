@@ -21,7 +21,7 @@ agree on them. Each operator has a rule that relates the atoms of its inputs and
   normalize (any dim, so LayerNorm over channels after a permute is followed);
 - view/reshape/flatten/permute/transpose/expand/squeeze/unsqueeze/cat/split/chunk/select/slice
   map atoms between dimensions; a reshape that splits channels across dimensions (attention heads)
-  is followed only through a module rule (:class:`optkit.models.AttentionHeads`);
+  is followed only through a module rule (:class:`optkit.AttentionHeads`);
 - pooling, interpolation, padding of spatial dims, dropout, softmax and reductions keep atoms;
 - anything else *fixes* the atoms it consumes, with its name and module as the reason; so does
   reaching the model's output (output shapes never change) and meeting an untracked dimension.
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from optkit.models import ModuleRule, find_rule
+from optkit import ModuleRule, find_rule
 from optkit_plugins.prune_l1.atoms import Ann, UnionFind
 from optkit_plugins.prune_l1.attention import attention_heads
 from optkit_plugins.prune_l1.op_rules import METADATA, UNRECORDED, handler_for, op_name, tensors
@@ -135,8 +135,8 @@ class _Tracer(TorchDispatchMode):
         for name, t in model.named_parameters():
             self.names[id(t)] = name
             analysis.kinds[name] = "parameter"
-        for name, t in model.named_buffers():
-            self.names[id(t)] = name
+        for name, buffer in model.named_buffers():
+            self.names[id(buffer)] = name
             analysis.kinds[name] = "buffer"
         self.shapes = {n: tuple(t.shape) for n, t in list(model.named_parameters()) + list(model.named_buffers())}
         for name, m in model.named_modules():
@@ -224,7 +224,7 @@ class _Tracer(TorchDispatchMode):
                 self.unknown(func, inputs, outputs, "which channel pruning does not know")
         # An operator rule that fails on arguments it did not foresee must not break the model's
         # forward: the operator's channels are left alone, with the failure as the reason.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("analysis of %s failed: %s", name, exc, exc_info=True)
             self.unknown(func, inputs, outputs, f"whose analysis failed ({type(exc).__name__}: {exc})")
         if name in UNRECORDED:
@@ -259,7 +259,7 @@ class _Tracer(TorchDispatchMode):
         if not self.opaque:
             return
         self.opaque -= 1
-        if self.opaque or rule is None:
+        if self.opaque or rule is None or rule.attention is None:  # opaque_rule() gives only rules with attention
             return
         self.an.rules[name] = rule
         inputs, outputs = tensors(args), tensors(output)
@@ -268,7 +268,7 @@ class _Tracer(TorchDispatchMode):
             attention_heads(step, module, args, output, rule.attention)
         # A rule describes third-party code; whatever its reading of this module raises, the
         # module's channels are left alone and the error is the reason.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("module rule of %s failed: %s", name, exc, exc_info=True)
             step.opaque_unknown(inputs, outputs, f"whose module rule {rule.class_path} failed ({type(exc).__name__}: {exc})")
         for t in outputs:

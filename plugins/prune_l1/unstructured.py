@@ -30,8 +30,9 @@ def prune_unstructured(selected: dict[str, nn.Module], amount: float, scope: str
             prune.l1_unstructured(module, "weight", amount=amount)
     for module in selected.values():
         prune.remove(module, "weight")  # weight = weight_orig * mask, made a plain parameter again
-    zeros = {name: int((m.weight == 0).sum()) for name, m in selected.items()}
-    total = sum(m.weight.numel() for m in selected.values())
+    weights = {name: m.get_parameter("weight") for name, m in selected.items()}
+    zeros = {name: int((w == 0).sum()) for name, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
     details.update(
         mode="unstructured",
         scope=scope,
@@ -40,6 +41,6 @@ def prune_unstructured(selected: dict[str, nn.Module], amount: float, scope: str
         weights=total,
         zero_weights=sum(zeros.values()),
         sparsity=sum(zeros.values()) / total,
-        layer_sparsity={name: zeros[name] / m.weight.numel() for name, m in selected.items()},
+        layer_sparsity={name: zeros[name] / w.numel() for name, w in weights.items()},
         note="zeros are stored and multiplied like any weight: dense kernels run no faster; the latency shown is measured",
     )

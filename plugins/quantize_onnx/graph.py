@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from optkit.errors import StageError
+from optkit import StageError
 
 if TYPE_CHECKING:
     import onnx

@@ -8,15 +8,14 @@ import dataclasses
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from optkit import OnnxArtifact, Pass, PassContext, Tolerance, hookimpl
-from optkit.errors import StageError
-from optkit.measure import cpu_info, file_bytes
+from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, cpu_info, file_bytes, hookimpl
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
 from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_input, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
@@ -115,7 +114,7 @@ class QuantizeOnnx(Pass):
         def _applies_to_mode(cls, value: Any, info: ValidationInfo) -> Any:
             # Runs for options given only (defaults are not validated); mode is declared first.
             mode = info.data.get("mode")
-            why = _NOT_IN_MODE.get(mode, {}).get(info.field_name or "")
+            why = _NOT_IN_MODE.get(str(mode), {}).get(info.field_name or "")
             if why is not None:
                 raise ValueError(f"does not apply to mode {mode}: {why}")
             return value

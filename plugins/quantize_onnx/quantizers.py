@@ -56,7 +56,7 @@ def preprocess(source: Path, target: Path) -> str | None:
         quant_pre_process(str(source), str(target))
     # Shape inference and the optimizer run on arbitrary graphs and fail in many ways; the
     # graph is then quantized as exported, and the report says why.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.debug("quant_pre_process failed", exc_info=True)
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from optkit.measure import CpuInfo
+from optkit import CpuInfo
 
 __all__ = ["ReduceRangeChoice", "choose_reduce_range"]
 
@@ -33,7 +33,7 @@ def choose_reduce_range(option: bool | Literal["auto"], cpu: CpuInfo, *, uint8_a
 
     Args:
         option: ``quantize_onnx``'s ``reduce_range``: ``auto``, or ``True``/``False`` as the user pinned it.
-        cpu: the CPU the quantized model runs on (this machine's: :func:`optkit.measure.cpu_info`).
+        cpu: the CPU the quantized model runs on (this machine's: :func:`optkit.cpu_info`).
         uint8_activations: activations quantized to uint8 (dynamic mode always; static by default),
             the operand ``vpmaddubsw`` takes unsigned.
     """

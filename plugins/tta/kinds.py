@@ -12,7 +12,7 @@ Kinds:
 * ``passthrough``: tensors that are not floating point (indices, masks): the first branch's.
 
 Anything else is refused with :class:`UnknownOutputError`, whose message says what to declare.
-Recognised Ultralytics and YOLOv5 models (:func:`optkit.models.recognise_yolo`) need no
+Recognised Ultralytics and YOLOv5 models (:func:`optkit_plugins.module_rules.yolo.recognise_yolo`) need no
 declaration: their deployment output is a detection, and their raw training-style outputs
 (``boxes``, ``scores``, ``feats``) are dropped, as Ultralytics' own ``augment=True`` drops them.
 """
@@ -26,7 +26,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit.models import YoloModel, recognise_yolo
+from optkit_plugins.module_rules.yolo import YoloModel, recognise_yolo
 
 __all__ = ["Kind", "DetectionLayout", "OutputPlan", "UnknownOutputError", "plan_outputs", "infer_kind", "DECLARABLE"]
 
@@ -80,6 +80,12 @@ class Kind:
     name: KindName
     detection: DetectionLayout | None = None
 
+    def layout(self) -> DetectionLayout:
+        """The detection layout of a ``detection`` output."""
+        if self.detection is None:
+            raise ValueError(f"a {self.name} output has no detection layout")
+        return self.detection
+
 
 @dataclass
 class OutputPlan:
@@ -107,11 +113,18 @@ class OutputPlan:
     def kept(self) -> list[int]:
         return [i for i, kind in enumerate(self.kinds) if kind is not None]
 
+    def kind_of(self, i: int) -> Kind:
+        """The kind of output ``i``, one the wrapper keeps."""
+        kind = self.kinds[i]
+        if kind is None:
+            raise ValueError(f"output {self.paths[i]} is not kept")
+        return kind
+
     def describe(self) -> list[dict[str, Any]]:
         """One row per kept output, for the stage's details."""
         rows = []
         for i in self.kept:
-            kind = self.kinds[i]
+            kind = self.kind_of(i)
             row: dict[str, Any] = {"output": self.paths[i], "kind": kind.name}
             if kind.detection is not None:
                 layout = kind.detection
@@ -261,7 +274,7 @@ def plan_outputs(
     if info is not None:
         return _recognised(info, leaves, paths, flip_idx)
     kinds: list[Kind | None] = []
-    for leaf, path in zip(leaves, paths):
+    for leaf, path in zip(leaves, paths, strict=True):
         inferred = infer_kind(leaf, input_hw, batch)
         if isinstance(inferred, str):
             raise _refusal(path, inferred)

@@ -3,15 +3,14 @@ after working out what each of its outputs is."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, hookimpl
-from optkit.errors import StageError
-from optkit.measure import count_macs
+from optkit import Pass, PassContext, StageError, count_macs, hookimpl
 from optkit_plugins.tta.kinds import OutputPlan, UnknownOutputError, plan_outputs
 from optkit_plugins.tta.wrapper import SAME_SHAPE_SCALES, TestTimeAugmentation, padded_size
 

@@ -138,17 +138,19 @@ class TestTimeAugmentation(nn.Module):
             if len(leaves) != len(plan.kinds):
                 raise RuntimeError(f"tta: the model returned {len(leaves)} outputs on a branch, {len(plan.kinds)} on the example")
             for i in plan.kept:
-                kind: Kind = plan.kinds[i]
+                kind = plan.kind_of(i)
                 leaf = leaves[i]
                 if kind.name == "detection":
                     nominal = scale if self.descale == "nominal" else None
-                    leaf = restore_detections(leaf, kind.detection, content, image_hw, flip, scale=nominal)
+                    leaf = restore_detections(leaf, kind.layout(), content, image_hw, flip, scale=nominal)
                 elif kind.name == "dense":
                     if i not in targets:
                         targets[i] = _dense_target(leaf, padded, image_hw)
                     leaf = _restore_dense(leaf, flip, content, padded, targets[i])
                 restored.setdefault(i, []).append(leaf)
-        merged = {i: self._merge(plan.kinds[i], restored[i]) for i in plan.kept}
+        if plan is None or spec is None:
+            raise RuntimeError("tta: no branch ran")
+        merged = {i: self._merge(plan.kind_of(i), restored[i]) for i in plan.kept}
         if plan.keep_structure:
             return pytree.tree_unflatten([merged[i] for i in range(len(plan.kinds))], spec)
         kept = [merged[i] for i in plan.kept]
@@ -170,7 +172,7 @@ class TestTimeAugmentation(nn.Module):
 
     def _merge(self, kind: Kind, outputs: list[torch.Tensor]) -> torch.Tensor:
         if kind.name == "detection":
-            return merge_detections(outputs, kind.detection, self.clip_levels)
+            return merge_detections(outputs, kind.layout(), self.clip_levels)
         if kind.name == "passthrough":
             return outputs[0]
         if self.merge == "softmax" and outputs[0].dim() >= 2:

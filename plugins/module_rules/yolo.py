@@ -1,4 +1,7 @@
-"""Ultralytics and YOLOv5 models, recognised by class path strings, and their deployment view.
+"""Ultralytics and YOLOv5 models, recognised by class path strings: their heads, the channel groups
+of their predictions and their deployment view. The root-model rules of
+:mod:`~optkit_plugins.module_rules.ultralytics_rules` hand the last two to optkit's drift check and
+export (``ModuleRule.output_groups``, ``ModuleRule.deployment``); the TTA pass reads the heads.
 
 Ultralytics is AGPL-3.0: optkit never imports it. Its classes are recognised by the dotted path of
 a class anywhere in a module's MRO (so user subclasses of ``Detect`` are recognised too), and their
@@ -23,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from optkit.models.rules import class_path
+from optkit import ChannelGroup, class_path, output_leaves
 
 __all__ = [
     "YoloModel",
@@ -31,8 +34,11 @@ __all__ = [
     "recognise_yolo",
     "deployment_view",
     "detection_channel_groups",
+    "detection_output_groups",
     "ULTRALYTICS",
     "YOLOV5",
+    "ULTRALYTICS_ROOTS",
+    "YOLOV5_ROOTS",
 ]
 
 ULTRALYTICS = "ultralytics"
@@ -155,7 +161,9 @@ def recognise_yolo(model: nn.Module) -> YoloModel | None:
         What optkit needs to know about it, or ``None`` for any other model.
     """
     root = _root_of(model)
-    inner = getattr(root, "model", None) if root is not None else None
+    if root is None:
+        return None
+    inner = getattr(root, "model", None)
     if not isinstance(inner, (nn.Sequential, nn.ModuleList)) or not len(inner):
         return None
     head = inner[-1]
@@ -220,3 +228,16 @@ def detection_channel_groups(info: YoloModel) -> list[tuple[str, int, int, int]]
     if info.extra_size:
         groups.append(("extra", dim, info.class_offset + info.nc, info.channels))
     return groups
+
+
+def detection_output_groups(model: nn.Module, outputs: Any) -> dict[str, list[ChannelGroup]]:
+    """Channel groups of a recognised YOLO model's outputs (``ModuleRule.output_groups``): each
+    prediction tensor (3-D, ``4 + nc (+ extra)`` channels on the library's channel dim) is split
+    into ``boxes``, ``scores`` and ``extra`` (:func:`detection_channel_groups`); heads without such
+    predictions (classify, semantic, depth, RT-DETR, end-to-end) get none.
+    """
+    info = recognise_yolo(model)
+    if info is None or info.task in ("classify", "semantic", "depth", "rtdetr") or info.end2end:
+        return {}
+    groups = [ChannelGroup(*g) for g in detection_channel_groups(info)]
+    return {leaf.name: groups for leaf in output_leaves(outputs) if len(leaf.shape) == 3 and leaf.shape[info.channels_dim] == info.channels}
