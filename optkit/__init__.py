@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optkit.artifacts import Artifact, OnnxArtifact
     from optkit.data.sources import STANDARD_DATASETS, DatasetRequest
-    from optkit.errors import OptkitError, PipelineError, PluginError, StageError
+    from optkit.errors import OptkitError, PipelineError, PluginError, StageError, did_you_mean
     from optkit.files import atomic_write_bytes
     from optkit.host.hookspecs import hookimpl
     from optkit.measure.accuracy import classifier_outputs, evaluate
@@ -61,6 +61,7 @@ __all__ = [
     "PipelineError",
     "StageError",
     "PluginError",
+    "did_you_mean",
     # What the other hooks register: model sources, data sets, module rules
     "SourceRequest",
     "STANDARD_SOURCES",
@@ -130,6 +131,7 @@ _EXPORTS: dict[str, str] = {
     "PipelineError": "optkit.errors",
     "StageError": "optkit.errors",
     "PluginError": "optkit.errors",
+    "did_you_mean": "optkit.errors",
     # What the other hooks register: model sources, data sets, module rules
     "SourceRequest": "optkit.models.sources",
     "STANDARD_SOURCES": "optkit.models.sources",

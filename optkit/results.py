@@ -388,7 +388,14 @@ class DriftTolerance(ReportModel):
     cosine: float | None = Field(None, description="Minimum cosine similarity to the stage before.")
     top1_agreement: float | None = Field(None, description="Minimum top-1 agreement with the stage before.")
     set_by: str | None = Field(None, description="The option that set the tolerance.")
-    similarity_on: str | None = Field(None, description="Where the similarity bounds were checked: data.eval or seeded batch.")
+    similarity_on: str | None = Field(
+        None, description="Where the similarity bounds were checked: data.eval, seeded batch, or a pass's larger seeded batch."
+    )
+    within_model_sensitivity: dict[str, Any] | None = Field(
+        None,
+        description="Set when element-wise drift over the bound was within `factor` x the model's own sensitivity (so the stage "
+        "was not failed for it): output, drift_max_abs, sensitivity_max_abs, factor.",
+    )
 
 
 class DriftComparison(DriftFigures):
@@ -406,6 +413,13 @@ class Drift(DriftComparison):
 
     previous: DriftComparison | None = Field(None, description="The same figures against the stage before.")
     tolerance: DriftTolerance | None = Field(None, description="The tolerance the stage was held to, when it must preserve outputs.")
+    sensitivity: dict[str, Any] | None = Field(
+        None, description="Baseline only: input_step and max_abs per output, how much outputs move under that relative input change."
+    )
+    uninformative: dict[str, str] | None = Field(
+        None, description="Outputs whose comparison says nothing (no elements, or the same for two inputs) -> why."
+    )
+    warning: str | None = Field(None, description="What uninformative means for the figures, in one line.")
 
 
 class Accuracy(ReportModel):

@@ -4,6 +4,8 @@ YOLOv5's ``load_classifier``, made general: the head is found structurally
 (:func:`optkit.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
 replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
 the old logits with no training (the same weights; a narrower GEMM may round in another order).
+A torchvision two-stage detector gets its scores and box deltas (and mask logits) replaced together
+(:mod:`optkit_plugins.detection_heads`); its ``num_classes`` counts the background class 0.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from optkit import (
     out_width,
     replace_module,
 )
+from optkit_plugins.detection_heads import ClassHead, DetectorHeadsRefused, detector_class_heads
 
 __all__ = ["Reclassify", "new_head"]
 
@@ -109,24 +112,21 @@ class Reclassify(Pass):
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         opts = self.options
-        num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep or ())  # one of them is set
-        try:
-            name, old = find_classifier(model, opts.layer)
-        except ClassifierNotFoundError as exc:  # a stage failure: the model was loaded and measured
-            raise StageError(exc.message) from None
-        heads = [(name, old)]
-        if opts.aux and opts.layer is None:
-            heads += auxiliary_classifiers(model)
+        num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep)
+        heads = self._heads(model)
         replaced: list[dict[str, Any]] = []
         # The CPU generator only, saved and restored: torch.manual_seed would reseed every CUDA
         # generator too, and fork_rng(devices=[]) would not restore them.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(opts.seed)
-            for head_name, head in heads:
-                self._check(head_name, head)
-                replace_module(model, head_name, new_head(head, num_classes, opts.keep, opts.init))
-                replaced.append({"layer": head_name, "type": type(head).__name__, "in_features": in_width(head),
-                                 "old_classes": out_width(head), "new_classes": num_classes})
+            for head in heads:
+                self._check(head)
+                keep = [k * head.rows_per_class + r for k in opts.keep for r in range(head.rows_per_class)] if opts.keep else None
+                replace_module(model, head.name, new_head(head.module, num_classes * head.rows_per_class, keep, opts.init))
+                replaced.append({"layer": head.name, "type": type(head.module).__name__, "in_features": in_width(head.module),
+                                 "old_classes": out_width(head.module) // head.rows_per_class, "new_classes": num_classes})
+                if head.rows_per_class != 1:
+                    replaced[-1]["outputs_per_class"] = head.rows_per_class
         if opts.freeze == "backbone":
             new_heads = {id(model.get_submodule(h["layer"])) for h in replaced}
             for module in model.modules():
@@ -150,14 +150,35 @@ class Reclassify(Pass):
         ctx.logger.info("reclassify: %s -> %d classes", ", ".join(h["layer"] for h in replaced), num_classes)
         return model
 
-    def _check(self, name: str, head: nn.Module) -> None:
-        keep = self.options.keep or []
-        classes = out_width(head)
+    def _heads(self, model: nn.Module) -> list[ClassHead]:
+        """The layers to replace: a detector's class heads together, else the classifier and its auxiliary heads."""
+        opts = self.options
+        try:
+            detector_heads = detector_class_heads(model)
+        except DetectorHeadsRefused as exc:
+            raise StageError(str(exc)) from None
+        if detector_heads is not None:
+            names = [h.name for h in detector_heads]
+            if opts.layer is not None and opts.layer not in names:
+                raise StageError(f"option layer: {opts.layer!r} is not a class head of {type(model).__name__}; its class heads are {names}")
+            return detector_heads
+        try:
+            name, old = find_classifier(model, opts.layer)
+        except ClassifierNotFoundError as exc:  # a stage failure: the model was loaded and measured
+            raise StageError(exc.message) from None
+        heads = [(name, old)]
+        if opts.aux and opts.layer is None:
+            heads += auxiliary_classifiers(model)
+        return [ClassHead(n, m, 1) for n, m in heads]
+
+    def _check(self, head: ClassHead) -> None:
+        name, keep = head.name, self.options.keep or []
+        classes = out_width(head.module) // head.rows_per_class
         out_of_range = [k for k in keep if k >= classes]
         if out_of_range:
             raise StageError(f"option keep: class index {out_of_range[0]} is out of range for head {name!r}, which has {classes} classes")
-        if not isinstance(head, nn.Linear) and head.groups != 1:
-            raise StageError(f"head {name!r} is a grouped convolution (groups={head.groups}); name another with option layer")
+        if not isinstance(head.module, nn.Linear) and head.module.groups != 1:
+            raise StageError(f"head {name!r} is a grouped convolution (groups={head.module.groups}); name another with option layer")
 
 
 @hookimpl

@@ -201,9 +201,9 @@ def test_random_calibration_only_when_asked_and_the_report_says_so(tmp_path):
     assert calibration["source"] == "random" and calibration["batches"] == 3 and calibration["samples"] == 6  # input batch 2
     assert calibration["warning"].startswith("calibrated on random standard-normal inputs (calibration: {random: true}), not on data")
     assert "calibrated on random standard-normal inputs" in (run.run_dir / "report.md").read_text()
-    # Without data.eval the similarity is held on the seeded batch, which random calibration covers.
-    assert run.drift["tolerance"]["similarity_on"] == "seeded batch"
-    assert run.drift["previous"]["cosine"] >= 0.99
+    # Without data.eval the similarity is held on 32 seeded samples, which random calibration covers.
+    assert run.drift["tolerance"]["similarity_on"] == "a seeded batch of 32 random samples"
+    assert run.stage["details"]["similarity_gate"]["cosine"] >= 0.99
 
 
 def test_fp16_is_refused_on_the_cpu(tmp_path, digits):
@@ -259,14 +259,32 @@ def test_the_similarity_tolerance_fails_a_stage_that_drifts_on_data(tmp_path, di
     assert run.stage["error"].endswith("under the minimum 0.99999999; lower the tolerance options of quantize_onnx to accept it")
 
 
-def test_without_data_eval_similarity_is_held_on_the_seeded_batch_and_the_message_says_how_to_do_better(tmp_path, digits):
-    # Calibrated on images in [0, 1], the model clips the seeded batch's standard-normal values.
-    run = quantize(tmp_path, digits, {"calibration": {"batches": 1}}, expect_status="failed", data_section={"calibration": f"imagefolder:{digits.train}"})
-    assert "but on the seeded batch, the outputs' cosine similarity to the stage before is 0." in run.stage["error"]
+def test_without_data_eval_similarity_is_held_on_32_seeded_samples_and_the_message_says_how_to_do_better(tmp_path, digits):
+    # Calibrated on images in [0, 1], the model clips standard-normal values. The graph has a fixed
+    # batch of 1: the 32 samples take 32 calls.
+    run = quantize(tmp_path, digits, {"calibration": {"batches": 1}}, expect_status="failed",
+                   data_section={"calibration": f"imagefolder:{digits.train}"}, export={"dynamic_batch": False})
+    gate = run.stage["details"]["similarity_gate"]
+    assert (gate["samples"], gate["calls"]) == (32, 32)
+    assert "but on a seeded batch of 32 random samples, the outputs' cosine similarity to the stage before is 0." in run.stage["error"]
     assert run.stage["error"].endswith(
         "lower the tolerance options of quantize_onnx to accept it, or give data.eval: similarity is then held on real "
-        "samples, not on the seeded batch of random values"
+        "samples, not on random values"
     )
+    # The figures are those of the 32 samples, recomputed here with onnxruntime alone.
+    batch = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)).numpy()
+
+    def logits(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(32)])
+
+    reference = logits(run.run_dir / "stages/01-export_onnx/model.onnx")
+    quantized = logits(run.run_dir / "stages/02-quantize_onnx/model_int8.onnx")
+    assert gate["top1"] == pytest.approx(float((reference.argmax(1) == quantized.argmax(1)).mean()))
+    ours, theirs = torch.from_numpy(quantized).double().flatten(), torch.from_numpy(reference).double().flatten()
+    cosine = float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
+    assert gate["cosine"] == pytest.approx(cosine, abs=1e-6)
 
 
 def test_entropy_calibration_of_a_fixed_batch_export(tmp_path, digits):

@@ -234,3 +234,55 @@ def test_every_torchvision_classifier(tmp_path):
         del model
     assert {"googlenet", "inception_v3", "squeezenet1_0", "vit_h_14", "swin_v2_t", "maxvit_t"} <= timings.keys()
     print("slowest:", sorted(timings.items(), key=lambda kv: -kv[1])[:5])
+
+
+def test_reclassify_leaves_every_buffer_unchanged(tmp_path):
+    """Finding the auxiliary heads traces the model in train mode; timm's BatchNorms must not count that
+    as a batch (num_batches_tracked), and no running statistic may move."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10).eval()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model, _ = apply(model, tmp_path, num_classes=5)
+    after = dict(model.named_buffers())
+    assert after.keys() == before.keys()
+    changed = [name for name, buffer in before.items() if not torch.equal(after[name], buffer)]
+    assert changed == []
+
+
+def _faster_rcnn() -> nn.Module:
+    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, min_size=128, max_size=128
+    ).eval()
+
+
+@torch.inference_mode()
+def test_detector_scores_and_boxes_are_replaced_together(tmp_path):
+    """torchvision pairs score c with box deltas 4c..4c+3: both heads get the new classes, and
+    a kept class keeps its score and its own four deltas."""
+    model = _faster_rcnn()
+    features = torch.randn(5, 1024)
+    scores_before, deltas_before = model.roi_heads.box_predictor(features)
+    keep = [0, 5, 7]
+    model, details = apply(model, tmp_path, keep=keep)
+    predictor = model.roi_heads.box_predictor
+    assert (predictor.cls_score.out_features, predictor.bbox_pred.out_features) == (3, 12)
+    scores, deltas = predictor(features)
+    assert_same_logits(scores, scores_before[:, keep])
+    assert_same_logits(deltas.view(5, 3, 4), deltas_before.view(5, 91, 4)[:, keep])
+    assert [h["layer"] for h in details["heads"]] == ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"]
+    assert details["heads"][1]["outputs_per_class"] == 4 and details["heads"][1]["old_classes"] == 91
+    detections = model(torch.rand(1, 3, 128, 128))[0]
+    assert detections["boxes"].shape[1] == 4 and all(0 < c < 3 for c in detections["labels"].tolist())
+
+
+def test_detector_layer_option_still_replaces_the_whole_predictor(tmp_path):
+    model, _ = apply(_faster_rcnn(), tmp_path, num_classes=10, layer="roi_heads.box_predictor.cls_score")
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 40
+
+
+def test_one_stage_detector_is_refused_with_the_reason_before_any_change(tmp_path):
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(StageError, match=r"^SSD predicts classes with per-level convolutions .*num_classes=N in its factory"):
+        apply(model, tmp_path, num_classes=10)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -111,7 +111,7 @@ def optkit_register_module_rules(register: Callable[[ModuleRule], None]) -> None
 def optkit_register_importances(register: Callable[[str, Importance], None]) -> None:
     """Add channel-importance criteria for ``prune_channels`` (``importance: NAME`` in a pipeline).
 
-    A criterion is a callable that gets one :class:`optkit.models.PruningGroup` (the coupled
+    A criterion is a callable that gets one :class:`optkit.PruningGroup` (the coupled
     channels' layers, their weights with the positions of every channel, the data loaders and
     ``gradients()``) and returns a 1-D tensor with one score per channel (``group.channels``);
     the lowest are removed first. The pass normalises each group's scores before a global

@@ -212,7 +212,9 @@ def similarity_falls_short(
     return None
 
 
-def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict[str, Any] | None = None) -> str | None:
+def tolerance_failure(
+    drift: dict[str, Any], tolerance: Tolerance, on_data: dict[str, Any] | None = None, where: str = "on data.eval"
+) -> str | None:
     """Why a stage breaks ``tolerance``, each bound it sets, against the stage before; or ``None``.
 
     The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
@@ -224,7 +226,9 @@ def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict
     Args:
         drift: :func:`compare_outputs` of the stage against the stage before, on the seeded batch.
         tolerance: the bounds.
-        on_data: ``top1``, ``cosine`` of the same comparison on data.eval (comparable outputs), or ``None``.
+        on_data: ``top1``, ``cosine`` of the same comparison on data.eval (comparable outputs), or on
+            more samples than the seeded batch (a pass's ``similarity_gate``), or ``None``.
+        where: the samples ``on_data`` covers, for the message.
     """
     if not drift.get("comparable", False):
         return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
@@ -233,5 +237,5 @@ def tolerance_failure(drift: dict[str, Any], tolerance: Tolerance, on_data: dict
         if problem is not None:
             return problem
     if on_data is not None:
-        return similarity_falls_short(on_data.get("cosine"), on_data.get("top1"), tolerance, "on data.eval")
+        return similarity_falls_short(on_data.get("cosine"), on_data.get("top1"), tolerance, where)
     return similarity_falls_short(drift.get("cosine"), drift.get("top1_agreement"), tolerance)

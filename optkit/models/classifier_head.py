@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from optkit.errors import PipelineError
-from optkit.models.layers import in_width, module_mode, out_width
+from optkit.models.layers import buffers_restored, in_width, module_mode, out_width
 
 __all__ = ["ClassifierNotFoundError", "HEAD_TYPES", "find_classifier", "auxiliary_classifiers", "candidate_heads_hint"]
 
@@ -135,8 +135,8 @@ class _Graph:
 
 
 def _trace(model: nn.Module, training: bool) -> _Graph | None:
-    """Trace ``model`` symbolically; ``None`` when ``torch.fx`` cannot."""
-    with module_mode(model, training):
+    """Trace ``model`` symbolically (its flags and buffers restored); ``None`` when ``torch.fx`` cannot."""
+    with module_mode(model, training), buffers_restored(model):
         try:
             graph = _HeadTracer().trace(model)
         # torch.fx fails in many ways on untraceable code (TraceError, TypeError, RuntimeError,

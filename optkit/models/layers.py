@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
-__all__ = ["in_width", "out_width", "replace_module", "module_mode", "eval_mode", "make_pruning_permanent"]
+__all__ = ["in_width", "out_width", "replace_module", "module_mode", "eval_mode", "buffers_restored", "make_pruning_permanent"]
 
 
 def in_width(layer: nn.Module) -> int:
@@ -62,6 +63,28 @@ def module_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
 def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """:func:`module_mode` in eval mode."""
     return module_mode(model, False)
+
+
+@contextlib.contextmanager
+def buffers_restored(model: nn.Module) -> Iterator[nn.Module]:
+    """Give every buffer of ``model`` back its own tensor and values after the block.
+
+    Symbolic tracing in train mode runs a BatchNorm's ``num_batches_tracked.add_(1)`` for real
+    (``torch.fx`` proxies parameters, not buffers); code that only inspects a model uses this so
+    the model it was given comes back unchanged.
+    """
+    saved = [(module, dict(module._buffers)) for module in model.modules()]
+    values = {id(t): t.detach().clone() for _, buffers in saved for t in buffers.values() if t is not None}
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for module, buffers in saved:
+                module._buffers.clear()
+                module._buffers.update(buffers)
+                for tensor in buffers.values():
+                    if tensor is not None:
+                        tensor.copy_(values[id(tensor)])
 
 
 def make_pruning_permanent(model: nn.Module) -> list[str]:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from optkit.reporting.tables import COLUMNS, data_note, format_count, shown_columns, stage_rows, timing_lines
+from optkit.reporting.tables import COLUMNS, data_note, drift_warning, format_count, shown_columns, stage_rows, timing_lines
 
 if TYPE_CHECKING:
     from optkit.results import RunReport
@@ -67,6 +67,8 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
     console.print("GFLOPs = 2 × GMACs (thop counts multiply-accumulates). Drift is against the baseline.", style="dim")
     if data_note(report):
         console.print(data_note(report), style="dim")
+    if drift_warning(report):
+        console.print(drift_warning(report), style="bold yellow", highlight=False)
     for line in timing_lines(report):
         console.print(line, style="bold yellow" if line.startswith(("Warning", "Side-by-side")) else "dim", highlight=False)
     console.print(f"Report: {run_dir}/report.json, {run_dir}/report.md · status: {report.status}")

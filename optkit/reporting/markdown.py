@@ -12,6 +12,7 @@ from optkit.reporting.tables import (
     comparison_note,
     comparison_rows,
     data_note,
+    drift_warning,
     environment_groups,
     environment_line,
     environment_text,
@@ -45,6 +46,7 @@ def render_markdown(report: RunReport) -> str:
         + (f" {data_note(report)}" if data_note(report) else ""),
         "",
         *(f"{line}\n" for line in timing_lines(report)),
+        *([f"**{drift_warning(report)}**\n"] if drift_warning(report) else []),
         *_markdown_table(columns, [[row[c] for c in columns] for row in rows]),
     ]
     lines += _per_output_lines(report)

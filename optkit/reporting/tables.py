@@ -20,6 +20,7 @@ __all__ = [
     "DATA_NOTE",
     "shown_columns",
     "data_note",
+    "drift_warning",
     "COMPARISON_COLUMNS",
     "format_count",
     "format_speedup",
@@ -314,6 +315,12 @@ DATA_NOTE = (" Accuracy is top-1 on data.eval; agreement is the share of data.ev
 
 def _has_data(report: RunReport) -> bool:
     return any(s.metrics.accuracy is not None or s.metrics.agreement is not None for s in report.stages)
+
+
+def drift_warning(report: RunReport) -> str | None:
+    """The baseline's warning that drift compares empty or input-independent outputs, or ``None``."""
+    drift = report.stages[0].metrics.drift if report.stages else None
+    return f"Warning: {drift.warning}" if drift is not None and drift.warning else None
 
 
 def data_note(report: RunReport) -> str:

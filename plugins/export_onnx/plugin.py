@@ -12,6 +12,7 @@ from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, channel_groups_for, eval_mode, hookimpl
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.export_onnx.exporter import export_onnx_model, output_layout, save_onnx_model, symbolic_batch_dim
 from optkit_plugins.export_onnx.selection import exported_module
 from optkit_plugins.export_onnx.simplify import simplify_onnx_model
@@ -110,6 +111,12 @@ class ExportOnnx(Pass):
         precision = "fp16" if options.fp16 else "fp32"
         if options.fp16 and ctx.device.type != "cuda":
             raise StageError(f"export_onnx: fp16 needs a CUDA device, and this run is on {ctx.device}; set device: cuda or drop fp16")
+        detector = torchvision_detector(model)
+        if detector is not None and options.dynamic_batch:
+            raise StageError(
+                f"export_onnx: torchvision's {detector} returns a different number of detections per image and batch, which a "
+                "dynamic batch cannot be verified for; set dynamic_batch: false (parity at the input's batch size)"
+            )
         atol, rtol = self._parity_bounds()
 
         # The model is read, not changed: a pass that returns an artifact leaves its model as it got

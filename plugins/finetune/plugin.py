@@ -17,6 +17,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from torch import nn
 
 from optkit import ALL_BUT_HEAD, Pass, PassContext, StageError, apply_freeze, evaluate, hookimpl
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.finetune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optkit_plugins.finetune.training import StepReport, TrainingSettings, autocast_dtype, logits, train
 
@@ -86,6 +87,12 @@ class FineTune(Pass):
                 teacher's; every parameter frozen; a loss that is not finite (with its step).
         """
         opts = self.options
+        detector = torchvision_detector(model)
+        if detector is not None:
+            raise StageError(
+                f"finetune trains classifiers on (image, class) samples with cross-entropy; torchvision's {detector} "
+                "trains on box targets with its own detection losses, which finetune does not give it"
+            )
         train_data = ctx.require_data("train")
         with torch.no_grad():
             classes = logits(model(ctx.example_input)).shape[1]

@@ -1,4 +1,4 @@
-"""The built-in importance criteria: one score per channel of a :class:`~optkit.models.PruningGroup`.
+"""The built-in importance criteria: one score per channel of a :class:`~optkit.PruningGroup`.
 
 Every criterion scores each of the group's tensors on its own (one value per channel, summed over
 the channel's positions) and combines them with the group's ``reduction`` (sum, mean or max), as

@@ -1,8 +1,8 @@
-"""From the channel analysis to the public view a criterion scores (:class:`optkit.models.PruningGroup`).
+"""From the channel analysis to the public view a criterion scores (:class:`optkit.PruningGroup`).
 
 Every atom of a parameter (one row or column of a weight, one entry of a BatchNorm scale) whose
 union-find set is a unit of a group is one *position* of that unit in that parameter; the
-positions of a group, tensor by tensor, are what :class:`~optkit.models.GroupTensor` lists.
+positions of a group, tensor by tensor, are what :class:`~optkit.GroupTensor` lists.
 """
 
 from __future__ import annotations

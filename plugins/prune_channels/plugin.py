@@ -3,7 +3,7 @@ or over the whole model, by an amount or toward a target in MACs, parameters or 
 
 The groups of coupled channels come from :mod:`optkit_plugins.prune_l1` (trace, plan, cut,
 replay); here they are scored (:mod:`~optkit_plugins.prune_channels.criteria` or a plugin's
-criterion through :class:`optkit.models.PruningGroup`), allocated and searched for.
+criterion through :class:`optkit.PruningGroup`), allocated and searched for.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from optkit import ClassifierNotFoundError, Pass, PassContext, StageError, find_classifier, hookimpl
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 
@@ -88,6 +89,12 @@ class PruneL1(Pass):
         """
         options = self.options
         if options.mode == "channels":
+            detector = torchvision_detector(model)
+            if detector is not None:
+                raise StageError(
+                    f"prune_l1 mode channels: torchvision's {detector} needs targets in train mode and resizes its inputs "
+                    "inside the model, which the channel tracer does not follow; mode: unstructured prunes it"
+                )
             return self._prune_channels(model, ctx)
         selected = _select_layers(model, options, ctx.details)
         prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, 
 from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, cpu_info, file_bytes, hookimpl
+from optkit_plugins.quantize_onnx.gate import seeded_similarity
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
 from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_input, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
@@ -184,7 +185,13 @@ class QuantizeOnnx(Pass):
         float_bytes, quantized_bytes = file_bytes(source.path), file_bytes(target)  # external data included
         details["size"] = {"float_bytes": float_bytes, "bytes": quantized_bytes, "ratio": round(float_bytes / quantized_bytes, 3)}
         details["macs"] = MACS_NOTE
-        details["tolerance"] = self.tolerance().describe() + " against the float ONNX model (on data.eval when given, else the seeded batch)"
+        on_data = ctx.data is not None and ctx.data.eval is not None
+        if not on_data:
+            # The runner holds the similarity bounds to these figures (report.json's similarity_gate).
+            fixed_batch = graph_input(float_model).fixed_batch
+            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_input, ctx.device, fixed_batch)
+        where = "data.eval" if on_data else details["similarity_gate"]["on"]
+        details["tolerance"] = self.tolerance().describe() + f" against the float ONNX model (on {where})"
         return dataclasses.replace(source, path=target, source_model=model)
 
     def _int8_scheme(self, details: dict[str, Any]) -> Int8Settings:

@@ -9,6 +9,9 @@ Kinds:
 * ``detection``: YOLO layout, ``[B, 4+nc(+extra), anchors]`` (Ultralytics, ``channels_dim=1``) or
   ``[B, anchors, 5+nc]`` (YOLOv5, ``channels_dim=2``), xywh boxes in input pixels: each branch
   de-scaled and un-flipped, the anchors of every branch concatenated (YOLOv5's ``_descale_pred``);
+* ``flow``: a declared ``[B, 2, h, w]`` dense vector field (optical flow: ``u`` horizontal, ``v``
+  vertical, in input pixels): restored like ``dense``, and the vectors too: ``u`` negated after a
+  horizontal flip, ``v`` after a vertical one, each rescaled by the ratio of input sizes;
 * ``passthrough``: tensors that are not floating point (indices, masks): the first branch's.
 
 Anything else is refused with :class:`UnknownOutputError`, whose message says what to declare.
@@ -30,14 +33,15 @@ from optkit_plugins.module_rules.yolo import YoloModel, recognise_yolo
 
 __all__ = ["Kind", "DetectionLayout", "OutputPlan", "UnknownOutputError", "plan_outputs", "infer_kind", "DECLARABLE"]
 
-KindName = Literal["classification", "dense", "detection", "passthrough"]
+KindName = Literal["classification", "dense", "flow", "detection", "passthrough"]
 #: What ``tta: {output: ...}`` accepts.
-DECLARABLE = ("classification", "dense", "detection")
+DECLARABLE = ("classification", "dense", "flow", "detection")
 
 WHAT_TO_DECLARE = (
     "Declare it: `tta: {output: detection}` for YOLO-layout detections ([B, 4+nc, anchors] with xywh boxes "
     "in input pixels; add output_index when the model returns several tensors), `output: classification` "
-    "for [B, C] logits, `output: dense` for maps that follow the input's geometry"
+    "for [B, C] logits, `output: dense` for maps that follow the input's geometry, `output: flow` for [B, 2, h, w] "
+    "vector fields (optical flow)"
 )
 
 
@@ -199,6 +203,10 @@ def _declared(declared: str, leaves: list[Any], paths: list[str], index: int, in
             raise UnknownOutputError(f"tta: output {path} {list(leaf.shape)} has fewer than {layout.class_offset} channels on dim {layout.channels_dim}")
         return _only(index, paths, Kind("detection", layout), "declared")
     inferred = infer_kind(leaf, input_hw, batch)
+    if declared == "flow" and not isinstance(inferred, str) and inferred.name == "dense":
+        if int(leaf.shape[1]) != 2:
+            raise UnknownOutputError(f"tta: output {path} was declared flow but has {int(leaf.shape[1])} channels, not 2 (u, v)")
+        return _only(index, paths, Kind("flow"), "declared")
     if isinstance(inferred, str) or inferred.name != declared:
         found = inferred if isinstance(inferred, str) else f"looks {inferred.name}"
         raise UnknownOutputError(f"tta: output {path} was declared {declared} but {found}")
@@ -253,7 +261,7 @@ def plan_outputs(
         output: what it returned.
         input_hw: the example's ``(H, W)``.
         batch: the example's batch size.
-        declared: ``classification``, ``dense`` or ``detection`` (``tta: {output: ...}``).
+        declared: ``classification``, ``dense``, ``flow`` or ``detection`` (``tta: {output: ...}``).
         output_index: which tensor ``declared`` is about, by flattened index or path (``"[0]"``);
             needed when there are several. The other tensors are dropped (noted).
         layout: the layout of a declared detection (default: ``[B, 4+nc, anchors]``).

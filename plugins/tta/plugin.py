@@ -11,6 +11,8 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from torch import nn
 
 from optkit import Pass, PassContext, StageError, count_macs, hookimpl
+from optkit_plugins.detection_heads import torchvision_detector
+from optkit_plugins.tta.flip_check import flip_warnings
 from optkit_plugins.tta.kinds import OutputPlan, UnknownOutputError, plan_outputs
 from optkit_plugins.tta.wrapper import SAME_SHAPE_SCALES, TestTimeAugmentation, padded_size
 
@@ -39,9 +41,10 @@ class TTA(Pass):
         )
         pad_value: float = Field(0.0, description="Padding fill (0.0 = mean of a normalised image; YOLOv5/Ultralytics: 0.447).")
         same_shape: bool = Field(False, description="Pad back to the input size (models with a fixed input size).")
-        output: Literal["classification", "dense", "detection"] | None = Field(
+        output: Literal["classification", "dense", "flow", "detection"] | None = Field(
             None,
-            description="What the output is, for models TTA does not recognise: detection = YOLO layout [B, 4+nc, anchors], xywh in input pixels.",
+            description="What the output is, for models TTA does not recognise: detection = YOLO layout [B, 4+nc, anchors], "
+            "xywh in input pixels; flow = a [B, 2, h, w] vector field (u, v in input pixels), whose vectors are un-flipped and rescaled too.",
         )
         output_index: int | str | None = Field(
             None, description="With output: which output it is about, by flattened index or path ([0]), when the model returns several."
@@ -79,6 +82,12 @@ class TTA(Pass):
                 flipped without ``flip_idx``, or a model that fails on the augmented inputs.
         """
         opts = self.options
+        detector = torchvision_detector(model)
+        if detector is not None:
+            raise StageError(
+                f"tta: torchvision's {detector} returns detections after NMS (a list of dicts of boxes, scores and labels per "
+                "image), which cannot be merged across branches; TTA merges YOLO-layout predictions before NMS"
+            )
         plan = self._plan(model, ctx.example_input)
         stride = opts.stride
         if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
@@ -114,6 +123,11 @@ class TTA(Pass):
         )
         if plan.notes:
             ctx.details["notes"] = plan.notes
+        warnings = [w for flip in opts.flips for w in flip_warnings(model, ctx.example_input, plan, flip)]
+        if warnings:
+            ctx.details["warnings"] = warnings
+            for warning in warnings:
+                ctx.logger.warning("tta: %s", warning)
         ctx.logger.info("tta: %d branches, %.2fx the MACs", len(wrapped.branches), ctx.details["cost_multiplier"] or 0)
         return wrapped
 

@@ -143,10 +143,12 @@ class TestTimeAugmentation(nn.Module):
                 if kind.name == "detection":
                     nominal = scale if self.descale == "nominal" else None
                     leaf = restore_detections(leaf, kind.layout(), content, image_hw, flip, scale=nominal)
-                elif kind.name == "dense":
+                elif kind.name in ("dense", "flow"):
                     if i not in targets:
                         targets[i] = _dense_target(leaf, padded, image_hw)
                     leaf = _restore_dense(leaf, flip, content, padded, targets[i])
+                    if kind.name == "flow":
+                        leaf = _restore_vectors(leaf, flip, content, image_hw)
                 restored.setdefault(i, []).append(leaf)
         if plan is None or spec is None:
             raise RuntimeError("tta: no branch ran")
@@ -175,7 +177,7 @@ class TestTimeAugmentation(nn.Module):
             return merge_detections(outputs, kind.layout(), self.clip_levels)
         if kind.name == "passthrough":
             return outputs[0]
-        if self.merge == "softmax" and outputs[0].dim() >= 2:
+        if self.merge == "softmax" and kind.name != "flow" and outputs[0].dim() >= 2:
             outputs = [o.softmax(dim=1) for o in outputs]
         elif len(outputs) == 1:
             return outputs[0]  # the identity case stays bit-exact
@@ -194,6 +196,16 @@ def _dense_target(output: torch.Tensor, padded_hw: tuple[Any, Any], image_hw: tu
     out_h, out_w = output.shape[-2], output.shape[-1]
     padded_h, padded_w = padded_hw
     return ((image_hw[0] * out_h + padded_h // 2) // padded_h, (image_hw[1] * out_w + padded_w // 2) // padded_w)
+
+
+def _restore_vectors(flow: torch.Tensor, flip: str | None, content_hw: tuple[Any, Any], image_hw: tuple[Any, Any]) -> torch.Tensor:
+    """A restored ``[B, 2, h, w]`` field's vectors in the input's pixels and orientation: ``(u, v)``
+    scaled by the input's size over the branch content's, the flipped component negated."""
+    sign_u = -1.0 if flip == "horizontal" else 1.0
+    sign_v = -1.0 if flip == "vertical" else 1.0
+    u = flow[:, 0:1] * (sign_u * image_hw[1] / content_hw[1])
+    v = flow[:, 1:2] * (sign_v * image_hw[0] / content_hw[0])
+    return torch.cat([u, v], dim=1)
 
 
 def _restore_dense(output: torch.Tensor, flip: str | None, content_hw: tuple[Any, Any], padded_hw: tuple[Any, Any], target: tuple[Any, Any]) -> torch.Tensor:

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from optkit import hookimpl
-from optkit.errors import PipelineError, did_you_mean
-from optkit.models.sources import SourceRequest
+from optkit import PipelineError, SourceRequest, did_you_mean
 from optkit_example_plugin.scaled_conv import ScaledConv
 
 __all__ = ["MODELS", "load_example", "scaled_stem"]

@@ -14,8 +14,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from optkit import hookimpl
-from optkit.data.sources import DatasetRequest
-from optkit.errors import PipelineError
+from optkit import DatasetRequest, PipelineError
 
 __all__ = ["load_npz"]
 

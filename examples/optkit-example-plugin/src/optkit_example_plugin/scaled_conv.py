@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from optkit import hookimpl
-from optkit.models.bn_folding import fold_bn_into_layer
-from optkit.models.rules import ModuleRule, class_path
+from optkit import ModuleRule, class_path, fold_bn_into_layer
 
 __all__ = ["ScaledConv", "fold_bn_into_scaled_conv"]
 
