@@ -313,7 +313,7 @@ class _StageRunner:
             stage_dir.mkdir(parents=True, exist_ok=True)
             guard = BaselineGuard(self.baseline_model)
             product = apply(ctx)
-            self._check_baseline(guard, result)
+            self._check_baseline_unchanged(guard, result)
             if isinstance(product, Artifact):  # made however the pass liked: it must still be in the stage folder
                 self._check_inside(product.path, stage_dir)
                 if not any(Path(listed).resolve() == Path(product.path).resolve() for listed in ctx.artifacts):
@@ -353,7 +353,7 @@ class _StageRunner:
         self.current = None
         return product if result.status == "ok" and written else None
 
-    def _check_baseline(self, guard: BaselineGuard, result: StageResult) -> None:
+    def _check_baseline_unchanged(self, guard: BaselineGuard, result: StageResult) -> None:
         """Fail the stage whose pass changed ``ctx.baseline_model``; the baseline's copy is then out of the side-by-side timing."""
         changed = guard.changes()
         if changed:
