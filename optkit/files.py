@@ -3,11 +3,56 @@ paths given relative to a pipeline file."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "overwrite_in_place", "resolve_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "overwrite_in_place", "resolve_path", "UnsafeFileError", "FileTooLargeError", "read_limited"]
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+class UnsafeFileError(ValueError):
+    """A file optkit will not read: not a regular file, or larger than its limit."""
+
+
+class FileTooLargeError(UnsafeFileError):
+    """A regular file larger than the limit for its kind."""
+
+
+def read_limited(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (a link to one included), at most ``limit`` of them.
+
+    Opened without blocking (a FIFO would wait for a writer forever) and checked before a byte is
+    read, so ``/dev/zero``, a FIFO or a 200 MB file costs nothing.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, OSError: as ``open`` does.
+        UnsafeFileError: not a regular file; :class:`FileTooLargeError` when larger than ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "a special file")
+            raise UnsafeFileError(f"not a regular file ({kind})")
+        if info.st_size > limit:
+            raise FileTooLargeError(f"{info.st_size:,} bytes, more than the limit of {_size_text(limit)}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)  # never more: the file may grow while it is read
+        if len(data) > limit:
+            raise FileTooLargeError(f"more than the limit of {_size_text(limit)}")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _size_text(limit: int) -> str:
+    return f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
 
 
 def _umask() -> int:

@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from optkit.errors import PipelineError
+from optkit.files import read_limited
 
 if TYPE_CHECKING:
     from optkit.config.pipeline import Pipeline
 
 __all__ = [
     "SCHEMA_VERSION",
+    "REPORT_MAX_BYTES",
     "StageStatus",
     "RunStatus",
     "TimingStatus",
@@ -104,6 +106,9 @@ class TimingStatus(enum.StrEnum):
     failed = "failed"
     interrupted = "interrupted"
 
+
+#: The largest report.json optkit reads (a run's is a few KiB; a comparison of hundreds of runs a few MiB).
+REPORT_MAX_BYTES = 64 * 2**20
 
 #: What a stage can end as (``skipped``: not reached).
 STAGE_STATUSES = tuple(s.value for s in StageStatus)
@@ -599,6 +604,9 @@ class RunReport(ReportModel):
     status: RunStatus = Field(RunStatus.running, description="running (a partial report), ok, failed or interrupted.")
     error: str | None = Field(None, description="Why the run failed or was interrupted.")
     timing: Timing = Field(default_factory=Timing, description="How latency was measured.")
+    lock: dict[str, Any] | None = Field(
+        None, description="The run folder's lock while the run held it (pid, host, started; took_over: a stale lock's holder)."
+    )
     stages: list[StageResult] = Field(default_factory=list, description="The baseline, then every stage in pipeline order.")
 
     def __init__(self, environment: Any = None, pipeline: Any = None, stages: Any = None, **data: Any) -> None:
@@ -669,10 +677,10 @@ def read_report_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / "report.json" if path.is_dir() else path
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_limited(file, REPORT_MAX_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # UnsafeFileError, bad JSON and bad UTF-8 are ValueErrors
         raise PipelineError(f"cannot read report: {exc}", str(file)) from exc
     if not isinstance(data, dict) or not ("runs" in data or "stages" in data):
         raise PipelineError("not an optkit report (no 'stages' or 'runs')", str(file))

@@ -251,3 +251,12 @@ class StageRecorder:
     @hookimpl
     def optkit_stage_finished(self, result, run):
         self.calls.append(("finished", result.name, result.index, result.status))
+
+
+def nonfinite_noise(n: int = 8, size: int = 64) -> torch.utils.data.TensorDataset:
+    """:func:`labeled_noise` whose samples 1 and 3 hold NaN and inf pixels (a broken decoder's output)."""
+    images, labels = labeled_noise(n, size=size).tensors
+    images = images.clone()
+    images[1, 0, 0, 0] = float("nan")
+    images[3, 2, 5, 5] = float("inf")
+    return torch.utils.data.TensorDataset(images, labels)

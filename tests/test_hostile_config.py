@@ -3,6 +3,8 @@ in bounded memory (issue 12)."""
 
 from __future__ import annotations
 
+import os
+
 import plugins_for_tests
 import pytest
 from test_cli import (
@@ -127,8 +129,33 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it_all(test_host,
 def test_a_device_file_that_never_ends_is_refused(test_host):
     from optkit.config.pipeline import load_pipeline
 
-    with pytest.raises(PipelineError, match="larger than 1 MiB"):
+    with pytest.raises(PipelineError, match=r"^/dev/zero: not a regular file \(a character device\); a pipeline file is a file"):
         load_pipeline("/dev/zero", test_host.get_pass)
+
+
+def test_a_fifo_as_a_sweep_or_pipeline_file_is_refused_without_blocking(test_host, tmp_path):
+    """Before issue 25, opening a FIFO waited for a writer forever."""
+    import threading
+
+    from optkit.config.pipeline import load_pipeline
+    from optkit.config.sweep import load_sweep
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    caught: list[str] = []
+
+    def read() -> None:
+        for load in (lambda p: load_pipeline(p, test_host.get_pass), load_sweep):
+            try:
+                load(tmp_path / "fifo.yaml")
+            except PipelineError as exc:
+                caught.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert len(caught) == 2, "reading a FIFO blocked"
+    assert caught[0] == f"{tmp_path}/fifo.yaml: not a regular file (a FIFO); a pipeline file is a file"
+    assert caught[1] == f"{tmp_path}/fifo.yaml: not a regular file (a FIFO); a sweep file is a file"
 
 
 # --- YAML 1.1 booleans are not numbers -------------------------------------------------------------
@@ -215,3 +242,18 @@ def test_validate_refuses_an_unknown_source_scheme(test_passes, cli, write_pipel
     assert errors(result).startswith(
         f"error: {path}:2: model.source: unknown model source scheme 'timmm'; registered: file, hf, python, torchvision"
     )
+
+
+# --- issue 25, item 10: shapes, fp16 on the CPU --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("[16]", "<pipeline>:3: key 'model.input_shape': List should have at least 2 items after validation, not 1"),
+        ('["2", 3, 64, 64]', "<pipeline>:3: key 'model.input_shape.0': Value error, a size is an integer written as one (a str is not"),
+        ("[2, 3, 64.0, 64]", "<pipeline>:3: key 'model.input_shape.2': Value error, a size is an integer written as one (a float is"),
+    ],
+)
+def test_input_shapes_need_a_batch_dimension_and_real_integers(test_host, shape, message):
+    assert parse_error(tiny(**{"[2, 3, 64, 64]": shape}), test_host).startswith(message)

@@ -341,3 +341,13 @@ def test_reclassify_seeds_only_the_cpu_generator_and_restores_it(tmp_path, monke
     assert torch.equal(torch.random.get_rng_state(), state)
     torch.testing.assert_close(first[-1].weight, second[-1].weight, rtol=0, atol=0)
     assert not torch.equal(first[-1].weight, other[-1].weight)
+
+
+def test_a_torch_checkpoint_named_safetensors_is_read_by_its_first_bytes(tmp_path):
+    """README: the format comes from the first bytes, not the name (issue 25, item 10)."""
+    from optkit.models.checkpoint_files import read_checkpoint
+
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "misnamed.safetensors")
+    loaded = read_checkpoint(tmp_path / "misnamed.safetensors")
+    assert loaded.format == "torch"
+    torch.testing.assert_close(loaded.obj["w"], torch.arange(3.0), rtol=0, atol=0)

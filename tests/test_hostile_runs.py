@@ -176,7 +176,7 @@ def test_an_artifact_listed_outside_the_run_folder_fails_the_stage_not_the_runne
 
     assert report.status == "failed"
     assert report.stages[2].error == (
-        "stage 2 (lists_outside) failed: artifact /etc/passwd is outside the run folder; "
+        "stage 2 (lists_outside) failed: artifact /etc/passwd is outside the stage folder stages/02-lists_outside; "
         "write artifacts with ctx.artifact_path(name)"
     )
     assert report.stages[2].artifacts == ["stages/02-lists_outside/traceback.txt"]
@@ -351,3 +351,61 @@ def test_info_leaves_the_process_timing_settings_as_they_were(cli):
     assert json.loads(result.stdout)["latency_ms"]["threads"] == 3
     assert (torch.get_num_threads(), flush_denormal_enabled()) == before
 
+
+
+# --- the baseline model is the passes' to read, never to change (issue 25, item 3) --------------------
+
+
+def test_a_pass_that_reads_the_baseline_model_passes_the_check(host, tmp_path):
+    report, _ = run(host, tmp_path, "  - reads_baseline\n  - reads_baseline")
+    assert report.status == "ok", report.error
+    assert report.stages[1].details["teacher_mean"] == pytest.approx(report.stages[2].details["teacher_mean"], rel=1e-6)
+
+
+@pytest.mark.parametrize(("culprit", "what"), [("zeroes_baseline", "its tensor '0.weight'"), ("slows_baseline", "its module '' (forward)")])
+def test_a_pass_that_changes_the_baseline_model_fails_its_stage(host, tmp_path, culprit, what):
+    report, run_dir = run(host, tmp_path, f"  - {culprit}\n  - reads_baseline")
+    assert report.status == "failed"
+    stage = report.stages[1]
+    assert stage.status == "failed"
+    assert stage.error.startswith(f"stage 1 ({culprit}) failed: pass {culprit!r} changed ctx.baseline_model ({what}")
+    assert "passes read it, never change it" in stage.error
+    assert report.stages[2].status == "skipped"
+    # the baseline's latency was measured before the change; no stage gets a speed-up over a corrupted baseline
+    written = json.loads((run_dir / "report.json").read_text())
+    assert all("speedup" not in s["metrics"] for s in written["stages"])
+
+
+# --- artifacts lie in their stage folder and exist (issue 25, item 9) ----------------------------------
+
+
+@pytest.mark.parametrize("path", ["/tmp/optkit-elsewhere.onnx", "stages/01-identity/stolen.onnx", "model.onnx"])
+def test_a_returned_artifact_outside_its_stage_folder_fails_the_stage(host, tmp_path, path):
+    report, _ = run(host, tmp_path, f"  - identity\n  - returns_onnx_at: {{path: {path}}}")
+    assert report.status == "failed"
+    assert report.stages[2].status == "failed"
+    assert report.stages[2].error.startswith("stage 2 (returns_onnx_at) failed: artifact ")
+    assert "is outside the stage folder stages/02-returns_onnx_at; write artifacts with ctx.artifact_path(name)" in report.stages[2].error
+    assert "latency_ms" not in report.stages[2].metrics  # refused before it was measured
+
+
+def test_a_listed_artifact_in_another_stage_folder_fails_the_stage(host, tmp_path):
+    report, run_dir = run(host, tmp_path, f"  - writes_artifact\n  - lists_outside: {{path: {tmp_path}/run/stages/01-writes_artifact/x}}")
+    assert report.stages[2].status == "failed" and "is outside the stage folder stages/02-lists_outside" in report.stages[2].error
+
+
+def test_the_report_lists_only_artifacts_that_exist_at_the_end(host, tmp_path):
+    report, run_dir = run(host, tmp_path, "  - writes_artifact\n  - deletes_earlier_artifacts")
+    assert report.status == "ok"
+    written = json.loads((run_dir / "report.json").read_text())
+    assert written["stages"][1]["artifacts"] == []
+    assert written["stages"][1]["details"]["artifacts_removed"] == ["stages/01-writes_artifact/note.txt"]
+
+
+def test_latency_false_announces_no_side_by_side_timing(installed, cli, tmp_path):
+    """Issue 25, item 10: with measure.latency: false nothing is timed, and the progress says nothing of it."""
+    path = write(tmp_path, "  - identity", **{"measure: {warmup: 1, iters: 3}": "measure: {warmup: 1, iters: 3, latency: false}"})
+    result = cli("run", path, "-o", "out")
+    assert result.exit_code == 0, result.stderr
+    assert "side by side" not in result.stderr
+    assert "identity: ok" in result.stderr

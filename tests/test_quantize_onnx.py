@@ -438,3 +438,14 @@ def test_report_json_records_what_quantize_onnx_did(static_run):
     assert stage["details"]["input"] == "../01-export_onnx/model.onnx"
     assert {"mode", "format", "per_channel", "weight_type", "activation_type", "calibration", "graph", "size", "macs"} <= set(stage["details"])
     assert "calibration: {'method': 'minmax', 'source': 'data.calibration'" in (static_run.run_dir / "report.md").read_text()
+
+
+def test_calibration_data_holding_nan_fails_naming_the_entry(tmp_path):
+    """Issue 25, item 10: NaN calibration inputs failed inside onnxruntime ('AssertionError: scale issue')."""
+    run = run_pass("quantize_onnx", {}, tmp_path=tmp_path, plugins=[plugins_for_tests], before=[{"export_onnx": {}}],
+                   data={"calibration": {"source": "python:plugins_for_tests:nonfinite_noise", "batch_size": 4}},
+                   source="python:plugins_for_tests:tiny_net", measure=QUICK, expect_status="failed")
+    assert run.stage["error"] == (
+        "stage 2 (quantize_onnx) failed: quantize_onnx: data.calibration holds 2 samples with NaN or infinite values "
+        "(of 8 read); quantization scales cannot be computed from them: fix the data or its transform"
+    )

@@ -23,7 +23,8 @@ Exit codes:
   0    success
   1    a stage failed (earlier stages and a partial report are kept), or an unexpected error
   2    usage, pipeline-file or plugin error (nothing was run)
-  130  interrupted (Ctrl-C; the partial report is kept)"""
+  130  interrupted (Ctrl-C; the partial report is kept)
+  143  terminated (SIGTERM, as timeout and job schedulers send; the partial report is kept)"""
 
 
 def _set_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -45,7 +46,7 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 class _Group(click.Group):
     """The one place an error escaping a command becomes one line on stderr and an exit code:
-    optkit errors their own (2 for usage, pipeline files and plugins), Ctrl-C 130, a file that
+    optkit errors their own (2 for usage, pipeline files and plugins), Ctrl-C 130, SIGTERM 143, a file that
     cannot be read or written 1, anything else 1 with a hint at ``--debug``, which adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -55,9 +56,9 @@ class _Group(click.Group):
             raise  # usage errors and exits: click reports them (exit 2 for usage)
         except OptkitError as exc:
             self._report(ctx, str(exc), exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM during a run (optkit.run.signals.Terminated: 143)
             click.secho("interrupted", fg="yellow", err=True)
-            ctx.exit(130)
+            ctx.exit(getattr(exc, "exit_code", 130))
         except OSError as exc:  # a file or folder that cannot be read or written (report -o, sweep folders)
             where = f"{exc.filename}: " if exc.filename else ""
             self._report(ctx, f"{where}{exc.strerror or exc}", 1)
@@ -153,7 +154,11 @@ def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool
         from rich.console import Console
 
         print_report(report, Console(), str(run_dir))
-    sys.exit({"ok": 0, "failed": 1, "interrupted": 130}.get(report.status, 1))
+    if report.status == "interrupted":
+        from optkit.run.signals import exit_code_for
+
+        sys.exit(exit_code_for([report.error, *(stage.error for stage in report.stages)]))
+    sys.exit({"ok": 0, "failed": 1}.get(report.status, 1))
 
 
 @cli.command()
@@ -300,7 +305,10 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
     from optkit.results import SCHEMA_VERSION
 
-    compared = load_runs(list(runs))
+    def skipped(error: Exception) -> None:  # one unreadable report leaves the others to compare
+        click.secho(f"warning: skipped {plain_text(str(error))}", fg="yellow", err=True)
+
+    compared = load_runs(list(runs), on_skip=skipped)
     meta: dict[str, Any] = {"title": title or f"optkit report: {len(compared)} runs", "sources": [str(p) for p in runs]}
     older = [run for run in compared if run.report.schema < SCHEMA_VERSION]
     if older:

@@ -3,16 +3,25 @@ come from and how images become tensors."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from optkit.config.documents import SourceSpec, StrictModel
 
-__all__ = ["DATA_ROLES", "TransformSpec", "DatasetSpec", "DataSpec"]
+__all__ = ["DATA_ROLES", "TransformSpec", "DatasetSpec", "DataSpec", "available_cpus"]
 
 #: The entries of ``data:`` that name a data set, in the order they are built.
 DATA_ROLES = ("eval", "train", "calibration")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as ``taskset`` or a container sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
 
 
 class TransformSpec(StrictModel):
@@ -75,8 +84,17 @@ class DataSpec(StrictModel):
     eval: DatasetSpec | None = Field(None, description="Every stage's accuracy and agreement are measured on it.")
     train: DatasetSpec | None = Field(None, description="For passes that train (ctx.data.train).")
     calibration: DatasetSpec | None = Field(None, description="For passes that calibrate (ctx.data.calibration); default: train, else eval.")
-    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes (0: load in the main process).")
+    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes (0: load in the main process); at most the CPUs available.")
     root: str | None = Field(None, description="Folder relative dataset paths resolve against; default: the pipeline file's folder.")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _at_most_the_cpus(cls, value: int) -> int:
+        # Each worker is a process with its own copy of the dataset: 1000 of them ran a machine out of memory.
+        cpus = available_cpus()
+        if value > cpus:
+            raise ValueError(f"{value} worker processes, but this process may use {cpus} CPU{'s' if cpus != 1 else ''}; give at most {cpus}")
+        return value
 
     @field_validator(*DATA_ROLES, mode="before")
     @classmethod

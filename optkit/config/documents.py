@@ -14,6 +14,7 @@ from pydantic_core import ErrorDetails
 
 from optkit.config.yaml_lines import MAX_FILE_BYTES, line_of, load_yaml_with_lines
 from optkit.errors import PipelineError, closest
+from optkit.files import FileTooLargeError, UnsafeFileError, read_limited
 
 __all__ = ["StrictModel", "SourceSpec", "ConfigDocument", "read_config", "parse_config"]
 
@@ -107,11 +108,11 @@ def read_config(path: str | Path, kind: str) -> ConfigDocument:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)  # never more: the file may be huge, or /dev/zero
-        if len(raw) > MAX_FILE_BYTES:
-            raise PipelineError(f"larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for a {kind}", str(path))
-        text = raw.decode("utf-8")
+        text = read_limited(path, MAX_FILE_BYTES).decode("utf-8")  # never more: the file may be huge, /dev/zero or a FIFO
+    except FileTooLargeError:
+        raise PipelineError(f"larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for a {kind}", str(path)) from None
+    except UnsafeFileError as exc:  # /dev/zero, a FIFO, a socket
+        raise PipelineError(f"{exc}; a {kind} is a file", str(path)) from None
     except FileNotFoundError:
         raise PipelineError(f"no such {kind}", str(path)) from None
     except IsADirectoryError:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Discriminator,
     Field,
     NonNegativeInt,
@@ -89,9 +90,19 @@ def check_input_shape(shape: list[int]) -> list[int]:
     return shape
 
 
-#: An input batch shape: 1 to :data:`MAX_INPUT_DIMS` positive sizes, at most :data:`MAX_INPUT_ELEMENTS` elements.
+def _written_as_integer(value: Any) -> Any:
+    """Refuse ``"16"`` and ``16.0`` in a shape, which pydantic would convert without a word (booleans
+    go on to the check that names YAML's ``yes``/``on``)."""
+    if isinstance(value, (str, float)):
+        raise ValueError(f"a size is an integer written as one (a {type(value).__name__} is not converted)")
+    return value
+
+
+#: An input batch shape: a batch dimension and 1 to :data:`MAX_INPUT_DIMS` - 1 more, each a positive
+#: integer written as one (``"16"`` and ``16.0`` are refused, not converted), at most
+#: :data:`MAX_INPUT_ELEMENTS` elements.
 InputShape = Annotated[
-    list[PositiveInt], Field(min_length=1, max_length=MAX_INPUT_DIMS), AfterValidator(check_input_shape)
+    list[Annotated[PositiveInt, BeforeValidator(_written_as_integer)]], Field(min_length=2, max_length=MAX_INPUT_DIMS), AfterValidator(check_input_shape)
 ]
 
 

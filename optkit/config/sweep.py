@@ -13,6 +13,7 @@ Example sweep file::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,16 @@ from optkit.config.documents import ConfigDocument, StrictModel, parse_config, r
 from optkit.config.pipeline import InputShape, MeasureSpec, ModelSpec, check_accuracy_settings
 from optkit.files import resolve_path
 
-__all__ = ["SweepModel", "SweepFile", "load_sweep", "parse_sweep"]
+__all__ = ["SweepModel", "SweepFile", "load_sweep", "parse_sweep", "NAME_PATTERN"]
+
+#: Model and pipeline names of a sweep: they become file names, job names and report cells.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def _check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"{name!r} is not a name: 1 to 100 letters, digits and _ . + - only, starting with a letter or digit")
+    return name
 
 
 class SweepModel(ModelSpec):
@@ -38,6 +48,11 @@ class SweepModel(ModelSpec):
     input_size_kwarg: str | None = Field(
         None, description="Builder keyword that must equal the input's height (e.g. image_size for vit_b_16)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, name: str | None) -> str | None:
+        return _check_name(name) if name is not None else None
 
     @property
     def label(self) -> str:
@@ -68,6 +83,13 @@ class SweepFile(StrictModel):
     timeout_s: PositiveFloat | None = Field(None, description="A job running longer is stopped and reported failed.")
     gpus_per_job: float | None = Field(None, ge=0, description="Ray num_gpus per job; default 1 for a cuda device, else 0.")
     save_model: bool = Field(False, description="Keep each job's final model.pt (large for big models).")
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, pipelines: dict[str, Any]) -> dict[str, Any]:
+        for name in pipelines:
+            _check_name(name)
+        return pipelines
 
     @field_validator("models", mode="before")
     @classmethod

@@ -55,9 +55,11 @@ def as_labeled(item: Any, where: str) -> tuple[Any, int]:
         return item, -1
     if isinstance(item, (tuple, list)) and len(item) == 2 and _is_model_inputs(item[0]):
         label = item[1]
-        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
-            return item[0], int(label)
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point() and label.dtype != torch.bool:
+            label = int(label)
         if isinstance(label, int) and not isinstance(label, bool):
+            if label < -1:  # -1 alone means "no label"; any other negative value is a broken dataset, not a missing label
+                raise PipelineError(f"{where}: a sample's label is {label}; labels are class indices 0, 1, ... or -1 for none")
             return item[0], label
         raise PipelineError(f"{where}: a sample's label must be an integer class index, got {_describe(label)}")
     raise PipelineError(
@@ -263,7 +265,32 @@ def build_data(spec: DataSpec, get_dataset: DatasetLookup, base_dir: Path, *, se
             },
         )
         sets[role].first_sample()  # a sample the transform cannot make, or of the wrong kind, fails here
+    _check_same_classes(sets)
     return PipelineData(sets)
+
+
+def _check_same_classes(sets: dict[str, DataSet]) -> None:
+    """Label ``i`` means one class in every entry that names its classes (image folders): where two
+    entries both have label ``i``, its class name is the same. (An entry may have fewer classes: train
+    on folders 0 to 3 of 10; a shifted list is refused: train ``a``-``j`` against eval ``0``-``9``.)
+
+    Raises:
+        PipelineError: naming both entries, their classes and the first label that differs.
+    """
+    named = [(data_set, data_set.classes) for data_set in sets.values() if data_set.classes is not None]
+    for other, classes in named[1:]:
+        first, reference = named[0]
+        differ = next((i for i, (a, b) in enumerate(zip(reference, classes)) if a != b), None)
+        if differ is not None:
+            raise PipelineError(
+                f"{other.option} ({other.spec.source}) has the classes {_names(classes)} but {first.option} has "
+                f"{_names(reference)}; the same label would mean different classes (label {differ} is "
+                f"{classes[differ]!r} in one, {reference[differ]!r} in the other): give both the same class folders"
+            )
+
+
+def _names(classes: list[str], shown: int = 5) -> str:
+    return ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
 
 
 def _chosen(size: int, entry: DatasetSpec, seed: int) -> list[int]:

@@ -13,6 +13,7 @@ hook (``optkit_register_datasets``) any plugin uses:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from optkit.data.folders import class_folders, image_files, open_image
 from optkit.errors import PipelineError
 from optkit.files import resolve_path
 from optkit.models.sources import call_factory, import_callable
@@ -93,23 +95,24 @@ def load_imagefolder(request: DatasetRequest) -> ImageFolder:
         raise PipelineError(f"{request.option}: no such folder {folder} (from {request.spec.source})")
     if not folder.is_dir():
         raise PipelineError(f"{request.option}: {folder} is a file, not a folder of class folders")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = class_folders(folder, request.option)
     if not classes:
         raise PipelineError(
             f"{request.option}: {folder} holds no class folders; an image folder has one sub-folder per class "
             f"(e.g. {folder}/cat/1.png)"
         )
-    dataset = image_folder(folder, request.transform, allow_empty=True)
+    dataset = image_folder(folder, request.transform, allow_empty=True, where=request.option)
     if not dataset.samples:
         raise PipelineError(
             f"{request.option}: {folder} has class folders ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}) "
             f"but no images in them (looked for {', '.join(IMG_EXTENSIONS)})"
         )
+    # A class without images would still take a label: the README promises it is an error.
     empty = sorted(set(dataset.classes) - {dataset.classes[label] for _, label in dataset.samples})
-    request.details["folder"] = str(folder)
     if empty:
-        request.details["empty_classes"] = empty
-        log.warning("%s: %s has class folders without images: %s", request.option, folder, ", ".join(empty))
+        raise PipelineError(f"{request.option}: class folder {folder / empty[0]} holds no images (looked for {', '.join(IMG_EXTENSIONS)})"
+                            + (f"; nor do {', '.join(empty[1:])}" if len(empty) > 1 else ""))
+    request.details["folder"] = str(folder)
     return dataset
 
 
@@ -124,15 +127,16 @@ class UnlabeledImages(Dataset):
         samples: ``(path, -1)`` per file, as ``ImageFolder.samples`` (optkit checks every file before a run).
     """
 
-    def __init__(self, files: list[Path], transform: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, files: list[Path], transform: Callable[[Any], Any] | None = None, where: str = "images") -> None:
         self.samples = [(str(path), -1) for path in files]
         self.transform = transform
+        self.where = where
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Any:
-        image = _decode(self.samples[index][0])
+        image = _decode(self.samples[index][0], self.where)
         return self.transform(image) if self.transform is not None else image
 
 
@@ -146,43 +150,75 @@ def load_images(request: DatasetRequest) -> UnlabeledImages:
     if not folder.is_dir():
         what = "is a file, not a folder of images" if folder.exists() else f"no such folder (from {request.spec.source})"
         raise PipelineError(f"{request.option}: {folder}: {what}")
-    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS)
+    files = image_files(folder, folder, request.option)
     if not files:
         raise PipelineError(f"{request.option}: {folder} holds no images (looked for {', '.join(IMG_EXTENSIONS)})")
     request.details["folder"] = str(folder)
-    return UnlabeledImages(files, request.transform)
+    return UnlabeledImages(files, request.transform, request.option)
 
 
-def image_folder(folder: str | Path, transform: Callable[[Any], Any] | None = None, *, allow_empty: bool = False) -> ImageFolder:
-    """torchvision's ``ImageFolder`` at ``folder``, whose loader names the file it cannot decode.
+def image_folder(
+    folder: str | Path, transform: Callable[[Any], Any] | None = None, *, allow_empty: bool = False, where: str = "image folder"
+) -> ImageFolder:
+    """torchvision's ``ImageFolder`` at ``folder``, read by the rules of :mod:`optkit.data.folders` (hidden
+    entries ignored, no folder links, image headers checked), whose loader names the file it cannot decode.
 
     Args:
         folder: one sub-folder per class.
         transform: applied to each PIL image.
         allow_empty: do not raise for class folders without images.
+        where: how messages name the folder (``data.eval``).
+
+    Raises:
+        PipelineError: a link the rules refuse; a class folder without images (unless ``allow_empty``).
     """
-    return ImageFolder(str(folder), transform=transform, loader=_decode, allow_empty=allow_empty)
+    return _CheckedImageFolder(folder, transform, allow_empty=allow_empty, where=where)
 
 
-def _decode(path: str) -> Image.Image:
+class _CheckedImageFolder(ImageFolder):
+    """``ImageFolder`` whose classes and files come from :mod:`optkit.data.folders`."""
+
+    def __init__(self, folder: str | Path, transform: Callable[[Any], Any] | None, *, allow_empty: bool, where: str) -> None:
+        self.where = where
+        super().__init__(str(folder), transform=transform, loader=functools.partial(_decode, where=where), allow_empty=allow_empty)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = class_folders(Path(directory), self.where)
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    def make_dataset(self, directory: str | Path, class_to_idx: dict[str, int], extensions: Any = None, is_valid_file: Any = None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        root = Path(directory)
+        samples = []
+        for name, index in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            files = image_files(root / name, root, self.where)
+            if not files and not allow_empty:
+                raise PipelineError(f"{self.where}: class folder {root / name} holds no images (looked for {', '.join(IMG_EXTENSIONS)})")
+            samples += [(str(path), index) for path in files]
+        return samples
+
+
+def _decode(path: str, where: str = "image") -> Image.Image:
     try:
-        return pil_loader(path)
+        with open_image(path, where) as image:
+            return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for an unreadable, truncated or corrupt image
-        raise PipelineError(f"cannot decode image {path}: {exc}") from exc
+        raise PipelineError(f"{where}: cannot decode image {path}: {exc}") from exc
 
 
 def verify_images(paths: Iterable[str | Path], option: str) -> None:
     """Check that every file is an image PIL can read, without decoding the pixels.
 
-    PIL parses each header and checks the file's integrity (for PNG, every chunk's checksum), so a
-    file that is no image, an empty file or a truncated PNG is named before anything runs.
+    PIL parses each header (its size and mode are checked against :data:`~optkit.data.folders.MAX_IMAGE_PIXELS`
+    and the modes with an RGB conversion) and checks the file's integrity (for PNG, every chunk's checksum), so
+    a file that is no image, an empty file, a truncated PNG or a decompression bomb is named before anything runs.
 
     Raises:
         PipelineError: naming ``option`` and the first file that fails.
     """
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path, option) as image:
                 image.verify()
         except (OSError, SyntaxError, ValueError) as exc:  # PIL reports broken files with any of these
             raise PipelineError(f"{option}: {path} is not a readable image: {exc}") from None

@@ -5,6 +5,7 @@ batches, agreement with the baseline's top-1 sample by sample, similarity to the
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from optkit.measure.outputs import flatten_outputs
 from optkit.models.layers import eval_mode
 
 __all__ = ["LOGITS_KEPT", "Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "similarity_metrics", "AccuracyTracker"]
+
+log = logging.getLogger(__name__)
 
 #: Output values an evaluation keeps for the cosine against the stage before (64 MiB of float32):
 #: every sample's logits for small label sets, the first ~16,000 samples' for 1,000 classes.
@@ -37,6 +40,7 @@ class Evaluation:
         classes: the number of outputs.
         seconds: how long evaluating took.
         logits: the outputs (float32, CPU) of the first samples, up to :data:`LOGITS_KEPT` values.
+        nonfinite_inputs: samples whose input holds NaN or an infinity (their predictions mean nothing).
     """
 
     predictions: torch.Tensor
@@ -45,6 +49,7 @@ class Evaluation:
     classes: int
     seconds: float = 0.0
     logits: torch.Tensor | None = None
+    nonfinite_inputs: int = 0
 
     @property
     def labeled(self) -> torch.Tensor:
@@ -61,6 +66,8 @@ class Evaluation:
         if self.top5 is not None:
             result["top5"] = float(self.top5[labeled].double().mean())
         result["n"] = n
+        if self.nonfinite_inputs:
+            result["nonfinite_inputs"] = self.nonfinite_inputs
         return result
 
 
@@ -103,9 +110,11 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
         run = subject
         in_eval = eval_mode(subject)
     predictions, hits, all_labels, kept = [], [], [], []
-    classes = kept_values = 0
+    classes = kept_values = nonfinite = 0
     with in_eval, torch.inference_mode():
         for inputs, labels in batches:
+            if inputs.is_floating_point():
+                nonfinite += int((~torch.isfinite(inputs.reshape(len(inputs), -1))).any(1).sum())
             try:
                 logits = classifier_outputs(ExampleInputs.of(inputs).call(run), "data.eval").detach().cpu()
             except PipelineError as exc:
@@ -131,6 +140,7 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
         classes=classes,
         seconds=time.perf_counter() - start,
         logits=torch.cat(kept) if kept else None,
+        nonfinite_inputs=nonfinite,
     )
 
 
@@ -197,6 +207,9 @@ class AccuracyTracker:
         evaluation = evaluate(subject, self.batches, self.device)
         if self.baseline is None:
             self.baseline = evaluation
+            if evaluation.nonfinite_inputs:  # once: the data are the same for every stage
+                log.warning("data.eval: %d of %d samples hold NaN or infinite values; their predictions, and the "
+                            "accuracy, mean little", evaluation.nonfinite_inputs, len(evaluation.labels))
         metrics = accuracy_metrics(evaluation, self.baseline)
         if self.previous is not None:
             metrics["agreement"]["previous"] = similarity_metrics(evaluation, self.previous)

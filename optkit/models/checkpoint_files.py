@@ -152,9 +152,10 @@ def _read_torch(path: Path, map_location: MapLocation, trust: bool, option: str)
             # Deliberate: the user opted in (trust_checkpoint / --trust-checkpoint) to unpickling
             # arbitrary objects (a whole pickled module), which can run code from the file.
             log.warning("%s: unpickling %s in full (trust_checkpoint is set)", option, path)
-            obj = torch.load(path, map_location=restore, weights_only=False)
-        else:
-            obj = torch.load(path, map_location=restore, weights_only=True)
+        # An open file, not the path: torch.load reads a path ending in .safetensors as safetensors,
+        # and the format here comes from the first bytes (sniff_format), not from the name.
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location=restore, weights_only=not trust)
     except pickle.UnpicklingError as exc:
         raise _unpickling_error(path, exc, option) from None
     except RuntimeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 from optkit.measure.drift import output_parts
@@ -36,9 +37,9 @@ def render_markdown(report: RunReport) -> str:
     rows = stage_rows(report)
     columns = shown_columns(COLUMNS, rows)
     lines = [
-        f"# optkit report: {model.get('source', '?')}",
+        f"# optkit report: {_text(model.get('source', '?'))}",
         "",
-        f"Status: **{report.status}** · input {_inputs_line(model)} · {environment_line(report)}",
+        f"Status: **{_text(report.status)}** · input {_text(_inputs_line(model))} · {_text(environment_line(report))}",
         "",
         "MACs are multiply-accumulates (thop's unit); GFLOPs = 2 × GMACs. Latency is the median "
         "of timed runs; speed-up and Δparams are against the baseline; drift is against the baseline."
@@ -50,14 +51,14 @@ def render_markdown(report: RunReport) -> str:
     ]
     lines += _per_output_lines(report)
     if report.error:
-        lines += ["", f"**Error:** {report.error}"]
+        lines += ["", f"**Error:** {_text(report.error)}"]
     for stage in report.stages:
         if stage.details or stage.artifacts or stage.error:
-            lines += ["", f"## {stage.index}. {stage.name}", ""]
+            lines += ["", f"## {stage.index}. {_text(stage.name)}", ""]
             if stage.error:
-                lines.append(f"- error: {stage.error}")
-            lines += [f"- artifact: `{a}`" for a in stage.artifacts]
-            lines += [f"- {key}: {_detail_text(key, value)}" for key, value in stage.details.items()]
+                lines.append(f"- error: {_text(stage.error)}")
+            lines += [f"- artifact: `{_code(a)}`" for a in stage.artifacts]
+            lines += [f"- {_text(key)}: {_text(_detail_text(key, value))}" for key, value in stage.details.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -83,8 +84,19 @@ def _detail_text(key: str, value: Any) -> str:
     return short_text(value)
 
 
+def _text(value: Any) -> str:
+    """Text optkit did not write (names, sources, errors, details) as Markdown shows it: HTML tags and
+    entities escaped (a sweep name cannot put a ``<script>`` into report.md), on one line."""
+    return html.escape(str(value), quote=False).replace("\n", " ")
+
+
+def _code(value: Any) -> str:
+    """Text inside a code span: a backtick would end it."""
+    return str(value).replace("`", "'").replace("\n", " ")
+
+
 def _markdown_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("|", "\\|")
 
 
 def _markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
@@ -103,17 +115,17 @@ def render_comparison_markdown(
         plots: caption → image path relative to the report.
     """
     meta = meta or {}
-    lines = [f"# {meta.get('title') or 'optkit comparison'}", ""]
+    lines = [f"# {_text(meta.get('title') or 'optkit comparison')}", ""]
     if meta.get("command"):
-        lines += ["Reproduce with:", "", "```", str(meta["command"]), "```", ""]
+        lines += ["Reproduce with:", "", "```", _code(meta["command"]), "```", ""]
     groups = environment_groups(runs)
     lines += ["## Environment", ""]
-    lines += [f"- {environment_text(env)}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or ["- (no run recorded one)"]
+    lines += [f"- {_text(environment_text(env))}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or ["- (no run recorded one)"]
     extra = [f"{key} {meta[key]}" for key in ("created", "executor", "optkit_version") if meta.get(key)]
-    lines += [f"- {' · '.join(extra)}"] if extra else []
-    lines += [f"- {note}" for note in meta.get("notes") or []]
+    lines += [f"- {_text(' · '.join(extra))}"] if extra else []
+    lines += [f"- {_text(note)}" for note in meta.get("notes") or []]
     failed = [run for run in runs if run.report.status != "ok"]
-    lines += ["", comparison_note(runs), ""]
+    lines += ["", _text(comparison_note(runs)), ""]
     if runs:
         header, rows = speedup_table(runs)
         lines += ["## Speed-up of each pipeline (last stage vs baseline, with its interval)", "", *_markdown_table(header, rows), ""]
@@ -123,7 +135,8 @@ def render_comparison_markdown(
     lines += ["## Every stage", "", *_markdown_table(columns, [[row[c] for c in columns] for row in comparison_rows(runs)])]
     if failed:
         lines += ["", "## Errors", ""]
-        lines += [f"- **{run.model} / {run.pipeline}**: {short_text(run.report.error or run.report.status, 600)}" for run in failed]
+        lines += [f"- **{_text(run.model)} / {_text(run.pipeline)}**: {_text(short_text(run.report.error or run.report.status, 600))}"
+                  for run in failed]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from optkit.errors import PipelineError
 from optkit.results import RunReport, read_report_json
@@ -51,27 +51,51 @@ class ComparedRun:
                 "seconds": self.seconds, "report": self.report.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ComparedRun:
-        return cls(RunReport.from_dict(data["report"]), data.get("model", ""), data.get("pipeline", ""),
+    def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> ComparedRun:
+        """One entry of a comparison report's ``runs`` (``where``: the file, for errors)."""
+        return cls(RunReport.from_dict(data["report"], where), data.get("model", ""), data.get("pipeline", ""),
                    data.get("run_dir"), data.get("seconds"))
 
 
-def load_runs(paths: list[Path]) -> list[ComparedRun]:
+def load_runs(paths: list[Path], on_skip: Callable[[PipelineError], None] | None = None) -> list[ComparedRun]:
     """Runs from run folders, ``report.json`` files and comparison reports, in the order given.
 
+    Args:
+        paths: what to read.
+        on_skip: called, once every path was read, with the error of each path that could not be (and
+            was left out). Without it, the first such path raises.
+
     Raises:
-        PipelineError: a path holds no report, or one that cannot be read.
+        PipelineError: a path holds no report, or one that cannot be read (a special file, over
+            :data:`~optkit.results.REPORT_MAX_BYTES`, malformed, from a newer schema), naming the
+            file and the field; with ``on_skip``, only when no path could be read.
     """
     runs: list[ComparedRun] = []
+    errors: list[PipelineError] = []
     for given in paths:
-        path = Path(given)
         try:
-            data = read_report_json(path)
-        except FileNotFoundError:
-            raise PipelineError("no report.json here (expected a run folder, a sweep folder or a report.json)", str(path)) from None
-        if data.get("kind") == COMPARISON_KIND:
-            runs += [ComparedRun.from_dict(entry) for entry in data.get("runs", [])]
-        else:
-            folder = path if path.is_dir() else path.parent
-            runs.append(ComparedRun(RunReport.from_dict(data, str(path / "report.json" if path.is_dir() else path)), run_dir=str(folder)))
+            runs += _load(Path(given))
+        except PipelineError as exc:
+            if on_skip is None:
+                raise
+            errors.append(exc)
+    if errors and not runs:
+        raise errors[0]  # nothing to compare: the error alone, not a warning too
+    for error in errors:
+        on_skip(error)  # type: ignore[misc]  # errors is empty without on_skip
     return runs
+
+
+def _load(path: Path) -> list[ComparedRun]:
+    try:
+        data = read_report_json(path)
+    except FileNotFoundError:
+        raise PipelineError("no report.json here (expected a run folder, a sweep folder or a report.json)", str(path)) from None
+    file = str(path / "report.json" if path.is_dir() else path)
+    if data.get("kind") == COMPARISON_KIND:
+        entries = data.get("runs")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("report"), dict) for e in entries):
+            raise PipelineError("a comparison report's 'runs' must be a list of mappings, each with a 'report' mapping", file)
+        return [ComparedRun.from_dict(entry, file) for entry in entries]
+    folder = path if path.is_dir() else path.parent
+    return [ComparedRun(RunReport.from_dict(data, file), run_dir=str(folder))]

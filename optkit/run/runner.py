@@ -37,12 +37,14 @@ from optkit.models.layers import eval_mode
 from optkit.inputs import ExampleInputs, InputDef
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting.writing import write_run_report
-from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, json_problem, optkit_version
+from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, TimingStatus, json_problem, optkit_version
+from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
-from optkit.run.run_dirs import prepare_run_dir
+from optkit.run.run_dirs import claim_run_dir, prepare_run_dir
 from optkit.run.seeding import seeded_construction
+from optkit.run.signals import handling_signals, interruption, restore_handlers
 from optkit.run.timing import StageTiming, plan_timing
 
 __all__ = ["run_pipeline", "example_input", "seeded_inputs"]
@@ -108,7 +110,7 @@ def run_pipeline(
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing)
     settings = pipeline.measure
-    with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal):
+    with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal), handling_signals():
         return _run(pipeline, host, device, output, overwrite)
 
 
@@ -130,17 +132,44 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
 
     # model.pt and an export (ONNX) each take about the model's size.
     need = 2 * tensor_bytes(model) if pipeline.stages or pipeline.spec.save_model else 0
-    run_dir = prepare_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
+    run_dir, lock = claim_run_dir(output if output is not None else pipeline.output_dir, overwrite, need_bytes=need)
+    try:
+        return _run_stages(pipeline, host, model, inputs, data, torch_device, run_dir, lock.record(), load_details)
+    finally:
+        lock.release()  # however the run ends: the folder is free for the next one
+
+
+def _run_stages(
+    pipeline: Pipeline, host: Host, model: nn.Module, inputs: torch.Tensor, data: RunData, torch_device: torch.device,
+    run_dir: Path, lock: dict[str, Any], load_details: dict[str, Any],
+) -> tuple[RunReport, Path]:
     stages = [StageResult("baseline", None, 0, details=load_details)]
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
     plan = plan_timing(pipeline.measure, model, len(pipeline.stages), torch_device)
     timing = StageTiming(plan, pipeline.measure, inputs, torch_device, len(pipeline.stages))
-    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary)
-    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=plan.compare)
+    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary,
+                       lock=lock)
+    # Observers read `compare` to announce the side-by-side timing: there is none without latency.
+    compare = "interleaved" if timing.interleaved else "sequential"
+    info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=compare)
     runner = _StageRunner(report, info, host, inputs, torch_device, run_dir, data, timing)
     if not runner.write_report():
         return report, run_dir
 
+    try:
+        return _run_passes(pipeline, model, runner, stages, timing)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between stages (a hook, a report write): say so on disk
+        report.status, report.error = "interrupted", report.error or interruption(exc)
+        if runner.current is not None and runner.current.status not in ("ok", "failed"):
+            runner.current.status, runner.current.error = "interrupted", interruption(exc)
+        _mark_timing_interrupted(timing)
+        runner.write_report()
+        return report, run_dir
+
+
+def _run_passes(pipeline: Pipeline, model: nn.Module, runner: _StageRunner, stages: list[StageResult],
+                timing: StageTiming) -> tuple[RunReport, Path]:
+    report, run_dir = runner.report, runner.run_dir
     passes = [stage.make_pass() for stage in pipeline.stages]
     timing.start()
     baseline = runner.run(stages[0], lambda ctx: model, tolerance=None)
@@ -163,10 +192,18 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
         _save_model(model, run_dir / "model.pt", report)  # before the side-by-side timing: Ctrl-C there keeps it
     if report.status != "interrupted":
         _time_side_by_side(timing, report)
+    else:
+        _mark_timing_interrupted(timing)
     if report.status == "running":
         report.status = "ok"
     runner.write_report()
     return report, run_dir
+
+
+def _mark_timing_interrupted(timing: StageTiming) -> None:
+    """A side-by-side timing that will never run says so (not ``pending``)."""
+    if timing.summary.status == TimingStatus.pending:
+        timing.summary.status = TimingStatus.interrupted
 
 
 def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
@@ -180,9 +217,9 @@ def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
         return
     try:
         timing.time_side_by_side(report.stages)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         report.status = "interrupted"
-        report.error = report.error or "interrupted (Ctrl-C) while timing the stages side by side: they have no latency"
+        report.error = report.error or f"{interruption(exc)} while timing the stages side by side: they have no latency"
     except StageError as exc:
         if report.status == "running":
             report.status, report.error = "failed", str(exc)
@@ -259,11 +296,14 @@ class _StageRunner:
         self.sensitivity: dict[str, float] = {}
         #: ``ctx.baseline_model`` of the next stages (kept only while a pass that reads it is to come).
         self.baseline_model: nn.Module | None = None
+        #: The stage under way (recorded ``interrupted`` when a signal ends the run outside its own handling).
+        self.current: StageResult | None = None
 
     def run(
         self, result: StageResult, apply: Any, tolerance: tuple[Tolerance, str] | None, artifact: Artifact | None = None
     ) -> nn.Module | Artifact | None:
         """Run one stage (``artifact``: the pass's ``ctx.artifact``); returns its product, or ``None`` when the run must stop."""
+        self.current = result
         self.host.stage_started(result.name, result.index, self.info)
         stage_dir = self.run_dir / "stages" / f"{result.index:02d}-{result.name}"
         ctx = PassContext(
@@ -285,7 +325,13 @@ class _StageRunner:
         start = time.perf_counter()
         try:
             stage_dir.mkdir(parents=True, exist_ok=True)
+            guard = BaselineGuard(self.baseline_model)
             product = apply(ctx)
+            self._check_baseline_unchanged(guard, result)
+            if isinstance(product, Artifact):  # made however the pass liked: it must still be in the stage folder
+                self._check_inside(product.path, stage_dir)
+                if not any(Path(listed).resolve() == Path(product.path).resolve() for listed in ctx.artifacts):
+                    ctx.artifacts.append(Path(product.path))
             result.duration_s = time.perf_counter() - start
             measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved)
             result.measure_s = measurement.seconds
@@ -299,8 +345,8 @@ class _StageRunner:
             result.status = "ok"
             self.timing.keep(result, product)
             self.timing.add_speedups(self.report.stages)
-        except KeyboardInterrupt:
-            result.status, result.error = "interrupted", "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (optkit.run.signals)
+            result.status, result.error = "interrupted", interruption(exc)
             self.report.status = "interrupted"
         except OptkitError as exc:
             self._fail(result, str(exc), ctx)
@@ -309,6 +355,7 @@ class _StageRunner:
         except Exception as exc:  # noqa: BLE001
             self._fail(result, f"{type(exc).__name__}: {exc}", ctx)
         finally:
+            restore_handlers()  # the pass may have replaced or ignored SIGINT/SIGTERM
             if product is None:  # the pass itself failed: its time until then
                 result.duration_s = time.perf_counter() - start
             # A value that is not JSON failed the stage above; the report keeps the keys that are.
@@ -317,7 +364,17 @@ class _StageRunner:
             _remove_if_empty(stage_dir, stage_dir.parent)
             written = self.write_report()
             self.host.stage_finished(result, self.info)
+        self.current = None
         return product if result.status == "ok" and written else None
+
+    def _check_baseline_unchanged(self, guard: BaselineGuard, result: StageResult) -> None:
+        """Fail the stage whose pass changed ``ctx.baseline_model``; the baseline's copy is then out of the side-by-side timing."""
+        changed = guard.changes()
+        if changed:
+            self.timing.forget(0)  # shared with ctx.baseline_model: no speed-up over a corrupted baseline
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise StageError(f"pass {result.pass_name!r} changed ctx.baseline_model ({changed[0]}{more}); passes read it, never change it: "
+                             "later stages read it too, and the side-by-side timing times it")
 
     def write_report(self) -> bool:
         """Write report.json and report.md; ``False`` (and the run failed) when the folder no longer takes them.
@@ -325,6 +382,7 @@ class _StageRunner:
         A folder that turned read-only still lets report.json be rewritten in place, so the
         report on disk says why the run stopped.
         """
+        self._drop_missing_artifacts()
         try:
             write_run_report(self.report, self.run_dir)
             return True
@@ -339,13 +397,31 @@ class _StageRunner:
                 self.report.error += "; report.json on disk is from an earlier stage"
             return False
 
+    def _check_inside(self, path: str | Path, stage_dir: Path) -> None:
+        """Raise StageError for an artifact outside the stage folder (another stage's, the run folder's, elsewhere)."""
+        if _relative_to(path, stage_dir.resolve()) is None:
+            raise StageError(self._outside_message(path, stage_dir))
+
+    def _outside_message(self, path: str | Path, stage_dir: Path) -> str:
+        shown = _relative_to(stage_dir, self.run_dir.resolve()) or str(stage_dir)
+        return f"artifact {path} is outside the stage folder {shown}; write artifacts with ctx.artifact_path(name)"
+
     def _artifacts(self, result: StageResult, ctx: PassContext) -> list[str]:
-        """The stage's artifacts relative to the run folder; one outside it fails the stage."""
-        root = self.run_dir.resolve()
-        outside = [str(path) for path in ctx.artifacts if _relative_to(path, root) is None]
+        """The stage's artifacts relative to the run folder; one outside the stage folder fails the stage."""
+        root, stage_dir = self.run_dir.resolve(), ctx.output_dir.resolve()
+        outside = [str(path) for path in ctx.artifacts if _relative_to(path, stage_dir) is None]
         if outside and result.status == "ok":
-            self._fail(result, f"artifact {outside[0]} is outside the run folder; write artifacts with ctx.artifact_path(name)", ctx)
-        return [relative for path in ctx.artifacts if (relative := _relative_to(path, root)) is not None]
+            self._fail(result, self._outside_message(outside[0], ctx.output_dir), ctx)
+        return [str(Path(path).resolve().relative_to(root)) for path in ctx.artifacts if _relative_to(path, stage_dir) is not None]
+
+    def _drop_missing_artifacts(self) -> None:
+        """The report lists only artifacts that exist (a later stage may delete a file); details say which went."""
+        for stage in self.report.stages:
+            missing = [a for a in stage.artifacts if not (self.run_dir / a).exists()]
+            if missing:
+                stage.artifacts = [a for a in stage.artifacts if a not in missing]
+                stage.details.setdefault("artifacts_removed", []).extend(missing)
+                log.warning("stage %s: artifacts no longer on disk: %s", stage.name, ", ".join(missing))
 
     def _fail(self, result: StageResult, message: str, ctx: PassContext) -> None:
         where = "baseline (model loading and measurement)" if result.index == 0 else f"stage {result.index} ({result.name})"

@@ -177,6 +177,10 @@ class StageTiming:
             result.metrics.latency_ms = latency_record(latency, run, "sequential",
                                                        why_sequential=f"the product cannot be copied: {type(exc).__name__}: {exc}")
 
+    def forget(self, index: int) -> None:
+        """Leave stage ``index`` out of the side-by-side timing (its kept product can no longer be trusted)."""
+        self._kept.pop(index, None)
+
     def kept_module(self, index: int) -> nn.Module | None:
         """The copy of stage ``index``'s module held for the side-by-side loop, or ``None``."""
         kept = self._kept.get(index)

@@ -60,7 +60,7 @@ def plan_jobs(sweep: SweepFile, output: Path) -> list[Job]:
                 "output": str(run_dir),
                 "save_model": sweep.save_model,
             }
-            header = f"# optkit sweep job {name}: model {model.label}, pipeline {pipeline_name}\n"
+            header = f"# optkit sweep job {name}\n"  # the file-name-safe name alone: no text of the sweep file is pasted
             jobs.append(Job(
                 name=name,
                 model=model.label,

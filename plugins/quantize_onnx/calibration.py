@@ -84,6 +84,12 @@ class CalibrationFeed:
     def __len__(self) -> int:
         return len(self.arrays)
 
+    def nonfinite_samples(self) -> int:
+        """The samples holding NaN or an infinity: onnxruntime cannot compute a scale from them."""
+        import numpy as np
+
+        return sum(int((~np.isfinite(array.reshape(array.shape[0], -1))).any(axis=1).sum()) for array in self.arrays)
+
     def set_range(self, start_index: int, end_index: int) -> None:
         """Give the batches ``start_index:end_index`` next (onnxruntime's strided calibration)."""
         self._next, self._end = start_index, min(end_index, len(self.arrays))

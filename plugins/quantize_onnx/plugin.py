@@ -240,6 +240,10 @@ class QuantizeOnnx(Pass):
         if not len(feed):
             batch = f" of the graph's fixed batch size {fixed_batch}" if fixed_batch else ""
             raise StageError(f"quantize_onnx: {where} gave no batches{batch} to calibrate on")
+        nonfinite = feed.nonfinite_samples()
+        if nonfinite:  # else onnxruntime fails with "AssertionError: scale issue", naming nothing
+            raise StageError(f"quantize_onnx: {where} holds {nonfinite} samples with NaN or infinite values (of {feed.samples} read); "
+                             "quantization scales cannot be computed from them: fix the data or its transform")
         # The histogram calibrators print progress to stdout; it goes to the debug log instead.
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
