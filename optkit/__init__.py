@@ -24,16 +24,16 @@ if TYPE_CHECKING:
     from optkit.data.sources import STANDARD_DATASETS, DatasetRequest
     from optkit.errors import OptkitError, PipelineError, PluginError, StageError
     from optkit.files import atomic_write_bytes
-    from optkit.inputs import ExampleInputs, InputDef
     from optkit.host.hookspecs import hookimpl
+    from optkit.inputs import ExampleInputs, InputDef
     from optkit.measure.accuracy import classifier_outputs, evaluate
     from optkit.measure.cpu import CpuInfo, cpu_info
     from optkit.measure.drift import channel_groups_for, compare_outputs, drift_exceeds, output_excesses
     from optkit.measure.flops import count_macs
     from optkit.measure.latency import time_callable
-    from optkit.measure.params import count_params
     from optkit.measure.mac_rules import zero_macs
     from optkit.measure.outputs import flatten_outputs, output_leaves, resolve_output_selection, select_outputs
+    from optkit.measure.params import count_params
     from optkit.measure.size import file_bytes
     from optkit.models.bn_folding import bn_affine, fold_bn_into_layer
     from optkit.models.classifier_head import ClassifierNotFoundError, auxiliary_classifiers, find_classifier
@@ -185,7 +185,6 @@ _EXPORTS: dict[str, str] = {
     # Writing files
     "atomic_write_bytes": "optkit.files",
 }
-
 
 
 def __getattr__(name: str) -> Any:

@@ -49,10 +49,7 @@ def onnxruntime_providers(device: torch.device) -> list[str | tuple[str, dict[st
 
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
-                "device is CUDA but this onnxruntime has no CUDAExecutionProvider "
-                "(install onnxruntime-gpu)"
-            )
+            raise RuntimeError("device is CUDA but this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -121,7 +118,7 @@ class OnnxArtifact(Artifact):
                 raise TypeError(
                     f"{self.path.name} takes the inputs {graph_inputs}, called with {len(args)} positional and {sorted(kwargs)}"
                 )
-            return {**dict(zip(graph_inputs, args)), **kwargs}
+            return {**dict(zip(graph_inputs, args, strict=False)), **kwargs}
 
         def run(*args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
             inputs = feeds(args, kwargs)

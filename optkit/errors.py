@@ -106,7 +106,7 @@ def plugin_code(where: str, plugin: str, what: str, named: Iterable[str] = ()) -
     except OptkitError:
         raise
     # Plugin code may fail in any way; whatever it is, the plugin is named and the cause chained.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PluginBugError(
             f"{where}: {what} of {plugin} raised {type(exc).__name__}: {plain_text(str(exc))} "
             f"(a bug in that plugin: for input it refuses, plugin code raises optkit.errors.PipelineError)"

@@ -9,7 +9,15 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "overwrite_in_place", "resolve_path", "UnsafeFileError", "FileTooLargeError", "read_limited"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "overwrite_in_place",
+    "resolve_path",
+    "UnsafeFileError",
+    "FileTooLargeError",
+    "read_limited",
+]
 
 _KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 

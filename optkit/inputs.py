@@ -104,9 +104,7 @@ class ExampleInputs:
     defs: tuple[InputDef, ...] = ()
 
     @classmethod
-    def sample(
-        cls, defs: Sequence[InputDef], seed: int, device: torch.device | str = "cpu", batch: int | None = None
-    ) -> ExampleInputs:
+    def sample(cls, defs: Sequence[InputDef], seed: int, device: torch.device | str = "cpu", batch: int | None = None) -> ExampleInputs:
         """Seeded tensors for ``defs``, drawn in order from one generator.
 
         One float input without a range gives ``torch.randn(*shape)`` after ``manual_seed(seed)``,
@@ -116,7 +114,11 @@ class ExampleInputs:
 
     @classmethod
     def draw(
-        cls, defs: Sequence[InputDef], generator: torch.Generator, device: torch.device | str = "cpu", batch: int | None = None,
+        cls,
+        defs: Sequence[InputDef],
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        batch: int | None = None,
         sequence: int | None = None,
     ) -> ExampleInputs:
         """Random tensors for ``defs``, drawn in order from ``generator`` (several draws from one generator differ)."""
@@ -125,8 +127,8 @@ class ExampleInputs:
 
     @classmethod
     def _from_defs(cls, defs: Sequence[InputDef], tensors: Sequence[torch.Tensor]) -> ExampleInputs:
-        args = tuple(t for d, t in zip(defs, tensors) if not d.keyword)
-        kwargs = {d.name: t for d, t in zip(defs, tensors) if d.keyword}
+        args = tuple(t for d, t in zip(defs, tensors, strict=False) if not d.keyword)
+        kwargs = {d.name: t for d, t in zip(defs, tensors, strict=False) if d.keyword}
         ordered = tuple(d for d in defs if not d.keyword) + tuple(d for d in defs if d.keyword)
         return cls(args, kwargs, ordered)
 
@@ -189,7 +191,7 @@ class ExampleInputs:
 
     def map(self, fn: Callable[[torch.Tensor, InputDef], torch.Tensor]) -> ExampleInputs:
         """The same structure with every tensor replaced by ``fn(tensor, its_def)``."""
-        return self._from_defs(self.defs, [fn(t, d) for t, d in zip(self.tensors, self.defs)])
+        return self._from_defs(self.defs, [fn(t, d) for t, d in zip(self.tensors, self.defs, strict=False)])
 
     def to(self, device: torch.device | str) -> ExampleInputs:
         return self.map(lambda t, _: t.to(device))
@@ -207,4 +209,6 @@ class ExampleInputs:
         """New random tensors from the same definitions, on the same devices and with the same dtypes
         (``batch``, ``sequence``: other sizes, see :meth:`InputDef.sample`)."""
         drawn = ExampleInputs.draw(self.defs, generator, batch=batch, sequence=sequence)
-        return ExampleInputs._from_defs(self.defs, [t.to(like.device, like.dtype) for t, like in zip(drawn.tensors, self.tensors)])
+        return ExampleInputs._from_defs(
+            self.defs, [t.to(like.device, like.dtype) for t, like in zip(drawn.tensors, self.tensors, strict=False)]
+        )

@@ -317,7 +317,6 @@ class PassContext:
             )
         raise StageError(f"this pass needs {wanted}, but the stage before it produced {type(self.artifact).__name__}")
 
-
     def report_progress(self, task: str, completed: int, total: int | None = None, **fields: Any) -> None:
         """Say how far a long task is (the CLI shows a progress bar; quiet under ``--json``).
 
@@ -346,9 +345,7 @@ class PassContext:
                 names the entry to add (the runner prefixes the stage and the pass).
         """
         if self.data is None:
-            raise StageError(
-                f"this pass needs {role} data, and the pipeline has no data: section; add one, e.g. {_data_example(role)}"
-            )
+            raise StageError(f"this pass needs {role} data, and the pipeline has no data: section; add one, e.g. {_data_example(role)}")
         return self.data.require(role)
 
     def artifact_path(self, filename: str) -> Path:
@@ -362,9 +359,7 @@ class PassContext:
         """
         relative = Path(filename)
         if not str(filename) or relative.is_absolute() or ".." in relative.parts or relative == Path("."):
-            raise ValueError(
-                f"artifact_path({str(filename)!r}): give a file name relative to the stage folder, without '..'"
-            )
+            raise ValueError(f"artifact_path({str(filename)!r}): give a file name relative to the stage folder, without '..'")
         path = self.output_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts.append(path)

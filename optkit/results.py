@@ -199,7 +199,7 @@ class ReportModel(BaseModel):
     non_finite: dict[str, Literal["nan", "inf", "-inf"]] | None = Field(
         None,
         description="Values of this object that were not finite and are written as null: a JSON Pointer into the object "
-        "(\"/max_abs\") -> what the value was (nan, inf or -inf). Absent when every value is finite.",
+        '("/max_abs") -> what the value was (nan, inf or -inf). Absent when every value is finite.',
     )
 
     @model_validator(mode="before")
@@ -264,7 +264,8 @@ class Environment(ReportModel):
     platform: str | None = Field(None, description="platform.platform(): operating system and kernel.")
     processor: str | None = Field(None, description="The CPU's model name (cpu.name).")
     cpu: dict[str, Any] | None = Field(
-        None, description="The CPU: name, architecture, instruction_sets (avx2, avx512f, ...), torch_capability (torch's CPU "
+        None,
+        description="The CPU: name, architecture, instruction_sets (avx2, avx512f, ...), torch_capability (torch's CPU "
         "kernels: AVX2, AVX512, ...) and vnni (int8 dot-product instructions); see optkit.measure.cpu.",
     )
     torch: str | None = Field(None, description="torch version.")
@@ -326,7 +327,8 @@ class Latency(ReportModel):
     cudnn_benchmark: bool | None = Field(None, description="cuDNN autotuning was on (CUDA only).")
     runtime: str | None = Field(None, description="What ran the calls: torch or the artifact's runtime (onnxruntime).")
     io: dict[str, Any] | None = Field(
-        None, description="Where a call's inputs and outputs live and whether it copies through the host (inputs, outputs, host_copies, io_binding)."
+        None,
+        description="Where a call's inputs and outputs live and whether it copies through the host (inputs, outputs, host_copies, io_binding).",
     )
     compare: Literal["sequential", "interleaved"] | None = Field(
         None, description="sequential: timed alone right after the stage; interleaved: side by side with the other stages."
@@ -554,13 +556,22 @@ class StageResult(ReportModel):
 
     #: The order of positional arguments: ``StageResult("fuse_bn", "fuse_bn", 1)``.
     _positional: ClassVar[tuple[str, ...]] = (
-        "name", "pass_name", "index", "status", "duration_s", "metrics", "details", "artifacts", "error", "measure_s",
+        "name",
+        "pass_name",
+        "index",
+        "status",
+        "duration_s",
+        "metrics",
+        "details",
+        "artifacts",
+        "error",
+        "measure_s",
     )
 
     def __init__(self, *args: Any, **data: Any) -> None:
         if len(args) > len(self._positional):
             raise TypeError(f"StageResult takes at most {len(self._positional)} positional arguments, got {len(args)}")
-        super().__init__(**dict(zip(self._positional, args)), **data)
+        super().__init__(**dict(zip(self._positional, args, strict=False)), **data)
 
     def to_dict(self) -> dict[str, Any]:
         """The stage as report.json holds it."""
@@ -647,7 +658,10 @@ class RunReport(ReportModel):
             log.info(
                 "%s: report.json has schema %s (optkit %s), read as schema %s: its figures that were not finite "
                 "were written as the bare tokens NaN/Infinity",
-                where, schema, data.get("optkit_version") or "?", SCHEMA_VERSION,
+                where,
+                schema,
+                data.get("optkit_version") or "?",
+                SCHEMA_VERSION,
             )
         try:
             return cls.model_validate(data)
@@ -692,7 +706,17 @@ def report_json_schema() -> dict[str, Any]:
     schema = RunReport.model_json_schema(by_alias=True, mode="validation")
     # What every report.json has, though the models give them defaults (a partial report included).
     schema["required"] = ["schema", "optkit_version", "environment", "pipeline", "status", "error", "timing", "stages"]
-    schema["$defs"]["StageResult"]["required"] = ["name", "pass", "index", "status", "duration_s", "metrics", "details", "artifacts", "error"]
+    schema["$defs"]["StageResult"]["required"] = [
+        "name",
+        "pass",
+        "index",
+        "status",
+        "duration_s",
+        "metrics",
+        "details",
+        "artifacts",
+        "error",
+    ]
     schema["$id"] = f"https://optkit.dev/schemas/report-{SCHEMA_VERSION}.json"
     schema["title"] = "optkit report.json"
     return schema

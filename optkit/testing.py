@@ -285,8 +285,7 @@ def run_pass(
     run = PassRun(report, run_dir)
     if run.stage["status"] != expect_status:
         raise AssertionError(
-            f"stage {name!r} ended {run.stage['status']!r}, expected {expect_status!r}: "
-            f"{run.stage['error'] or report.get('error')}"
+            f"stage {name!r} ended {run.stage['status']!r}, expected {expect_status!r}: {run.stage['error'] or report.get('error')}"
         )
     for relative in run.stage["artifacts"]:
         if not (run_dir / relative).is_file():

@@ -135,7 +135,10 @@ def load_hf(request: SourceRequest) -> nn.Module:
     else:
         model = auto.from_config(config, attn_implementation=attention)
     request.details["source"] = {
-        "hf": request.target, "task": task, "class": type(model).__name__, "weights": str(weights) if weights else None
+        "hf": request.target,
+        "task": task,
+        "class": type(model).__name__,
+        "weights": str(weights) if weights else None,
     }
     if not request.spec.inputs_given:
         request.example_inputs = ExampleInputs.sample(default_inputs(config), seed=0)

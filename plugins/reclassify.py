@@ -56,8 +56,16 @@ def new_head(old: nn.Module, num_classes: int, keep: list[int] | None = None, in
         head: nn.Module = nn.Linear(old.in_features, num_classes, bias=bias, **factory)
     else:
         head = type(old)(
-            old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
-            dilation=old.dilation, groups=1, bias=bias, padding_mode=old.padding_mode, **factory,
+            old.in_channels,
+            num_classes,
+            old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            dilation=old.dilation,
+            groups=1,
+            bias=bias,
+            padding_mode=old.padding_mode,
+            **factory,
         )
     old_weight, old_bias = old.get_parameter("weight"), old.bias
     head = head.to(old_weight.device)
@@ -123,8 +131,15 @@ class Reclassify(Pass):
                 self._check(head)
                 keep = [k * head.rows_per_class + r for k in opts.keep for r in range(head.rows_per_class)] if opts.keep else None
                 replace_module(model, head.name, new_head(head.module, num_classes * head.rows_per_class, keep, opts.init))
-                replaced.append({"layer": head.name, "type": type(head.module).__name__, "in_features": in_width(head.module),
-                                 "old_classes": out_width(head.module) // head.rows_per_class, "new_classes": num_classes})
+                replaced.append(
+                    {
+                        "layer": head.name,
+                        "type": type(head.module).__name__,
+                        "in_features": in_width(head.module),
+                        "old_classes": out_width(head.module) // head.rows_per_class,
+                        "new_classes": num_classes,
+                    }
+                )
                 if head.rows_per_class != 1:
                     replaced[-1]["outputs_per_class"] = head.rows_per_class
         if opts.freeze == "backbone":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from optkit import STANDARD_SOURCES, hookimpl
 from optkit_plugins.hf_source import load_hf
 
-
 __all__ = ["optkit_register_sources"]
 
 

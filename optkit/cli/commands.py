@@ -38,10 +38,20 @@ def _flag(ctx: click.Context, name: str) -> bool:
 
 def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--debug`` and ``--strict-plugins``, accepted before or after the command name."""
-    command = click.option("--debug", is_flag=True, expose_value=False, callback=_set_flag,
-                           help="Show the traceback of an error, not only its one-line message.")(command)
-    return click.option("--strict-plugins", is_flag=True, expose_value=False, callback=_set_flag,
-                        help=f"A plugin that fails to load is an error (exit 2); also {STRICT_PLUGINS_ENV}=1.")(command)
+    command = click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_flag,
+        help="Show the traceback of an error, not only its one-line message.",
+    )(command)
+    return click.option(
+        "--strict-plugins",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_flag,
+        help=f"A plugin that fails to load is an error (exit 2); also {STRICT_PLUGINS_ENV}=1.",
+    )(command)
 
 
 class _Group(click.Group):
@@ -125,9 +135,17 @@ def _stderr_console() -> Any:
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Run folder (overrides the file).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in the output folder instead of using FOLDER-2.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (progress goes to stderr).")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of the model's checkpoints (whole pickled modules); only for files you trust.")
-@click.option("--verbose", "-v", is_flag=True, help="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts.")
-def run(pipeline: Path, device: str | None, output: Path | None, overwrite: bool, as_json: bool, trust_checkpoint: bool, verbose: bool) -> None:
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow full unpickling of the model's checkpoints (whole pickled modules); only for files you trust.",
+)
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts."
+)
+def run(
+    pipeline: Path, device: str | None, output: Path | None, overwrite: bool, as_json: bool, trust_checkpoint: bool, verbose: bool
+) -> None:
     """Run PIPELINE: load the model, measure a baseline, apply and measure each stage."""
     from optkit.cli.progress import ConsoleProgress
     from optkit.cli.streams import stdout_to_stderr
@@ -196,8 +214,7 @@ def passes(as_json: bool) -> None:
         for e in registry
     ]
     broken = [
-        {"plugin": r.name, "distribution": r.distribution, "version": r.version, "error": r.error,
-         "disable": r.disable_hint}
+        {"plugin": r.name, "distribution": r.distribution, "version": r.version, "error": r.error, "disable": r.disable_hint}
         for r in host.broken
     ]
     conflicts = {name: registry.conflict_message(name) for name in registry.conflicts}
@@ -231,10 +248,18 @@ def sources(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**listed, "conflicts": conflicts}, indent=2))
         return
-    _registry_table("optkit model sources (model.source: scheme:target)", [(f"{row['scheme']}:", row) for row in listed["sources"]],
-                    conflicts, first="scheme")
-    _registry_table("optkit dataset sources (data: entries, source: scheme:target)",
-                    [(f"{row['scheme']}:", row) for row in listed["datasets"]], {}, first="scheme")
+    _registry_table(
+        "optkit model sources (model.source: scheme:target)",
+        [(f"{row['scheme']}:", row) for row in listed["sources"]],
+        conflicts,
+        first="scheme",
+    )
+    _registry_table(
+        "optkit dataset sources (data: entries, source: scheme:target)",
+        [(f"{row['scheme']}:", row) for row in listed["datasets"]],
+        {},
+        first="scheme",
+    )
 
 
 def _scheme_rows(registry: Any) -> list[dict[str, Any]]:
@@ -292,8 +317,14 @@ def schema(of_report: bool) -> None:
 @cli.command()
 @_common_options
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
-              help="Folder for report.md, report.html, report.json and plots/.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("report"),
+    show_default=True,
+    help="Folder for report.md, report.html, report.json and plots/.",
+)
 @click.option("--title", help="Report title.")
 def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """Render one or several RUNS side by side: Markdown, a self-contained HTML page and PNG plots.
@@ -302,7 +333,6 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     """
     from optkit.reporting.runs import load_runs
     from optkit.reporting.writing import write_comparison_report
-
     from optkit.results import SCHEMA_VERSION
 
     def skipped(error: Exception) -> None:  # one unreadable report leaves the others to compare
@@ -313,9 +343,11 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     older = [run for run in compared if run.report.schema < SCHEMA_VERSION]
     if older:
         named = ", ".join(run.run_dir or run.model for run in older[:3]) + (", ..." if len(older) > 3 else "")
-        note = (f"{len(older)} of the runs ({named}) have report.json schema "
-                f"{', '.join(sorted({str(run.report.schema) for run in older}))}, written by an older optkit; they are read as "
-                f"schema {SCHEMA_VERSION} (schema 1 wrote figures that were not finite as the bare tokens NaN/Infinity)")
+        note = (
+            f"{len(older)} of the runs ({named}) have report.json schema "
+            f"{', '.join(sorted({str(run.report.schema) for run in older}))}, written by an older optkit; they are read as "
+            f"schema {SCHEMA_VERSION} (schema 1 wrote figures that were not finite as the bare tokens NaN/Infinity)"
+        )
         click.secho(f"note: {note}", fg="yellow", err=True)
         meta["notes"] = [f"{note}."]
     written = write_comparison_report(compared, output, meta=meta)
@@ -330,8 +362,9 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 @click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a Ray started here).")
 @click.option("--device", help="Device of every job (overrides the file).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Sweep folder (overrides the file).")
-def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_address: str | None,
-          device: str | None, output: Path | None) -> None:
+def sweep(
+    sweep_file: Path, executor: str | None, workers: int | None, ray_address: str | None, device: str | None, output: Path | None
+) -> None:
     """Run every (model × pipeline) job of SWEEP and gather them into one report.
 
     A failing job is reported and the others go on; the exit code is 1 when any job failed.
@@ -347,17 +380,21 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 
     def progress(outcome: Any, done: int, total: int) -> None:
         color = "green" if outcome.status == "ok" else "red"
-        click.echo(f"[{done}/{total}] {outcome.job.name}: " + click.style(outcome.status, fg=color)
-                   + f" ({outcome.seconds:.1f} s)", err=True)
+        click.echo(
+            f"[{done}/{total}] {outcome.job.name}: " + click.style(outcome.status, fg=color) + f" ({outcome.seconds:.1f} s)", err=True
+        )
         if outcome.error:
             click.echo("  " + outcome.error.splitlines()[-1], err=True)
 
     given = {"--executor": executor, "--workers": workers, "--ray-address": ray_address, "--device": device, "--output": output}
     command = " ".join(["optkit sweep", str(sweep_file), *(f"{flag} {value}" for flag, value in given.items() if value is not None)])
-    result = run_sweep(spec, runner, Path(output or spec.output), on_done=progress,
-                       title=f"optkit sweep: {sweep_file.name}", command=command)
-    click.echo(f"{len(result.outcomes) - len(result.failed)}/{len(result.outcomes)} jobs ok → "
-               f"{result.output}/report.md, {result.output}/report.html")
+    result = run_sweep(
+        spec, runner, Path(output or spec.output), on_done=progress, title=f"optkit sweep: {sweep_file.name}", command=command
+    )
+    click.echo(
+        f"{len(result.outcomes) - len(result.failed)}/{len(result.outcomes)} jobs ok → "
+        f"{result.output}/report.md, {result.output}/report.html"
+    )
     sys.exit(0 if result.status == "ok" else 1)
 
 
@@ -374,13 +411,34 @@ def sweep(sweep_file: Path, executor: str | None, workers: int | None, ray_addre
 @click.option("--cudnn-benchmark", is_flag=True, help="Let cuDNN autotune convolutions before timing.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of file: sources and weights; only for files you trust.")
 @click.option("--verbose", "-v", is_flag=True, help="Add the per-parameter table (YOLOv5 model_info) and MACs per layer.")
-@click.option("--data", "data_source", help="Evaluate top-1/top-5 accuracy on this data: an image folder (one sub-folder per class) or a source such as python:pkg.mod:dataset.")
-@click.option("--transform", help="How images become inputs, as in data.transform: e.g. '{resize: 256, center_crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}'.")
+@click.option(
+    "--data",
+    "data_source",
+    help="Evaluate top-1/top-5 accuracy on this data: an image folder (one sub-folder per class) or a source such as python:pkg.mod:dataset.",
+)
+@click.option(
+    "--transform",
+    help="How images become inputs, as in data.transform: e.g. '{resize: 256, center_crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}'.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N samples of --data only.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(model: str, input_shape: str, weights: str | None, device: str, warmup: int, iters: int, no_latency: bool,
-         threads: int | None, cudnn_benchmark: bool, trust_checkpoint: bool, verbose: bool, data_source: str | None,
-         transform: str | None, limit: int | None, as_json: bool) -> None:
+def info(
+    model: str,
+    input_shape: str,
+    weights: str | None,
+    device: str,
+    warmup: int,
+    iters: int,
+    no_latency: bool,
+    threads: int | None,
+    cudnn_benchmark: bool,
+    trust_checkpoint: bool,
+    verbose: bool,
+    data_source: str | None,
+    transform: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     """Measure MODEL (e.g. torchvision:resnet50) without a pipeline: params, MACs/GFLOPs, size, latency,
     and accuracy with --data."""
     from optkit.cli.streams import stdout_to_stderr
@@ -394,8 +452,17 @@ def info(model: str, input_shape: str, weights: str | None, device: str, warmup:
     data = data_spec(data_source, _yaml_mapping(transform, "--transform"), limit) if data_source else None
     with configure_timing(threads, cudnn_benchmark), stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = inspect_model(
-            model, shape, host=session().host, weights=weights, device=device, warmup=warmup, iters=iters,
-            latency=not no_latency, verbose=verbose, trust_checkpoint=trust_checkpoint, data=data,
+            model,
+            shape,
+            host=session().host,
+            weights=weights,
+            device=device,
+            warmup=warmup,
+            iters=iters,
+            latency=not no_latency,
+            verbose=verbose,
+            trust_checkpoint=trust_checkpoint,
+            data=data,
         )
     if as_json:
         _print_json(result)

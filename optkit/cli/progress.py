@@ -51,8 +51,12 @@ class ConsoleProgress:
                 self._status.stop()
                 self._status = None
             self._bars = ProgressBars(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"), console=self.console,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
             )
             self._bars.start()
             self._tasks = {}

@@ -53,7 +53,8 @@ class CliSession:
                 click.secho(
                     f"warning: plugin {record.name!r} from {record.origin} failed to load: {plain_text(record.error or '')}; "
                     f"disable it with {record.disable_hint}, or fail on it with --strict-plugins",
-                    fg="yellow", err=True,
+                    fg="yellow",
+                    err=True,
                 )
             self._host = host
         return self._host

@@ -69,9 +69,10 @@ class DatasetSpec(SourceSpec):
     )
     batch_size: PositiveInt = Field(64, description="Samples per batch.")
     shuffle: bool = Field(False, description="Shuffle every epoch (seeded by the pipeline's seed); with limit, a seeded random subset.")
-    limit: PositiveInt | None = Field(None, description="Use only this many samples: the first ones, or a seeded random subset with shuffle.")
+    limit: PositiveInt | None = Field(
+        None, description="Use only this many samples: the first ones, or a seeded random subset with shuffle."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a python: callable (or a plugin's loader).")
-
 
 
 class DataSpec(StrictModel):
@@ -80,11 +81,17 @@ class DataSpec(StrictModel):
     ``calibration`` defaults to ``train``, else ``eval``.
     """
 
-    transform: TransformSpec = Field(default_factory=TransformSpec, description="How images become inputs (imagefolder: and plugin sources that take it).")
+    transform: TransformSpec = Field(
+        default_factory=TransformSpec, description="How images become inputs (imagefolder: and plugin sources that take it)."
+    )
     eval: DatasetSpec | None = Field(None, description="Every stage's accuracy and agreement are measured on it.")
     train: DatasetSpec | None = Field(None, description="For passes that train (ctx.data.train).")
-    calibration: DatasetSpec | None = Field(None, description="For passes that calibrate (ctx.data.calibration); default: train, else eval.")
-    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes (0: load in the main process); at most the CPUs available.")
+    calibration: DatasetSpec | None = Field(
+        None, description="For passes that calibrate (ctx.data.calibration); default: train, else eval."
+    )
+    num_workers: NonNegativeInt = Field(
+        0, description="DataLoader worker processes (0: load in the main process); at most the CPUs available."
+    )
     root: str | None = Field(None, description="Folder relative dataset paths resolve against; default: the pipeline file's folder.")
 
     @field_validator("num_workers")
@@ -93,7 +100,9 @@ class DataSpec(StrictModel):
         # Each worker is a process with its own copy of the dataset: 1000 of them ran a machine out of memory.
         cpus = available_cpus()
         if value > cpus:
-            raise ValueError(f"{value} worker processes, but this process may use {cpus} CPU{'s' if cpus != 1 else ''}; give at most {cpus}")
+            raise ValueError(
+                f"{value} worker processes, but this process may use {cpus} CPU{'s' if cpus != 1 else ''}; give at most {cpus}"
+            )
         return value
 
     @field_validator(*DATA_ROLES, mode="before")

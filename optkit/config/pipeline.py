@@ -84,8 +84,7 @@ def check_input_shape(shape: list[int]) -> list[int]:
     elements = math.prod(shape)
     if elements > MAX_INPUT_ELEMENTS:
         raise ValueError(
-            f"{elements:,} elements is more than the limit of {MAX_INPUT_ELEMENTS:,} "
-            f"({MAX_INPUT_ELEMENTS * 4 // 2**30} GiB of float32)"
+            f"{elements:,} elements is more than the limit of {MAX_INPUT_ELEMENTS:,} ({MAX_INPUT_ELEMENTS * 4 // 2**30} GiB of float32)"
         )
     return shape
 
@@ -102,7 +101,9 @@ def _written_as_integer(value: Any) -> Any:
 #: integer written as one (``"16"`` and ``16.0`` are refused, not converted), at most
 #: :data:`MAX_INPUT_ELEMENTS` elements.
 InputShape = Annotated[
-    list[Annotated[PositiveInt, BeforeValidator(_written_as_integer)]], Field(min_length=2, max_length=MAX_INPUT_DIMS), AfterValidator(check_input_shape)
+    list[Annotated[PositiveInt, BeforeValidator(_written_as_integer)]],
+    Field(min_length=2, max_length=MAX_INPUT_DIMS),
+    AfterValidator(check_input_shape),
 ]
 
 
@@ -110,13 +111,21 @@ class WeightsSpec(StrictModel):
     """Weights loaded into the model's architecture from a checkpoint file."""
 
     path: str = Field(description="Checkpoint file (.pt/.pth/.ckpt or .safetensors), relative to the pipeline file.")
-    key: str | None = Field(None, description="Entry holding the weights: model, ema, state_dict, model_state_dict, ...; found automatically when unset.")
-    map_location: str | dict[str, str] = Field("cpu", description="torch.load map_location: a device, or a mapping such as {'cuda:0': 'cuda:1'}.")
+    key: str | None = Field(
+        None, description="Entry holding the weights: model, ema, state_dict, model_state_dict, ...; found automatically when unset."
+    )
+    map_location: str | dict[str, str] = Field(
+        "cpu", description="torch.load map_location: a device, or a mapping such as {'cuda:0': 'cuda:1'}."
+    )
     match: Literal["name", "order"] = Field("name", description="Pair tensors by name (and shape), or by position while shapes agree.")
-    exclude: list[str] = Field(default_factory=list, description="Tensor names not to load: module names (fc, head, final_layer) or globs ('layer4.*', '*.bias').")
+    exclude: list[str] = Field(
+        default_factory=list, description="Tensor names not to load: module names (fc, head, final_layer) or globs ('layer4.*', '*.bias')."
+    )
     strict: bool = Field(False, description="Fail unless every tensor of model and checkpoint is paired.")
     min_loaded: float = Field(0.5, ge=0.0, le=1.0, description="Fail when less than this share of the model's tensors is filled.")
-    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling (only for files you trust); model.trust_checkpoint also applies here.")
+    trust_checkpoint: bool = Field(
+        False, description="Allow arbitrary unpickling (only for files you trust); model.trust_checkpoint also applies here."
+    )
 
 
 class InputSpec(StrictModel):
@@ -126,8 +135,9 @@ class InputSpec(StrictModel):
     shape: InputShape = Field(description="The batch shape; the first dimension is the batch.")
     dtype: Literal["float32", "float16", "int64", "int32", "bool"] = Field("float32", description="The tensor's dtype.")
     range: tuple[float, float] | None = Field(
-        None, description="Example values are drawn from [low, high): integers uniformly (token ids: [0, vocab_size)); "
-        "floats uniformly. Unset: standard normal floats; required for integer inputs."
+        None,
+        description="Example values are drawn from [low, high): integers uniformly (token ids: [0, vocab_size)); "
+        "floats uniformly. Unset: standard normal floats; required for integer inputs.",
     )
 
     @model_validator(mode="after")
@@ -156,25 +166,39 @@ class ModelSpec(SourceSpec):
     SOURCE_EXAMPLES: ClassVar[str] = "torchvision:resnet50, file:model.pt or python:pkg.mod:factory"
 
     source: str = Field(description="scheme:rest — torchvision:resnet50, file:model.pt, python:pkg.module:factory, ...")
-    weights: Annotated[
-        Annotated[str, Tag("name")] | Annotated[WeightsSpec, Tag("spec")],
-        Discriminator(_weights_kind),
-    ] | None = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
+    weights: (
+        Annotated[
+            Annotated[str, Tag("name")] | Annotated[WeightsSpec, Tag("spec")],
+            Discriminator(_weights_kind),
+        ]
+        | None
+    ) = Field(None, description="none, a torchvision weights name (DEFAULT, IMAGENET1K_V2), a checkpoint path, or a mapping.")
     input_shape: InputShape | None = Field(
         None, description="One float input's batch shape (the shorthand of inputs); [1, 3, 224, 224] when neither is set."
     )
-    inputs: Annotated[
-        Annotated[list[InputSpec], Tag("list")] | Annotated[dict[str, InputSpec], Tag("mapping")],
-        Discriminator(lambda value: "mapping" if isinstance(value, dict) else "list"),
-    ] | None = Field(
-        None, description="Several or non-float inputs: a mapping is passed by keyword (model(input_ids=..., attention_mask=...)), "
-        "a list positionally (model(frame1, frame2)). Exclusive with input_shape."
+    inputs: (
+        Annotated[
+            Annotated[list[InputSpec], Tag("list")] | Annotated[dict[str, InputSpec], Tag("mapping")],
+            Discriminator(lambda value: "mapping" if isinstance(value, dict) else "list"),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="Several or non-float inputs: a mapping is passed by keyword (model(input_ids=..., attention_mask=...)), "
+        "a list positionally (model(frame1, frame2)). Exclusive with input_shape.",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model builder (e.g. num_classes).")
-    trust_checkpoint: bool = Field(False, description="Allow arbitrary unpickling of file: sources and weights (only for files you trust); --trust-checkpoint sets it.")
-    freeze: list[str] | None = Field(None, description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.")
+    trust_checkpoint: bool = Field(
+        False, description="Allow arbitrary unpickling of file: sources and weights (only for files you trust); --trust-checkpoint sets it."
+    )
+    freeze: list[str] | None = Field(
+        None,
+        description="Parameters to freeze (requires_grad=False): module names or globs; 'all_but_head' freezes all but the classifier.",
+    )
     _inputs_given: bool = PrivateAttr(False)
-    list_keys: bool = Field(False, description="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts; --verbose sets it.")
+    list_keys: bool = Field(
+        False, description="Name every loaded, missing, unexpected and mismatched tensor in the report, not only counts; --verbose sets it."
+    )
 
     @model_validator(mode="after")
     def _one_input_spec(self) -> ModelSpec:
@@ -224,12 +248,15 @@ class MeasureSpec(StrictModel):
     flops: bool = Field(True, description="Count MACs with thop.")
     cudnn_benchmark: bool = False
     threads: PositiveInt | None = Field(None, description="torch/onnxruntime intra-op threads; default: torch's.")
-    flush_denormal: bool = Field(True, description="Treat denormal floats as zero on the CPU (random-init models are otherwise timed on denormal arithmetic).")
+    flush_denormal: bool = Field(
+        True, description="Treat denormal floats as zero on the CPU (random-init models are otherwise timed on denormal arithmetic)."
+    )
     drift_tolerance: Tolerance = Field(
         default_factory=Tolerance, description="A stage whose pass preserves outputs fails beyond this (unless the pass declares its own)."
     )
     accuracy: bool | None = Field(
-        None, description="Evaluate every stage on data.eval (top-1/top-5 accuracy, agreement with the baseline); default: true when data.eval is given."
+        None,
+        description="Evaluate every stage on data.eval (top-1/top-5 accuracy, agreement with the baseline); default: true when data.eval is given.",
     )
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="A stage whose top-1 accuracy falls more than this below the baseline's fails (0.01: one point)."
@@ -244,7 +271,9 @@ class MeasureSpec(StrictModel):
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the intervals of medians and speed-ups.")
     run_to_run_margin: float = Field(
-        0.05, ge=0.0, lt=1.0,
+        0.05,
+        ge=0.0,
+        lt=1.0,
         description=(
             "Widen every speed-up interval by this share on both sides, for what moves between runs and one run's "
             "interval does not see (0: the bare statistical interval)."
@@ -451,8 +480,14 @@ def check_artifact_flow(stages: Iterable[Stage], doc: ConfigDocument, producers:
             if latest is None or made is None or not issubclass(made, wanted):
                 names = producers(wanted) if producers is not None else []
                 add = f"add {' or '.join(names)}" if names else f"add a pass that produces {wanted.__name__}"
-                got = f"; the latest before it, stage {latest.index} ({latest.pass_name}), produces {made.__name__}" if latest and made else ""
-                raise doc.error(f"{where} needs {need} from an earlier stage, and none produces one{got}: {add} before it", ("passes", stage.index - 1))
+                got = (
+                    f"; the latest before it, stage {latest.index} ({latest.pass_name}), produces {made.__name__}"
+                    if latest and made
+                    else ""
+                )
+                raise doc.error(
+                    f"{where} needs {need} from an earlier stage, and none produces one{got}: {add} before it", ("passes", stage.index - 1)
+                )
             if changed is not None:
                 raise doc.error(
                     f"{where} needs {need} from stage {latest.index} ({latest.pass_name}), but stage {changed.index} "
@@ -539,13 +574,15 @@ def pipeline_json_schema(
         def_name = f"{pass_cls.name}_options"
         defs[def_name] = options_schema
         names.append(pass_cls.name)
-        variants.append({
-            "type": "object",
-            "properties": {pass_cls.name: {"anyOf": [{"$ref": f"#/$defs/{def_name}"}, {"type": "null"}]}},
-            "required": [pass_cls.name],
-            "additionalProperties": False,
-            "description": pass_cls.summary,
-        })
+        variants.append(
+            {
+                "type": "object",
+                "properties": {pass_cls.name: {"anyOf": [{"$ref": f"#/$defs/{def_name}"}, {"type": "null"}]}},
+                "required": [pass_cls.name],
+                "additionalProperties": False,
+                "description": pass_cls.summary,
+            }
+        )
     schema["properties"]["passes"] = {
         "type": "array",
         "description": "Stages, in order: a pass name, or 'name: {options}'.",

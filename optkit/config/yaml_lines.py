@@ -72,18 +72,14 @@ class _StrictSafeLoader(yaml.SafeLoader):
             except TypeError:
                 kinds: dict[type, str] = {list: "list", dict: "mapping"}
                 kind = kinds.get(type(key), type(key).__name__)
-                raise PipelineError(
-                    f"a mapping key must be a plain value (text or a number), not a {kind}", self.filename, line
-                ) from None
+                raise PipelineError(f"a mapping key must be a plain value (text or a number), not a {kind}", self.filename, line) from None
             if key in seen:
                 raise PipelineError(f"duplicate key {key!r} (first given on line {seen[key]})", self.filename, line)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
-_StrictSafeLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictSafeLoader.construct_mapping
-)
+_StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictSafeLoader.construct_mapping)
 
 
 def load_yaml_with_lines(text: str, filename: str | None = None) -> tuple[Any, dict[Path_, int]]:
@@ -160,8 +156,7 @@ def _count_values(loader: _StrictSafeLoader, node: yaml.Node, sizes: dict[int, i
     open_nodes.discard(key)
     if total > MAX_VALUES:
         raise loader.error(
-            f"the file expands to more than {MAX_VALUES:,} values through aliases (*name); "
-            "the limit keeps validation in bounded memory",
+            f"the file expands to more than {MAX_VALUES:,} values through aliases (*name); the limit keeps validation in bounded memory",
             node.start_mark,
         )
     sizes[key] = total

@@ -126,9 +126,7 @@ def _load_digits() -> tuple[list, list[int]]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise PipelineError(
-            "the digits data set comes from scikit-learn, which is not installed: pip install 'optkit[testing]'"
-        ) from exc
+        raise PipelineError("the digits data set comes from scikit-learn, which is not installed: pip install 'optkit[testing]'") from exc
     digits = load_digits()
     return list(digits.images), [int(y) for y in digits.target]
 
@@ -232,4 +230,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     folders = digits_imagefolder(args.root, args.size, val_fraction=args.val_fraction, seed=args.seed)
     print(f"{folders.root}: {folders.counts['train']} train, {folders.counts['val']} val images ({args.size}x{args.size} RGB)")
     return 0
-

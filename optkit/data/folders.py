@@ -28,8 +28,30 @@ __all__ = ["MAX_IMAGE_PIXELS", "RGB_MODES", "class_folders", "image_files", "che
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 #: The image modes PIL converts to RGB (what every image becomes before the transform).
-RGB_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
-                       "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+RGB_MODES = frozenset(
+    {
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "LAB",
+        "HSV",
+        "I",
+        "F",
+        "I;16",
+        "I;16B",
+        "I;16L",
+        "I;16N",
+    }
+)
 
 
 def class_folders(root: Path, where: str) -> list[str]:
@@ -93,8 +115,9 @@ def check_image_header(image: Image.Image, path: str | Path, where: str) -> None
     """
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise PipelineError(f"{where}: {path} is {width} × {height} = {width * height:,} pixels, more than the limit of "
-                            f"{_limit_text()}; resize it")
+        raise PipelineError(
+            f"{where}: {path} is {width} × {height} = {width * height:,} pixels, more than the limit of {_limit_text()}; resize it"
+        )
     if image.mode not in RGB_MODES:
         raise PipelineError(f"{where}: {path} has the image mode {image.mode!r}, which has no RGB conversion")
 

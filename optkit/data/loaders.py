@@ -122,8 +122,12 @@ class DeviceLoader:
             A new loader; this one is unchanged.
         """
         loader = DataLoader(
-            self.loader.dataset, batch_size=batch_size or self.loader.batch_size, shuffle=True,
-            generator=torch.Generator().manual_seed(seed), drop_last=drop_last, num_workers=self.loader.num_workers,
+            self.loader.dataset,
+            batch_size=batch_size or self.loader.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=drop_last,
+            num_workers=self.loader.num_workers,
         )
         return DeviceLoader(loader, self.device, self.classes)
 
@@ -280,7 +284,7 @@ def _check_same_classes(sets: dict[str, DataSet]) -> None:
     named = [(data_set, data_set.classes) for data_set in sets.values() if data_set.classes is not None]
     for other, classes in named[1:]:
         first, reference = named[0]
-        differ = next((i for i, (a, b) in enumerate(zip(reference, classes)) if a != b), None)
+        differ = next((i for i, (a, b) in enumerate(zip(reference, classes, strict=False)) if a != b), None)
         if differ is not None:
             raise PipelineError(
                 f"{other.option} ({other.spec.source}) has the classes {_names(classes)} but {first.option} has "

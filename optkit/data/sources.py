@@ -98,8 +98,7 @@ def load_imagefolder(request: DatasetRequest) -> ImageFolder:
     classes = class_folders(folder, request.option)
     if not classes:
         raise PipelineError(
-            f"{request.option}: {folder} holds no class folders; an image folder has one sub-folder per class "
-            f"(e.g. {folder}/cat/1.png)"
+            f"{request.option}: {folder} holds no class folders; an image folder has one sub-folder per class (e.g. {folder}/cat/1.png)"
         )
     dataset = image_folder(folder, request.transform, allow_empty=True, where=request.option)
     if not dataset.samples:
@@ -110,8 +109,10 @@ def load_imagefolder(request: DatasetRequest) -> ImageFolder:
     # A class without images would still take a label: the README promises it is an error.
     empty = sorted(set(dataset.classes) - {dataset.classes[label] for _, label in dataset.samples})
     if empty:
-        raise PipelineError(f"{request.option}: class folder {folder / empty[0]} holds no images (looked for {', '.join(IMG_EXTENSIONS)})"
-                            + (f"; nor do {', '.join(empty[1:])}" if len(empty) > 1 else ""))
+        raise PipelineError(
+            f"{request.option}: class folder {folder / empty[0]} holds no images (looked for {', '.join(IMG_EXTENSIONS)})"
+            + (f"; nor do {', '.join(empty[1:])}" if len(empty) > 1 else "")
+        )
     request.details["folder"] = str(folder)
     return dataset
 
@@ -186,8 +187,14 @@ class _CheckedImageFolder(ImageFolder):
         classes = class_folders(Path(directory), self.where)
         return classes, {name: index for index, name in enumerate(classes)}
 
-    def make_dataset(self, directory: str | Path, class_to_idx: dict[str, int], extensions: Any = None, is_valid_file: Any = None,
-                     allow_empty: bool = False) -> list[tuple[str, int]]:
+    def make_dataset(
+        self,
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: Any = None,
+        is_valid_file: Any = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
         root = Path(directory)
         samples = []
         for name, index in sorted(class_to_idx.items(), key=lambda item: item[1]):

@@ -15,14 +15,13 @@ from optkit.passes import Pass, Progress, check_pass_class
 if TYPE_CHECKING:
     from pathlib import Path
 
-
     from optkit.config.data import DataSpec
     from optkit.config.pipeline import ModelSpec
     from optkit.data.loaders import PipelineData
     from optkit.data.sources import DatasetLoader
+    from optkit.models.importance import Importance
     from optkit.models.rules import ModuleRule, ModuleRules
     from optkit.models.sources import SourceLoader
-    from optkit.models.importance import Importance
     from optkit.results import RunInfo, StageResult
 
 __all__ = ["Host"]
@@ -168,9 +167,7 @@ class Host:
         earlier = self.pm.records.get(record.name)
         if earlier is not None and earlier.error:
             error = f"{earlier.error}; {error}"  # it failed in another hook too
-        self.pm.records[record.name] = PluginRecord(
-            record.name, record.value, record.distribution, record.version, error=error
-        )
+        self.pm.records[record.name] = PluginRecord(record.name, record.value, record.distribution, record.version, error=error)
 
     def get_pass(self, name: str) -> type[Pass]:
         """The pass class registered as ``name``.

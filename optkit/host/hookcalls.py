@@ -50,8 +50,14 @@ def check_registration_impl(impl: pluggy.HookImpl, hook_name: str) -> None:
 
 
 def _skip(impl: pluggy.HookImpl, hook_name: str, exc: BaseException) -> None:
-    log.warning("plugin %r raised in %s and was skipped: %s: %s", impl.plugin_name, hook_name,
-                type(exc).__name__, plain_text(str(exc)), exc_info=log.isEnabledFor(logging.DEBUG))
+    log.warning(
+        "plugin %r raised in %s and was skipped: %s: %s",
+        impl.plugin_name,
+        hook_name,
+        type(exc).__name__,
+        plain_text(str(exc)),
+        exc_info=log.isEnabledFor(logging.DEBUG),
+    )
 
 
 def guard_observer(impl: pluggy.HookImpl, hook_name: str) -> None:

@@ -24,9 +24,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from optkit.data.sources import DatasetLoader
+    from optkit.models.importance import Importance
     from optkit.models.rules import ModuleRule
     from optkit.models.sources import SourceLoader
-    from optkit.models.importance import Importance
     from optkit.passes import Pass, Progress
     from optkit.results import RunInfo, StageResult
 

@@ -144,9 +144,7 @@ def disabled_from_env() -> set[str]:
     return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
 
-def get_plugin_manager(
-    disabled: Iterable[str] | None = None, extra_plugins: Iterable[object] = ()
-) -> OptkitPluginManager:
+def get_plugin_manager(disabled: Iterable[str] | None = None, extra_plugins: Iterable[object] = ()) -> OptkitPluginManager:
     """Build a fresh plugin manager: specs, entry points (minus ``disabled``), extras, checks.
 
     Args:
@@ -170,9 +168,7 @@ def get_plugin_manager(
                     continue  # the same distribution seen twice on sys.path
                 record = PluginRecord(f"{dist_name}:{ep.name}", ep.value, dist_name, dist.version)
             if skip & {ep.name, record.name, dist_name, f"{dist_name}:{ep.name}"}:
-                pm.records[record.name] = PluginRecord(
-                    record.name, record.value, dist_name, dist.version, disabled=True
-                )
+                pm.records[record.name] = PluginRecord(record.name, record.value, dist_name, dist.version, disabled=True)
                 continue
             try:
                 plugin = ep.load()

@@ -208,8 +208,11 @@ class AccuracyTracker:
         if self.baseline is None:
             self.baseline = evaluation
             if evaluation.nonfinite_inputs:  # once: the data are the same for every stage
-                log.warning("data.eval: %d of %d samples hold NaN or infinite values; their predictions, and the "
-                            "accuracy, mean little", evaluation.nonfinite_inputs, len(evaluation.labels))
+                log.warning(
+                    "data.eval: %d of %d samples hold NaN or infinite values; their predictions, and the accuracy, mean little",
+                    evaluation.nonfinite_inputs,
+                    len(evaluation.labels),
+                )
         metrics = accuracy_metrics(evaluation, self.baseline)
         if self.previous is not None:
             metrics["agreement"]["previous"] = similarity_metrics(evaluation, self.previous)

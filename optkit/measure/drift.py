@@ -79,7 +79,11 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1]}
     if not a:
         return {"comparable": False}
-    names = [leaf.name for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference), strict=True) if isinstance(value, torch.Tensor)]
+    names = [
+        leaf.name
+        for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference), strict=True)
+        if isinstance(value, torch.Tensor)
+    ]
     groups = groups or {}
     rows = []
     for name, got, want in zip(names, a, b, strict=True):
@@ -95,7 +99,9 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
                 if g.dim < want.dim() and g.stop <= want.shape[g.dim]
             ]
         rows.append(row)
-    whole = _figures(torch.cat([t.detach().flatten().cpu().double() for t in a]), torch.cat([t.detach().flatten().cpu().double() for t in b]))
+    whole = _figures(
+        torch.cat([t.detach().flatten().cpu().double() for t in a]), torch.cat([t.detach().flatten().cpu().double() for t in b])
+    )
     result: dict[str, Any] = {"comparable": True, **whole}
     if a[0].dim() == 2 and a[0].shape[1] > 1:
         result["top1_agreement"] = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
@@ -208,7 +214,9 @@ def similarity_falls_short(
         if top1_agreement is None:
             return f"{where}, the outputs are not [batch, classes] logits, so top-1 agreement cannot be held to a minimum"
         if top1_agreement < tolerance.top1_agreement:
-            return f"{where}, top-1 agreement with the stage before is {top1_agreement:.4g}, under the minimum {tolerance.top1_agreement:.10g}"
+            return (
+                f"{where}, top-1 agreement with the stage before is {top1_agreement:.4g}, under the minimum {tolerance.top1_agreement:.10g}"
+            )
     return None
 
 

@@ -14,12 +14,7 @@ __all__ = ["meta_copy", "copy_memo"]
 def _computed_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Tensors held as plain attributes that ``deepcopy`` refuses: results of autograd, such as the
     ``weight`` that ``torch.nn.utils.prune`` (or the old ``weight_norm``) recomputes before each forward."""
-    return [
-        value
-        for module in model.modules()
-        for value in vars(module).values()
-        if isinstance(value, torch.Tensor) and not value.is_leaf
-    ]
+    return [value for module in model.modules() for value in vars(module).values() if isinstance(value, torch.Tensor) and not value.is_leaf]
 
 
 def copy_memo(model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
@@ -38,7 +33,9 @@ def copy_memo(model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor] | N
         for tensor in [*model.parameters(), *model.buffers()]:
             if id(tensor) not in memo:
                 replacement = make(tensor)
-                memo[id(tensor)] = nn.Parameter(replacement, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else replacement
+                memo[id(tensor)] = (
+                    nn.Parameter(replacement, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else replacement
+                )
     for tensor in _computed_tensors(model):
         memo.setdefault(id(tensor), make(tensor) if make is not None else tensor.detach().clone())
     return memo

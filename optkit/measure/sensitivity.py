@@ -61,7 +61,7 @@ def output_sensitivity(model: Callable[..., Any], inputs: ExampleInputs, outputs
         moved = pytree.tree_leaves(perturbed_input(inputs, seed + draw).call(model))
         if len(moved) != len(reference):
             return {}
-        for name, a, b in zip(names, reference, moved):
+        for name, a, b in zip(names, reference, moved, strict=False):
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.numel() and a.is_floating_point():
                 change = float((b.detach().cpu().double() - a.double()).abs().max())
                 found[name] = max(found.get(name, 0.0), change)
@@ -90,4 +90,9 @@ def within_sensitivity(drift: dict[str, Any], sensitivity: dict[str, float]) -> 
     worst = max(rows, key=ratio)
     if not ratio(worst) <= FACTOR:
         return None
-    return {"output": worst["name"], "drift_max_abs": worst["max_abs"], "sensitivity_max_abs": sensitivity.get(worst["name"], 0.0), "factor": FACTOR}
+    return {
+        "output": worst["name"],
+        "drift_max_abs": worst["max_abs"],
+        "sensitivity_max_abs": sensitivity.get(worst["name"], 0.0),
+        "factor": FACTOR,
+    }

@@ -128,8 +128,7 @@ def measure(
             # run does not; the message says it was the count, and how to go without it.
             except Exception as exc:
                 raise StageError(
-                    f"counting MACs (on a copy of the model) failed: {type(exc).__name__}: {exc}; "
-                    "measure.flops: false skips the count"
+                    f"counting MACs (on a copy of the model) failed: {type(exc).__name__}: {exc}; measure.flops: false skips the count"
                 ) from exc
     metrics = StageMetrics.model_validate(counts)
     track_memory = device.type == "cuda" and run.runtime == "torch"

@@ -87,15 +87,17 @@ def thop_owner() -> ThopOwner:
             continue
         seen.add((name, str(where)))
         matching = {rel for rel, digest in hashes.items() if (where.parent / rel).is_file() and _sha256(where.parent / rel) == digest}
-        result.claimants.append({
-            "name": name,
-            "version": dist.version,
-            # The PackageMetadata protocol of typeshed for 3.11 lacks get(); the email.message object has it.
-            "license": dist.metadata.get("License-Expression") or dist.metadata.get("License"),  # type: ignore[attr-defined]
-            "folder": str(where),
-            "intact": matching == set(hashes),
-            "imported": where == folder,
-        })
+        result.claimants.append(
+            {
+                "name": name,
+                "version": dist.version,
+                # The PackageMetadata protocol of typeshed for 3.11 lacks get(); the email.message object has it.
+                "license": dist.metadata.get("License-Expression") or dist.metadata.get("License"),  # type: ignore[attr-defined]
+                "folder": str(where),
+                "intact": matching == set(hashes),
+                "imported": where == folder,
+            }
+        )
         if where == folder:
             for rel in matching:
                 owners_by_file.setdefault(rel, set()).add(name)
@@ -134,6 +136,7 @@ def thop_warning(owner: ThopOwner | None = None) -> str | None:
         what += ", partly overwritten by another distribution"
     return (
         f"the installed thop ({owner.origin}) is {what}, not the {name} {version} optkit's MAC counts were "
-        f"validated with" + (f"; also installed: {others}" if others else "")
+        f"validated with"
+        + (f"; also installed: {others}" if others else "")
         + ". optkit's totals do not change (it uses only the conv, linear and RNN formulas both share); see README 'thop and Ultralytics'"
     )

@@ -49,7 +49,7 @@ def uninformative_outputs(outputs: Any, other_outputs: Any) -> dict[str, str]:
     others = pytree.tree_leaves(other_outputs)
     same_structure = len(others) == len(values)
     found = {}
-    for i, (leaf, value) in enumerate(zip(output_leaves(outputs), values)):
+    for i, (leaf, value) in enumerate(zip(output_leaves(outputs), values, strict=False)):
         if not isinstance(value, torch.Tensor):
             continue
         if value.numel() == 0:

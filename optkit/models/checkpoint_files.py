@@ -188,9 +188,7 @@ def _verify_zip(path: Path, option: str) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise CheckpointError(
-            f"{option}: {path}: cannot read it as a PyTorch checkpoint (truncated or corrupted?): {exc}"
-        ) from None
+        raise CheckpointError(f"{option}: {path}: cannot read it as a PyTorch checkpoint (truncated or corrupted?): {exc}") from None
     if damaged is not None:
         raise CheckpointError(
             f"{option}: {path}: corrupted: the bytes of {damaged} do not match their checksum "
@@ -205,9 +203,7 @@ def _unpickling_error(path: Path, exc: pickle.UnpicklingError, option: str) -> C
     blocked = sorted(set(_blocked_globals(path)) | set(first), key=lambda g: (g not in first, g.startswith("torch."), g))
     if not blocked:
         reason = next((line.strip() for line in message.splitlines() if "Unsupported" in line), message.splitlines()[0])
-        return CheckpointError(
-            f"{option}: {path}: not a PyTorch checkpoint, or a pickle that torch cannot read safely ({reason})"
-        )
+        return CheckpointError(f"{option}: {path}: not a PyTorch checkpoint, or a pickle that torch cannot read safely ({reason})")
     opt_in = (
         "`trust_checkpoint: true` under model: (or under model.weights:)"
         if option != "model.source"
@@ -244,9 +240,7 @@ def _runtime_error(path: Path, exc: RuntimeError, map_location: MapLocation, sav
             f"{option}.map_location: {map_location!r} sends tensors saved on {saved} to a device this "
             f"machine does not have ({message}); use map_location: cpu or a mapping such as {{'cuda:0': 'cpu'}}"
         )
-    return CheckpointError(
-        f"{option}: {path}: cannot read it as a PyTorch checkpoint (truncated or corrupted?): {message}"
-    )
+    return CheckpointError(f"{option}: {path}: cannot read it as a PyTorch checkpoint (truncated or corrupted?): {message}")
 
 
 def _read_safetensors(path: Path, map_location: MapLocation, option: str) -> LoadedCheckpoint:

@@ -46,16 +46,56 @@ HEAD_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 #: Modules between a head and the output that keep one value per class.
 _PASS_THROUGH_MODULES = (
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softmax,
+    nn.LogSoftmax,
 )
 #: Modules that reduce space to one value per class (what turns a 1×1 convolution into a classifier).
-_POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_POOL_MODULES = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
 
 _PASS_THROUGH_FUNCTIONS = {
-    torch.flatten, torch.squeeze, torch.relu, torch.sigmoid, torch.tanh, torch.softmax, torch.log_softmax,
-    F.dropout, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.softmax, F.log_softmax,
+    torch.flatten,
+    torch.squeeze,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.softmax,
+    torch.log_softmax,
+    F.dropout,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.sigmoid,
+    F.softmax,
+    F.log_softmax,
 }
 _POOL_FUNCTIONS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d, torch.mean, torch.amax}
 _PASS_THROUGH_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous", "relu", "sigmoid", "softmax", "log_softmax"}

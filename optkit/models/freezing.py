@@ -67,12 +67,14 @@ def apply_freeze(model: nn.Module, patterns: list[str], list_keys: bool = False,
         elif param.requires_grad:
             trainable.append(name)
             trainable_count += param.numel()
-    account.update({
-        "frozen_params": frozen_count,
-        "trainable_params": trainable_count,
-        "frozen_tensors": len(frozen),
-        "trainable_tensors": len(trainable),
-    })
+    account.update(
+        {
+            "frozen_params": frozen_count,
+            "trainable_params": trainable_count,
+            "frozen_tensors": len(frozen),
+            "trainable_tensors": len(trainable),
+        }
+    )
     if list_keys or len(trainable) <= _LISTED_TRAINABLE:
         account["trainable"] = trainable
     if list_keys:

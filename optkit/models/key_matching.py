@@ -78,9 +78,7 @@ class KeyPairing:
         return not (self.missing or self.unexpected or self.mismatched)
 
 
-def match_by_name(
-    checkpoint: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], exclude: Iterable[str] = ()
-) -> KeyPairing:
+def match_by_name(checkpoint: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], exclude: Iterable[str] = ()) -> KeyPairing:
     """Pair tensors whose names and shapes agree (YOLOv5's ``intersect_dicts``, with an account).
 
     Args:
@@ -109,9 +107,7 @@ def match_by_name(
     return result
 
 
-def match_by_order(
-    checkpoint: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], exclude: Iterable[str] = ()
-) -> KeyPairing:
+def match_by_order(checkpoint: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], exclude: Iterable[str] = ()) -> KeyPairing:
     """Pair tensors by position, in state-dict order, until the first shape disagreement.
 
     BatchNorm's ``num_batches_tracked`` counters are left out of the positional walk (old
@@ -177,6 +173,4 @@ def _pair_bn_counters(
             used.add(source)
         else:
             result.missing.append(key)
-    result.unexpected += [
-        k for k in checkpoint if k.rpartition(".")[2] == _BN_COUNTER and k not in used and not _excluded(k, exclude)
-    ]
+    result.unexpected += [k for k in checkpoint if k.rpartition(".")[2] == _BN_COUNTER and k not in used and not _excluded(k, exclude)]

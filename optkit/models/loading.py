@@ -53,8 +53,7 @@ def load_model(
         model = loader(request)
     if not isinstance(model, nn.Module):
         raise PipelineError(
-            f"model.source: the {spec.scheme!r} loader of {plugin or 'plugin ?'} returned "
-            f"{type(model).__name__}, not an nn.Module"
+            f"model.source: the {spec.scheme!r} loader of {plugin or 'plugin ?'} returned {type(model).__name__}, not an nn.Module"
         )
     pruned = make_pruning_permanent(model)
     if pruned:

@@ -210,7 +210,10 @@ class ModuleRules(Mapping[str, ModuleRule]):
     """
 
     def __init__(
-        self, rules: Mapping[str, ModuleRule] | None = None, conflicts: Mapping[str, str] | None = None, origins: Mapping[str, str] | None = None
+        self,
+        rules: Mapping[str, ModuleRule] | None = None,
+        conflicts: Mapping[str, str] | None = None,
+        origins: Mapping[str, str] | None = None,
     ) -> None:
         self._rules = dict(rules or {})
         self._conflicts = dict(conflicts or {})

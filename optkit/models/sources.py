@@ -146,7 +146,7 @@ def call_factory(factory: Callable[..., Any], kwargs: dict[str, Any], target: st
     except OptkitError:
         raise
     # The user's own code, which may fail in any way.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PipelineError(f"{option}: {target} raised {type(exc).__name__}: {plain_text(str(exc))}") from exc
 
 

@@ -83,8 +83,7 @@ def find_state_dict(obj: Any, key: str | None = None, option: str = "model.weigh
         wrapper = next((k for k in WRAPPER_KEYS if obj.get(k) is not None), None)
         if wrapper is None:
             raise CheckpointError(
-                f"{option}: found no weights in the checkpoint: {_describe_entries(obj)}; "
-                f"name the entry that holds them with key:"
+                f"{option}: found no weights in the checkpoint: {_describe_entries(obj)}; name the entry that holds them with key:"
             )
         others = [k for k in WRAPPER_KEYS if k != wrapper and obj.get(k) is not None]
         if others:
@@ -122,7 +121,7 @@ def strip_wrapper_prefixes(state: StateDict, model_keys: set[str]) -> tuple[Stat
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
         if prefix is None or (model_keys and all(k.startswith(prefix) for k in model_keys)):
             break
-        state = _like(state, ((k[len(prefix):], v) for k, v in state.items()), rename=_strip_module_prefix(prefix))
+        state = _like(state, ((k[len(prefix) :], v) for k, v in state.items()), rename=_strip_module_prefix(prefix))
         stripped.append(prefix)
     return state, stripped
 
@@ -194,6 +193,6 @@ def _strip_module_prefix(prefix: str) -> Callable[[str], str | None]:
     def rename(name: str) -> str | None:
         if name == bare:
             return ""
-        return name[len(prefix):] if name.startswith(prefix) else None
+        return name[len(prefix) :] if name.startswith(prefix) else None
 
     return rename

@@ -169,9 +169,7 @@ def _summary(pairing: KeyPairing) -> str:
 
 
 def _key_names(pairing: KeyPairing, match: str) -> dict[str, list[str]]:
-    loaded = [
-        key if key == source or match == "name" else f"{source} -> {key}" for key, source in pairing.pairs.items()
-    ]
+    loaded = [key if key == source or match == "name" else f"{source} -> {key}" for key, source in pairing.pairs.items()]
     return {
         "loaded": loaded,
         "missing": pairing.missing,

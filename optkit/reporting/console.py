@@ -21,8 +21,7 @@ STATUS_STYLE = {"ok": "green", "failed": "bold red", "interrupted": "yellow", "s
 
 #: Dropped, in this order, when a terminal is too narrow for the whole table (the speed-up and its
 #: interval stay whole: a truncated interval would be worse than none).
-_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs",
-                     "agreement", "params")
+_OPTIONAL_COLUMNS = ("GMACs", "time s", "sparsity", "Δparams", "size MB", "#", "cosine", "top-1", "max|Δ|", "GFLOPs", "agreement", "params")
 
 
 def _stage_table(report: RunReport, columns: list[str]) -> Table:
@@ -109,12 +108,19 @@ def render_info(info: dict[str, Any], console: Any) -> None:
         table = Table(title="parameters")
         for column in ("layer", "name", "gradient", "parameters", "shape", "mu", "sigma"):
             table.add_column(
-                column, justify="right" if column in ("layer", "parameters", "mu", "sigma") else "left", overflow="fold" if column == "name" else "ellipsis"
+                column,
+                justify="right" if column in ("layer", "parameters", "mu", "sigma") else "left",
+                overflow="fold" if column == "name" else "ellipsis",
             )
         for row in info["parameters"]:
             table.add_row(
-                str(row["index"]), row["name"], str(row["trainable"]), f"{row['params']:,}", str(row["shape"]),
-                "–" if row["mean"] is None else f"{row['mean']:.3g}", "–" if row["std"] is None else f"{row['std']:.3g}",
+                str(row["index"]),
+                row["name"],
+                str(row["trainable"]),
+                f"{row['params']:,}",
+                str(row["shape"]),
+                "–" if row["mean"] is None else f"{row['mean']:.3g}",
+                "–" if row["std"] is None else f"{row['std']:.3g}",
             )
         console.print(table)
         layers = Table(title="MACs per layer (a module's MACs include its children's; self: its own rule or code)")

@@ -52,8 +52,10 @@ def render_html(runs: list[ComparedRun], meta: dict[str, Any] | None = None, ima
     """
     meta = meta or {}
     title = html.escape(meta.get("title") or "optkit comparison")
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{title}</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
+    ]
     if meta.get("command"):
         parts.append(f"<p>Reproduce with:</p><pre>{html.escape(str(meta['command']))}</pre>")
     parts.append("<h2>Environment</h2><ul>")
@@ -76,8 +78,11 @@ def render_html(runs: list[ComparedRun], meta: dict[str, Any] | None = None, ima
     parts.append("<h2>Every stage</h2>" + _table(columns, rows, status_column=columns.index("status")))
     if failed:
         parts.append("<h2>Errors</h2><ul>")
-        parts += [f"<li><b>{html.escape(run.model)} / {html.escape(run.pipeline)}</b>: "
-                  f"<pre>{html.escape(run.report.error or run.report.status)}</pre></li>" for run in failed]
+        parts += [
+            f"<li><b>{html.escape(run.model)} / {html.escape(run.pipeline)}</b>: "
+            f"<pre>{html.escape(run.report.error or run.report.status)}</pre></li>"
+            for run in failed
+        ]
         parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

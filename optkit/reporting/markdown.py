@@ -69,13 +69,20 @@ def _per_output_lines(report: RunReport) -> list[str]:
         drift = stage.metrics.drift
         parts = output_parts(drift.model_dump()) if drift is not None and drift.outputs else []
         if len(parts) > 1:
-            rows += [[str(stage.index), stage.name, label, f"{f['max_abs']:.2e}", f"{f['reference_max_abs']:.3g}", f"{f['cosine']:.6f}"]
-                     for label, f in parts]
+            rows += [
+                [str(stage.index), stage.name, label, f"{f['max_abs']:.2e}", f"{f['reference_max_abs']:.3g}", f"{f['cosine']:.6f}"]
+                for label, f in parts
+            ]
     if not rows:
         return []
-    return ["", "## Drift per output", "",
-            "Against the baseline, on the seeded batch; each part is held to a drift tolerance scaled by its own largest value.", "",
-            *_markdown_table(["#", "stage", "output", "max|Δ|", "max|reference|", "cosine"], rows)]
+    return [
+        "",
+        "## Drift per output",
+        "",
+        "Against the baseline, on the seeded batch; each part is held to a drift tolerance scaled by its own largest value.",
+        "",
+        *_markdown_table(["#", "stage", "output", "max|Δ|", "max|reference|", "cosine"], rows),
+    ]
 
 
 def _detail_text(key: str, value: Any) -> str:
@@ -100,13 +107,14 @@ def _markdown_cell(text: Any) -> str:
 
 
 def _markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(_markdown_cell(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows),
+    ]
 
 
-def render_comparison_markdown(
-    runs: list[ComparedRun], meta: dict[str, Any] | None = None, plots: dict[str, str] | None = None
-) -> str:
+def render_comparison_markdown(runs: list[ComparedRun], meta: dict[str, Any] | None = None, plots: dict[str, str] | None = None) -> str:
     """Several runs as one Markdown report: environment header, speed-up summary, plots, stage table, errors.
 
     Args:
@@ -120,7 +128,9 @@ def render_comparison_markdown(
         lines += ["Reproduce with:", "", "```", _code(meta["command"]), "```", ""]
     groups = environment_groups(runs)
     lines += ["## Environment", ""]
-    lines += [f"- {_text(environment_text(env))}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or ["- (no run recorded one)"]
+    lines += [f"- {_text(environment_text(env))}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or [
+        "- (no run recorded one)"
+    ]
     extra = [f"{key} {meta[key]}" for key in ("created", "executor", "optkit_version") if meta.get(key)]
     lines += [f"- {_text(' · '.join(extra))}"] if extra else []
     lines += [f"- {_text(note)}" for note in meta.get("notes") or []]
@@ -135,8 +145,10 @@ def render_comparison_markdown(
     lines += ["## Every stage", "", *_markdown_table(columns, [[row[c] for c in columns] for row in comparison_rows(runs)])]
     if failed:
         lines += ["", "## Errors", ""]
-        lines += [f"- **{_text(run.model)} / {_text(run.pipeline)}**: {_text(short_text(run.report.error or run.report.status, 600))}"
-                  for run in failed]
+        lines += [
+            f"- **{_text(run.model)} / {_text(run.pipeline)}**: {_text(short_text(run.report.error or run.report.status, 600))}"
+            for run in failed
+        ]
     return "\n".join(lines) + "\n"
 
 

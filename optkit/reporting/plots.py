@@ -72,10 +72,20 @@ def stage_points(runs: list[ComparedRun]) -> list[StagePoint]:
             figure = stage.metrics.speedup_vs_previous or Speedup(value=None)
             measured = figure.value if figure.value is not None else (previous / p50 if previous is not None else None)
             ratio = None if previous is None or stage.index == 0 else measured
-            points.append(StagePoint(
-                run.model, run.pipeline, run.device, stage.name, stage.metrics.gmacs, p50, ratio,
-                figure.low, figure.high, bool(figure.tie),
-            ))
+            points.append(
+                StagePoint(
+                    run.model,
+                    run.pipeline,
+                    run.device,
+                    stage.name,
+                    stage.metrics.gmacs,
+                    p50,
+                    ratio,
+                    figure.low,
+                    figure.high,
+                    bool(figure.tie),
+                )
+            )
             previous = p50
     return points
 
@@ -117,15 +127,26 @@ def latency_vs_gmacs_png(points: list[StagePoint]) -> bytes | None:
             chosen = [p for p in points if p.stage == stage and p.device == device]
             if chosen:
                 label = stage if len(devices) == 1 else f"{stage} · {device}"
-                ax.scatter([p.gmacs for p in chosen], [p.p50_ms for p in chosen], label=label, alpha=0.8,
-                           color=colors(si % 10), marker=_MARKERS[di % len(_MARKERS)])
+                ax.scatter(
+                    [p.gmacs for p in chosen],
+                    [p.p50_ms for p in chosen],
+                    label=label,
+                    alpha=0.8,
+                    color=colors(si % 10),
+                    marker=_MARKERS[di % len(_MARKERS)],
+                )
     named: set[tuple[str, str]] = set()
     for p in points:
         if p.stage == "baseline" and (p.model, p.device) not in named:
             named.add((p.model, p.device))
             ax.annotate(p.model, (p.gmacs, p.p50_ms), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set(xscale="log", yscale="log", xlabel="GMACs (multiply-accumulates, thop)", ylabel="p50 latency (ms)",
-           title="Latency against compute, every stage")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="GMACs (multiply-accumulates, thop)",
+        ylabel="p50 latency (ms)",
+        title="Latency against compute, every stage",
+    )
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on a log axis
@@ -163,8 +184,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     ratio_labels = FuncFormatter(_times)
     panels = list(dict.fromkeys((p.pipeline, p.device) for p in points))
     several_devices = len({device for _, device in panels}) > 1
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.7 * len({p.model for p in points}) + 3), 3.2 * len(panels)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.7 * len({p.model for p in points}) + 3), 3.2 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, (pipeline, device) in zip(axes[:, 0], panels, strict=True):
         chosen = [p for p in points if p.pipeline == pipeline and p.device == device]
@@ -181,21 +201,29 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
                 if point.tie:  # not a finding: pale and hatched
                     bar.set_alpha(0.35)
                     bar.set_hatch("//")
-            with_interval = [(x, _ratio(p), p.speedup_low, p.speedup_high) for x, p in drawn
-                             if p.speedup_low is not None and p.speedup_high is not None]
+            with_interval = [
+                (x, _ratio(p), p.speedup_low, p.speedup_high) for x, p in drawn if p.speedup_low is not None and p.speedup_high is not None
+            ]
             if with_interval:
-                ax.errorbar([x for x, *_ in with_interval], [ratio for _, ratio, _, _ in with_interval],
-                            yerr=[[max(0.0, ratio - low) for _, ratio, low, _ in with_interval],
-                                  [max(0.0, high - ratio) for _, ratio, _, high in with_interval]],
-                            fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+                ax.errorbar(
+                    [x for x, *_ in with_interval],
+                    [ratio for _, ratio, _, _ in with_interval],
+                    yerr=[
+                        [max(0.0, ratio - low) for _, ratio, low, _ in with_interval],
+                        [max(0.0, high - ratio) for _, ratio, _, high in with_interval],
+                    ],
+                    fmt="none",
+                    ecolor="black",
+                    elinewidth=0.8,
+                    capsize=2,
+                )
         ax.set_yscale("log")  # speed-ups are ratios: 2× and 0.5× lie as far from 1
         ax.yaxis.set_major_formatter(ratio_labels)
         ax.yaxis.set_minor_formatter(ratio_labels)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("speed-up vs previous stage")
-        ax.text(0.01, 0.98, "error bars: the speed-up's confidence interval",
-                transform=ax.transAxes, fontsize=7, va="top", color="#555")
+        ax.text(0.01, 0.98, "error bars: the speed-up's confidence interval", transform=ax.transAxes, fontsize=7, va="top", color="#555")
         ax.set_title(f"{pipeline}" + (f" · {device}" if several_devices else ""), fontsize=10)
         handles = [Patch(color=colors(si % 10), label=stage) for si, stage in enumerate(stages)]
         if any(p.tie for p in chosen):  # the bars' own patches would show the first bar's look, tie or not

@@ -3,9 +3,10 @@ sweep folders, comparison reports and ``report.json`` files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from optkit.errors import PipelineError
 from optkit.results import RunReport, read_report_json
@@ -47,14 +48,24 @@ class ComparedRun:
         return str(self.report.environment.device or "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "pipeline": self.pipeline, "run_dir": self.run_dir,
-                "seconds": self.seconds, "report": self.report.to_dict()}
+        return {
+            "model": self.model,
+            "pipeline": self.pipeline,
+            "run_dir": self.run_dir,
+            "seconds": self.seconds,
+            "report": self.report.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> ComparedRun:
         """One entry of a comparison report's ``runs`` (``where``: the file, for errors)."""
-        return cls(RunReport.from_dict(data["report"], where), data.get("model", ""), data.get("pipeline", ""),
-                   data.get("run_dir"), data.get("seconds"))
+        return cls(
+            RunReport.from_dict(data["report"], where),
+            data.get("model", ""),
+            data.get("pipeline", ""),
+            data.get("run_dir"),
+            data.get("seconds"),
+        )
 
 
 def load_runs(paths: list[Path], on_skip: Callable[[PipelineError], None] | None = None) -> list[ComparedRun]:

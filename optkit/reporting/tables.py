@@ -43,8 +43,23 @@ __all__ = [
 
 #: Column titles of the stage table (console and Markdown).
 COLUMNS = (
-    "#", "stage", "status", "params", "Δparams", "sparsity", "GMACs", "GFLOPs",
-    "size MB", "p50 ms", "speed-up", "accuracy", "agreement", "max|Δ|", "cosine", "top-1", "time s",
+    "#",
+    "stage",
+    "status",
+    "params",
+    "Δparams",
+    "sparsity",
+    "GMACs",
+    "GFLOPs",
+    "size MB",
+    "p50 ms",
+    "speed-up",
+    "accuracy",
+    "agreement",
+    "max|Δ|",
+    "cosine",
+    "top-1",
+    "time s",
 )
 #: Columns measured on data.eval: shown only when some stage has them.
 DATA_COLUMNS = ("accuracy", "agreement")
@@ -98,8 +113,10 @@ def timing_lines(report: RunReport) -> list[str]:
         return []
     confidence = timing.confidence if timing.confidence is not None else 0.95
     if timing.compare == "interleaved":
-        how = (f"Latency: the baseline and every stage timed side by side, round-robin ({timing.iters} rounds); "
-               "speed-up = median of the per-round ratios")
+        how = (
+            f"Latency: the baseline and every stage timed side by side, round-robin ({timing.iters} rounds); "
+            "speed-up = median of the per-round ratios"
+        )
     else:
         how = f"Latency: each stage timed alone right after it was applied ({timing.iters} calls); speed-up = ratio of medians"
     margin = timing.run_to_run_margin  # absent in reports written before the margin
@@ -137,26 +154,29 @@ def stage_rows(report: RunReport) -> list[dict[str, str]]:
         m = stage.metrics
         latency = _p50(m)
         drift = m.drift or Drift()
-        rows.append({
-            "#": str(stage.index),
-            "stage": stage.name + (" (onnxruntime)" if m.runtime == "onnxruntime" else ""),
-            "status": str(stage.status),
-            "params": format_count(m.params),
-            "Δparams": "" if stage.index == 0 else _ratio(m.params, base.params),
-            "sparsity": _num(m.sparsity, ".1%"),
-            "GMACs": _num(m.gmacs, ".3f"),
-            "GFLOPs": _num(m.gflops, ".3f"),
-            "size MB": _num(m.size_bytes / 1e6 if m.size_bytes is not None else None, ".2f"),
-            "p50 ms": _num(latency, ".2f"),
-            "speed-up": "" if stage.index == 0 or latency is None or not base_latency
-                        else format_speedup(m.speedup, base_latency / latency),
-            "accuracy": _num(m.accuracy.top1 if m.accuracy else None, ".2%"),
-            "agreement": _num(m.agreement.top1 if m.agreement else None, ".2%"),
-            "max|Δ|": _num(drift.max_abs, ".2e"),
-            "cosine": _num(drift.cosine, ".6f"),
-            "top-1": _num(drift.top1_agreement, ".0%"),
-            "time s": _num(stage.duration_s if stage.status != "skipped" else None, ".2f"),
-        })
+        rows.append(
+            {
+                "#": str(stage.index),
+                "stage": stage.name + (" (onnxruntime)" if m.runtime == "onnxruntime" else ""),
+                "status": str(stage.status),
+                "params": format_count(m.params),
+                "Δparams": "" if stage.index == 0 else _ratio(m.params, base.params),
+                "sparsity": _num(m.sparsity, ".1%"),
+                "GMACs": _num(m.gmacs, ".3f"),
+                "GFLOPs": _num(m.gflops, ".3f"),
+                "size MB": _num(m.size_bytes / 1e6 if m.size_bytes is not None else None, ".2f"),
+                "p50 ms": _num(latency, ".2f"),
+                "speed-up": ""
+                if stage.index == 0 or latency is None or not base_latency
+                else format_speedup(m.speedup, base_latency / latency),
+                "accuracy": _num(m.accuracy.top1 if m.accuracy else None, ".2%"),
+                "agreement": _num(m.agreement.top1 if m.agreement else None, ".2%"),
+                "max|Δ|": _num(drift.max_abs, ".2e"),
+                "cosine": _num(drift.cosine, ".6f"),
+                "top-1": _num(drift.top1_agreement, ".0%"),
+                "time s": _num(stage.duration_s if stage.status != "skipped" else None, ".2f"),
+            }
+        )
     return rows
 
 
@@ -166,10 +186,7 @@ def _p50(metrics: StageMetrics) -> float | None:
 
 def environment_line(report: RunReport) -> str:
     env = report.environment
-    return (
-        f"optkit {report.optkit_version} · torch {env.torch} · device {env.device} · "
-        f"{env.threads} threads · python {env.python}"
-    )
+    return f"optkit {report.optkit_version} · torch {env.torch} · device {env.device} · {env.threads} threads · python {env.python}"
 
 
 def weights_line(account: dict[str, Any]) -> str:
@@ -182,8 +199,13 @@ def weights_line(account: dict[str, Any]) -> str:
     tensors = account.get("tensors", {})
     parts = [
         f"{tensors.get(key)} {label}"
-        for key, label in (("missing", "missing"), ("unexpected", "unexpected"), ("shape_mismatched", "shape-mismatched"),
-                           ("excluded", "excluded"), ("bn_counters_reset", "BatchNorm counters reset"))
+        for key, label in (
+            ("missing", "missing"),
+            ("unexpected", "unexpected"),
+            ("shape_mismatched", "shape-mismatched"),
+            ("excluded", "excluded"),
+            ("bn_counters_reset", "BatchNorm counters reset"),
+        )
         if tensors.get(key)
     ]
     name = str(account.get("path", "?")).replace("\\", "/").rsplit("/", 1)[-1]
@@ -204,8 +226,20 @@ def short_text(value: Any, limit: int = 300) -> str:
 
 #: Column titles of the comparison table; ``device`` is shown only when the runs differ in it.
 COMPARISON_COLUMNS = (
-    "model", "pipeline", "device", "stage", "status", "params", "GMACs", "p50 ms", "speed-up",
-    "accuracy", "agreement", "max|Δ|", "cosine", "top-1",
+    "model",
+    "pipeline",
+    "device",
+    "stage",
+    "status",
+    "params",
+    "GMACs",
+    "p50 ms",
+    "speed-up",
+    "accuracy",
+    "agreement",
+    "max|Δ|",
+    "cosine",
+    "top-1",
 )
 
 
@@ -228,8 +262,7 @@ def comparison_rows(runs: list[ComparedRun]) -> list[dict[str, str]]:
     for run in runs:
         labels = {"model": run.model, "pipeline": run.pipeline, "device": run.device}
         stages = stage_rows(run.report) or [{"stage": "–", "status": run.report.status}]
-        rows += [{c: "" for c in COMPARISON_COLUMNS} | labels | {k: v for k, v in row.items() if k in COMPARISON_COLUMNS}
-                 for row in stages]
+        rows += [{c: "" for c in COMPARISON_COLUMNS} | labels | {k: v for k, v in row.items() if k in COMPARISON_COLUMNS} for row in stages]
     return rows
 
 
@@ -286,8 +319,7 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[Environment, int]]
 
 def environment_text(env: Environment) -> str:
     """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
-    versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda")
-                          if env.get(k))
+    versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda") if env.get(k))
     cpu = CpuInfo.from_dict(env.cpu).describe() if env.cpu else env.processor
     return f"device **{env.device}** · {env.threads} threads · {cpu} · {env.platform} · {versions}"
 
@@ -298,19 +330,22 @@ def comparison_note(runs: list[ComparedRun]) -> str:
     modes = {mode: sum(run.report.timing.compare == mode for run in runs) for mode in ("interleaved", "sequential")}
     timed = ", ".join(f"{count} {mode}" for mode, count in modes.items() if count)
     busy = sum(bool(run.report.timing.noise and run.report.timing.noise.noisy) for run in runs)
-    return (f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
-            "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
-            "baseline, measured in the same process, with its confidence interval (95% unless the run set "
-            "measure.confidence); 'tie' when the interval (widened by measure.run_to_run_margin) includes 1× (neither a speed-up nor a slow-down)."
-            + (f" Timing: {timed} (interleaved: every stage timed side by side with the baseline)." if timed else "")
-            + (f" {busy} of {len(runs)} runs found the machine busy before timing (noise check): their figures are noisy."
-               if busy else "")
-            + (DATA_NOTE if any(_has_data(run.report) for run in runs) else ""))
+    return (
+        f"{len(runs)} runs, {ok} ok, {len(runs) - ok} not ok. MACs are multiply-accumulates (thop's unit); "
+        "GFLOPs = 2 × GMACs. Latency is the median (p50) of timed runs; speed-up is against the run's own "
+        "baseline, measured in the same process, with its confidence interval (95% unless the run set "
+        "measure.confidence); 'tie' when the interval (widened by measure.run_to_run_margin) includes 1× (neither a speed-up nor a slow-down)."
+        + (f" Timing: {timed} (interleaved: every stage timed side by side with the baseline)." if timed else "")
+        + (f" {busy} of {len(runs)} runs found the machine busy before timing (noise check): their figures are noisy." if busy else "")
+        + (DATA_NOTE if any(_has_data(run.report) for run in runs) else "")
+    )
 
 
 #: What the data columns mean (said wherever they are shown).
-DATA_NOTE = (" Accuracy is top-1 on data.eval; agreement is the share of data.eval samples whose top-1 equals the "
-             "baseline's. top-1 (like max|Δ| and cosine) compares outputs on the one seeded measurement batch.")
+DATA_NOTE = (
+    " Accuracy is top-1 on data.eval; agreement is the share of data.eval samples whose top-1 equals the "
+    "baseline's. top-1 (like max|Δ| and cosine) compares outputs on the one seeded measurement batch."
+)
 
 
 def _has_data(report: RunReport) -> bool:

@@ -18,8 +18,14 @@ from torch import nn
 
 __all__ = ["BaselineGuard"]
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
-               "_load_state_dict_pre_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
 
 
 class BaselineGuard:
@@ -51,8 +57,9 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
         cls = type(module)
         found[f"its module {name!r} (class)"] = (cls.__module__, cls.__qualname__, id(getattr(cls, "forward", None)))
         found[f"its module {name!r} (mode)"] = module.training
-        instance_callables = sorted((key, id(value)) for key, value in vars(module).items()
-                                    if callable(value) and not isinstance(value, nn.Module))
+        instance_callables = sorted(
+            (key, id(value)) for key, value in vars(module).items() if callable(value) and not isinstance(value, nn.Module)
+        )
         for key, identity in instance_callables:
             found[f"its module {name!r} ({key})"] = identity
         hooks = tuple(len(getattr(module, attribute, {}) or {}) for attribute in _HOOK_DICTS)

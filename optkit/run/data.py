@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from optkit.data.checks import check_labels_fit, check_sample_shapes
+from optkit.inputs import ExampleInputs
 from optkit.measure.accuracy import AccuracyTracker, classifier_outputs
 from optkit.models.layers import eval_mode
-from optkit.inputs import ExampleInputs
 
 if TYPE_CHECKING:
     from optkit.config.data import DataSpec

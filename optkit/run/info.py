@@ -121,7 +121,12 @@ def inspect_model(
     run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
     rules = host.rule_table()
     metrics = measure(model, inputs, settings, torch_device, rules).metrics.model_dump()
-    info: dict[str, Any] = {"model": source, "input_shape": input_shape, "device": str(torch_device), "device_name": device_name(torch_device)}
+    info: dict[str, Any] = {
+        "model": source,
+        "input_shape": input_shape,
+        "device": str(torch_device),
+        "device_name": device_name(torch_device),
+    }
     info.update(model_info(model, inputs, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:
         info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
@@ -143,15 +148,17 @@ def parameter_table(model: nn.Module) -> list[dict[str, Any]]:
     with torch.no_grad():
         for index, (name, p) in enumerate(model.named_parameters()):
             values = p.detach().double() if not p.is_meta else None
-            rows.append({
-                "index": index,
-                "name": name,
-                "trainable": p.requires_grad,
-                "params": p.numel(),
-                "shape": list(p.shape),
-                "mean": float(values.mean()) if values is not None and p.numel() else None,
-                "std": float(values.std()) if values is not None and p.numel() > 1 else (0.0 if values is not None else None),
-            })
+            rows.append(
+                {
+                    "index": index,
+                    "name": name,
+                    "trainable": p.requires_grad,
+                    "params": p.numel(),
+                    "shape": list(p.shape),
+                    "mean": float(values.mean()) if values is not None and p.numel() else None,
+                    "std": float(values.std()) if values is not None and p.numel() > 1 else (0.0 if values is not None else None),
+                }
+            )
     return rows
 
 

@@ -25,16 +25,15 @@ from optkit.config.pipeline import Pipeline, load_pipeline
 from optkit.errors import OptkitError, PipelineError, StageError, plain_text
 from optkit.files import atomic_write_text, overwrite_in_place
 from optkit.host.facade import Host
+from optkit.inputs import ExampleInputs, InputDef
 from optkit.measure.drift import channel_groups_for, compare_outputs, drift_exceeds, tolerance_failure
 from optkit.measure.latency import configure_timing
-from optkit.measure.outputs import select_outputs
+from optkit.measure.outputs import flatten_outputs, select_outputs
+from optkit.measure.sensitivity import INPUT_STEP, output_sensitivity, within_sensitivity
 from optkit.measure.size import tensor_bytes
 from optkit.measure.stage import Measurement, measure
-from optkit.measure.outputs import flatten_outputs
-from optkit.measure.sensitivity import INPUT_STEP, output_sensitivity, within_sensitivity
 from optkit.measure.uninformative import second_input, uninformative_outputs, uninformative_warning
 from optkit.models.layers import eval_mode
-from optkit.inputs import ExampleInputs, InputDef
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting.writing import write_run_report
 from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, TimingStatus, json_problem, optkit_version
@@ -42,7 +41,7 @@ from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
-from optkit.run.run_dirs import claim_run_dir, prepare_run_dir
+from optkit.run.run_dirs import claim_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.signals import handling_signals, interruption, restore_handlers
 from optkit.run.timing import StageTiming, plan_timing
@@ -71,9 +70,7 @@ def seeded_inputs(defs: list[InputDef], seed: int, device: torch.device) -> Exam
         return ExampleInputs.sample(defs, seed, device)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one; the CPU allocator raises RuntimeError
         option = f"model.input_shape {list(defs[0].shape)}" if len(defs) == 1 else "model.inputs"
-        raise PipelineError(
-            f"{option}: cannot allocate the input batch on {device}: {plain_text(str(exc)).splitlines()[0]}"
-        ) from exc
+        raise PipelineError(f"{option}: cannot allocate the input batch on {device}: {plain_text(str(exc)).splitlines()[0]}") from exc
 
 
 def run_pipeline(
@@ -124,8 +121,15 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
     else:
         inputs = seeded_inputs(pipeline.model.input_defs(), pipeline.spec.seed, torch_device)
     data = prepare_data(
-        pipeline.data, host, model, inputs, torch_device, base_dir=pipeline.data_dir, seed=pipeline.spec.seed,
-        accuracy=pipeline.evaluates_accuracy, max_accuracy_drop=pipeline.measure.max_accuracy_drop,
+        pipeline.data,
+        host,
+        model,
+        inputs,
+        torch_device,
+        base_dir=pipeline.data_dir,
+        seed=pipeline.spec.seed,
+        accuracy=pipeline.evaluates_accuracy,
+        max_accuracy_drop=pipeline.measure.max_accuracy_drop,
     )
     if data.details:
         load_details["data"] = data.details
@@ -140,15 +144,23 @@ def _run(pipeline: Pipeline, host: Host, device: str | int | None, output: Path 
 
 
 def _run_stages(
-    pipeline: Pipeline, host: Host, model: nn.Module, inputs: torch.Tensor, data: RunData, torch_device: torch.device,
-    run_dir: Path, lock: dict[str, Any], load_details: dict[str, Any],
+    pipeline: Pipeline,
+    host: Host,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    data: RunData,
+    torch_device: torch.device,
+    run_dir: Path,
+    lock: dict[str, Any],
+    load_details: dict[str, Any],
 ) -> tuple[RunReport, Path]:
     stages = [StageResult("baseline", None, 0, details=load_details)]
     stages += [StageResult(s.pass_name, s.pass_name, s.index) for s in pipeline.stages]
     plan = plan_timing(pipeline.measure, model, len(pipeline.stages), torch_device)
     timing = StageTiming(plan, pipeline.measure, inputs, torch_device, len(pipeline.stages))
-    report = RunReport(environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary,
-                       lock=lock)
+    report = RunReport(
+        environment(torch_device), pipeline.summary(), stages, optkit_version=optkit_version(), timing=timing.summary, lock=lock
+    )
     # Observers read `compare` to announce the side-by-side timing: there is none without latency.
     compare = "interleaved" if timing.interleaved else "sequential"
     info = RunInfo(pipeline, run_dir, str(torch_device), [s.name for s in stages], compare=compare)
@@ -167,8 +179,9 @@ def _run_stages(
         return report, run_dir
 
 
-def _run_passes(pipeline: Pipeline, model: nn.Module, runner: _StageRunner, stages: list[StageResult],
-                timing: StageTiming) -> tuple[RunReport, Path]:
+def _run_passes(
+    pipeline: Pipeline, model: nn.Module, runner: _StageRunner, stages: list[StageResult], timing: StageTiming
+) -> tuple[RunReport, Path]:
     report, run_dir = runner.report, runner.run_dir
     passes = [stage.make_pass() for stage in pipeline.stages]
     timing.start()
@@ -269,7 +282,9 @@ def _applier(pass_name: str, pass_: Pass, model: nn.Module) -> Any:
         if not isinstance(result, (nn.Module, Artifact)):
             raise StageError(f"pass {pass_name!r} returned {type(result).__name__}, not a module or an artifact")
         if pass_.produces is not None and not isinstance(result, pass_.produces):
-            raise StageError(f"pass {pass_name!r} declares that it produces {pass_.produces.__name__}, but returned {type(result).__name__}")
+            raise StageError(
+                f"pass {pass_name!r} declares that it produces {pass_.produces.__name__}, but returned {type(result).__name__}"
+            )
         return result
 
     return apply
@@ -279,7 +294,14 @@ class _StageRunner:
     """Runs one stage at a time: apply, measure, check drift, record, notify, write the report."""
 
     def __init__(
-        self, report: RunReport, info: RunInfo, host: Host, inputs: ExampleInputs, device: torch.device, run_dir: Path, data: RunData,
+        self,
+        report: RunReport,
+        info: RunInfo,
+        host: Host,
+        inputs: ExampleInputs,
+        device: torch.device,
+        run_dir: Path,
+        data: RunData,
         timing: StageTiming,
     ):
         self.report, self.info, self.host = report, info, host
@@ -333,7 +355,9 @@ class _StageRunner:
                 if not any(Path(listed).resolve() == Path(product.path).resolve() for listed in ctx.artifacts):
                     ctx.artifacts.append(Path(product.path))
             result.duration_s = time.perf_counter() - start
-            measurement = measure(product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved)
+            measurement = measure(
+                product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved
+            )
             result.measure_s = measurement.seconds
             result.metrics = measurement.metrics
             self._add_drift(result, measurement, product)
@@ -373,8 +397,10 @@ class _StageRunner:
         if changed:
             self.timing.forget(0)  # shared with ctx.baseline_model: no speed-up over a corrupted baseline
             more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
-            raise StageError(f"pass {result.pass_name!r} changed ctx.baseline_model ({changed[0]}{more}); passes read it, never change it: "
-                             "later stages read it too, and the side-by-side timing times it")
+            raise StageError(
+                f"pass {result.pass_name!r} changed ctx.baseline_model ({changed[0]}{more}); passes read it, never change it: "
+                "later stages read it too, and the side-by-side timing times it"
+            )
 
     def write_report(self) -> bool:
         """Write report.json and report.md; ``False`` (and the run failed) when the folder no longer takes them.
@@ -388,9 +414,7 @@ class _StageRunner:
             return True
         except OSError as exc:
             self.report.status = "failed"
-            self.report.error = (
-                f"cannot write into the run folder {self.run_dir} ({exc.strerror or exc}); the run stopped there"
-            )
+            self.report.error = f"cannot write into the run folder {self.run_dir} ({exc.strerror or exc}); the run stopped there"
             try:
                 overwrite_in_place(self.run_dir / "report.json", self.report.to_json().encode("utf-8"))
             except OSError:
@@ -471,7 +495,7 @@ class _StageRunner:
 
         previous = self.previous if self.previous is not None else self.baseline  # both are set together
         drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
-        drift["previous"] = compare_outputs(measurement.outputs, reference(self.previous), groups=groups)
+        drift["previous"] = compare_outputs(measurement.outputs, reference(previous), groups=groups)
         self._note_uninformative(drift)
         result.metrics.drift = Drift.model_validate(drift)
         if selection is None:
@@ -524,7 +548,11 @@ class _StageRunner:
                 log.warning(
                     "%s: drift max |Δ| %.3g on %s is over the tolerance but within %g× what a %g change of the input causes (%.3g): "
                     "the model amplifies rounding, and the stage is not failed for it",
-                    result.name, own_noise["drift_max_abs"], own_noise["output"], own_noise["factor"], INPUT_STEP,
+                    result.name,
+                    own_noise["drift_max_abs"],
+                    own_noise["output"],
+                    own_noise["factor"],
+                    INPUT_STEP,
                     own_noise["sensitivity_max_abs"],
                 )
                 relaxed = limit.model_copy(update={"atol": None, "rtol": None}) if similarity else None

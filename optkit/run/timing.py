@@ -30,13 +30,12 @@ from torch import nn
 
 from optkit.artifacts import Artifact
 from optkit.errors import StageError
+from optkit.inputs import ExampleInputs
 from optkit.measure.intervals import INDEPENDENT_SPEEDUP_METHOD, MEDIAN_METHOD, PAIRED_SPEEDUP_METHOD, speedup
 from optkit.measure.latency import Contender, time_callable, time_round_robin
 from optkit.measure.noise import check_noise
 from optkit.measure.size import tensor_bytes
 from optkit.measure.stage import latency_record, runnable
-from optkit.inputs import ExampleInputs
-
 from optkit.results import NoiseCheck, Speedup, StageResult, Timing, TimingMemory, TimingStatus
 
 if TYPE_CHECKING:
@@ -95,8 +94,13 @@ def plan_timing(settings: MeasureSpec, model: nn.Module, stage_count: int, devic
     # the baseline's copy, so nothing else is held.
     per_copy = tensor_bytes(model)
     available, source = available_memory(device)
-    memory = {"bytes_per_copy": per_copy, "copies": stage_count, "available_bytes": available, "available_from": source,
-              "share": MEMORY_SHARE}
+    memory = {
+        "bytes_per_copy": per_copy,
+        "copies": stage_count,
+        "available_bytes": available,
+        "available_from": source,
+        "share": MEMORY_SHARE,
+    }
     needed = per_copy * stage_count
     if settings.compare == "interleaved":
         return TimingPlan("interleaved", "measure.compare: interleaved", memory)
@@ -132,8 +136,11 @@ class StageTiming:
                 reason=plan.reason,
                 warmup=settings.warmup,
                 iters=settings.iters,
-                order=("side by side after the last stage: each round calls every product once, in a seeded shuffled order"
-                       if self.interleaved else "each stage's product timed alone, right after it is applied"),
+                order=(
+                    "side by side after the last stage: each round calls every product once, in a seeded shuffled order"
+                    if self.interleaved
+                    else "each stage's product timed alone, right after it is applied"
+                ),
                 confidence=settings.confidence,
                 run_to_run_margin=settings.run_to_run_margin,
                 median_interval=MEDIAN_METHOD,
@@ -172,10 +179,18 @@ class StageTiming:
             log.warning("%s cannot be copied (%s: %s); timing it alone, now", result.name, type(exc).__name__, exc)
             run = runnable(product, self.device)
             with run.ready():
-                latency = time_callable(run.call, self.inputs, self.device, self.settings.warmup, self.settings.iters,
-                                        cuda_events=run.cuda_events, confidence=self.settings.confidence)
-            result.metrics.latency_ms = latency_record(latency, run, "sequential",
-                                                       why_sequential=f"the product cannot be copied: {type(exc).__name__}: {exc}")
+                latency = time_callable(
+                    run.call,
+                    self.inputs,
+                    self.device,
+                    self.settings.warmup,
+                    self.settings.iters,
+                    cuda_events=run.cuda_events,
+                    confidence=self.settings.confidence,
+                )
+            result.metrics.latency_ms = latency_record(
+                latency, run, "sequential", why_sequential=f"the product cannot be copied: {type(exc).__name__}: {exc}"
+            )
 
     def forget(self, index: int) -> None:
         """Leave stage ``index`` out of the side-by-side timing (its kept product can no longer be trusted)."""
@@ -199,8 +214,13 @@ class StageTiming:
         for (previous, before), (stage, new) in itertools.pairwise(timed):
             for key, (reference, base) in (("speedup", timed[0]), ("speedup_vs_previous", (previous, before))):
                 paired = base.compare == new.compare == "interleaved"
-                figure = speedup({"samples": base.samples}, {"samples": new.samples}, self.settings.confidence, paired=paired,
-                                 margin=self.settings.run_to_run_margin)
+                figure = speedup(
+                    {"samples": base.samples},
+                    {"samples": new.samples},
+                    self.settings.confidence,
+                    paired=paired,
+                    margin=self.settings.run_to_run_margin,
+                )
                 if figure is not None:
                     setattr(stage.metrics, key, Speedup.model_validate({**figure, "against": reference.name}))
 
@@ -225,8 +245,9 @@ class StageTiming:
                     runs[index] = run = runnable(product, self.device)
                     stack.enter_context(run.ready())
                 contenders = {index: Contender(self._calling(index, run.call), run.cuda_events) for index, run in runs.items()}
-                records = time_round_robin(contenders, self.inputs, self.device, self.settings.warmup, self.settings.iters,
-                                           confidence=self.settings.confidence)
+                records = time_round_robin(
+                    contenders, self.inputs, self.device, self.settings.warmup, self.settings.iters, confidence=self.settings.confidence
+                )
         except KeyboardInterrupt:
             self.summary.status = TimingStatus.interrupted
             raise
@@ -234,8 +255,10 @@ class StageTiming:
         except Exception as exc:
             stage = stages[self._running] if self._running is not None else None
             where = f"stage {stage.index} ({stage.name})" if stage is not None else "the loop"
-            message = (f"timing the stages side by side failed in {where}: {type(exc).__name__}: {exc}; "
-                       "measure.compare: sequential times each stage alone, right after it is applied")
+            message = (
+                f"timing the stages side by side failed in {where}: {type(exc).__name__}: {exc}; "
+                "measure.compare: sequential times each stage alone, right after it is applied"
+            )
             self.summary.status, self.summary.error = TimingStatus.failed, message
             raise StageError(message) from exc
         for index, record in records.items():

@@ -124,5 +124,10 @@ def outcome_as_run(outcome: JobOutcome) -> ComparedRun:
 
 def _stub_report(outcome: JobOutcome) -> RunReport:
     spec = yaml.safe_load(outcome.job.pipeline_yaml)
-    return RunReport(environment={}, pipeline={"path": outcome.job.pipeline_file, "model": spec["model"]},
-                     stages=[], status=outcome.status, error=outcome.error)
+    return RunReport(
+        environment={},
+        pipeline={"path": outcome.job.pipeline_file, "model": spec["model"]},
+        stages=[],
+        status=outcome.status,
+        error=outcome.error,
+    )

@@ -61,17 +61,19 @@ def plan_jobs(sweep: SweepFile, output: Path) -> list[Job]:
                 "save_model": sweep.save_model,
             }
             header = f"# optkit sweep job {name}\n"  # the file-name-safe name alone: no text of the sweep file is pasted
-            jobs.append(Job(
-                name=name,
-                model=model.label,
-                pipeline=pipeline_name,
-                pipeline_yaml=header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None),
-                pipeline_file=str(output / "jobs" / f"{name}.yaml"),
-                run_dir=str(run_dir),
-                device=str(sweep.device),
-                num_gpus=_gpus_for(sweep),
-                timeout_s=sweep.timeout_s,
-            ))
+            jobs.append(
+                Job(
+                    name=name,
+                    model=model.label,
+                    pipeline=pipeline_name,
+                    pipeline_yaml=header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None),
+                    pipeline_file=str(output / "jobs" / f"{name}.yaml"),
+                    run_dir=str(run_dir),
+                    device=str(sweep.device),
+                    num_gpus=_gpus_for(sweep),
+                    timeout_s=sweep.timeout_s,
+                )
+            )
     names = [j.name for j in jobs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -164,7 +164,7 @@ class _PositionalCall(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         args, rest = tensors[: self.positional], tensors[self.positional :]
-        return self.model(*args, **dict(zip(self.keywords, rest)))
+        return self.model(*args, **dict(zip(self.keywords, rest, strict=False)))
 
 
 def _positional(model: nn.Module, example: ExampleInputs) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -178,7 +178,7 @@ def dynamic_dims(example: ExampleInputs, dynamic_batch: bool) -> list[dict[int, 
     """Per input, its symbolic dimensions: the batch (dimension 0) when ``dynamic_batch``, and the
     sequence (dimension 1) of integer inputs of two or more dimensions (token ids, masks), which all share it."""
     dims = []
-    for tensor, definition in zip(example.tensors, example.defs):
+    for tensor, definition in zip(example.tensors, example.defs, strict=False):
         axes = {0: BATCH_DIM} if dynamic_batch and tensor.dim() else {}
         if dynamic_batch and definition.has_sequence:
             axes[1] = SEQUENCE_DIM
@@ -233,7 +233,7 @@ def _export_torchscript(
     buffer = io.BytesIO()
     dynamic_axes = None
     if dynamic_batch:
-        dynamic_axes = {name: axes for name, axes in zip(input_names, dynamic_dims(example, True))}
+        dynamic_axes = {name: axes for name, axes in zip(input_names, dynamic_dims(example, True), strict=False)}
         dynamic_axes.update({name: {0: BATCH_DIM} for name in output_names})
     module, tensors = _positional(model, example)
     with warnings.catch_warnings():

@@ -100,7 +100,9 @@ def fix_split_num_outputs(model: onnx.ModelProto) -> int:
         parts, axis = int(attributes["num_outputs"]), int(attributes.get("axis", 0))
         size = (shapes.get(node.input[0]) or [None] * (axis + 1))[axis]
         if size is None:
-            raise ValueError(f"Split {node.name!r}: axis {axis} of {node.input[0]!r} has no static size, so num_outputs cannot be written as sizes")
+            raise ValueError(
+                f"Split {node.name!r}: axis {axis} of {node.input[0]!r} has no static size, so num_outputs cannot be written as sizes"
+            )
         chunk = (size + parts - 1) // parts
         sizes = [chunk] * (parts - 1) + [size - chunk * (parts - 1)]
         kept = [a for a in node.attribute if a.name != "num_outputs"]

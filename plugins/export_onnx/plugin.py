@@ -58,7 +58,8 @@ class ExportOnnx(Pass):
             description="Outputs to export, by index in the flattened output (0, -1), name (output_0, out, output_1.boxes) or path ([0]); default: all.",
         )
         deployment_output: bool = Field(
-            True, description="Recognised Ultralytics/YOLOv5 models export their deployment output (the head's export mode), unless outputs is given."
+            True,
+            description="Recognised Ultralytics/YOLOv5 models export their deployment output (the head's export mode), unless outputs is given.",
         )
         output_names: list[str] | None = Field(
             None, description="Names of the graph outputs in order; default: 'output', dict keys, or output_0, output_1, ..."
@@ -143,16 +144,18 @@ class ExportOnnx(Pass):
         )
         details = ctx.details
         details.update(chosen.details)
-        details.update({
-            "exporter": exported.exporter,
-            "opset": exported.opset,
-            "precision": precision,
-            "input_name": input_names[0],
-            "input_names": input_names,
-            "output_names": layout.names,
-            "export_s": round(exported.seconds, 3),
-            "export_attempts": exported.attempts,
-        })
+        details.update(
+            {
+                "exporter": exported.exporter,
+                "opset": exported.opset,
+                "precision": precision,
+                "input_name": input_names[0],
+                "input_names": input_names,
+                "output_names": layout.names,
+                "export_s": round(exported.seconds, 3),
+                "export_attempts": exported.attempts,
+            }
+        )
         if exported.fallback_reason:
             details["fallback_reason"] = exported.fallback_reason
 

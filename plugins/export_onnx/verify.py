@@ -60,7 +60,7 @@ def parity_inputs(
     inputs = {"example": example}
     for label, batch in batches.items():
         inputs[label] = example.resample(generator, batch)
-    sequences = {int(t.shape[1]) for t, d in zip(example.tensors, example.defs) if d.has_sequence}
+    sequences = {int(t.shape[1]) for t, d in zip(example.tensors, example.defs, strict=False) if d.has_sequence}
     if dynamic_batch and len(sequences) == 1:  # the symbolic sequence, checked at another length
         length = max(1, sequences.pop() // 2)
         inputs[f"sequence_{length}"] = example.resample(generator, sequence=length)

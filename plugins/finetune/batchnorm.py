@@ -26,13 +26,16 @@ def frozen_batchnorm(model: nn.Module) -> list[nn.Module]:
     """BatchNorm layers whose weights are all frozen (``requires_grad=False``): training leaves
     them in eval mode, so a frozen backbone keeps its statistics as well as its weights."""
     return [
-        m for m in model.modules()
+        m
+        for m in model.modules()
         if isinstance(m, BATCHNORM) and (params := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in params)
     ]
 
 
 def recalibrate_batchnorm(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int,
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
     on_batch: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
     """Re-estimate every BatchNorm layer's running mean and variance on ``count`` batches (in place).

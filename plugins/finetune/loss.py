@@ -30,9 +30,7 @@ class LossParts:
     labeled: int
 
 
-def finetune_loss(
-    student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, temperature: float, alpha: float
-) -> LossParts:
+def finetune_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, temperature: float, alpha: float) -> LossParts:
     """``alpha × T² × KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 - alpha) × CE(student, labels)``.
 
     Without a teacher the loss is the cross-entropy alone; on a batch without labels (label ``-1``)
@@ -60,10 +58,15 @@ def finetune_loss(
                 "distil from a teacher instead (teacher: baseline or previous)"
             )
         return LossParts(cross_entropy, None, cross_entropy, count)
-    distillation = F.kl_div(
-        F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher.float() / temperature, dim=1),
-        reduction="batchmean", log_target=True,
-    ) * temperature**2
+    distillation = (
+        F.kl_div(
+            F.log_softmax(student / temperature, dim=1),
+            F.log_softmax(teacher.float() / temperature, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
     if cross_entropy is None:
         return LossParts(distillation, distillation, None, 0)
     return LossParts(alpha * distillation + (1 - alpha) * cross_entropy, distillation, cross_entropy, count)

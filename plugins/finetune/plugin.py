@@ -30,7 +30,9 @@ class FineTune(Pass):
     """Train the model on data.train by distillation from the model before, and/or recalibrate BatchNorm."""
 
     name = "finetune"
-    summary = "Train on data.train, distilling from the baseline (or previous) model: accuracy back after pruning, a new head after reclassify."
+    summary = (
+        "Train on data.train, distilling from the baseline (or previous) model: accuracy back after pruning, a new head after reclassify."
+    )
     preserves_outputs = False
 
     class Options(Pass.Options):
@@ -115,11 +117,25 @@ class FineTune(Pass):
             records = []
             if steps:
                 settings = TrainingSettings(
-                    steps=steps, lr=opts.lr, optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.weight_decay,
-                    schedule=opts.schedule, temperature=opts.temperature, alpha=opts.alpha, amp=opts.amp,
+                    steps=steps,
+                    lr=opts.lr,
+                    optimizer=opts.optimizer,
+                    momentum=opts.momentum,
+                    weight_decay=opts.weight_decay,
+                    schedule=opts.schedule,
+                    temperature=opts.temperature,
+                    alpha=opts.alpha,
+                    amp=opts.amp,
                 )
-                records = train(student, teacher, batches, settings, device=ctx.device, classes=classes,
-                                on_step=lambda report: _report_step(ctx, report))
+                records = train(
+                    student,
+                    teacher,
+                    batches,
+                    settings,
+                    device=ctx.device,
+                    classes=classes,
+                    on_step=lambda report: _report_step(ctx, report),
+                )
             if opts.bn_recalibrate:
                 ctx.details["bn_recalibrate"] = self._recalibrate(student, batches, ctx, trained=bool(steps))
         seconds = time.perf_counter() - start
@@ -136,8 +152,13 @@ class FineTune(Pass):
             seconds=round(seconds, 3),
             samples_per_s=round(samples / seconds, 1) if samples and seconds > 0 else None,
             loss_curve=[r.as_dict() for r in records],
-            optimizer={"name": opts.optimizer, "lr": opts.lr, "schedule": opts.schedule, "weight_decay": opts.weight_decay,
-                       **({"momentum": opts.momentum} if opts.optimizer == "sgd" else {})},
+            optimizer={
+                "name": opts.optimizer,
+                "lr": opts.lr,
+                "schedule": opts.schedule,
+                "weight_decay": opts.weight_decay,
+                **({"momentum": opts.momentum} if opts.optimizer == "sgd" else {}),
+            },
             distillation={"temperature": opts.temperature, "alpha": opts.alpha} if teacher is not None else None,
             amp=str(amp).removeprefix("torch.") if amp is not None else None,
             trainable_params=trained_params,
@@ -227,7 +248,11 @@ def _check_classes(train_data: Any, classes: int) -> None:
 
 def _report_step(ctx: PassContext, report: StepReport) -> None:
     ctx.report_progress(
-        "train", report.step, report.steps, epoch=f"{report.epoch}/{report.epochs}", loss=round(report.loss, 4),
+        "train",
+        report.step,
+        report.steps,
+        epoch=f"{report.epoch}/{report.epochs}",
+        loss=round(report.loss, 4),
         **{"samples/s": round(report.samples_per_s)},
     )
 

@@ -129,10 +129,7 @@ def train(
     if not parameters:
         raise StageError("every parameter is frozen: nothing to train (check freeze, and reclassify's freeze)")
     optimizer = _optimizer(parameters, settings)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
-        if settings.schedule == "cosine" else None
-    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps) if settings.schedule == "cosine" else None
     dtype = autocast_dtype(device, settings.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else contextlib.nullcontext

@@ -18,7 +18,15 @@ from optkit import ModuleRule, out_width
 __all__ = ["FOLDABLE_LAYERS", "NORM_LAYERS", "fold_problem"]
 
 #: Layers a BatchNorm can be folded into.
-FOLDABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+FOLDABLE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
 #: Normalizations that fold: every BatchNorm flavour with running statistics, and FrozenBatchNorm2d.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
 

@@ -95,7 +95,9 @@ def _registrations(model: nn.Module) -> tuple[dict[str, nn.Module], Counter[int]
 def _shape_problem(layer: nn.Module, bn: nn.Module, output_dim: int | None, by_rule: bool) -> str | None:
     """Why the BatchNorm may not normalize the layer's output channels, or ``None`` if it does."""
     if by_rule:  # a rule's layer: the fold is proven numerically on the inputs it received
-        return None if output_dim is not None else "the layer did not run on the example input, so its module rule's fold_bn cannot be checked"
+        return (
+            None if output_dim is not None else "the layer did not run on the example input, so its module rule's fold_bn cannot be checked"
+        )
     expected = 2 if isinstance(layer, nn.Linear) else cast(torch.Tensor, layer.weight).dim()
     if output_dim is None:
         # BatchNorm2d/3d refuse anything but 4-D/5-D input: a Conv2d/3d output they accept is batched.
@@ -216,7 +218,9 @@ def _fold_pair(
             result.skipped.append({"layer": layer_name, "bn": bn_name, "reason": reason})
             return
         replace_module(model, layer_name, folded)
-        entry["evidence"] += f"; module rule {rule_of_layer.class_path}: fold_bn checked on the example input (largest difference {error:.1e})"
+        entry["evidence"] += (
+            f"; module rule {rule_of_layer.class_path}: fold_bn checked on the example input (largest difference {error:.1e})"
+        )
         entry["rule"] = rule_of_layer.class_path
     else:
         fold_bn_into_layer(layer, bn)

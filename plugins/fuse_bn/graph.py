@@ -116,7 +116,9 @@ def _read_graph(graph: fx.Graph, scope: str, root: nn.Module, evidence: GraphEvi
             continue
         producer = root.get_submodule(str(source.target)) if source.op == "call_module" else None
         if producer is None or not is_layer(producer):
-            evidence.bn_inputs[name] = f"its input comes from {_describe_producer(source)}, not a Conv/Linear (nor a module whose rule has fold_bn)"
+            evidence.bn_inputs[name] = (
+                f"its input comes from {_describe_producer(source)}, not a Conv/Linear (nor a module whose rule has fold_bn)"
+            )
             continue
         if len(source.users) != 1:
             others = ", ".join(sorted(_describe_producer(u) for u in source.users if u is not node))

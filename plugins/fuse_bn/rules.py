@@ -207,27 +207,38 @@ def fuse_library_modules(model: nn.Module, example_input: Any, rules: Mapping[st
     for name, (module, rule) in candidates.items():
         calls = received.get(name)
         if not calls:
-            result.skipped.append({"layer": name, "bn": "", "reason": f"{type(module).__name__} did not run on the example input, so its fused form cannot be checked"})
+            result.skipped.append(
+                {
+                    "layer": name,
+                    "bn": "",
+                    "reason": f"{type(module).__name__} did not run on the example input, so its fused form cannot be checked",
+                }
+            )
             continue
         fused = copy.deepcopy(module)
         call_rule(rules, rule, "fuse", fused)
         error = max(scaled_error(module(*args, **kwargs), fused(*args, **kwargs)) for args, kwargs in calls)
         if error > PROOF_RTOL:
-            result.skipped.append({
-                "layer": name, "bn": "",
-                "reason": f"the fused form of {type(module).__name__} (module rule {rule.class_path}) differs from it by {error:.2e} on the example input",
-            })
+            result.skipped.append(
+                {
+                    "layer": name,
+                    "bn": "",
+                    "reason": f"the fused form of {type(module).__name__} (module rule {rule.class_path}) differs from it by {error:.2e} on the example input",
+                }
+            )
             continue
         folded = [f"{name}.{sub}" for sub, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         replace_module(model, name, fused)
         result.batchnorms_folded += len(folded)
-        result.fused.append({
-            "layer": name,
-            "bn": ", ".join(folded),
-            "kind": type(module).__name__,
-            "rule": rule.class_path,
-            "evidence": f"module rule {rule.class_path}: fused as its library does; outputs equal on the example input "
-            f"(largest difference {error:.1e} of the largest output)",
-        })
+        result.fused.append(
+            {
+                "layer": name,
+                "bn": ", ".join(folded),
+                "kind": type(module).__name__,
+                "rule": rule.class_path,
+                "evidence": f"module rule {rule.class_path}: fused as its library does; outputs equal on the example input "
+                f"(largest difference {error:.1e} of the largest output)",
+            }
+        )
     log.debug("fused %d modules by their rules, skipped %d", len(result.fused), len(result.skipped))
     return result

@@ -71,7 +71,18 @@ _NORM_ACT = "batch_norm(x; running statistics, weight, bias, eps) -> self.drop -
 
 #: timm's activation modules (PReLU derives from nn.PReLU, which optkit counts already).
 _ACTIVATIONS = {
-    "timm.layers.activations": ("GELU", "GELUTanh", "HardMish", "HardSigmoid", "HardSwish", "Mish", "QuickGELU", "Sigmoid", "Swish", "Tanh"),
+    "timm.layers.activations": (
+        "GELU",
+        "GELUTanh",
+        "HardMish",
+        "HardSigmoid",
+        "HardSwish",
+        "Mish",
+        "QuickGELU",
+        "Sigmoid",
+        "Swish",
+        "Tanh",
+    ),
     "timm.layers.activations_me": ("HardMishMe", "HardSigmoidMe", "HardSwishMe", "MishMe", "SwishMe"),
 }
 

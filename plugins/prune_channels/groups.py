@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from optkit import PassData
-from optkit import GroupTensor, PruningGroup
+from optkit import GroupTensor, PassData, PruningGroup
 from optkit_plugins.prune_l1.channels import PRUNABLE
 from optkit_plugins.prune_l1.plan import Group
 from optkit_plugins.prune_l1.trace import Analysis
@@ -49,7 +48,12 @@ def _role(module: nn.Module, attr: str, dim: int, produced: bool) -> str:
 
 
 def group_views(
-    model: nn.Module, an: Analysis, groups: Iterable[Group], *, data: PassData | None, reduction: str,
+    model: nn.Module,
+    an: Analysis,
+    groups: Iterable[Group],
+    *,
+    data: PassData | None,
+    reduction: str,
     gradients: Callable[[], Mapping[str, torch.Tensor]] | None,
 ) -> GroupViews:
     """One :class:`PruningGroup` per group of the plan, over ``model``'s parameters (buffers are left out).
@@ -77,18 +81,30 @@ def group_views(
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         produced = any(a in an.produced for a in _atoms(an, name, dim, positions))
-        tensors.setdefault(g, []).append(GroupTensor(
-            name=name, module=module_name, role=_role(module, attr, dim, produced), tensor=parameters[name].detach(), dim=dim,
-            positions=tuple(tuple(sorted(positions.get(i, ()))) for i in range(len(groups[g].units))),
-        ))
+        tensors.setdefault(g, []).append(
+            GroupTensor(
+                name=name,
+                module=module_name,
+                role=_role(module, attr, dim, produced),
+                tensor=parameters[name].detach(),
+                dim=dim,
+                positions=tuple(tuple(sorted(positions.get(i, ()))) for i in range(len(groups[g].units))),
+            )
+        )
     views = []
     for g, group in enumerate(groups):
         members = tensors.get(g, [])
-        views.append(PruningGroup(
-            name=group.producers[0], channels=len(group.units),
-            layers={t.module: model.get_submodule(t.module) for t in members}, tensors=tuple(members),
-            data=data, reduction=reduction, gradient_source=gradients,
-        ))
+        views.append(
+            PruningGroup(
+                name=group.producers[0],
+                channels=len(group.units),
+                layers={t.module: model.get_submodule(t.module) for t in members},
+                tensors=tuple(members),
+                data=data,
+                reduction=reduction,
+                gradient_source=gradients,
+            )
+        )
     return GroupViews(views, [list(group.units) for group in groups])
 
 

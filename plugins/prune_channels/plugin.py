@@ -20,8 +20,8 @@ from optkit import Pass, PassContext, StageError, hookimpl
 from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
 from optkit_plugins.prune_channels.criteria import BUILTIN, Importance, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
-from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_channels.search import Search, cost_of, search_amount
+from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser, Cut
 from optkit_plugins.prune_l1.plan import Group, choose_global, choose_uniform
 from optkit_plugins.prune_l1.plugin import channel_limits, warn_if_nothing_removed
@@ -43,7 +43,9 @@ class Target(BaseModel):
     params: float | None = Field(None, gt=0, lt=1, description="Share of the parameters kept.")
     latency: float | None = Field(None, gt=0, lt=1, description="Share of the latency kept (median of 30 calls on the stage's device).")
     runtime: Literal["torch"] = Field("torch", description="Where latency is measured (torch; onnxruntime is not supported yet).")
-    tolerance: float = Field(0.03, ge=0, lt=1, description="The stage fails when the reached share exceeds the goal by more than this (relative).")
+    tolerance: float = Field(
+        0.03, ge=0, lt=1, description="The stage fails when the reached share exceeds the goal by more than this (relative)."
+    )
 
     @model_validator(mode="after")
     def _one_goal(self) -> Target:
@@ -72,26 +74,36 @@ class PruneChannels(Pass):
         """Options of ``prune_channels``."""
 
         importance: str = Field(
-            "l1", description="Criterion: l1, l2, bn_scale (|γ| of the BatchNorm after the layer), taylor (|w·∂L/∂w|, needs "
+            "l1",
+            description="Criterion: l1, l2, bn_scale (|γ| of the BatchNorm after the layer), taylor (|w·∂L/∂w|, needs "
             "data), random, or one a plugin registers (optkit_register_importances).",
         )
         reduction: Literal["sum", "mean", "max"] = Field("mean", description="How a group's tensors' scores are combined.")
         allocation: Literal["uniform", "global", "sensitivity"] = Field(
-            "uniform", description="uniform: the same share of every group; global: one ranking of all channels over "
+            "uniform",
+            description="uniform: the same share of every group; global: one ranking of all channels over "
             "scores normalised per group (divided by the group's mean), each group keeping `floor` of its channels; "
             "sensitivity: one ranking by the measured output drift of removing 25/50/75% of each group alone (on the "
             "first batch of data.eval, else the example input), cheapest first, with the same floor.",
         )
         floor: float = Field(0.1, ge=0, lt=1, description="global: the share of each group's channels always kept (at least one).")
         amount: float | None = Field(
-            None, ge=0.0, lt=1.0, description="Share of channels removed (of each group, or of all with global); default 0.3 without a target.",
+            None,
+            ge=0.0,
+            lt=1.0,
+            description="Share of channels removed (of each group, or of all with global); default 0.3 without a target.",
         )
         target: Target | None = Field(None, description="{macs: f} | {params: f} | {latency: f}: the amount is searched for.")
-        steps: PositiveInt = Field(1, description="Prune in this many steps toward the amount or target, rescoring (and "
-                                   "recalibrating BatchNorm on data.train when given) in between.")
+        steps: PositiveInt = Field(
+            1,
+            description="Prune in this many steps toward the amount or target, rescoring (and "
+            "recalibrating BatchNorm on data.train when given) in between.",
+        )
         batches: PositiveInt = Field(8, description="Batches of data.calibration for taylor's gradients and BatchNorm recalibration.")
         seed: int = Field(0, description="Seed of the random criterion.")
-        include: list[str] = Field(default_factory=lambda: ["*"], description="Glob patterns of layers whose output channels may be removed.")
+        include: list[str] = Field(
+            default_factory=lambda: ["*"], description="Glob patterns of layers whose output channels may be removed."
+        )
         exclude: list[str] = Field(default_factory=list, description="Glob patterns of layers left alone entirely (inputs too).")
         prune_classifier: bool = Field(False, description="Also prune the final classifier (left alone by default).")
         round_to: PositiveInt = Field(1, description="Keep a multiple of this many channels per group (e.g. 8).")
@@ -125,8 +137,13 @@ class PruneChannels(Pass):
         result: ChannelPruning | None = None
         for step in range(1, options.steps + 1):
             planner = ChannelPlanner(
-                current, ctx.example_input, rules=ctx.module_rules, exclude=excluded, keep_outputs=keep,
-                free_outputs=options.free_outputs, prune_heads=options.prune_heads,
+                current,
+                ctx.example_input,
+                rules=ctx.module_rules,
+                exclude=excluded,
+                keep_outputs=keep,
+                free_outputs=options.free_outputs,
+                prune_heads=options.prune_heads,
             )
             choose = self._chooser(planner, criterion, ctx)
             if target is None:
@@ -146,14 +163,22 @@ class PruneChannels(Pass):
                 self._recalibrate(current, ctx, row)
         assert result is not None and first is not None  # steps >= 1
         ctx.details.update(result.details())
-        ctx.details.update({
-            "importance": options.importance, "reduction": options.reduction, "allocation": options.allocation,
-            "channels": {name: [first.channels[name][0], widths[1]] for name, widths in result.channels.items() if name in first.channels},
-            "steps": steps,
-        })
+        ctx.details.update(
+            {
+                "importance": options.importance,
+                "reduction": options.reduction,
+                "allocation": options.allocation,
+                "channels": {
+                    name: [first.channels[name][0], widths[1]] for name, widths in result.channels.items() if name in first.channels
+                },
+                "steps": steps,
+            }
+        )
         if options.allocation != "uniform":
             ctx.details["floor"] = options.floor
-            ctx.details["rounding"] = "one ranking of all channels; each group keeps ceil(n * floor) channels (at least 1), rounded up to round_to"
+            ctx.details["rounding"] = (
+                "one ranking of all channels; each group keeps ceil(n * floor) channels (at least 1), rounded up to round_to"
+            )
         if target is not None:
             self._check_target(target, original, current, ctx, steps)
         else:
@@ -169,6 +194,7 @@ class PruneChannels(Pass):
         model hard-codes; the other candidates are drafts (cut, not replayed). Should the final cut
         back off further, the search runs again on what it learnt (at most three times).
         """
+
         def ratio_at(amount: float) -> float:
             draft = planner.draft(choose(amount))
             return cost_of(target.metric, draft.model, ctx.example_input, ctx.module_rules, ctx.device) / original
@@ -212,7 +238,7 @@ class PruneChannels(Pass):
             normal: dict[int, float] = {}
             for group in groups:
                 values = normalized(torch.tensor([scores[u] for u in group.units]))
-                normal.update(zip(group.units, values.tolist()))
+                normal.update(zip(group.units, values.tolist(), strict=False))
             return normal
 
         def choose(amount: float) -> Chooser:
@@ -242,7 +268,7 @@ class PruneChannels(Pass):
         scores: dict[int, float] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
-            for view, units in zip(views.views, views.units):
+            for view, units in zip(views.views, views.units, strict=False):
                 values = criterion(view)
                 if not isinstance(values, torch.Tensor) or values.shape != (view.channels,):
                     shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
@@ -253,7 +279,7 @@ class PruneChannels(Pass):
                 values = values.detach().float().cpu()
                 if not torch.isfinite(values).all():
                     raise StageError(f"importance {options.importance!r} returned a non-finite score for group {view.name!r}")
-                scores.update(zip(units, values.tolist()))
+                scores.update(zip(units, values.tolist(), strict=False))
         return scores
 
     def _recalibrate(self, model: nn.Module, ctx: PassContext, row: dict[str, Any]) -> None:
@@ -265,7 +291,10 @@ class PruneChannels(Pass):
     def _check_target(self, target: Target, original: float, model: nn.Module, ctx: PassContext, steps: list[dict[str, Any]]) -> None:
         reached = cost_of(target.metric, model, ctx.example_input, ctx.module_rules, ctx.device) / original
         ctx.details["target"] = {
-            "metric": target.metric, "goal": target.goal, "reached": round(reached, 6), "tolerance": target.tolerance,
+            "metric": target.metric,
+            "goal": target.goal,
+            "reached": round(reached, 6),
+            "tolerance": target.tolerance,
             "found_by": steps[-1]["found_by"],
         }
         if reached > target.goal * (1 + target.tolerance):

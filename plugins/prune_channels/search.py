@@ -19,9 +19,7 @@ from optkit import count_macs, count_params, time_callable
 __all__ = ["Search", "cost_of", "search_amount"]
 
 
-def cost_of(
-    metric: str, model: nn.Module, inputs: torch.Tensor, rules: Mapping[str, Any], device: torch.device
-) -> float:
+def cost_of(metric: str, model: nn.Module, inputs: torch.Tensor, rules: Mapping[str, Any], device: torch.device) -> float:
     """What ``model`` costs by ``metric``: ``macs`` (optkit's count), ``params`` or ``latency``
     (the median of 30 timed calls after 5 warm-ups, in ms, under torch)."""
     if metric == "macs":

@@ -52,5 +52,5 @@ def removal_costs(planner: ChannelPlanner, groups: list[Group], scores: Mapping[
         positions = np.arange(1, len(ranked) + 1)
         values = np.interp(positions, points, drifts, right=drifts[-1] * len(ranked) / max(points[-1], 1))
         # Past the last point the cost grows with the share removed; ties are broken by rank.
-        costs.update({unit: float(value) + 1e-9 * rank for rank, (unit, value) in enumerate(zip(ranked, values))})
+        costs.update({unit: float(value) + 1e-9 * rank for rank, (unit, value) in enumerate(zip(ranked, values, strict=False))})
     return costs

@@ -166,7 +166,12 @@ def prune_channels(
             graph twice, or no safe plan was found within :data:`MAX_BACKOFFS` divergences.
     """
     planner = ChannelPlanner(
-        model, example_inputs, rules=rules, exclude=exclude, keep_outputs=keep_outputs, free_outputs=free_outputs,
+        model,
+        example_inputs,
+        rules=rules,
+        exclude=exclude,
+        keep_outputs=keep_outputs,
+        free_outputs=free_outputs,
         prune_heads=prune_heads,
     )
 
@@ -216,7 +221,7 @@ class ChannelPlanner:
             with torch.no_grad():
                 self.reference = _shapes(base(*inputs), free)  # also the warm-up: caches filled before the trace
         # The model's own code on the example input: whatever it raises, channel pruning cannot proceed.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PruningRefused(f"the model does not run on the example input: {type(exc).__name__}: {exc}") from exc
         self.an = an = Analysis()
         trace_channels(base, inputs, an, "eval", rules, free)
@@ -313,10 +318,7 @@ def _back_off(an: Analysis, exc: Diverged, removed: set[int]) -> str | None:
         return f"step {entry.target} in `{entry.scope}`"
     scope = entry.scope if entry is not None else ""
     while True:
-        inside = [
-            e for steps in an.traces.values() for e in steps
-            if not scope or e.scope == scope or e.scope.startswith(scope + ".")
-        ]
+        inside = [e for steps in an.traces.values() for e in steps if not scope or e.scope == scope or e.scope.startswith(scope + ".")]
         if _fix_entries(an, inside, removed, f"{reason} (channels used inside `{scope or '<model>'}`)"):
             return f"module `{scope or '<model>'}`"
         if not scope:
@@ -325,7 +327,11 @@ def _back_off(an: Analysis, exc: Diverged, removed: set[int]) -> str | None:
 
 
 def _replay_all(
-    model: nn.Module, modes: dict[str, tuple[Any, ...]], an: Analysis, removed: set[int], rules: Mapping[str, ModuleRule],
+    model: nn.Module,
+    modes: dict[str, tuple[Any, ...]],
+    an: Analysis,
+    removed: set[int],
+    rules: Mapping[str, ModuleRule],
     unpruned: bool = False,
 ) -> None:
     """Replay every traced mode. A model whose first call differs (a cache keyed by the input,
@@ -352,8 +358,15 @@ def _replay_all(
 
 
 def _result(
-    pruned: nn.Module, base: nn.Module, an: Analysis, groups: list[planning.Group], removed: set[int],
-    backoffs: list[str], before: dict[str, int], amount: float, round_to: int,
+    pruned: nn.Module,
+    base: nn.Module,
+    an: Analysis,
+    groups: list[planning.Group],
+    removed: set[int],
+    backoffs: list[str],
+    before: dict[str, int],
+    amount: float,
+    round_to: int,
 ) -> ChannelPruning:
     group_rows = []
     for g in groups:
@@ -363,8 +376,7 @@ def _result(
     left = [{"layers": f.producers, "channels": f.channels, "reason": f.reason} for f in planning.fixed_of(an)]
     traced = {name.rpartition(".")[0] for name in an.tensor_anns} | set(an.called)
     not_traced = sorted(
-        name for name, m in base.named_modules()
-        if next(m.parameters(recurse=False), None) is not None and name not in traced
+        name for name, m in base.named_modules() if next(m.parameters(recurse=False), None) is not None and name not in traced
     )
     after = _layer_widths(pruned, an)
     return ChannelPruning(

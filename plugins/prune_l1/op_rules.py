@@ -22,32 +22,136 @@ __all__ = ["HANDLERS", "METADATA", "UNRECORDED", "Tracer", "handler_for", "op_na
 
 # -- operator tables ----------------------------------------------------------------------------
 METADATA = {
-    "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "_assert_async", "_assert_tensor_metadata",
-    "_has_compatible_shallow_copy_type", "record_stream", "_assert_scalar", "is_same_size",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "sym_storage_offset",
+    "_assert_async",
+    "_assert_tensor_metadata",
+    "_has_compatible_shallow_copy_type",
+    "record_stream",
+    "_assert_scalar",
+    "is_same_size",
 }
 #: Steps annotated but not recorded: whether torch emits them depends on how the module is called.
 UNRECORDED = {"detach", "alias", "lift_fresh"}
 _EXTRA_POINTWISE = {
-    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "mish", "mish_", "elu", "elu_", "leaky_relu",
-    "leaky_relu_", "softplus", "threshold", "threshold_", "copy_", "gelu_", "silu_", "celu", "selu", "rrelu",
-    "logit", "lerp", "lerp_", "addcmul", "addcdiv", "masked_fill_", "clamp_min", "clamp_max", "_prelu_kernel",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "mish",
+    "mish_",
+    "elu",
+    "elu_",
+    "leaky_relu",
+    "leaky_relu_",
+    "softplus",
+    "threshold",
+    "threshold_",
+    "copy_",
+    "gelu_",
+    "silu_",
+    "celu",
+    "selu",
+    "rrelu",
+    "logit",
+    "lerp",
+    "lerp_",
+    "addcmul",
+    "addcdiv",
+    "masked_fill_",
+    "clamp_min",
+    "clamp_max",
+    "_prelu_kernel",
 }
-_PASS = {"clone", "alias", "detach", "lift_fresh", "_to_copy", "contiguous", "to", "view_as", "_conj", "resolve_conj",
-         "resolve_neg", "dropout", "feature_dropout", "bernoulli", "empty_like", "zeros_like", "ones_like", "full_like",
-         "rand_like", "randn_like", "fill_", "zero_", "bernoulli_", "uniform_", "normal_", "exponential_",
-         "requires_grad_", "_softmax", "_log_softmax", "softmax", "log_softmax", "type_as"}
+_PASS = {
+    "clone",
+    "alias",
+    "detach",
+    "lift_fresh",
+    "_to_copy",
+    "contiguous",
+    "to",
+    "view_as",
+    "_conj",
+    "resolve_conj",
+    "resolve_neg",
+    "dropout",
+    "feature_dropout",
+    "bernoulli",
+    "empty_like",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "fill_",
+    "zero_",
+    "bernoulli_",
+    "uniform_",
+    "normal_",
+    "exponential_",
+    "requires_grad_",
+    "_softmax",
+    "_log_softmax",
+    "softmax",
+    "log_softmax",
+    "type_as",
+}
 _NEW = {"new_empty", "new_zeros", "new_ones", "new_full", "new_empty_strided"}
 _VALUE_READS = {"_local_scalar_dense", "equal", "is_nonzero", "allclose"}
-_REDUCTIONS = {"mean", "sum", "amax", "amin", "var_mean", "var", "std", "std_mean", "linalg_vector_norm", "logsumexp",
-               "max", "min", "prod", "norm", "nansum", "nanmean", "all", "any"}
+_REDUCTIONS = {
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "var_mean",
+    "var",
+    "std",
+    "std_mean",
+    "linalg_vector_norm",
+    "logsumexp",
+    "max",
+    "min",
+    "prod",
+    "norm",
+    "nansum",
+    "nanmean",
+    "all",
+    "any",
+}
 _SPATIAL = {
-    "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "max_pool1d_with_indices": 1, "max_pool2d_with_indices": 2,
-    "max_pool3d_with_indices": 3, "avg_pool1d": 1, "avg_pool2d": 2, "avg_pool3d": 3, "_adaptive_avg_pool2d": 2,
-    "_adaptive_avg_pool3d": 3, "adaptive_avg_pool1d": 1, "adaptive_max_pool1d": 1, "adaptive_max_pool2d": 2,
-    "adaptive_max_pool3d": 3, "upsample_nearest1d": 1, "upsample_nearest2d": 2, "upsample_nearest3d": 3,
-    "_upsample_nearest_exact2d": 2, "upsample_bilinear2d": 2, "_upsample_bilinear2d_aa": 2, "upsample_bicubic2d": 2,
-    "upsample_linear1d": 1, "upsample_trilinear3d": 3, "reflection_pad1d": 1, "reflection_pad2d": 2,
-    "reflection_pad3d": 3, "replication_pad1d": 1, "replication_pad2d": 2, "replication_pad3d": 3,
+    "max_pool1d": 1,
+    "max_pool2d": 2,
+    "max_pool3d": 3,
+    "max_pool1d_with_indices": 1,
+    "max_pool2d_with_indices": 2,
+    "max_pool3d_with_indices": 3,
+    "avg_pool1d": 1,
+    "avg_pool2d": 2,
+    "avg_pool3d": 3,
+    "_adaptive_avg_pool2d": 2,
+    "_adaptive_avg_pool3d": 3,
+    "adaptive_avg_pool1d": 1,
+    "adaptive_max_pool1d": 1,
+    "adaptive_max_pool2d": 2,
+    "adaptive_max_pool3d": 3,
+    "upsample_nearest1d": 1,
+    "upsample_nearest2d": 2,
+    "upsample_nearest3d": 3,
+    "_upsample_nearest_exact2d": 2,
+    "upsample_bilinear2d": 2,
+    "_upsample_bilinear2d_aa": 2,
+    "upsample_bicubic2d": 2,
+    "upsample_linear1d": 1,
+    "upsample_trilinear3d": 3,
+    "reflection_pad1d": 1,
+    "reflection_pad2d": 2,
+    "reflection_pad3d": 3,
+    "replication_pad1d": 1,
+    "replication_pad2d": 2,
+    "replication_pad3d": 3,
 }
 
 
@@ -170,8 +274,8 @@ def _conv(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], 
         else:
             # grouped: the same position of every group is one unit, so every group keeps its width
             for g in range(1, groups):
-                tr.uf.union_lists(X[1][:per_in], X[1][g * per_in:(g + 1) * per_in])
-                tr.uf.union_lists(W[0][:per_out], W[0][g * per_out:(g + 1) * per_out])
+                tr.uf.union_lists(X[1][:per_in], X[1][g * per_in : (g + 1) * per_in])
+                tr.uf.union_lists(W[0][:per_out], W[0][g * per_out : (g + 1) * per_out])
             tr.tie(W[1], X[1][:per_in], why)
             out_ch = W[0]
             if wname:
@@ -258,7 +362,7 @@ def _group_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
     if X[1] is not None and groups > 1:
         per = x.shape[1] // groups
         for g in range(1, groups):
-            tr.uf.union_lists(X[1][:per], X[1][g * per:(g + 1) * per])  # every group keeps its width
+            tr.uf.union_lists(X[1][:per], X[1][g * per : (g + 1) * per])  # every group keeps its width
     for t in (weight, bias):
         if isinstance(t, torch.Tensor):
             tr.tie(tr.ann(t)[0], X[1], why)
@@ -457,14 +561,14 @@ def _split(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     start = 0
     for p, size in zip(pieces, sizes, strict=True):
         ann = list(X)
-        ann[d] = atoms[start:start + size] if atoms is not None else None
+        ann[d] = atoms[start : start + size] if atoms is not None else None
         start += size
         tr.set(p, ann)
     if atoms is not None:
         # equal parts (chunk): the same position of every part is one unit, so parts stay equal
         first = atoms[: sizes[0]]
         for k in range(1, len(sizes)):
-            tr.uf.union_lists(first, atoms[k * sizes[0]:(k + 1) * sizes[0]])
+            tr.uf.union_lists(first, atoms[k * sizes[0] : (k + 1) * sizes[0]])
 
 
 def _unbind(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
@@ -598,28 +702,51 @@ def _native_dropout(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[s
 
 HANDLERS: dict[str, Callable[..., None]] = {
     "convolution": _conv,
-    "mm": _mm, "addmm": _mm, "bmm": _mm, "baddbmm": _mm,
+    "mm": _mm,
+    "addmm": _mm,
+    "bmm": _mm,
+    "baddbmm": _mm,
     "linear": _linear,
-    "native_batch_norm": _batch_norm, "_native_batch_norm_legit": _batch_norm,
-    "_native_batch_norm_legit_no_training": _batch_norm, "_native_batch_norm_legit_functional": _batch_norm,
+    "native_batch_norm": _batch_norm,
+    "_native_batch_norm_legit": _batch_norm,
+    "_native_batch_norm_legit_no_training": _batch_norm,
+    "_native_batch_norm_legit_functional": _batch_norm,
     "native_layer_norm": _layer_norm,
     "native_group_norm": _group_norm,
     "constant_pad_nd": _constant_pad,
-    "view": _view, "_unsafe_view": _view, "reshape": _view, "_reshape_alias": _view, "view_copy": _view,
+    "view": _view,
+    "_unsafe_view": _view,
+    "reshape": _view,
+    "_reshape_alias": _view,
+    "view_copy": _view,
     "expand": _expand,
-    "permute": _permute, "transpose": _permute, "t": _permute,
-    "unsqueeze": _unsqueeze, "squeeze": _squeeze,
-    "select": _select, "slice": _slice, "narrow": _slice,
-    "split": _split, "split_with_sizes": _split, "unsafe_split": _split, "unsafe_split_with_sizes": _split,
+    "permute": _permute,
+    "transpose": _permute,
+    "t": _permute,
+    "unsqueeze": _unsqueeze,
+    "squeeze": _squeeze,
+    "select": _select,
+    "slice": _slice,
+    "narrow": _slice,
+    "split": _split,
+    "split_with_sizes": _split,
+    "unsafe_split": _split,
+    "unsafe_split_with_sizes": _split,
     "unbind": _unbind,
-    "cat": _cat, "stack": _stack,
+    "cat": _cat,
+    "stack": _stack,
     "index_select": _index_select,
-    "roll": _dims_op, "flip": _dims_op, "cumsum": _dims_op,
+    "roll": _dims_op,
+    "flip": _dims_op,
+    "cumsum": _dims_op,
     "repeat": _repeat,
-    "_scaled_dot_product_flash_attention_for_cpu": _sdpa, "_scaled_dot_product_efficient_attention": _sdpa,
-    "_scaled_dot_product_flash_attention": _sdpa, "_scaled_dot_product_cudnn_attention": _sdpa,
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa,
+    "_scaled_dot_product_efficient_attention": _sdpa,
+    "_scaled_dot_product_flash_attention": _sdpa,
+    "_scaled_dot_product_cudnn_attention": _sdpa,
     "embedding": _embedding,
-    "as_strided": _as_strided, "as_strided_": _as_strided,
+    "as_strided": _as_strided,
+    "as_strided_": _as_strided,
     "native_dropout": _native_dropout,
 }
 HANDLERS.update({n: _spatial for n in _SPATIAL})

@@ -19,8 +19,19 @@ from torch import nn
 from optkit_plugins.prune_l1.trace import Analysis
 
 __all__ = [
-    "Group", "Fixed", "groups_of", "fixed_of", "units_to_keep", "importance", "choose_removed", "choose_uniform",
-    "choose_global", "keep_outputs", "exclude", "kept_count", "matches",
+    "Group",
+    "Fixed",
+    "groups_of",
+    "fixed_of",
+    "units_to_keep",
+    "importance",
+    "choose_removed",
+    "choose_uniform",
+    "choose_global",
+    "keep_outputs",
+    "exclude",
+    "kept_count",
+    "matches",
 ]
 
 
@@ -141,9 +152,7 @@ def choose_uniform(groups: list[Group], scores: dict[int, float], amount: float,
     return removed
 
 
-def choose_global(
-    groups: list[Group], scores: dict[int, float], amount: float, floor: float, round_to: int = 1
-) -> set[int]:
+def choose_global(groups: list[Group], scores: dict[int, float], amount: float, floor: float, round_to: int = 1) -> set[int]:
     """``amount`` of all units, one ranking over every group's ``scores`` (normalised per group by the caller).
 
     Every group keeps at least ``ceil(n * floor)`` units (and at least 1), so no layer vanishes;

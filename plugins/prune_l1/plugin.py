@@ -34,7 +34,9 @@ class PruneL1(Pass):
             "unstructured", description="unstructured: zero single weights; channels: remove whole output channels."
         )
         amount: float = Field(
-            0.3, ge=0.0, lt=1.0,
+            0.3,
+            ge=0.0,
+            lt=1.0,
             description="Share to remove: of the selected weights (unstructured), or of each group's channels (channels).",
         )
         scope: Literal["global", "layer"] | None = Field(
@@ -67,7 +69,9 @@ class PruneL1(Pass):
         @model_validator(mode="after")
         def _mode_options(self) -> PruneL1.Options:
             if self.mode == "channels" and self.scope == "global":
-                raise ValueError("scope: global is for mode: unstructured; mode: channels removes `amount` of every channel group (scope: layer)")
+                raise ValueError(
+                    "scope: global is for mode: unstructured; mode: channels removes `amount` of every channel group (scope: layer)"
+                )
             if self.mode == "unstructured" and self.round_to != 1:
                 raise ValueError("round_to is for mode: channels; unstructured pruning removes single weights")
             if self.mode == "unstructured" and (self.free_outputs or self.prune_heads):
@@ -110,15 +114,24 @@ class PruneL1(Pass):
             )
         excluded, keep = channel_limits(model, options, ctx.details)
         result = prune_channels(
-            model, _positional_inputs(ctx), options.amount, rules=ctx.module_rules, round_to=options.round_to,
-            exclude=excluded, keep_outputs=keep, free_outputs=options.free_outputs, prune_heads=options.prune_heads,
+            model,
+            _positional_inputs(ctx),
+            options.amount,
+            rules=ctx.module_rules,
+            round_to=options.round_to,
+            exclude=excluded,
+            keep_outputs=keep,
+            free_outputs=options.free_outputs,
+            prune_heads=options.prune_heads,
         )
         ctx.details.update(result.details())
         warn_if_nothing_removed(ctx, result.removed_channels(), len(result.groups), options.amount, self.name)
         if result.not_traced:
             ctx.logger.warning(
                 "prune_l1: %d module(s) with weights ran in neither eval nor train mode on the example input, so what "
-                "feeds them is not proven: %s", len(result.not_traced), ", ".join(result.not_traced[:5]),
+                "feeds them is not proven: %s",
+                len(result.not_traced),
+                ", ".join(result.not_traced[:5]),
             )
         return result.model
 
@@ -162,7 +175,8 @@ def channel_limits(model: nn.Module, options: Any, details: dict[str, Any], stag
     classifier = details.get("classifier_left_alone")
     keep = {
         name: "are the classifier's (prune_classifier: false)" if name == classifier else "are not selected (include)"
-        for name in layers if name not in selected and name not in excluded
+        for name in layers
+        if name not in selected and name not in excluded
     }
     return excluded, keep
 
@@ -178,11 +192,10 @@ def _select_layers(model: nn.Module, options: Any, details: dict[str, Any], stag
         for pattern in getattr(options, option):
             if pattern != "*" and not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
                 examples = ", ".join(list(layers)[:4])
-                raise StageError(f"{stage}: {option} pattern {pattern!r} matches no convolution or Linear layer (they are named like {examples})")
-    selected = {
-        name: m for name, m in layers.items()
-        if _matches_any(name, options.include) and not _matches_any(name, options.exclude)
-    }
+                raise StageError(
+                    f"{stage}: {option} pattern {pattern!r} matches no convolution or Linear layer (they are named like {examples})"
+                )
+    selected = {name: m for name, m in layers.items() if _matches_any(name, options.include) and not _matches_any(name, options.exclude)}
     if not options.prune_classifier:
         try:
             head, _ = find_classifier(model)

@@ -35,7 +35,10 @@ class Diverged(Exception):
 def predicted_shapes(an: Analysis, entries: list[Entry], removed: set[int]) -> list[list[tuple[int, ...]]]:
     """Every step's output shapes once ``removed`` units are gone."""
     return [
-        [tuple(kept_count(an, atoms, removed, size) for atoms, size in zip(ann, shape, strict=True)) for ann, shape in zip(e.out_anns, e.out_shapes, strict=True)]
+        [
+            tuple(kept_count(an, atoms, removed, size) for atoms, size in zip(ann, shape, strict=True))
+            for ann, shape in zip(e.out_anns, e.out_shapes, strict=True)
+        ]
         for e in entries
     ]
 
@@ -68,9 +71,7 @@ class _Replay(TorchDispatchMode):
 
 
 @torch.no_grad()
-def replay(
-    model: nn.Module, inputs: tuple[Any, ...], an: Analysis, mode: str, removed: set[int], rules: Mapping[str, ModuleRule]
-) -> None:
+def replay(model: nn.Module, inputs: tuple[Any, ...], an: Analysis, mode: str, removed: set[int], rules: Mapping[str, ModuleRule]) -> None:
     """Run ``model`` (already in ``mode``; a copy for train mode) and compare with ``an.traces[mode]``.
 
     Raises:

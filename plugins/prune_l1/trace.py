@@ -229,10 +229,16 @@ class _Tracer(TorchDispatchMode):
             self.unknown(func, inputs, outputs, f"whose analysis failed ({type(exc).__name__}: {exc})")
         if name in UNRECORDED:
             return out
-        self.entries.append(Entry(
-            "op", f"aten.{name}", self.scope[-1] if self.scope else "",
-            [tuple(t.shape) for t in outputs], [self.ann(t) for t in outputs], [self.ann(t) for t in inputs],
-        ))
+        self.entries.append(
+            Entry(
+                "op",
+                f"aten.{name}",
+                self.scope[-1] if self.scope else "",
+                [tuple(t.shape) for t in outputs],
+                [self.ann(t) for t in outputs],
+                [self.ann(t) for t in inputs],
+            )
+        )
         return out
 
     def unknown(self, func: Any, inputs: list[torch.Tensor], outputs: list[torch.Tensor], why: str) -> None:
@@ -274,10 +280,16 @@ class _Tracer(TorchDispatchMode):
         for t in outputs:
             if id(t) not in self.anns:
                 self.set(t, [None] * t.dim())
-        self.entries.append(Entry(
-            "module", name, name, [tuple(t.shape) for t in outputs], [self.ann(t) for t in outputs],
-            [self.ann(t) for t in inputs],
-        ))
+        self.entries.append(
+            Entry(
+                "module",
+                name,
+                name,
+                [tuple(t.shape) for t in outputs],
+                [self.ann(t) for t in outputs],
+                [self.ann(t) for t in inputs],
+            )
+        )
 
 
 class ModuleStep:
@@ -328,7 +340,8 @@ def output_leaves(output: Any, free_outputs: Callable[[str], bool] | None = None
 
     leaves, _ = tree_flatten_with_path(output)
     return [
-        (keystr(path), t) for path, t in leaves
+        (keystr(path), t)
+        for path, t in leaves
         if isinstance(t, torch.Tensor) and not (free_outputs is not None and free_outputs(keystr(path)))
     ]
 

@@ -3,8 +3,7 @@ when asked for, fed to onnxruntime's calibrator one graph input at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from optkit import ExampleInputs, StageError
@@ -104,7 +103,7 @@ class CalibrationFeed:
 
 def _feed(batch: ExampleInputs, names: list[str]) -> dict[str, torch.Tensor]:
     """Graph input name → tensor: positional tensors in order, keyword ones by name; every input fed."""
-    feed = {**dict(zip(names, batch.args)), **batch.kwargs}
+    feed = {**dict(zip(names, batch.args, strict=False)), **batch.kwargs}
     if len(batch.args) > len(names) or set(feed) != set(names):
         raise StageError(
             f"quantize_onnx: a calibration batch has {len(batch.args)} positional inputs and {sorted(batch.kwargs)} by name, "

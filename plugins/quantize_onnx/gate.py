@@ -51,4 +51,3 @@ def seeded_similarity(
         "calls": calls,
         "on": f"a seeded batch of {GATE_SAMPLES} random samples",
     }
-

@@ -18,10 +18,22 @@ __all__ = ["GraphInput", "graph_inputs", "refuse_quantized", "Exclusion", "resol
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "RNN", "Einsum"})
 
 #: Op types only a quantized (or half-precision) graph holds.
-_QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm",
-    "QLinearAdd", "QLinearMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "QAttention",
-})
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QGemm",
+        "QLinearAdd",
+        "QLinearMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeMatMul",
+        "QAttention",
+    }
+)
 
 
 @dataclass(frozen=True)

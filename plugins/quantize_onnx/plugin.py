@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, 
 from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, cpu_info, file_bytes, hookimpl
-from optkit_plugins.quantize_onnx.gate import seeded_similarity
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
+from optkit_plugins.quantize_onnx.gate import seeded_similarity
 from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_inputs, op_census, refuse_quantized, resolve_exclude
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
 from optkit_plugins.quantize_onnx.scheme import choose_reduce_range
@@ -89,7 +89,8 @@ class QuantizeOnnx(Pass):
             "activation ranges at run time (Linear/attention-heavy models); fp16: float16 for CUDA.",
         )
         format: Literal["qoperator", "qdq"] = Field(
-            "qoperator", description="qoperator: quantized operators (QLinearConv); qdq: QuantizeLinear/DequantizeLinear pairs (TensorRT and other runtimes)."
+            "qoperator",
+            description="qoperator: quantized operators (QLinearConv); qdq: QuantizeLinear/DequantizeLinear pairs (TensorRT and other runtimes).",
         )
         per_channel: bool = Field(True, description="One weight scale per output channel.")
         reduce_range: bool | Literal["auto"] = Field(
@@ -200,8 +201,15 @@ class QuantizeOnnx(Pass):
         cpu = cpu_info()
         uint8_activations = options.mode == "dynamic" or options.activation_type == "uint8"
         choice = choose_reduce_range(options.reduce_range, cpu, uint8_activations=uint8_activations)
-        details.update({"format": options.format, "per_channel": options.per_channel, "reduce_range": choice.reduce_range,
-                        "weight_type": options.weight_type, "int8_scheme": choice.as_dict(cpu)})
+        details.update(
+            {
+                "format": options.format,
+                "per_channel": options.per_channel,
+                "reduce_range": choice.reduce_range,
+                "weight_type": options.weight_type,
+                "int8_scheme": choice.as_dict(cpu),
+            }
+        )
         if options.mode == "static":
             details["activation_type"] = options.activation_type
         return Int8Settings(options.format, options.per_channel, choice.reduce_range, options.activation_type, options.weight_type)
@@ -242,8 +250,10 @@ class QuantizeOnnx(Pass):
             raise StageError(f"quantize_onnx: {where} gave no batches{batch} to calibrate on")
         nonfinite = feed.nonfinite_samples()
         if nonfinite:  # else onnxruntime fails with "AssertionError: scale issue", naming nothing
-            raise StageError(f"quantize_onnx: {where} holds {nonfinite} samples with NaN or infinite values (of {feed.samples} read); "
-                             "quantization scales cannot be computed from them: fix the data or its transform")
+            raise StageError(
+                f"quantize_onnx: {where} holds {nonfinite} samples with NaN or infinite values (of {feed.samples} read); "
+                "quantization scales cannot be computed from them: fix the data or its transform"
+            )
         # The histogram calibrators print progress to stdout; it goes to the debug log instead.
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):

@@ -8,7 +8,6 @@ Every function imports onnxruntime when called, so importing the plugin stays ch
 from __future__ import annotations
 
 import contextlib
-
 import logging
 from dataclasses import dataclass
 from pathlib import Path

@@ -26,7 +26,9 @@ from optkit_plugins.tta.kinds import DetectionLayout
 __all__ = ["restore_detections", "clip_augmented_tails", "merge_detections"]
 
 
-def _affine(channels: int, layout: DetectionLayout, ratio: tuple[float, float], flip: str | None, img_hw: tuple[int, int]) -> tuple[list[float], list[float]]:
+def _affine(
+    channels: int, layout: DetectionLayout, ratio: tuple[float, float], flip: str | None, img_hw: tuple[int, int]
+) -> tuple[list[float], list[float]]:
     """Per-channel ``(multiplier, offset)`` mapping a branch's rows back to the input frame."""
     rx, ry = ratio
     height, width = img_hw
@@ -80,7 +82,9 @@ def restore_detections(
     mul, add = _affine(channels, layout, ratio, flip, img_hw)
     view = [1, 1, 1]
     view[dim] = channels
-    out = pred * torch.tensor(mul, dtype=pred.dtype, device=pred.device).view(view) + torch.tensor(add, dtype=pred.dtype, device=pred.device).view(view)
+    out = pred * torch.tensor(mul, dtype=pred.dtype, device=pred.device).view(view) + torch.tensor(
+        add, dtype=pred.dtype, device=pred.device
+    ).view(view)
     start = layout.extra_start
     if flip is not None and layout.extra == "angle" and start is not None:
         # Mirroring either axis maps a direction at angle t to -t (mod pi).

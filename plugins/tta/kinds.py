@@ -156,10 +156,7 @@ def infer_kind(leaf: Any, input_hw: tuple[int, int], batch: int) -> Kind | str:
         return Kind("classification")
     if leaf.dim() == 4 and _proportional(leaf, input_hw):
         return Kind("dense")
-    return (
-        f"has shape {list(leaf.shape)}, which is neither [B, C] logits nor a [B, C, h, w] map "
-        f"proportional to the input {list(input_hw)}"
-    )
+    return f"has shape {list(leaf.shape)}, which is neither [B, C] logits nor a [B, C, h, w] map proportional to the input {list(input_hw)}"
 
 
 def _refusal(path: str, reason: str) -> UnknownOutputError:
@@ -169,11 +166,15 @@ def _refusal(path: str, reason: str) -> UnknownOutputError:
 def _resolve_index(index: int | str | None, paths: list[str]) -> int:
     if index is None:
         if len(paths) != 1:
-            raise UnknownOutputError(f"tta: the model returns {len(paths)} tensors ({', '.join(paths)}); say which one is declared with output_index")
+            raise UnknownOutputError(
+                f"tta: the model returns {len(paths)} tensors ({', '.join(paths)}); say which one is declared with output_index"
+            )
         return 0
     if isinstance(index, int):
         if not -len(paths) <= index < len(paths):
-            raise UnknownOutputError(f"tta: output_index {index} is out of range: the model returns {len(paths)} tensors ({', '.join(paths)})")
+            raise UnknownOutputError(
+                f"tta: output_index {index} is out of range: the model returns {len(paths)} tensors ({', '.join(paths)})"
+            )
         return index % len(paths)
     if index in paths:
         return paths.index(index)
@@ -191,16 +192,22 @@ def _only(index: int, paths: list[str], kind: Kind, source: str, yolo: YoloModel
     return plan
 
 
-def _declared(declared: str, leaves: list[Any], paths: list[str], index: int, input_hw: tuple[int, int], batch: int, layout: DetectionLayout) -> OutputPlan:
+def _declared(
+    declared: str, leaves: list[Any], paths: list[str], index: int, input_hw: tuple[int, int], batch: int, layout: DetectionLayout
+) -> OutputPlan:
     if declared not in DECLARABLE:
         raise UnknownOutputError(f"tta: output: {declared!r} is not one of {', '.join(DECLARABLE)}")
     leaf, path = leaves[index], paths[index]
     if declared == "detection":
         if not (isinstance(leaf, torch.Tensor) and leaf.dim() == 3 and leaf.is_floating_point()):
             shape = list(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
-            raise UnknownOutputError(f"tta: output {path} was declared a detection but is {shape}, not a 3-D float tensor [B, 4+nc, anchors]")
+            raise UnknownOutputError(
+                f"tta: output {path} was declared a detection but is {shape}, not a 3-D float tensor [B, 4+nc, anchors]"
+            )
         if int(leaf.shape[layout.channels_dim]) < layout.class_offset:
-            raise UnknownOutputError(f"tta: output {path} {list(leaf.shape)} has fewer than {layout.class_offset} channels on dim {layout.channels_dim}")
+            raise UnknownOutputError(
+                f"tta: output {path} {list(leaf.shape)} has fewer than {layout.class_offset} channels on dim {layout.channels_dim}"
+            )
         return _only(index, paths, Kind("detection", layout), "declared")
     inferred = infer_kind(leaf, input_hw, batch)
     if declared == "flow" and not isinstance(inferred, str) and inferred.name == "dense":
@@ -288,4 +295,3 @@ def plan_outputs(
             raise _refusal(path, inferred)
         kinds.append(inferred)
     return OutputPlan(kinds, paths)
-

@@ -121,9 +121,7 @@ class TestTimeAugmentation(nn.Module):
         if isinstance(x, torch.fx.Proxy):
             # Outputs are restored by their shapes, which symbolic tracing cannot see: it would
             # silently keep one branch. torch.export (what the ONNX exporter uses) sees shapes.
-            raise torch.fx.proxy.TraceError(
-                "TestTimeAugmentation cannot be traced with torch.fx.symbolic_trace; use torch.export.export"
-            )
+            raise torch.fx.proxy.TraceError("TestTimeAugmentation cannot be traced with torch.fx.symbolic_trace; use torch.export.export")
         image_hw = (x.shape[-2], x.shape[-1])
         plan, spec = self.plan, None
         restored: dict[int, list[torch.Tensor]] = {}
@@ -208,7 +206,9 @@ def _restore_vectors(flow: torch.Tensor, flip: str | None, content_hw: tuple[Any
     return torch.cat([u, v], dim=1)
 
 
-def _restore_dense(output: torch.Tensor, flip: str | None, content_hw: tuple[Any, Any], padded_hw: tuple[Any, Any], target: tuple[Any, Any]) -> torch.Tensor:
+def _restore_dense(
+    output: torch.Tensor, flip: str | None, content_hw: tuple[Any, Any], padded_hw: tuple[Any, Any], target: tuple[Any, Any]
+) -> torch.Tensor:
     """Crop a dense map's padding, resize it to ``target`` and undo the flip."""
     out_h, out_w = output.shape[-2], output.shape[-1]
     if tuple(content_hw) != tuple(padded_hw):
