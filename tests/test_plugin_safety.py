@@ -158,7 +158,7 @@ def test_a_conflict_names_what_else_disabling_a_plugin_removes():
             register("file", lambda request: None)
 
     message = Host.with_plugins(OtherSources()).sources.conflict_message("file")
-    assert "OPTKIT_DISABLE_PLUGINS=optkit:sources (only that plugin of optkit; it also registers 'python', 'torchvision')" in message
+    assert "OPTKIT_DISABLE_PLUGINS=optkit:sources (only that plugin of optkit; it also registers 'hf', 'python', 'torchvision')" in message
     assert "OPTKIT_DISABLE_PLUGINS=other-sources (only that plugin of this process)" in message
 
 
@@ -204,8 +204,8 @@ def test_observers_are_called_last_registered_first_and_tryfirst_goes_ahead(tmp_
     assert len(calls) == 8  # two stages
 
 
-def test_readme_documents_the_hook_order():
-    text = " ".join(README.read_text().split())
+def test_the_plugin_guide_documents_the_hook_order():
+    text = " ".join((README.parent / "docs" / "plugins" / "index.md").read_text().split())
     assert "last registered first" in text and "tryfirst=True" in text and "trylast=True" in text
 
 

@@ -113,9 +113,10 @@ def load_torchvision(request: SourceRequest) -> nn.Module:
 
 
 def load_python(request: SourceRequest) -> nn.Module:
-    """``python:package.module:callable`` called with ``model.kwargs``; it returns a module, or
-    ``(module, example_inputs)`` (a tensor, a tuple of tensors passed positionally, or a dict of
-    tensors passed by keyword)."""
+    """``python:package.module:callable`` called with ``model.kwargs``.
+
+    The callable returns a module, or ``(module, example_inputs)`` (a tensor, a tuple of tensors
+    passed positionally, or a dict of tensors passed by keyword)."""
     _refuse_weights_name(request)
     factory = import_callable(request.target, request.base_dir, "model.source")
     model = call_factory(factory, request.spec.kwargs, request.target, "model.source", "model.kwargs")

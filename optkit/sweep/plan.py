@@ -20,8 +20,10 @@ def _safe_name(text: str) -> str:
 
 
 def _input_shape(sweep: SweepFile, model: SweepModel) -> list[int]:
-    shape = list(model.input_shape or sweep.input_shape)
-    if sweep.input_size is not None and model.input_shape is None:
+    # The model's own shape only where the sweep file gives one (ModelSpec fills in a default).
+    own = model.input_shape if model.inputs_given else None
+    shape = list(own or sweep.input_shape)
+    if sweep.input_size is not None and own is None:
         shape[-2:] = [sweep.input_size, sweep.input_size]
     return shape
 

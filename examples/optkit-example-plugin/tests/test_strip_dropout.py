@@ -6,11 +6,11 @@ import logging
 
 import pytest
 import torch
-from optkit_example_plugin.strip_dropout import StripDropout
 from torch import nn
 
 from optkit import PassContext, PipelineError
 from optkit.testing import run_pass
+from optkit_example_plugin.strip_dropout import StripDropout
 
 
 def test_installed_pass_runs_through_the_host(optkit_run_pass):
