@@ -187,7 +187,7 @@ def _run_on_host(session: Any, names: list[str]) -> Callable[[dict[str, torch.Te
     return call
 
 
-def _run_bound(session: Any, names: list[str], device: torch.device) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+def _run_bound(session: Any, names: list[str], device: torch.device) -> Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]:
     """``run_with_iobinding`` on device memory: the input tensor's, and outputs torch allocates.
 
     The output shapes for an input shape are learnt on the first call with it (onnxruntime

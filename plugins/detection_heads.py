@@ -71,7 +71,9 @@ def detector_class_heads(model: nn.Module) -> list[ClassHead] | None:
     if not _is_torchvision_detector(model, "GeneralizedRCNN"):
         return None
     box = getattr(model.roi_heads, "box_predictor", None)
-    if not (isinstance(getattr(box, "cls_score", None), nn.Linear) and isinstance(getattr(box, "bbox_pred", None), nn.Linear)):
+    if box is None or not (
+        isinstance(getattr(box, "cls_score", None), nn.Linear) and isinstance(getattr(box, "bbox_pred", None), nn.Linear)
+    ):
         raise DetectorHeadsRefused(
             f"{type(model).__name__}'s roi_heads.box_predictor is a {type(box).__name__} without Linear cls_score and bbox_pred; "
             "reclassify replaces only torchvision's FastRCNNPredictor (scores and boxes together)"

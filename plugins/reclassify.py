@@ -120,7 +120,11 @@ class Reclassify(Pass):
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         opts = self.options
-        num_classes = opts.num_classes if opts.num_classes is not None else len(opts.keep)
+        if opts.num_classes is not None:
+            num_classes = opts.num_classes
+        else:
+            assert opts.keep is not None  # the options' validator requires num_classes or keep
+            num_classes = len(opts.keep)
         heads = self._heads(model)
         replaced: list[dict[str, Any]] = []
         # The CPU generator only, saved and restored: torch.manual_seed would reseed every CUDA

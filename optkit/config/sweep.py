@@ -44,7 +44,7 @@ class SweepModel(ModelSpec):
 
     name: str | None = Field(None, description="Label in reports and job names; default: the part after the last ':'.")
     # Deliberately optional here (the sweep's shape applies), where a pipeline's ModelSpec requires it.
-    input_shape: InputShape | None = Field(None, description="Overrides the sweep's input shape for this model.")  # type: ignore[assignment]
+    input_shape: InputShape | None = Field(None, description="Overrides the sweep's input shape for this model.")
     input_size_kwarg: str | None = Field(
         None, description="Builder keyword that must equal the input's height (e.g. image_size for vit_b_16)."
     )

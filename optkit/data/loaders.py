@@ -41,7 +41,7 @@ def _is_model_inputs(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return True
     parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else None
-    return bool(parts) and all(isinstance(p, torch.Tensor) for p in parts)
+    return parts is not None and bool(parts) and all(isinstance(p, torch.Tensor) for p in parts)
 
 
 def as_labeled(item: Any, where: str) -> tuple[Any, int]:

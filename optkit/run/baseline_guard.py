@@ -75,4 +75,5 @@ def _tensor_digest(tensor: Any) -> Any:
     if data.is_sparse or data.is_quantized:  # rare in a baseline: compared by value instead of bytes
         return (str(data.dtype), tuple(data.shape), repr(data.cpu()))
     raw = data.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return (str(data.dtype), tuple(data.shape), hashlib.blake2b(raw, digest_size=16).hexdigest())
+    # numpy's stubs give ndarray __buffer__ (typing.Buffer) only for Python >= 3.12; the array is a buffer on 3.11 too.
+    return (str(data.dtype), tuple(data.shape), hashlib.blake2b(raw, digest_size=16).hexdigest())  # type: ignore[arg-type]

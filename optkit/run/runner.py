@@ -36,7 +36,18 @@ from optkit.measure.uninformative import second_input, uninformative_outputs, un
 from optkit.models.layers import eval_mode
 from optkit.passes import Pass, PassContext, Tolerance
 from optkit.reporting.writing import write_run_report
-from optkit.results import Drift, DriftTolerance, RunInfo, RunReport, StageResult, TimingStatus, json_problem, optkit_version
+from optkit.results import (
+    Drift,
+    DriftTolerance,
+    RunInfo,
+    RunReport,
+    RunStatus,
+    StageResult,
+    StageStatus,
+    TimingStatus,
+    json_problem,
+    optkit_version,
+)
 from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
@@ -147,7 +158,7 @@ def _run_stages(
     pipeline: Pipeline,
     host: Host,
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: ExampleInputs,
     data: RunData,
     torch_device: torch.device,
     run_dir: Path,
@@ -171,9 +182,9 @@ def _run_stages(
     try:
         return _run_passes(pipeline, model, runner, stages, timing)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between stages (a hook, a report write): say so on disk
-        report.status, report.error = "interrupted", report.error or interruption(exc)
+        report.status, report.error = RunStatus.interrupted, report.error or interruption(exc)
         if runner.current is not None and runner.current.status not in ("ok", "failed"):
-            runner.current.status, runner.current.error = "interrupted", interruption(exc)
+            runner.current.status, runner.current.error = StageStatus.interrupted, interruption(exc)
         _mark_timing_interrupted(timing)
         runner.write_report()
         return report, run_dir
@@ -208,7 +219,7 @@ def _run_passes(
     else:
         _mark_timing_interrupted(timing)
     if report.status == "running":
-        report.status = "ok"
+        report.status = RunStatus.ok
     runner.write_report()
     return report, run_dir
 
@@ -231,11 +242,11 @@ def _time_side_by_side(timing: StageTiming, report: RunReport) -> None:
     try:
         timing.time_side_by_side(report.stages)
     except KeyboardInterrupt as exc:
-        report.status = "interrupted"
+        report.status = RunStatus.interrupted
         report.error = report.error or f"{interruption(exc)} while timing the stages side by side: they have no latency"
     except StageError as exc:
         if report.status == "running":
-            report.status, report.error = "failed", str(exc)
+            report.status, report.error = RunStatus.failed, str(exc)
 
 
 def _frozen_copy(model: nn.Module, timing_copy: nn.Module | None = None) -> nn.Module | None:
@@ -366,12 +377,12 @@ class _StageRunner:
             problem = json_problem(ctx.details, "details")
             if problem is not None:
                 raise StageError(f"{problem}: report.json holds JSON values only")
-            result.status = "ok"
+            result.status = StageStatus.ok
             self.timing.keep(result, product)
             self.timing.add_speedups(self.report.stages)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (optkit.run.signals)
-            result.status, result.error = "interrupted", interruption(exc)
-            self.report.status = "interrupted"
+            result.status, result.error = StageStatus.interrupted, interruption(exc)
+            self.report.status = RunStatus.interrupted
         except OptkitError as exc:
             self._fail(result, str(exc), ctx)
         # A pass is plugin code and may fail in any way; the stage is marked failed with the
@@ -413,7 +424,7 @@ class _StageRunner:
             write_run_report(self.report, self.run_dir)
             return True
         except OSError as exc:
-            self.report.status = "failed"
+            self.report.status = RunStatus.failed
             self.report.error = f"cannot write into the run folder {self.run_dir} ({exc.strerror or exc}); the run stopped there"
             try:
                 overwrite_in_place(self.run_dir / "report.json", self.report.to_json().encode("utf-8"))
@@ -449,8 +460,8 @@ class _StageRunner:
 
     def _fail(self, result: StageResult, message: str, ctx: PassContext) -> None:
         where = "baseline (model loading and measurement)" if result.index == 0 else f"stage {result.index} ({result.name})"
-        result.status, result.error = "failed", plain_text(f"{where} failed: {message}")
-        self.report.status = "failed"
+        result.status, result.error = StageStatus.failed, plain_text(f"{where} failed: {message}")
+        self.report.status = RunStatus.failed
         self.report.error = result.error
         trace = ctx.output_dir / "traceback.txt"
         handling = sys.exc_info()[1] is not None  # else a rule of the runner failed the stage
@@ -540,7 +551,7 @@ class _StageRunner:
         similarity = limit.cosine is not None or limit.top1_agreement is not None
         drift.tolerance = DriftTolerance(**limit.model_dump(exclude_none=True), set_by=option, similarity_on=where if similarity else None)
         problem = tolerance_failure(previous, limit, on_data, f"on {where}")
-        if problem and limit.atol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None:
+        if problem and limit.atol is not None and limit.rtol is not None and drift_exceeds(previous, limit.atol, limit.rtol) is not None:
             own_noise = within_sensitivity(previous, self.sensitivity)
             if own_noise is not None:
                 # The model moves as much under a rounding-level change of its input: not the transform's doing.
@@ -597,7 +608,7 @@ def _save_model(model: nn.Module, path: Path, report: RunReport) -> None:
     # Pickling a module runs its own code (__reduce__, __getstate__) and fails in many ways.
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)
-        report.status = "failed"
+        report.status = RunStatus.failed
         report.error = plain_text(
             f"saving the final model as {path.name} failed: {type(exc).__name__}: {exc}; "
             "set save_model: false in the pipeline file to skip it"

@@ -21,7 +21,7 @@ from optkit.config.sweep import SweepFile
 from optkit.files import atomic_write_text
 from optkit.reporting.runs import ComparedRun
 from optkit.reporting.writing import write_comparison_report
-from optkit.results import RunReport
+from optkit.results import RunReport, RunStatus
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.sweep.executors import Executor
 from optkit.sweep.jobs import JobOutcome
@@ -110,7 +110,7 @@ def outcome_as_run(outcome: JobOutcome) -> ComparedRun:
     else:
         report = _stub_report(outcome)
     if outcome.status != "ok" and report.status == "ok":
-        report.status = outcome.status
+        report.status = RunStatus(outcome.status)  # ok, failed or interrupted (see JobOutcome)
     if outcome.error and not report.error:
         report.error = outcome.error
     return ComparedRun(

@@ -99,8 +99,9 @@ def fold_problem(layer: nn.Module, bn: nn.Module, rule: ModuleRule | None = None
             return f"{type(module).__name__} has parametrized tensors"
     if bn.training:
         return "BatchNorm is in training mode (it normalizes with batch statistics)"
-    if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
+    running_mean = getattr(bn, "running_mean", None)
+    if running_mean is None or getattr(bn, "running_var", None) is None:
         return "BatchNorm has no running statistics (track_running_stats=False): it normalizes with batch statistics"
-    if layer_rule is None and bn.running_mean.numel() != out_width(layer):
-        return f"BatchNorm has {bn.running_mean.numel()} features but {type(layer).__name__} has {out_width(layer)} outputs"
+    if layer_rule is None and running_mean.numel() != out_width(layer):
+        return f"BatchNorm has {running_mean.numel()} features but {type(layer).__name__} has {out_width(layer)} outputs"
     return None

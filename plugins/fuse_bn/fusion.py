@@ -224,7 +224,12 @@ def _fold_pair(
         entry["rule"] = rule_of_layer.class_path
     else:
         fold_bn_into_layer(layer, bn)
-    replace_module(model, bn_name, rule.bn_remainder(bn) if rule is not None else nn.Identity())
+    remainder: nn.Module = nn.Identity()
+    if rule is not None:
+        # bn_rule picks rules with bn_reference, and ModuleRule requires bn_remainder with it.
+        assert rule.bn_remainder is not None
+        remainder = rule.bn_remainder(bn)
+    replace_module(model, bn_name, remainder)
     if rule is not None:
         entry["evidence"] += f"; module rule {rule.class_path} checked on the example input"
         entry["rule"] = rule.class_path

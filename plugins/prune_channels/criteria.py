@@ -10,6 +10,7 @@ and shifts do not say how much a channel carries.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -18,7 +19,7 @@ from optkit import PruningGroup
 __all__ = ["BUILTIN", "WEIGHT_ROLES", "l1", "l2", "bn_scale", "taylor", "random_scores", "normalized"]
 
 #: The tensors whose magnitude a criterion reads.
-WEIGHT_ROLES = ("output", "input", "norm")
+WEIGHT_ROLES: tuple[Literal["output", "input", "norm"], ...] = ("output", "input", "norm")
 
 
 def l1(group: PruningGroup) -> torch.Tensor:

@@ -12,6 +12,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -37,7 +38,11 @@ class GroupViews:
     units: list[list[int]]  # units[g][i]: the root of channel i of views[g]
 
 
-def _role(module: nn.Module, attr: str, dim: int, produced: bool) -> str:
+#: GroupTensor.role: optkit's TensorRole, which is not in the public API a plugin imports from.
+Role = Literal["output", "input", "norm", "bias", "other"]
+
+
+def _role(module: nn.Module, attr: str, dim: int, produced: bool) -> Role:
     if produced:
         return "output"
     if isinstance(module, PRUNABLE) and attr == "weight":

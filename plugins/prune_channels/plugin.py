@@ -151,6 +151,7 @@ class PruneChannels(Pass):
                 cut = planner.cut(choose(step_amount))
                 row: dict[str, Any] = {"amount": round(step_amount, 6)}
             else:
+                assert original is not None  # measured when there is a target
                 search, cut = self._search(planner, choose, target, target.goal ** (step / options.steps), original, ctx)
                 step_amount = search.amount
                 row = search.details()
@@ -180,6 +181,7 @@ class PruneChannels(Pass):
                 "one ranking of all channels; each group keeps ceil(n * floor) channels (at least 1), rounded up to round_to"
             )
         if target is not None:
+            assert original is not None  # measured when there is a target
             self._check_target(target, original, current, ctx, steps)
         else:
             warn_if_nothing_removed(ctx, sum(row["channels_removed"] for row in steps), len(first.groups), amount, self.name)

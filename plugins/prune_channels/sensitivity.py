@@ -13,15 +13,26 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from optkit_plugins.prune_channels.groups import logits_of
-from optkit_plugins.prune_l1.channels import ChannelPlanner
+from optkit_plugins.prune_l1.channels import ChannelPlanner, Chooser
 from optkit_plugins.prune_l1.plan import Group
+from optkit_plugins.prune_l1.trace import Analysis
 
 __all__ = ["RATIOS", "removal_costs"]
 
 #: The shares of a group removed to measure its sensitivity.
 RATIOS = (0.25, 0.5, 0.75)
+
+
+def _removing(removed: set[int]) -> Chooser:
+    """A chooser that removes ``removed``, whatever it is asked."""
+
+    def choose(base: nn.Module, an: Analysis, found: list[Group]) -> set[int]:
+        return removed
+
+    return choose
 
 
 @torch.no_grad()
@@ -45,7 +56,7 @@ def removal_costs(planner: ChannelPlanner, groups: list[Group], scores: Mapping[
             if count <= points[-1]:
                 continue
             removed = set(ranked[:count])
-            draft = planner.draft(lambda base, an, found, removed=removed: removed)
+            draft = planner.draft(_removing(removed))
             drift = (logits_of(draft.model(probe)).float() - reference).pow(2).mean() / scale
             points.append(count)
             drifts.append(max(drifts[-1], float(drift)))  # removing more never costs less

@@ -87,7 +87,13 @@ class CalibrationFeed:
         """The samples holding NaN or an infinity: onnxruntime cannot compute a scale from them."""
         import numpy as np
 
-        return sum(int((~np.isfinite(array.reshape(array.shape[0], -1))).any(axis=1).sum()) for array in self.arrays)
+        count = 0
+        for batch in self.arrays:  # a sample counts once, whichever of its inputs holds the value
+            bad = np.zeros(int(next(iter(batch.values())).shape[0]), dtype=bool)
+            for array in batch.values():
+                bad |= (~np.isfinite(array.reshape(array.shape[0], -1))).any(axis=1)
+            count += int(bad.sum())
+        return count
 
     def set_range(self, start_index: int, end_index: int) -> None:
         """Give the batches ``start_index:end_index`` next (onnxruntime's strided calibration)."""

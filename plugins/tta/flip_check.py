@@ -45,7 +45,7 @@ def flip_warnings(model: nn.Module, example: torch.Tensor, plan: OutputPlan, fli
     Returns:
         One line per flagged output, naming the channels and what to declare.
     """
-    dense = [i for i in plan.kept if plan.kinds[i].name == "dense"]
+    dense = [i for i in plan.kept if plan.kind_of(i).name == "dense"]
     if not dense:
         return []
     dim = FLIP_DIMS[flip]
@@ -58,7 +58,7 @@ def flip_warnings(model: nn.Module, example: torch.Tensor, plan: OutputPlan, fli
         own = corr.diagonal()
         others = corr - torch.diag(torch.full_like(own, 2.0))  # every other channel's, below any correlation
         anti = [c for c in range(len(own)) if own[c] < _ANTI]
-        swapped = [c for c in range(len(own)) if len(own) > 1 and others[c].max() > max(_SWAPPED, own[c] + _MARGIN)]
+        swapped = [c for c in range(len(own)) if len(own) > 1 and others[c].max() > max(_SWAPPED, float(own[c]) + _MARGIN)]
         if anti or swapped:
             said = [f"channels {anti} change sign" if anti else "", f"channels {swapped} swap with others" if swapped else ""]
             warnings.append(
