@@ -11,7 +11,8 @@ import torch
 from optkit.config.pipeline import parse_pipeline
 from optkit.errors import PipelineError
 from optkit.host.facade import Host
-from optkit.run.runner import example_input, prepare_run_dir, run_pipeline
+from optkit.run.run_dirs import prepare_run_dir
+from optkit.run.runner import example_input, run_pipeline
 
 
 @pytest.fixture(scope="module")

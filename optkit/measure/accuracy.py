@@ -113,10 +113,10 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
     classes = kept_values = nonfinite = 0
     with in_eval, torch.inference_mode():
         for inputs, labels in batches:
-            if inputs.is_floating_point():
-                nonfinite += int((~torch.isfinite(inputs.reshape(len(inputs), -1))).any(1).sum())
+            example = ExampleInputs.of(inputs)
+            nonfinite += _nonfinite_samples(example)
             try:
-                logits = classifier_outputs(ExampleInputs.of(inputs).call(run), "data.eval").detach().cpu()
+                logits = classifier_outputs(example.call(run), "data.eval").detach().cpu()
             except PipelineError as exc:
                 raise StageError(exc.message) from None
             labels = labels.cpu()
@@ -239,3 +239,12 @@ class AccuracyTracker:
             f"{(base - top1) * 100:.2f} points, over measure.max_accuracy_drop {self.max_drop:g} "
             f"({self.max_drop * 100:.2f} points); raise it to accept the stage"
         )
+
+
+def _nonfinite_samples(inputs: ExampleInputs) -> int:
+    """Samples of a batch with a NaN or an infinity in any floating input."""
+    bad = torch.zeros(inputs.batch_size, dtype=torch.bool)
+    for tensor in inputs.tensors:
+        if tensor.is_floating_point():
+            bad |= (~torch.isfinite(tensor.reshape(len(tensor), -1))).any(1).cpu()
+    return int(bad.sum())
