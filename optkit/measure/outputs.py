@@ -52,9 +52,8 @@ def _key_name(key: Any) -> str:
 def output_leaves(outputs: Any) -> list[OutputLeaf]:
     """Index, name, path and shape of every leaf of a model output, in the exporters' order.
 
-    Example:
-        >>> [leaf.name for leaf in output_leaves((y, {"boxes": b, "feats": [f]}))]
-        ['output_0', 'output_1.boxes', 'output_1.feats.0']
+    The leaves of ``(y, {"boxes": b, "feats": [f]})`` are named ``output_0``, ``output_1.boxes`` and
+    ``output_1.feats.0``.
     """
     flat, _ = pytree.tree_flatten_with_path(outputs)
     leaves = []
