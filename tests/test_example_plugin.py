@@ -1,5 +1,5 @@
 """End to end: the example third-party distribution, built and installed with pip, used by optkit:
-every extension point (a pass, a model source, a dataset source, a module rule, an observer) and
+every extension point (a pass, a model source, a dataset source, a module rule, an importance criterion, an observer) and
 the distribution's own tests, which use optkit.testing.
 
 It is installed into a temporary ``--target`` folder put on ``PYTHONPATH`` of subprocesses, never
@@ -103,4 +103,4 @@ def test_the_plugin_own_tests_pass_with_optkit_testing(installed, tmp_path):
         env=installed, cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "13 passed" in done.stdout
+    assert "15 passed" in done.stdout
