@@ -144,6 +144,14 @@ class Pass(ABC):
             options = self.Options.model_validate(dict(options or {}))
         self.options = cast("Pass.Options", options)  # the subclass's Options, validated above or given
 
+    def device_problem(self, device_type: str) -> str | None:
+        """Why these options cannot run on a ``device_type`` device (``cpu`` or ``cuda``), or ``None``.
+
+        ``optkit validate`` asks it for the device the pipeline file names, so that a stage that
+        cannot run there is refused at its line before anything runs (``apply`` still refuses too).
+        """
+        return None
+
     def tolerance(self) -> Tolerance | None:
         """The drift this stage may show when ``preserves_outputs``; ``None``: the pipeline's own."""
         return None

@@ -381,6 +381,27 @@ def test_optkit_validate_names_the_line_and_exits_2(cli, write_pipeline):
     assert "add export_onnx before it" in result.output
 
 
+@pytest.mark.parametrize(
+    ("passes", "stage", "message"),
+    [
+        ("  - export_onnx\n  - quantize_onnx: {mode: fp16}", "stage 2 (quantize_onnx)", "mode fp16 is for CUDA, and the pipeline's device is cpu"),
+        ("  - export_onnx: {fp16: true}", "stage 1 (export_onnx)", "fp16 needs a CUDA device, and the pipeline's device is cpu"),
+    ],
+)
+def test_optkit_validate_refuses_fp16_on_a_cpu_pipeline_at_its_line(cli, write_pipeline, passes, stage, message):
+    path = write_pipeline(pipeline_text(passes))  # device: cpu
+    result = cli("validate", str(path))
+    assert result.exit_code == 2
+    line = len(pipeline_text(passes).splitlines())  # the last stage is the one at fault
+    assert f"{path}:{line}: {stage}: " in result.output and message in result.output
+
+
+def test_optkit_validate_leaves_fp16_to_a_cuda_pipeline(cli, write_pipeline):
+    path = write_pipeline(pipeline_text("  - export_onnx\n  - quantize_onnx: {mode: fp16}").replace("device: cpu", "device: cuda"))
+    result = cli("validate", str(path))
+    assert result.exit_code == 0, result.output
+
+
 def test_the_runner_carries_the_latest_artifact_until_a_module_makes_it_stale(test_host, tmp_path):
     from optkit.run.runner import run_pipeline
 

@@ -184,10 +184,13 @@ def run(
 @click.argument("pipeline", type=click.Path(path_type=Path))
 def validate(pipeline: Path) -> None:
     """Check PIPELINE (YAML, keys, passes, options, model and dataset source schemes) without running it."""
-    from optkit.config.pipeline import load_pipeline
+    from optkit.config.pipeline import check_device, load_pipeline
 
     host = session().host
     spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
+    device = str(spec.spec.device).lower()
+    if device != "auto":  # auto is decided where the run happens
+        check_device(spec, "cpu" if device == "cpu" else "cuda")
     stages = ", ".join(s.pass_name for s in spec.stages) or "no passes"
     click.echo(f"{pipeline}: ok — {spec.model.source}, {len(spec.stages)} stage(s): {stages}")
 

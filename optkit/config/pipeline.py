@@ -33,6 +33,7 @@ from optkit.inputs import DTYPES, InputDef
 from optkit.passes import Pass, Tolerance
 
 __all__ = [
+    "check_device",
     "MAX_INPUT_ELEMENTS",
     "MAX_INPUT_DIMS",
     "InputShape",
@@ -499,6 +500,20 @@ def check_artifact_flow(stages: Iterable[Stage], doc: ConfigDocument, producers:
             latest, changed = stage, None
         elif latest is not None and changed is None:
             changed = stage
+
+
+def check_device(pipeline: Pipeline, device_type: str) -> None:
+    """Every stage can run on a ``device_type`` (``cpu``, ``cuda``) device, as its pass says
+    (:meth:`optkit.Pass.device_problem`).
+
+    Raises:
+        PipelineError: at the first stage that cannot, naming its line.
+    """
+    for stage in pipeline.stages:
+        problem = stage.make_pass().device_problem(device_type)
+        if problem is not None:
+            where = f"{pipeline.path}:{stage.line}: " if pipeline.path is not None and stage.line is not None else ""
+            raise PipelineError(f"{where}stage {stage.index} ({stage.pass_name}): {problem}")
 
 
 def check_accuracy_settings(measure: MeasureSpec, data: DataSpec | None, doc: ConfigDocument) -> None:

@@ -96,6 +96,12 @@ class ExportOnnx(Pass):
         rtol = default_rtol if self.options.rtol is None else self.options.rtol
         return atol, rtol
 
+    def device_problem(self, device_type: str) -> str | None:
+        """fp16 needs CUDA."""
+        if self.options.fp16 and device_type != "cuda":
+            return f"export_onnx: fp16 needs a CUDA device, and the pipeline's device is {device_type}; set device: cuda or drop fp16"
+        return None
+
     def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         """Export, simplify (optionally), save, check and verify; returns the artifact.
 

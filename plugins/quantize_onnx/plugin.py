@@ -141,6 +141,15 @@ class QuantizeOnnx(Pass):
         """``min_cosine`` and ``min_top1_agreement`` against the float ONNX model (no element-wise bound)."""
         return Tolerance.similarity(cosine=self.options.min_cosine, top1_agreement=self.options.min_top1_agreement)
 
+    def device_problem(self, device_type: str) -> str | None:
+        """mode fp16 is for CUDA."""
+        if self.options.mode == "fp16" and device_type != "cuda":
+            return (
+                f"quantize_onnx: mode fp16 is for CUDA, and the pipeline's device is {device_type}; "
+                "set device: cuda, or use mode: static or dynamic for int8 on the CPU"
+            )
+        return None
+
     def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
         """Quantize ``ctx.artifact`` (the float ONNX file) and return the quantized artifact.
 
