@@ -138,5 +138,5 @@ def thop_warning(owner: ThopOwner | None = None) -> str | None:
         f"the installed thop ({owner.origin}) is {what}, not the {name} {version} optkit's MAC counts were "
         f"validated with"
         + (f"; also installed: {others}" if others else "")
-        + ". optkit's totals do not change (it uses only the conv, linear and RNN formulas both share); see README 'thop and Ultralytics'"
+        + ". optkit's totals do not change (it uses only the conv, linear and RNN formulas both share); see 'thop and Ultralytics' in docs/explanation/macs.md"
     )
