@@ -356,10 +356,7 @@ def raises_user_error(match: str | None = None) -> Iterator[pytest.ExceptionInfo
     """
     with pytest.raises(PipelineError) as info:
         yield info
-    message = str(info.value)
-    _check_error(info.value.exit_code == 2, f"{type(info.value).__name__} exits {info.value.exit_code}, not 2")
-    _check_error("\n" not in message, f"the message is not one line: {message!r}")
-    _check_error(match is None or re.search(match, message) is not None, f"{message!r} does not match {match!r}")
+    _check_contract(info.value, 2, match)
 
 
 @contextmanager
@@ -373,10 +370,15 @@ def raises_plugin_bug(plugin: str, match: str | None = None) -> Iterator[pytest.
     """
     with pytest.raises(PluginBugError) as info:
         yield info
-    message = str(info.value)
-    _check_error(info.value.exit_code == 1, f"PluginBugError exits {info.value.exit_code}, not 1")
+    _check_error(plugin in str(info.value), f"{str(info.value)!r} does not name the plugin {plugin!r}")
+    _check_contract(info.value, 1, match)
+
+
+def _check_contract(error: PipelineError | PluginBugError, exit_code: int, match: str | None) -> None:
+    """The error's exit code, a one-line message, and ``match`` found in it (``re.search``)."""
+    message = str(error)
+    _check_error(error.exit_code == exit_code, f"{type(error).__name__} exits {error.exit_code}, not {exit_code}")
     _check_error("\n" not in message, f"the message is not one line: {message!r}")
-    _check_error(plugin in message, f"{message!r} does not name the plugin {plugin!r}")
     _check_error(match is None or re.search(match, message) is not None, f"{message!r} does not match {match!r}")
 
 
