@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 
 from optkit.inputs import ExampleInputs
-from optkit.measure.intervals import CONFIDENCE, median_interval
+from optkit.measure.intervals import CONFIDENCE, RUN_TO_RUN_MARGIN, median_interval, speedup
 
 __all__ = [
     "Contender",
@@ -206,8 +206,10 @@ def time_callable(
     *,
     cuda_events: bool | None = None,
     confidence: float = CONFIDENCE,
+    against: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Time ``fn(inputs)`` alone, ``iters`` calls in a row, under ``torch.inference_mode()``.
+    """Time ``fn(inputs)`` alone, ``iters`` calls in a row, under ``torch.inference_mode()``; or,
+    with ``against``, side by side with it, round by round (:func:`time_round_robin`).
 
     Args:
         fn: the model or runtime callable.
@@ -219,15 +221,25 @@ def time_callable(
         cuda_events: time with CUDA events; default: whenever ``device`` is CUDA. Pass ``False``
             for runtimes that synchronize themselves (onnxruntime).
         confidence: of the median's interval.
+        against: a reference callable (the model before a change, timed the same way): each of
+            ``iters`` rounds calls both once, in a seeded shuffled order, so that load on a shared
+            machine falls on both alike.
 
     Returns:
         :func:`summarize_times` of the timings (milliseconds), with ``warmup``, ``batch``,
         ``threads``, ``device`` and ``timer`` (``cuda_event`` or ``perf_counter``); on CUDA also
-        ``cudnn_benchmark``.
+        ``cudnn_benchmark``. With ``against``, also ``against`` (its record) and ``speedup``
+        (``against``'s time over ``fn``'s: the median of the per-round ratios with its interval,
+        widened by the run-to-run margin, as :func:`optkit.measure.intervals.speedup` gives it).
     """
     if iters < 1:
         raise ValueError(f"iters must be at least 1, got {iters}")
     use_events = device.type == "cuda" if cuda_events is None else cuda_events
+    if against is not None:
+        contenders = {"fn": Contender(fn, use_events), "against": Contender(against, use_events)}
+        records = time_round_robin(contenders, inputs, device, warmup, iters, confidence=confidence)
+        compared = speedup(records["against"], records["fn"], confidence, paired=True, margin=RUN_TO_RUN_MARGIN)
+        return {**records["fn"], "against": records["against"], "speedup": compared}
     timed = _call_timer(device, use_events)
     inputs = ExampleInputs.of(inputs)
     with torch.inference_mode(), _on_device(device):
