@@ -16,7 +16,7 @@ from optkit import PassContext, PassData, hookimpl
 from optkit.errors import StageError
 from optkit.measure.flops import count_macs
 from optkit.models.importance import GroupTensor, PruningGroup
-from optkit.testing import run_pass, tiny_convnet
+from optkit.testing import raises_user_error, run_pass, tiny_convnet
 from optkit_plugins.prune_channels import PruneChannels
 from optkit_plugins.prune_channels.criteria import l2, normalized
 from optkit_plugins.prune_l1 import prune_channels
@@ -81,6 +81,49 @@ def test_a_target_is_reached_by_searching_the_amount(metric, goal):
 def test_an_unreachable_target_fails_the_stage_and_says_why():
     with pytest.raises(StageError, match="target params: 0.01 not reached"):
         apply(tiny_convnet(), target={"params": 0.01})
+
+
+@pytest.mark.parametrize(
+    "target, match",
+    [
+        ({"latency": 0.5, "runtime": "tensorrt"}, r"option 'target.runtime': Input should be 'torch' or 'onnxruntime', got 'tensorrt'"),
+        ({"macs": 0.5, "runtime": "onnxruntime"}, r"option 'target': .*runtime applies to a latency target only"),
+    ],
+)
+def test_a_latency_runtime_is_validated_with_the_option_named(tmp_path, target, match):
+    with raises_user_error(match):
+        run_pass("prune_channels", {"target": target}, tmp_path=tmp_path)
+
+
+def test_a_latency_target_on_onnxruntime_times_exports_side_by_side_and_reports_the_trail():
+    """The mechanism, not the speed: an unreachable goal costs three exports (the model before, the
+    largest amount, the final model) and fails the stage with the reached ratio and its interval."""
+    ctx = PassContext(torch.device("cpu"), X, None, logging.getLogger("test.prune_channels"))  # type: ignore[arg-type]
+    stage = PruneChannels({"importance": "l2", "target": {"latency": 0.001, "runtime": "onnxruntime"}})
+    with pytest.raises(StageError, match=r"target latency: 0.001 not reached: .* keeps [0-9.]+ \[[0-9.]+-[0-9.]+\] of the latency"):
+        stage.apply(tiny_convnet(), ctx)
+    target = ctx.details["target"]
+    assert target["runtime"] == "onnxruntime" and target["exports"]["count"] == 3
+    tried = ctx.details["steps"][0]["tried"]
+    assert len(tried) == 1 and tried[0][0] == 0.99 and len(tried[0]) == 4  # amount, ratio, low, high: the largest amount only
+    assert ctx.details["steps"][0]["tried_columns"] == ["amount", "ratio", "low", "high"]
+    assert target["trail"] == [tried]
+    low, high = target["interval"]
+    assert 0 < low <= target["reached"] <= high
+    timing = target["timing"]
+    assert timing["rounds"] == 30 and timing["baseline_ms"] > 0 and timing["pruned_ms"] > 0
+    assert timing["ratio"] == target["reached"] and "side by side" in timing["order"]
+
+
+@pytest.mark.slow
+def test_a_latency_target_on_onnxruntime_is_searched_by_bisection_on_real_exports():
+    ctx = PassContext(torch.device("cpu"), X, None, logging.getLogger("test.prune_channels"))  # type: ignore[arg-type]
+    PruneChannels({"importance": "l2", "target": {"latency": 0.9, "runtime": "onnxruntime", "tolerance": 0.9}}).apply(tiny_convnet(), ctx)
+    tried = ctx.details["steps"][0]["tried"]
+    assert len(tried) == 8  # the largest amount, then 7 halvings
+    amounts = [row[0] for row in tried]
+    assert ctx.details["steps"][0]["amount"] == min(a for a, ratio, _, _ in tried if ratio <= 0.9) and max(amounts) == 0.99
+    assert ctx.details["target"]["exports"]["count"] == 1 + 8 + 1
 
 
 def test_steps_reach_the_amount_in_several_cuts():

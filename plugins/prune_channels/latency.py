@@ -39,8 +39,8 @@ class LatencyRatio:
     :attr:`last` holds the figures of the latest timing (for the stage's details).
     """
 
-    def __init__(self, baseline: nn.Module, inputs: torch.Tensor, device: torch.device, runtime: str):
-        self.inputs, self.device, self.runtime = inputs, device, runtime
+    def __init__(self, baseline: nn.Module, inputs: torch.Tensor, device: torch.device, runtime: str, rounds: int = ROUNDS):
+        self.inputs, self.device, self.runtime, self.rounds = inputs, device, runtime, rounds
         self._folder = tempfile.TemporaryDirectory(prefix="optkit-prune-latency-")
         self.exports: list[float] = []
         self.last: dict[str, Any] = {}
@@ -68,7 +68,7 @@ class LatencyRatio:
         return OnnxArtifact(path=path, output_names=layout.names, output_structure=layout.structure).load(self.device)
 
     def __call__(self, pruned: nn.Module) -> Ratio:
-        record = time_callable(self._callable(pruned, "candidate"), self.inputs, self.device, WARMUP, ROUNDS, against=self._baseline)
+        record = time_callable(self._callable(pruned, "candidate"), self.inputs, self.device, WARMUP, self.rounds, against=self._baseline)
         speedup = record["speedup"]
         ratio = Ratio(1 / speedup["value"], 1 / speedup["high"], 1 / speedup["low"])
         statistical = speedup["statistical"]
