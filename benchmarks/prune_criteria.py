@@ -13,6 +13,11 @@ Torch-Pruning 1.6.1's, at the same MACs, on the trained digits CNN; then fine-tu
    fewer MACs, then ``finetune {epochs: 0, bn_recalibrate: true}`` and ``finetune {epochs: E}``
    by distillation, through the runner like ``optkit run``. Claim: top-1 within 1 point of the
    baseline.
+   Every row of part 1 also has its latency: the median speed-up over the unpruned model with its
+   interval (torch eager on the CPU, batch 1, the two timed side by side for ``--latency-rounds``
+   rounds: ``optkit.time_callable(pruned, against=model)``, the median of the per-round ratios
+   with its 95% order-statistic interval widened by the 5% run-to-run margin, as ``optkit run``
+   reports speed-ups; an interval holding 1 is a tie). The noise check runs before part 1.
 3. *Targets*: ``target: {macs: 0.25}`` on torchvision's resnet50 and timm's resnet18d (random
    weights; the MACs ratio does not depend on them) at 1x3x128x128: the reached share within 3%.
 
@@ -51,6 +56,8 @@ from optkit.files import atomic_write_text
 from optkit.host.facade import Host
 from optkit.measure.cpu import CpuInfo, cpu_info
 from optkit.measure.flops import count_macs
+from optkit.measure.latency import configure_timing, time_callable
+from optkit.measure.noise import check_noise
 from optkit.passes import PassContext, PassData
 from optkit.run.environment import environment
 from optkit.run.runner import run_pipeline
@@ -85,6 +92,24 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
 
 def macs(model: nn.Module, inputs: torch.Tensor = INPUT) -> int:
     return int(count_macs(model, inputs)["macs"])
+
+
+def latency(pruned: nn.Module, model: nn.Module, rounds: int) -> dict[str, Any]:
+    """``pruned``'s speed-up over ``model`` (torch eager, CPU, batch 1), the two timed side by side."""
+    record = time_callable(pruned.eval(), INPUT, torch.device("cpu"), 10, rounds, against=model)
+    figure = record["speedup"]
+    return {
+        "speedup": figure["value"], "low": figure["low"], "high": figure["high"], "tie": figure["tie"],
+        "pruned_ms": record["p50"], "baseline_ms": record["against"]["p50"], "rounds": rounds, "runtime": "torch eager",
+    }
+
+
+def latency_cell(row: dict[str, Any]) -> str:
+    figure = row.get("latency")
+    if not figure:
+        return "–"
+    text = f"{figure['speedup']:.2f}x [{figure['low']:.2f}-{figure['high']:.2f}]"
+    return text + " tie" if figure["tie"] else text
 
 
 def prune_optkit(model: nn.Module, options: dict[str, Any], data: PassData | None, inputs: torch.Tensor = INPUT) -> tuple[nn.Module, dict]:
@@ -136,7 +161,7 @@ def prune_tp(model: nn.Module, criterion: str, global_pruning: bool, goal_macs: 
 
 def right_after_pruning(
     model: nn.Module, val: tuple, calibration: list, reductions: tuple[float, ...] = REDUCTIONS,
-    allocations: tuple[str, ...] = ALLOCATIONS, torch_pruning: bool = True,
+    allocations: tuple[str, ...] = ALLOCATIONS, torch_pruning: bool = True, latency_rounds: int = 0,
 ) -> list[dict[str, Any]]:
     base_macs = macs(model)
     # Sensitivity is measured on the first batch of calibration digits (data.eval would be the val split scored below).
@@ -153,6 +178,8 @@ def right_after_pruning(
                     "top1": top1(pruned, *val), "macs_ratio": macs(pruned) / base_macs, "amount": details["target"] and details["steps"][-1]["amount"],
                     "seconds": time.perf_counter() - start,
                 })
+                if latency_rounds:
+                    rows[-1]["latency"] = latency(pruned, model, latency_rounds)
                 log.warning("%s", rows[-1])
         for criterion in TP_CRITERIA if torch_pruning else ():
             for global_pruning in (False, True):
@@ -163,6 +190,8 @@ def right_after_pruning(
                     "allocation": "global" if global_pruning else "uniform", "top1": top1(pruned, *val),
                     "macs_ratio": macs(pruned) / base_macs, "amount": ratio, "seconds": time.perf_counter() - start,
                 })
+                if latency_rounds:
+                    rows[-1]["latency"] = latency(pruned, model, latency_rounds)
                 log.warning("%s", rows[-1])
     return rows
 
@@ -256,6 +285,29 @@ def markdown(result: dict[str, Any]) -> str:
                 match = [r for r in rows if (r["tool"], r["criterion"], r["allocation"]) == key and r["reduction"] == reduction]
                 cells.append(f"{match[0]['top1']:.2%} ({match[0]['macs_ratio']:.3f})" if match else "–")
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        if any(r.get("latency") for r in rows):
+            timed = next(r["latency"] for r in rows if r.get("latency"))
+            lines += [
+                "",
+                f"Latency: speed-up over the unpruned model ({timed['runtime']}, CPU, batch 1, {timed['rounds']} rounds side by side; "
+                "median of the per-round ratios, [95% interval widened by the 5% run-to-run margin]; 'tie': the interval holds 1). "
+                f"The unpruned model takes about {timed['baseline_ms']:.2f} ms a call.",
+                "",
+                "| tool | criterion | allocation | " + " | ".join(f"{r:g}x fewer MACs" for r in REDUCTIONS) + " |",
+                "|---|---|---|" + "---|" * len(REDUCTIONS),
+            ]
+            for key in keys:
+                cells = []
+                for reduction in REDUCTIONS:
+                    match = [r for r in rows if (r["tool"], r["criterion"], r["allocation"]) == key and r["reduction"] == reduction]
+                    cells.append(latency_cell(match[0]) if match else "–")
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+            for when, noise in result.get("noise", {}).items():
+                lines.append("")
+                lines.append(
+                    f"Noise check {when}: robust CV {noise['cv']:.1%} (max {noise['max_cv']:.0%}), CPU share {noise.get('cpu_share', 1):.2f}"
+                    f" (min {noise.get('min_cpu_share', 0):.2f}): {'NOISY: ' + noise['why'] if noise['noisy'] else 'quiet'}."
+                )
         lines += ["", "Best per MACs reduction:", ""]
         for reduction in REDUCTIONS:
             best = {tool: max((r for r in rows if r["tool"] == tool and r["reduction"] == reduction), key=lambda r: r["top1"], default=None)
@@ -324,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
     parser.add_argument("--no-torch-pruning", action="store_true", help="part 1: optkit only")
     parser.add_argument("--reductions", type=float, nargs="+", default=list(REDUCTIONS), help="part 1: MACs reductions")
+    parser.add_argument("--latency-rounds", type=int, default=100, help="part 1: rounds of each row's latency (0: none)")
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--skip-targets", action="store_true")
     parser.add_argument("--finetune", default="bn_scale/global", help="criterion/allocation for part 2")
@@ -337,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.combine:
         return combine(args.combine, args.output)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    configure_timing(args.threads)
     import torch_pruning
 
     from importlib.metadata import version
@@ -357,8 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_macs": macs(model),
     }
     if not args.skip_criteria:
+        if args.latency_rounds:
+            result["noise"] = {"before part 1": check_noise(torch.device("cpu"), 0.10)}
         result["right_after_pruning"] = right_after_pruning(
-            model, val, calibration, tuple(args.reductions), tuple(args.allocations), not args.no_torch_pruning
+            model, val, calibration, tuple(args.reductions), tuple(args.allocations), not args.no_torch_pruning, args.latency_rounds
         )
     if not args.skip_finetune:
         criterion, allocation = args.finetune.split("/")
