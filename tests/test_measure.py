@@ -81,6 +81,28 @@ def test_time_callable_on_cpu_counts_calls_and_records_settings():
         time_callable(fn, torch.zeros(1), torch.device("cpu"), warmup=0, iters=0)
 
 
+def test_time_callable_against_a_reference_pairs_the_calls_round_by_round():
+    calls: list[str] = []
+
+    def sleeper(name: str, delay_s: float):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            time.sleep(delay_s)
+            return x
+
+        return fn
+
+    stats = time_callable(sleeper("new", 0.001), torch.zeros(2, 3), torch.device("cpu"), 1, 9, against=sleeper("old", 0.004))
+    rounds = [sorted(calls[i:i + 2]) for i in range(0, len(calls), 2)]
+    assert len(rounds) == 10 and all(r == ["new", "old"] for r in rounds)  # one warm-up round, then 9 timed
+    assert stats["n"] == stats["against"]["n"] == 9
+    figure = stats["speedup"]
+    assert figure["paired"] and figure["low"] <= figure["value"] <= figure["high"]
+    ratios = sorted(a / b for a, b in zip(stats["against"]["samples"], stats["samples"]))
+    assert figure["value"] == pytest.approx(ratios[4])  # the median of the per-round ratios
+    assert "against" not in time_callable(sleeper("x", 0), torch.zeros(1), torch.device("cpu"), 0, 2)
+
+
 def test_round_robin_calls_each_contender_once_a_round_in_a_seeded_shuffled_order():
     calls: list[str] = []
 
