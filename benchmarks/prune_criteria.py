@@ -291,7 +291,7 @@ def markdown(result: dict[str, Any]) -> str:
                 "",
                 f"Latency: speed-up over the unpruned model ({timed['runtime']}, CPU, batch 1, {timed['rounds']} rounds side by side; "
                 "median of the per-round ratios, [95% interval widened by the 5% run-to-run margin]; 'tie': the interval holds 1). "
-                f"The unpruned model takes about {timed['baseline_ms']:.2f} ms a call.",
+                f"The unpruned model takes about {timed['baseline_ms']:.2f} ms a call. '–': not timed (rows from a run before latency was measured).",
                 "",
                 "| tool | criterion | allocation | " + " | ".join(f"{r:g}x fewer MACs" for r in REDUCTIONS) + " |",
                 "|---|---|---|" + "---|" * len(REDUCTIONS),
