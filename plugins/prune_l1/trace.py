@@ -26,9 +26,10 @@ agree on them. Each operator has a rule that relates the atoms of its inputs and
 - anything else *fixes* the atoms it consumes, with its name and module as the reason; so does
   reaching the model's output (output shapes never change) and meeting an untracked dimension.
 
-The operator rules live in :mod:`optkit_plugins.prune_l1.op_rules`. A module whose rule
-describes it as attention heads runs as one opaque step, read by
-:func:`optkit_plugins.prune_l1.attention.attention_heads`.
+The operator rules live in :mod:`optkit_plugins.prune_l1.op_rules` and read the operator's
+arguments by schema name. The run itself is a :class:`~optkit_plugins.prune_l1.recorder.Recorder`,
+the same one the replay uses: a module whose rule describes it as attention heads runs as one
+opaque step, read by :func:`optkit_plugins.prune_l1.attention.attention_heads`.
 """
 
 from __future__ import annotations
