@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import _len_torch_dispatch_stack, _pop_mode_te
 
 from optkit_plugins.prune_l1 import plan as planning
 from optkit_plugins.prune_l1.channels import ChannelPlanner
-from optkit_plugins.prune_l1.op_rules import RULES
+from optkit_plugins.prune_l1.op_rules import RULES, arguments
 from optkit_plugins.prune_l1.recorder import Recorder, op_name
 
 aten = torch.ops.aten
@@ -464,6 +464,16 @@ def _masked(model: nn.Module, planner: ChannelPlanner, removed: set[int]) -> nn.
             if gone:
                 tensor.index_fill_(dim, torch.tensor(gone), 0.0)
     return masked
+
+
+def test_arguments_are_bound_by_schema_name_with_defaults():
+    x = torch.ones(2, 3)
+    assert arguments(aten.sum.dim_IntList, (x, [1]), {"keepdim": True}) == {"self": x, "dim": [1], "keepdim": True, "dtype": None}
+    # p comes before dim in norm.ScalarOpt_dim; var.correction takes keepdim by keyword only
+    assert arguments(aten.norm.ScalarOpt_dim, (x, 2, [1]), {})["dim"] == [1]
+    assert arguments(aten.var.correction, (x,), {"correction": 0}) == {"self": x, "dim": None, "correction": 0, "keepdim": False}
+    # a call without a required argument (which the dispatcher refuses) binds what it has
+    assert arguments(aten.convolution.default, (x,), {}) == {"input": x}
 
 
 def test_every_rule_has_a_case():

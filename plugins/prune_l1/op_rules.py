@@ -175,10 +175,9 @@ def arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[
 
     Like :func:`torch.fx.operator_schemas.normalize_function` with ``normalize_to_only_use_kwargs``,
     but names are the schema's own (``self``, not ``input``) and each schema is read once: the
-    trace binds every operator the model executes.
-
-    Raises:
-        TypeError: a required argument is missing.
+    trace binds every operator the model executes. It never raises, so the model's forward goes
+    on whatever the call: an argument the call lacks (the dispatcher accepts no such call) is
+    absent, and the rule reading it fails inside the trace's guard.
     """
     signature = _SIGNATURES.get(func)
     if signature is None:
@@ -187,9 +186,8 @@ def arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[
     bound = {name: value for (name, _), value in zip(signature, args, strict=False)}
     for name, default in signature[len(args) :]:
         value = kwargs.get(name, default)
-        if value is _REQUIRED:
-            raise TypeError(f"{func} called without its argument {name!r}")
-        bound[name] = value
+        if value is not _REQUIRED:
+            bound[name] = value
     return bound
 
 
