@@ -2,7 +2,8 @@
 
 Modules: :mod:`~optkit_plugins.prune_l1.plugin` (the pass), :mod:`~optkit_plugins.prune_l1.unstructured`,
 and for whole channels, on the graph the model executes: :mod:`~optkit_plugins.prune_l1.channels`
-(the procedure: trace, plan, cut, replay, back off), :mod:`~optkit_plugins.prune_l1.trace` (the
+(the procedure: trace, plan, cut, replay, back off), :mod:`~optkit_plugins.prune_l1.recorder`
+(one run of a model as steps, shared by the trace and the replay), :mod:`~optkit_plugins.prune_l1.trace` (the
 dispatch-level trace and its atoms), :mod:`~optkit_plugins.prune_l1.op_rules` (what each aten
 operator does to channels), :mod:`~optkit_plugins.prune_l1.attention` (attention heads read from
 module rules), :mod:`~optkit_plugins.prune_l1.atoms` (the union-find),

@@ -1,7 +1,8 @@
 """Operator rules: how each aten operator relates the channel atoms of its inputs and outputs.
 
-A rule gets the tracer (``tr``, a :class:`Tracer`), the operator, its arguments and its output,
-runs after the operator, and annotates every output tensor. What no rule knows is handled by
+A rule gets the tracer (``tr``, a :class:`Tracer`), the operator, its arguments by name (bound
+to the operator's schema by :func:`arguments`, defaults filled: ``a["dim"]``, ``a["weight"]``)
+and its output, runs after the operator, and annotates every output tensor. What no rule knows is handled by
 ``tr.unknown``: the channels it consumes are fixed, with the operator and module as the reason.
 The catalogue is in the docstring of :mod:`optkit_plugins.prune_l1.trace`.
 """
@@ -13,28 +14,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_leaves
 
 from optkit_plugins.prune_l1.atoms import Ann, UnionFind
+from optkit_plugins.prune_l1.recorder import op_name, tensors
 
-__all__ = ["HANDLERS", "METADATA", "UNRECORDED", "Tracer", "handler_for", "op_name", "tensors"]
+__all__ = ["RULES", "Tracer", "arguments", "rule_for"]
 
 
 # -- operator tables ----------------------------------------------------------------------------
-METADATA = {
-    "sym_size",
-    "sym_stride",
-    "sym_numel",
-    "sym_storage_offset",
-    "_assert_async",
-    "_assert_tensor_metadata",
-    "_has_compatible_shallow_copy_type",
-    "record_stream",
-    "_assert_scalar",
-    "is_same_size",
-}
-#: Steps annotated but not recorded: whether torch emits them depends on how the module is called.
-UNRECORDED = {"detach", "alias", "lift_fresh"}
 _EXTRA_POINTWISE = {
     "hardswish",
     "hardswish_",
@@ -173,16 +160,40 @@ class Tracer(Protocol):
     def group_policy(self, weight_name: str, policy: tuple[str, int]) -> None: ...
 
 
-def op_name(func: Any) -> str:
-    return func.overloadpacket.__name__
-
-
 def _is_pointwise(func: Any) -> bool:
     return torch.Tag.pointwise in func.tags or op_name(func) in _EXTRA_POINTWISE
 
 
-def tensors(value: Any) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
+# -- arguments by name --------------------------------------------------------------------------
+_REQUIRED = object()
+#: operator overload -> its schema's (argument name, default) pairs, in order.
+_SIGNATURES: dict[Any, tuple[tuple[str, Any], ...]] = {}
+
+
+def arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a call of aten operator ``func`` by their schema names, defaults filled.
+
+    Like :func:`torch.fx.operator_schemas.normalize_function` with ``normalize_to_only_use_kwargs``,
+    but names are the schema's own (``self``, not ``input``) and each schema is read once: the
+    trace binds every operator the model executes. It never raises, so the model's forward goes
+    on whatever the call: an argument the call lacks (the dispatcher accepts no such call) is
+    absent, and the rule reading it fails inside the trace's guard.
+    """
+    signature = _SIGNATURES.get(func)
+    if signature is None:
+        signature = tuple((arg.name, arg.default_value if arg.has_default_value() else _REQUIRED) for arg in func._schema.arguments)
+        _SIGNATURES[func] = signature
+    bound = {name: value for (name, _), value in zip(signature, args, strict=False)}
+    for name, default in signature[len(args) :]:
+        value = kwargs.get(name, default)
+        if value is not _REQUIRED:
+            bound[name] = value
+    return bound
+
+
+def _self(a: dict[str, Any]) -> torch.Tensor:
+    """The operator's main tensor: ``self``, or ``input`` where the schema names it so."""
+    return a["self"] if "self" in a else a["input"]
 
 
 def _dim(d: int, ndim: int) -> int:
@@ -190,15 +201,15 @@ def _dim(d: int, ndim: int) -> int:
 
 
 # -- operator rules -----------------------------------------------------------------------------
-def _pointwise(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+def _pointwise(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
     outputs = tensors(out)
     if len(outputs) != 1:
-        tr.unknown(func, tensors((args, kwargs)), outputs, "(a pointwise op with several outputs)")
+        tr.unknown(func, tensors(a), outputs, "(a pointwise op with several outputs)")
         return
     result = outputs[0]
     shape = tuple(result.shape)
     nd = len(shape)
-    inputs = tensors((args, kwargs))
+    inputs = tensors(a)
     ann: Ann = [None] * nd
     reason = f"are combined elementwise with an untracked tensor by {tr.where(func)}"
     for d in range(nd):
@@ -222,8 +233,8 @@ def _pointwise(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, A
     tr.set(result, ann)
 
 
-def _pass(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _pass(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = _self(a)
     for t in tensors(out):
         if tuple(t.shape) == tuple(x.shape):
             tr.set(t, list(tr.ann(x)))
@@ -231,18 +242,18 @@ def _pass(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], 
             tr.unknown(func, [x], [t], "(changes the shape)")
 
 
-def _new(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+def _new(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
     for t in tensors(out):
         tr.set(t, [None] * t.dim())
 
 
-def _value_read(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    tr.fix_all(tensors(args), f"are read as Python values by {tr.where(func)} (data-dependent code)")
+def _value_read(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    tr.fix_all(tensors(a), f"are read as Python values by {tr.where(func)} (data-dependent code)")
 
 
-def _conv(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, w, b = args[0], args[1], args[2]
-    transposed, groups = bool(args[6]), int(args[8])
+def _conv(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x, w, b = a["input"], a["weight"], a["bias"]
+    transposed, groups = bool(a["transposed"]), int(a["groups"])
     X, W = tr.ann(x), tr.ann(w)
     why = f"meet the input of {tr.where(func)}, which is not followed"
     wname = tr.names.get(id(w))
@@ -296,16 +307,17 @@ def _bias(tr: Tracer, bias: torch.Tensor | None, out: torch.Tensor, out_ann: Ann
             tr.tie(B[k], out_ann[d], why)
 
 
-def _mm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    name = op_name(func)
-    bias = None
-    if name in ("addmm", "baddbmm"):
-        bias, args = args[0], args[1:]
-    a, b = args[0], args[1]
-    A, B = tr.ann(a), tr.ann(b)
+def _mm(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    if "mat1" in a:  # addmm(self, mat1, mat2): self is the bias
+        bias, x, y = a["self"], a["mat1"], a["mat2"]
+    elif "batch1" in a:  # baddbmm(self, batch1, batch2)
+        bias, x, y = a["self"], a["batch1"], a["batch2"]
+    else:  # mm / bmm(self, mat2)
+        bias, x, y = None, a["self"], a["mat2"]
+    A, B = tr.ann(x), tr.ann(y)
     why = f"meet an untracked operand of {tr.where(func)}"
     tr.tie(A[-1], B[-2], why)
-    if a.dim() == 3:
+    if x.dim() == 3:
         tr.tie(A[0], B[0], why)
     ann = list(A[:-1]) + [B[-1]]
     tr.produce(B[-1])
@@ -313,9 +325,8 @@ def _mm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], ou
     tr.set(out, ann)
 
 
-def _linear(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, w = args[0], args[1]
-    b = args[2] if len(args) > 2 else kwargs.get("bias")
+def _linear(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x, w, b = a["input"], a["weight"], a["bias"]
     X, W = tr.ann(x), tr.ann(w)
     why = f"meet the input of {tr.where(func)}, which is not followed"
     tr.tie(X[-1], W[1], why)
@@ -325,11 +336,11 @@ def _linear(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     tr.set(out, ann)
 
 
-def _batch_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _batch_norm(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["input"]
     X = tr.ann(x)
     why = f"are normalized by {tr.where(func)} on an untracked channel dimension"
-    for t in args[1:5]:
+    for t in (a["weight"], a["bias"], a.get("running_mean"), a.get("running_var")):  # no_stats has no running_*
         if isinstance(t, torch.Tensor) and t.dim() == 1:
             tr.tie(tr.ann(t)[0], X[1], why)
     outputs = tensors(out)
@@ -338,9 +349,8 @@ def _batch_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
         tr.set(t, [X[1]] if t.dim() == 1 and t.shape[0] == x.shape[1] else [None] * t.dim())
 
 
-def _layer_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, shape = args[0], list(args[1])
-    weight, bias = (args[2] if len(args) > 2 else None), (args[3] if len(args) > 3 else None)
+def _layer_norm(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x, shape, weight, bias = a["input"], list(a["normalized_shape"]), a["weight"], a["bias"]
     X = tr.ann(x)
     k = len(shape)
     why = f"are normalized by {tr.where(func)} together with untracked dimensions"
@@ -355,8 +365,8 @@ def _layer_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
         tr.set(t, list(X[: x.dim() - k]) + [None] * k)
 
 
-def _group_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, weight, bias, groups = args[0], args[1], args[2], int(args[6])
+def _group_norm(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x, weight, bias, groups = a["input"], a["weight"], a["bias"], int(a["group"])
     X = tr.ann(x)
     why = f"are normalized by {tr.where(func)} on an untracked channel dimension"
     if X[1] is not None and groups > 1:
@@ -372,8 +382,8 @@ def _group_norm(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
         tr.set(t, [None] * t.dim())
 
 
-def _spatial(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _spatial(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = _self(a)  # ``input`` in the .vec overloads
     k = _SPATIAL[op_name(func)]
     X = tr.ann(x)
     for t in tensors(out):
@@ -383,8 +393,8 @@ def _spatial(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any
         tr.set(t, list(X[: x.dim() - k]) + [None] * k)
 
 
-def _constant_pad(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, pad = args[0], list(args[1])
+def _constant_pad(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x, pad = a["self"], list(a["pad"])
     X = list(tr.ann(x))
     for i in range(len(pad) // 2):
         d = x.dim() - 1 - i
@@ -394,23 +404,10 @@ def _constant_pad(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str
     tr.set(out, X)
 
 
-def _reduction(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _reduction(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     X = tr.ann(x)
-    name = op_name(func)
-    dims: Any = None
-    keepdim = bool(kwargs.get("keepdim", False))
-    if name == "linalg_vector_norm":
-        dims = args[2] if len(args) > 2 else kwargs.get("dim")
-        keepdim = bool(args[3]) if len(args) > 3 else keepdim
-    elif len(args) > 1 and not isinstance(args[1], torch.Tensor):
-        dims = args[1]
-        if len(args) > 2 and isinstance(args[2], bool):
-            keepdim = args[2]
-        elif len(args) > 3 and isinstance(args[3], bool):  # var(x, dims, correction, keepdim)
-            keepdim = args[3]
-    if dims is None and "dim" in kwargs:
-        dims = kwargs["dim"]
+    dims = a.get("dim")  # absent (sum.default), None or []: every dim; keepdim shows in the output's rank
     if dims is None or (isinstance(dims, (list, tuple)) and not dims):
         dims = list(range(x.dim()))
     dims = {_dim(int(d), x.dim()) for d in ([dims] if isinstance(dims, int) else dims)}
@@ -427,8 +424,8 @@ def _reduction(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, A
         tr.set(t, ann)
 
 
-def _view(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _view(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     tr.set(out, _reshape_ann(tr, x, out, f"are reshaped across dimensions by {tr.where(func)} (e.g. into heads)"))
 
 
@@ -482,42 +479,41 @@ def _reshape_ann(tr: Tracer, x: torch.Tensor, out: torch.Tensor, reason: str) ->
     return result
 
 
-def _expand(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _expand(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     X = tr.ann(x)
     lead = out.dim() - x.dim()
     ann = [None] * lead + [X[k] if x.shape[k] == out.shape[lead + k] else None for k in range(x.dim())]
     tr.set(out, ann)
 
 
-def _permute(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _permute(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     X = tr.ann(x)
-    name = op_name(func)
-    if name == "permute":
-        order = [_dim(d, x.dim()) for d in args[1]]
+    if "dims" in a:  # permute
+        order = [_dim(d, x.dim()) for d in a["dims"]]
     else:
         order = list(range(x.dim()))
-        if name == "t":
+        if "dim0" in a:  # transpose
+            d0, d1 = _dim(a["dim0"], x.dim()), _dim(a["dim1"], x.dim())
+            order[d0], order[d1] = order[d1], order[d0]
+        else:  # t
             order = order[::-1]
-        else:
-            a, b = _dim(args[1], x.dim()), _dim(args[2], x.dim())
-            order[a], order[b] = order[b], order[a]
     tr.set(out, [X[d] for d in order])
 
 
-def _unsqueeze(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _unsqueeze(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     X = list(tr.ann(x))
-    d = _dim(args[1], out.dim())
+    d = _dim(a["dim"], out.dim())
     tr.set(out, X[:d] + [None] + X[d:])
 
 
-def _squeeze(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _squeeze(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     X = tr.ann(x)
-    if len(args) > 1:
-        given = [args[1]] if isinstance(args[1], int) else list(args[1])
+    if "dim" in a:  # squeeze.dim / squeeze.dims
+        given = [a["dim"]] if isinstance(a["dim"], int) else list(a["dim"])
         dims = {_dim(d, x.dim()) for d in given}
     else:
         dims = set(range(x.dim()))
@@ -525,8 +521,9 @@ def _squeeze(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     tr.set(out, [X[d] for d in range(x.dim()) if d not in gone])
 
 
-def _select(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, d = args[0], _dim(args[1], args[0].dim())
+def _select(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
+    d = _dim(a["dim"], x.dim())
     X = tr.ann(x)
     tr.fix(X[d], f"are indexed one by one by {tr.where(func)}")
     tr.set(out, [X[k] for k in range(x.dim()) if k != d])
@@ -541,17 +538,17 @@ def _without_dim(tr: Tracer, x: torch.Tensor, out: torch.Tensor, d: int, reason:
     tr.set(out, X)
 
 
-def _slice(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
-    d = _dim(args[1] if len(args) > 1 else 0, x.dim())
+def _slice(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
+    d = _dim(a["dim"], x.dim())
     partial = out.shape[d] != x.shape[d]
     _without_dim(tr, x, out, d, f"are sliced by {tr.where(func)} (a partial slice of channels)" if partial else None)
 
 
-def _split(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
+def _split(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
     pieces = tensors(out)
-    d = _dim(args[2] if len(args) > 2 else kwargs.get("dim", 0), x.dim())
+    d = _dim(a["dim"], x.dim())
     X = tr.ann(x)
     sizes = [p.shape[d] for p in pieces]
     atoms = X[d]
@@ -571,35 +568,35 @@ def _split(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
             tr.uf.union_lists(first, atoms[k * sizes[0] : (k + 1) * sizes[0]])
 
 
-def _unbind(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x = args[0]
-    d = _dim(args[1] if len(args) > 1 else 0, x.dim())
+def _unbind(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
+    d = _dim(a["dim"], x.dim())
     X = tr.ann(x)
     tr.fix(X[d], f"are unbound one by one by {tr.where(func)}")
     for t in tensors(out):
         tr.set(t, [X[k] for k in range(x.dim()) if k != d])
 
 
-def _cat(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    tensors = [t for t in args[0] if not (t.dim() == 1 and t.shape[0] == 0)]
-    d = _dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), out.dim())
-    anns = [tr.ann(t) for t in tensors]
+def _cat(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    parts = [t for t in a["tensors"] if not (t.dim() == 1 and t.shape[0] == 0)]  # cat skips legacy empty tensors
+    d = _dim(a["dim"], out.dim())
+    anns = [tr.ann(t) for t in parts]
     reason = f"are concatenated with untracked tensors by {tr.where(func)}"
     result: Ann = [None] * out.dim()
     for k in range(out.dim()):
         if k == d:
-            if any(a[k] is not None for a in anns):
+            if any(ann[k] is not None for ann in anns):
                 atoms: list[int] = []
-                for t, a in zip(tensors, anns, strict=True):
-                    if a[k] is not None:
-                        atoms.extend(a[k])
+                for t, ann in zip(parts, anns, strict=True):
+                    if ann[k] is not None:
+                        atoms.extend(ann[k])
                     else:
                         fresh = tr.uf.new(t.shape[k])
                         tr.uf.fix(fresh, reason)
                         atoms.extend(fresh)
                 result[k] = atoms
             continue
-        lists = [a[k] for a in anns]
+        lists = [ann[k] for ann in anns]
         if any(x is not None for x in lists):
             for other in lists[1:]:
                 tr.tie(lists[0], other, reason)
@@ -607,31 +604,31 @@ def _cat(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], o
     tr.set(out, result)
 
 
-def _stack(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    tensors = list(args[0])
-    d = _dim(args[1] if len(args) > 1 else 0, out.dim())
-    anns = [tr.ann(t) for t in tensors]
+def _stack(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    parts = list(a["tensors"])
+    d = _dim(a["dim"], out.dim())
+    anns = [tr.ann(t) for t in parts]
     reason = f"are stacked with untracked tensors by {tr.where(func)}"
     result: Ann = []
-    for k in range(tensors[0].dim()):
-        lists = [a[k] for a in anns]
+    for k in range(parts[0].dim()):
+        lists = [ann[k] for ann in anns]
         for other in lists[1:]:
             tr.tie(lists[0], other, reason)
         result.append(lists[0] if all(x is not None for x in lists) else None)
     tr.set(out, result[:d] + [None] + result[d:])
 
 
-def _index_select(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, d = args[0], _dim(args[1], args[0].dim())
+def _index_select(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x = a["self"]
+    d = _dim(a["dim"], x.dim())
     _without_dim(tr, x, out, d, f"are indexed by {tr.where(func)}")
 
 
-def _dims_op(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+def _dims_op(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
     """roll/flip/cumsum: positions along the given dims move, so channels there are fixed."""
-    x = args[0]
-    name = op_name(func)
-    dims = args[2] if name == "roll" else args[1]
-    dims = [dims] if isinstance(dims, int) else list(dims)
+    x = a["self"]
+    dims = a["dims"] if "dims" in a else a["dim"]  # roll, flip: dims; cumsum: dim
+    dims = [dims] if isinstance(dims, int) else list(dims) or list(range(x.dim()))  # roll without dims: flattened
     X = list(tr.ann(x))
     for d in dims:
         d = _dim(d, x.dim())
@@ -640,8 +637,8 @@ def _dims_op(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     tr.set(out, X)
 
 
-def _repeat(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    x, reps = args[0], list(args[1])
+def _repeat(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    x, reps = a["self"], list(a["repeats"])
     X = tr.ann(x)
     lead = len(reps) - x.dim()
     ann: Ann = [None] * lead
@@ -654,8 +651,8 @@ def _repeat(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     tr.set(out, ann)
 
 
-def _sdpa(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    q, k, v = args[0], args[1], args[2]
+def _sdpa(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    q, k, v = a["query"], a["key"], a["value"]
     Q, K, V = tr.ann(q), tr.ann(k), tr.ann(v)
     why = f"meet an untracked operand of {tr.where(func)}"
     for d in range(q.dim() - 2):
@@ -667,14 +664,14 @@ def _sdpa(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], 
     tr.set(outputs[0], list(Q[:-1]) + [V[-1]])
     for t in outputs[1:]:
         tr.set(t, list(Q[: t.dim()]) if t.dim() <= q.dim() - 1 else [None] * t.dim())
-    mask = kwargs.get("attn_mask")
+    mask = a.get("attn_mask", a.get("attn_bias"))  # the CPU kernel's attn_mask, the CUDA kernels' attn_bias
     if isinstance(mask, torch.Tensor):
         tr.fix_all([mask], why)
 
 
-def _as_strided(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+def _as_strided(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
     """A restride that keeps the shape and the order of every dim larger than 1 keeps the atoms."""
-    x = args[0]
+    x = a["self"]
     before = tr.strides_before
     after = tuple(out.stride())
     big = [d for d in range(x.dim()) if x.shape[d] > 1]
@@ -686,21 +683,21 @@ def _as_strided(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
         tr.unknown(func, [x], [out], "(a strided view that moves elements)")
 
 
-def _embedding(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    w, idx = args[0], args[1]
+def _embedding(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    w, idx = a["weight"], a["indices"]
     W = tr.ann(w)
     tr.fix(W[0], f"are looked up by {tr.where(func)}")
     tr.fix_all([idx], f"are used as indices by {tr.where(func)}")
     tr.set(out, [None] * idx.dim() + [W[1]])
 
 
-def _native_dropout(tr: Tracer, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    X = tr.ann(args[0])
+def _native_dropout(tr: Tracer, func: Any, a: dict[str, Any], out: Any) -> None:
+    X = tr.ann(a["input"])
     for t in tensors(out):
         tr.set(t, list(X))
 
 
-HANDLERS: dict[str, Callable[..., None]] = {
+RULES: dict[str, Callable[..., None]] = {
     "convolution": _conv,
     "mm": _mm,
     "addmm": _mm,
@@ -749,13 +746,13 @@ HANDLERS: dict[str, Callable[..., None]] = {
     "as_strided_": _as_strided,
     "native_dropout": _native_dropout,
 }
-HANDLERS.update({n: _spatial for n in _SPATIAL})
-HANDLERS.update({n: _reduction for n in _REDUCTIONS})
-HANDLERS.update({n: _pass for n in _PASS})
-HANDLERS.update({n: _new for n in _NEW})
-HANDLERS.update({n: _value_read for n in _VALUE_READS})
+RULES.update({n: _spatial for n in _SPATIAL})
+RULES.update({n: _reduction for n in _REDUCTIONS})
+RULES.update({n: _pass for n in _PASS})
+RULES.update({n: _new for n in _NEW})
+RULES.update({n: _value_read for n in _VALUE_READS})
 
 
-def handler_for(func: Any) -> Callable[..., None] | None:
+def rule_for(func: Any) -> Callable[..., None] | None:
     """The rule of an aten operator: pointwise first (``max.other`` is pointwise, ``max.dim`` is not)."""
-    return _pointwise if _is_pointwise(func) else HANDLERS.get(op_name(func))
+    return _pointwise if _is_pointwise(func) else RULES.get(op_name(func))

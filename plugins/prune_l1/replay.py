@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from optkit import ModuleRule
-from optkit_plugins.prune_l1.op_rules import METADATA, UNRECORDED, op_name, tensors
 from optkit_plugins.prune_l1.plan import kept_count
+from optkit_plugins.prune_l1.recorder import OpaqueRule, Recorder, Step
 from optkit_plugins.prune_l1.trace import Analysis, Entry, opaque_rule
 
 __all__ = ["Diverged", "predicted_shapes", "replay"]
@@ -43,34 +41,26 @@ def predicted_shapes(an: Analysis, entries: list[Entry], removed: set[int]) -> l
     ]
 
 
-class _Replay(TorchDispatchMode):
-    def __init__(self, mode: str, entries: list[Entry], predicted: list[list[tuple[int, ...]]]) -> None:
-        super().__init__()
+class _Replay(Recorder):
+    """Compares every step with the traced one; raises :class:`Diverged` at the first difference."""
+
+    def __init__(self, mode: str, entries: list[Entry], predicted: list[list[tuple[int, ...]]], opaque: OpaqueRule) -> None:
+        super().__init__(opaque)
         self.mode, self.entries, self.predicted = mode, entries, predicted
         self.k = 0
-        self.opaque = 0
 
-    def check(self, target: str, shapes: list[tuple[int, ...]]) -> None:
+    def step(self, step: Step) -> None:
+        shapes = [tuple(t.shape) for t in step.outputs]
         if self.k >= len(self.entries):
-            raise Diverged(self.mode, self.k, f"ran an extra step {target}")
+            raise Diverged(self.mode, self.k, f"ran an extra step {step.target}")
         entry = self.entries[self.k]
-        if entry.target != target:
-            raise Diverged(self.mode, self.k, f"ran {target} where {entry.target} (in `{entry.scope}`) was traced")
+        if entry.target != step.target:
+            raise Diverged(self.mode, self.k, f"ran {step.target} where {entry.target} (in `{entry.scope}`) was traced")
         if shapes != self.predicted[self.k]:
-            raise Diverged(self.mode, self.k, f"{target} in `{entry.scope}` gave shapes {shapes}, predicted {self.predicted[self.k]}")
+            raise Diverged(self.mode, self.k, f"{step.target} in `{entry.scope}` gave shapes {shapes}, predicted {self.predicted[self.k]}")
         self.k += 1
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = op_name(func)
-        if self.opaque or name in METADATA or name in UNRECORDED:
-            return func(*args, **kwargs)
-        out = func(*args, **kwargs)
-        self.check(f"aten.{name}", [tuple(t.shape) for t in tensors(out)])
-        return out
 
-
-@torch.no_grad()
 def replay(model: nn.Module, inputs: tuple[Any, ...], an: Analysis, mode: str, removed: set[int], rules: Mapping[str, ModuleRule]) -> None:
     """Run ``model`` (already in ``mode``; a copy for train mode) and compare with ``an.traces[mode]``.
 
@@ -78,25 +68,13 @@ def replay(model: nn.Module, inputs: tuple[Any, ...], an: Analysis, mode: str, r
         Diverged: at the first step that differs from the prediction or raises.
     """
     entries = an.traces[mode]
-    recorder = _Replay(mode, entries, predicted_shapes(an, entries, removed))
-    handles = []
-    for name, module in model.named_modules():
-        if name not in an.rules or opaque_rule(module, rules) is None:
-            continue
 
-        def pre(m, args, recorder=recorder):
-            recorder.opaque += 1
+    def opaque(name: str, module: nn.Module) -> ModuleRule | None:
+        return opaque_rule(module, rules) if name in an.rules else None
 
-        def post(m, args, output, name=name, recorder=recorder):
-            recorder.opaque -= 1
-            if recorder.opaque == 0:
-                recorder.check(name, [tuple(t.shape) for t in tensors(output)])
-
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))
+    recorder = _Replay(mode, entries, predicted_shapes(an, entries, removed), opaque)
     try:
-        with recorder:
-            model(*inputs)
+        recorder.run(model, inputs)
     except Diverged:
         raise
     # Whatever the pruned model raises (a shape error, an assertion of its own), it left the
@@ -105,8 +83,5 @@ def replay(model: nn.Module, inputs: tuple[Any, ...], an: Analysis, mode: str, r
         step = entries[recorder.k] if recorder.k < len(entries) else None
         where = f"{step.target} in `{step.scope}`" if step else "after the last traced step"
         raise Diverged(mode, recorder.k, f"{where} raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
-    finally:
-        for h in handles:
-            h.remove()
     if recorder.k != len(entries):
         raise Diverged(mode, recorder.k, f"stopped after {recorder.k} of {len(entries)} traced steps")

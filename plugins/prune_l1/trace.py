@@ -26,9 +26,10 @@ agree on them. Each operator has a rule that relates the atoms of its inputs and
 - anything else *fixes* the atoms it consumes, with its name and module as the reason; so does
   reaching the model's output (output shapes never change) and meeting an untracked dimension.
 
-The operator rules live in :mod:`optkit_plugins.prune_l1.op_rules`. A module whose rule
-describes it as attention heads runs as one opaque step, read by
-:func:`optkit_plugins.prune_l1.attention.attention_heads`.
+The operator rules live in :mod:`optkit_plugins.prune_l1.op_rules` and read the operator's
+arguments by schema name. The run itself is a :class:`~optkit_plugins.prune_l1.recorder.Recorder`,
+the same one the replay uses: a module whose rule describes it as attention heads runs as one
+opaque step, read by :func:`optkit_plugins.prune_l1.attention.attention_heads`.
 """
 
 from __future__ import annotations
@@ -40,18 +41,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from optkit import ModuleRule, find_rule
 from optkit_plugins.prune_l1.atoms import Ann, UnionFind
 from optkit_plugins.prune_l1.attention import attention_heads
-from optkit_plugins.prune_l1.op_rules import METADATA, UNRECORDED, handler_for, op_name, tensors
+from optkit_plugins.prune_l1.op_rules import arguments, rule_for
+from optkit_plugins.prune_l1.recorder import Recorder, Step, op_name, tensors
 
 __all__ = ["Ann", "Entry", "Analysis", "ModuleStep", "opaque_rule", "output_leaves", "trace_channels"]
 
 log = logging.getLogger(__name__)
-
-_aten = torch.ops.aten
 
 
 @dataclass
@@ -116,19 +115,16 @@ class Analysis:
 
 
 # -- the tracer ---------------------------------------------------------------------------------
-class _Tracer(TorchDispatchMode):
+class _Tracer(Recorder):
     """Annotates every tensor the model computes; see the module docstring."""
 
-    def __init__(self, analysis: Analysis, model: nn.Module, mode: str) -> None:
-        super().__init__()
+    def __init__(self, analysis: Analysis, model: nn.Module, rules: Mapping[str, ModuleRule]) -> None:
+        super().__init__(lambda name, module: opaque_rule(module, rules))
         self.an = analysis
         self.uf = analysis.uf
-        self.mode = mode
         self.anns: dict[int, Ann] = {}
         self.keep: list[Any] = []  # keeps traced tensors alive, so ids are never reused
         self.entries: list[Entry] = []
-        self.scope: list[str] = []
-        self.opaque = 0
         self.strides_before: tuple[int, ...] | None = None
         self.names: dict[int, str] = {}
         self.conv_weights: set[str] = set()
@@ -145,8 +141,7 @@ class _Tracer(TorchDispatchMode):
 
     # -- annotations ------------------------------------------------------------------------
     def where(self, func: Any) -> str:
-        scope = self.scope[-1] if self.scope else ""
-        return f"aten.{op_name(func)} in `{scope or '<model>'}`"
+        return f"aten.{op_name(func)} in `{self.current_scope or '<model>'}`"
 
     def ann(self, t: torch.Tensor) -> Ann:
         a = self.anns.get(id(t))
@@ -203,43 +198,36 @@ class _Tracer(TorchDispatchMode):
     def group_policy(self, weight_name: str, policy: tuple[str, int]) -> None:
         self.an.conv_groups[weight_name] = policy
 
-    # -- dispatch ---------------------------------------------------------------------------
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = op_name(func)
-        if name in ("as_strided", "as_strided_") and not self.opaque:
-            self.strides_before = tuple(args[0].stride())
+    # -- the recording ----------------------------------------------------------------------
+    def op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        rule = rule_for(func)
+        a = arguments(func, args, kwargs)
+        if op_name(func) in ("as_strided", "as_strided_"):
+            self.strides_before = tuple(a["self"].stride())  # as_strided_ restrides in place
         out = func(*args, **kwargs)
-        if self.opaque:
-            return out
-        if name in METADATA:
-            return out
-        inputs = tensors((args, kwargs))
-        outputs = tensors(out)
         try:
-            handler = handler_for(func)
-            if handler is not None:
-                handler(self, func, args, kwargs, out)
+            if rule is not None:
+                rule(self, func, a, out)
             else:
-                self.unknown(func, inputs, outputs, "which channel pruning does not know")
+                self.unknown(func, tensors(a), tensors(out), "which channel pruning does not know")
         # An operator rule that fails on arguments it did not foresee must not break the model's
         # forward: the operator's channels are left alone, with the failure as the reason.
         except Exception as exc:
-            log.debug("analysis of %s failed: %s", name, exc, exc_info=True)
-            self.unknown(func, inputs, outputs, f"whose analysis failed ({type(exc).__name__}: {exc})")
-        if name in UNRECORDED:
-            return out
+            log.debug("analysis of %s failed: %s", op_name(func), exc, exc_info=True)
+            self.unknown(func, tensors(a), tensors(out), f"whose analysis failed ({type(exc).__name__}: {exc})")
+        return out
+
+    def step(self, step: Step) -> None:
         self.entries.append(
             Entry(
-                "op",
-                f"aten.{name}",
-                self.scope[-1] if self.scope else "",
-                [tuple(t.shape) for t in outputs],
-                [self.ann(t) for t in outputs],
-                [self.ann(t) for t in inputs],
+                step.kind,
+                step.target,
+                step.scope,
+                [tuple(t.shape) for t in step.outputs],
+                [self.ann(t) for t in step.outputs],
+                [self.ann(t) for t in step.inputs],
             )
         )
-        return out
 
     def unknown(self, func: Any, inputs: list[torch.Tensor], outputs: list[torch.Tensor], why: str) -> None:
         where = self.where(func)
@@ -253,19 +241,9 @@ class _Tracer(TorchDispatchMode):
             if not any(t is i for i in inputs):
                 self.set(t, [None] * t.dim())
 
-    # -- modules ----------------------------------------------------------------------------
-    def enter(self, name: str, module: nn.Module, rule: ModuleRule | None) -> None:
-        self.scope.append(name)
-        self.an.called.add(name)
-        if self.opaque or rule is not None:
-            self.opaque += 1
-
-    def exit(self, name: str, module: nn.Module, rule: ModuleRule | None, args: tuple, output: Any) -> None:
-        self.scope.pop()
-        if not self.opaque:
-            return
-        self.opaque -= 1
-        if self.opaque or rule is None or rule.attention is None:  # opaque_rule() gives only rules with attention
+    def module(self, name: str, module: nn.Module, rule: ModuleRule, args: tuple[Any, ...], output: Any) -> None:
+        """Read an opaque module through its rule (attention heads)."""
+        if rule.attention is None:  # opaque_rule() gives only rules with attention
             return
         self.an.rules[name] = rule
         inputs, outputs = tensors(args), tensors(output)
@@ -280,16 +258,6 @@ class _Tracer(TorchDispatchMode):
         for t in outputs:
             if id(t) not in self.anns:
                 self.set(t, [None] * t.dim())
-        self.entries.append(
-            Entry(
-                "module",
-                name,
-                name,
-                [tuple(t.shape) for t in outputs],
-                [self.ann(t) for t in outputs],
-                [self.ann(t) for t in inputs],
-            )
-        )
 
 
 class ModuleStep:
@@ -383,27 +351,11 @@ def trace_channels(
     Returns:
         The model's output.
     """
-    tracer = _Tracer(analysis, model, mode)
-    handles = []
-    for name, module in model.named_modules():
-        rule = opaque_rule(module, rules)
-
-        def pre(m, args, name=name, rule=rule):
-            tracer.enter(name, m, rule)
-
-        def post(m, args, output, name=name, rule=rule):
-            tracer.exit(name, m, rule, args, output)
-
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post, always_call=True))
-    try:
-        with torch.no_grad(), tracer:
-            for t in tensors(inputs):
-                tracer.set(t, [None] * t.dim())
-            output = model(*inputs)
-        _model_outputs_fixed(tracer, output, free_outputs)
-    finally:
-        for h in handles:
-            h.remove()
+    tracer = _Tracer(analysis, model, rules)
+    for t in tensors(inputs):
+        tracer.set(t, [None] * t.dim())
+    output = tracer.run(model, inputs)
+    _model_outputs_fixed(tracer, output, free_outputs)
+    analysis.called |= tracer.called
     analysis.traces[mode] = tracer.entries
     return output
