@@ -86,7 +86,8 @@ def test_ray_sweep_gives_the_same_report(tmp_path: Path, cli) -> None:
 
 
 def test_plan_jobs_crosses_models_and_pipelines(tmp_path: Path) -> None:
-    sweep = parse_sweep(textwrap.dedent("""
+    sweep = parse_sweep(
+        textwrap.dedent("""
         device: cuda
         input_size: 96
         models:
@@ -96,10 +97,16 @@ def test_plan_jobs_crosses_models_and_pipelines(tmp_path: Path) -> None:
         pipelines:
           fuse: [fuse_bn]
           export: [fuse_bn, {export_onnx: {opset: 17}}]
-    """))
+    """)
+    )
     jobs = plan_jobs(sweep, tmp_path)
     assert [j.name for j in jobs] == [
-        "resnet18--fuse", "resnet18--export", "vit_b_16--fuse", "vit_b_16--export", "resnet50--fuse", "resnet50--export",
+        "resnet18--fuse",
+        "resnet18--export",
+        "vit_b_16--fuse",
+        "vit_b_16--export",
+        "resnet50--fuse",
+        "resnet50--export",
     ]
     import yaml
 
@@ -118,12 +125,21 @@ def test_duplicate_job_names_are_refused(tmp_path: Path) -> None:
         plan_jobs(sweep, tmp_path)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nworkerz: 2\n", "s.yaml:3: unknown key 'workerz'; did you mean 'workers'?"),
-    ("models: []\npipelines: {fuse: [fuse_bn]}\n", "s.yaml:1: key 'models': List should have at least 1 item"),
-    ("models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nexecutor: slurm\n", "s.yaml:3: key 'executor': Input should be 'local' or 'ray'"),
-    ("- just a list\n", "s.yaml:1: a sweep file is a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nworkerz: 2\n",
+            "s.yaml:3: unknown key 'workerz'; did you mean 'workers'?",
+        ),
+        ("models: []\npipelines: {fuse: [fuse_bn]}\n", "s.yaml:1: key 'models': List should have at least 1 item"),
+        (
+            "models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nexecutor: slurm\n",
+            "s.yaml:3: key 'executor': Input should be 'local' or 'ray'",
+        ),
+        ("- just a list\n", "s.yaml:1: a sweep file is a mapping"),
+    ],
+)
 def test_bad_sweep_files_name_file_line_and_key(text: str, message: str) -> None:
     with pytest.raises(PipelineError) as info:
         parse_sweep(text, "s.yaml")
@@ -137,3 +153,32 @@ def test_unknown_executor_and_missing_file(cli, tmp_path: Path) -> None:
         make_executor("dask")
     result = cli("sweep", tmp_path / "none.yaml")
     assert result.exit_code == 2 and f"{tmp_path / 'none.yaml'}: no such sweep file" in result.output
+
+
+def test_models_of_several_inputs_keep_them_in_their_jobs(tmp_path: Path) -> None:
+    """A model's own ``inputs`` go to its jobs as they are; a model that sets no input where the sweep sets none
+    either lets its source bring its example inputs (an hf: model's token ids)."""
+    sweep = parse_sweep(
+        textwrap.dedent("""
+        models:
+          - source: python:my_models:raft_like
+            inputs:
+              - {name: frame1, shape: [1, 3, 64, 64]}
+              - {name: frame2, shape: [1, 3, 64, 64]}
+          - source: python:my_models:bert_tiny
+            inputs:
+              input_ids: {shape: [1, 16], dtype: int64, range: [0, 100]}
+          - hf:bert
+        pipelines:
+          baseline: []
+    """)
+    )
+    import yaml
+
+    models = [yaml.safe_load(j.pipeline_yaml)["model"] for j in plan_jobs(sweep, tmp_path)]
+    assert [m.get("input_shape") for m in models] == [None, None, None]
+    assert [i["name"] for i in models[0]["inputs"]] == ["frame1", "frame2"]
+    assert models[1]["inputs"] == {"input_ids": {"shape": [1, 16], "dtype": "int64", "range": [0, 100]}}
+    assert "inputs" not in models[2]
+    for model in models:  # each job's model section is a valid pipeline model: section
+        parse_sweep(yaml.safe_dump({"models": [model], "pipelines": {"baseline": []}}))
