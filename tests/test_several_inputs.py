@@ -5,6 +5,7 @@ the ``hf:`` source, and the passes that refuse such models up front."""
 from __future__ import annotations
 
 import json
+import math
 
 import onnx
 import pytest
@@ -114,8 +115,13 @@ def test_a_bad_inputs_section_is_an_error_with_its_line(write_pipeline, model, m
     ("model", "inputs"),
     [
         (TwoFrameFlow(), ExampleInputs.sample([InputDef("frame1", (2, 3, 32, 32)), InputDef("frame2", (2, 3, 32, 32))], seed=0)),
-        (TinyEncoder(), ExampleInputs.sample(
-            [InputDef("input_ids", (2, 16), torch.int64, 0, 100, True), InputDef("attention_mask", (2, 16), torch.int64, 1, 2, True)], seed=0)),
+        (
+            TinyEncoder(),
+            ExampleInputs.sample(
+                [InputDef("input_ids", (2, 16), torch.int64, 0, 100, True), InputDef("attention_mask", (2, 16), torch.int64, 1, 2, True)],
+                seed=0,
+            ),
+        ),
     ],
     ids=["two_frames", "token_ids_and_mask"],
 )
@@ -180,7 +186,10 @@ def test_static_int8_calibrates_on_a_dataset_of_input_dicts(tmp_path):
 
     assert [s.status for s in report.stages] == ["ok"] * 3, report.error
     assert report.stages[2].details["calibration"] | {"method": "minmax"} == {
-        "method": "minmax", "source": "data.calibration", "batches": 2, "samples": 8
+        "method": "minmax",
+        "source": "data.calibration",
+        "batches": 2,
+        "samples": 8,
     }
 
 
@@ -214,7 +223,11 @@ def test_python_source_may_return_its_example_inputs(tmp_path):
 def test_fuse_bn_folds_the_batchnorms_of_a_two_input_model_through_the_test_kit(tmp_path):
     frames = [{"name": "frame1", "shape": [1, 3, 32, 32]}, {"name": "frame2", "shape": [1, 3, 32, 32]}]
     result = run_pass(
-        "fuse_bn", tmp_path=tmp_path, source="python:several_inputs_toys:two_frame", inputs=frames, model_kwargs={"shared": False},
+        "fuse_bn",
+        tmp_path=tmp_path,
+        source="python:several_inputs_toys:two_frame",
+        inputs=frames,
+        model_kwargs={"shared": False},
         measure={"warmup": 0, "iters": 1, "latency": False},
     )
 
@@ -230,7 +243,7 @@ def test_fuse_bn_folds_the_batchnorms_of_a_two_input_model_through_the_test_kit(
     ("stage", "message"),
     [
         ("tta", "tta handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
-        ("finetune", "finetune handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
+        ("finetune: {bn_recalibrate: true}", "finetune: bn_recalibrate feeds one input tensor per batch, and this model takes 2"),
         ("prune_channels", "prune_channels handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
     ],
 )
@@ -243,10 +256,16 @@ def test_passes_of_one_input_refuse_in_one_line_before_any_work(tmp_path, stage,
 
 
 def test_channel_pruning_traces_positional_inputs_and_refuses_keyword_ones(tmp_path):
-    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}"
-                 "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
-    tokens = run(tmp_path / "tokens", f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
-                 "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
+    frames = run(
+        tmp_path / "frames",
+        f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}"
+        "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n",
+    )
+    tokens = run(
+        tmp_path / "tokens",
+        f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
+        "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n",
+    )
 
     assert [s.status for s in frames.stages] == ["ok", "ok"], frames.error
     assert frames.stages[1].metrics["params"] < frames.stages[0].metrics["params"]
@@ -264,7 +283,12 @@ def test_report_json_records_the_inputs(tmp_path):
 
 #: BERT from a tiny config: hidden 32, 2 layers, 2 heads, vocabulary 100.
 BERT_CONFIG = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100, "num_labels": 3
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 100,
+    "num_labels": 3,
 }
 
 
@@ -364,3 +388,37 @@ def test_torchvision_raft_small_runs_baseline_export_and_int8(tmp_path):
     inputs = ExampleInputs.sample([InputDef("image1", (1, 3, 128, 128)), InputDef("image2", (1, 3, 128, 128))], seed=0)
     assert report.stages[0].metrics["macs"] == flop_counter_macs(raft_small(), inputs)
     check_export(report, tmp_path / "run", 1, ["image1", "image2"], sequence=False)
+
+
+def test_finetune_trains_a_token_model_on_a_dataset_of_input_dicts(tmp_path):
+    text = (
+        f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
+        "data:\n  train: {source: 'python:several_inputs_toys:token_samples', batch_size: 4}\n"
+        "passes: [{finetune: {max_steps: 3, teacher: none, lr: 0.01}}]\n"
+    )
+    report = run(tmp_path, text)
+
+    assert [s.status for s in report.stages] == ["ok", "ok"], report.error
+    details = report.stages[1].details
+    assert details["steps"] == 3 and details["samples_seen"] == 12
+    assert all(math.isfinite(row["loss"]) for row in details["loss_curve"])
+    assert report.stages[1].metrics["drift"]["cosine"] < 1.0  # the weights moved
+
+
+def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(tmp_path):
+    """BERT from a config: finetune on ({input_ids, attention_mask}, label) samples; channel pruning (positional inputs)
+    narrows the MLPs and leaves the attention heads whole (reshaped into heads: no module rule for them yet)."""
+    pytest.importorskip("transformers")
+    train = "data:\n  train: {source: 'python:several_inputs_toys:token_samples', batch_size: 4}\n"
+    report = run(tmp_path, hf_bert_section(config=BERT_CONFIG) + QUICK + train + "passes: [{finetune: {max_steps: 2, teacher: none}}]\n")
+    assert [s.status for s in report.stages] == ["ok", "ok"], report.error
+    assert report.stages[1].details["samples_seen"] == 8
+
+    positional = TOKENS.replace("input_ids: {", "- {name: input_ids, ").replace("attention_mask: {", "- {name: attention_mask, ")
+    text = hf_bert_section(config=BERT_CONFIG) + positional + QUICK + "passes: [{prune_l1: {mode: channels, amount: 0.5}}]\n"
+    pruned = run(tmp_path / "prune", text)
+    assert [s.status for s in pruned.stages] == ["ok", "ok"], pruned.error
+    channels = pruned.stages[1].details["channels"]
+    assert channels["model.bert.encoder.layer.0.intermediate.dense"] == [64, 32]
+    assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 32]
+    assert pruned.stages[1].metrics["macs"] < pruned.stages[0].metrics["macs"]

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from optkit import ALL_BUT_HEAD, Pass, PassContext, StageError, apply_freeze, evaluate, flatten_outputs, hookimpl
+from optkit import ALL_BUT_HEAD, ExampleInputs, Pass, PassContext, StageError, apply_freeze, evaluate, flatten_outputs, hookimpl
 from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.finetune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optkit_plugins.finetune.training import StepReport, TrainingSettings, autocast_dtype, logits, train
@@ -89,14 +89,18 @@ class FineTune(Pass):
                 teacher's; every parameter frozen; a loss that is not finite (with its step).
         """
         opts = self.options
-        ctx.require_single_input("finetune")  # its loops feed one input tensor per batch
+        if opts.bn_recalibrate and not ctx.example_inputs.single:  # torch's update_bn feeds one input tensor per batch
+            raise StageError(
+                f"finetune: bn_recalibrate feeds one input tensor per batch, and this model takes {len(ctx.example_inputs.defs)} "
+                f"({', '.join(ctx.example_inputs.names)}); set bn_recalibrate: false"
+            )
         detector = torchvision_detector(model)
         if detector is not None:
             raise StageError(
                 f"finetune trains classifiers on (image, class) samples with cross-entropy; torchvision's {detector} "
                 "trains on box targets with its own detection losses, which finetune does not give it"
             )
-        classes = _classes(model, ctx.example_input)
+        classes = _classes(model, ctx.example_inputs)
         train_data = ctx.require_data("train")
         _check_classes(train_data, classes)
         teacher = self._teacher(model, ctx, classes)
@@ -184,7 +188,7 @@ class FineTune(Pass):
                     "above); use teacher: previous or none"
                 )
         with torch.no_grad():
-            teacher_classes = logits(teacher(ctx.example_input)).shape[1]
+            teacher_classes = logits(ctx.example_inputs.call(teacher)).shape[1]
         if teacher_classes != classes:
             if choice == "auto":
                 ctx.details["teacher"] = "none"
@@ -229,14 +233,14 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _classes(model: nn.Module, example: torch.Tensor) -> int:
+def _classes(model: nn.Module, example: ExampleInputs) -> int:
     """The model's classes: the width of its ``[batch, classes]`` logits.
 
     Raises:
         StageError: the first output is no ``[batch, classes]`` tensor (a segmentation map, say).
     """
     with torch.no_grad():
-        outputs = model(example)
+        outputs = example.call(model)
     first = next(iter(flatten_outputs(outputs)), None)
     if first is None or first.dim() != 2:
         shape = list(first.shape) if first is not None else type(outputs).__name__
