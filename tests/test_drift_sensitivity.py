@@ -38,8 +38,7 @@ def amplifier() -> nn.Module:
 
 def pipeline(tmp_path, source: str) -> str:
     path = tmp_path / "p.yaml"
-    path.write_text(
-        textwrap.dedent(f"""
+    path.write_text(textwrap.dedent(f"""
         model:
           source: {source}
           input_shape: [1, 3, 8, 8]
@@ -48,8 +47,7 @@ def pipeline(tmp_path, source: str) -> str:
         passes:
           - fuse_bn
         output: {tmp_path / "run"}
-    """)
-    )
+    """))
     return path
 
 

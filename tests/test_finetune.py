@@ -143,13 +143,8 @@ def unlabeled_folder(digits, root: Path, count: int = 96) -> Path:
 
 def test_an_unlabeled_image_folder_trains_by_distillation_alone(tmp_path, digits):
     folder = unlabeled_folder(digits, tmp_path / "unlabeled")
-    run = finetune(
-        tmp_path,
-        digits,
-        {"max_steps": 24, "lr": 0.05},
-        before=[PRUNE_HALF],
-        data=digits_data(digits, train={"source": f"images:{folder}", "batch_size": 32, "shuffle": True}),
-    )
+    run = finetune(tmp_path, digits, {"max_steps": 24, "lr": 0.05}, before=[PRUNE_HALF],
+                   data=digits_data(digits, train={"source": f"images:{folder}", "batch_size": 32, "shuffle": True}))
     details = run.stage["details"]
     assert run.baseline["details"]["data"]["train"]["samples"] == 96
     assert "classes" not in run.baseline["details"]["data"]["train"]
@@ -160,9 +155,8 @@ def test_an_unlabeled_image_folder_trains_by_distillation_alone(tmp_path, digits
 
 def test_teacher_none_on_unlabeled_data_says_what_to_use(tmp_path, digits):
     folder = unlabeled_folder(digits, tmp_path / "unlabeled", count=40)
-    run = finetune(
-        tmp_path, digits, {"max_steps": 2, "teacher": "none"}, expect_status="failed", data=digits_data(digits, train=f"images:{folder}")
-    )
+    run = finetune(tmp_path, digits, {"max_steps": 2, "teacher": "none"}, expect_status="failed",
+                   data=digits_data(digits, train=f"images:{folder}"))
     assert run.stage["error"] == (
         "stage 1 (finetune) failed: teacher: none trains on labels, but a batch of data.train has none (label -1); "
         "distil from a teacher instead (teacher: baseline or previous)"
@@ -181,9 +175,8 @@ def test_an_images_source_names_a_folder_without_images(tmp_path, digits):
 
 
 def test_reclassify_then_finetune_all_but_head_trains_the_new_head_only(tmp_path, digits):
-    run = finetune(
-        tmp_path, digits, {"max_steps": 16, "lr": 0.05, "freeze": "all_but_head"}, before=[{"reclassify": {"num_classes": 10, "seed": 1}}]
-    )
+    run = finetune(tmp_path, digits, {"max_steps": 16, "lr": 0.05, "freeze": "all_but_head"},
+                   before=[{"reclassify": {"num_classes": 10, "seed": 1}}])
     model, baseline = run.load_model(), digits_cnn(pretrained=True)
     details = run.stage["details"]
 
@@ -200,32 +193,17 @@ def test_auto_teacher_trains_a_head_of_other_classes_on_labels(tmp_path, digits)
     for split in ("train", "val"):
         for digit in "01234":
             shutil.copytree(getattr(digits, split) / digit, five / split / digit)
-    data = {
-        "eval": {"source": f"imagefolder:{five / 'val'}", "batch_size": 60},
-        "train": {"source": f"imagefolder:{five / 'train'}", "shuffle": True, "limit": 160, "batch_size": 32},
-    }
-    run = finetune(
-        tmp_path,
-        digits,
-        {"max_steps": 10, "lr": 0.05, "freeze": "all_but_head"},
-        before=[{"reclassify": {"num_classes": 5}}],
-        data=data,
-        measure={"latency": False, "accuracy": False},
-    )
+    data = {"eval": {"source": f"imagefolder:{five / 'val'}", "batch_size": 60},
+            "train": {"source": f"imagefolder:{five / 'train'}", "shuffle": True, "limit": 160, "batch_size": 32}}
+    run = finetune(tmp_path, digits, {"max_steps": 10, "lr": 0.05, "freeze": "all_but_head"},
+                   before=[{"reclassify": {"num_classes": 5}}], data=data, measure={"latency": False, "accuracy": False})
     details = run.stage["details"]
     assert details["teacher"] == "none"
     assert details["teacher_note"] == "auto: the baseline has 10 outputs and the model 5, so no distillation: labels only"
     assert details["accuracy_after"]["top1"] > 0.9 > details["accuracy_before"]["top1"]
 
-    explicit = finetune(
-        tmp_path,
-        digits,
-        {"max_steps": 1, "teacher": "baseline"},
-        before=[{"reclassify": {"num_classes": 5}}],
-        data=data,
-        measure={"latency": False, "accuracy": False},
-        expect_status="failed",
-    )
+    explicit = finetune(tmp_path, digits, {"max_steps": 1, "teacher": "baseline"}, before=[{"reclassify": {"num_classes": 5}}],
+                        data=data, measure={"latency": False, "accuracy": False}, expect_status="failed")
     assert explicit.stage["error"] == (
         "stage 2 (finetune) failed: teacher: baseline has 10 outputs but the model has 5; distillation needs the same "
         "classes: use teacher: none (train on labels), e.g. for the new head of reclassify"
@@ -277,11 +255,8 @@ def test_bn_recalibrate_without_batchnorm_says_why(tmp_path, digits):
 
 
 def test_options_that_do_nothing_are_refused(tmp_path, digits):
-    with pytest.raises(
-        PipelineError,
-        match=r"pipeline.yaml:\d+: stage 1 \(finetune\): option '\(top level\)': Value error, "
-        r"nothing to do: give epochs >= 1, max_steps, or bn_recalibrate: true",
-    ):
+    with pytest.raises(PipelineError, match=r"pipeline.yaml:\d+: stage 1 \(finetune\): option '\(top level\)': Value error, "
+                       r"nothing to do: give epochs >= 1, max_steps, or bn_recalibrate: true"):
         finetune(tmp_path, digits, {"epochs": 0})
 
 
@@ -289,9 +264,8 @@ def test_options_that_do_nothing_are_refused(tmp_path, digits):
 
 
 def test_no_train_data_names_what_to_add(tmp_path, digits):
-    run = run_pass(
-        "finetune", {"max_steps": 1}, tmp_path=tmp_path, data={"eval": f"imagefolder:{digits.val}"}, expect_status="failed", **DIGITS
-    )
+    run = run_pass("finetune", {"max_steps": 1}, tmp_path=tmp_path, data={"eval": f"imagefolder:{digits.val}"},
+                   expect_status="failed", **DIGITS)
     assert run.stage["error"] == (
         "stage 1 (finetune) failed: this pass needs train data: add data.train to the pipeline, "
         "e.g. data: {train: {source: imagefolder:PATH}}"
@@ -315,15 +289,8 @@ def test_train_classes_that_do_not_match_the_outputs_name_both_counts(tmp_path, 
 
 def test_labels_beyond_the_outputs_name_the_label_and_the_count(tmp_path):
     data = {"train": {"source": "python:plugins_for_tests:labeled_noise", "kwargs": {"classes": 13, "n": 26}, "batch_size": 26}}
-    run = run_pass(
-        "finetune",
-        {"max_steps": 1},
-        tmp_path=tmp_path,
-        plugins=[plugins_for_tests],
-        data=data,
-        source="python:plugins_for_tests:tiny_net",
-        expect_status="failed",
-    )
+    run = run_pass("finetune", {"max_steps": 1}, tmp_path=tmp_path, plugins=[plugins_for_tests], data=data,
+                   source="python:plugins_for_tests:tiny_net", expect_status="failed")
     assert run.stage["error"] == (
         "stage 1 (finetune) failed: data.train has label 12, but the model has 10 outputs; labels are output indices, "
         "so the data set needs one class per output"
@@ -334,14 +301,8 @@ def noise_context(tmp_path, n: int = 32) -> PassContext:
     generator = torch.Generator().manual_seed(0)
     samples = TensorDataset(torch.rand(n, 3, 64, 64, generator=generator), torch.arange(n) % 10)
     train = DeviceLoader(DataLoader(samples, batch_size=8), torch.device("cpu"))
-    return PassContext(
-        torch.device("cpu"),
-        torch.rand(2, 3, 64, 64, generator=generator),
-        tmp_path,
-        logging.getLogger("test"),
-        stage_index=1,
-        data=PassData(train=train),
-    )
+    return PassContext(torch.device("cpu"), torch.rand(2, 3, 64, 64, generator=generator), tmp_path,
+                       logging.getLogger("test"), stage_index=1, data=PassData(train=train))
 
 
 def test_a_loss_that_is_not_finite_stops_at_its_step(tmp_path):
@@ -360,16 +321,8 @@ def test_a_loss_that_is_not_finite_stops_at_its_step(tmp_path):
 
 def test_a_failed_stage_through_the_runner_keeps_the_stages_before(tmp_path):
     data = {"train": {"source": "python:plugins_for_tests:labeled_noise", "batch_size": 10}}
-    run = run_pass(
-        "finetune",
-        {"max_steps": 5, "lr": 1e30, "teacher": "none"},
-        tmp_path=tmp_path,
-        plugins=[plugins_for_tests],
-        data=data,
-        source="python:plugins_for_tests:tiny_net",
-        before=["identity"],
-        expect_status="failed",
-    )
+    run = run_pass("finetune", {"max_steps": 5, "lr": 1e30, "teacher": "none"}, tmp_path=tmp_path, plugins=[plugins_for_tests],
+                   data=data, source="python:plugins_for_tests:tiny_net", before=["identity"], expect_status="failed")
     assert run.stage["error"].startswith("stage 2 (finetune) failed: the loss is nan at step 2 (epoch 1)")
     assert [s["status"] for s in run.report["stages"]] == ["ok", "ok", "failed"]
     assert not (run.run_dir / "model.pt").exists()
@@ -419,13 +372,8 @@ def test_the_baseline_is_kept_only_for_passes_that_read_it(tmp_path):
     assert BaselineWatch.seen[0][1] is None  # no pass reads it: no copy
 
     BaselineWatch.seen.clear()
-    run_pass(
-        "grow",
-        tmp_path=tmp_path / "kept",
-        plugins=[BaselineWatch()],
-        source="python:plugins_for_tests:tiny_net",
-        before=["grow", "reads_baseline"],
-    )
+    run_pass("grow", tmp_path=tmp_path / "kept", plugins=[BaselineWatch()], source="python:plugins_for_tests:tiny_net",
+             before=["grow", "reads_baseline"])
     (_, first, model), (_, kept, current), (_, after_last_reader, _) = BaselineWatch.seen
     assert first is kept is not None and kept is not current  # one copy, from before the first stage
     torch.testing.assert_close(weights(kept), weights(plugins_for_tests.tiny_net()), rtol=0, atol=0)  # "grow" changed the model, not it
@@ -471,7 +419,7 @@ def test_the_cli_draws_a_progress_bar_and_keeps_quiet_under_json(tmp_path, digit
           train: {{source: "imagefolder:{digits.train}", limit: 64, shuffle: true, batch_size: 32}}
         passes:
           - finetune: {{max_steps: 2}}
-        output: {tmp_path / "run"}
+        output: {tmp_path / 'run'}
         """)
     shown = cli("run", path)
     assert shown.exit_code == 0, shown.output
@@ -503,17 +451,11 @@ def test_the_example_pipeline_shrinks_the_model_and_gives_the_accuracy_back(tmp_
 
 @pytest.mark.cuda
 def test_training_runs_on_the_stage_device_in_mixed_precision(tmp_path, digits, write_pipeline):
-    path = write_pipeline(
-        yaml.safe_dump(
-            {
-                "model": {"source": DIGITS_MODEL, "kwargs": {"pretrained": True}, "input_shape": [1, 3, 32, 32]},
-                "measure": {"latency": False},
-                "data": digits_data(digits),
-                "passes": [PRUNE_HALF, {"finetune": {"max_steps": 24, "lr": 0.05}}],
-                "output": str(tmp_path / "run"),
-            }
-        )
-    )
+    path = write_pipeline(yaml.safe_dump({
+        "model": {"source": DIGITS_MODEL, "kwargs": {"pretrained": True}, "input_shape": [1, 3, 32, 32]},
+        "measure": {"latency": False}, "data": digits_data(digits),
+        "passes": [PRUNE_HALF, {"finetune": {"max_steps": 24, "lr": 0.05}}], "output": str(tmp_path / "run"),
+    }))
     report, _ = run_pipeline(load_pipeline(path, Host().get_pass), Host(), device="cuda")
     stage = report.stages[-1]
     assert stage.status == "ok", stage.error
@@ -536,14 +478,8 @@ def test_interleaved_timing_and_the_teacher_share_one_copy_of_the_baseline(tmp_p
 
     monkeypatch.setattr(copy, "deepcopy", counting_deepcopy)
     BaselineWatch.seen.clear()
-    run = run_pass(
-        "reads_baseline",
-        tmp_path=tmp_path,
-        plugins=[BaselineWatch()],
-        source="python:plugins_for_tests:tiny_net",
-        before=["grow"],
-        measure={"warmup": 1, "iters": 3, "compare": "interleaved"},
-    )
+    run = run_pass("reads_baseline", tmp_path=tmp_path, plugins=[BaselineWatch()], source="python:plugins_for_tests:tiny_net",
+                   before=["grow"], measure={"warmup": 1, "iters": 3, "compare": "interleaved"})
     assert run.report["timing"]["compare"] == "interleaved"
     (_, kept, _), (_, read, current) = BaselineWatch.seen
     assert read is kept is not None and read is not current

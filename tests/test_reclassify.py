@@ -28,7 +28,9 @@ def assert_same_logits(after: torch.Tensor, before: torch.Tensor, **kwargs) -> N
 
 
 def apply(model: nn.Module, tmp_path, **options) -> tuple[nn.Module, dict]:
-    ctx = PassContext(device=torch.device("cpu"), example_input=torch.zeros(1), output_dir=tmp_path, logger=logging.getLogger("test"))
+    ctx = PassContext(
+        device=torch.device("cpu"), example_input=torch.zeros(1), output_dir=tmp_path, logger=logging.getLogger("test")
+    )
     result = Reclassify(Reclassify.Options(**options)).apply(model.eval(), ctx)
     return result, ctx.details
 

@@ -115,13 +115,8 @@ def test_a_bad_inputs_section_is_an_error_with_its_line(write_pipeline, model, m
     ("model", "inputs"),
     [
         (TwoFrameFlow(), ExampleInputs.sample([InputDef("frame1", (2, 3, 32, 32)), InputDef("frame2", (2, 3, 32, 32))], seed=0)),
-        (
-            TinyEncoder(),
-            ExampleInputs.sample(
-                [InputDef("input_ids", (2, 16), torch.int64, 0, 100, True), InputDef("attention_mask", (2, 16), torch.int64, 1, 2, True)],
-                seed=0,
-            ),
-        ),
+        (TinyEncoder(), ExampleInputs.sample(
+            [InputDef("input_ids", (2, 16), torch.int64, 0, 100, True), InputDef("attention_mask", (2, 16), torch.int64, 1, 2, True)], seed=0)),
     ],
     ids=["two_frames", "token_ids_and_mask"],
 )
@@ -186,10 +181,7 @@ def test_static_int8_calibrates_on_a_dataset_of_input_dicts(tmp_path):
 
     assert [s.status for s in report.stages] == ["ok"] * 3, report.error
     assert report.stages[2].details["calibration"] | {"method": "minmax"} == {
-        "method": "minmax",
-        "source": "data.calibration",
-        "batches": 2,
-        "samples": 8,
+        "method": "minmax", "source": "data.calibration", "batches": 2, "samples": 8
     }
 
 
@@ -223,11 +215,7 @@ def test_python_source_may_return_its_example_inputs(tmp_path):
 def test_fuse_bn_folds_the_batchnorms_of_a_two_input_model_through_the_test_kit(tmp_path):
     frames = [{"name": "frame1", "shape": [1, 3, 32, 32]}, {"name": "frame2", "shape": [1, 3, 32, 32]}]
     result = run_pass(
-        "fuse_bn",
-        tmp_path=tmp_path,
-        source="python:several_inputs_toys:two_frame",
-        inputs=frames,
-        model_kwargs={"shared": False},
+        "fuse_bn", tmp_path=tmp_path, source="python:several_inputs_toys:two_frame", inputs=frames, model_kwargs={"shared": False},
         measure={"warmup": 0, "iters": 1, "latency": False},
     )
 
@@ -256,16 +244,10 @@ def test_passes_of_one_input_refuse_in_one_line_before_any_work(tmp_path, stage,
 
 
 def test_channel_pruning_traces_positional_inputs_and_refuses_keyword_ones(tmp_path):
-    frames = run(
-        tmp_path / "frames",
-        f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}"
-        "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n",
-    )
-    tokens = run(
-        tmp_path / "tokens",
-        f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
-        "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n",
-    )
+    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}"
+                 "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
+    tokens = run(tmp_path / "tokens", f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
+                 "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
 
     assert [s.status for s in frames.stages] == ["ok", "ok"], frames.error
     assert frames.stages[1].metrics["params"] < frames.stages[0].metrics["params"]
@@ -283,12 +265,7 @@ def test_report_json_records_the_inputs(tmp_path):
 
 #: BERT from a tiny config: hidden 32, 2 layers, 2 heads, vocabulary 100.
 BERT_CONFIG = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "vocab_size": 100,
-    "num_labels": 3,
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100, "num_labels": 3
 }
 
 

@@ -86,8 +86,7 @@ def test_ray_sweep_gives_the_same_report(tmp_path: Path, cli) -> None:
 
 
 def test_plan_jobs_crosses_models_and_pipelines(tmp_path: Path) -> None:
-    sweep = parse_sweep(
-        textwrap.dedent("""
+    sweep = parse_sweep(textwrap.dedent("""
         device: cuda
         input_size: 96
         models:
@@ -97,16 +96,10 @@ def test_plan_jobs_crosses_models_and_pipelines(tmp_path: Path) -> None:
         pipelines:
           fuse: [fuse_bn]
           export: [fuse_bn, {export_onnx: {opset: 17}}]
-    """)
-    )
+    """))
     jobs = plan_jobs(sweep, tmp_path)
     assert [j.name for j in jobs] == [
-        "resnet18--fuse",
-        "resnet18--export",
-        "vit_b_16--fuse",
-        "vit_b_16--export",
-        "resnet50--fuse",
-        "resnet50--export",
+        "resnet18--fuse", "resnet18--export", "vit_b_16--fuse", "vit_b_16--export", "resnet50--fuse", "resnet50--export",
     ]
     import yaml
 
@@ -125,21 +118,12 @@ def test_duplicate_job_names_are_refused(tmp_path: Path) -> None:
         plan_jobs(sweep, tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        (
-            "models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nworkerz: 2\n",
-            "s.yaml:3: unknown key 'workerz'; did you mean 'workers'?",
-        ),
-        ("models: []\npipelines: {fuse: [fuse_bn]}\n", "s.yaml:1: key 'models': List should have at least 1 item"),
-        (
-            "models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nexecutor: slurm\n",
-            "s.yaml:3: key 'executor': Input should be 'local' or 'ray'",
-        ),
-        ("- just a list\n", "s.yaml:1: a sweep file is a mapping"),
-    ],
-)
+@pytest.mark.parametrize(("text", "message"), [
+    ("models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nworkerz: 2\n", "s.yaml:3: unknown key 'workerz'; did you mean 'workers'?"),
+    ("models: []\npipelines: {fuse: [fuse_bn]}\n", "s.yaml:1: key 'models': List should have at least 1 item"),
+    ("models: [torchvision:resnet18]\npipelines: {fuse: [fuse_bn]}\nexecutor: slurm\n", "s.yaml:3: key 'executor': Input should be 'local' or 'ray'"),
+    ("- just a list\n", "s.yaml:1: a sweep file is a mapping"),
+])
 def test_bad_sweep_files_name_file_line_and_key(text: str, message: str) -> None:
     with pytest.raises(PipelineError) as info:
         parse_sweep(text, "s.yaml")

@@ -31,7 +31,9 @@ def toy_dense_net() -> nn.Module:
 
 def toy_classifier() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+    ).eval()
 
 
 def images(batch: int = 2, size: int = 64) -> torch.Tensor:
@@ -121,17 +123,9 @@ def test_segmentation_model_dict_output(tmp_path):
     out, base = wrapped(x), model(x)
     assert out.keys() == base.keys() == {"out"}
     assert out["out"].shape == base["out"].shape == (2, 3, 64, 64)
-    half = F.interpolate(
-        model(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))["out"],
-        size=(64, 64),
-        mode="bilinear",
-        align_corners=False,
-    )
+    half = F.interpolate(model(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))["out"], size=(64, 64), mode="bilinear", align_corners=False)
     half_flipped = F.interpolate(
-        model(F.interpolate(x.flip(-1), size=(32, 32), mode="bilinear", align_corners=False))["out"],
-        size=(64, 64),
-        mode="bilinear",
-        align_corners=False,
+        model(F.interpolate(x.flip(-1), size=(32, 32), mode="bilinear", align_corners=False))["out"], size=(64, 64), mode="bilinear", align_corners=False
     ).flip(-1)
     expected = (base["out"] + model(x.flip(-1))["out"].flip(-1) + half + half_flipped) / 4
     torch.testing.assert_close(out["out"], expected, **CLOSE)
@@ -151,9 +145,7 @@ def test_thop_counts_every_branch(tmp_path):
 
 def small_vit() -> nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(
-        image_size=48, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
-    ).eval()
+    return torchvision.models.VisionTransformer(image_size=48, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10).eval()
 
 
 @torch.inference_mode()
