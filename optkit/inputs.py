@@ -160,6 +160,12 @@ class ExampleInputs:
         defs += [InputDef.like(name, t, True) for name, t in kwargs.items()]
         return cls._from_defs(defs, [*args, *kwargs.values()])
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each input's ``name``, ``shape``, ``dtype`` and ``keyword``, as reports list them."""
+        return [
+            {"name": d.name, "shape": list(d.shape), "dtype": str(d.dtype).removeprefix("torch."), "keyword": d.keyword} for d in self.defs
+        ]
+
     def call(self, fn: Callable[..., Any]) -> Any:
         """``fn(*args, **kwargs)``."""
         return fn(*self.args, **self.kwargs)

@@ -1,8 +1,8 @@
 """The ``reclassify`` pass: give any classifier a new head with ``num_classes`` outputs.
 
 YOLOv5's ``load_classifier``, made general: the head is found structurally
-(:func:`optkit.find_classifier`), auxiliary heads (GoogLeNet, Inception v3) are
-replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
+(:func:`optkit.find_classifier`), heads averaged into the logits (LeViT's and DeiT's
+``head_dist``) and auxiliary heads (GoogLeNet, Inception v3) are replaced too, and ``keep`` builds the new head from rows of the old one, so the kept classes give
 the old logits with no training (the same weights; a narrower GEMM may round in another order).
 A torchvision two-stage detector gets its scores and box deltas (and mask logits) replaced together
 (:mod:`optkit_plugins.detection_heads`); its ``num_classes`` counts the background class 0.
@@ -185,9 +185,9 @@ class Reclassify(Pass):
             name, old = find_classifier(model, opts.layer)
         except ClassifierNotFoundError as exc:  # a stage failure: the model was loaded and measured
             raise StageError(exc.message) from None
-        heads = [(name, old)]
+        heads = [(name, old), *_averaged_with(model, name)]
         if opts.aux and opts.layer is None:
-            heads += auxiliary_classifiers(model)
+            heads += [(n, m) for n, m in auxiliary_classifiers(model) if n not in dict(heads)]
         return [ClassHead(n, m, 1) for n, m in heads]
 
     def _check(self, head: ClassHead) -> None:
@@ -198,6 +198,15 @@ class Reclassify(Pass):
             raise StageError(f"option keep: class index {out_of_range[0]} is out of range for head {name!r}, which has {classes} classes")
         if not isinstance(head.module, nn.Linear) and head.module.groups != 1:
             raise StageError(f"head {name!r} is a grouped convolution (groups={head.module.groups}); name another with option layer")
+
+
+def _averaged_with(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    """The heads averaged with head ``name`` into the logits (LeViT's ``head_dist``), without it: a class is a row of each."""
+    try:
+        averaged = [find_classifier(model)[0], *(n for n, _ in auxiliary_classifiers(model, training_outputs=False))]
+    except ClassifierNotFoundError:  # ``layer`` named a head of a model whose output shows none
+        return []
+    return [(n, model.get_submodule(n)) for n in averaged if n != name] if name in averaged else []
 
 
 @hookimpl

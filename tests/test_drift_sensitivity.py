@@ -80,3 +80,28 @@ def test_an_ordinary_model_keeps_the_tolerance():
     assert within_sensitivity(broken, sensitivity) is None
     rounding = {"outputs": [{"name": "output", "max_abs": sensitivity["output"]}]}
     assert within_sensitivity(rounding, sensitivity)["drift_max_abs"] == pytest.approx(sensitivity["output"])
+
+
+def random_efficientnetv2_rw_t() -> nn.Module:
+    """timm's efficientnetv2_rw_t with random weights: its logits move by ~1e3 under a 1e-7 change of a 224x224 input."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("efficientnetv2_rw_t", num_classes=10).eval()
+
+
+@pytest.mark.slow  # a minute on two busy cores: the issue's model at its size
+def test_fuse_bn_on_a_random_efficientnetv2_is_not_failed_for_the_drift_the_model_itself_shows(cli, tmp_path):
+    path = tmp_path / "p.yaml"
+    text = pipeline(tmp_path, "python:test_drift_sensitivity:random_efficientnetv2_rw_t").read_text()
+    path.write_text(text.replace("[1, 3, 8, 8]", "[1, 3, 224, 224]"))
+    result = cli("run", str(path))
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    baseline, fused = (stage["metrics"]["drift"] for stage in report["stages"])
+    sensitivity = baseline["sensitivity"]["max_abs"]["output"]
+    drift = fused["previous"]["max_abs"]
+    assert drift > 1e-4 + 1e-4 * fused["previous"]["reference_max_abs"]  # the ordinary tolerance alone would fail it
+    within = fused["tolerance"]["within_model_sensitivity"]  # the report gives both figures
+    assert (within["drift_max_abs"], within["sensitivity_max_abs"]) == (drift, sensitivity)
+    assert drift <= within["factor"] * sensitivity

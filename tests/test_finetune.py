@@ -487,3 +487,19 @@ def test_interleaved_timing_and_the_teacher_share_one_copy_of_the_baseline(tmp_p
     assert not read.training and not any(p.requires_grad for p in read.parameters())
     # the baseline once (for timing and the teacher alike) and grow's product once; the last stage is timed as it is
     assert len(copies) == 2, copies
+
+
+def test_a_segmentation_model_is_refused_in_one_line_before_training(tmp_path, digits):
+    """DeepLabV3's first output is a [batch, classes, h, w] map: finetune says it trains classifiers, whatever evaluate says."""
+    segmentation = {
+        "source": "torchvision:deeplabv3_mobilenet_v3_large",
+        "model_kwargs": {"weights": None, "weights_backbone": None, "num_classes": 4},
+        "input_shape": (1, 3, 32, 32),
+        "measure": {"latency": False, "warmup": 0, "iters": 1},
+    }
+    run = run_pass("finetune", {"max_steps": 1, "evaluate": False}, tmp_path=tmp_path, expect_status="failed", **segmentation)
+    assert run.stage["error"] == (
+        "stage 1 (finetune) failed: finetune trains classifiers: cross-entropy of [batch, classes] logits against class "
+        "labels; the model's first output is [1, 4, 32, 32] (a dense map: segmentation, depth), which it does not train"
+    )
+    assert "accuracy" not in run.stage["error"] and "\n" not in run.stage["error"]

@@ -95,3 +95,52 @@ def test_info_matches_torchvision_published_figures(cli):
         meta = torchvision.models.get_model_weights(name).DEFAULT.meta
         assert info["gmacs"] == pytest.approx(meta["_ops"], rel=0.02), name
         assert info["params"] == meta["num_params"], name
+
+
+def flop_counter_macs(model: torch.nn.Module, inputs) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        inputs.call(model.eval())
+    return counter.get_total_flops() // 2
+
+
+def test_info_measures_several_inputs_given_with_inputs(cli):
+    from optkit.inputs import ExampleInputs, InputDef
+    from several_inputs_toys import TwoFrameFlow
+
+    frames = "[{name: frame1, shape: [1, 3, 32, 32]}, {name: frame2, shape: [1, 3, 32, 32]}]"
+    result = cli("info", "python:several_inputs_toys:two_frame", "--inputs", frames, "--no-latency", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    inputs = ExampleInputs.sample([InputDef("frame1", (1, 3, 32, 32)), InputDef("frame2", (1, 3, 32, 32))], seed=0)
+    assert info["macs"] == flop_counter_macs(TwoFrameFlow(), inputs) > 0
+    assert [(i["name"], i["shape"], i["keyword"]) for i in info["inputs"]] == [
+        ("frame1", [1, 3, 32, 32], False),
+        ("frame2", [1, 3, 32, 32], False),
+    ]
+
+    table = cli("info", "python:several_inputs_toys:two_frame", "--inputs", frames, "--no-latency")
+    assert table.exit_code == 0 and "inputs frame1 [1, 3, 32, 32] float32, frame2 [1, 3, 32, 32]" in " ".join(table.output.split())
+
+
+def test_info_takes_the_example_inputs_a_source_returns(cli):
+    result = cli("info", "python:several_inputs_toys:tiny_encoder_with_inputs", "--no-latency", "--json")
+    assert result.exit_code == 0, result.output
+    assert [(i["name"], i["dtype"], i["keyword"]) for i in json.loads(result.output)["inputs"]] == [
+        ("input_ids", "int64", True),
+        ("attention_mask", "int64", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--inputs", "[1, 2"], "not YAML"),
+        (["--inputs", "7"], "expected a mapping or a list"),
+        (["--inputs", "{ids: {shape: [1, 8], dtype: int64}}"], "range"),
+        (["--inputs", "{x: {shape: [1, 3, 8, 8]}}", "-s", "1,3,8,8"], "not both"),
+    ],
+)
+def test_info_bad_inputs_are_a_clear_error(cli, args: list[str], message: str):
+    result = cli("info", "python:several_inputs_toys:two_frame", *args, "--no-latency")
+    assert result.exit_code == 2, result.output
+    assert message in result.output

@@ -286,3 +286,30 @@ def test_one_stage_detector_is_refused_with_the_reason_before_any_change(tmp_pat
     with pytest.raises(StageError, match=r"^SSD predicts classes with per-level convolutions .*num_classes=N in its factory"):
         apply(model, tmp_path, num_classes=10)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def levit():
+    """timm's LeViT (random weights): its logits are the average of ``head`` and ``head_dist``."""
+    timm = pytest.importorskip("timm")
+    return timm.create_model("levit_128s", img_size=64, num_classes=10).eval()
+
+
+@pytest.mark.parametrize("layer", [None, "head.linear", "head_dist.linear"])
+@torch.inference_mode()
+def test_heads_averaged_into_the_logits_are_replaced_together(tmp_path, layer):
+    model = levit()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    keep = [7, 2, 9]
+    model, details = apply(model, tmp_path, keep=keep, layer=layer)
+
+    assert sorted(h["layer"] for h in details["heads"]) == ["head.linear", "head_dist.linear"]
+    assert out_width(model.head.linear) == out_width(model.head_dist.linear) == 3
+    assert_same_logits(model(x), before[:, keep])  # both heads keep the same classes: the average is the old one's
+
+
+def test_averaged_heads_are_found_by_the_graph():
+    model = levit()
+    assert find_classifier(model)[0] == "head.linear"
+    assert [n for n, _ in auxiliary_classifiers(model)] == ["head_dist.linear"]
+    assert auxiliary_classifiers(torchvision.models.resnet18()) == []

@@ -5,6 +5,7 @@ the ``hf:`` source, and the passes that refuse such models up front."""
 from __future__ import annotations
 
 import json
+import math
 
 import onnx
 import pytest
@@ -230,7 +231,7 @@ def test_fuse_bn_folds_the_batchnorms_of_a_two_input_model_through_the_test_kit(
     ("stage", "message"),
     [
         ("tta", "tta handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
-        ("finetune", "finetune handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
+        ("finetune: {bn_recalibrate: true}", "finetune: bn_recalibrate feeds one input tensor per batch, and this model takes 2"),
         ("prune_channels", "prune_channels handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
     ],
 )
@@ -364,3 +365,37 @@ def test_torchvision_raft_small_runs_baseline_export_and_int8(tmp_path):
     inputs = ExampleInputs.sample([InputDef("image1", (1, 3, 128, 128)), InputDef("image2", (1, 3, 128, 128))], seed=0)
     assert report.stages[0].metrics["macs"] == flop_counter_macs(raft_small(), inputs)
     check_export(report, tmp_path / "run", 1, ["image1", "image2"], sequence=False)
+
+
+def test_finetune_trains_a_token_model_on_a_dataset_of_input_dicts(tmp_path):
+    text = (
+        f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
+        "data:\n  train: {source: 'python:several_inputs_toys:token_samples', batch_size: 4}\n"
+        "passes: [{finetune: {max_steps: 3, teacher: none, lr: 0.01}}]\n"
+    )
+    report = run(tmp_path, text)
+
+    assert [s.status for s in report.stages] == ["ok", "ok"], report.error
+    details = report.stages[1].details
+    assert details["steps"] == 3 and details["samples_seen"] == 12
+    assert all(math.isfinite(row["loss"]) for row in details["loss_curve"])
+    assert report.stages[1].metrics["drift"]["cosine"] < 1.0  # the weights moved
+
+
+def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(tmp_path):
+    """BERT from a config: finetune on ({input_ids, attention_mask}, label) samples; channel pruning (positional inputs)
+    narrows the MLPs and leaves the attention heads whole (reshaped into heads: no module rule for them yet)."""
+    pytest.importorskip("transformers")
+    train = "data:\n  train: {source: 'python:several_inputs_toys:token_samples', batch_size: 4}\n"
+    report = run(tmp_path, hf_bert_section(config=BERT_CONFIG) + QUICK + train + "passes: [{finetune: {max_steps: 2, teacher: none}}]\n")
+    assert [s.status for s in report.stages] == ["ok", "ok"], report.error
+    assert report.stages[1].details["samples_seen"] == 8
+
+    positional = TOKENS.replace("input_ids: {", "- {name: input_ids, ").replace("attention_mask: {", "- {name: attention_mask, ")
+    text = hf_bert_section(config=BERT_CONFIG) + positional + QUICK + "passes: [{prune_l1: {mode: channels, amount: 0.5}}]\n"
+    pruned = run(tmp_path / "prune", text)
+    assert [s.status for s in pruned.stages] == ["ok", "ok"], pruned.error
+    channels = pruned.stages[1].details["channels"]
+    assert channels["model.bert.encoder.layer.0.intermediate.dense"] == [64, 32]
+    assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 32]
+    assert pruned.stages[1].metrics["macs"] < pruned.stages[0].metrics["macs"]

@@ -137,3 +137,32 @@ def test_unknown_executor_and_missing_file(cli, tmp_path: Path) -> None:
         make_executor("dask")
     result = cli("sweep", tmp_path / "none.yaml")
     assert result.exit_code == 2 and f"{tmp_path / 'none.yaml'}: no such sweep file" in result.output
+
+
+def test_models_of_several_inputs_keep_them_in_their_jobs(tmp_path: Path) -> None:
+    """A model's own ``inputs`` go to its jobs as they are; a model that sets no input where the sweep sets none
+    either lets its source bring its example inputs (an hf: model's token ids)."""
+    sweep = parse_sweep(
+        textwrap.dedent("""
+        models:
+          - source: python:my_models:raft_like
+            inputs:
+              - {name: frame1, shape: [1, 3, 64, 64]}
+              - {name: frame2, shape: [1, 3, 64, 64]}
+          - source: python:my_models:bert_tiny
+            inputs:
+              input_ids: {shape: [1, 16], dtype: int64, range: [0, 100]}
+          - hf:bert
+        pipelines:
+          baseline: []
+    """)
+    )
+    import yaml
+
+    models = [yaml.safe_load(j.pipeline_yaml)["model"] for j in plan_jobs(sweep, tmp_path)]
+    assert [m.get("input_shape") for m in models] == [None, None, None]
+    assert [i["name"] for i in models[0]["inputs"]] == ["frame1", "frame2"]
+    assert models[1]["inputs"] == {"input_ids": {"shape": [1, 16], "dtype": "int64", "range": [0, 100]}}
+    assert "inputs" not in models[2]
+    for model in models:  # each job's model section is a valid pipeline model: section
+        parse_sweep(yaml.safe_dump({"models": [model], "pipelines": {"baseline": []}}))

@@ -149,11 +149,16 @@ def small_vit() -> nn.Module:
 
 
 @torch.inference_mode()
-def test_fixed_size_models_need_same_shape(tmp_path):
+@pytest.mark.parametrize("same_shape", [True, None], ids=["set", "detected"])
+def test_fixed_size_models_run_with_same_shape(tmp_path, same_shape):
     model, x = small_vit(), images(size=48)  # half size (24) pads to 32, which ViT refuses
     with pytest.raises(StageError, match="models with a fixed input size need same_shape: true"):
-        apply(model, x, tmp_path, scales=[1.0, 0.5], flips=["horizontal"])
-    wrapped, details = apply(model, x, tmp_path, scales=[1.0, 0.5], flips=["horizontal"], same_shape=True, pad_value=0.5)
+        apply(model, x, tmp_path, scales=[1.0, 0.5], flips=["horizontal"], same_shape=False)
+    options = {"same_shape": same_shape} if same_shape is not None else {}
+    wrapped, details = apply(model, x, tmp_path, scales=[1.0, 0.5], flips=["horizontal"], pad_value=0.5, **options)
+    assert details["same_shape"] is True
+    if same_shape is None:  # not set: the model's refusal of the scaled input is what decided it
+        assert any("takes one input size only" in note for note in details["notes"])
 
     def shrunk(t: torch.Tensor) -> torch.Tensor:  # half size, padded back to 48x48
         return F.pad(F.interpolate(t, size=(24, 24), mode="bilinear", align_corners=False), [0, 24, 0, 24], value=0.5)
@@ -264,3 +269,48 @@ def test_pipeline_with_export(write_pipeline, cli, tmp_path):
     assert tta["metrics"]["macs"] / baseline["metrics"]["macs"] == pytest.approx(tta["details"]["cost_multiplier"], rel=1e-9)
     assert tta["details"]["cost_multiplier"] > 2.0
     assert export["metrics"]["drift"]["previous"]["max_abs"] < 1e-4
+
+
+def toy_video_classifier() -> nn.Module:
+    """A 3-D convolution over [B, C, T, H, W] that checks it still gets 4 frames."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    class FourFrames(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            assert x.shape[2] == 4, x.shape
+            return self.body(x)
+
+    return FourFrames().eval()
+
+
+@torch.inference_mode()
+def test_video_batches_are_resized_in_space_and_flipped(tmp_path):
+    model = toy_video_classifier()
+    x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    wrapped, details = apply(model, x, tmp_path, scales=[1.0, 0.5], flips=["horizontal"], stride=16)
+
+    def half(t: torch.Tensor) -> torch.Tensor:  # frames kept, 16x16 (a multiple of the stride: no padding)
+        return F.interpolate(t, size=(4, 16, 16), mode="trilinear", align_corners=False)
+
+    expected = (model(x) + model(x.flip(-1)) + model(half(x)) + model(half(x.flip(-1)))) / 4
+    torch.testing.assert_close(wrapped(x), expected, **CLOSE)
+    assert [b["input_hw"] for b in details["branches"]] == [[32, 32], [32, 32], [16, 16], [16, 16]]
+
+
+@pytest.mark.parametrize("example", [torch.randint(0, 100, (1, 16)), torch.randn(1, 16)], ids=["token ids", "2-D float"])
+def test_inputs_that_are_no_images_are_refused_before_any_work(tmp_path, example):
+    class Spy(nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Spy.calls += 1
+            return x.float().sum(-1, keepdim=True)
+
+    with pytest.raises(StageError, match=r"tta augments image batches .*the model's input is \[1, 16\]"):
+        apply(Spy(), example, tmp_path)
+    assert Spy.calls == 0

@@ -109,6 +109,11 @@ def _print_json(data: dict[str, Any]) -> None:
 
 def _yaml_mapping(text: str | None, option: str) -> dict[str, Any] | None:
     """A YAML flow mapping given on the command line (``{resize: 36, center_crop: 32}``)."""
+    return _yaml_value(text, option, (dict,), "'{resize: 36, center_crop: 32}'")
+
+
+def _yaml_value(text: str | None, option: str, types: tuple[type, ...], example: str) -> Any:
+    """A YAML flow mapping (or list, where ``types`` allows) given on the command line."""
     if text is None:
         return None
     import yaml
@@ -117,8 +122,9 @@ def _yaml_mapping(text: str | None, option: str) -> dict[str, Any] | None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise click.BadParameter(f"not YAML: {exc}", param_hint=option) from None
-    if not isinstance(value, dict):
-        raise click.BadParameter(f"expected a mapping such as '{{resize: 36, center_crop: 32}}', got {text!r}", param_hint=option)
+    if not isinstance(value, types):
+        kinds = " or ".join("a mapping" if t is dict else "a list" for t in types)
+        raise click.BadParameter(f"expected {kinds} such as {example}, got {text!r}", param_hint=option)
     return value
 
 
@@ -404,7 +410,17 @@ def sweep(
 @cli.command()
 @_common_options
 @click.argument("model")
-@click.option("--input-shape", "-s", default="1,3,224,224", show_default=True, help="Input batch shape: 1,3,224,224 (C,H,W gets batch 1).")
+@click.option(
+    "--input-shape",
+    "-s",
+    help="Input batch shape: 1,3,224,224 (C,H,W gets batch 1). Default: the source's example inputs, else 1,3,224,224.",
+)
+@click.option(
+    "--inputs",
+    "inputs_text",
+    help="Several or non-float inputs, as model.inputs in a pipeline file: "
+    "'{input_ids: {shape: [1, 128], dtype: int64, range: [0, 30522]}, attention_mask: {shape: [1, 128], dtype: int64, range: [1, 2]}}'.",
+)
 @click.option("--weights", help="none, a torchvision weights name (DEFAULT) or a checkpoint path.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | N")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls before timing.")
@@ -427,7 +443,8 @@ def sweep(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(
     model: str,
-    input_shape: str,
+    input_shape: str | None,
+    inputs_text: str | None,
     weights: str | None,
     device: str,
     warmup: int,
@@ -449,7 +466,10 @@ def info(
     from optkit.reporting.console import render_info
     from optkit.run.info import data_spec, inspect_model, parse_input_shape
 
-    shape = parse_input_shape(input_shape)
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    inputs = _yaml_value(inputs_text, "--inputs", (dict, list), "'{ids: {shape: [1, 16], dtype: int64, range: [0, 100]}}'")
+    if shape is not None and inputs is not None:
+        raise click.UsageError("give --input-shape (one float tensor) or --inputs, not both")
     if transform is not None and data_source is None:
         raise click.UsageError("--transform needs --data")
     data = data_spec(data_source, _yaml_mapping(transform, "--transform"), limit) if data_source else None
@@ -457,6 +477,7 @@ def info(
         result = inspect_model(
             model,
             shape,
+            inputs=inputs,
             host=session().host,
             weights=weights,
             device=device,

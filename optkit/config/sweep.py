@@ -58,10 +58,10 @@ class SweepModel(ModelSpec):
     def label(self) -> str:
         return self.name or self.source.rsplit(":", 1)[-1]
 
-    def model_section(self, input_shape: list[int], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The ``model:`` section of one job's pipeline file."""
-        section = self.model_dump(mode="json", exclude={"name", "input_size_kwarg"}, exclude_defaults=True)
-        return {**section, "input_shape": input_shape, "kwargs": kwargs}
+    def model_section(self, input_shape: list[int] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The ``model:`` section of one job's pipeline file (``input_shape: None``: the model's ``inputs``, or its source's)."""
+        section = self.model_dump(mode="json", exclude={"name", "input_size_kwarg", "input_shape"}, exclude_defaults=True)
+        return {**section, **({"input_shape": input_shape} if input_shape is not None else {}), "kwargs": kwargs}
 
 
 class SweepFile(StrictModel):

@@ -100,6 +100,9 @@ _PASS_THROUGH_FUNCTIONS = {
 _POOL_FUNCTIONS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d, torch.mean, torch.amax}
 _PASS_THROUGH_METHODS = {"flatten", "view", "reshape", "squeeze", "contiguous", "relu", "sigmoid", "softmax", "log_softmax"}
 _POOL_METHODS = {"mean", "amax"}
+#: Sums of logits (of heads averaged together) and scalings by a constant.
+_SUM_FUNCTIONS = {operator.add, torch.add}
+_SCALE_FUNCTIONS = {operator.truediv, operator.mul, torch.div, torch.mul}
 
 #: Conventional names, used only when the model cannot be traced.
 _CONVENTIONAL_NAMES = ("fc", "classifier", "head", "heads", "last_linear")
@@ -124,7 +127,9 @@ def find_classifier(model: nn.Module, layer: str | None = None) -> tuple[str, nn
         layer: the dotted name of the head, to skip detection (it is still checked).
 
     Returns:
-        ``(name, module)``: an ``nn.Linear``, or a 1×1 convolution (SqueezeNet).
+        ``(name, module)``: an ``nn.Linear``, or a 1×1 convolution (SqueezeNet). Of heads averaged
+        into the output (LeViT's ``head`` and ``head_dist``), the first; :func:`auxiliary_classifiers`
+        lists the others.
 
     Raises:
         ClassifierNotFoundError: ``layer`` names no head layer, or none was found; the message
@@ -135,36 +140,44 @@ def find_classifier(model: nn.Module, layer: str | None = None) -> tuple[str, nn
     graph = _trace(model, training=False)
     if graph is None:
         return _conventional_head(model)
-    found = _head_of(graph.output_nodes[0], model) if graph.output_nodes else None
-    if found is None:
+    found = _heads_of(graph.output_nodes[0], model) if graph.output_nodes else None
+    if not found:
         raise ClassifierNotFoundError(
             f"found no classifier in {type(model).__name__}: its output does not come from a Linear layer "
             f"(or a 1x1 convolution that is globally pooled) through shape-only ops; {candidate_heads_hint(model)}"
         )
-    return found, model.get_submodule(found)
+    return found[0], model.get_submodule(found[0])
 
 
-def auxiliary_classifiers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The auxiliary heads: classifiers of the extra outputs ``model`` returns in training mode.
+def auxiliary_classifiers(model: nn.Module, training_outputs: bool = True) -> list[tuple[str, nn.Module]]:
+    """The other heads: those averaged with the classifier into the output, and those of extra outputs.
+
+    LeViT and distilled DeiT average two heads (``head`` and ``head_dist``) into their logits: a class
+    is a row of each, so both are always listed. GoogLeNet and Inception v3 return the logits of
+    auxiliary heads as extra outputs in training mode.
 
     Args:
         model: a classification model (its train/eval flags are restored afterwards).
+        training_outputs: also list the classifiers of the extra training-mode outputs.
 
     Returns:
-        ``[(name, module), ...]`` in the model's layer order; empty when there are none (or the model
-        cannot be traced).
+        ``[(name, module), ...]``: the averaged heads (after the first, which :func:`find_classifier`
+        returns), then the auxiliary heads in the model's layer order; empty when there are none (or
+        the model cannot be traced).
     """
-    graph = _trace(model, training=True)
-    if graph is None or len(graph.output_nodes) < 2:
+    graph = _trace(model, training=False)
+    if graph is None or not graph.output_nodes:
         return []
-    main = find_classifier(model)[0]
-    names = []
-    for node in graph.output_nodes[1:]:
+    averaged = _heads_of(graph.output_nodes[0], model) or []
+    main, names = averaged[:1], averaged[1:]
+    auxiliary: list[str] = []
+    training_graph = _trace(model, training=True) if training_outputs else None
+    for node in training_graph.output_nodes[1:] if training_graph is not None else []:
         name = _head_of(node, model)
-        if name is not None and name != main and name not in names:
-            names.append(name)
+        if name is not None and name not in main + names + auxiliary:
+            auxiliary.append(name)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return [(name, model.get_submodule(name)) for name in sorted(names, key=order.__getitem__)]
+    return [(name, model.get_submodule(name)) for name in names + sorted(auxiliary, key=order.__getitem__)]
 
 
 class _Graph:
@@ -203,22 +216,36 @@ def _tensor_nodes(value: Any) -> list[torch.fx.Node]:
 
 
 def _head_of(node: torch.fx.Node, model: nn.Module) -> str | None:
-    """Walk back from ``node`` through class-preserving ops; the head's name, or ``None``."""
+    """The first of :func:`_heads_of`, or ``None``."""
+    heads = _heads_of(node, model)
+    return heads[0] if heads else None
+
+
+def _heads_of(node: torch.fx.Node, model: nn.Module) -> list[str] | None:
+    """Walk back from ``node`` through class-preserving ops; the heads' names, or ``None``.
+
+    Several heads come back when the output adds (or averages) their logits, as LeViT's and DeiT's
+    ``head`` and ``head_dist`` do: one class is one row of each, so they are replaced together.
+    """
     pooled = False
     while True:
         if node.op == "call_module":
             name = str(node.target)  # a call_module's target is the module's qualified name
             module = model.get_submodule(name)
             if isinstance(module, nn.Linear):
-                return name
+                return [name]
             if isinstance(module, HEAD_TYPES):
-                return name if pooled and all(k == 1 for k in module.get_parameter("weight").shape[2:]) else None
+                return [name] if pooled and all(k == 1 for k in module.get_parameter("weight").shape[2:]) else None
             if isinstance(module, _POOL_MODULES):
                 pooled = True
             elif not isinstance(module, _PASS_THROUGH_MODULES):
                 return None
         elif node.op == "call_function":
-            if node.target in _POOL_FUNCTIONS:
+            if node.target in _SUM_FUNCTIONS and len(node.args) == 2 and all(isinstance(a, torch.fx.Node) for a in node.args):
+                return _summed_heads([_heads_of(a, model) for a in node.args if isinstance(a, torch.fx.Node)], model)
+            if node.target in _SCALE_FUNCTIONS and isinstance(node.args[0], torch.fx.Node) and isinstance(node.args[1], (int, float)):
+                pass  # (a + b) / 2: scaling by a constant keeps one value per class
+            elif node.target in _POOL_FUNCTIONS:
                 pooled = True
             elif node.target not in _PASS_THROUGH_FUNCTIONS and node.target is not operator.getitem:
                 return None
@@ -233,6 +260,16 @@ def _head_of(node: torch.fx.Node, model: nn.Module) -> str | None:
         if previous is None:
             return None
         node = previous
+
+
+def _summed_heads(branches: list[list[str] | None], model: nn.Module) -> list[str] | None:
+    """The heads of a sum of branches, when every branch ends in heads of one width (else ``None``)."""
+    if any(b is None for b in branches):
+        return None
+    names = [name for branch in branches if branch is not None for name in branch]
+    # Parallel heads read features of one width and give one value per class each.
+    widths = {(in_width(model.get_submodule(name)), out_width(model.get_submodule(name))) for name in names}
+    return list(dict.fromkeys(names)) if len(widths) == 1 else None
 
 
 def _conventional_head(model: nn.Module) -> tuple[str, nn.Module]:

@@ -75,7 +75,5 @@ def _example_inputs(spec: ModelSpec, request: SourceRequest) -> ExampleInputs | 
         inputs = ExampleInputs.of(request.example_inputs)
     except TypeError as exc:
         raise PipelineError(f"model.source: {spec.source!r} returned example inputs that optkit cannot use: {exc}") from exc
-    request.details["example_inputs"] = [
-        {"name": d.name, "shape": list(d.shape), "dtype": str(d.dtype).removeprefix("torch."), "keyword": d.keyword} for d in inputs.defs
-    ]
+    request.details["example_inputs"] = inputs.describe()
     return inputs

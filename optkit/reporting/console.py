@@ -75,7 +75,12 @@ def print_report(report: RunReport, console: Console, run_dir: str) -> None:
 
 def render_info(info: dict[str, Any], console: Any) -> None:
     """Print ``info`` (from ``optkit info``) as rich tables on ``console``."""
-    summary = Table(title=f"{info['model']} · input {info['input_shape']} · {info['device']}", show_header=False)
+    inputs = info.get("inputs") or []
+    if len(inputs) > 1 or any(spec["dtype"] != "float32" for spec in inputs):
+        shown = "inputs " + ", ".join(f"{spec['name']} {spec['shape']} {spec['dtype']}" for spec in inputs)
+    else:
+        shown = f"input {info['input_shape']}"
+    summary = Table(title=f"{info['model']} · {shown} · {info['device']}", show_header=False)
     summary.add_column(style="bold")
     summary.add_column()
     sparsity = info.get("sparsity")

@@ -15,12 +15,13 @@ from optkit.config.data import DataSpec
 from optkit.config.pipeline import MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
 from optkit.host.facade import Host
+from optkit.inputs import ExampleInputs
 from optkit.measure.flops import profile_macs
 from optkit.measure.stage import measure
 from optkit.measure.thop_distribution import thop_owner, thop_warning
 from optkit.run.data import prepare_data
 from optkit.run.device import device_name, select_device
-from optkit.run.runner import example_input
+from optkit.run.runner import seeded_inputs
 from optkit.run.seeding import seeded_construction
 
 if TYPE_CHECKING:
@@ -76,8 +77,9 @@ def _first_error(exc: ValidationError, whole: str = "value") -> str:
 
 def inspect_model(
     source: str,
-    input_shape: list[int],
+    input_shape: list[int] | None = None,
     *,
+    inputs: list[dict[str, Any]] | dict[str, dict[str, Any]] | None = None,
     host: Host | None = None,
     weights: str | None = None,
     device: str = "auto",
@@ -94,6 +96,8 @@ def inspect_model(
     Args:
         source: ``scheme:target`` (``torchvision:resnet50``, ``file:model.pt``, ``python:pkg.mod:factory``).
         input_shape: the input batch shape (MACs and latency are for this batch).
+        inputs: several or non-float inputs instead, as ``model.inputs`` in a pipeline file. With
+            neither, the source's own example inputs (an ``hf:`` model's token ids), else ``[1, 3, 224, 224]``.
         host: the plugins (sources) to load through; a fresh :class:`~optkit.host.facade.Host` by default.
         weights: as ``model.weights`` in a pipeline file.
         device: ``auto | cpu | cuda | cuda:N | N``.
@@ -108,26 +112,27 @@ def inspect_model(
         PipelineError: a bad source, weights, device or data (checked before anything is measured).
     """
     try:
-        spec = ModelSpec(source=source, input_shape=input_shape, weights=weights, trust_checkpoint=trust_checkpoint)
+        spec = ModelSpec(source=source, input_shape=input_shape, inputs=inputs, weights=weights, trust_checkpoint=trust_checkpoint)
         settings = MeasureSpec(warmup=warmup, iters=iters, latency=latency, flops=False)
     except ValidationError as exc:
         raise PipelineError(_first_error(exc, "model")) from None
     host = host or Host()
     torch_device = select_device(device)
     with seeded_construction(seed):
-        model, details = host.load_model(spec, Path.cwd())
+        model, details, source_inputs = host.load_model(spec, Path.cwd(), with_inputs=True)
     model = model.to(torch_device)
-    inputs = example_input(input_shape, seed, torch_device)
-    run_data = prepare_data(data, host, model, inputs, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
+    examples = source_inputs.to(torch_device) if source_inputs is not None else seeded_inputs(spec.input_defs(), seed, torch_device)
+    run_data = prepare_data(data, host, model, examples, torch_device, base_dir=Path.cwd(), seed=seed, accuracy=data is not None)
     rules = host.rule_table()
-    metrics = measure(model, inputs, settings, torch_device, rules).metrics.model_dump()
+    metrics = measure(model, examples, settings, torch_device, rules).metrics.model_dump()
     info: dict[str, Any] = {
         "model": source,
-        "input_shape": input_shape,
+        "input_shape": list(examples.first.shape),
+        "inputs": examples.describe(),
         "device": str(torch_device),
         "device_name": device_name(torch_device),
     }
-    info.update(model_info(model, inputs, metrics, verbose=verbose, module_rules=rules))
+    info.update(model_info(model, examples, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:
         info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
         info["data"] = run_data.details["eval"]
@@ -164,7 +169,7 @@ def parameter_table(model: nn.Module) -> list[dict[str, Any]]:
 
 def model_info(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | ExampleInputs,
     metrics: dict[str, Any],
     *,
     verbose: bool = False,

@@ -52,6 +52,7 @@ from optkit.run.baseline_guard import BaselineGuard
 from optkit.run.data import RunData, prepare_data
 from optkit.run.device import select_device
 from optkit.run.environment import environment
+from optkit.run.library_output import captured_library_output
 from optkit.run.run_dirs import claim_run_dir
 from optkit.run.seeding import seeded_construction
 from optkit.run.signals import handling_signals, interruption, restore_handlers
@@ -355,24 +356,26 @@ class _StageRunner:
         )
         ctx.details.update(result.details)
         product = None
+        library_output: list[str] = []
         start = time.perf_counter()
         try:
             stage_dir.mkdir(parents=True, exist_ok=True)
             guard = BaselineGuard(self.baseline_model)
-            product = apply(ctx)
-            self._check_baseline_unchanged(guard, result)
-            if isinstance(product, Artifact):  # made however the pass liked: it must still be in the stage folder
-                self._check_inside(product.path, stage_dir)
-                if not any(Path(listed).resolve() == Path(product.path).resolve() for listed in ctx.artifacts):
-                    ctx.artifacts.append(Path(product.path))
-            result.duration_s = time.perf_counter() - start
-            measurement = measure(
-                product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved
-            )
-            result.measure_s = measurement.seconds
-            result.metrics = measurement.metrics
-            self._add_drift(result, measurement, product)
-            self._add_accuracy(result, product)
+            with captured_library_output(library_output):
+                product = apply(ctx)
+                self._check_baseline_unchanged(guard, result)
+                if isinstance(product, Artifact):  # made however the pass liked: it must still be in the stage folder
+                    self._check_inside(product.path, stage_dir)
+                    if not any(Path(listed).resolve() == Path(product.path).resolve() for listed in ctx.artifacts):
+                        ctx.artifacts.append(Path(product.path))
+                result.duration_s = time.perf_counter() - start
+                measurement = measure(
+                    product, self.inputs, self.settings, self.device, self.module_rules, time_latency=not self.timing.interleaved
+                )
+                result.measure_s = measurement.seconds
+                result.metrics = measurement.metrics
+                self._add_drift(result, measurement, product)
+                self._add_accuracy(result, product)
             self._hold_to(result, tolerance, ctx.details)
             problem = json_problem(ctx.details, "details")
             if problem is not None:
@@ -393,6 +396,8 @@ class _StageRunner:
             restore_handlers()  # the pass may have replaced or ignored SIGINT/SIGTERM
             if product is None:  # the pass itself failed: its time until then
                 result.duration_s = time.perf_counter() - start
+            if library_output:  # what libraries warned, kept here instead of printed over the progress display
+                ctx.details["library_warnings"] = library_output
             # A value that is not JSON failed the stage above; the report keeps the keys that are.
             result.details = {key: value for key, value in ctx.details.items() if json_problem(value, key) is None}
             result.artifacts = self._artifacts(result, ctx)

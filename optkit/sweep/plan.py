@@ -19,9 +19,15 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "job"
 
 
-def _input_shape(sweep: SweepFile, model: SweepModel) -> list[int]:
+def _input_shape(sweep: SweepFile, model: SweepModel) -> list[int] | None:
+    """The job's ``input_shape``; ``None`` where the model gives ``inputs``, or where neither the model nor the
+    sweep sets a shape and the source may bring its own example inputs (an ``hf:`` model, a ``python:`` factory)."""
+    if model.inputs is not None:
+        return None
     # The model's own shape only where the sweep file gives one (ModelSpec fills in a default).
     own = model.input_shape if model.inputs_given else None
+    if own is None and not {"input_shape", "input_size"} & sweep.model_fields_set and not model.input_size_kwarg:
+        return None
     shape = list(own or sweep.input_shape)
     if sweep.input_size is not None and own is None:
         shape[-2:] = [sweep.input_size, sweep.input_size]
@@ -47,7 +53,7 @@ def plan_jobs(sweep: SweepFile, output: Path) -> list[Job]:
     for model in sweep.models:
         shape = _input_shape(sweep, model)
         kwargs = dict(model.kwargs)
-        if model.input_size_kwarg:
+        if model.input_size_kwarg and shape is not None:
             kwargs[model.input_size_kwarg] = shape[-1]
         for pipeline_name, passes in sweep.pipelines.items():
             name = _safe_name(f"{model.label}--{pipeline_name}")

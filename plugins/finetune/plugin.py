@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from optkit import ALL_BUT_HEAD, Pass, PassContext, StageError, apply_freeze, evaluate, hookimpl
+from optkit import ALL_BUT_HEAD, ExampleInputs, Pass, PassContext, StageError, apply_freeze, evaluate, flatten_outputs, hookimpl
 from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.finetune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optkit_plugins.finetune.training import StepReport, TrainingSettings, autocast_dtype, logits, train
@@ -89,16 +89,19 @@ class FineTune(Pass):
                 teacher's; every parameter frozen; a loss that is not finite (with its step).
         """
         opts = self.options
-        ctx.require_single_input("finetune")  # its loops feed one input tensor per batch
+        if opts.bn_recalibrate and not ctx.example_inputs.single:  # torch's update_bn feeds one input tensor per batch
+            raise StageError(
+                f"finetune: bn_recalibrate feeds one input tensor per batch, and this model takes {len(ctx.example_inputs.defs)} "
+                f"({', '.join(ctx.example_inputs.names)}); set bn_recalibrate: false"
+            )
         detector = torchvision_detector(model)
         if detector is not None:
             raise StageError(
                 f"finetune trains classifiers on (image, class) samples with cross-entropy; torchvision's {detector} "
                 "trains on box targets with its own detection losses, which finetune does not give it"
             )
+        classes = _classes(model, ctx.example_inputs)
         train_data = ctx.require_data("train")
-        with torch.no_grad():
-            classes = logits(model(ctx.example_input)).shape[1]
         _check_classes(train_data, classes)
         teacher = self._teacher(model, ctx, classes)
         student = model  # the model is this stage's to change: trained in place, no copy
@@ -185,7 +188,7 @@ class FineTune(Pass):
                     "above); use teacher: previous or none"
                 )
         with torch.no_grad():
-            teacher_classes = logits(teacher(ctx.example_input)).shape[1]
+            teacher_classes = logits(ctx.example_inputs.call(teacher)).shape[1]
         if teacher_classes != classes:
             if choice == "auto":
                 ctx.details["teacher"] = "none"
@@ -228,6 +231,25 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         for index in gpu:
             torch.cuda.default_generators[index].manual_seed(seed)
         yield
+
+
+def _classes(model: nn.Module, example: ExampleInputs) -> int:
+    """The model's classes: the width of its ``[batch, classes]`` logits.
+
+    Raises:
+        StageError: the first output is no ``[batch, classes]`` tensor (a segmentation map, say).
+    """
+    with torch.no_grad():
+        outputs = example.call(model)
+    first = next(iter(flatten_outputs(outputs)), None)
+    if first is None or first.dim() != 2:
+        shape = list(first.shape) if first is not None else type(outputs).__name__
+        kind = " (a dense map: segmentation, depth)" if first is not None and first.dim() == 4 else ""
+        raise StageError(
+            f"finetune trains classifiers: cross-entropy of [batch, classes] logits against class labels; the model's first "
+            f"output is {shape}{kind}, which it does not train"
+        )
+    return int(first.shape[1])
 
 
 def _check_classes(train_data: Any, classes: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from optkit import PipelineError, StageError, classifier_outputs
+from optkit import ExampleInputs, PipelineError, StageError, classifier_outputs
 from optkit_plugins.finetune.batchnorm import frozen_batchnorm
 from optkit_plugins.finetune.loss import finetune_loss
 
@@ -100,7 +100,7 @@ def logits(outputs: Any) -> torch.Tensor:
 def train(
     student: nn.Module,
     teacher: nn.Module | None,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, torch.Tensor]],
     settings: TrainingSettings,
     *,
     device: torch.device,
@@ -112,7 +112,7 @@ def train(
     Args:
         student: the model to train; it is left in eval mode.
         teacher: the model to distil from (eval mode, not trained), or ``None``.
-        batches: ``(inputs, labels)`` batches on ``device``; read again for every epoch.
+        batches: ``(inputs, labels)`` batches on ``device``, inputs a tensor or a tuple or dict of them; read again for every epoch.
         settings: optimizer, schedule, loss and precision.
         device: where the models are (mixed precision on CUDA).
         classes: the student's outputs (labels must be below it).
@@ -148,11 +148,12 @@ def train(
             start = time.perf_counter()
             for inputs, labels in batches:
                 _check_labels(labels, classes)
+                example = ExampleInputs.of(inputs)  # one tensor, or a tuple or dict of them (model.inputs)
                 with autocast():
-                    student_logits = logits(student(inputs))
+                    student_logits = logits(example.call(student))
                     if teacher is not None:
                         with torch.no_grad():
-                            teacher_logits = logits(teacher(inputs))
+                            teacher_logits = logits(example.call(teacher))
                     else:
                         teacher_logits = None
                 parts = finetune_loss(student_logits, teacher_logits, labels, settings.temperature, settings.alpha)
@@ -169,7 +170,7 @@ def train(
                 scaler.update()
                 if schedule is not None:
                     schedule.step()
-                size = len(inputs)
+                size = example.batch_size
                 record.steps += 1
                 record.samples += size
                 sums["loss"] += value * size

@@ -40,7 +40,10 @@ class TTA(Pass):
             32, description="Scaled inputs are padded to a multiple of this (default: 32; a recognised YOLO model's largest stride)."
         )
         pad_value: float = Field(0.0, description="Padding fill (0.0 = mean of a normalised image; YOLOv5/Ultralytics: 0.447).")
-        same_shape: bool = Field(False, description="Pad back to the input size (models with a fixed input size).")
+        same_shape: bool = Field(
+            False,
+            description="Pad back to the input size (models with a fixed input size); not set: chosen when the model fails at a scaled input.",
+        )
         output: Literal["classification", "dense", "flow", "detection"] | None = Field(
             None,
             description="What the output is, for models TTA does not recognise: detection = YOLO layout [B, 4+nc, anchors], "
@@ -89,31 +92,35 @@ class TTA(Pass):
                 f"tta: torchvision's {detector} returns detections after NMS (a list of dicts of boxes, scores and labels per "
                 "image), which cannot be merged across branches; TTA merges YOLO-layout predictions before NMS"
             )
+        _check_image_batch(ctx.example_input)
         plan = self._plan(model, ctx.example_input)
         stride = opts.stride
         if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
             stride = int(max(plan.yolo.strides))
-        wrapped = TestTimeAugmentation(
-            model, opts.scales, opts.flips, opts.merge, stride, opts.pad_value, opts.same_shape, plan=plan, descale=opts.descale
-        )
+        same_shape = opts.same_shape
         try:
-            with torch.inference_mode():
-                wrapped(ctx.example_input)
-        except ValueError as exc:  # restore_detections: keypoints flipped without flip_idx
-            raise StageError(f"tta: {exc}") from exc
-        # A model with a fixed input size rejects the scaled inputs (ViT asserts, others raise
-        # RuntimeError on a shape mismatch): say which option fixes it.
-        except (RuntimeError, AssertionError) as exc:
-            hint = "" if opts.same_shape else "; models with a fixed input size need same_shape: true"
-            raise StageError(f"the model fails on the augmented inputs ({type(exc).__name__}: {exc}){hint}") from exc
+            wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape)
+        except StageError as exc:
+            # A model of one input size (ViT, Swin, LeViT) rejects the scaled inputs: padded back to
+            # the input size they run, unless the pipeline said same_shape: false.
+            if same_shape or "same_shape" in opts.model_fields_set or any(s > 1.0 for s in opts.scales) or exc.__cause__ is None:
+                raise
+            wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape=True)
+            same_shape = True
+            plan.notes.append(
+                f"the model takes one input size only ({type(exc.__cause__).__name__} at a scaled input): scaled inputs are padded "
+                "back to the input size (same_shape: true)"
+            )
+            ctx.logger.info("tta: %s", plan.notes[-1])
         height, width = (int(d) for d in ctx.example_input.shape[-2:])
         base_macs = count_macs(model, ctx.example_input)["macs"]
         tta_macs = count_macs(wrapped, ctx.example_input)["macs"]
         ctx.details.update(
             branches=[
-                {"scale": scale, "flip": flip or "none", "input_hw": list(_branch_size(scale, height, width, stride, opts.same_shape))}
+                {"scale": scale, "flip": flip or "none", "input_hw": list(_branch_size(scale, height, width, stride, same_shape))}
                 for scale, flip in wrapped.branches
             ],
+            same_shape=same_shape,
             merge=opts.merge,
             stride=stride,
             outputs=plan.describe(),
@@ -130,6 +137,31 @@ class TTA(Pass):
             for warning in warnings:
                 ctx.logger.warning("tta: %s", warning)
         ctx.logger.info("tta: %d branches, %.2fx the MACs", len(wrapped.branches), ctx.details["cost_multiplier"] or 0)
+        return wrapped
+
+    def _wrap_and_run(
+        self, model: nn.Module, example: torch.Tensor, plan: OutputPlan, stride: int, same_shape: bool
+    ) -> TestTimeAugmentation:
+        """The wrapper, run once on ``example``.
+
+        Raises:
+            StageError: keypoints flipped without ``flip_idx``, or the model fails on the augmented
+                inputs (chained to the model's error).
+        """
+        opts = self.options
+        wrapped = TestTimeAugmentation(
+            model, opts.scales, opts.flips, opts.merge, stride, opts.pad_value, same_shape, plan=plan, descale=opts.descale
+        )
+        try:
+            with torch.inference_mode():
+                wrapped(example)
+        except ValueError as exc:  # restore_detections: keypoints flipped without flip_idx
+            raise StageError(f"tta: {exc}") from None
+        # A model with a fixed input size rejects the scaled inputs (ViT asserts, others raise
+        # RuntimeError on a shape mismatch): say which option fixes it.
+        except (RuntimeError, AssertionError) as exc:
+            hint = "" if same_shape else "; models with a fixed input size need same_shape: true"
+            raise StageError(f"the model fails on the augmented inputs ({type(exc).__name__}: {exc}){hint}") from exc
         return wrapped
 
     def _plan(self, model: nn.Module, example: torch.Tensor) -> OutputPlan:
@@ -153,6 +185,15 @@ class TTA(Pass):
             )
         except UnknownOutputError as exc:
             raise StageError(str(exc)) from exc
+
+
+def _check_image_batch(example: torch.Tensor) -> None:
+    """Refuse, before any work, an input that is no batch of images ``[B, C, H, W]`` or videos ``[B, C, T, H, W]``."""
+    if example.dim() not in (4, 5) or not example.is_floating_point():
+        raise StageError(
+            f"tta augments image batches ([B, C, H, W] or video [B, C, T, H, W], floating point); the model's input is "
+            f"{list(example.shape)} {str(example.dtype).removeprefix('torch.')}, which cannot be resized or flipped"
+        )
 
 
 def _branch_size(scale: float, height: int, width: int, stride: int, same_shape: bool) -> tuple[int, int]:

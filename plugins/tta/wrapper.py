@@ -161,7 +161,9 @@ class TestTimeAugmentation(nn.Module):
         height, width = x.shape[-2], x.shape[-1]
         if scale == 1.0:
             return x, (height, width), (height, width)
-        x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+        # A video [B, C, T, H, W] is resized in space only: its frames stay.
+        factor, mode = ((1.0, scale, scale), "trilinear") if x.dim() == 5 else (scale, "bilinear")
+        x = F.interpolate(x, scale_factor=factor, mode=mode, align_corners=False, recompute_scale_factor=True)
         scaled_h, scaled_w = x.shape[-2], x.shape[-1]
         if self.same_shape:
             padded_h, padded_w = height, width
