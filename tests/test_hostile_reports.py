@@ -15,7 +15,7 @@ from optkit.errors import PipelineError
 from optkit.reporting.markdown import render_markdown
 from optkit.reporting.runs import load_runs
 from optkit.reporting.markdown import render_comparison_markdown
-from optkit.reporting.runs import ComparedRun
+from optkit.results import ComparedRun
 from optkit.results import REPORT_MAX_BYTES, RunReport, StageResult
 
 SCRIPT = "<script>alert(1)</script>"

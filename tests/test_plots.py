@@ -8,7 +8,7 @@ import matplotlib.image as matplotlib_image
 import torch
 
 from optkit.reporting.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
-from optkit.reporting.runs import ComparedRun
+from optkit.results import ComparedRun
 from optkit.results import RunReport, StageResult
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from optkit import Pass, hookimpl
 from optkit.config.pipeline import parse_pipeline
 from optkit.host.facade import Host
-from optkit.reporting.runs import ComparedRun
+from optkit.results import ComparedRun
 from optkit.reporting.tables import final_speedup, speedup_table
 from optkit.results import RunReport, StageResult
 from optkit.run.runner import run_pipeline

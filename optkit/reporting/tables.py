@@ -6,13 +6,10 @@ the same figures.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from optkit.measure.cpu import CpuInfo
-from optkit.results import Drift, Environment, NoiseCheck, RunReport, Speedup, StageMetrics
-
-if TYPE_CHECKING:
-    from optkit.reporting.runs import ComparedRun
+from optkit.results import ComparedRun, Drift, Environment, NoiseCheck, RunReport, Speedup, StageMetrics
 
 __all__ = [
     "COLUMNS",
