@@ -761,6 +761,12 @@ class ComparisonReport(ReportModel):
         """
         return _validated(cls, data, where, "comparison")
 
+    @classmethod
+    def load(cls, path: str | Path) -> ComparisonReport:
+        """Read a comparison's ``report.json`` (or the folder holding one)."""
+        path = Path(path)
+        return cls.from_dict(read_report_json(path), str(path / "report.json" if path.is_dir() else path))
+
 
 def read_report_json(path: str | Path) -> dict[str, Any]:
     """The ``report.json`` of a run or sweep folder (or the file itself), as a dict.
