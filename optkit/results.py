@@ -416,6 +416,7 @@ class Accuracy(ReportModel):
     top1: float = Field(description="Top-1 accuracy over the labeled samples.")
     top5: float | None = Field(None, description="Top-5 accuracy (5 or more classes).")
     n: int = Field(description="Labeled samples.")
+    nonfinite_inputs: int | None = Field(None, description="Samples whose input holds NaN or an infinity (their predictions mean nothing).")
 
 
 class Similarity(ReportModel):
@@ -738,7 +739,7 @@ class ComparisonReport(ReportModel):
     _omit_none: ClassVar[bool] = False
 
     schema_: int = Field(SCHEMA_VERSION, alias="schema", description="The report format's version (as a run's report.json).")
-    kind: Literal["optkit-comparison"] = Field(COMPARISON_KIND, description="Tells a comparison from a run's report.json.")
+    kind: Literal["optkit-comparison"] = Field("optkit-comparison", description="Tells a comparison from a run's report.json.")
     optkit_version: str = Field(default_factory=optkit_version, description="The optkit that wrote the comparison.")
     status: RunStatus = Field(RunStatus.ok, description="running while a sweep goes on, then ok, failed or interrupted.")
     meta: ComparisonMeta = Field(default_factory=ComparisonMeta, description="Title, command, notes ...")

@@ -228,7 +228,7 @@ def tolerance_failure(
     The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
     exact arithmetic must agree on any input). The similarity bounds (``cosine``,
     ``top1_agreement``) are checked on ``on_data`` when given (the stage against the stage before
-    on data.eval: :func:`optkit.measure.accuracy.similarity_metrics`), else on ``drift``: a quantized
+    on data.eval: :func:`optkit.measure.accuracy.similarity_to`), else on ``drift``: a quantized
     model is calibrated for real inputs, and the seeded batch of random values is not one.
 
     Args:

@@ -476,11 +476,10 @@ class _StageRunner:
         tracker = self.data.accuracy
         if tracker is None:
             return
-        metrics, seconds = tracker.evaluate(product)
-        for key, value in metrics.items():  # accuracy, agreement
-            setattr(result.metrics, key, value)
+        accuracy, agreement, seconds = tracker.evaluate(product)
+        result.metrics.accuracy, result.metrics.agreement = accuracy, agreement
         result.measure_s += seconds
-        tracker.check_budget(metrics)
+        tracker.check_budget(accuracy)
 
     def _add_drift(self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact) -> None:
         module = product.source_model if isinstance(product, Artifact) else product
