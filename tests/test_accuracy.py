@@ -92,9 +92,9 @@ def test_the_numbers_equal_an_independent_evaluation_of_the_saved_files(digits_r
     exported, _ = independent_predictions(ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]), digits)
 
     for name, predictions in (("baseline", baseline), ("prune_l1", pruned), ("export_onnx", exported)):
-        assert stages[name]["accuracy"]["top1"] == float((predictions == labels).double().mean()), name
-        assert stages[name]["agreement"]["top1"] == float((predictions == baseline).double().mean()), name
-    assert stages["export_onnx"]["agreement"]["previous"]["top1"] == float((exported == pruned).double().mean())
+        assert stages[name].accuracy.top1 == float((predictions == labels).double().mean()), name
+        assert stages[name].agreement.top1 == float((predictions == baseline).double().mean()), name
+    assert stages["export_onnx"].agreement.previous.top1 == float((exported == pruned).double().mean())
 
 
 def test_max_accuracy_drop_fails_exactly_the_stage_that_breaks_it(digits, tmp_path, cli):
@@ -105,9 +105,9 @@ def test_max_accuracy_drop_fails_exactly_the_stage_that_breaks_it(digits, tmp_pa
     report, run_dir = run_pipeline(load_pipeline(path, host.get_pass), host, output=tmp_path / "run")
 
     assert [s.status for s in report.stages] == ["ok", "ok", "ok", "failed", "skipped"]
-    base = report.stages[0].metrics["accuracy"]["top1"]
+    base = report.stages[0].metrics.accuracy.top1
     failed = report.stages[3]
-    assert failed.metrics["accuracy"]["top1"] < 0.05 and failed.metrics["agreement"]["top1"] < 0.05  # kept on the failed stage
+    assert failed.metrics.accuracy.top1 < 0.05 and failed.metrics.agreement.top1 < 0.05  # kept on the failed stage
     assert report.error == (
         f"stage 3 (scale) failed: top-1 accuracy on data.eval fell from {base:.2%} (baseline) to "
         f"{failed.metrics['accuracy']['top1']:.2%}, a drop of {(base - failed.metrics['accuracy']['top1']) * 100:.2f} points, "

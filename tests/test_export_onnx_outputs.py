@@ -224,9 +224,9 @@ def test_a_pipeline_exporting_one_output_is_compared_with_that_output(tmp_path, 
     report, _ = run_pipeline(load_pipeline(path, host.get_pass), host)
     assert report.status == "ok", report.error
     baseline, export, fuse = report.stages
-    assert [row["name"] for row in baseline.metrics["drift"]["outputs"]] == ["output_0", "output_1.scores", "output_1.feats.0"]
-    assert [row["name"] for row in export.metrics["drift"]["outputs"]] == ["output"]  # the scores, alone
-    assert export.metrics["drift"]["outputs"][0]["shape"] == [1, 4]
-    assert export.metrics["drift"]["previous"]["max_abs"] <= 1e-5 + 1e-3 * 1e-3
+    assert [row.name for row in baseline.metrics.drift.outputs] == ["output_0", "output_1.scores", "output_1.feats.0"]
+    assert [row.name for row in export.metrics.drift.outputs] == ["output"]  # the scores, alone
+    assert export.metrics.drift.outputs[0].shape == [1, 4]
+    assert export.metrics.drift.previous.max_abs <= 1e-5 + 1e-3 * 1e-3
     # The stage after an export is compared with the model before it (the export changed nothing).
-    assert [row["name"] for row in fuse.metrics["drift"]["previous"]["outputs"]] == ["output_0", "output_1.scores", "output_1.feats.0"]
+    assert [row.name for row in fuse.metrics.drift.previous.outputs] == ["output_0", "output_1.scores", "output_1.feats.0"]

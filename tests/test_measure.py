@@ -148,12 +148,12 @@ def test_cuda_latency_is_synchronized_and_peak_memory_recorded():
     model = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 2048)).to(device)
     x = torch.randn(256, 2048, device=device)
     result = measure(model, x, MeasureSpec(warmup=3, iters=10), device)
-    latency = result.metrics["latency_ms"]
-    assert latency["timer"] == "cuda_event" and latency["device"] == "cuda:0" and latency["n"] == 10
-    assert latency["p50"] > 0.0
-    assert "cudnn_benchmark" in latency
+    latency = result.metrics.latency_ms
+    assert latency.timer == "cuda_event" and latency.device == "cuda:0" and latency.n == 10
+    assert latency.p50 > 0.0
+    assert latency.cudnn_benchmark is not None
     weights = sum(p.numel() * 4 for p in model.parameters())
-    assert result.metrics["peak_memory_bytes"] >= weights
+    assert result.metrics.peak_memory_bytes >= weights
     # a slow kernel is timed whole: 20 chained matmuls take ~20x one
     one = time_callable(lambda t: t @ t, torch.randn(2048, 2048, device=device), device, 3, 10)["p50"]
     many = time_callable(lambda t: [t @ t for _ in range(20)], torch.randn(2048, 2048, device=device), device, 3, 10)["p50"]
