@@ -90,7 +90,7 @@ def run_example(data: Path, seed: int, threads: int, device: str, work: Path) ->
         "macs": [baseline.metrics.macs, tuned.metrics.macs],
         "macs_ratio": baseline.metrics.macs / tuned.metrics.macs,
         "params": [baseline.metrics.params, tuned.metrics.params],
-        "p50_ms": [s.metrics.get("latency_ms", {}).get("p50") for s in (baseline, tuned, stages[4])],
+        "p50_ms": [s.metrics.latency_ms.p50 if s.metrics.latency_ms else None for s in (baseline, tuned, stages[4])],
         "bn_recalibrate_s": recalibrated.duration_s,
         "finetune_s": tuned.duration_s,
         "finetune": {k: tuned.details[k] for k in ("epochs", "steps", "samples_seen", "samples_per_s", "loss_curve", "teacher")},

@@ -190,7 +190,7 @@ def with_finetune(data_root: Path, criterion: str, allocation: str, reduction: f
     start = time.perf_counter()
     report, _ = run_pipeline(load_pipeline(path, host.get_pass, producers=host.passes_producing), host)
     stages = report.stages
-    top = [s.metrics.get("accuracy", {}).get("top1") for s in stages]
+    top = [s.metrics.accuracy.top1 if s.metrics.accuracy else None for s in stages]
     return {
         "criterion": criterion, "allocation": allocation, "steps": steps, "epochs": epochs, "goal_reduction": reduction,
         "macs": [stages[0].metrics.macs, stages[-1].metrics.macs],
