@@ -316,8 +316,15 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[Environment, int]]
 
 def environment_text(env: Environment) -> str:
     """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
-    libraries = {"python": env.python, "torch": env.torch, "torchvision": env.torchvision, "onnx": env.onnx,
-                 "onnxruntime": env.onnxruntime, "thop": env.thop, "cuda": env.cuda}
+    libraries = {
+        "python": env.python,
+        "torch": env.torch,
+        "torchvision": env.torchvision,
+        "onnx": env.onnx,
+        "onnxruntime": env.onnxruntime,
+        "thop": env.thop,
+        "cuda": env.cuda,
+    }
     versions = " · ".join(f"{name} {version}" for name, version in libraries.items() if version)
     cpu = CpuInfo.from_dict(env.cpu).describe() if env.cpu else env.processor
     return f"device **{env.device}** · {env.threads} threads · {cpu} · {env.platform} · {versions}"
