@@ -91,7 +91,7 @@ def build_variants(source: str, x: torch.Tensor, device: torch.device) -> tuple[
         reference = _first_tensor(model(x))
         for variant in ("optkit", "optkit_graph", "fx"):
             if variant in variants:
-                info[f"{variant}_max_abs_diff"] = compare_outputs(_first_tensor(variants[variant](x)), reference)["max_abs"]
+                info[f"{variant}_max_abs_diff"] = compare_outputs(_first_tensor(variants[variant](x)), reference).max_abs
     return variants, info
 
 

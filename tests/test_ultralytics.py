@@ -124,8 +124,8 @@ def test_yolo11n_through_fuse_bn_tta_and_an_opset_17_export(tmp_path, host, yolo
     assert all(row["excess"] <= 1 for row in per_output.values())
     assert per_output["output (scores)"]["allowed"] < 1e-3 < per_output["output (boxes)"]["allowed"]
     drift = stages["fuse_bn"].metrics.drift.previous
-    assert [row["name"] for row in drift["outputs"]][:2] == ["output_0", "output_1.boxes"]
-    assert [g["group"] for g in drift["outputs"][0]["groups"]] == ["boxes", "scores"]
+    assert [row.name for row in drift.outputs][:2] == ["output_0", "output_1.boxes"]
+    assert [g.group for g in drift.outputs[0].groups] == ["boxes", "scores"]
 
 
 def test_tta_boxes_on_a_yolo_are_the_plain_and_the_unflipped_predictions(yolo11n):

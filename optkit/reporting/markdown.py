@@ -67,10 +67,10 @@ def _per_output_lines(report: RunReport) -> list[str]:
     rows = []
     for stage in report.stages:
         drift = stage.metrics.drift
-        parts = output_parts(drift.model_dump()) if drift is not None and drift.outputs else []
+        parts = output_parts(drift) if drift is not None and drift.outputs else []
         if len(parts) > 1:
             rows += [
-                [str(stage.index), stage.name, label, f"{f['max_abs']:.2e}", f"{f['reference_max_abs']:.3g}", f"{f['cosine']:.6f}"]
+                [str(stage.index), stage.name, label, f"{f.max_abs:.2e}", f"{f.reference_max_abs:.3g}", f"{f.cosine:.6f}"]
                 for label, f in parts
             ]
     if not rows:
