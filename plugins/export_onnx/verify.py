@@ -135,7 +135,7 @@ def parity_by_output(figures: dict[str, Parity], atol: float, rtol: float) -> li
                     "worst_input": label,
                     "max_abs": part.max_abs,
                     "reference_max_abs": part.reference_max_abs,
-                    "allowed": atol + rtol * part.reference_max_abs,
+                    "allowed": atol + rtol * (part.reference_max_abs or 0.0),  # set for every compared output
                     "excess": excess,
                     "cosine": part.cosine,
                 }
