@@ -234,7 +234,7 @@ class ReportModel(BaseModel):
         return data
 
     def __bool__(self) -> bool:
-        """Whether anything is recorded (an empty ``metrics`` or ``timing`` is false, as its dict was)."""
+        """Whether anything is recorded: ``if stage.metrics:`` is false for a stage that was never measured."""
         return any(value is not None for value in (*self.__dict__.values(), *(self.__pydantic_extra__ or {}).values()))
 
 

@@ -139,7 +139,7 @@ def test_interleaved_times_every_stage_in_the_same_rounds_against_an_untouched_b
         assert latency.p10 <= latency.p50_interval.low <= latency.p50 <= latency.p50_interval.high <= max(latency.samples)
     first, second = report.stages[1].metrics, report.stages[2].metrics
     # Each speed-up is the median of the per-round ratios (round i of every stage timed together).
-    ratios = [b / s for b, s in zip(latencies[0]["samples"], latencies[2]["samples"])]
+    ratios = [b / s for b, s in zip(latencies[0].samples, latencies[2].samples)]
     torch.testing.assert_close(second.speedup.value, statistics.median(ratios), rtol=1e-12, atol=0)
     assert second.speedup.paired and second.speedup.against == "baseline"
     assert second.speedup.low <= second.speedup.value <= second.speedup.high < 1.0  # 6× slower: a finding
