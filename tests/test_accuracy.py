@@ -110,7 +110,7 @@ def test_max_accuracy_drop_fails_exactly_the_stage_that_breaks_it(digits, tmp_pa
     assert failed.metrics.accuracy.top1 < 0.05 and failed.metrics.agreement.top1 < 0.05  # kept on the failed stage
     assert report.error == (
         f"stage 3 (scale) failed: top-1 accuracy on data.eval fell from {base:.2%} (baseline) to "
-        f"{failed.metrics['accuracy']['top1']:.2%}, a drop of {(base - failed.metrics['accuracy']['top1']) * 100:.2f} points, "
+        f"{failed.metrics.accuracy.top1:.2%}, a drop of {(base - failed.metrics.accuracy.top1) * 100:.2f} points, "
         "over measure.max_accuracy_drop 0.01 (1.00 points); raise it to accept the stage"
     )
     assert json.loads((run_dir / "report.json").read_text())["status"] == "failed"
