@@ -240,3 +240,13 @@ def test_a_real_comparison_validates_against_its_published_schema_and_reads_back
     broken = {**data, "runs": [{**data["runs"][0], "seconds": "slow"}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, comparison_json_schema(), cls=jsonschema.Draft202012Validator)
+
+
+def test_the_committed_model_zoo_comparison_validates_against_the_comparison_schema():
+    """The benchmark's comparison (written by the optkit of its day) still fits the published schema and the models."""
+    path = ROOT / "benchmarks" / "results" / "cpu" / "report.json"
+    data = strict_json(path.read_text())
+    jsonschema.validate(data, comparison_json_schema(), cls=jsonschema.Draft202012Validator)
+    comparison = ComparisonReport.load(path)
+    assert comparison.kind == "optkit-comparison" and len(comparison.runs) == len(data["runs"]) > 0
+    assert all(run.report.stages[0].name == "baseline" for run in comparison.runs if run.report.stages)
