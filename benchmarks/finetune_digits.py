@@ -77,7 +77,7 @@ def run_example(data: Path, seed: int, threads: int, device: str, work: Path) ->
     baseline, pruned, recalibrated, tuned = stages[0], stages[1], stages[2], stages[3]
 
     def top1(stage: Any) -> float:
-        return stage.metrics["accuracy"]["top1"]
+        return stage.metrics.accuracy.top1
 
     return {
         "seed": seed,
@@ -87,10 +87,10 @@ def run_example(data: Path, seed: int, threads: int, device: str, work: Path) ->
         "finetune_top1": top1(tuned),
         "onnx_top1": top1(stages[4]),
         "drop_points": (top1(baseline) - top1(tuned)) * 100,
-        "macs": [baseline.metrics["macs"], tuned.metrics["macs"]],
-        "macs_ratio": baseline.metrics["macs"] / tuned.metrics["macs"],
-        "params": [baseline.metrics["params"], tuned.metrics["params"]],
-        "p50_ms": [s.metrics.get("latency_ms", {}).get("p50") for s in (baseline, tuned, stages[4])],
+        "macs": [baseline.metrics.macs, tuned.metrics.macs],
+        "macs_ratio": baseline.metrics.macs / tuned.metrics.macs,
+        "params": [baseline.metrics.params, tuned.metrics.params],
+        "p50_ms": [s.metrics.latency_ms.p50 if s.metrics.latency_ms else None for s in (baseline, tuned, stages[4])],
         "bn_recalibrate_s": recalibrated.duration_s,
         "finetune_s": tuned.duration_s,
         "finetune": {k: tuned.details[k] for k in ("epochs", "steps", "samples_seen", "samples_per_s", "loss_curve", "teacher")},

@@ -91,8 +91,14 @@ def build_variants(source: str, x: torch.Tensor, device: torch.device) -> tuple[
         reference = _first_tensor(model(x))
         for variant in ("optkit", "optkit_graph", "fx"):
             if variant in variants:
-                info[f"{variant}_max_abs_diff"] = compare_outputs(_first_tensor(variants[variant](x)), reference)["max_abs"]
+                info[f"{variant}_max_abs_diff"] = compare_outputs(_first_tensor(variants[variant](x)), reference).max_abs
     return variants, info
+
+
+def _figure(reference: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any] | None:
+    """The paired speed-up of ``variant`` over ``reference`` as the results JSON holds it."""
+    figure = speedup(reference, variant, paired=True)
+    return figure.model_dump(mode="json") if figure is not None else None
 
 
 def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -100,11 +106,11 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
     variants, info = build_variants(name, x, device)
     contenders = {variant: Contender(model, cuda_events=device.type == "cuda") for variant, model in variants.items()}
     latency = time_round_robin(contenders, x, device, args.warmup, args.rounds)
-    speedups = {variant: speedup(latency["unfused"], latency[variant], paired=True) for variant in latency if variant != "unfused"}
+    speedups = {variant: _figure(latency["unfused"], latency[variant]) for variant in latency if variant != "unfused"}
     row = {"model": name, **info, "latency_ms": latency, "speedup": speedups}
     if "fx" in latency:  # fx median over optkit's, per round: >= 1 when optkit is at least as fast
-        row["optkit_vs_fx"] = speedup(latency["fx"], latency["optkit"], paired=True)
-        row["optkit_graph_vs_fx"] = speedup(latency["fx"], latency["optkit_graph"], paired=True)
+        row["optkit_vs_fx"] = _figure(latency["fx"], latency["optkit"])
+        row["optkit_graph_vs_fx"] = _figure(latency["fx"], latency["optkit_graph"])
     log.info("%s: %s", name, {k: format_speedup(v) for k, v in speedups.items()})
     return row
 

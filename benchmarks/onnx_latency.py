@@ -111,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         "opset": details["opset"],
         "parity_max_abs": details["parity"]["max_abs"],
         "latency_ms": {"torch_eager": latency["torch"], "onnxruntime": latency["onnxruntime"]},
-        "speedup": figure,
+        "speedup": figure.model_dump(mode="json"),
         "target": TARGET,
         # the whole interval above the target, not the estimate alone; not judged on a busy machine,
         # where the two runtimes' threads suffer unequally from the load
-        "meets_target": None if noise["noisy"] else figure["low"] >= TARGET,
+        "meets_target": None if noise["noisy"] else figure.low >= TARGET,
         "environment": {**environment(torch.device("cpu")), "noise": noise},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }

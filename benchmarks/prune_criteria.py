@@ -219,11 +219,11 @@ def with_finetune(data_root: Path, criterion: str, allocation: str, reduction: f
     start = time.perf_counter()
     report, _ = run_pipeline(load_pipeline(path, host.get_pass, producers=host.passes_producing), host)
     stages = report.stages
-    top = [s.metrics.get("accuracy", {}).get("top1") for s in stages]
+    top = [s.metrics.accuracy.top1 if s.metrics.accuracy else None for s in stages]
     return {
         "criterion": criterion, "allocation": allocation, "steps": steps, "epochs": epochs, "goal_reduction": reduction,
-        "macs": [stages[0].metrics["macs"], stages[-1].metrics["macs"]],
-        "macs_reduction": stages[0].metrics["macs"] / stages[-1].metrics["macs"],
+        "macs": [stages[0].metrics.macs, stages[-1].metrics.macs],
+        "macs_reduction": stages[0].metrics.macs / stages[-1].metrics.macs,
         "top1": {"baseline": top[0], "pruned": top[1], "bn_recalibrated": top[2], "finetuned": top[3]},
         "drop_points": 100 * (top[0] - top[3]), "wall_s": time.perf_counter() - start,
         "status": [s.status for s in stages],

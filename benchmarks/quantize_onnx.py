@@ -169,13 +169,13 @@ def accuracy_part(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         exported, quantized = report.stages[1], report.stages[2]
         rows[name] = {
             "options": options,
-            "fp32_top1": exported.metrics["accuracy"]["top1"],
-            "int8_top1": quantized.metrics["accuracy"]["top1"],
-            "agreement_with_fp32": quantized.metrics["agreement"]["previous"]["top1"],
-            "cosine_with_fp32": quantized.metrics["agreement"]["previous"]["cosine"],
-            "fp32_bytes": exported.metrics["size_bytes"],
-            "int8_bytes": quantized.metrics["size_bytes"],
-            "size_ratio": exported.metrics["size_bytes"] / quantized.metrics["size_bytes"],
+            "fp32_top1": exported.metrics.accuracy.top1,
+            "int8_top1": quantized.metrics.accuracy.top1,
+            "agreement_with_fp32": quantized.metrics.agreement.previous.top1,
+            "cosine_with_fp32": quantized.metrics.agreement.previous.cosine,
+            "fp32_bytes": exported.metrics.size_bytes,
+            "int8_bytes": quantized.metrics.size_bytes,
+            "size_ratio": exported.metrics.size_bytes / quantized.metrics.size_bytes,
             "reduce_range": quantized.details["int8_scheme"]["reduce_range"],
         }
         log.info("%s: %s", name, rows[name])

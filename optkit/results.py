@@ -14,9 +14,9 @@ Two rules hold for every model:
   :data:`SCHEMA_VERSION`. Every model keeps fields it does not know (a newer optkit's), so
   readers of an older optkit still load the report.
 
-The models also read like the dicts of ``report.json`` (``stage.metrics["latency_ms"]["p50"]``,
-``"speedup" in metrics``), so observers written against the dicts keep working; optkit's own code
-uses the attributes.
+Readers use the attributes (``stage.metrics.latency_ms.p50``); a field that was not measured is ``None``.
+A comparison of several runs (``optkit report``, sweeps, the model-zoo benchmark) is a
+:class:`ComparisonReport` (``optkit schema --comparison``, :func:`comparison_json_schema`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
@@ -64,9 +64,14 @@ __all__ = [
     "StageResult",
     "RunInfo",
     "RunReport",
+    "COMPARISON_KIND",
+    "ComparedRun",
+    "ComparisonMeta",
+    "ComparisonReport",
     "optkit_version",
     "read_report_json",
     "report_json_schema",
+    "comparison_json_schema",
     "json_problem",
 ]
 
@@ -188,13 +193,15 @@ def json_problem(value: Any, where: str) -> str | None:
 
 
 class ReportModel(BaseModel):
-    """A part of ``report.json``: typed fields, unknown fields kept, no NaN written, readable like a dict."""
+    """A part of ``report.json``: typed fields, unknown fields kept, no NaN written."""
 
     # NaN and infinity reach the serializer below as floats ("constants"), which writes them as null with the reason.
     model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True, ser_json_inf_nan="constants")
 
     #: Leave out fields that are ``None`` (not measured) when writing; the top-level models keep them.
     _omit_none: ClassVar[bool] = True
+    #: Write only the fields that were given (``None`` included), as a mapping passed through is written.
+    _omit_unset: ClassVar[bool] = False
 
     non_finite: dict[str, Literal["nan", "inf", "-inf"]] | None = Field(
         None,
@@ -213,7 +220,10 @@ class ReportModel(BaseModel):
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
         data = handler(self)
-        if self._omit_none:
+        if self._omit_unset:
+            given = self.model_fields_set | set(self.__pydantic_extra__ or ())
+            data = {key: value for key, value in data.items() if key in given}
+        elif self._omit_none:
             data = {key: value for key, value in data.items() if value is not None}
         data.pop("non_finite", None)
         if info.mode_is_json():
@@ -223,32 +233,8 @@ class ReportModel(BaseModel):
                 data["non_finite"] = found
         return data
 
-    # Read like the report.json dict: present means measured (not None).
-    def __getitem__(self, key: str) -> Any:
-        value = getattr(self, key, None) if key in type(self).model_fields else (self.__pydantic_extra__ or {}).get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, dict):  # as its report.json dict would compare
-            return self.model_dump(by_alias=True) == other
-        return super().__eq__(other)
-
     def __bool__(self) -> bool:
-        """Whether anything is recorded (an empty ``metrics`` or ``timing`` is false, as its dict was)."""
+        """Whether anything is recorded: ``if stage.metrics:`` is false for a stage that was never measured."""
         return any(value is not None for value in (*self.__dict__.values(), *(self.__pydantic_extra__ or {}).values()))
 
 
@@ -430,6 +416,7 @@ class Accuracy(ReportModel):
     top1: float = Field(description="Top-1 accuracy over the labeled samples.")
     top5: float | None = Field(None, description="Top-5 accuracy (5 or more classes).")
     n: int = Field(description="Labeled samples.")
+    nonfinite_inputs: int | None = Field(None, description="Samples whose input holds NaN or an infinity (their predictions mean nothing).")
 
 
 class Similarity(ReportModel):
@@ -645,30 +632,7 @@ class RunReport(ReportModel):
         Raises:
             PipelineError: a report from a newer optkit, or one that does not fit the models.
         """
-        from pydantic import ValidationError
-
-        schema = data.get("schema", SCHEMA_VERSION)
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-            raise PipelineError(
-                f"report.json has schema {schema!r}, written by a newer optkit ({data.get('optkit_version')}); "
-                f"this optkit ({optkit_version()}) reads schema {SCHEMA_VERSION} and older: upgrade optkit",
-                where,
-            )
-        if schema < SCHEMA_VERSION:
-            log.info(
-                "%s: report.json has schema %s (optkit %s), read as schema %s: its figures that were not finite "
-                "were written as the bare tokens NaN/Infinity",
-                where,
-                schema,
-                data.get("optkit_version") or "?",
-                SCHEMA_VERSION,
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            at = ".".join(str(part) for part in first["loc"])
-            raise PipelineError(f"report.json does not fit the report schema at {at}: {first['msg']}", where) from None
+        return _validated(cls, data, where, "report")
 
     @classmethod
     def load(cls, path: str | Path) -> RunReport:
@@ -679,6 +643,130 @@ class RunReport(ReportModel):
     @property
     def baseline(self) -> StageResult | None:
         return self.stages[0] if self.stages and self.stages[0].index == 0 else None
+
+
+_ModelT = TypeVar("_ModelT", bound=ReportModel)
+
+
+def _validated(model: type[_ModelT], data: dict[str, Any], where: str, what: str) -> _ModelT:
+    """``data`` (a report.json of schema 1 or 2) read into ``model``; ``what`` names the format in errors.
+
+    Raises:
+        PipelineError: a report from a newer optkit, or one that does not fit the models (naming the field).
+    """
+    from pydantic import ValidationError
+
+    schema = data.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise PipelineError(
+            f"report.json has schema {schema!r}, written by a newer optkit ({data.get('optkit_version')}); "
+            f"this optkit ({optkit_version()}) reads schema {SCHEMA_VERSION} and older: upgrade optkit",
+            where,
+        )
+    if schema < SCHEMA_VERSION:
+        log.info(
+            "%s: report.json has schema %s (optkit %s), read as schema %s: its figures that were not finite "
+            "were written as the bare tokens NaN/Infinity",
+            where,
+            schema,
+            data.get("optkit_version") or "?",
+            SCHEMA_VERSION,
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = ".".join(str(part) for part in first["loc"])
+        raise PipelineError(f"report.json does not fit the {what} schema at {at}: {first['msg']}", where) from None
+
+
+# --- comparisons ----------------------------------------------------------------------------------------
+
+#: ``kind`` of a comparison ``report.json`` (a run's report.json has none).
+COMPARISON_KIND = "optkit-comparison"
+
+
+class ComparedRun(ReportModel):
+    """One run in a comparison: its report and the labels it is shown under."""
+
+    _omit_none: ClassVar[bool] = False
+
+    model: str = Field("", description="Model label; default the part of model.source after the last ':'.")
+    pipeline: str = Field("", description="Pipeline label; default the passes joined by '+' (baseline when none).")
+    run_dir: str | None = Field(None, description="Where the run's files are.")
+    seconds: float | None = Field(None, description="Wall time of the job, when a sweep ran it.")
+    report: RunReport = Field(description="The run's report (a stub with status failed when the run wrote none).")
+
+    def __init__(self, report: Any = None, **data: Any) -> None:
+        if report is not None:
+            data["report"] = report
+        super().__init__(**data)
+
+    @model_validator(mode="after")
+    def _default_labels(self) -> ComparedRun:
+        spec = self.report.pipeline
+        # object.__setattr__: validate_assignment would run this validator again.
+        if not self.model:
+            object.__setattr__(self, "model", str(spec.model.get("source", "?")).rsplit(":", 1)[-1])
+        if not self.pipeline:
+            object.__setattr__(self, "pipeline", "+".join(p.get("pass", "?") for p in spec.passes) or "baseline")
+        return self
+
+    @property
+    def device(self) -> str:
+        """The device name the run recorded ('' when it recorded none: it failed before measuring)."""
+        return str(self.report.environment.device or "")
+
+
+class ComparisonMeta(ReportModel):
+    """What a comparison says about itself (shown in its header). Only the fields given are written."""
+
+    _omit_unset: ClassVar[bool] = True
+
+    created: str | None = Field(None, description="When the comparison was written (ISO 8601, local time with offset).")
+    title: str | None = Field(None, description="The report's title.")
+    command: str | None = Field(None, description="The command line that reproduces it (a sweep's).")
+    executor: str | None = Field(None, description="Where a sweep's jobs ran (local, subprocess, ray).")
+    jobs: int | None = Field(None, description="A sweep's jobs.")
+    job_seconds: float | None = Field(None, description="The sum of the jobs' wall times, seconds.")
+    sources: list[str] | None = Field(None, description="What optkit report read (run folders, report.json files).")
+    notes: list[str] | None = Field(None, description="Notes shown in the header (no plots, older schemas, ...).")
+
+
+class ComparisonReport(ReportModel):
+    """Several runs side by side: what the ``report.json`` of ``optkit report``, a sweep or a benchmark holds."""
+
+    _omit_none: ClassVar[bool] = False
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", description="The report format's version (as a run's report.json).")
+    kind: Literal["optkit-comparison"] = Field("optkit-comparison", description="Tells a comparison from a run's report.json.")
+    optkit_version: str = Field(default_factory=optkit_version, description="The optkit that wrote the comparison.")
+    status: RunStatus = Field(RunStatus.ok, description="running while a sweep goes on, then ok, failed or interrupted.")
+    meta: ComparisonMeta = Field(default_factory=ComparisonMeta, description="Title, command, notes ...")
+    runs: list[ComparedRun] = Field(default_factory=list, description="The runs, in the order shown.")
+
+    @property
+    def schema(self) -> int:  # type: ignore[override]  # BaseModel.schema is pydantic v1's deprecated method
+        return self.schema_
+
+    def to_json(self) -> str:
+        """The text of the comparison's ``report.json`` (no NaN: see the module docstring)."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> ComparisonReport:
+        """Read a comparison dict.
+
+        Raises:
+            PipelineError: a comparison from a newer optkit, or one that does not fit the models.
+        """
+        return _validated(cls, data, where, "comparison")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ComparisonReport:
+        """Read a comparison's ``report.json`` (or the folder holding one)."""
+        path = Path(path)
+        return cls.from_dict(read_report_json(path), str(path / "report.json" if path.is_dir() else path))
 
 
 def read_report_json(path: str | Path) -> dict[str, Any]:
@@ -719,4 +807,21 @@ def report_json_schema() -> dict[str, Any]:
     ]
     schema["$id"] = f"https://optkit.dev/schemas/report-{SCHEMA_VERSION}.json"
     schema["title"] = "optkit report.json"
+    return schema
+
+
+def comparison_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a comparison's ``report.json`` (``optkit schema --comparison``).
+
+    Its runs' reports are held to the run report's schema (:func:`report_json_schema`).
+    """
+    schema = ComparisonReport.model_json_schema(by_alias=True, mode="validation")
+    report = report_json_schema()
+    for name, definition in report.pop("$defs").items():
+        schema["$defs"][name] = definition
+    schema["$defs"]["RunReport"] = {key: value for key, value in report.items() if not key.startswith("$")}
+    schema["required"] = ["schema", "kind", "optkit_version", "status", "meta", "runs"]
+    schema["$defs"]["ComparedRun"]["required"] = ["model", "pipeline", "run_dir", "seconds", "report"]
+    schema["$id"] = f"https://optkit.dev/schemas/comparison-{SCHEMA_VERSION}.json"
+    schema["title"] = "optkit comparison report.json"
     return schema

@@ -92,9 +92,9 @@ def test_the_numbers_equal_an_independent_evaluation_of_the_saved_files(digits_r
     exported, _ = independent_predictions(ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]), digits)
 
     for name, predictions in (("baseline", baseline), ("prune_l1", pruned), ("export_onnx", exported)):
-        assert stages[name]["accuracy"]["top1"] == float((predictions == labels).double().mean()), name
-        assert stages[name]["agreement"]["top1"] == float((predictions == baseline).double().mean()), name
-    assert stages["export_onnx"]["agreement"]["previous"]["top1"] == float((exported == pruned).double().mean())
+        assert stages[name].accuracy.top1 == float((predictions == labels).double().mean()), name
+        assert stages[name].agreement.top1 == float((predictions == baseline).double().mean()), name
+    assert stages["export_onnx"].agreement.previous.top1 == float((exported == pruned).double().mean())
 
 
 def test_max_accuracy_drop_fails_exactly_the_stage_that_breaks_it(digits, tmp_path, cli):
@@ -105,12 +105,12 @@ def test_max_accuracy_drop_fails_exactly_the_stage_that_breaks_it(digits, tmp_pa
     report, run_dir = run_pipeline(load_pipeline(path, host.get_pass), host, output=tmp_path / "run")
 
     assert [s.status for s in report.stages] == ["ok", "ok", "ok", "failed", "skipped"]
-    base = report.stages[0].metrics["accuracy"]["top1"]
+    base = report.stages[0].metrics.accuracy.top1
     failed = report.stages[3]
-    assert failed.metrics["accuracy"]["top1"] < 0.05 and failed.metrics["agreement"]["top1"] < 0.05  # kept on the failed stage
+    assert failed.metrics.accuracy.top1 < 0.05 and failed.metrics.agreement.top1 < 0.05  # kept on the failed stage
     assert report.error == (
         f"stage 3 (scale) failed: top-1 accuracy on data.eval fell from {base:.2%} (baseline) to "
-        f"{failed.metrics['accuracy']['top1']:.2%}, a drop of {(base - failed.metrics['accuracy']['top1']) * 100:.2f} points, "
+        f"{failed.metrics.accuracy.top1:.2%}, a drop of {(base - failed.metrics.accuracy.top1) * 100:.2f} points, "
         "over measure.max_accuracy_drop 0.01 (1.00 points); raise it to accept the stage"
     )
     assert json.loads((run_dir / "report.json").read_text())["status"] == "failed"
@@ -124,18 +124,19 @@ def test_the_budget_compares_sample_counts_so_a_drop_of_exactly_the_budget_passe
 
     tracker = AccuracyTracker([], torch.device("cpu"), max_drop=0.01)
     tracker.baseline = evaluation(90)
-    tracker.check_budget({"accuracy": evaluation(89).accuracy()})  # 0.9 - 0.89 = 0.01000000000000001 as floats
+    tracker.check_budget(evaluation(89).accuracy())  # 0.9 - 0.89 = 0.01000000000000001 as floats
     with pytest.raises(StageError, match=r"fell from 90.00% \(baseline\) to 88.00%, a drop of 2.00 points"):
-        tracker.check_budget({"accuracy": evaluation(88).accuracy()})
+        tracker.check_budget(evaluation(88).accuracy())
 
 
 def test_agreement_is_not_claimed_between_different_class_counts():
-    from optkit.measure.accuracy import accuracy_metrics
+    from optkit.measure.accuracy import agreement_with
 
     ten = Evaluation(torch.zeros(4, dtype=torch.long), None, torch.full((4,), -1), classes=10)
     five = Evaluation(torch.zeros(4, dtype=torch.long), None, torch.full((4,), -1), classes=5)
-    assert accuracy_metrics(five, ten) == {"agreement": {"comparable": False, "classes": 5, "reference_classes": 10}}
-    assert accuracy_metrics(ten, ten) == {"agreement": {"top1": 1.0, "n": 4}}  # no labels: no accuracy
+    assert agreement_with(five, ten).model_dump(exclude_none=True) == {"comparable": False, "classes": 5, "reference_classes": 10}
+    assert agreement_with(ten, ten).model_dump(exclude_none=True) == {"top1": 1.0, "n": 4}
+    assert ten.accuracy() is None  # no labels: no accuracy
 
 
 def test_the_shipped_digits_weights_reach_97_percent_on_val(digits):
@@ -145,7 +146,7 @@ def test_the_shipped_digits_weights_reach_97_percent_on_val(digits):
     dataset = ImageFolder(str(digits.val), transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
     result = evaluate(model, DataLoader(dataset, batch_size=90), torch.device("cpu"))
     accuracy = result.accuracy()
-    assert accuracy["n"] == 360 and accuracy["top1"] >= 0.97 and accuracy["top5"] >= 0.99
+    assert accuracy is not None and accuracy.n == 360 and accuracy.top1 >= 0.97 and accuracy.top5 >= 0.99
 
 
 def test_the_digits_model_prunes_and_traces(digits):

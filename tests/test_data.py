@@ -214,7 +214,7 @@ def test_a_transform_that_gives_the_wrong_shape_is_refused(test_host, tmp_path, 
         run(test_host, tmp_path, "  transform: {resize: 36}\n  eval: imagefolder:val")
     # the same folder through a transform that fits runs
     report, _ = run(test_host, tmp_path, "  transform: {resize: 36, center_crop: 32}\n  eval: imagefolder:val")
-    assert report.status == "ok" and report.stages[0].metrics["accuracy"]["n"] == 20
+    assert report.status == "ok" and report.stages[0].metrics.accuracy.n == 20
 
 
 def test_a_python_dataset_of_the_wrong_kind_is_refused(test_host, tmp_path):

@@ -30,12 +30,12 @@ def test_deeplab_through_every_pass_with_parity_per_output(tmp_path, host):
     report, _ = run_pipeline(load_pipeline(path, host.get_pass), host)
     stages = {s.name: s for s in report.stages}
     assert report.status == "ok", [(s.name, s.error) for s in report.stages]
-    assert report.pipeline["seed"] == 0
+    assert report.pipeline.seed == 0
     assert [row["kind"] for row in stages["tta"].details["outputs"]] == ["dense", "dense"]
     export = stages["export_onnx"].details
     assert export["opset"] == 17 and export["output_names"] == ["out", "aux"]
     per_output = {row["output"]: row for row in export["parity"]["per_output"]}
     assert set(per_output) == {"out", "aux"} and all(row["excess"] <= 1 for row in per_output.values())
-    drift = stages["fuse_bn"].metrics["drift"]["previous"]
-    assert [row["name"] for row in drift["outputs"]] == ["out", "aux"]
-    assert all(row["max_abs"] <= 1e-4 + 1e-4 * row["reference_max_abs"] for row in drift["outputs"])
+    drift = stages["fuse_bn"].metrics.drift.previous
+    assert [row.name for row in drift.outputs] == ["out", "aux"]
+    assert all(row.max_abs <= 1e-4 + 1e-4 * row.reference_max_abs for row in drift.outputs)

@@ -12,6 +12,7 @@ from torch import nn
 
 from optkit import ExampleInputs
 from optkit.measure.sensitivity import output_sensitivity, within_sensitivity
+from optkit.results import DriftComparison, OutputDrift
 
 
 class Sine(nn.Module):
@@ -76,9 +77,9 @@ def test_an_ordinary_model_keeps_the_tolerance():
         outputs = model(x)
         sensitivity = output_sensitivity(model, ExampleInputs.of(x), outputs, seed=1)
     assert 0 < sensitivity["output"] < 1e-5
-    broken = {"outputs": [{"name": "output", "max_abs": 1e-3}]}
+    broken = DriftComparison(outputs=[OutputDrift(name="output", shape=[1, 4], max_abs=1e-3)])
     assert within_sensitivity(broken, sensitivity) is None
-    rounding = {"outputs": [{"name": "output", "max_abs": sensitivity["output"]}]}
+    rounding = DriftComparison(outputs=[OutputDrift(name="output", shape=[1, 4], max_abs=sensitivity["output"])])
     assert within_sensitivity(rounding, sensitivity)["drift_max_abs"] == pytest.approx(sensitivity["output"])
 
 

@@ -14,9 +14,10 @@ from torch import nn
 
 from optkit.errors import StageError
 from optkit.passes import PassContext
+from optkit.results import DriftComparison
 from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.export_onnx.exporter import output_layout
-from optkit_plugins.export_onnx.verify import check_onnx_file, parity_failure
+from optkit_plugins.export_onnx.verify import Parity, check_onnx_file, parity_failure
 
 # What onnxruntime must match PyTorch to in fp32 (the pass's default tolerance, elementwise here).
 CLOSE = {"atol": 1e-5, "rtol": 1e-3}
@@ -256,7 +257,7 @@ def test_shape_mismatch_fails_the_stage(tmp_path):
 
 
 def test_parity_tolerance_is_configurable():
-    figures = {"batch_2": {"comparable": True, "max_abs": 2e-3, "reference_max_abs": 1.0, "batch": 2}}
+    figures = {"batch_2": Parity(DriftComparison(comparable=True, max_abs=2e-3, reference_max_abs=1.0), batch=2)}
     assert "batch_2" in parity_failure(figures, atol=1e-5, rtol=1e-3)
     assert parity_failure(figures, atol=1e-5, rtol=1e-2) is None
 

@@ -20,7 +20,7 @@ from optkit_plugins.export_onnx import ExportOnnx
 from optkit_plugins.export_onnx.exporter import output_layout
 from optkit_plugins.export_onnx.opsets import checker_problem, fix_split_num_outputs, graph_opset
 from optkit_plugins.export_onnx.trace_state import release_inference_tensors, traceable_state
-from optkit_plugins.export_onnx.verify import parity_by_output, parity_failure
+from optkit_plugins.export_onnx.verify import Parity, parity_by_output, parity_failure
 
 CLOSE = {"atol": 1e-5, "rtol": 1e-3}
 
@@ -165,12 +165,11 @@ def test_a_broken_small_output_fails_where_one_tolerance_for_all_passed():
     reference = (torch.full((1, 4), 480.0), torch.full((1, 80), 1e-4))
     broken = (reference[0].clone(), reference[1] + 0.01)  # every score off by 100x its value
     drift = compare_outputs(broken, reference)
-    drift["batch"] = 1
-    whole = drift["max_abs"] <= 1e-5 + 1e-3 * drift["reference_max_abs"]
+    whole = drift.max_abs <= 1e-5 + 1e-3 * drift.reference_max_abs
     assert whole  # one tolerance for every output (0.48) let it through
-    problem = parity_failure({"example": drift}, atol=1e-5, rtol=1e-3)
+    problem = parity_failure({"example": Parity(drift, batch=1)}, atol=1e-5, rtol=1e-3)
     assert problem is not None and "output output_1 drifted by max |Δ| = 0.01" in problem and "on input example" in problem
-    rows = {row["output"]: row for row in parity_by_output({"example": drift}, 1e-5, 1e-3)}
+    rows = {row["output"]: row for row in parity_by_output({"example": Parity(drift, batch=1)}, 1e-5, 1e-3)}
     assert rows["output_0"]["excess"] == 0 and rows["output_1"]["excess"] > 90
 
 
@@ -224,9 +223,9 @@ def test_a_pipeline_exporting_one_output_is_compared_with_that_output(tmp_path, 
     report, _ = run_pipeline(load_pipeline(path, host.get_pass), host)
     assert report.status == "ok", report.error
     baseline, export, fuse = report.stages
-    assert [row["name"] for row in baseline.metrics["drift"]["outputs"]] == ["output_0", "output_1.scores", "output_1.feats.0"]
-    assert [row["name"] for row in export.metrics["drift"]["outputs"]] == ["output"]  # the scores, alone
-    assert export.metrics["drift"]["outputs"][0]["shape"] == [1, 4]
-    assert export.metrics["drift"]["previous"]["max_abs"] <= 1e-5 + 1e-3 * 1e-3
+    assert [row.name for row in baseline.metrics.drift.outputs] == ["output_0", "output_1.scores", "output_1.feats.0"]
+    assert [row.name for row in export.metrics.drift.outputs] == ["output"]  # the scores, alone
+    assert export.metrics.drift.outputs[0].shape == [1, 4]
+    assert export.metrics.drift.previous.max_abs <= 1e-5 + 1e-3 * 1e-3
     # The stage after an export is compared with the model before it (the export changed nothing).
-    assert [row["name"] for row in fuse.metrics["drift"]["previous"]["outputs"]] == ["output_0", "output_1.scores", "output_1.feats.0"]
+    assert [row.name for row in fuse.metrics.drift.previous.outputs] == ["output_0", "output_1.scores", "output_1.feats.0"]

@@ -460,8 +460,8 @@ def test_training_runs_on_the_stage_device_in_mixed_precision(tmp_path, digits, 
     stage = report.stages[-1]
     assert stage.status == "ok", stage.error
     assert stage.details["amp"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    assert stage.metrics["accuracy"]["top1"] >= 0.85
-    assert report.environment["device"] != "cpu"
+    assert stage.metrics.accuracy.top1 >= 0.85
+    assert report.environment.device != "cpu"
 
 
 def test_interleaved_timing_and_the_teacher_share_one_copy_of_the_baseline(tmp_path, monkeypatch):

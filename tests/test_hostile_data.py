@@ -75,7 +75,7 @@ def test_a_link_to_an_image_outside_the_data_root_is_refused_and_one_inside_is_f
     (folder / "3" / "linked.png").unlink()
     os.symlink(next((folder / "4").iterdir()), folder / "3" / "linked.png")  # inside: followed, once
     report, _ = run(test_host, tmp_path, "  eval: imagefolder:val")
-    assert report.status == "ok" and report.stages[0].metrics["accuracy"]["n"] == 21
+    assert report.status == "ok" and report.stages[0].metrics.accuracy.n == 21
 
 
 def test_hidden_folders_and_files_are_ignored(test_host, tmp_path, digits):
@@ -86,7 +86,7 @@ def test_hidden_folders_and_files_are_ignored(test_host, tmp_path, digits):
     shutil.copy(next((folder / "5").iterdir()), folder / "5" / ".hidden.png")
     report, _ = run(test_host, tmp_path, "  eval: imagefolder:val")
     assert report.status == "ok"
-    assert report.stages[0].metrics["accuracy"]["n"] == 20
+    assert report.stages[0].metrics.accuracy.n == 20
     assert report.stages[0].details["data"]["eval"]["classes"] == 10
 
 
@@ -183,5 +183,5 @@ def test_nonfinite_eval_inputs_are_counted_and_warned_about(tmp_path, caplog):
     report, _ = run_pipeline(parse_pipeline(text, test_host.get_pass), test_host, output=tmp_path / "run")
     assert report.status == "ok"
     for stage in report.stages:
-        assert stage.metrics["accuracy"]["nonfinite_inputs"] == 2
+        assert stage.metrics.accuracy.nonfinite_inputs == 2
     assert "data.eval: 2 of 8 samples hold NaN or infinite values" in caplog.text

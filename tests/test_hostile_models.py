@@ -229,7 +229,7 @@ def test_a_failing_mac_count_says_so_and_how_to_skip_it():
         "counting MACs (on a copy of the model) failed: ValueError: needs inference mode; "
         "measure.flops: false skips the count"
     )
-    assert measure(FailsAlways(), torch.zeros(1, 8), MeasureSpec(latency=False, flops=False), torch.device("cpu")).metrics["params"] == 36
+    assert measure(FailsAlways(), torch.zeros(1, 8), MeasureSpec(latency=False, flops=False), torch.device("cpu")).metrics.params == 36
 
 
 def test_quantized_linear_is_counted():

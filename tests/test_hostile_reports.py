@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from optkit.errors import PipelineError
-from optkit.reporting.markdown import render_markdown
+from optkit.reporting.markdown import render_comparison_markdown, render_markdown
 from optkit.reporting.runs import load_runs
-from optkit.reporting.markdown import render_comparison_markdown
-from optkit.reporting.runs import ComparedRun
-from optkit.results import REPORT_MAX_BYTES, RunReport, StageResult
+from optkit.results import REPORT_MAX_BYTES, ComparedRun, ComparisonMeta, RunReport, StageResult
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -44,7 +42,7 @@ def test_report_md_escapes_what_optkit_did_not_write():
 
 def test_the_comparison_markdown_escapes_labels_and_errors():
     run = ComparedRun(hostile_report(), model=SCRIPT, pipeline="<i>p</i>")
-    text = outside_code(render_comparison_markdown([run], meta={"title": f"sweep {SCRIPT}", "command": "optkit sweep s.yaml"}))
+    text = outside_code(render_comparison_markdown([run], meta=ComparisonMeta(title=f"sweep {SCRIPT}", command="optkit sweep s.yaml")))
     assert "<script" not in text and "<img" not in text and "<i>" not in text
     assert "&lt;script&gt;" in text
 
@@ -128,8 +126,8 @@ def test_one_bad_report_is_skipped_with_a_warning_not_the_whole_comparison(tmp_p
 def test_a_malformed_run_inside_a_comparison_report_is_named(tmp_path):
     comparison = {"kind": "optkit-comparison", "runs": [{"report": {"stages": [{"metrics": "fast"}]}}]}
     (tmp_path / "report.json").write_text(json.dumps(comparison))
-    with pytest.raises(PipelineError, match=rf"^{tmp_path}/report.json: report.json does not fit the report schema at stages.0"):
+    with pytest.raises(PipelineError, match=rf"^{tmp_path}/report.json: report.json does not fit the comparison schema at runs.0.report.stages.0"):
         load_runs([tmp_path / "report.json"])
     (tmp_path / "report.json").write_text(json.dumps({"kind": "optkit-comparison", "runs": "oops"}))
-    with pytest.raises(PipelineError, match=rf"^{tmp_path}/report.json: a comparison report's 'runs' must be a list of mappings"):
+    with pytest.raises(PipelineError, match=rf"^{tmp_path}/report.json: report.json does not fit the comparison schema at runs: "):
         load_runs([tmp_path / "report.json"])

@@ -50,7 +50,7 @@ def test_handlers_a_plugin_replaced_are_restored_after_its_stage(host, tmp_path)
 
 def test_timing_status_says_interrupted_after_ctrl_c_in_a_pass(host, tmp_path):
     report, _ = run(host, tmp_path, "  - interrupts")
-    assert report.status == "interrupted" and report.timing["status"] == "interrupted"
+    assert report.status == "interrupted" and report.timing.status == "interrupted"
 
 
 @pytest.mark.parametrize(("sent", "code", "seen"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])

@@ -15,6 +15,7 @@ import pytest
 
 from optkit.config.pipeline import MeasureSpec
 from optkit.measure.intervals import RUN_TO_RUN_MARGIN, median_interval, paired_ratio_interval, ratio_of_medians_interval, speedup
+from optkit.results import SpeedupInterval
 
 
 def _coverage_of_pair(n: int, j: int) -> float:
@@ -126,12 +127,12 @@ def test_speedup_of_latency_records_is_a_tie_when_its_interval_includes_one():
     same = [float(t) for t in rng.lognormal(np.log(10.0), 0.2, 30)]
     other = [float(t) for t in rng.lognormal(np.log(10.0), 0.2, 30)]
     tie = speedup({"samples": same}, {"samples": other}, paired=True)
-    assert tie["tie"] and tie["low"] <= 1.0 <= tie["high"] and tie["paired"]
+    assert tie.tie and tie.low <= 1.0 <= tie.high and tie.paired
     faster = speedup({"samples": [2 * t for t in same]}, {"samples": same}, paired=True)
-    assert (faster["value"], faster["statistical"], faster["tie"]) == (2.0, {"low": 2.0, "high": 2.0}, False)
-    assert (faster["low"], faster["high"]) == (pytest.approx(2.0 / 1.05), pytest.approx(2.0 * 1.05))
+    assert (faster.value, faster.statistical, faster.tie) == (2.0, SpeedupInterval(low=2.0, high=2.0), False)
+    assert (faster.low, faster.high) == (pytest.approx(2.0 / 1.05), pytest.approx(2.0 * 1.05))
     apart = speedup({"samples": same}, {"samples": other[:20]}, paired=True)  # unequal lengths cannot pair
-    assert apart["paired"] is False and apart["method"].startswith("timed apart")
+    assert apart.paired is False and apart.method.startswith("timed apart")
     assert speedup({"samples": same}, {"p50": 1.0}, paired=False) is None  # a record without samples
     with pytest.raises(ValueError, match="equal lengths"):
         paired_ratio_interval([1.0, 2.0], [1.0])
@@ -141,13 +142,13 @@ def test_a_speedup_interval_is_widened_by_the_run_to_run_margin_and_a_tie_includ
     """Identical copies of a model differ by a few percent with narrow intervals: not a finding."""
     base = [10.0 + 0.01 * k for k in range(30)]
     three_percent = speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True)
-    assert three_percent["margin"] == RUN_TO_RUN_MARGIN == MeasureSpec().run_to_run_margin == 0.05
-    statistical = three_percent["statistical"]
-    assert statistical["low"] > 1.0  # apart from 1 by the statistics of one run ...
-    assert three_percent["low"] == pytest.approx(statistical["low"] / 1.05) and three_percent["high"] == pytest.approx(statistical["high"] * 1.05)
-    assert three_percent["low"] <= 1.0 <= three_percent["high"] and three_percent["tie"] is True  # ... a tie across runs
+    assert three_percent.margin == RUN_TO_RUN_MARGIN == MeasureSpec().run_to_run_margin == 0.05
+    statistical = three_percent.statistical
+    assert statistical.low > 1.0  # apart from 1 by the statistics of one run ...
+    assert three_percent.low == pytest.approx(statistical.low / 1.05) and three_percent.high == pytest.approx(statistical.high * 1.05)
+    assert three_percent.low <= 1.0 <= three_percent.high and three_percent.tie is True  # ... a tie across runs
     bare = speedup({"samples": [1.03 * t for t in base]}, {"samples": base}, paired=True, margin=0.0)
-    assert (bare["low"], bare["high"]) == (statistical["low"], statistical["high"]) and bare["tie"] is False
+    assert (bare.low, bare.high) == (statistical.low, statistical.high) and bare.tie is False
     slower = speedup({"samples": base}, {"samples": [1.06 * t for t in base]}, paired=True)  # 1/1.06 × 1.05 < 1
-    assert slower["high"] < 1.0 and slower["tie"] is False
-    assert speedup({"samples": base}, {"samples": [1.04 * t for t in base]}, paired=True)["tie"] is True
+    assert slower.high < 1.0 and slower.tie is False
+    assert speedup({"samples": base}, {"samples": [1.04 * t for t in base]}, paired=True).tie is True

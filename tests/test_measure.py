@@ -170,12 +170,12 @@ def test_cuda_latency_is_synchronized_and_peak_memory_recorded():
     model = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 2048)).to(device)
     x = torch.randn(256, 2048, device=device)
     result = measure(model, x, MeasureSpec(warmup=3, iters=10), device)
-    latency = result.metrics["latency_ms"]
-    assert latency["timer"] == "cuda_event" and latency["device"] == "cuda:0" and latency["n"] == 10
-    assert latency["p50"] > 0.0
-    assert "cudnn_benchmark" in latency
+    latency = result.metrics.latency_ms
+    assert latency.timer == "cuda_event" and latency.device == "cuda:0" and latency.n == 10
+    assert latency.p50 > 0.0
+    assert latency.cudnn_benchmark is not None
     weights = sum(p.numel() * 4 for p in model.parameters())
-    assert result.metrics["peak_memory_bytes"] >= weights
+    assert result.metrics.peak_memory_bytes >= weights
     # a slow kernel is timed whole: 20 chained matmuls take ~20x one
     one = time_callable(lambda t: t @ t, torch.randn(2048, 2048, device=device), device, 3, 10)["p50"]
     many = time_callable(lambda t: [t @ t for _ in range(20)], torch.randn(2048, 2048, device=device), device, 3, 10)["p50"]
@@ -191,12 +191,12 @@ def test_drift_of_nested_outputs():
     changed = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 2.0]])
     for wrap in (lambda a, b: (a, b), lambda a, b: {"a_logits": a, "b_features": b}, lambda a, b: Pair(a, b)):
         drift = compare_outputs(wrap(changed, features), wrap(logits, features))
-        assert drift["comparable"]
-        assert drift["max_abs"] == pytest.approx(1.0)
-        assert drift["top1_agreement"] == pytest.approx(0.5)
+        assert drift.comparable
+        assert drift.max_abs == pytest.approx(1.0)
+        assert drift.top1_agreement == pytest.approx(0.5)
         reference = torch.cat([logits.flatten(), features.flatten()]).double()
         ours = torch.cat([changed.flatten(), features.flatten()]).double()
-        assert drift["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(ours, reference, dim=0)), abs=1e-12)
+        assert drift.cosine == pytest.approx(float(torch.nn.functional.cosine_similarity(ours, reference, dim=0)), abs=1e-12)
 
 
 def test_drift_tolerance_messages():
@@ -209,7 +209,7 @@ def test_drift_tolerance_messages():
     nan = compare_outputs(torch.tensor([[float("nan"), 0.0]]), reference)
     assert "not finite" in drift_exceeds(nan, atol=1.0, rtol=1.0)
     reshaped = compare_outputs(torch.zeros(1, 3), reference)
-    assert not reshaped["comparable"]
+    assert not reshaped.comparable
     assert "changed shape" in drift_exceeds(reshaped, atol=1.0, rtol=1.0)
 
 
@@ -218,13 +218,14 @@ def test_a_tolerance_holds_every_bound_it_sets():
 
     from optkit.measure.drift import tolerance_failure
     from optkit.passes import Tolerance
+    from optkit.results import Similarity
 
     reference = torch.tensor([[3.0, 1.0], [1.0, 3.0], [2.0, 0.0], [0.0, 2.0]])
     flipped = reference.clone()
     flipped[0] = torch.tensor([1.0, 3.0])  # one sample of four changes its top-1
     drift = compare_outputs(flipped, reference)
     cosine = float(torch.nn.functional.cosine_similarity(flipped.flatten().double(), reference.flatten().double(), dim=0))
-    assert drift["top1_agreement"] == 0.75 and drift["cosine"] == pytest.approx(cosine, abs=1e-12)
+    assert drift.top1_agreement == 0.75 and drift.cosine == pytest.approx(cosine, abs=1e-12)
 
     assert tolerance_failure(drift, Tolerance.similarity(cosine=cosine - 1e-9, top1_agreement=0.75)) is None
     assert tolerance_failure(drift, Tolerance.similarity(top1_agreement=0.8)) == (
@@ -236,7 +237,7 @@ def test_a_tolerance_holds_every_bound_it_sets():
     # The element-wise bound is checked first, and still on the seeded batch.
     assert tolerance_failure(drift, Tolerance(atol=1.0, rtol=0.0, cosine=0.0)).startswith("outputs drifted by max |Δ| = 2")
     # Similarity on data, when given, instead of the seeded batch.
-    on_data = {"top1": 0.5, "cosine": 0.999, "n": 360}
+    on_data = Similarity(top1=0.5, cosine=0.999, n=360)
     assert tolerance_failure(drift, Tolerance.similarity(top1_agreement=0.6), on_data) == (
         "on data.eval, top-1 agreement with the stage before is 0.5, under the minimum 0.6"
     )
@@ -280,9 +281,9 @@ def test_drift_is_held_per_output_each_to_its_own_magnitude():
     reference = (torch.full((1, 4), 480.0), {"scores": torch.full((1, 80), 1e-4)})
     broken = (reference[0].clone(), {"scores": reference[1]["scores"] + 0.01})  # 100x the scores' size
     drift = compare_outputs(broken, reference)
-    assert [row["name"] for row in drift["outputs"]] == ["output_0", "output_1.scores"]
-    assert drift["max_abs"] == pytest.approx(0.01) and drift["outputs"][0]["max_abs"] == 0.0
-    assert drift["max_abs"] <= 1e-4 + 1e-4 * drift["reference_max_abs"]  # one tolerance for all: passed
+    assert [row.name for row in drift.outputs] == ["output_0", "output_1.scores"]
+    assert drift.max_abs == pytest.approx(0.01) and drift.outputs[0].max_abs == 0.0
+    assert drift.max_abs <= 1e-4 + 1e-4 * drift.reference_max_abs  # one tolerance for all: passed
     message = drift_exceeds(drift, atol=1e-4, rtol=1e-4)
     assert message is not None and message.startswith("output output_1.scores drifted by max |Δ| = 0.01")
     # Channel groups of one tensor: boxes (pixels) and scores get their own tolerance too.
@@ -291,7 +292,7 @@ def test_drift_is_held_per_output_each_to_its_own_magnitude():
     bad[:, 4:] += 0.01
     groups = {"output": [ChannelGroup("boxes", 1, 0, 4), ChannelGroup("scores", 1, 4, 84)]}
     drift = compare_outputs(bad, pred, groups=groups)
-    assert [g["group"] for g in drift["outputs"][0]["groups"]] == ["boxes", "scores"]
+    assert [g.group for g in drift.outputs[0].groups] == ["boxes", "scores"]
     assert drift_exceeds(compare_outputs(bad, pred), atol=1e-4, rtol=1e-4) is None  # whole tensor: 0.048 allowed
     assert drift_exceeds(drift, atol=1e-4, rtol=1e-4).startswith("output output (scores) drifted")
     assert drift_exceeds(compare_outputs(pred, pred, groups=groups), atol=0.0, rtol=0.0) is None

@@ -73,7 +73,7 @@ def test_measure_and_count_macs_leave_the_model_unchanged():
     count_macs(model, x)
     result = measure(model, x, MeasureSpec(warmup=1, iters=2), torch.device("cpu"))
     assert fingerprint(model) == before  # BatchNorm in training mode did not update its statistics
-    assert result.metrics["macs"] == 2 * (8 * 14 * 14 * 27 + 8 * 4)
+    assert result.metrics.macs == 2 * (8 * 14 * 14 * 27 + 8 * 4)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(result.outputs, model(x), rtol=0, atol=0)

@@ -126,8 +126,8 @@ def test_hook_optkit_register_module_rules(tmp_path):
     baseline, probe = report.stages
     assert probe.status == "ok" and probe.details["ruled"] == {"1": GAIN_RULE.class_path}
     conv_and_linear = 4 * 3 * 9 * 64 + 4 * 2
-    assert baseline.metrics["macs"] == conv_and_linear + 4 * 64  # the rule counted the gain
-    assert baseline.metrics["uncounted"] == {}
+    assert baseline.metrics.macs == conv_and_linear + 4 * 64  # the rule counted the gain
+    assert baseline.metrics.uncounted == {}
 
 
 def test_the_standard_rules_come_through_an_entry_point():

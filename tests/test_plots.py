@@ -8,8 +8,7 @@ import matplotlib.image as matplotlib_image
 import torch
 
 from optkit.reporting.plots import latency_vs_gmacs_png, pass_speedups_png, stage_points
-from optkit.reporting.runs import ComparedRun
-from optkit.results import RunReport, StageResult
+from optkit.results import ComparedRun, RunReport, StageResult
 
 
 def _stage(name: str, index: int, p50: float | None, gmacs: float | None = 1.0, status: str = "ok") -> StageResult:
@@ -65,9 +64,9 @@ def test_no_plot_without_data() -> None:
 
 def test_stage_points_carry_the_speedup_interval_and_ties_from_the_report() -> None:
     fused = _stage("fuse_bn", 1, 9.8)
-    fused.metrics["speedup_vs_previous"] = {"value": 1.02, "low": 0.97, "high": 1.08, "tie": True}
+    fused.metrics.speedup_vs_previous = {"value": 1.02, "low": 0.97, "high": 1.08, "tie": True}
     exported = _stage("export_onnx", 2, 4.0)
-    exported.metrics["speedup_vs_previous"] = {"value": 2.4, "low": 2.2, "high": 2.6, "tie": False}
+    exported.metrics.speedup_vs_previous = {"value": 2.4, "low": 2.2, "high": 2.6, "tie": False}
     points = stage_points([_run("resnet18", "fuse_export", [_stage("baseline", 0, 10.0), fused, exported])])
     assert [(p.speedup_vs_previous, p.speedup_low, p.speedup_high, p.tie) for p in points[1:]] == [
         (1.02, 0.97, 1.08, True), (2.4, 2.2, 2.6, False)]  # the run's paired figures, not the p50 ratios

@@ -251,7 +251,7 @@ def test_hook_optkit_register_sources(tmp_path):
 
     assert calls == [("3", {"k": 1})]
     assert report.stages[0].details == {"built": "3"}
-    assert report.stages[0].metrics["params"] == 4 * 3 + 3
+    assert report.stages[0].metrics.params == 4 * 3 + 3
 
 
 def test_unknown_source_scheme_names_the_registered_ones(tmp_path):
@@ -312,12 +312,12 @@ def test_stage_finished_sees_measured_metrics(tmp_path):
     run_pipeline(parse_pipeline(pipeline_text("  - scale: {factor: 3}"), host.get_pass), host, output=tmp_path / "run")
 
     model = plugins_for_tests.tiny_net()
-    assert results[0].metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert results[0].metrics.params == sum(p.numel() for p in model.parameters())
     assert results[1].details == {"factor": 3.0}
-    torch.testing.assert_close(results[1].metrics["drift"]["cosine"], 1.0, atol=1e-9, rtol=0)
+    torch.testing.assert_close(results[1].metrics.drift.cosine, 1.0, atol=1e-9, rtol=0)
     # max |3y - y| = 2 max|y|: the drift is measured against the baseline's outputs.
     torch.testing.assert_close(
-        results[1].metrics["drift"]["max_abs"], 2 * results[1].metrics["drift"]["reference_max_abs"], atol=1e-6, rtol=1e-6
+        results[1].metrics.drift.max_abs, 2 * results[1].metrics.drift.reference_max_abs, atol=1e-6, rtol=1e-6
     )
 
 

@@ -17,9 +17,8 @@ from torch import nn
 from optkit import Pass, hookimpl
 from optkit.config.pipeline import parse_pipeline
 from optkit.host.facade import Host
-from optkit.reporting.runs import ComparedRun
 from optkit.reporting.tables import final_speedup, speedup_table
-from optkit.results import RunReport, StageResult
+from optkit.results import ComparedRun, RunReport, StageResult
 from optkit.run.runner import run_pipeline
 
 
@@ -104,14 +103,14 @@ def test_report_compares_runs_in_one_table(two_runs: list[Path], rendered: Path)
     assert [r[4] for r in rows] == ["224", "112", "448"]
     # MACs on a 64×64 input: 62·62 output positions × out_channels × 27.
     halved = RunReport.load(two_runs[0])
-    assert [s.metrics["macs"] for s in halved.stages] == [62 * 62 * 8 * 27, 62 * 62 * 4 * 27]
-    p50 = [s.metrics["latency_ms"]["p50"] for s in halved.stages]
+    assert [s.metrics.macs for s in halved.stages] == [62 * 62 * 8 * 27, 62 * 62 * 4 * 27]
+    p50 = [s.metrics.latency_ms.p50 for s in halved.stages]
     # Timed side by side: the speed-up is the median of the per-round ratios, with its interval.
-    base, halved_times = (s.metrics["latency_ms"]["samples"] for s in halved.stages)
-    figure = halved.stages[1].metrics["speedup"]
-    torch.testing.assert_close(figure["value"], statistics.median(b / h for b, h in zip(base, halved_times)), rtol=1e-12, atol=0)
-    bounds = f"[{figure['low']:.2f}–{figure['high']:.2f}]"
-    assert rows[1][7] == (f"tie {bounds}" if figure["tie"] else f"{figure['value']:.2f}× {bounds}")
+    base, halved_times = (s.metrics.latency_ms.samples for s in halved.stages)
+    figure = halved.stages[1].metrics.speedup
+    torch.testing.assert_close(figure.value, statistics.median(b / h for b, h in zip(base, halved_times)), rtol=1e-12, atol=0)
+    bounds = f"[{figure.low:.2f}–{figure.high:.2f}]"
+    assert rows[1][7] == (f"tie {bounds}" if figure.tie else f"{figure.value:.2f}× {bounds}")
     assert rows[0][6] == f"{p50[0]:.2f}"
 
 
@@ -149,8 +148,8 @@ def _report(p50s: list[float], statuses: list[str] | None = None, status: str = 
     stages = [StageResult(f"s{i}", None, i, status=st, metrics={"latency_ms": {"p50": p}})
               for i, (p, st) in enumerate(zip(p50s, statuses))]
     for stage in stages[1:]:
-        ratio = p50s[0] / stage.metrics["latency_ms"]["p50"]
-        stage.metrics["speedup"] = {"value": ratio, "low": 0.9 * ratio, "high": 1.1 * ratio, "tie": 0.9 * ratio <= 1 <= 1.1 * ratio}
+        ratio = p50s[0] / stage.metrics.latency_ms.p50
+        stage.metrics.speedup = {"value": ratio, "low": 0.9 * ratio, "high": 1.1 * ratio, "tie": 0.9 * ratio <= 1 <= 1.1 * ratio}
     return RunReport({"device": "cpu"}, {"model": {"source": "torchvision:m"}}, stages, status=status)
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from optkit import Pass, PassContext
 from optkit.config.pipeline import load_pipeline, parse_pipeline
 from optkit.host.facade import Host
-from optkit.results import SCHEMA_VERSION, RunReport, optkit_version, report_json_schema
+from optkit.results import SCHEMA_VERSION, ComparisonReport, RunReport, comparison_json_schema, optkit_version, report_json_schema
 from optkit.run.runner import run_pipeline
 from optkit.testing import check_report_contract
 
@@ -204,3 +204,49 @@ def test_report_refuses_a_newer_schema_naming_the_file(tmp_path, cli):
         f"error: {run_dir / 'report.json'}: report.json has schema 3, written by a newer optkit (9.0); "
         f"this optkit ({optkit_version()}) reads schema 2 and older: upgrade optkit\n"
     )
+
+
+def test_the_comparison_schema_is_published_and_holds_runs_to_the_report_schema(cli):
+    schema = json.loads(cli("schema", "--comparison").stdout)
+    assert schema == comparison_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["kind"]["const"] == "optkit-comparison"
+    # a run inside a comparison is held to exactly the run report's schema (its required fields included)
+    report = report_json_schema()
+    assert schema["$defs"]["RunReport"]["required"] == report["required"]
+    assert schema["$defs"]["StageResult"] == report["$defs"]["StageResult"]
+    undocumented = [f"{name}.{field}" for name, definition in [("ComparisonReport", schema), *schema["$defs"].items()]
+                    for field, spec in definition.get("properties", {}).items() if not spec.get("description")]
+    assert undocumented == []
+    assert cli("schema", "--report", "--comparison").exit_code == 2
+
+
+def test_a_real_comparison_validates_against_its_published_schema_and_reads_back_unchanged(tmp_path, cli):
+    _, first = _run(tmp_path / "a", "  - nan_outputs")  # a NaN drift: null plus the reason inside the comparison too
+    _, second = _run(tmp_path / "b", "  - identity")
+    result = cli("report", str(first), str(second), "-o", str(tmp_path / "cmp"), "--title", "two runs")
+    assert result.exit_code == 0, result.output
+
+    data = strict_json((tmp_path / "cmp" / "report.json").read_text())
+    jsonschema.validate(data, comparison_json_schema(), cls=jsonschema.Draft202012Validator)
+    assert (data["kind"], data["status"], data["meta"]["title"]) == ("optkit-comparison", "ok", "two runs")
+    assert data["runs"][0]["report"]["stages"][1]["metrics"]["drift"]["non_finite"]["/max_abs"] == "nan"
+    comparison = ComparisonReport.load(tmp_path / "cmp")
+    assert [(run.pipeline, run.run_dir) for run in comparison.runs] == [("nan_outputs", str(first)), ("identity", str(second))]
+    assert math.isnan(comparison.runs[0].report.stages[1].metrics.drift.max_abs)
+    assert comparison.meta.sources == [str(first), str(second)]
+    assert json.loads(comparison.to_json()) == data  # written and read through the same models, unchanged
+
+    broken = {**data, "runs": [{**data["runs"][0], "seconds": "slow"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, comparison_json_schema(), cls=jsonschema.Draft202012Validator)
+
+
+def test_the_committed_model_zoo_comparison_validates_against_the_comparison_schema():
+    """The benchmark's comparison (written by the optkit of its day) still fits the published schema and the models."""
+    path = ROOT / "benchmarks" / "results" / "cpu" / "report.json"
+    data = strict_json(path.read_text())
+    jsonschema.validate(data, comparison_json_schema(), cls=jsonschema.Draft202012Validator)
+    comparison = ComparisonReport.load(path)
+    assert comparison.kind == "optkit-comparison" and len(comparison.runs) == len(data["runs"]) > 0
+    assert all(run.report.stages[0].name == "baseline" for run in comparison.runs if run.report.stages)

@@ -38,7 +38,7 @@ def test_successful_run_measures_every_stage_and_saves_the_model(test_host, tmp_
         ("baseline", None, 0, "ok"), ("identity", "identity", 1, "ok"), ("scale", "scale", 2, "ok")
     ]
     params = sum(p.numel() for p in plugins_for_tests.tiny_net().parameters())
-    assert all(s.metrics["params"] == params for s in report.stages)
+    assert all(s.metrics.params == params for s in report.stages)
     assert report.stages[1].details == {"touched": 0}
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.pt", "report.json", "report.md"]
     saved = torch.load(run_dir / "model.pt", weights_only=False)  # written by this very test
@@ -51,13 +51,13 @@ def test_drift_is_measured_against_the_baseline_and_the_previous_stage(test_host
     report, _ = run(test_host, tmp_path, "  - scale: {factor: 3}\n  - scale: {factor: 2}")
     reference = reference_outputs().abs().max().item()
 
-    baseline, first, second = (s.metrics["drift"] for s in report.stages)
-    assert (baseline["max_abs"], baseline["top1_agreement"]) == (0.0, 1.0)  # the reference itself
-    torch.testing.assert_close(baseline["cosine"], 1.0, rtol=0, atol=1e-12)
-    torch.testing.assert_close(first["max_abs"], 2 * reference, rtol=1e-5, atol=1e-6)  # |3y - y|
-    torch.testing.assert_close(second["max_abs"], 5 * reference, rtol=1e-5, atol=1e-6)  # |6y - y|
-    torch.testing.assert_close(second["previous"]["max_abs"], 3 * reference, rtol=1e-5, atol=1e-6)  # |6y - 3y|
-    assert second["top1_agreement"] == 1.0  # scaling by a positive factor keeps the argmax
+    baseline, first, second = (s.metrics.drift for s in report.stages)
+    assert (baseline.max_abs, baseline.top1_agreement) == (0.0, 1.0)  # the reference itself
+    torch.testing.assert_close(baseline.cosine, 1.0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(first.max_abs, 2 * reference, rtol=1e-5, atol=1e-6)  # |3y - y|
+    torch.testing.assert_close(second.max_abs, 5 * reference, rtol=1e-5, atol=1e-6)  # |6y - y|
+    torch.testing.assert_close(second.previous.max_abs, 3 * reference, rtol=1e-5, atol=1e-6)  # |6y - 3y|
+    assert second.top1_agreement == 1.0  # scaling by a positive factor keeps the argmax
 
 
 def test_failing_stage_keeps_earlier_stages_artifacts_and_a_partial_report(test_host, tmp_path):
@@ -84,7 +84,7 @@ def test_stage_that_breaks_preserves_outputs_fails_with_the_figures(test_host, t
 
     assert [s.status for s in report.stages] == ["ok", "failed", "skipped"]
     drifted = report.stages[1]
-    torch.testing.assert_close(drifted.metrics["drift"]["max_abs"], 0.5, rtol=0, atol=1e-6)  # bias += 0.5
+    torch.testing.assert_close(drifted.metrics.drift.max_abs, 0.5, rtol=0, atol=1e-6)  # bias += 0.5
     assert drifted.error.startswith("stage 1 (drifts) failed: drifts must preserve outputs, but outputs drifted by max |Δ| = 0.5, over the tolerance")
     assert drifted.error.endswith("raise measure.drift_tolerance to accept it")
 

@@ -151,9 +151,9 @@ def test_two_frame_model_runs_baseline_export_and_int8(tmp_path, passes):
 
     assert [s.status for s in report.stages] == ["ok"] * 3, report.error
     inputs = ExampleInputs.sample([InputDef("frame1", (1, 3, 32, 32)), InputDef("frame2", (1, 3, 32, 32))], seed=0)
-    assert report.stages[0].metrics["macs"] == flop_counter_macs(TwoFrameFlow(), inputs)  # MACs depend on shapes only
+    assert report.stages[0].metrics.macs == flop_counter_macs(TwoFrameFlow(), inputs)  # MACs depend on shapes only
     check_export(report, tmp_path / "run", 1, ["frame1", "frame2"], sequence=False)
-    assert report.stages[2].metrics["drift"]["cosine"] >= 0.98
+    assert report.stages[2].metrics.drift.cosine >= 0.98
     if passes is INT8_STATIC:
         assert report.stages[2].details["calibration"]["source"] == "random" and report.stages[2].details["calibration"]["batches"] == 4
 
@@ -166,9 +166,9 @@ def test_token_model_runs_baseline_export_and_int8(tmp_path, passes):
     inputs = ExampleInputs.sample(
         [InputDef("input_ids", (1, 32), torch.int64, 0, 100, True), InputDef("attention_mask", (1, 32), torch.int64, 1, 2, True)], seed=0
     )
-    assert report.stages[0].metrics["macs"] == flop_counter_macs(TinyEncoder(), inputs)
+    assert report.stages[0].metrics.macs == flop_counter_macs(TinyEncoder(), inputs)
     check_export(report, tmp_path / "run", 1, ["input_ids", "attention_mask"], sequence=True)
-    assert report.stages[2].metrics["drift"]["cosine"] >= 0.98
+    assert report.stages[2].metrics.drift.cosine >= 0.98
 
 
 def test_static_int8_calibrates_on_a_dataset_of_input_dicts(tmp_path):
@@ -195,9 +195,9 @@ def test_accuracy_on_a_dataset_of_token_dicts_for_the_model_and_its_export(tmp_p
     report = run(tmp_path, text)
 
     assert [s.status for s in report.stages] == ["ok", "ok"], report.error
-    accuracy = [s.metrics["accuracy"] for s in report.stages]
-    assert accuracy[0]["n"] == 12 and accuracy[1]["top1"] == accuracy[0]["top1"]
-    assert report.stages[1].metrics["agreement"]["top1"] == 1.0
+    accuracy = [s.metrics.accuracy for s in report.stages]
+    assert accuracy[0].n == 12 and accuracy[1].top1 == accuracy[0].top1
+    assert report.stages[1].metrics.agreement.top1 == 1.0
 
 
 def test_python_source_may_return_its_example_inputs(tmp_path):
@@ -250,7 +250,7 @@ def test_channel_pruning_traces_positional_inputs_and_refuses_keyword_ones(tmp_p
                  "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
 
     assert [s.status for s in frames.stages] == ["ok", "ok"], frames.error
-    assert frames.stages[1].metrics["params"] < frames.stages[0].metrics["params"]
+    assert frames.stages[1].metrics.params < frames.stages[0].metrics.params
     assert [s.status for s in tokens.stages] == ["ok", "failed"]
     assert "takes input_ids, attention_mask by keyword; use mode: unstructured" in tokens.error
 
@@ -288,9 +288,9 @@ def test_hf_bert_with_given_inputs_runs_baseline_export_and_static_int8(tmp_path
     sample = ExampleInputs.sample(
         [InputDef("input_ids", (1, 32), torch.int64, 0, 100, True), InputDef("attention_mask", (1, 32), torch.int64, 1, 2, True)], seed=0
     )
-    assert report.stages[0].metrics["macs"] == flop_counter_macs(bert, sample)
+    assert report.stages[0].metrics.macs == flop_counter_macs(bert, sample)
     check_export(report, tmp_path / "run", 1, ["input_ids", "attention_mask"], sequence=True)
-    assert report.stages[2].metrics["drift"]["cosine"] >= 0.98
+    assert report.stages[2].metrics.drift.cosine >= 0.98
 
 
 @pytest.mark.slow  # torch.export of BERT takes a minute or two on two busy cores
@@ -310,10 +310,10 @@ def test_hf_bert_from_a_config_runs_baseline_export_and_int8(tmp_path):
     sample = ExampleInputs.sample(
         [InputDef("input_ids", (1, 128), torch.int64, 0, 100, True), InputDef("attention_mask", (1, 128), torch.int64, 1, 2, True)], seed=0
     )
-    assert report.stages[0].metrics["macs"] == flop_counter_macs(bert, sample)
+    assert report.stages[0].metrics.macs == flop_counter_macs(bert, sample)
     check_export(report, tmp_path / "run", 1, ["input_ids", "attention_mask"], sequence=True)
     assert report.stages[1].details["exporter"] == "dynamo"
-    assert report.stages[2].metrics["drift"]["cosine"] >= 0.98
+    assert report.stages[2].metrics.drift.cosine >= 0.98
 
 
 def test_hf_folder_loads_its_weights_and_a_config_file_builds_random_ones(tmp_path):
@@ -363,7 +363,7 @@ def test_torchvision_raft_small_runs_baseline_export_and_int8(tmp_path):
 
     assert [s.status for s in report.stages] == ["ok"] * 3, report.error
     inputs = ExampleInputs.sample([InputDef("image1", (1, 3, 128, 128)), InputDef("image2", (1, 3, 128, 128))], seed=0)
-    assert report.stages[0].metrics["macs"] == flop_counter_macs(raft_small(), inputs)
+    assert report.stages[0].metrics.macs == flop_counter_macs(raft_small(), inputs)
     check_export(report, tmp_path / "run", 1, ["image1", "image2"], sequence=False)
 
 

@@ -123,9 +123,9 @@ def test_yolo11n_through_fuse_bn_tta_and_an_opset_17_export(tmp_path, host, yolo
     assert set(per_output) == {"output (boxes)", "output (scores)"}  # a tolerance per group
     assert all(row["excess"] <= 1 for row in per_output.values())
     assert per_output["output (scores)"]["allowed"] < 1e-3 < per_output["output (boxes)"]["allowed"]
-    drift = stages["fuse_bn"].metrics["drift"]["previous"]
-    assert [row["name"] for row in drift["outputs"]][:2] == ["output_0", "output_1.boxes"]
-    assert [g["group"] for g in drift["outputs"][0]["groups"]] == ["boxes", "scores"]
+    drift = stages["fuse_bn"].metrics.drift.previous
+    assert [row.name for row in drift.outputs][:2] == ["output_0", "output_1.boxes"]
+    assert [g.group for g in drift.outputs[0].groups] == ["boxes", "scores"]
 
 
 def test_tta_boxes_on_a_yolo_are_the_plain_and_the_unflipped_predictions(yolo11n):
@@ -157,7 +157,7 @@ def test_yolov8s_exports_its_deployment_output_by_default(tmp_path, host):
     assert export.details["deployment_output"]["head"] == "ultralytics.nn.modules.head.Detect"
     assert [o.name for o in onnx.load(str(run_dir / export.artifacts[0])).graph.output] == ["output0"]
     # The runner compares the file with the first output of the stages before (what it computes).
-    assert export.metrics["drift"]["outputs"][0]["shape"] == [1, 84, 336]
+    assert export.metrics.drift.outputs[0].shape == [1, 84, 336]
     assert export.status == "ok"
 
 

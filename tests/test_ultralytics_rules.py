@@ -214,9 +214,9 @@ def test_a_yolo_pipeline_prunes_then_fuses_the_pruned_modules(tmp_path, host):
     report, _ = run_pipeline(parse_pipeline(text, host.get_pass), host, output=tmp_path / "run")
     baseline, pruned, fused = report.stages
     assert report.status == "ok", [(s.name, s.error) for s in report.stages]
-    assert baseline.metrics["macs"] / pruned.metrics["macs"] >= 1.6
+    assert baseline.metrics.macs / pruned.metrics.macs >= 1.6
     assert fused.details["batchnorms_folded"] == 57 and fused.details["pairs_skipped"] == 0  # pruned Convs fuse as Convs
-    assert fused.metrics["macs"] == pruned.metrics["macs"] and fused.metrics["uncounted"] == {}
+    assert fused.metrics.macs == pruned.metrics.macs and fused.metrics.uncounted == {}
 
 
 def test_concat_counts_zero_macs_by_its_rule(rules):

@@ -307,14 +307,23 @@ def _first_line(text: str | None) -> str:
 
 @cli.command()
 @_common_options
-@click.option("--report", "of_report", is_flag=True, help="The JSON Schema of report.json instead (no plugins needed).")
-def schema(of_report: bool) -> None:
+@click.option("--report", "of_report", is_flag=True, help="The JSON Schema of a run's report.json instead (no plugins needed).")
+@click.option(
+    "--comparison",
+    "of_comparison",
+    is_flag=True,
+    help="The JSON Schema of a comparison's report.json (optkit report, sweeps) instead (no plugins needed).",
+)
+def schema(of_report: bool, of_comparison: bool) -> None:
     """Print the JSON Schema of pipeline files: every installed pass with its options, and the installed
-    model and dataset source schemes (so that editors complete them); with --report, of report.json."""
-    if of_report:
-        from optkit.results import report_json_schema
+    model and dataset source schemes (so that editors complete them); with --report, of a run's report.json;
+    with --comparison, of a comparison's."""
+    if of_report and of_comparison:
+        raise click.UsageError("--report and --comparison: give one")
+    if of_report or of_comparison:
+        from optkit.results import comparison_json_schema, report_json_schema
 
-        click.echo(json.dumps(report_json_schema(), indent=2))
+        click.echo(json.dumps(comparison_json_schema() if of_comparison else report_json_schema(), indent=2))
         return
     from optkit.config.pipeline import pipeline_json_schema
 

@@ -19,8 +19,9 @@ from optkit.errors import PipelineError, StageError
 from optkit.inputs import ExampleInputs
 from optkit.measure.outputs import flatten_outputs
 from optkit.models.layers import eval_mode
+from optkit.results import Accuracy, Agreement, Similarity
 
-__all__ = ["LOGITS_KEPT", "Evaluation", "evaluate", "classifier_outputs", "accuracy_metrics", "similarity_metrics", "AccuracyTracker"]
+__all__ = ["LOGITS_KEPT", "Evaluation", "evaluate", "classifier_outputs", "agreement_with", "similarity_to", "AccuracyTracker"]
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,18 @@ class Evaluation:
         """Which samples have a label."""
         return self.labels >= 0
 
-    def accuracy(self) -> dict[str, Any] | None:
-        """``{top1, top5, n}`` over the labeled samples (``top5`` only with 5 or more classes); ``None`` without labels."""
+    def accuracy(self) -> Accuracy | None:
+        """Top-1 (and top-5 with 5 or more classes) over the labeled samples; ``None`` without labels."""
         labeled = self.labeled
         n = int(labeled.sum())
         if n == 0:
             return None
-        result: dict[str, Any] = {"top1": float((self.predictions[labeled] == self.labels[labeled]).double().mean())}
-        if self.top5 is not None:
-            result["top5"] = float(self.top5[labeled].double().mean())
-        result["n"] = n
-        if self.nonfinite_inputs:
-            result["nonfinite_inputs"] = self.nonfinite_inputs
-        return result
+        return Accuracy(
+            top1=float((self.predictions[labeled] == self.labels[labeled]).double().mean()),
+            top5=float(self.top5[labeled].double().mean()) if self.top5 is not None else None,
+            n=n,
+            nonfinite_inputs=self.nonfinite_inputs or None,
+        )
 
 
 def classifier_outputs(outputs: Any, where: str) -> torch.Tensor:
@@ -144,43 +144,34 @@ def evaluate(subject: nn.Module | Artifact, batches: Iterable[tuple[torch.Tensor
     )
 
 
-def accuracy_metrics(evaluation: Evaluation, reference: Evaluation) -> dict[str, Any]:
-    """A stage's ``accuracy`` (when the data have labels) and ``agreement`` with ``reference`` (the baseline).
-
-    ``agreement.top1`` is the share of samples whose top-1 equals the reference's; it is absent
-    (with ``comparable: false``) when the two do not have the same number of outputs.
-    """
-    metrics: dict[str, Any] = {}
-    accuracy = evaluation.accuracy()
-    if accuracy is not None:
-        metrics["accuracy"] = accuracy
+def agreement_with(evaluation: Evaluation, reference: Evaluation) -> Agreement:
+    """A stage's ``agreement`` with ``reference`` (the baseline): the share of samples whose top-1 equals
+    the reference's, or ``comparable: false`` when the two do not have the same number of outputs."""
     n = len(evaluation.predictions)
     if evaluation.classes != reference.classes or n != len(reference.predictions):
-        metrics["agreement"] = {"comparable": False, "classes": evaluation.classes, "reference_classes": reference.classes}
-    else:
-        metrics["agreement"] = {"top1": float((evaluation.predictions == reference.predictions).double().mean()), "n": n}
-    return metrics
+        return Agreement(comparable=False, classes=evaluation.classes, reference_classes=reference.classes)
+    return Agreement(top1=float((evaluation.predictions == reference.predictions).double().mean()), n=n)
 
 
-def similarity_metrics(evaluation: Evaluation, previous: Evaluation) -> dict[str, Any]:
+def similarity_to(evaluation: Evaluation, previous: Evaluation) -> Similarity:
     """How closely ``evaluation`` follows ``previous`` (the stage before) on the same samples.
 
     Returns:
         ``top1`` (the share of samples whose top-1 is the same), ``cosine`` (of the kept logits,
         all flattened together, as drift's cosine), ``n`` (samples) and ``cosine_n`` (samples
-        the cosine covers); ``{"comparable": False}`` when the two do not have the same outputs.
+        the cosine covers); ``comparable: false`` when the two do not have the same outputs.
     """
     n = len(evaluation.predictions)
     if evaluation.classes != previous.classes or n != len(previous.predictions) or evaluation.logits is None or previous.logits is None:
-        return {"comparable": False}
+        return Similarity(comparable=False)
     kept = min(len(evaluation.logits), len(previous.logits))
     ours, theirs = evaluation.logits[:kept].double().flatten(), previous.logits[:kept].double().flatten()
-    return {
-        "top1": float((evaluation.predictions == previous.predictions).double().mean()),
-        "cosine": float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0, eps=1e-12)),
-        "n": n,
-        "cosine_n": kept,
-    }
+    return Similarity(
+        top1=float((evaluation.predictions == previous.predictions).double().mean()),
+        cosine=float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0, eps=1e-12)),
+        n=n,
+        cosine_n=kept,
+    )
 
 
 class AccuracyTracker:
@@ -198,11 +189,11 @@ class AccuracyTracker:
         self.baseline: Evaluation | None = None
         self.previous: Evaluation | None = None
 
-    def evaluate(self, subject: nn.Module | Artifact) -> tuple[dict[str, Any], float]:
-        """The stage's ``accuracy``/``agreement`` metrics and the seconds evaluating took.
+    def evaluate(self, subject: nn.Module | Artifact) -> tuple[Accuracy | None, Agreement, float]:
+        """The stage's ``accuracy`` (``None`` without labels), ``agreement`` and the seconds evaluating took.
 
-        After the baseline, ``agreement.previous`` holds :func:`similarity_metrics` against the
-        stage evaluated before (what a similarity tolerance is checked on).
+        After the baseline, ``agreement.previous`` holds :func:`similarity_to` the stage evaluated
+        before (what a similarity tolerance is checked on).
         """
         evaluation = evaluate(subject, self.batches, self.device)
         if self.baseline is None:
@@ -213,24 +204,24 @@ class AccuracyTracker:
                     evaluation.nonfinite_inputs,
                     len(evaluation.labels),
                 )
-        metrics = accuracy_metrics(evaluation, self.baseline)
+        agreement = agreement_with(evaluation, self.baseline)
         if self.previous is not None:
-            metrics["agreement"]["previous"] = similarity_metrics(evaluation, self.previous)
+            agreement.previous = similarity_to(evaluation, self.previous)
         self.previous = evaluation
-        return metrics, evaluation.seconds
+        return evaluation.accuracy(), agreement, evaluation.seconds
 
-    def check_budget(self, metrics: dict[str, Any]) -> None:
+    def check_budget(self, accuracy: Accuracy | None) -> None:
         """Fail a stage whose top-1 fell below the baseline's by more than ``max_drop``.
 
         Raises:
             StageError: with both accuracies, the drop and the budget.
         """
-        if self.max_drop is None or self.baseline is None or "accuracy" not in metrics:
+        if self.max_drop is None or self.baseline is None or accuracy is None:
             return
         reference = self.baseline.accuracy()
         if reference is None:
             return
-        base, top1, n = reference["top1"], metrics["accuracy"]["top1"], metrics["accuracy"]["n"]
+        base, top1, n = reference.top1, accuracy.top1, accuracy.n
         # Compare counts of samples, not rounded shares, so that a drop of exactly the budget passes.
         if round((base - top1) * n) <= self.max_drop * n + 1e-9:
             return

@@ -6,8 +6,9 @@ boxes and the class scores of a YOLO prediction) is held to its own tolerance,
 tolerance of class scores around 1e-4. The runner's drift check and export_onnx's parity check
 both use this module.
 
-:func:`compare_outputs` returns the figures of the whole output (``max_abs``, ``cosine``,
-``top1_agreement``: what report.json always had) and a list ``outputs`` with one row per tensor.
+:func:`compare_outputs` returns a :class:`~optkit.results.DriftComparison`: the figures of the whole
+output (``max_abs``, ``cosine``, ``top1_agreement``: what report.json always had) and ``outputs``,
+one :class:`~optkit.results.OutputDrift` per tensor.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 
 from optkit.measure.outputs import flatten_outputs, output_leaves
 from optkit.models.rules import ChannelGroup, ModuleRule, find_rule
+from optkit.results import DriftComparison, DriftFigures, GroupDrift, OutputDrift, Similarity
 
 if TYPE_CHECKING:
     from optkit.passes import Tolerance
@@ -56,7 +58,7 @@ def _figures(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None) -> dict[str, Any]:
+def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None) -> DriftComparison:
     """Compare ``outputs`` with ``reference`` tensor by tensor.
 
     Args:
@@ -74,11 +76,11 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         shape lists) when the outputs cannot be compared.
     """
     a, b = flatten_outputs(outputs), flatten_outputs(reference)
-    shapes = [tuple(t.shape) for t in a], [tuple(t.shape) for t in b]
+    shapes = [list(t.shape) for t in a], [list(t.shape) for t in b]
     if shapes[0] != shapes[1]:
-        return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1]}
+        return DriftComparison(comparable=False, shapes=shapes[0], reference_shapes=shapes[1])
     if not a:
-        return {"comparable": False}
+        return DriftComparison(comparable=False)
     names = [
         leaf.name
         for leaf, value in zip(output_leaves(reference), pytree.tree_leaves(reference), strict=True)
@@ -87,52 +89,60 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
     groups = groups or {}
     rows = []
     for name, got, want in zip(names, a, b, strict=True):
-        row: dict[str, Any] = {"name": name, "shape": list(want.shape), **_figures(got, want)}
-        if name in groups:
-            row["groups"] = [
-                {
-                    "group": g.name,
-                    "channels": [g.start, g.stop],
-                    **_figures(got.narrow(g.dim, g.start, g.stop - g.start), want.narrow(g.dim, g.start, g.stop - g.start)),
-                }
-                for g in groups[name]
-                if g.dim < want.dim() and g.stop <= want.shape[g.dim]
-            ]
-        rows.append(row)
+        kept = [g for g in groups.get(name, ()) if g.dim < want.dim() and g.stop <= want.shape[g.dim]]
+        by_group = [
+            GroupDrift(
+                group=g.name,
+                channels=[g.start, g.stop],
+                **_figures(got.narrow(g.dim, g.start, g.stop - g.start), want.narrow(g.dim, g.start, g.stop - g.start)),
+            )
+            for g in kept
+        ]
+        rows.append(OutputDrift(name=name, shape=list(want.shape), **_figures(got, want), groups=by_group if name in groups else None))
     whole = _figures(
         torch.cat([t.detach().flatten().cpu().double() for t in a]), torch.cat([t.detach().flatten().cpu().double() for t in b])
     )
-    result: dict[str, Any] = {"comparable": True, **whole}
-    if a[0].dim() == 2 and a[0].shape[1] > 1:
-        result["top1_agreement"] = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
-    result["outputs"] = rows
-    return result
+    top1 = float((a[0].argmax(1) == b[0].argmax(1)).double().mean()) if a[0].dim() == 2 and a[0].shape[1] > 1 else None
+    return DriftComparison(comparable=True, **whole, top1_agreement=top1, outputs=rows)
 
 
-def output_excess(figures: Mapping[str, Any], atol: float, rtol: float) -> float:
+def _measured(value: float | None) -> float:
+    """A figure, NaN when it is missing (so that it fails every bound)."""
+    return math.nan if value is None else value
+
+
+def _shape_change(drift: DriftComparison) -> str:
+    """The outputs' shapes before and after, as tuples."""
+    before, after = (
+        [tuple(shape) for shape in shapes] if shapes is not None else None for shapes in (drift.reference_shapes, drift.shapes)
+    )
+    return f"outputs changed shape: {before} -> {after}"
+
+
+def output_excess(figures: DriftFigures, atol: float, rtol: float) -> float:
     """``max|Δ| / (atol + rtol × max|reference|)`` of one row of figures: above 1 breaks the tolerance."""
-    allowed = atol + rtol * figures["reference_max_abs"]
-    if not math.isfinite(figures["max_abs"]):
+    max_abs = _measured(figures.max_abs)
+    allowed = atol + rtol * _measured(figures.reference_max_abs)
+    if not math.isfinite(max_abs):
         return math.inf
     if allowed <= 0:
-        return 0.0 if figures["max_abs"] == 0 else math.inf
-    return figures["max_abs"] / allowed
+        return 0.0 if max_abs == 0 else math.inf
+    return max_abs / allowed
 
 
-def output_parts(drift: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+def output_parts(drift: DriftComparison) -> list[tuple[str, DriftFigures]]:
     """``(label, figures)`` of every part held to a tolerance of its own: each output tensor, or
     each channel group of a tensor that has groups (``"output_0 (scores)"``); the whole output
-    for a drift dict without per-output rows."""
-    rows = drift.get("outputs")
-    if not rows:
+    for a comparison without per-output rows."""
+    if not drift.outputs:
         return [("outputs", drift)]
-    parts: list[tuple[str, Mapping[str, Any]]] = []
-    for row in rows:
-        parts += [(f"{row['name']} ({g['group']})", g) for g in row.get("groups", ())] or [(row["name"], row)]
+    parts: list[tuple[str, DriftFigures]] = []
+    for row in drift.outputs:
+        parts += [(f"{row.name} ({g.group})", g) for g in row.groups or ()] or [(row.name, row)]
     return parts
 
 
-def output_excesses(drift: Mapping[str, Any], atol: float, rtol: float) -> list[tuple[str, Mapping[str, Any], float]]:
+def output_excesses(drift: DriftComparison, atol: float, rtol: float) -> list[tuple[str, DriftFigures, float]]:
     """Every part of ``drift`` held to a tolerance of its own (see :func:`output_parts`) with its
     excess ``max|Δ| / (atol + rtol × max|reference|)``: above 1 breaks the tolerance.
 
@@ -142,31 +152,32 @@ def output_excesses(drift: Mapping[str, Any], atol: float, rtol: float) -> list[
     return [(label, figures, output_excess(figures, atol, rtol)) for label, figures in output_parts(drift)]
 
 
-def worst_output(drift: Mapping[str, Any], atol: float, rtol: float) -> tuple[str, Mapping[str, Any], float]:
+def worst_output(drift: DriftComparison, atol: float, rtol: float) -> tuple[str, DriftFigures, float]:
     """The part of ``drift`` (see :func:`output_parts`) furthest over its tolerance: label, figures, excess."""
     return max(output_excesses(drift, atol, rtol), key=lambda part: part[2])
 
 
-def drift_exceeds(drift: Mapping[str, Any], atol: float, rtol: float) -> str | None:
+def drift_exceeds(drift: DriftComparison, atol: float, rtol: float) -> str | None:
     """Why ``drift`` breaks the tolerance, output by output (and group by group), or ``None``.
 
     Each output tensor is held to ``atol + rtol × max|its own reference|``; a tensor with channel
     groups is held group by group instead. The message names the worst one.
     """
-    if not drift.get("comparable", False):
-        return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
+    if not drift.comparable:
+        return _shape_change(drift)
     label, worst, excess = worst_output(drift, atol, rtol)
     # One tensor without groups is "the outputs", as before per-output figures; otherwise name it.
     label = "outputs" if len(output_parts(drift)) == 1 else f"output {label}"
-    if not math.isfinite(worst["max_abs"]):
+    max_abs, reference_max_abs = _measured(worst.max_abs), _measured(worst.reference_max_abs)
+    if not math.isfinite(max_abs):
         verb = "are" if label == "outputs" else "is"
-        return f"{label} {verb} not finite (max |Δ| = {worst['max_abs']}); the stage produced NaN or infinity"
+        return f"{label} {verb} not finite (max |Δ| = {max_abs}); the stage produced NaN or infinity"
     if excess <= 1:
         return None
-    allowed = atol + rtol * worst["reference_max_abs"]
+    allowed = atol + rtol * reference_max_abs
     return (
-        f"{label} drifted by max |Δ| = {worst['max_abs']:.3g}, over the tolerance {allowed:.3g} "
-        f"(atol {atol:g} + rtol {rtol:g} × max|ref| {worst['reference_max_abs']:.3g}) by {excess:.3g}×"
+        f"{label} drifted by max |Δ| = {max_abs:.3g}, over the tolerance {allowed:.3g} "
+        f"(atol {atol:g} + rtol {rtol:g} × max|ref| {reference_max_abs:.3g}) by {excess:.3g}×"
     )
 
 
@@ -221,14 +232,14 @@ def similarity_falls_short(
 
 
 def tolerance_failure(
-    drift: dict[str, Any], tolerance: Tolerance, on_data: dict[str, Any] | None = None, where: str = "on data.eval"
+    drift: DriftComparison, tolerance: Tolerance, on_data: Similarity | None = None, where: str = "on data.eval"
 ) -> str | None:
     """Why a stage breaks ``tolerance``, each bound it sets, against the stage before; or ``None``.
 
     The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
     exact arithmetic must agree on any input). The similarity bounds (``cosine``,
     ``top1_agreement``) are checked on ``on_data`` when given (the stage against the stage before
-    on data.eval: :func:`optkit.measure.accuracy.similarity_metrics`), else on ``drift``: a quantized
+    on data.eval: :func:`optkit.measure.accuracy.similarity_to`), else on ``drift``: a quantized
     model is calibrated for real inputs, and the seeded batch of random values is not one.
 
     Args:
@@ -238,12 +249,12 @@ def tolerance_failure(
             more samples than the seeded batch (a pass's ``similarity_gate``), or ``None``.
         where: the samples ``on_data`` covers, for the message.
     """
-    if not drift.get("comparable", False):
-        return f"outputs changed shape: {drift.get('reference_shapes')} -> {drift.get('shapes')}"
+    if not drift.comparable:
+        return _shape_change(drift)
     if tolerance.atol is not None and tolerance.rtol is not None:
         problem = drift_exceeds(drift, tolerance.atol, tolerance.rtol)
         if problem is not None:
             return problem
     if on_data is not None:
-        return similarity_falls_short(on_data.get("cosine"), on_data.get("top1"), tolerance, where)
-    return similarity_falls_short(drift.get("cosine"), drift.get("top1_agreement"), tolerance)
+        return similarity_falls_short(on_data.cosine, on_data.top1, tolerance, where)
+    return similarity_falls_short(drift.cosine, drift.top1_agreement, tolerance)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from optkit.results import Speedup, SpeedupInterval
+
 __all__ = [
     "CONFIDENCE",
     "MEDIAN_METHOD",
@@ -184,7 +186,7 @@ def speedup(
     *,
     paired: bool,
     margin: float = RUN_TO_RUN_MARGIN,
-) -> dict[str, Any] | None:
+) -> Speedup | None:
     """The speed-up of ``stage`` over ``baseline`` (two ``latency_ms`` records with ``samples``).
 
     Args:
@@ -208,14 +210,14 @@ def speedup(
     else:
         interval, method = ratio_of_medians_interval(base, new, confidence), INDEPENDENT_SPEEDUP_METHOD
     low, high = interval.low / (1.0 + margin), interval.high * (1.0 + margin)
-    return {
-        "value": interval.estimate,
-        "low": low,
-        "high": high,
-        "statistical": {"low": interval.low, "high": interval.high},
-        "confidence": interval.confidence,
-        "paired": paired,
-        "method": method,
-        "margin": margin,
-        "tie": low <= 1.0 <= high,
-    }
+    return Speedup(
+        value=interval.estimate,
+        low=low,
+        high=high,
+        statistical=SpeedupInterval(low=interval.low, high=interval.high),
+        confidence=interval.confidence,
+        paired=paired,
+        method=method,
+        margin=margin,
+        tie=low <= 1.0 <= high,
+    )

@@ -18,6 +18,7 @@ import torch.utils._pytree as pytree
 
 from optkit.inputs import ExampleInputs
 from optkit.measure.outputs import output_leaves
+from optkit.results import DriftComparison, OutputDrift
 
 __all__ = ["INPUT_STEP", "DRAWS", "FACTOR", "perturbed_input", "output_sensitivity", "within_sensitivity"]
 
@@ -68,7 +69,7 @@ def output_sensitivity(model: Callable[..., Any], inputs: ExampleInputs, outputs
     return found
 
 
-def within_sensitivity(drift: dict[str, Any], sensitivity: dict[str, float]) -> dict[str, Any] | None:
+def within_sensitivity(drift: DriftComparison, sensitivity: dict[str, float]) -> dict[str, Any] | None:
     """Whether every output's drift is within :data:`FACTOR` × the model's sensitivity.
 
     Args:
@@ -79,20 +80,21 @@ def within_sensitivity(drift: dict[str, Any], sensitivity: dict[str, float]) -> 
         The worst output's figures (``output``, ``drift_max_abs``, ``sensitivity_max_abs``, ``factor``)
         when every output is within, else ``None``.
     """
-    rows = drift.get("outputs") or []
+    rows = drift.outputs or []
     if not rows:
         return None
 
-    def ratio(row: dict[str, Any]) -> float:
-        noise = sensitivity.get(row["name"], 0.0)  # integer and empty outputs have none: they must not drift
-        return row["max_abs"] / noise if noise > 0 else (0.0 if row["max_abs"] == 0 else float("inf"))
+    def ratio(row: OutputDrift) -> float:
+        noise = sensitivity.get(row.name, 0.0)  # integer and empty outputs have none: they must not drift
+        max_abs = float("nan") if row.max_abs is None else row.max_abs
+        return max_abs / noise if noise > 0 else (0.0 if max_abs == 0 else float("inf"))
 
     worst = max(rows, key=ratio)
     if not ratio(worst) <= FACTOR:
         return None
     return {
-        "output": worst["name"],
-        "drift_max_abs": worst["max_abs"],
-        "sensitivity_max_abs": sensitivity.get(worst["name"], 0.0),
+        "output": worst.name,
+        "drift_max_abs": worst.max_abs,
+        "sensitivity_max_abs": sensitivity.get(worst.name, 0.0),
         "factor": FACTOR,
     }

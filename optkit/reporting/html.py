@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from optkit.reporting.tables import (
     comparison_columns,
@@ -14,9 +14,10 @@ from optkit.reporting.tables import (
     environment_text,
     speedup_table,
 )
+from optkit.results import ComparisonMeta
 
 if TYPE_CHECKING:
-    from optkit.reporting.runs import ComparedRun
+    from optkit.results import ComparedRun
 
 __all__ = ["render_html"]
 
@@ -42,7 +43,7 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto}img{max-width:100%;border:1p
 """
 
 
-def render_html(runs: list[ComparedRun], meta: dict[str, Any] | None = None, images: dict[str, bytes] | None = None) -> str:
+def render_html(runs: list[ComparedRun], meta: ComparisonMeta | None = None, images: dict[str, bytes] | None = None) -> str:
     """The comparison as one self-contained HTML page (plots embedded as base64 PNG data URIs).
 
     Args:
@@ -50,21 +51,21 @@ def render_html(runs: list[ComparedRun], meta: dict[str, Any] | None = None, ima
         meta: as for :func:`optkit.reporting.writing.write_comparison_report`.
         images: caption → PNG bytes.
     """
-    meta = meta or {}
-    title = html.escape(meta.get("title") or "optkit comparison")
+    meta = meta or ComparisonMeta()
+    title = html.escape(meta.title or "optkit comparison")
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
     ]
-    if meta.get("command"):
-        parts.append(f"<p>Reproduce with:</p><pre>{html.escape(str(meta['command']))}</pre>")
+    if meta.command:
+        parts.append(f"<p>Reproduce with:</p><pre>{html.escape(meta.command)}</pre>")
     parts.append("<h2>Environment</h2><ul>")
     for env, count in environment_groups(runs):
         text = html.escape(environment_text(env)).replace("**", "")
         parts.append(f"<li>{text} ({count} runs)</li>")
-    extra = " · ".join(f"{key} {meta[key]}" for key in ("created", "executor") if meta.get(key))
+    extra = " · ".join(f"{key} {value}" for key, value in (("created", meta.created), ("executor", meta.executor)) if value)
     parts += [f"<li>{html.escape(extra)}</li>"] if extra else []
-    parts += [f"<li>{html.escape(str(note))}</li>" for note in meta.get("notes") or []]
+    parts += [f"<li>{html.escape(str(note))}</li>" for note in meta.notes or []]
     failed = [run for run in runs if run.report.status != "ok"]
     parts.append(f"</ul><p class='note'>{html.escape(comparison_note(runs))}</p>")
     if runs:

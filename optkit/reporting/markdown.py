@@ -23,10 +23,10 @@ from optkit.reporting.tables import (
     timing_lines,
     weights_line,
 )
+from optkit.results import ComparisonMeta
 
 if TYPE_CHECKING:
-    from optkit.reporting.runs import ComparedRun
-    from optkit.results import RunReport
+    from optkit.results import ComparedRun, RunReport
 
 __all__ = ["render_markdown", "render_comparison_markdown"]
 
@@ -67,10 +67,10 @@ def _per_output_lines(report: RunReport) -> list[str]:
     rows = []
     for stage in report.stages:
         drift = stage.metrics.drift
-        parts = output_parts(drift.model_dump()) if drift is not None and drift.outputs else []
+        parts = output_parts(drift) if drift is not None and drift.outputs else []
         if len(parts) > 1:
             rows += [
-                [str(stage.index), stage.name, label, f"{f['max_abs']:.2e}", f"{f['reference_max_abs']:.3g}", f"{f['cosine']:.6f}"]
+                [str(stage.index), stage.name, label, f"{f.max_abs:.2e}", f"{f.reference_max_abs:.3g}", f"{f.cosine:.6f}"]
                 for label, f in parts
             ]
     if not rows:
@@ -114,7 +114,7 @@ def _markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) 
     ]
 
 
-def render_comparison_markdown(runs: list[ComparedRun], meta: dict[str, Any] | None = None, plots: dict[str, str] | None = None) -> str:
+def render_comparison_markdown(runs: list[ComparedRun], meta: ComparisonMeta | None = None, plots: dict[str, str] | None = None) -> str:
     """Several runs as one Markdown report: environment header, speed-up summary, plots, stage table, errors.
 
     Args:
@@ -122,18 +122,18 @@ def render_comparison_markdown(runs: list[ComparedRun], meta: dict[str, Any] | N
         meta: ``title``, ``command`` (how to reproduce), ``executor``, ``created`` and ``notes``, each optional.
         plots: caption → image path relative to the report.
     """
-    meta = meta or {}
-    lines = [f"# {_text(meta.get('title') or 'optkit comparison')}", ""]
-    if meta.get("command"):
-        lines += ["Reproduce with:", "", "```", _code(meta["command"]), "```", ""]
+    meta = meta or ComparisonMeta()
+    lines = [f"# {_text(meta.title or 'optkit comparison')}", ""]
+    if meta.command:
+        lines += ["Reproduce with:", "", "```", _code(meta.command), "```", ""]
     groups = environment_groups(runs)
     lines += ["## Environment", ""]
     lines += [f"- {_text(environment_text(env))}" + (f" ({n} runs)" if len(groups) > 1 else "") for env, n in groups] or [
         "- (no run recorded one)"
     ]
-    extra = [f"{key} {meta[key]}" for key in ("created", "executor", "optkit_version") if meta.get(key)]
+    extra = [f"{key} {value}" for key, value in (("created", meta.created), ("executor", meta.executor)) if value]
     lines += [f"- {_text(' · '.join(extra))}"] if extra else []
-    lines += [f"- {_text(note)}" for note in meta.get("notes") or []]
+    lines += [f"- {_text(note)}" for note in meta.notes or []]
     failed = [run for run in runs if run.report.status != "ok"]
     lines += ["", _text(comparison_note(runs)), ""]
     if runs:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from optkit.errors import OptkitError
-from optkit.results import Speedup
-
-if TYPE_CHECKING:
-    from optkit.reporting.runs import ComparedRun
+from optkit.results import ComparedRun, Speedup
 
 __all__ = ["StagePoint", "stage_points", "latency_vs_gmacs_png", "pass_speedups_png", "PlotsUnavailable"]
 

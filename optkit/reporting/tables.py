@@ -6,13 +6,10 @@ the same figures.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from optkit.measure.cpu import CpuInfo
-from optkit.results import Drift, Environment, NoiseCheck, RunReport, Speedup, StageMetrics
-
-if TYPE_CHECKING:
-    from optkit.reporting.runs import ComparedRun
+from optkit.results import ComparedRun, Drift, Environment, NoiseCheck, RunReport, Speedup, StageMetrics
 
 __all__ = [
     "COLUMNS",
@@ -319,7 +316,16 @@ def environment_groups(runs: list[ComparedRun]) -> list[tuple[Environment, int]]
 
 def environment_text(env: Environment) -> str:
     """One line: device, threads, the CPU with its instruction sets, platform and library versions."""
-    versions = " · ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "onnx", "onnxruntime", "thop", "cuda") if env.get(k))
+    libraries = {
+        "python": env.python,
+        "torch": env.torch,
+        "torchvision": env.torchvision,
+        "onnx": env.onnx,
+        "onnxruntime": env.onnxruntime,
+        "thop": env.thop,
+        "cuda": env.cuda,
+    }
+    versions = " · ".join(f"{name} {version}" for name, version in libraries.items() if version)
     cpu = CpuInfo.from_dict(env.cpu).describe() if env.cpu else env.processor
     return f"device **{env.device}** · {env.threads} threads · {cpu} · {env.platform} · {versions}"
 

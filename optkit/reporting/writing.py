@@ -18,8 +18,7 @@ from optkit.files import atomic_write_bytes, atomic_write_text
 from optkit.reporting.html import render_html
 from optkit.reporting.markdown import render_comparison_markdown, render_markdown
 from optkit.reporting.plots import PlotsUnavailable, latency_vs_gmacs_png, pass_speedups_png, stage_points
-from optkit.reporting.runs import COMPARISON_KIND, ComparedRun
-from optkit.results import SCHEMA_VERSION, RunReport, optkit_version
+from optkit.results import ComparedRun, ComparisonMeta, ComparisonReport, RunReport, RunStatus
 
 __all__ = ["PLOT_FILES", "report_json", "write_run_report", "write_comparison_report"]
 
@@ -61,7 +60,7 @@ def write_comparison_report(
     folder: Path,
     *,
     meta: dict[str, Any] | None = None,
-    status: str = "ok",
+    status: str = RunStatus.ok,
     plots: bool = True,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``report.html`` and ``plots/*.png`` into ``folder``, each atomically.
@@ -78,31 +77,24 @@ def write_comparison_report(
         File kind (``json``, ``markdown``, ``html`` and each plot's file name) → path.
     """
     folder = Path(folder)
-    meta = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), **(meta or {})}
+    header = ComparisonMeta.model_validate({"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), **(meta or {})})
     images: dict[str, tuple[str, bytes]] = {}
     if plots and runs:
         try:
             images = _render_plots(runs)
         except PlotsUnavailable as exc:
             log.warning("reports without plots: %s", exc)
-            meta["notes"] = [*(meta.get("notes") or []), f"No plots: {exc}."]
+            header.notes = [*(header.notes or []), f"No plots: {exc}."]
     written: dict[str, Path] = {}
     for name, png in images.values():
         written[name] = folder / "plots" / name
         atomic_write_bytes(written[name], png)
-    document = {
-        "schema": SCHEMA_VERSION,
-        "kind": COMPARISON_KIND,
-        "optkit_version": optkit_version(),
-        "status": status,
-        "meta": meta,
-        "runs": [run.to_dict() for run in runs],
-    }
+    document = ComparisonReport(status=RunStatus(status), meta=header, runs=runs)
     written["json"] = folder / "report.json"
-    atomic_write_text(written["json"], report_json(document))
+    atomic_write_text(written["json"], document.to_json())
     markdown_plots = {caption: f"plots/{name}" for caption, (name, _) in images.items()}
     written["markdown"] = folder / "report.md"
-    atomic_write_text(written["markdown"], render_comparison_markdown(runs, meta, markdown_plots))
+    atomic_write_text(written["markdown"], render_comparison_markdown(runs, header, markdown_plots))
     written["html"] = folder / "report.html"
-    atomic_write_text(written["html"], render_html(runs, meta, {c: png for c, (_, png) in images.items()}))
+    atomic_write_text(written["html"], render_html(runs, header, {c: png for c, (_, png) in images.items()}))
     return written

@@ -134,7 +134,8 @@ def inspect_model(
     }
     info.update(model_info(model, examples, metrics, verbose=verbose, module_rules=rules))
     if run_data.accuracy is not None:
-        info["accuracy"] = run_data.accuracy.evaluate(model)[0].get("accuracy")
+        accuracy = run_data.accuracy.evaluate(model)[0]
+        info["accuracy"] = accuracy.model_dump(mode="json") if accuracy is not None else None
         info["data"] = run_data.details["eval"]
     info["load"] = details
     owner = thop_owner()

@@ -42,6 +42,7 @@ from optkit.results import (
     RunInfo,
     RunReport,
     RunStatus,
+    Similarity,
     StageResult,
     StageStatus,
     TimingStatus,
@@ -481,11 +482,10 @@ class _StageRunner:
         tracker = self.data.accuracy
         if tracker is None:
             return
-        metrics, seconds = tracker.evaluate(product)
-        for key, value in metrics.items():  # accuracy, agreement
-            setattr(result.metrics, key, value)
+        accuracy, agreement, seconds = tracker.evaluate(product)
+        result.metrics.accuracy, result.metrics.agreement = accuracy, agreement
         result.measure_s += seconds
-        tracker.check_budget(metrics)
+        tracker.check_budget(accuracy)
 
     def _add_drift(self, result: StageResult, measurement: Measurement, product: nn.Module | Artifact) -> None:
         module = product.source_model if isinstance(product, Artifact) else product
@@ -494,12 +494,12 @@ class _StageRunner:
             # The baseline is the reference: its drift is the identity (0, 1, 1), recorded so that
             # every ok stage of report.json carries the same metric fields.
             self.baseline = self.previous = measurement
-            drift = compare_outputs(measurement.outputs, measurement.outputs, groups=groups)
+            drift = Drift(**dict(compare_outputs(measurement.outputs, measurement.outputs, groups=groups)))
             if isinstance(module, nn.Module):
                 self._check_baseline(module, measurement.outputs)
-                drift["sensitivity"] = {"input_step": INPUT_STEP, "max_abs": self.sensitivity}
+                drift.sensitivity = {"input_step": INPUT_STEP, "max_abs": self.sensitivity}
             self._note_uninformative(drift)
-            result.metrics.drift = Drift.model_validate(drift)
+            result.metrics.drift = drift
             return
         # An artifact that keeps only some of the model's outputs (export_onnx's `outputs:`, a YOLO
         # deployment output) is compared with those outputs of the stages before it. It changes
@@ -510,10 +510,10 @@ class _StageRunner:
             return stage.outputs if selection is None else select_outputs(stage.outputs, selection)
 
         previous = self.previous if self.previous is not None else self.baseline  # both are set together
-        drift = compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)
-        drift["previous"] = compare_outputs(measurement.outputs, reference(previous), groups=groups)
+        drift = Drift(**dict(compare_outputs(measurement.outputs, reference(self.baseline), groups=groups)))
+        drift.previous = compare_outputs(measurement.outputs, reference(previous), groups=groups)
         self._note_uninformative(drift)
-        result.metrics.drift = Drift.model_validate(drift)
+        result.metrics.drift = drift
         if selection is None:
             self.previous = measurement
 
@@ -528,13 +528,13 @@ class _StageRunner:
         if warning:
             log.warning("%s", warning)
 
-    def _note_uninformative(self, drift: dict[str, Any]) -> None:
+    def _note_uninformative(self, drift: Drift) -> None:
         """Name, in a stage's drift figures, the outputs whose comparison says nothing."""
-        rows = drift.get("outputs") or []
-        found = {row["name"]: self.uninformative[row["name"]] for row in rows if row["name"] in self.uninformative}
+        rows = drift.outputs or []
+        found = {row.name: self.uninformative[row.name] for row in rows if row.name in self.uninformative}
         if found:
-            drift["uninformative"] = found
-            drift["warning"] = uninformative_warning(found, len(rows))
+            drift.uninformative = found
+            drift.warning = uninformative_warning(found, len(rows))
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None, details: dict[str, Any]) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
@@ -544,15 +544,15 @@ class _StageRunner:
         if tolerance is None or drift is None or drift.previous is None:
             return
         limit, option = tolerance
-        previous = drift.previous.model_dump()  # the figures as compare_outputs made them (NaN kept)
+        previous = drift.previous
         agreement = result.metrics.agreement
         similar = agreement.previous if agreement is not None else None
         # Other outputs (a new head) are not comparable on data.eval: the seeded batch is used.
-        on_data = similar.model_dump() if similar is not None and similar.comparable is not False else None
+        on_data = similar if similar is not None and similar.comparable is not False else None
         where = "data.eval" if on_data is not None else "seeded batch"
         gate = details.get("similarity_gate")
         if on_data is None and isinstance(gate, dict):  # the pass compared more samples than the seeded batch
-            on_data, where = gate, gate["on"]
+            on_data, where = Similarity(top1=gate.get("top1"), cosine=gate.get("cosine")), gate["on"]
         similarity = limit.cosine is not None or limit.top1_agreement is not None
         drift.tolerance = DriftTolerance(**limit.model_dump(exclude_none=True), set_by=option, similarity_on=where if similarity else None)
         problem = tolerance_failure(previous, limit, on_data, f"on {where}")

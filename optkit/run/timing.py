@@ -36,7 +36,7 @@ from optkit.measure.latency import Contender, time_callable, time_round_robin
 from optkit.measure.noise import check_noise
 from optkit.measure.size import tensor_bytes
 from optkit.measure.stage import latency_record, runnable
-from optkit.results import NoiseCheck, Speedup, StageResult, Timing, TimingMemory, TimingStatus
+from optkit.results import NoiseCheck, StageResult, Timing, TimingMemory, TimingStatus
 
 if TYPE_CHECKING:
     from optkit.config.pipeline import MeasureSpec
@@ -222,7 +222,8 @@ class StageTiming:
                     margin=self.settings.run_to_run_margin,
                 )
                 if figure is not None:
-                    setattr(stage.metrics, key, Speedup.model_validate({**figure, "against": reference.name}))
+                    figure.against = reference.name
+                    setattr(stage.metrics, key, figure)
 
     def time_side_by_side(self, stages: list[StageResult]) -> None:
         """Time the baseline and every kept product round-robin; fill their ``latency_ms`` and speed-ups.

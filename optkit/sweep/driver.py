@@ -19,9 +19,8 @@ import yaml
 
 from optkit.config.sweep import SweepFile
 from optkit.files import atomic_write_text
-from optkit.reporting.runs import ComparedRun
 from optkit.reporting.writing import write_comparison_report
-from optkit.results import RunReport, RunStatus
+from optkit.results import ComparedRun, RunReport, RunStatus
 from optkit.run.run_dirs import prepare_run_dir
 from optkit.sweep.executors import Executor
 from optkit.sweep.jobs import JobOutcome

@@ -199,8 +199,8 @@ class ExportOnnx(Pass):
             "device": str(ctx.device),
             "atol": atol,
             "rtol": rtol,
-            "inputs": figures,
-            "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
+            "inputs": {label: parity.as_details() for label, parity in figures.items()},
+            "max_abs": max((p.drift.max_abs for p in figures.values() if p.drift.comparable), default=None),
             "per_output": parity_by_output(figures, atol, rtol),
         }
         problem = parity_failure(figures, atol, rtol)

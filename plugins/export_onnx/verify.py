@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,34 @@ def parity_inputs(
     return inputs
 
 
+@dataclass
+class Parity:
+    """onnxruntime against PyTorch on one input.
+
+    Attributes:
+        drift: :func:`optkit.compare_outputs` of the onnxruntime outputs with PyTorch's.
+        batch: the batch size of the input.
+    """
+
+    drift: Any  # optkit's DriftComparison, a report model optkit does not export by name
+    batch: int
+
+    def as_details(self) -> dict[str, Any]:
+        """The figures as ``details.parity.inputs`` holds them (JSON; the top-1 agreement left out)."""
+        figures: dict[str, Any] = self.drift.model_dump(exclude={"top1_agreement"})
+        figures["batch"] = self.batch
+        if self.drift.comparable:
+            scale = self.drift.reference_max_abs
+            figures["max_rel"] = self.drift.max_abs / scale if scale else 0.0
+        return figures
+
+
 def measure_parity(
     model: nn.Module,
     run: Callable[..., Any],
     inputs: dict[str, ExampleInputs],
     groups: Mapping[str, Sequence[ChannelGroup]] | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Parity]:
     """Compare ``run`` (onnxruntime) with ``model`` (PyTorch) on each input.
 
     Args:
@@ -82,14 +105,11 @@ def measure_parity(
         groups: channel groups compared on their own, per output name.
 
     Returns:
-        Per label: ``batch``, ``max_abs``, ``max_rel`` (``max_abs / max|reference|``), ``cosine``,
-        ``reference_max_abs``, ``comparable``, ``outputs`` (the figures per output tensor, see
-        :func:`optkit.compare_outputs`); and ``shapes``/``reference_shapes`` when the
-        outputs differ in shape.
+        Per label, the comparison (see :func:`optkit.compare_outputs`) and the batch size.
     """
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFailure
 
-    figures: dict[str, dict[str, Any]] = {}
+    figures: dict[str, Parity] = {}
     for label, x in inputs.items():
         with torch.inference_mode():
             reference = x.call(model)
@@ -98,46 +118,40 @@ def measure_parity(
         except OrtFailure as error:
             message = str(error).splitlines()[0][:400]
             raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {x.batch_size}): {message}") from error
-        drift = compare_outputs(outputs, reference, groups=groups)
-        drift.pop("top1_agreement", None)
-        drift["batch"] = x.batch_size
-        if drift["comparable"]:
-            scale = drift["reference_max_abs"]
-            drift["max_rel"] = drift["max_abs"] / scale if scale else 0.0
-        figures[label] = drift
-        log.debug("ONNX parity on %s: %s", label, drift)
+        figures[label] = Parity(compare_outputs(outputs, reference, groups=groups), x.batch_size)
+        log.debug("ONNX parity on %s: %s", label, figures[label])
     return figures
 
 
-def parity_by_output(figures: dict[str, dict[str, Any]], atol: float, rtol: float) -> list[dict[str, Any]]:
+def parity_by_output(figures: dict[str, Parity], atol: float, rtol: float) -> list[dict[str, Any]]:
     """The worst figures of each output tensor (and channel group) over every input, with its
     ``allowed`` difference and ``excess`` (max|Δ| / allowed: above 1 fails), for the report."""
     rows: dict[str, dict[str, Any]] = {}
-    for label, drift in figures.items():
-        for name, part, excess in output_excesses(drift, atol, rtol) if drift.get("outputs") else ():
+    for label, parity in figures.items():
+        for name, part, excess in output_excesses(parity.drift, atol, rtol) if parity.drift.outputs else ():
             if name not in rows or excess > rows[name]["excess"]:
                 rows[name] = {
                     "output": name,
                     "worst_input": label,
-                    "max_abs": part["max_abs"],
-                    "reference_max_abs": part["reference_max_abs"],
-                    "allowed": atol + rtol * part["reference_max_abs"],
+                    "max_abs": part.max_abs,
+                    "reference_max_abs": part.reference_max_abs,
+                    "allowed": atol + rtol * (part.reference_max_abs or 0.0),  # set for every compared output
                     "excess": excess,
-                    "cosine": part["cosine"],
+                    "cosine": part.cosine,
                 }
     return list(rows.values())
 
 
-def parity_failure(figures: dict[str, dict[str, Any]], atol: float, rtol: float) -> str | None:
+def parity_failure(figures: dict[str, Parity], atol: float, rtol: float) -> str | None:
     """Why the parity ``figures`` break the tolerance (the worst output and input named), or ``None``."""
-    for label, drift in figures.items():
-        if not drift["comparable"]:
-            return (
-                f"onnxruntime outputs have shapes {drift.get('shapes')} where PyTorch gives "
-                f"{drift.get('reference_shapes')} (input {label}, batch {drift['batch']})"
+    for label, parity in figures.items():
+        if not parity.drift.comparable:
+            shapes, reference_shapes = (
+                None if s is None else [tuple(shape) for shape in s] for s in (parity.drift.shapes, parity.drift.reference_shapes)
             )
-    label, worst = max(figures.items(), key=lambda item: max(excess for *_, excess in output_excesses(item[1], atol, rtol)))
-    problem = drift_exceeds(worst, atol, rtol)
+            return f"onnxruntime outputs have shapes {shapes} where PyTorch gives {reference_shapes} (input {label}, batch {parity.batch})"
+    label, worst = max(figures.items(), key=lambda item: max(excess for *_, excess in output_excesses(item[1].drift, atol, rtol)))
+    problem = drift_exceeds(worst.drift, atol, rtol)
     if problem is None:
         return None
-    return f"onnxruntime differs from PyTorch on input {label} (batch {worst['batch']}): {problem}"
+    return f"onnxruntime differs from PyTorch on input {label} (batch {worst.batch}): {problem}"

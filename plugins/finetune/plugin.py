@@ -207,7 +207,8 @@ class FineTune(Pass):
         """Top-1 (and top-5) on data.eval, when there is one and it has labels."""
         if not self.options.evaluate or ctx.data is None or ctx.data.eval is None:
             return None
-        return evaluate(model, ctx.data.eval, ctx.device).accuracy()
+        accuracy = evaluate(model, ctx.data.eval, ctx.device).accuracy()
+        return accuracy.model_dump(mode="json") if accuracy is not None else None  # details hold JSON
 
     def _recalibrate(self, student: nn.Module, batches: Any, ctx: PassContext, trained: bool) -> dict[str, Any]:
         if not batchnorm_layers(student):

@@ -45,8 +45,8 @@ def seeded_similarity(
     figures = compare_outputs(outputs, reference)
     calls = 1 if fixed_batch is None else -(-GATE_SAMPLES // fixed_batch)
     return {
-        "cosine": figures.get("cosine"),
-        "top1": figures.get("top1_agreement"),
+        "cosine": figures.cosine,
+        "top1": figures.top1_agreement,
         "samples": GATE_SAMPLES,
         "calls": calls,
         "on": f"a seeded batch of {GATE_SAMPLES} random samples",
