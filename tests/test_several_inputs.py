@@ -379,7 +379,7 @@ def test_finetune_trains_a_token_model_on_a_dataset_of_input_dicts(tmp_path):
     details = report.stages[1].details
     assert details["steps"] == 3 and details["samples_seen"] == 12
     assert all(math.isfinite(row["loss"]) for row in details["loss_curve"])
-    assert report.stages[1].metrics["drift"]["cosine"] < 1.0  # the weights moved
+    assert report.stages[1].metrics.drift.cosine < 1.0  # the weights moved
 
 
 def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(tmp_path):
@@ -398,4 +398,4 @@ def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(
     channels = pruned.stages[1].details["channels"]
     assert channels["model.bert.encoder.layer.0.intermediate.dense"] == [64, 32]
     assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 32]
-    assert pruned.stages[1].metrics["macs"] < pruned.stages[0].metrics["macs"]
+    assert pruned.stages[1].metrics.macs < pruned.stages[0].metrics.macs
