@@ -17,12 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from optkit import Pass, PassContext, StageError, hookimpl
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
 from optkit_plugins.prune_channels.criteria import BUILTIN, Importance, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
 from optkit_plugins.prune_channels.search import Search, cost_of, search_amount
 from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser, Cut
+from optkit_plugins.prune_l1.detectors import BackboneOnly, backbone_batch
 from optkit_plugins.prune_l1.plan import Group, choose_global, choose_uniform
 from optkit_plugins.prune_l1.plugin import channel_limits, warn_if_nothing_removed
 from optkit_plugins.prune_l1.trace import Analysis
@@ -128,7 +130,13 @@ class PruneChannels(Pass):
         ctx.require_single_input(self.name)  # its trace and cost targets feed one input tensor
         criterion = self._criterion(ctx)
         excluded, keep = channel_limits(model, options, ctx.details, self.name)
-        current = copy.deepcopy(model).eval()
+        detector = torchvision_detector(model)
+        whole = current = copy.deepcopy(model).eval()
+        example = ctx.example_input
+        if detector is not None:  # the backbone alone: see optkit_plugins.prune_l1.detectors
+            self._refuse_for_detector(detector)
+            current, example = BackboneOnly(whole), backbone_batch(whole, example)
+            ctx.details["pruned_part"] = f"backbone (torchvision's {detector}: heads, anchors and postprocess unchanged)"
         target = options.target
         original = cost_of(target.metric, current, ctx.example_input, ctx.module_rules, ctx.device) if target else None
         amount = 0.3 if options.amount is None else options.amount
@@ -138,7 +146,7 @@ class PruneChannels(Pass):
         for step in range(1, options.steps + 1):
             planner = ChannelPlanner(
                 current,
-                ctx.example_input,
+                example,
                 rules=ctx.module_rules,
                 exclude=excluded,
                 keep_outputs=keep,
@@ -185,7 +193,35 @@ class PruneChannels(Pass):
             self._check_target(target, original, current, ctx, steps)
         else:
             warn_if_nothing_removed(ctx, sum(row["channels_removed"] for row in steps), len(first.groups), amount, self.name)
+        if detector is not None:
+            whole.backbone = current.backbone
+            return whole
         return current
+
+    def _refuse_for_detector(self, detector: str) -> None:
+        """The options that run the whole model on data or measure it refuse a torchvision detector,
+        whose backbone alone is pruned (on the batch its transform makes of the example input).
+
+        Raises:
+            StageError: ``target``, ``importance: taylor``, ``allocation: sensitivity`` or ``steps`` > 1.
+        """
+        options = self.options
+        used = [
+            option
+            for option, given in (
+                ("target", options.target is not None),
+                ("importance: taylor", options.importance == "taylor"),
+                ("allocation: sensitivity", options.allocation == "sensitivity"),
+                ("steps > 1", options.steps > 1),
+            )
+            if given
+        ]
+        if used:
+            raise StageError(
+                f"{self.name}: torchvision's {detector} is pruned in its backbone alone, on its transformed example input, "
+                f"which {', '.join(used)} cannot use (they measure or train the whole model on data); use amount with "
+                "importance l1, l2, bn_scale or random and allocation uniform or global"
+            )
 
     def _search(
         self, planner: ChannelPlanner, choose: Callable[[float], Chooser], target: Target, goal: float, original: float, ctx: PassContext
