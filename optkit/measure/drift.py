@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import nn
 
+from optkit.measure.detections import align_detections, not_compared
 from optkit.measure.outputs import flatten_outputs, output_leaves
 from optkit.models.rules import ChannelGroup, ModuleRule, find_rule
 
@@ -71,12 +72,17 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         is a ``[batch, classes]`` logits matrix, and ``outputs``: per tensor, ``name``, ``shape``,
         ``max_abs``, ``reference_max_abs``, ``cosine`` and, with groups, ``groups`` (the same
         figures per group, with ``group`` and ``channels``). ``comparable`` is ``False`` (with both
-        shape lists) when the outputs cannot be compared.
+        shape lists) when the outputs cannot be compared. Per-image detections (a list of dicts of
+        boxes, scores, labels) are compared in score order without their tied scores
+        (:mod:`optkit.measure.detections`): ``detections`` counts per image what was compared, and
+        ``detections_warning`` says when nothing was.
     """
+    outputs, reference, detections = align_detections(outputs, reference)
+    found = {"detections": detections, "detections_warning": not_compared(detections)} if detections else {}
     a, b = flatten_outputs(outputs), flatten_outputs(reference)
     shapes = [tuple(t.shape) for t in a], [tuple(t.shape) for t in b]
     if shapes[0] != shapes[1]:
-        return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1]}
+        return {"comparable": False, "shapes": shapes[0], "reference_shapes": shapes[1], **found}
     if not a:
         return {"comparable": False}
     names = [
@@ -106,6 +112,7 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
     if a[0].dim() == 2 and a[0].shape[1] > 1:
         result["top1_agreement"] = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
     result["outputs"] = rows
+    result.update({k: v for k, v in found.items() if v is not None})
     return result
 
 

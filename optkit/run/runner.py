@@ -493,6 +493,8 @@ class _StageRunner:
             if isinstance(module, nn.Module):
                 self._check_baseline(module, measurement.outputs)
                 drift["sensitivity"] = {"input_step": INPUT_STEP, "max_abs": self.sensitivity}
+            if drift.get("detections_warning"):  # said once; every stage's figures carry it
+                log.warning("drift: %s", drift["detections_warning"])
             self._note_uninformative(drift)
             result.metrics.drift = Drift.model_validate(drift)
             return

@@ -203,9 +203,16 @@ class ExportOnnx(Pass):
             "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
             "per_output": parity_by_output(figures, atol, rtol),
         }
+        unchecked = sorted({f"input {label}: {f['detections_warning']}" for label, f in figures.items() if f.get("detections_warning")})
+        if unchecked:
+            details.setdefault("warnings", []).extend(unchecked)
+            for warning in unchecked:
+                ctx.logger.warning("export_onnx parity: %s", warning)
         problem = parity_failure(figures, atol, rtol)
         if problem is not None:
-            raise StageError(f"export_onnx: {problem}; raise the pass's atol/rtol to accept it")
+            shapes_differ = not all(f["comparable"] for f in figures.values())
+            advice = "no atol/rtol accepts outputs of another shape" if shapes_differ else "raise the pass's atol/rtol to accept it"
+            raise StageError(f"export_onnx: {problem}; {advice}")
         return artifact
 
 
