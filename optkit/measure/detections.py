@@ -98,6 +98,6 @@ def not_compared(rows: list[dict[str, Any]]) -> str | None:
         return None
     names = ", ".join(f"{row['output']} ({row['reference_detections']} detections)" for row in empty)
     return (
-        f"no detection compared in {names}: every score ties with another (within {SCORE_TIES:g} of the largest), so which "
+        f"no detection compared in {names}: every score ties with another (closer than {SCORE_TIES:g} × the largest score), so which "
         "boxes are kept and in what order is the runtime's choice; a random model's scores tie, give trained weights"
     )

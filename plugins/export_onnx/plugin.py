@@ -203,11 +203,13 @@ class ExportOnnx(Pass):
             "max_abs": max((f["max_abs"] for f in figures.values() if f["comparable"]), default=None),
             "per_output": parity_by_output(figures, atol, rtol),
         }
-        unchecked = sorted({f"input {label}: {f['detections_warning']}" for label, f in figures.items() if f.get("detections_warning")})
-        if unchecked:
-            details.setdefault("warnings", []).extend(unchecked)
-            for warning in unchecked:
-                ctx.logger.warning("export_onnx parity: %s", warning)
+        unchecked: dict[str, list[str]] = {}
+        for label, f in figures.items():
+            if f.get("detections_warning"):
+                unchecked.setdefault(f["detections_warning"], []).append(label)
+        for warning, labels in unchecked.items():
+            details.setdefault("warnings", []).append(f"parity on input {', '.join(labels)}: {warning}")
+            ctx.logger.warning("export_onnx: parity on input %s: %s", ", ".join(labels), warning)
         problem = parity_failure(figures, atol, rtol)
         if problem is not None:
             shapes_differ = not all(f["comparable"] for f in figures.values())
