@@ -5,6 +5,7 @@ per-image detections (boxes de-augmented, merged by NMS) and comparisons that le
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -115,6 +116,43 @@ def test_tied_scores_are_left_out_and_a_comparison_of_nothing_says_so():
 def test_a_detection_missing_outside_the_ties_makes_the_outputs_incomparable():
     drift = compare_outputs(detections([0.9, 0.5]), detections([0.9, 0.5, 0.3]))
     assert drift["comparable"] is False and drift["detections"][0]["compared"] == 3
+
+
+class TiedScores(torch.nn.Module):
+    """Three input-dependent boxes per image, every score 0.5: what a random detector gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        features = self.conv(x).mean((2, 3)).abs().cumsum(-1)  # [B, 4], increasing: valid xyxy
+        return [
+            {"boxes": torch.stack([f, f + 1, f + 2]), "scores": torch.full((3,), 0.5), "labels": torch.ones(3, dtype=torch.long)}
+            for f in features
+        ]
+
+
+def tied_scores() -> torch.nn.Module:
+    return TiedScores()
+
+
+def test_a_run_says_when_no_detection_was_compared(cli, tmp_path):
+    pipeline = {
+        "model": {"source": "python:test_torchvision_detectors:tied_scores", "input_shape": [1, 3, 16, 16]},
+        "measure": {"latency": False},
+        "passes": ["fuse_bn"],
+        "output": str(tmp_path / "run"),
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
+    result = cli("run", tmp_path / "p.yaml")
+    assert result.exit_code == 0, result.output
+    assert "no detection compared in output_0 (3 detections)" in " ".join(result.output.split())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    drift = report["stages"][1]["metrics"]["drift"]
+    assert drift["detections"] == [{"output": "output_0", "reference_detections": 3, "compared": 0, "tied": 3}]
+    assert "no detection compared" in drift["warning"]
+    assert "no detection compared" in (tmp_path / "run" / "report.md").read_text()
 
 
 # --- the real detectors: refusals before any work ------------------------------------------------

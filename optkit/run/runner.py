@@ -526,12 +526,16 @@ class _StageRunner:
             log.warning("%s", warning)
 
     def _note_uninformative(self, drift: dict[str, Any]) -> None:
-        """Name, in a stage's drift figures, the outputs whose comparison says nothing."""
+        """Name, in a stage's drift figures, the outputs whose comparison says nothing (and the
+        images whose detections all tied, which were not compared)."""
         rows = drift.get("outputs") or []
         found = {row["name"]: self.uninformative[row["name"]] for row in rows if row["name"] in self.uninformative}
         if found:
             drift["uninformative"] = found
-            drift["warning"] = uninformative_warning(found, len(rows))
+        # Detections whose scores all tie were not compared (optkit.measure.detections).
+        warnings = [uninformative_warning(found, len(rows)) if found else None, drift.get("detections_warning")]
+        if any(warnings):
+            drift["warning"] = "; ".join(w for w in warnings if w)
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None, details: dict[str, Any]) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see
