@@ -183,6 +183,7 @@ def test_a_pass_that_cannot_work_refuses_before_any_work(faster_rcnn, tmp_path, 
     assert all(torch.equal(v, before[k]) for k, v in faster_rcnn.state_dict().items())
 
 
+@pytest.mark.slow
 def test_channel_pruning_cuts_ssdlite_backbone_and_keeps_its_heads(tmp_path):
     model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5).eval()
     heads = {k: v.shape for k, v in model.head.state_dict().items()}

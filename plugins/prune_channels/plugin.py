@@ -24,7 +24,7 @@ from optkit_plugins.prune_channels.groups import gradient_source, group_views
 from optkit_plugins.prune_channels.search import Search, cost_of, search_amount
 from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser, Cut
-from optkit_plugins.prune_l1.detectors import BackboneOnly, backbone_batch
+from optkit_plugins.prune_l1.detectors import backbone_to_prune
 from optkit_plugins.prune_l1.plan import Group, choose_global, choose_uniform
 from optkit_plugins.prune_l1.plugin import channel_limits, warn_if_nothing_removed
 from optkit_plugins.prune_l1.trace import Analysis
@@ -129,14 +129,14 @@ class PruneChannels(Pass):
         options = self.options
         ctx.require_single_input(self.name)  # its trace and cost targets feed one input tensor
         criterion = self._criterion(ctx)
-        excluded, keep = channel_limits(model, options, ctx.details, self.name)
         detector = torchvision_detector(model)
+        if detector is not None:
+            self._refuse_for_detector(detector)
+        excluded, keep = channel_limits(model, options, ctx.details, self.name)
         whole = current = copy.deepcopy(model).eval()
         example = ctx.example_input
         if detector is not None:  # the backbone alone: see optkit_plugins.prune_l1.detectors
-            self._refuse_for_detector(detector)
-            current, example = BackboneOnly(whole), backbone_batch(whole, example)
-            ctx.details["pruned_part"] = f"backbone (torchvision's {detector}: heads, anchors and postprocess unchanged)"
+            current, example = backbone_to_prune(whole, detector, example, ctx.details)
         target = options.target
         original = cost_of(target.metric, current, ctx.example_input, ctx.module_rules, ctx.device) if target else None
         amount = 0.3 if options.amount is None else options.amount

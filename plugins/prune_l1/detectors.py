@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BackboneOnly", "backbone_batch"]
+__all__ = ["BackboneOnly", "backbone_batch", "backbone_to_prune"]
 
 
 class BackboneOnly(nn.Module):
@@ -52,3 +52,19 @@ def backbone_batch(detector: nn.Module, example: torch.Tensor) -> torch.Tensor:
             return transform(list(example))[0].tensors
     finally:
         transform.train(training)
+
+
+def backbone_to_prune(detector: nn.Module, name: str, example: torch.Tensor, details: dict[str, Any]) -> tuple[BackboneOnly, torch.Tensor]:
+    """What channel pruning traces and cuts for a torchvision detector, and on what; ``details`` says so.
+
+    Args:
+        detector: the detector (its backbone is shared with the result, not copied).
+        name: its class name, for the report.
+        example: the pipeline's ``[B, 3, H, W]`` example images.
+        details: the stage's details (``pruned_part`` is added).
+
+    Returns:
+        The :class:`BackboneOnly` wrapper and the batch its backbone receives.
+    """
+    details["pruned_part"] = f"backbone (torchvision's {name}: heads, anchors and postprocess unchanged)"
+    return BackboneOnly(detector), backbone_batch(detector, example)

@@ -13,7 +13,7 @@ from torch import nn
 from optkit import ClassifierNotFoundError, Pass, PassContext, StageError, find_classifier, hookimpl
 from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
-from optkit_plugins.prune_l1.detectors import BackboneOnly, backbone_batch
+from optkit_plugins.prune_l1.detectors import backbone_to_prune
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 
 __all__ = ["PruneL1", "channel_limits", "optkit_register_passes", "warn_if_nothing_removed"]
@@ -109,11 +109,9 @@ class PruneL1(Pass):
             )
         excluded, keep = channel_limits(model, options, ctx.details)
         detector = torchvision_detector(model)
-        traced, inputs = (model, _positional_inputs(ctx))
+        traced, inputs = model, _positional_inputs(ctx)
         if detector is not None:  # the backbone alone: see optkit_plugins.prune_l1.detectors
-            ctx.require_single_input(self.name)
-            traced, inputs = BackboneOnly(model), backbone_batch(model, ctx.example_input)
-            ctx.details["pruned_part"] = f"backbone (torchvision's {detector}: heads, anchors and postprocess unchanged)"
+            traced, inputs = backbone_to_prune(model, detector, ctx.require_single_input(self.name), ctx.details)
         result = prune_channels(
             traced,
             inputs,
