@@ -7,7 +7,7 @@ in what order is the runtime's choice: onnxruntime's TopK and NonMaxSuppression 
 differently from PyTorch's, and a fused BatchNorm's rounding reorders them. Comparing such lists
 index by index reports a box error of hundreds of pixels for a correct export. So each image's
 detections are put in one order (score, highest first) and the detections whose score lies
-within a tie tolerance of another's are left out of the comparison, on each side; what was
+within a tie tolerance of a score tied on either side are left out of the comparison; what was
 compared and what was not is reported (``detections`` in the drift figures), and a comparison that
 compared no detection says so.
 """
@@ -39,18 +39,24 @@ def is_detection_list(value: Any) -> bool:
     return True
 
 
-def _untied_in_order(scores: torch.Tensor, ties: float) -> torch.Tensor:
-    """Indices of the detections whose score is not within ``ties × max|scores|`` of another's, by decreasing score."""
-    if scores.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=scores.device)
-    values = scores.detach().double()
-    order = torch.sort(values, descending=True, stable=True).indices
-    ranked = values[order]
-    close = (ranked[:-1] - ranked[1:]).abs() <= ties * float(ranked.abs().max())
+def _tied_scores(scores: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The scores (float64) that lie within ``tolerance`` of another score of the same list."""
+    ranked = torch.sort(scores.detach().double().flatten().cpu(), descending=True).values
+    close = (ranked[:-1] - ranked[1:]).abs() <= tolerance
     tied = torch.zeros_like(ranked, dtype=torch.bool)
     tied[:-1] |= close
     tied[1:] |= close
-    return order[~tied]
+    return ranked[tied]
+
+
+def _untied_in_order(scores: torch.Tensor, tied: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Indices of the detections whose score is not within ``tolerance`` of any ``tied`` score, by decreasing score."""
+    values = scores.detach().double().cpu()
+    order = torch.sort(values, descending=True, stable=True).indices
+    if tied.numel():
+        near = ((values[order].unsqueeze(1) - tied.unsqueeze(0)).abs() <= tolerance).any(dim=1)
+        order = order[~near]
+    return order.to(scores.device)
 
 
 def _select(image: dict[str, Any], index: torch.Tensor, count: int) -> dict[str, Any]:
@@ -80,8 +86,13 @@ def align_detections(outputs: Any, reference: Any, ties: float = SCORE_TIES) -> 
     aligned_reference: list[dict[str, Any]] = []
     rows = []
     for i, (image, reference_image) in enumerate(zip(outputs, reference, strict=True)):
-        keep = _untied_in_order(image["scores"], ties)
-        reference_keep = _untied_in_order(reference_image["scores"], ties)
+        # One tolerance and one set of tied scores for both sides: a score tied on one side (its twin
+        # there kept, the other dropped) is left out on the other side too, where it may stand alone.
+        both = torch.cat([image["scores"].detach().double().cpu(), reference_image["scores"].detach().double().cpu()])
+        tolerance = ties * float(both.abs().max()) if both.numel() else 0.0
+        tied = torch.cat([_tied_scores(image["scores"], tolerance), _tied_scores(reference_image["scores"], tolerance)])
+        keep = _untied_in_order(image["scores"], tied, tolerance)
+        reference_keep = _untied_in_order(reference_image["scores"], tied, tolerance)
         aligned.append(_select(image, keep, int(image["scores"].shape[0])))
         aligned_reference.append(_select(reference_image, reference_keep, int(reference_image["scores"].shape[0])))
         count = int(reference_image["scores"].shape[0])
@@ -91,13 +102,13 @@ def align_detections(outputs: Any, reference: Any, ties: float = SCORE_TIES) -> 
     return aligned, aligned_reference, rows
 
 
-def not_compared(rows: list[dict[str, Any]]) -> str | None:
+def not_compared(rows: list[dict[str, Any]], ties: float = SCORE_TIES) -> str | None:
     """One line naming the images whose detections all tied (none compared), or ``None``."""
     empty = [row for row in rows if row["reference_detections"] and not row["compared"]]
     if not empty:
         return None
     names = ", ".join(f"{row['output']} ({row['reference_detections']} detections)" for row in empty)
     return (
-        f"no detection compared in {names}: every score ties with another (closer than {SCORE_TIES:g} × the largest score), so which "
+        f"no detection compared in {names}: every score ties with another (closer than {ties:g} × the largest score), so which "
         "boxes are kept and in what order is the runtime's choice; a random model's scores tie, give trained weights"
     )

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import nn
 
-from optkit.measure.detections import align_detections, not_compared
+from optkit.measure.detections import SCORE_TIES, align_detections, not_compared
 from optkit.measure.outputs import flatten_outputs, output_leaves
 from optkit.models.rules import ChannelGroup, ModuleRule, find_rule
 
@@ -57,7 +57,9 @@ def _figures(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None) -> dict[str, Any]:
+def compare_outputs(
+    outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None, score_ties: float = SCORE_TIES
+) -> dict[str, Any]:
     """Compare ``outputs`` with ``reference`` tensor by tensor.
 
     Args:
@@ -65,6 +67,8 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         reference: the output it is compared with.
         groups: per output name (see :func:`optkit.output_leaves`), channel groups that get
             a row of their own.
+        score_ties: per-image detections whose scores are closer than this share of the image's
+            largest score are tied and not compared (at least twice the score error the caller allows).
 
     Returns:
         ``max_abs`` (largest absolute difference over every tensor), ``reference_max_abs``,
@@ -77,8 +81,8 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         (:mod:`optkit.measure.detections`): ``detections`` counts per image what was compared, and
         ``detections_warning`` says when nothing was.
     """
-    outputs, reference, detections = align_detections(outputs, reference)
-    found = {"detections": detections, "detections_warning": not_compared(detections)} if detections else {}
+    outputs, reference, detections = align_detections(outputs, reference, score_ties)
+    found = {"detections": detections, "detections_warning": not_compared(detections, score_ties)} if detections else {}
     a, b = flatten_outputs(outputs), flatten_outputs(reference)
     shapes = [tuple(t.shape) for t in a], [tuple(t.shape) for t in b]
     if shapes[0] != shapes[1]:

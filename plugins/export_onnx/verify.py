@@ -72,6 +72,7 @@ def measure_parity(
     run: Callable[..., Any],
     inputs: dict[str, ExampleInputs],
     groups: Mapping[str, Sequence[ChannelGroup]] | None = None,
+    score_ties: float = 1e-4,
 ) -> dict[str, dict[str, Any]]:
     """Compare ``run`` (onnxruntime) with ``model`` (PyTorch) on each input.
 
@@ -80,6 +81,8 @@ def measure_parity(
         run: the ONNX file under onnxruntime.
         inputs: labelled input batches (see :func:`parity_inputs`).
         groups: channel groups compared on their own, per output name.
+        score_ties: per-image detections whose scores are closer than this share of the largest
+            are not compared (see :func:`optkit.compare_outputs`).
 
     Returns:
         Per label: ``batch``, ``max_abs``, ``max_rel`` (``max_abs / max|reference|``), ``cosine``,
@@ -98,7 +101,7 @@ def measure_parity(
         except OrtFailure as error:
             message = str(error).splitlines()[0][:400]
             raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {x.batch_size}): {message}") from error
-        drift = compare_outputs(outputs, reference, groups=groups)
+        drift = compare_outputs(outputs, reference, groups=groups, score_ties=score_ties)
         drift.pop("top1_agreement", None)
         drift["batch"] = x.batch_size
         if drift["comparable"]:
