@@ -386,6 +386,15 @@ class DriftTolerance(ReportModel):
     )
 
 
+class DetectionsCompared(ReportModel):
+    """One image's detections in a comparison: tied scores are left out (their order is the runtime's)."""
+
+    output: str = Field(description="The image's output (output_0, ...).")
+    reference_detections: int = Field(description="Detections of the reference.")
+    compared: int = Field(description="Reference detections compared (scores tied with no other).")
+    tied: int = Field(description="Reference detections left out: their score ties with another's.")
+
+
 class DriftComparison(DriftFigures):
     """A stage's outputs on the seeded batch compared with a reference stage's."""
 
@@ -394,6 +403,10 @@ class DriftComparison(DriftFigures):
     reference_shapes: list[list[int]] | None = Field(None, description="The reference's output shapes (when not comparable).")
     top1_agreement: float | None = Field(None, description="Share of samples with the same top-1 class ([batch, classes] outputs).")
     outputs: list[OutputDrift] | None = Field(None, description="The figures per output tensor.")
+    detections: list[DetectionsCompared] | None = Field(
+        None, description="Per-image detections (lists of dicts of boxes, scores, labels): what was compared, image by image."
+    )
+    detections_warning: str | None = Field(None, description="Set when no detection of an image was compared (every score tied).")
 
 
 class Drift(DriftComparison):

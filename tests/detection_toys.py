@@ -56,3 +56,55 @@ class ToyDetector(nn.Module):
             preds.append(fixed)
         out = torch.stack(preds, 2)  # [B, C, A]
         return out.transpose(1, 2) if self.layout == "yolov5" else out
+
+
+def two_blocks_image(height: int = 64, width: int = 128, batch: int = 1) -> torch.Tensor:
+    """Two 2x2 blocks on odd pixel corners, one in each half: white (1.0) at ``(41, 21)`` and grey
+    (0.6) at ``(97, 43)``. Halving the image keeps each block one pixel of its value, centred on
+    half its corner (bilinear, ``align_corners=False``), so a 0.5 scale is exact too."""
+    x = torch.zeros(batch, 3, height, width)
+    x[:, :, 20:22, 40:42] = 1.0
+    x[:, :, 42:44, 96:98] = 0.6
+    return x
+
+
+class ToyBoxListDetector(nn.Module):
+    """A detector in torchvision's output layout (a list of dicts of ``boxes`` xyxy, ``scores``,
+    ``labels`` per image) whose boxes are exactly flip- and scale-equivariant.
+
+    Per half of the image (left, right) holding any intensity: a box centred on the
+    intensity-weighted centroid of channel 0 (continuous pixel coordinates) with half-size
+    ``sqrt(total intensity)``, score the peak intensity, label 1 when the peak exceeds 0.8 else 2
+    (by brightness, not position, so a flip keeps it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("gain", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        height, width = x.shape[-2], x.shape[-1]
+        ys = torch.arange(height, dtype=x.dtype).view(-1, 1) + 0.5
+        xs = torch.arange(width, dtype=x.dtype).view(1, -1) + 0.5
+        detections = []
+        for image in x[:, 0] * self.gain:
+            boxes, scores, labels = [], [], []
+            left = (xs < width / 2).to(x.dtype)
+            for mask in (left, 1 - left):
+                full = image * mask
+                total = full.sum()
+                if total <= 0:
+                    continue
+                cx, cy, size = (full * xs).sum() / total, (full * ys).sum() / total, total.sqrt()
+                boxes.append(torch.stack([cx - size, cy - size, cx + size, cy + size]))
+                peak = full.max()
+                scores.append(peak)
+                labels.append(torch.where(peak > 0.8, 1, 2))
+            detections.append(
+                {
+                    "boxes": torch.stack(boxes) if boxes else torch.zeros(0, 4),
+                    "scores": torch.stack(scores) if scores else torch.zeros(0),
+                    "labels": torch.stack(labels).long() if labels else torch.zeros(0, dtype=torch.long),
+                }
+            )
+        return detections

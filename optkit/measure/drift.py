@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import nn
 
+from optkit.measure.detections import SCORE_TIES, align_detections, not_compared
 from optkit.measure.outputs import flatten_outputs, output_leaves
 from optkit.models.rules import ChannelGroup, ModuleRule, find_rule
 from optkit.results import DriftComparison, DriftFigures, GroupDrift, OutputDrift, Similarity
@@ -58,7 +59,9 @@ def _figures(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None) -> DriftComparison:
+def compare_outputs(
+    outputs: Any, reference: Any, *, groups: Mapping[str, Sequence[ChannelGroup]] | None = None, score_ties: float = SCORE_TIES
+) -> DriftComparison:
     """Compare ``outputs`` with ``reference`` tensor by tensor.
 
     Args:
@@ -66,6 +69,8 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         reference: the output it is compared with.
         groups: per output name (see :func:`optkit.output_leaves`), channel groups that get
             a row of their own.
+        score_ties: per-image detections whose scores are closer than this share of the image's
+            largest score are tied and not compared (at least twice the score error the caller allows).
 
     Returns:
         ``max_abs`` (largest absolute difference over every tensor), ``reference_max_abs``,
@@ -73,12 +78,17 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         is a ``[batch, classes]`` logits matrix, and ``outputs``: per tensor, ``name``, ``shape``,
         ``max_abs``, ``reference_max_abs``, ``cosine`` and, with groups, ``groups`` (the same
         figures per group, with ``group`` and ``channels``). ``comparable`` is ``False`` (with both
-        shape lists) when the outputs cannot be compared.
+        shape lists) when the outputs cannot be compared. Per-image detections (a list of dicts of
+        boxes, scores, labels) are compared in score order without their tied scores
+        (:mod:`optkit.measure.detections`): ``detections`` counts per image what was compared, and
+        ``detections_warning`` says when nothing was.
     """
+    outputs, reference, detections = align_detections(outputs, reference, score_ties)
+    found: dict[str, Any] = {"detections": detections, "detections_warning": not_compared(detections, score_ties)} if detections else {}
     a, b = flatten_outputs(outputs), flatten_outputs(reference)
     shapes = [list(t.shape) for t in a], [list(t.shape) for t in b]
     if shapes[0] != shapes[1]:
-        return DriftComparison(comparable=False, shapes=shapes[0], reference_shapes=shapes[1])
+        return DriftComparison(comparable=False, shapes=shapes[0], reference_shapes=shapes[1], **found)
     if not a:
         return DriftComparison(comparable=False)
     names = [
@@ -103,7 +113,7 @@ def compare_outputs(outputs: Any, reference: Any, *, groups: Mapping[str, Sequen
         torch.cat([t.detach().flatten().cpu().double() for t in a]), torch.cat([t.detach().flatten().cpu().double() for t in b])
     )
     top1 = float((a[0].argmax(1) == b[0].argmax(1)).double().mean()) if a[0].dim() == 2 and a[0].shape[1] > 1 else None
-    return DriftComparison(comparable=True, **whole, top1_agreement=top1, outputs=rows)
+    return DriftComparison(comparable=True, **whole, top1_agreement=top1, outputs=rows, **found)
 
 
 def _measured(value: float | None) -> float:

@@ -498,6 +498,8 @@ class _StageRunner:
             if isinstance(module, nn.Module):
                 self._check_baseline(module, measurement.outputs)
                 drift.sensitivity = {"input_step": INPUT_STEP, "max_abs": self.sensitivity}
+            if drift.detections_warning:  # said once; every stage's figures carry it
+                log.warning("drift: %s", drift.detections_warning)
             self._note_uninformative(drift)
             result.metrics.drift = drift
             return
@@ -529,12 +531,16 @@ class _StageRunner:
             log.warning("%s", warning)
 
     def _note_uninformative(self, drift: Drift) -> None:
-        """Name, in a stage's drift figures, the outputs whose comparison says nothing."""
+        """Name, in a stage's drift figures, the outputs whose comparison says nothing (and the
+        images whose detections all tied, which were not compared)."""
         rows = drift.outputs or []
         found = {row.name: self.uninformative[row.name] for row in rows if row.name in self.uninformative}
         if found:
             drift.uninformative = found
-            drift.warning = uninformative_warning(found, len(rows))
+        # Detections whose scores all tie were not compared (optkit.measure.detections).
+        warnings = [uninformative_warning(found, len(rows)) if found else None, drift.detections_warning]
+        if any(warnings):
+            drift.warning = "; ".join(w for w in warnings if w)
 
     def _hold_to(self, result: StageResult, tolerance: tuple[Tolerance, str] | None, details: dict[str, Any]) -> None:
         """Fail a stage whose outputs break its tolerance against the stage before (see

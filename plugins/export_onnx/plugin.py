@@ -193,7 +193,8 @@ class ExportOnnx(Pass):
         inputs = parity_inputs(ctx.example_inputs, options.verify_batch_sizes, options.dynamic_batch)
         with torch.inference_mode():
             groups = channel_groups_for(chosen.module, ctx.example_inputs.call(chosen.module), ctx.module_rules)
-        figures = measure_parity(chosen.module, artifact.load(ctx.device), inputs, groups)
+        # Detection scores closer than twice the allowed error may swap places: not compared.
+        figures = measure_parity(chosen.module, artifact.load(ctx.device), inputs, groups, score_ties=2 * (atol + rtol))
         details["parity"] = {
             "runtime": "onnxruntime",
             "device": str(ctx.device),
@@ -203,9 +204,18 @@ class ExportOnnx(Pass):
             "max_abs": max((p.drift.max_abs for p in figures.values() if p.drift.comparable), default=None),
             "per_output": parity_by_output(figures, atol, rtol),
         }
+        unchecked: dict[str, list[str]] = {}
+        for label, parity in figures.items():
+            if parity.drift.detections_warning:
+                unchecked.setdefault(parity.drift.detections_warning, []).append(label)
+        for warning, labels in unchecked.items():
+            details.setdefault("warnings", []).append(f"parity on input {', '.join(labels)}: {warning}")
+            ctx.logger.warning("export_onnx: parity on input %s: %s", ", ".join(labels), warning)
         problem = parity_failure(figures, atol, rtol)
         if problem is not None:
-            raise StageError(f"export_onnx: {problem}; raise the pass's atol/rtol to accept it")
+            shapes_differ = not all(parity.drift.comparable for parity in figures.values())
+            advice = "no atol/rtol accepts outputs of another shape" if shapes_differ else "raise the pass's atol/rtol to accept it"
+            raise StageError(f"export_onnx: {problem}; {advice}")
         return artifact
 
 

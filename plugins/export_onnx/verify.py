@@ -95,6 +95,7 @@ def measure_parity(
     run: Callable[..., Any],
     inputs: dict[str, ExampleInputs],
     groups: Mapping[str, Sequence[ChannelGroup]] | None = None,
+    score_ties: float = 1e-4,
 ) -> dict[str, Parity]:
     """Compare ``run`` (onnxruntime) with ``model`` (PyTorch) on each input.
 
@@ -103,6 +104,8 @@ def measure_parity(
         run: the ONNX file under onnxruntime.
         inputs: labelled input batches (see :func:`parity_inputs`).
         groups: channel groups compared on their own, per output name.
+        score_ties: per-image detections whose scores are closer than this share of the largest
+            are not compared (see :func:`optkit.compare_outputs`).
 
     Returns:
         Per label, the comparison (see :func:`optkit.compare_outputs`) and the batch size.
@@ -118,7 +121,7 @@ def measure_parity(
         except OrtFailure as error:
             message = str(error).splitlines()[0][:400]
             raise StageError(f"export_onnx: onnxruntime fails on input {label} (batch {x.batch_size}): {message}") from error
-        figures[label] = Parity(compare_outputs(outputs, reference, groups=groups), x.batch_size)
+        figures[label] = Parity(compare_outputs(outputs, reference, groups=groups, score_ties=score_ties), x.batch_size)
         log.debug("ONNX parity on %s: %s", label, figures[label])
     return figures
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from optkit import Pass, PassContext, StageError, hookimpl
+from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.finetune.batchnorm import recalibrate_batchnorm
 from optkit_plugins.prune_channels.criteria import BUILTIN, Importance, normalized
 from optkit_plugins.prune_channels.groups import gradient_source, group_views
@@ -25,6 +26,7 @@ from optkit_plugins.prune_channels.latency import LatencyRatio
 from optkit_plugins.prune_channels.search import Ratio, Search, counted_ratio, search_amount
 from optkit_plugins.prune_channels.sensitivity import removal_costs
 from optkit_plugins.prune_l1.channels import ChannelPlanner, ChannelPruning, Chooser, Cut
+from optkit_plugins.prune_l1.detectors import backbone_to_prune
 from optkit_plugins.prune_l1.plan import Group, choose_global, choose_uniform
 from optkit_plugins.prune_l1.plugin import channel_limits, warn_if_nothing_removed
 from optkit_plugins.prune_l1.trace import Analysis
@@ -145,15 +147,26 @@ class PruneChannels(Pass):
         options = self.options
         ctx.require_single_input(self.name)  # its trace and cost targets feed one input tensor
         criterion = self._criterion(ctx)
+        detector = torchvision_detector(model)
+        if detector is not None:
+            self._refuse_for_detector(detector)
         excluded, keep = channel_limits(model, options, ctx.details, self.name)
-        current = copy.deepcopy(model).eval()
+        whole = current = copy.deepcopy(model).eval()
+        example = ctx.example_input
+        if detector is not None:  # the backbone alone: see optkit_plugins.prune_l1.detectors
+            current, example = backbone_to_prune(whole, detector, example, ctx.details)
         target = options.target
         with self._cost(target, current, ctx) as ratio_of:
-            return self._prune(current, criterion, excluded, keep, target, ratio_of, ctx)
+            pruned = self._prune(current, example, criterion, excluded, keep, target, ratio_of, ctx)
+        if detector is not None:
+            whole.backbone = pruned.backbone
+            return whole
+        return pruned
 
     def _prune(
         self,
         current: nn.Module,
+        example: torch.Tensor,
         criterion: Importance,
         excluded: list[str],
         keep: dict[str, str],
@@ -170,7 +183,7 @@ class PruneChannels(Pass):
         for step in range(1, options.steps + 1):
             planner = ChannelPlanner(
                 current,
-                ctx.example_input,
+                example,
                 rules=ctx.module_rules,
                 exclude=excluded,
                 keep_outputs=keep,
@@ -230,6 +243,31 @@ class PruneChannels(Pass):
         else:
             with LatencyRatio(copy.deepcopy(model), ctx.example_input, ctx.device, target.runtime or "torch") as timed:
                 yield timed
+
+    def _refuse_for_detector(self, detector: str) -> None:
+        """The options that run the whole model on data or measure it refuse a torchvision detector,
+        whose backbone alone is pruned (on the batch its transform makes of the example input).
+
+        Raises:
+            StageError: ``target``, ``importance: taylor``, ``allocation: sensitivity`` or ``steps`` > 1.
+        """
+        options = self.options
+        used = [
+            option
+            for option, given in (
+                ("target", options.target is not None),
+                ("importance: taylor", options.importance == "taylor"),
+                ("allocation: sensitivity", options.allocation == "sensitivity"),
+                ("steps > 1", options.steps > 1),
+            )
+            if given
+        ]
+        if used:
+            raise StageError(
+                f"{self.name}: torchvision's {detector} is pruned in its backbone alone, on its transformed example input, "
+                f"which {', '.join(used)} cannot use (they measure or train the whole model on data); use amount with "
+                "importance l1, l2, bn_scale or random and allocation uniform or global"
+            )
 
     def _search(
         self,

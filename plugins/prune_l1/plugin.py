@@ -13,6 +13,7 @@ from torch import nn
 from optkit import ClassifierNotFoundError, Pass, PassContext, StageError, find_classifier, hookimpl
 from optkit_plugins.detection_heads import torchvision_detector
 from optkit_plugins.prune_l1.channels import PRUNABLE, prune_channels
+from optkit_plugins.prune_l1.detectors import backbone_to_prune
 from optkit_plugins.prune_l1.unstructured import prune_unstructured
 
 __all__ = ["PruneL1", "channel_limits", "optkit_register_passes", "warn_if_nothing_removed"]
@@ -93,12 +94,6 @@ class PruneL1(Pass):
         """
         options = self.options
         if options.mode == "channels":
-            detector = torchvision_detector(model)
-            if detector is not None:
-                raise StageError(
-                    f"prune_l1 mode channels: torchvision's {detector} needs targets in train mode and resizes its inputs "
-                    "inside the model, which the channel tracer does not follow; mode: unstructured prunes it"
-                )
             return self._prune_channels(model, ctx)
         selected = _select_layers(model, options, ctx.details)
         prune_unstructured(selected, options.amount, options.scope or "global", ctx.details)
@@ -113,9 +108,13 @@ class PruneL1(Pass):
                 f"{', '.join(ctx.example_inputs.kwargs)} by keyword; use mode: unstructured, or give model.inputs as a list"
             )
         excluded, keep = channel_limits(model, options, ctx.details)
+        detector = torchvision_detector(model)
+        traced, inputs = model, _positional_inputs(ctx)
+        if detector is not None:  # the backbone alone: see optkit_plugins.prune_l1.detectors
+            traced, inputs = backbone_to_prune(model, detector, ctx.require_single_input(self.name), ctx.details)
         result = prune_channels(
-            model,
-            _positional_inputs(ctx),
+            traced,
+            inputs,
             options.amount,
             rules=ctx.module_rules,
             round_to=options.round_to,
@@ -133,6 +132,9 @@ class PruneL1(Pass):
                 len(result.not_traced),
                 ", ".join(result.not_traced[:5]),
             )
+        if detector is not None:
+            model.backbone = result.model.backbone
+            return model
         return result.model
 
 

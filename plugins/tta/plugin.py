@@ -11,7 +11,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from torch import nn
 
 from optkit import Pass, PassContext, StageError, count_macs, hookimpl
-from optkit_plugins.detection_heads import torchvision_detector
+from optkit_plugins.tta.box_lists import BoxListTTA, box_list_problem
 from optkit_plugins.tta.flip_check import flip_warnings
 from optkit_plugins.tta.kinds import OutputPlan, UnknownOutputError, plan_outputs
 from optkit_plugins.tta.wrapper import SAME_SHAPE_SCALES, TestTimeAugmentation, padded_size
@@ -86,72 +86,80 @@ class TTA(Pass):
         """
         opts = self.options
         ctx.require_single_input("tta")  # the augmentations transform one image batch
-        detector = torchvision_detector(model)
-        if detector is not None:
-            raise StageError(
-                f"tta: torchvision's {detector} returns detections after NMS (a list of dicts of boxes, scores and labels per "
-                "image), which cannot be merged across branches; TTA merges YOLO-layout predictions before NMS"
-            )
         _check_image_batch(ctx.example_input)
-        plan = self._plan(model, ctx.example_input)
-        stride = opts.stride
-        if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
-            stride = int(max(plan.yolo.strides))
+        with torch.inference_mode():
+            output = model(ctx.example_input)
         same_shape = opts.same_shape
-        try:
-            wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape)
-        except StageError as exc:
-            # A model of one input size (ViT, Swin, LeViT) rejects the scaled inputs: padded back to
-            # the input size they run, unless the pipeline said same_shape: false.
-            if same_shape or "same_shape" in opts.model_fields_set or any(s > 1.0 for s in opts.scales) or exc.__cause__ is None:
-                raise
-            wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape=True)
-            same_shape = True
-            plan.notes.append(
-                f"the model takes one input size only ({type(exc.__cause__).__name__} at a scaled input): scaled inputs are padded "
-                "back to the input size (same_shape: true)"
-            )
-            ctx.logger.info("tta: %s", plan.notes[-1])
+        plan: OutputPlan | None = None
+        if isinstance(output, list) and output and all(isinstance(d, dict) for d in output):
+            wrapped: TestTimeAugmentation = self._run_once(self._box_list_wrapper(model, output, ctx), ctx.example_input)
+        else:
+            plan = self._plan(model, output, ctx.example_input)
+            stride = opts.stride
+            if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
+                stride = int(max(plan.yolo.strides))
+            try:
+                wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape)
+            except StageError as exc:
+                # A model of one input size (ViT, Swin, LeViT) rejects the scaled inputs: padded back to
+                # the input size they run, unless the pipeline said same_shape: false.
+                if same_shape or "same_shape" in opts.model_fields_set or any(s > 1.0 for s in opts.scales) or exc.__cause__ is None:
+                    raise
+                wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape=True)
+                same_shape = True
+                plan.notes.append(
+                    f"the model takes one input size only ({type(exc.__cause__).__name__} at a scaled input): scaled inputs are "
+                    "padded back to the input size (same_shape: true)"
+                )
+                ctx.logger.info("tta: %s", plan.notes[-1])
         height, width = (int(d) for d in ctx.example_input.shape[-2:])
         base_macs = count_macs(model, ctx.example_input)["macs"]
         tta_macs = count_macs(wrapped, ctx.example_input)["macs"]
         ctx.details.update(
             branches=[
-                {"scale": scale, "flip": flip or "none", "input_hw": list(_branch_size(scale, height, width, stride, same_shape))}
+                {
+                    "scale": scale,
+                    "flip": flip or "none",
+                    "input_hw": list(_branch_size(scale, height, width, wrapped.stride, same_shape)),
+                }
                 for scale, flip in wrapped.branches
             ],
             same_shape=same_shape,
-            merge=opts.merge,
-            stride=stride,
-            outputs=plan.describe(),
-            outputs_from=plan.source,
+            stride=wrapped.stride,
             base_macs=base_macs,
             tta_macs=tta_macs,
             cost_multiplier=tta_macs / base_macs if base_macs else None,
         )
-        if plan.notes:
-            ctx.details["notes"] = plan.notes
-        warnings = [w for flip in opts.flips for w in flip_warnings(model, ctx.example_input, plan, flip)]
-        if warnings:
-            ctx.details["warnings"] = warnings
-            for warning in warnings:
-                ctx.logger.warning("tta: %s", warning)
+        if plan is not None:
+            ctx.details.update(merge=opts.merge, outputs=plan.describe(), outputs_from=plan.source)
+            if plan.notes:
+                ctx.details["notes"] = plan.notes
+            warnings = [w for flip in opts.flips for w in flip_warnings(model, ctx.example_input, plan, flip)]
+            if warnings:
+                ctx.details["warnings"] = warnings
+                for warning in warnings:
+                    ctx.logger.warning("tta: %s", warning)
         ctx.logger.info("tta: %d branches, %.2fx the MACs", len(wrapped.branches), ctx.details["cost_multiplier"] or 0)
         return wrapped
 
     def _wrap_and_run(
         self, model: nn.Module, example: torch.Tensor, plan: OutputPlan, stride: int, same_shape: bool
     ) -> TestTimeAugmentation:
-        """The wrapper, run once on ``example``.
+        """The wrapper, run once on ``example`` (see :meth:`_run_once`)."""
+        opts = self.options
+        wrapped = TestTimeAugmentation(
+            model, opts.scales, opts.flips, opts.merge, stride, opts.pad_value, same_shape, plan=plan, descale=opts.descale
+        )
+        return self._run_once(wrapped, example)
+
+    @staticmethod
+    def _run_once(wrapped: TestTimeAugmentation, example: torch.Tensor) -> TestTimeAugmentation:
+        """Run ``wrapped`` once on ``example``.
 
         Raises:
             StageError: keypoints flipped without ``flip_idx``, or the model fails on the augmented
                 inputs (chained to the model's error).
         """
-        opts = self.options
-        wrapped = TestTimeAugmentation(
-            model, opts.scales, opts.flips, opts.merge, stride, opts.pad_value, same_shape, plan=plan, descale=opts.descale
-        )
         try:
             with torch.inference_mode():
                 wrapped(example)
@@ -160,19 +168,42 @@ class TTA(Pass):
         # A model with a fixed input size rejects the scaled inputs (ViT asserts, others raise
         # RuntimeError on a shape mismatch): say which option fixes it.
         except (RuntimeError, AssertionError) as exc:
-            hint = "" if same_shape else "; models with a fixed input size need same_shape: true"
+            hint = "" if wrapped.same_shape else "; models with a fixed input size need same_shape: true"
             raise StageError(f"the model fails on the augmented inputs ({type(exc).__name__}: {exc}){hint}") from exc
         return wrapped
 
-    def _plan(self, model: nn.Module, example: torch.Tensor) -> OutputPlan:
-        """Run the model once on ``example`` and decide how each output is merged.
+    def _box_list_wrapper(self, model: nn.Module, output: list[Any], ctx: PassContext) -> BoxListTTA:
+        """The wrapper for a detector returning a list of dicts per image (torchvision's detectors).
+
+        Raises:
+            StageError: dicts that are not boxes, scores and labels, or options for other outputs.
+        """
+        opts = self.options
+        problem = box_list_problem(output, int(ctx.example_input.shape[0]))
+        if problem is not None:
+            raise StageError(f"tta: the model returns a list of dicts per image, but {problem}")
+        other = [name for name in ("output", "output_index", "flip_idx") if getattr(opts, name) is not None]
+        other += [name for name in ("merge", "descale") if name in opts.model_fields_set]
+        if other:
+            raise StageError(
+                f"tta: {', '.join(other)} are for tensor outputs; this model's per-image detections (boxes, scores, labels) "
+                "are merged by class-wise NMS at the model's own IoU threshold"
+            )
+        wrapped = BoxListTTA(model, opts.scales, opts.flips, opts.stride, opts.pad_value, opts.same_shape)
+        ctx.details.update(
+            merge=f"batched_nms (IoU {wrapped.iou:g}, at most {wrapped.limit} per image)",
+            outputs="per-image detections: boxes (xyxy, de-scaled and un-flipped), scores, labels",
+            outputs_from="recognised: a list of dicts of boxes, scores and labels (torchvision's detectors)",
+        )
+        return wrapped
+
+    def _plan(self, model: nn.Module, output: Any, example: torch.Tensor) -> OutputPlan:
+        """Decide how each of ``output`` (the model's on ``example``) is merged.
 
         Raises:
             StageError: an output TTA cannot merge (the message says what to declare).
         """
         opts = self.options
-        with torch.inference_mode():
-            output = model(example)
         try:
             return plan_outputs(
                 model,
