@@ -91,31 +91,33 @@ def test_detections_in_another_order_compare_equal_by_score():
     reference = detections([0.9, 0.5, 0.2])
     permuted = [{key: value[[2, 0, 1]] for key, value in reference[0].items()}]
     drift = compare_outputs(permuted, reference)
-    assert drift["max_abs"] == 0.0
-    assert drift["detections"] == [{"output": "output_0", "reference_detections": 3, "compared": 3, "tied": 0}]
-    assert "detections_warning" not in drift
+    assert drift.max_abs == 0.0
+    assert [d.model_dump() for d in drift.detections or []] == [
+        {"output": "output_0", "reference_detections": 3, "compared": 3, "tied": 0}
+    ]
+    assert drift.detections_warning is None
 
 
 def test_a_moved_box_is_still_found():
     reference = detections([0.9, 0.5])
     moved = detections([0.9, 0.5])
     moved[0]["boxes"][1, 0] += 5.0
-    assert compare_outputs(moved, reference)["max_abs"] == pytest.approx(5.0)
+    assert compare_outputs(moved, reference).max_abs == pytest.approx(5.0)
 
 
 def test_tied_scores_are_left_out_and_a_comparison_of_nothing_says_so():
     reference = detections([0.2, 0.2, 0.2])
     other_boxes = detections([0.2, 0.2, 0.2], shift=100.0)  # which tied boxes survive is the runtime's choice
     drift = compare_outputs(other_boxes, reference)
-    assert drift["comparable"] and drift["detections"][0]["compared"] == 0 and drift["detections"][0]["tied"] == 3
-    assert drift["detections_warning"].startswith("no detection compared in output_0 (3 detections): every score ties")
+    assert drift.comparable and drift.detections and drift.detections[0].compared == 0 and drift.detections[0].tied == 3
+    assert drift.detections_warning is not None and drift.detections_warning.startswith("no detection compared in output_0 (3 detections): every score ties")
     mixed = compare_outputs(detections([0.9, 0.2, 0.2], shift=1.0), detections([0.9, 0.2, 0.2]))
-    assert mixed["detections"][0]["compared"] == 1 and mixed["max_abs"] == pytest.approx(1.0)
+    assert mixed.detections and mixed.detections[0].compared == 1 and mixed.max_abs == pytest.approx(1.0)
 
 
 def test_a_detection_missing_outside_the_ties_makes_the_outputs_incomparable():
     drift = compare_outputs(detections([0.9, 0.5]), detections([0.9, 0.5, 0.3]))
-    assert drift["comparable"] is False and drift["detections"][0]["compared"] == 3
+    assert drift.comparable is False and drift.detections and drift.detections[0].compared == 3
 
 
 class TiedScores(torch.nn.Module):
