@@ -110,15 +110,20 @@ def quantize_static_int8(
     )
 
 
-def quantize_dynamic_int8(source: Path, target: Path, settings: Int8Settings, exclusion: Exclusion) -> None:
-    """Dynamic int8: int8 weights; activations quantized at run time (uint8), from each call's own range."""
+def quantize_dynamic_int8(
+    source: Path, target: Path, settings: Int8Settings, exclusion: Exclusion, only: tuple[str, ...] | None = None
+) -> None:
+    """Dynamic int8: int8 weights; activations quantized at run time (uint8), from each call's own range.
+
+    ``only``: the op types to quantize (of those onnxruntime quantizes dynamically); default all of them.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     quantize_dynamic(
         str(source),
         str(target),
-        op_types_to_quantize=_op_types(list(IntegerOpsRegistry), exclusion),
+        op_types_to_quantize=_op_types([op for op in IntegerOpsRegistry if only is None or op in only], exclusion),
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
         weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
