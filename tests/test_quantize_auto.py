@@ -155,15 +155,16 @@ def test_the_fastest_accurate_candidate_is_chosen(tmp_path):
     assert len(fakes.quantized) == 3  # no fallback: two candidates held
 
 
-def test_the_fallback_keeps_more_worst_nodes_in_float_until_the_tolerance_holds(tmp_path):
-    # The tolerance holds once nodes a, b and c are all float: 1 and 2 nodes fail, 4 hold.
+def test_the_fallback_keeps_more_worst_nodes_in_float_until_the_tolerance_holds_then_narrows(tmp_path):
+    # The tolerance holds once nodes a, b and c are all float.
     ranking = ["a", "b", "c", "d", "e", "f"]
     fakes = Fakes(tmp_path, lambda c: 0.999 if {"a", "b", "c"} <= set(c.float_nodes) else 0.9, ranking=ranking)
     search = fakes.search(compute_nodes=10, share=0.5)
     chosen = search.run([Candidate("static", "minmax")])
-    assert [len(c.float_nodes) for c in fakes.quantized] == [0, 1, 2, 4]
-    assert chosen.candidate.float_nodes == ("a", "b", "c", "d") and chosen.holds
-    assert [entry["node"] for entry in search.kept_in_float] == ["a", "b", "c", "d"]
+    # 1, 2 fail, 4 holds; then the gap is halved: 3 holds (and 2 failed already).
+    assert [len(c.float_nodes) for c in fakes.quantized] == [0, 1, 2, 4, 3]
+    assert chosen.candidate.float_nodes == ("a", "b", "c") and chosen.holds
+    assert [entry["node"] for entry in search.kept_in_float] == ["a", "b", "c"]
     assert "fallback from static minmax" in chosen.candidate.origin
 
 

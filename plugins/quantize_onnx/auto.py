@@ -33,6 +33,8 @@ from optkit import ExampleInputs, compare_outputs, flatten_outputs, time_callabl
 
 __all__ = ["Candidate", "Trial", "graph_family", "starting_candidates", "Similarity", "time_ratios", "AutoSearch"]
 
+#: Steps narrowing the fallback's count of float nodes once one holds (each halves the gap to a count that failed).
+REFINE_STEPS = 2
 #: Op types dynamic int8 quantizes in an attention graph: its MatMuls and Gemms (ConvInteger is slower than float Conv on CPUs).
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -236,20 +238,33 @@ class AutoSearch:
         return accurate[0]
 
     def _fall_back(self, base: Trial) -> Trial | None:
-        """Keep the worst nodes of ``base`` in float, 1, 2, 4, ... of them, until the tolerance holds."""
+        """Keep the worst nodes of ``base`` in float, 1, 2, 4, ... of them, until the tolerance holds; then
+        halve the gap to the last count that failed (:data:`REFINE_STEPS` times): each node kept float costs speed."""
         ranking = [(node, figures) for node, figures in self.rank(base) if node not in base.candidate.float_nodes]
         limit = min(len(ranking), int(self.max_float_share * self.compute_nodes))
-        count = 1
+        failed, count, found = 0, 1, None
         while ranking and count <= limit:
-            chosen = ranking[:count]
-            candidate = replace(
-                base.candidate,
-                float_nodes=(*base.candidate.float_nodes, *(node for node, _ in chosen)),
-                origin=f"fallback from {base.candidate.label}: its {count} worst nodes in float",
-            )
-            trial = self._try(candidate)
+            trial = self._keep_float(base, ranking[:count])
             if trial.holds:
-                self.kept_in_float = [figures for _, figures in chosen]
-                return trial
+                found = (trial, count)
+                break
+            failed = count
             count = count * 2 if count * 2 <= limit or count == limit else limit
-        return None
+        if found is None:
+            return None
+        for _ in range(REFINE_STEPS):
+            middle = (failed + found[1]) // 2
+            if middle <= failed:
+                break
+            trial = self._keep_float(base, ranking[:middle])
+            found, failed = ((trial, middle), failed) if trial.holds else (found, middle)
+        self.kept_in_float = [figures for _, figures in ranking[: found[1]]]
+        return found[0]
+
+    def _keep_float(self, base: Trial, chosen: list[tuple[str, dict[str, Any]]]) -> Trial:
+        candidate = replace(
+            base.candidate,
+            float_nodes=(*base.candidate.float_nodes, *(node for node, _ in chosen)),
+            origin=f"fallback from {base.candidate.label}: its {len(chosen)} worst nodes in float",
+        )
+        return self._try(candidate)

@@ -342,11 +342,12 @@ class QuantizeOnnx(Pass):
         exclusion: Exclusion,
         method: str,
         ctx: PassContext,
+        cache: Path | None = None,
     ) -> None:
         # The histogram calibrators print progress to stdout; it goes to the debug log instead.
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            quantize_static_int8(prepared, target, feed, settings, exclusion, method, self.options.calibration.percentile)
+            quantize_static_int8(prepared, target, feed, settings, exclusion, method, self.options.calibration.percentile, cache)
         if printed.getvalue():
             ctx.logger.debug("%s", printed.getvalue().rstrip())
 
@@ -370,7 +371,9 @@ class QuantizeOnnx(Pass):
                 quantize_dynamic_int8(prepared, path, settings["dynamic"], chosen, only=DYNAMIC_OPS)
             else:
                 static = dataclasses.replace(settings["static"], format=form or settings["static"].format)
-                self._quantize_static(prepared, path, feed, static, chosen, candidate.method or "minmax", ctx)
+                method = candidate.method or "minmax"
+                # Every candidate of a method shares its activation ranges: calibrated once.
+                self._quantize_static(prepared, path, feed, static, chosen, method, ctx, cache=work / f"ranges_{method}.json")
             return path
 
         def rank(trial: Any) -> list[tuple[str, dict[str, Any]]]:
