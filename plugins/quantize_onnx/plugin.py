@@ -55,13 +55,17 @@ _NOT_IN_MODE = {
 }
 
 
+#: A calibration method of onnxruntime's static quantization.
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
 class AutoOptions(BaseModel):
     """How ``mode: auto`` searches (see :mod:`optkit_plugins.quantize_onnx.auto`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    calibrations: list[Literal["minmax", "entropy", "percentile"]] = Field(
-        default_factory=lambda: ["minmax", "percentile"],
+    calibrations: list[CalibrationMethod] = Field(
+        default_factory=lambda: list[CalibrationMethod](["minmax", "percentile"]),
         min_length=1,
         description="Calibration methods tried for static candidates (entropy is the slowest to calibrate).",
     )
