@@ -164,7 +164,7 @@ def test_the_fallback_keeps_more_worst_nodes_in_float_until_the_tolerance_holds_
     # 1, 2 fail, 4 holds; then the gap is halved: 3 holds (and 2 failed already).
     assert [len(c.float_nodes) for c in fakes.quantized] == [0, 1, 2, 4, 3]
     assert chosen.candidate.float_nodes == ("a", "b", "c") and chosen.holds
-    assert [entry["node"] for entry in search.kept_in_float] == ["a", "b", "c"]
+    assert list(search.ranked) == ranking and search.ranked["a"] == {"node": "a", "lost_db": 10.0}
     assert "fallback from static minmax" in chosen.candidate.origin
 
 
@@ -174,7 +174,7 @@ def test_the_fallback_stops_at_its_share_and_the_most_accurate_is_returned(tmp_p
     chosen = search.run([Candidate("static", "minmax"), Candidate("static", "percentile")])
     # 1, 2, then the bound of 3 (30% of 10): never more.
     assert [len(c.float_nodes) for c in fakes.quantized] == [0, 0, 1, 2, 3]
-    assert not chosen.holds and len(chosen.candidate.float_nodes) == 3 and search.kept_in_float == []
+    assert not chosen.holds and chosen.candidate.float_nodes == ("a", "b", "c")
 
 
 def test_sqnr_in_decibels():

@@ -197,6 +197,10 @@ class AutoSearch:
         max_float_share: the most of them the fallback keeps in float.
         time: contender name → callable ⇒ ratios (:func:`time_ratios` bound to inputs); ``None``: speed not measured.
         folder: where candidate files go.
+
+    Attributes:
+        trials: every candidate tried, in order.
+        ranked: node → its figures, for the nodes the fallback ranked (why a node it kept in float was kept).
     """
 
     quantize: Callable[[Candidate, Path], Path]
@@ -208,7 +212,7 @@ class AutoSearch:
     time: Callable[[dict[str, Path]], dict[str, dict[str, Any]]] | None
     folder: Path
     trials: list[Trial] = field(default_factory=list)
-    kept_in_float: list[dict[str, Any]] = field(default_factory=list)
+    ranked: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _try(self, candidate: Candidate) -> Trial:
         path = self.quantize(candidate, self.folder / f"candidate_{len(self.trials)}.onnx")
@@ -241,6 +245,7 @@ class AutoSearch:
         """Keep the worst nodes of ``base`` in float, 1, 2, 4, ... of them, until the tolerance holds; then
         halve the gap to the last count that failed (:data:`REFINE_STEPS` times): each node kept float costs speed."""
         ranking = [(node, figures) for node, figures in self.rank(base) if node not in base.candidate.float_nodes]
+        self.ranked.update(ranking)
         limit = min(len(ranking), int(self.max_float_share * self.compute_nodes))
         failed, count, found = 0, 1, None
         while ranking and count <= limit:
@@ -258,7 +263,6 @@ class AutoSearch:
                 break
             trial = self._keep_float(base, ranking[:middle])
             found, failed = ((trial, middle), failed) if trial.holds else (found, middle)
-        self.kept_in_float = [figures for _, figures in ranking[: found[1]]]
         return found[0]
 
     def _keep_float(self, base: Trial, chosen: list[tuple[str, dict[str, Any]]]) -> Trial:

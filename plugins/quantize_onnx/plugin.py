@@ -432,17 +432,16 @@ class QuantizeOnnx(Pass):
         details.update(schemes[candidate.mode])
         if candidate.mode == "static":
             details["calibration"] = {"method": candidate.method, **record}
-        kept = search.kept_in_float
-        fallback_nodes = {entry["node"] for entry in kept}
-        defaults = [
-            {"node": node, "why": "family default: a MatMul of two activations (attention), whose ranges int8 fits poorly"}
+        kept = [
+            {**search.ranked[node], "why": "fallback: among the nodes losing the most dB (output SQNR, dB lost)"}
+            if node in search.ranked
+            else {"node": node, "why": "family default: a MatMul of two activations (attention), whose ranges int8 fits poorly"}
             for node in candidate.float_nodes
-            if node not in fallback_nodes
         ]
         details["auto"] = {
             "family": graph_family(model),
             "chosen": {"mode": candidate.mode, **chosen.as_dict()},
-            "kept_in_float": [*defaults, *({**entry, "why": "fallback: among the nodes losing the most dB"} for entry in kept)],
+            "kept_in_float": kept,
             # Dynamic int8 leaves the other compute ops in float: ConvInteger is slower than a float Conv on CPUs.
             "float_op_types": sorted({n.op_type for n in model.graph.node if n.op_type in COMPUTE_OPS} - set(DYNAMIC_OPS))
             if candidate.mode == "dynamic"
