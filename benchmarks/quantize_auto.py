@@ -249,7 +249,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["models"].items():
-        if "chosen" not in row:
+        if not row.get("chosen"):
             lines.append(f"| {name} | {row['input_size']} | failed: {row.get('error')} |||||||||| |")
             continue
         chosen = row["chosen"] or {}
@@ -268,7 +268,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         status = "" if row.get("status") == "ok" else f" ({row.get('status')})"
         lines.append(
             f"| {name}{status} | {row['input_size']} | {row.get('family')} | {chosen.get('scheme')} | {kept_text} | "
-            f"{gate.get('cosine', float('nan')):.5f} | {top1} | {gate.get('samples')} | {timing} |"
+            f"{'–' if gate.get('cosine') is None else format(gate['cosine'], '.5f')} | {top1} | {gate.get('samples')} | {timing} |"
         )
     lines += ["", "## Candidates tried", ""]
     for name, row in result["models"].items():
@@ -279,6 +279,9 @@ def render_markdown(result: dict[str, Any]) -> str:
             speed = trial.get("latency_vs_float")
             timing = f", int8/fp32 {speed['ratio']:.2f} in the search's own timing" if speed else ""
             top1 = "" if trial.get("top1_agreement") is None else f", top-1 {trial['top1_agreement']:.3f}"
+            if trial.get("error"):
+                lines.append(f"- {trial['scheme']}: could not be quantized: {trial['error']}")
+                continue
             lines.append(f"- {trial['scheme']}: cosine {trial['cosine']:.5f}{top1}, {'holds' if trial['holds_tolerance'] else 'fails'}{timing}")
         if row.get("note"):
             lines.append(f"- note: {row['note']}")

@@ -177,6 +177,22 @@ def test_the_fallback_stops_at_its_share_and_the_most_accurate_is_returned(tmp_p
     assert not chosen.holds and chosen.candidate.float_nodes == ("a", "b", "c")
 
 
+def test_a_candidate_onnxruntime_cannot_quantize_fails_alone(tmp_path):
+    fakes = Fakes(tmp_path, lambda c: 0.999)
+    search = fakes.search()
+    quantize = search.quantize
+
+    def refuse_percentile(candidate: Candidate, path: Path) -> Path:
+        if candidate.method == "percentile":
+            raise ValueError("Too many bins for data range. Cannot create 2048 finite-sized bins.")
+        return quantize(candidate, path)
+
+    search.quantize = refuse_percentile
+    chosen = search.run([Candidate("static", "percentile"), Candidate("static", "minmax")])
+    assert chosen.candidate.method == "minmax"
+    assert search.trials[0].as_dict()["error"].startswith("ValueError: Too many bins") and not search.trials[0].holds
+
+
 def test_sqnr_in_decibels():
     reference = np.array([3.0, 4.0])
     assert sqnr_db(reference, reference) == CLEAN_DB

@@ -74,6 +74,7 @@ class Trial:
         top1: top-1 agreement with the float graph (``None`` for outputs that are not logits).
         holds: cosine and top-1 agreement within the tolerance.
         speed: int8 over float latency, timed side by side (``None`` until timed).
+        error: why the candidate could not be quantized (its cosine is then -1).
     """
 
     candidate: Candidate
@@ -82,6 +83,7 @@ class Trial:
     top1: float | None
     holds: bool
     speed: dict[str, Any] | None = None
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class Trial:
             "top1_agreement": self.top1,
             "holds_tolerance": self.holds,
             **({"latency_vs_float": self.speed} if self.speed else {}),
+            **({"error": self.error} if self.error else {}),
         }
 
 
@@ -215,7 +218,15 @@ class AutoSearch:
     ranked: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _try(self, candidate: Candidate) -> Trial:
-        path = self.quantize(candidate, self.folder / f"candidate_{len(self.trials)}.onnx")
+        path = self.folder / f"candidate_{len(self.trials)}.onnx"
+        try:
+            path = self.quantize(candidate, path)
+        # onnxruntime's histogram calibrators refuse a tensor of (nearly) constant values ("Too many
+        # bins for data range"): that candidate fails, the others go on.
+        except ValueError as error:
+            trial = Trial(candidate, path, -1.0, None, False, error=f"{type(error).__name__}: {error}"[:300])
+            self.trials.append(trial)
+            return trial
         cosine, top1 = self.similarity.measure(path)
         trial = Trial(candidate, path, cosine, top1, self.holds(cosine, top1))
         self.trials.append(trial)
