@@ -16,10 +16,15 @@ import torch
 
 from optkit import ExampleInputs, OnnxArtifact, compare_outputs
 
-__all__ = ["GATE_SAMPLES", "seeded_similarity"]
+__all__ = ["GATE_SAMPLES", "gate_batch", "seeded_similarity"]
 
 #: Samples the gate compares when the pipeline has no data.eval.
 GATE_SAMPLES = 32
+
+
+def gate_batch(example: ExampleInputs, seed: int = 1) -> ExampleInputs:
+    """The :data:`GATE_SAMPLES` seeded samples the gate compares on, drawn anew from ``example``'s definitions."""
+    return example.resample(torch.Generator().manual_seed(seed), batch=GATE_SAMPLES)
 
 
 def seeded_similarity(
@@ -39,7 +44,7 @@ def seeded_similarity(
         ``cosine``, ``top1`` (``None`` for outputs that are not ``[batch, classes]`` logits),
         ``samples``, ``calls`` and ``on`` (what was compared, in words).
     """
-    batch = example.resample(torch.Generator().manual_seed(seed), batch=GATE_SAMPLES)
+    batch = gate_batch(example, seed)
     reference = batch.call(source.load(device))
     outputs = batch.call(dataclasses.replace(source, path=quantized).load(device))
     figures = compare_outputs(outputs, reference)

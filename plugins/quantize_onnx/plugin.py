@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, 
 from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, cpu_info, file_bytes, hookimpl
+from optkit_plugins.quantize_onnx.auto import DYNAMIC_OPS, AutoSearch, Candidate, Similarity, graph_family, starting_candidates, time_ratios
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
-from optkit_plugins.quantize_onnx.gate import seeded_similarity
-from optkit_plugins.quantize_onnx.graph import Exclusion, GraphInput, graph_inputs, op_census, refuse_quantized, resolve_exclude
+from optkit_plugins.quantize_onnx.gate import gate_batch, seeded_similarity
+from optkit_plugins.quantize_onnx.graph import (
+    COMPUTE_OPS,
+    Exclusion,
+    GraphInput,
+    graph_inputs,
+    op_census,
+    refuse_quantized,
+    resolve_exclude,
+)
 from optkit_plugins.quantize_onnx.quantizers import Int8Settings, convert_fp16, preprocess, quantize_dynamic_int8, quantize_static_int8
 from optkit_plugins.quantize_onnx.scheme import choose_reduce_range
+from optkit_plugins.quantize_onnx.sensitivity import rank_nodes
 
 __all__ = ["QuantizeOnnx", "optkit_register_passes"]
 
@@ -42,6 +53,31 @@ _NOT_IN_MODE = {
         for name in ("format", "per_channel", "reduce_range", "activation_type", "weight_type", "calibration", "preprocess")
     },
 }
+
+
+#: A calibration method of onnxruntime's static quantization.
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class AutoOptions(BaseModel):
+    """How ``mode: auto`` searches (see :mod:`optkit_plugins.quantize_onnx.auto`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calibrations: list[CalibrationMethod] = Field(
+        default_factory=lambda: list[CalibrationMethod](["minmax", "percentile"]),
+        min_length=1,
+        description="Calibration methods tried for static candidates (entropy is the slowest to calibrate).",
+    )
+    eval_samples: PositiveInt = Field(
+        512, description="Samples of data.eval candidates are compared on (without data.eval: the gate's 32 seeded samples)."
+    )
+    max_float_share: float = Field(
+        0.5, gt=0, le=1, description="The most of the compute nodes (Conv, MatMul, Gemm) the layer-by-layer fallback keeps in float."
+    )
+    timing_rounds: int = Field(
+        20, ge=0, description="Rounds timing the accurate candidates side by side with float (0: choose the first accurate, untimed)."
+    )
 
 
 class CalibrationOptions(BaseModel):
@@ -83,10 +119,11 @@ class QuantizeOnnx(Pass):
     class Options(Pass.Options):
         """Options of ``quantize_onnx``."""
 
-        mode: Literal["static", "dynamic", "fp16"] = Field(
+        mode: Literal["static", "dynamic", "auto", "fp16"] = Field(
             "static",
             description="static: int8 weights and activations, activation ranges calibrated on data; dynamic: int8 weights, "
-            "activation ranges at run time (Linear/attention-heavy models); fp16: float16 for CUDA.",
+            "activation ranges at run time (Linear/attention-heavy models); auto: static or dynamic, the calibration method "
+            "and the nodes left in float chosen by measuring, and the fastest accurate one kept; fp16: float16 for CUDA.",
         )
         format: Literal["qoperator", "qdq"] = Field(
             "qoperator",
@@ -101,7 +138,8 @@ class QuantizeOnnx(Pass):
         )
         activation_type: Literal["uint8", "int8"] = Field("uint8", description="Activation type (static).")
         weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight type.")
-        calibration: CalibrationOptions = Field(default_factory=CalibrationOptions, description="Static only.")
+        calibration: CalibrationOptions = Field(default_factory=CalibrationOptions, description="Static and auto.")
+        auto: AutoOptions = Field(default_factory=AutoOptions, description="mode auto only: how it searches.")
         exclude: list[str] = Field(default_factory=list, description="Node names or op types (Gemm, MatMul) left in float.")
         preprocess: bool = Field(True, description="onnxruntime's quant_pre_process (shape inference, graph optimization) first.")
         min_cosine: float | None = Field(
@@ -120,6 +158,19 @@ class QuantizeOnnx(Pass):
             if why is not None:
                 raise ValueError(f"does not apply to mode {mode}: {why}")
             return value
+
+        @field_validator("auto")
+        @classmethod
+        def _auto_in_auto_mode(cls, value: AutoOptions, info: ValidationInfo) -> AutoOptions:
+            if info.data.get("mode") != "auto":
+                raise ValueError(f"applies to mode auto, not {info.data.get('mode')}")
+            return value
+
+        @model_validator(mode="after")
+        def _auto_chooses_the_method(self) -> QuantizeOnnx.Options:
+            if self.mode == "auto" and "method" in self.calibration.model_fields_set:
+                raise ValueError("calibration.method: mode auto chooses it; list the methods to try in auto.calibrations")
+            return self
 
         @field_validator("weight_type")
         @classmethod
@@ -184,7 +235,7 @@ class QuantizeOnnx(Pass):
             else:
                 prepared = self._prepare(source.path, Path(work), details)
                 exclusion = resolve_exclude(onnx.load(str(prepared), load_external_data=False), options.exclude, float_model)
-                self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model))
+                self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source)
         ctx.artifact_path(name)
         details["exclude"] = exclusion.matched or {}
         try:
@@ -204,11 +255,12 @@ class QuantizeOnnx(Pass):
         details["tolerance"] = self.tolerance().describe() + f" against the float ONNX model (on {where})"
         return dataclasses.replace(source, path=target, source_model=model)
 
-    def _int8_scheme(self, details: dict[str, Any]) -> Int8Settings:
-        """The int8 settings, ``reduce_range`` chosen for this CPU; recorded in ``details``."""
+    def _int8_scheme(self, details: dict[str, Any], mode: str | None = None) -> Int8Settings:
+        """The int8 settings of ``mode`` (default the option's), ``reduce_range`` chosen for this CPU; recorded in ``details``."""
         options = self.options
+        mode = mode or options.mode
         cpu = cpu_info()
-        uint8_activations = options.mode == "dynamic" or options.activation_type == "uint8"
+        uint8_activations = mode == "dynamic" or options.activation_type == "uint8"
         choice = choose_reduce_range(options.reduce_range, cpu, uint8_activations=uint8_activations)
         details.update(
             {
@@ -219,7 +271,7 @@ class QuantizeOnnx(Pass):
                 "int8_scheme": choice.as_dict(cpu),
             }
         )
-        if options.mode == "static":
+        if mode == "static":
             details["activation_type"] = options.activation_type
         return Int8Settings(options.format, options.per_channel, choice.reduce_range, options.activation_type, options.weight_type)
 
@@ -233,13 +285,24 @@ class QuantizeOnnx(Pass):
         details["preprocess"] = "quant_pre_process" if failure is None else f"failed, quantized as exported: {failure}"
         return source if failure is not None else prepared
 
-    def _quantize_int8(self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput]) -> None:
+    def _quantize_int8(
+        self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
+    ) -> None:
         options = self.options
+        if options.mode == "auto":
+            self._auto(prepared, target, exclusion, ctx, graph, source)
+            return
         settings = self._int8_scheme(ctx.details)
         if options.mode == "dynamic":
             quantize_dynamic_int8(prepared, target, settings, exclusion)
             return
-        calibration = options.calibration
+        feed, record = self._calibration_feed(ctx, graph)
+        self._quantize_static(prepared, target, feed, settings, exclusion, options.calibration.method, ctx)
+        ctx.details["calibration"] = {"method": options.calibration.method, **record}
+
+    def _calibration_feed(self, ctx: PassContext, graph: list[GraphInput]) -> tuple[CalibrationFeed, dict[str, Any]]:
+        """The calibration batches (data.calibration, or random when asked), and what the report says of them."""
+        calibration = self.options.calibration
         if calibration.random:
             batches = random_batches(ctx.example_inputs, calibration.batches)
             where = "random"
@@ -263,14 +326,8 @@ class QuantizeOnnx(Pass):
                 f"quantize_onnx: {where} holds {nonfinite} samples with NaN or infinite values (of {feed.samples} read); "
                 "quantization scales cannot be computed from them: fix the data or its transform"
             )
-        # The histogram calibrators print progress to stdout; it goes to the debug log instead.
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            quantize_static_int8(prepared, target, feed, settings, exclusion, calibration.method, calibration.percentile)
-        if printed.getvalue():
-            ctx.logger.debug("%s", printed.getvalue().rstrip())
-        record: dict[str, Any] = {"method": calibration.method, "source": where, "batches": len(feed), "samples": feed.samples}
-        if calibration.method == "percentile":
+        record: dict[str, Any] = {"source": where, "batches": len(feed), "samples": feed.samples}
+        if calibration.method == "percentile" or self.options.mode == "auto":
             record["percentile"] = calibration.percentile
         if calibration.random:
             record["warning"] = (
@@ -278,7 +335,131 @@ class QuantizeOnnx(Pass):
                 "not on data: the activation "
                 "ranges fit random inputs, and accuracy on real inputs may suffer; give data.calibration for a real model"
             )
-        ctx.details["calibration"] = record
+        return feed, record
+
+    def _quantize_static(
+        self,
+        prepared: Path,
+        target: Path,
+        feed: CalibrationFeed,
+        settings: Int8Settings,
+        exclusion: Exclusion,
+        method: str,
+        ctx: PassContext,
+        cache: Path | None = None,
+    ) -> None:
+        # The histogram calibrators print progress to stdout; it goes to the debug log instead.
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            quantize_static_int8(prepared, target, feed, settings, exclusion, method, self.options.calibration.percentile, cache)
+        if printed.getvalue():
+            ctx.logger.debug("%s", printed.getvalue().rstrip())
+
+    def _auto(
+        self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
+    ) -> None:
+        """mode auto: the search of :mod:`~optkit_plugins.quantize_onnx.auto`; the chosen file written to ``target``."""
+        import onnx
+
+        options, details = self.options, ctx.details
+        model = onnx.load(str(prepared), load_external_data=False)
+        feed, record = self._calibration_feed(ctx, graph)
+        schemes: dict[str, dict[str, Any]] = {"static": {}, "dynamic": {}}
+        settings = {mode: self._int8_scheme(schemes[mode], mode) for mode in schemes}
+        work = target.parent / f".{target.stem}-candidates"
+        work.mkdir(exist_ok=True)
+
+        def quantize(candidate: Candidate, path: Path, form: str | None = None) -> Path:
+            chosen = Exclusion((*exclusion.op_types, *candidate.float_op_types), (*exclusion.nodes, *candidate.float_nodes))
+            if candidate.mode == "dynamic":
+                quantize_dynamic_int8(prepared, path, settings["dynamic"], chosen, only=DYNAMIC_OPS)
+            else:
+                static = dataclasses.replace(settings["static"], format=form or settings["static"].format)
+                method = candidate.method or "minmax"
+                # Every candidate of a method shares its activation ranges: calibrated once.
+                self._quantize_static(prepared, path, feed, static, chosen, method, ctx, cache=work / f"ranges_{method}.json")
+            return path
+
+        def rank(trial: Any) -> list[tuple[str, dict[str, Any]]]:
+            # A QOperator graph renames what it quantizes: the ranking runs on the QDQ form of the same scheme.
+            path = trial.path
+            if trial.candidate.mode == "static" and settings["static"].format != "qdq":
+                path = quantize(trial.candidate, work / "ranking_qdq.onnx", form="qdq")
+            few = graph[0].fixed_batch or 2  # a few samples: every compute node's output is kept for them
+            feeds = [{name: array[:few] for name, array in feed.arrays[0].items()}]
+            return [(error.node, error.as_dict()) for error in rank_nodes(prepared, path, feeds, work)]
+
+        def load(path: Path) -> Any:
+            return dataclasses.replace(source, path=path).load(ctx.device)
+
+        if ctx.data is not None and ctx.data.eval is not None:
+            batches, taken = [], 0
+            for batch in data_batches(ctx.data.eval, options.auto.eval_samples):
+                if taken >= options.auto.eval_samples:
+                    break
+                batches.append(batch)
+                taken += batch.batch_size
+            on = f"{taken} samples of data.eval"
+        else:
+            batches, on = [gate_batch(ctx.example_inputs)], "the similarity gate's seeded batch"
+        similarity = Similarity(load(source.path), batches, load)
+
+        def holds(cosine: float, top1: float | None) -> bool:
+            low_cosine = options.min_cosine is not None and cosine < options.min_cosine
+            low_top1 = options.min_top1_agreement is not None and top1 is not None and top1 < options.min_top1_agreement
+            return not (low_cosine or low_top1)
+
+        def timed(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+            contenders = {"float": load(source.path), **{name: load(path) for name, path in files.items()}}
+            return time_ratios(contenders, ctx.example_inputs, ctx.device, options.auto.timing_rounds)
+
+        search = AutoSearch(
+            quantize=quantize,
+            similarity=similarity,
+            holds=holds,
+            rank=rank,
+            compute_nodes=sum(node.op_type in COMPUTE_OPS for node in model.graph.node),
+            max_float_share=options.auto.max_float_share,
+            time=timed if options.auto.timing_rounds else None,
+            folder=work,
+        )
+        try:
+            chosen = search.run(starting_candidates(model, options.auto.calibrations))
+            shutil.copyfile(chosen.path, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        candidate = chosen.candidate
+        details.update(schemes[candidate.mode])
+        if candidate.mode == "static":
+            details["calibration"] = {"method": candidate.method, **record}
+        kept = [
+            {**search.ranked[node], "why": "fallback: among the nodes losing the most dB (output SQNR, dB lost)"}
+            if node in search.ranked
+            else {"node": node, "why": "family default: a MatMul of two activations (attention), whose ranges int8 fits poorly"}
+            for node in candidate.float_nodes
+        ]
+        details["auto"] = {
+            "family": graph_family(model),
+            "chosen": {"mode": candidate.mode, **chosen.as_dict()},
+            "kept_in_float": kept,
+            # Dynamic int8 leaves the other compute ops in float: ConvInteger is slower than a float Conv on CPUs.
+            "float_op_types": sorted({n.op_type for n in model.graph.node if n.op_type in COMPUTE_OPS} - set(DYNAMIC_OPS))
+            if candidate.mode == "dynamic"
+            else [],
+            "compared_on": f"{similarity.samples} samples: {on}",
+            "candidates": [trial.as_dict() for trial in search.trials],
+        }
+        if not chosen.holds:
+            details["auto"]["note"] = (
+                "no candidate held the tolerance, the fallback included: the most accurate is kept, and the gate fails it"
+            )
+        elif chosen.speed and chosen.speed["ratio"] > 1.0:
+            note = (
+                f"the fastest accurate int8 candidate is slower than float ({chosen.speed['ratio']:.2f}x its latency, "
+                "median of the per-round ratios): keep the float model where speed matters"
+            )
+            details["auto"]["note"] = note
+            ctx.logger.warning("quantize_onnx: %s", note)
 
 
 @hookimpl

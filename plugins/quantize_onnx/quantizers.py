@@ -72,7 +72,14 @@ def _op_types(registry_ops: list[str], exclusion: Exclusion) -> list[str]:
 
 
 def quantize_static_int8(
-    source: Path, target: Path, feed: CalibrationFeed, settings: Int8Settings, exclusion: Exclusion, method: str, percentile: float
+    source: Path,
+    target: Path,
+    feed: CalibrationFeed,
+    settings: Int8Settings,
+    exclusion: Exclusion,
+    method: str,
+    percentile: float,
+    cache: Path | None = None,
 ) -> None:
     """Static int8: activation ranges from calibration batches, fixed in the graph.
 
@@ -84,7 +91,11 @@ def quantize_static_int8(
         exclusion: op types and nodes left in float.
         method: ``minmax``, ``entropy`` or ``percentile``.
         percentile: the percentile of each activation's distribution kept (``percentile`` only).
+        cache: a file for the activation ranges: written by the first call, read by the next ones (the
+            same source, feed and method; onnxruntime 1.24 and later, else each call calibrates).
     """
+    import inspect
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -94,6 +105,11 @@ def quantize_static_int8(
     extra: dict[str, Any] = {"CalibStridedMinMax": _STRIDE}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
+    cached = (
+        {"calibration_cache_path": str(cache)}
+        if cache and "calibration_cache_path" in inspect.signature(quantize_static).parameters
+        else {}
+    )
     quantize_static(
         str(source),
         str(target),
@@ -107,18 +123,24 @@ def quantize_static_int8(
         nodes_to_exclude=list(exclusion.nodes),
         calibrate_method=methods[method],
         extra_options=extra,
+        **cached,
     )
 
 
-def quantize_dynamic_int8(source: Path, target: Path, settings: Int8Settings, exclusion: Exclusion) -> None:
-    """Dynamic int8: int8 weights; activations quantized at run time (uint8), from each call's own range."""
+def quantize_dynamic_int8(
+    source: Path, target: Path, settings: Int8Settings, exclusion: Exclusion, only: tuple[str, ...] | None = None
+) -> None:
+    """Dynamic int8: int8 weights; activations quantized at run time (uint8), from each call's own range.
+
+    ``only``: the op types to quantize (of those onnxruntime quantizes dynamically); default all of them.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     quantize_dynamic(
         str(source),
         str(target),
-        op_types_to_quantize=_op_types(list(IntegerOpsRegistry), exclusion),
+        op_types_to_quantize=_op_types([op for op in IntegerOpsRegistry if only is None or op in only], exclusion),
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
         weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
