@@ -239,7 +239,8 @@ def time_callable(
         contenders = {"fn": Contender(fn, use_events), "against": Contender(against, use_events)}
         records = time_round_robin(contenders, inputs, device, warmup, iters, confidence=confidence)
         compared = speedup(records["against"], records["fn"], confidence, paired=True, margin=RUN_TO_RUN_MARGIN)
-        return {**records["fn"], "against": records["against"], "speedup": compared.model_dump(mode="json")}
+        figure = compared.model_dump(mode="json") if compared is not None else None
+        return {**records["fn"], "against": records["against"], "speedup": figure}
     timed = _call_timer(device, use_events)
     inputs = ExampleInputs.of(inputs)
     with torch.inference_mode(), _on_device(device):

@@ -148,7 +148,7 @@ class Similarity:
     def measure(self, path: Path) -> tuple[float, float | None]:
         """Cosine and top-1 agreement of ``path``'s outputs with the float graph's."""
         figures = compare_outputs(self._outputs(self.load(path)), self.reference)
-        return float(figures.get("cosine", -1.0)), figures.get("top1_agreement")
+        return (-1.0 if figures.cosine is None else float(figures.cosine)), figures.top1_agreement
 
 
 def time_ratios(
