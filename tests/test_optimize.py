@@ -60,7 +60,7 @@ def test_the_optimize_section_is_validated_with_the_pipeline(host: Host, tmp_pat
 
 @pytest.mark.parametrize(
     ("extra", "named"),
-    [("  target: speed", "optimize.target"), ("  budget_minutes: 0", "optimize.budget_minutes"), ("  no_such: 1", "optimize.no_such")],
+    [("  target: speed", "optimize.target"), ("  workers: 0", "optimize.workers"), ("  no_such: 1", "optimize.no_such")],
 )
 def test_a_bad_optimize_option_is_one_line_naming_it_and_its_line(host: Host, tmp_path: Path, extra: str, named: str) -> None:
     with pytest.raises(PipelineError) as caught:

@@ -283,7 +283,8 @@ def _run_rungs(
     alive = [c for c in alive if c.status == "pending"]
 
     # Rung 2: fine-tuning the pruned survivors.
-    tuned = sorted({prefix_to(c, finetune_name) for c in alive if prefix_to(c, finetune_name)}, key=len)
+    # The least pruned first (the safest bet), should the time left not fit them all.
+    tuned = sorted({prefix_to(c, finetune_name) for c in alive if prefix_to(c, finetune_name)}, key=lambda p: -_proxy_of(p, entries))
     on_rung("finetune", len(tuned))
     entries = runner.compute(tuned)
     for candidate in alive:
@@ -298,8 +299,10 @@ def _run_rungs(
             candidate.status, candidate.note = "over budget", f"rung 2: {drop * 100:.1f} points lost after fine-tuning"
     alive = [c for c in alive if c.status == "pending"]
 
-    # Rung 3: the whole chains (export and int8), cheapest first while time lasts.
+    # Rung 3: the whole chains (export and int8) while time lasts, taken from both ends of the
+    # MACs order: the cheapest (most pruned) and the safest (least pruned) first.
     alive.sort(key=lambda c: (_proxy(c, entries_of_runner(runner, c)), len(c.chain)))
+    alive = [alive[i // 2] if i % 2 == 0 else alive[-1 - i // 2] for i in range(len(alive))]
     on_rung("export", len(alive))
     _fill(alive, runner.compute([c.chain for c in alive]))
     for candidate in alive:
@@ -321,6 +324,13 @@ def entries_of_runner(runner: PrefixRunner, candidate: Candidate) -> dict[str, A
     return {}
 
 
+def _proxy_of(prefix: Chain, entries: dict[Chain, CacheEntry]) -> float:
+    """MACs of the pruned model ``prefix`` ends with (its pruning prefix), from ``entries``; 0 when unknown."""
+    pruning = prefix[:-1] if len(prefix) > 1 else prefix
+    entry = entries.get(pruning)
+    return float((entry.metrics.get("macs") if entry is not None else None) or 0)
+
+
 def _proxy(candidate: Candidate, metrics: dict[str, Any]) -> float:
     """The cheap figure candidates are ordered by: MACs (fewer first); unknown last."""
     macs = metrics.get("macs")
@@ -329,15 +339,14 @@ def _proxy(candidate: Candidate, metrics: dict[str, Any]) -> float:
 
 def _halve(pruned: list[Chain], entries: dict[Chain, CacheEntry], spec: OptimizeSpec) -> set[Chain]:
     """The pruned prefixes that go on: the cheaper half by the target's proxy (parameters for
-    size, else MACs), and always the least pruned one (the safest bet on accuracy)."""
+    size, else MACs), the least pruned one always among them (the safest bet on accuracy); two at least."""
     metric = "params" if spec.target == "size" else "macs"
     measured = [p for p in pruned if p in entries and entries[p].metrics.get(metric) is not None]
     if not measured:
         return set()
     ordered = sorted(measured, key=lambda p: entries[p].metrics[metric])
-    kept = set(ordered[: max(1, math.ceil(len(ordered) / 2))])
-    kept.add(ordered[-1])
-    return kept
+    keep = max(2, math.ceil(len(ordered) / 2))
+    return {ordered[-1], *ordered[: keep - 1]}
 
 
 def _time_side_by_side(
