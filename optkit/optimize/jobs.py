@@ -107,7 +107,7 @@ class PrefixRunner:
         return entry
 
     def _reused(self, prefix: Chain) -> None:
-        for k in range(1, len(prefix) + 1):
+        for k in range(len(prefix) + 1):  # stage 0 too: the baseline's measurement
             key = self.key(prefix[:k])
             if key not in self.computed_keys:
                 self.reused_keys.add(key)

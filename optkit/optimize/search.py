@@ -413,8 +413,13 @@ def _load_product(candidate: Candidate, pipeline: Pipeline, device: Any) -> Any:
 
 
 def choose(candidates: list[Candidate], spec: OptimizeSpec) -> Candidate | None:
-    """The best timed candidate by ``spec.target``: the largest speed-up (latency), fewest MACs or smallest size."""
+    """The best timed candidate by ``spec.target``: the largest speed-up (latency), fewest MACs or smallest size.
+
+    For latency, only a candidate whose speed-up interval lies above 1 is chosen (else the eager model stays).
+    """
     timed = [c for c in candidates if c.status == "timed"]
+    if spec.target == "latency":
+        timed = [c for c in timed if ((c.speedup or {}).get("low") or 0.0) > 1.0]
 
     def score(c: Candidate) -> float:
         if spec.target == "latency":
