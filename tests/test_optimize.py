@@ -139,7 +139,17 @@ def test_cache_keys_change_with_the_model_the_prefix_and_the_data() -> None:
     prefix = [Step.of("prune_channels", {"target": {"macs": 0.5}}).as_pass_item()]
     key = prefix_key("m", prefix, {"eval": "a"}, "cpu")
     assert key == prefix_key("m", prefix, {"eval": "a"}, "cpu")
-    assert len({key, prefix_key("m2", prefix, {"eval": "a"}, "cpu"), prefix_key("m", [], {"eval": "a"}, "cpu"), prefix_key("m", prefix, {"eval": "b"}, "cpu")}) == 4
+    assert (
+        len(
+            {
+                key,
+                prefix_key("m2", prefix, {"eval": "a"}, "cpu"),
+                prefix_key("m", [], {"eval": "a"}, "cpu"),
+                prefix_key("m", prefix, {"eval": "b"}, "cpu"),
+            }
+        )
+        == 4
+    )
 
 
 def test_model_hash_follows_the_weights() -> None:
@@ -211,9 +221,7 @@ def digits_pipeline(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
-def test_a_second_search_reuses_the_first_ones_stages_and_chosen_yaml_reproduces_the_choice(
-    digits_pipeline: Path, tmp_path: Path
-) -> None:
+def test_a_second_search_reuses_the_first_ones_stages_and_chosen_yaml_reproduces_the_choice(digits_pipeline: Path, tmp_path: Path) -> None:
     from optkit.optimize.report import write_optimize_report
     from optkit.run.runner import run_pipeline
 

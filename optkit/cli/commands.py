@@ -368,7 +368,9 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 @click.option("--workers", "-j", type=click.IntRange(min=1), help="Candidate jobs at once (default 1).")
 @click.option("--no-cache", is_flag=True, default=None, help="Compute every stage again; keep nothing for later searches.")
 @click.option("--cache-size-mb", type=click.IntRange(min=1), help="Size limit of the stage cache (default 2048).")
-@click.option("--out", "--output", "-o", "out", type=click.Path(path_type=Path), help="Search folder (default: the pipeline's output + -optimize).")
+@click.option(
+    "--out", "--output", "-o", "out", type=click.Path(path_type=Path), help="Search folder (default: the pipeline's output + -optimize)."
+)
 def optimize(pipeline: Path, no_cache: bool | None, out: Path | None, **given: Any) -> None:
     """Find the fastest chain of passes for PIPELINE's model within an accuracy budget.
 

@@ -101,7 +101,13 @@ class StageCache:
         folder.mkdir(parents=True, exist_ok=True)
         if product is not None:
             shutil.copy2(product, folder / product.name)
-        meta = {"product": product.name if product is not None else None, "stages": stages, "metrics": metrics, "passes": passes, "created": time.time()}
+        meta = {
+            "product": product.name if product is not None else None,
+            "stages": stages,
+            "metrics": metrics,
+            "passes": passes,
+            "created": time.time(),
+        }
         atomic_write_text(folder / _META, json.dumps(meta, indent=1))
         self.stored += 1
         self.evict(keep=key)

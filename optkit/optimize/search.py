@@ -406,7 +406,11 @@ def _load_product(candidate: Candidate, pipeline: Pipeline, device: Any) -> Any:
         # (digits CNN, 2 cores: eager 1.5 ms alone, 90 ms beside a 2-thread session).
         return OnnxArtifact(path=candidate.product, source_model=None, threads=1)
     spec = ModelSpec.model_validate(
-        {"source": f"file:{candidate.product}", "trust_checkpoint": True, "input_shape": pipeline.model.model_dump(mode="json")["input_shape"]}
+        {
+            "source": f"file:{candidate.product}",
+            "trust_checkpoint": True,
+            "input_shape": pipeline.model.model_dump(mode="json")["input_shape"],
+        }
     )
     model, _ = Host().load_model(spec, candidate.product.parent)
     return model.to(device).eval()
