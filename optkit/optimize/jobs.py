@@ -133,10 +133,16 @@ class PrefixRunner:
             else:
                 todo.append(prefix)
         longest = [p for p in todo if not any(len(q) > len(p) and q[: len(p)] == p and self._same_job(p, q) for q in todo)]
-        jobs = [self._job(prefix) for prefix in longest[: self.affordable(len(longest))]]
-        if len(jobs) < len(longest):
-            log.info("optimize: %d of %d jobs fit in the time left", len(jobs), len(longest))
-        if jobs:
+        workers = max(1, getattr(self.executor, "workers", 1))
+        queue = list(longest)
+        while queue:
+            # A batch of `workers` jobs at a time: each batch's time limit is the time left when it starts.
+            batch = queue[: self.affordable(min(workers, len(queue)))]
+            if not batch:
+                log.info("optimize: %d jobs do not fit in the time left", len(queue))
+                break
+            del queue[: len(batch)]
+            jobs = [self._job(prefix) for prefix in batch]
             for outcome in self.executor.run([job for job, _, _ in jobs], lambda outcome: None):
                 self._store(outcome, next((start, prefix) for job, start, prefix in jobs if job.name == outcome.job.name))
         for prefix in todo:
