@@ -372,12 +372,14 @@ def _time_side_by_side(
     if not timed:
         notes.append("no candidate within the accuracy budget to time")
         return None
-    if any(c.product is not None and c.product.suffix == ".onnx" for c in timed):
-        notes.append(
-            "ONNX candidates are timed with one onnxruntime intra-op thread: beside torch's threads in one loop, a pool of "
-            "several slows the eager model down by orders of magnitude on a small machine (the speed-ups are conservative)"
-        )
-    settings = pipeline.measure.model_copy(update={"latency": True, "compare": "interleaved"})
+    # One thread each unless measure.threads says otherwise: on a loaded machine a multi-threaded
+    # runtime waits for its slowest thread, and runtimes called in turn fight over the cores.
+    threads = pipeline.measure.threads or 1
+    settings = pipeline.measure.model_copy(update={"latency": True, "compare": "interleaved", "threads": threads})
+    notes.append(
+        f"timed with {threads} intra-op thread{'s' if threads > 1 else ''} for torch and onnxruntime alike"
+        + ("" if pipeline.measure.threads else " (measure.threads sets it): runtimes called in turn on all cores fight over them")
+    )
     inputs = seeded_inputs(pipeline.model.input_defs(), pipeline.spec.seed, device)
     plan = TimingPlan("interleaved", "optkit optimize: every candidate within the budget beside the eager baseline", {})
     timing = StageTiming(plan, settings, inputs, device, len(timed))
@@ -386,7 +388,7 @@ def _time_side_by_side(
     with configure_timing(settings.threads, settings.cudnn_benchmark, settings.flush_denormal):
         timing.keep(results[0], model.to(device).eval())
         for result, candidate in zip(results[1:], timed, strict=True):
-            timing.keep(result, _load_product(candidate, pipeline, device))
+            timing.keep(result, _load_product(candidate, pipeline, device, threads))
         timing.time_side_by_side(results)
     for candidate, result in zip([baseline, *timed], results, strict=True):
         metrics = result.metrics
@@ -397,14 +399,14 @@ def _time_side_by_side(
     return timing.summary.model_dump(mode="json", exclude_none=True)
 
 
-def _load_product(candidate: Candidate, pipeline: Pipeline, device: Any) -> Any:
-    """A candidate's cached product, ready to time: an ONNX file, or the saved module."""
+def _load_product(candidate: Candidate, pipeline: Pipeline, device: Any, threads: int) -> Any:
+    """A candidate's cached product, ready to time: an ONNX file (``threads`` intra-op threads), or the saved module."""
     assert candidate.product is not None
     if candidate.product.suffix == ".onnx":
-        # One intra-op thread: onnxruntime's thread pool and torch's OpenMP threads, called in
-        # turn in one loop, slow each other down by orders of magnitude on a small machine
+        # As many threads as torch: onnxruntime's default pool beside torch's OpenMP threads, called
+        # in turn in one loop, slows both down by orders of magnitude on a small machine
         # (digits CNN, 2 cores: eager 1.5 ms alone, 90 ms beside a 2-thread session).
-        return OnnxArtifact(path=candidate.product, source_model=None, threads=1)
+        return OnnxArtifact(path=candidate.product, source_model=None, threads=threads)
     spec = ModelSpec.model_validate(
         {
             "source": f"file:{candidate.product}",
