@@ -221,6 +221,7 @@ def digits_pipeline(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
+@pytest.mark.slow  # three searches' worth of digits runs: minutes on two busy cores
 def test_a_second_search_reuses_the_first_ones_stages_and_chosen_yaml_reproduces_the_choice(digits_pipeline: Path, tmp_path: Path) -> None:
     from optkit.optimize.report import write_optimize_report
     from optkit.run.runner import run_pipeline
@@ -241,8 +242,8 @@ def test_a_second_search_reuses_the_first_ones_stages_and_chosen_yaml_reproduces
     assert "Pareto front" in written["markdown"].read_text() and "<img" in written["html"].read_text()
 
     chosen = second.chosen
-    if chosen is None:  # every candidate lost more than the budget on this machine: nothing to reproduce
-        assert all(c.status != "timed" for c in second.candidates)
+    if chosen is None:  # no candidate was faster beyond doubt on this machine (fuse_bn alone may tie): nothing to reproduce
+        assert all(((c.speedup or {}).get("low") or 0) <= 1 for c in second.candidates if c.status == "timed")
         return
     document = yaml.safe_load((tmp_path / "out" / "chosen.yaml").read_text())
     assert document["passes"] == [step.as_pass_item() for step in chosen.chain]
@@ -259,5 +260,5 @@ def test_optimize_without_eval_data_is_refused(host: Host, tmp_path: Path) -> No
     path = tmp_path / "p.yaml"
     path.write_text("model: {source: 'python:optkit.data:digits_cnn', input_shape: [1, 3, 32, 32]}\ndevice: cpu\n")
     pipeline = load_pipeline(path, host.get_pass)
-    with pytest.raises(PipelineError, match="needs data.eval"):
+    with pytest.raises(PipelineError, match=r"needs data\.eval"):
         optimize(pipeline, OptimizeSpec(), InProcessExecutor(), tmp_path / "out", host=host)

@@ -208,8 +208,8 @@ class PrefixRunner:
             if stage.get("status") != "ok":
                 continue
             index = int(stage["index"])
-            if index == 0 and start:
-                continue  # the saved module the job started from: already cached
+            if index == 0 and (start or self.cache.get(self.key(())) is not None):
+                continue  # the module the job started from: already cached (a job from the model re-measures the baseline)
             done = prefix[: len(start) + index]
             product = self._product(stage, run_dir, last=index == len(prefix) - len(start))
             self._put(done, product, stage.get("metrics") or {})
