@@ -67,6 +67,7 @@ def _plot(result: OptimizeResult) -> bytes | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     largest = max(p.size_bytes or 1 for p, _, _ in figures)
+    named = {id(c) for c in front_of(result)} | {id(result.baseline)}  # the others' labels would pile up
     for p, p50, top1 in figures:
         interval = (p.latency_ms or {}).get("p50_interval") or {}
         low, high = interval.get("low", p50), interval.get("high", p50)
@@ -74,12 +75,15 @@ def _plot(result: OptimizeResult) -> bytes | None:
         size = 30 + 120 * (p.size_bytes or 0) / largest
         ax.errorbar(p50, top1 * 100, xerr=[[p50 - low], [high - p50]], fmt="none", ecolor=color, alpha=0.6)
         ax.scatter([p50], [top1 * 100], s=size, color=color, alpha=0.8, zorder=3)
-        ax.annotate(p.name, (p50, top1 * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if id(p) in named:
+            ax.annotate(p.name, (p50, top1 * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = sorted(front_of(result), key=lambda c: c.p50_ms or 0)
     ax.plot([c.p50_ms for c in front], [(c.top1 or 0) * 100 for c in front], "--", color="tab:green", label="Pareto front")
     if result.baseline.top1 is not None:
         floor = (result.baseline.top1 - result.spec.max_accuracy_drop) * 100
-        ax.axhline(floor, color="tab:orange", linestyle=":", label=f"accuracy budget ({result.spec.max_accuracy_drop * 100:g} points)")
+        ax.axhline(
+            floor, color="tab:orange", linestyle=":", label=f"accuracy budget ({result.spec.max_accuracy_drop * 100:g} points of top-1)"
+        )
     ax.set(xscale="log", xlabel="p50 latency (ms, log; bars: 95% interval of the median)", ylabel="top-1 on data.eval (%)")
     ax.set_title("optkit optimize: latency against accuracy (marker size: file size; red: chosen)")
     ax.grid(True, which="both", alpha=0.3)
