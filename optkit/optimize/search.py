@@ -172,7 +172,7 @@ def optimize(
     host = host if host is not None else Host()
     if not pipeline.evaluates_accuracy:
         raise PipelineError("optimize needs data.eval in the pipeline file: the accuracy budget is judged on it")
-    output = Path(output)
+    output = Path(output).resolve()  # job files, cached products and chosen.yaml name absolute paths
     output.mkdir(parents=True, exist_ok=True)
     chains = generate_chains(spec, host.get_pass, has_train=pipeline.data is not None and pipeline.data.train is not None, kinds=kinds)
     if not chains:
