@@ -35,6 +35,7 @@ LAYERS: tuple[str, ...] = (
     "optkit.reporting",  # tables, Markdown, HTML, plots, console
     "optkit.run",  # device, run folders, the runner, optkit info
     "optkit.sweep",  # planning, jobs, executors, the sweep driver
+    "optkit.optimize",  # optkit optimize: candidate chains, the stage cache, the search, its report
     "optkit.cli",  # the command line
     "optkit.testing",  # the pytest kit for plugin authors
 )

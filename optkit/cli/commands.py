@@ -372,6 +372,55 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
     click.echo(f"{len(compared)} runs → {written['markdown']}, {written['html']}")
 
 
+@cli.command(epilog=EXIT_CODES)
+@_common_options
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), help="Top-1 a chosen model may lose (0.01: one point; default 0.01).")
+@click.option("--target", type=click.Choice(["latency", "macs", "size"]), help="What to minimise (default latency).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "torch"]), help="Where candidates run (default onnxruntime).")
+@click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True), help="Time budget of the search (default 10).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where candidate stages run (default local).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), help="Candidate jobs at once (default 1).")
+@click.option("--no-cache", is_flag=True, default=None, help="Compute every stage again; keep nothing for later searches.")
+@click.option("--cache-size-mb", type=click.IntRange(min=1), help="Size limit of the stage cache (default 2048).")
+@click.option(
+    "--out", "--output", "-o", "out", type=click.Path(path_type=Path), help="Search folder (default: the pipeline's output + -optimize)."
+)
+def optimize(pipeline: Path, no_cache: bool | None, out: Path | None, **given: Any) -> None:
+    """Find the fastest chain of passes for PIPELINE's model within an accuracy budget.
+
+    Candidate chains (fuse, prune to MAC targets, finetune, export, int8) are built from the
+    installed passes, searched by successive halving within the time budget, timed side by side
+    with the eager model, and reported with their Pareto front; the chosen one is saved as
+    chosen.yaml (optkit run chosen.yaml reproduces it). Settings may also come from the file's
+    optimize: section; options given here win.
+    """
+    from optkit.config.pipeline import load_pipeline
+    from optkit.optimize.report import write_optimize_report
+    from optkit.optimize.search import optimize as search
+    from optkit.optimize.settings import merged_settings
+    from optkit.sweep.executors import make_executor
+
+    host = session().host
+    spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
+    given["cache"] = False if no_cache else None
+    settings = merged_settings(spec.spec.optimize, given)
+    folder = Path(out or settings.output or f"{spec.output_dir}-optimize")
+
+    def rung(name: str, count: int) -> None:
+        click.echo(f"optimize: {name}: {count} candidate{'s' if count != 1 else ''}", err=True)
+
+    result = search(spec, settings, make_executor(settings.executor, settings.workers), folder, host=host, on_rung=rung)
+    written = write_optimize_report(result)
+    chosen = result.chosen
+    if chosen is not None:
+        speedup = (chosen.speedup or {}).get("value")
+        click.echo(f"chosen: {chosen.name} (top-1 {chosen.top1:.2%}, {speedup:.2f}× the eager model) → {folder}/chosen.yaml")
+    else:
+        click.echo("no candidate within the accuracy budget: the eager model stays")
+    click.echo(f"stages reused: {result.stages_reused}, computed: {result.stages_computed} · report: {written['markdown']}")
+
+
 @cli.command()
 @_common_options
 @click.argument("sweep_file", metavar="SWEEP", type=click.Path(path_type=Path))

@@ -27,6 +27,7 @@ from pydantic import (
 from optkit.artifacts import Artifact
 from optkit.config.data import DATA_ROLES, DatasetSpec, DataSpec
 from optkit.config.documents import ConfigDocument, SourceSpec, StrictModel, parse_config, read_config
+from optkit.config.optimize import OptimizeSpec
 from optkit.errors import PipelineError, PluginError
 from optkit.files import resolve_path
 from optkit.inputs import DTYPES, InputDef
@@ -302,6 +303,7 @@ class PipelineFile(StrictModel):
     passes: list[str | dict[str, Any]] = Field(default_factory=list)
     output: str | None = Field(None, description="Run folder; default runs/<pipeline file name>.")
     save_model: bool = Field(True, description="Save the final module as model.pt in the run folder.")
+    optimize: OptimizeSpec | None = Field(None, description="Settings of optkit optimize (optkit run ignores them).")
 
 
 @dataclass(frozen=True)
