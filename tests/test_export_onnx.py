@@ -401,3 +401,10 @@ def test_cuda_pipeline_records_what_was_timed(write_pipeline, cli, tmp_path):
     assert (torch_stage["timer"], torch_stage["io"]["inputs"], torch_stage["io"]["host_copies"]) == ("cuda_event", "cuda:0", False)
     assert (onnx_stage["timer"], onnx_stage["io"]["io_binding"], onnx_stage["io"]["host_copies"]) == ("perf_counter", True, False)
     assert report["stages"][2]["metrics"]["drift"]["max_abs"] <= 1e-3
+
+
+def test_the_artifact_session_does_not_spin_between_calls(tmp_path):
+    # A spinning intra-op pool takes the cores eager torch needs when both are timed side by side.
+    artifact, _ = export(make_model(), tmp_path)
+    options = artifact.session(torch.device("cpu")).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
