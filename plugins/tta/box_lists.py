@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-from optkit_plugins.tta.wrapper import FLIP_DIMS, TestTimeAugmentation
+from optkit_plugins.tta.image_inputs import first_image
+from optkit_plugins.tta.wrapper import TestTimeAugmentation
 
 __all__ = ["BOX_LIST_KEYS", "BoxListTTA", "box_list_problem", "restore_boxes", "merge_box_lists"]
 
@@ -127,13 +128,14 @@ class BoxListTTA(TestTimeAugmentation):
             else _model_setting(model, ("roi_heads.detections_per_img", "detections_per_img"), DEFAULT_DETECTIONS)
         )
 
-    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> list[dict[str, torch.Tensor]]:
+        args = args if x is None else (x, *args)  # as TestTimeAugmentation.forward
+        x = first_image(args, kwargs)
         image_hw = (x.shape[-2], x.shape[-1])
         per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(x.shape[0])]
         for scale, flip in self.branch_list:
-            branch = x if flip is None else x.flip(FLIP_DIMS[flip])
-            branch, content, _ = self._rescale(branch, scale)
-            output = self.model(branch)
+            branch_args, branch_kwargs, content, _ = self._augment(args, kwargs, scale, flip)
+            output = self.model(*branch_args, **branch_kwargs)
             problem = box_list_problem(output, int(x.shape[0]))
             if problem is not None:
                 raise RuntimeError(f"tta: a branch's output is not per-image detections: {problem}")

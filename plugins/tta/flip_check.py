@@ -13,6 +13,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from optkit import ExampleInputs
+from optkit_plugins.tta.image_inputs import is_image
 from optkit_plugins.tta.kinds import OutputPlan
 from optkit_plugins.tta.wrapper import FLIP_DIMS
 
@@ -33,12 +35,12 @@ def _channel_correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
-def flip_warnings(model: nn.Module, example: torch.Tensor, plan: OutputPlan, flip: str) -> list[str]:
+def flip_warnings(model: nn.Module, example: ExampleInputs, plan: OutputPlan, flip: str) -> list[str]:
     """Warnings for the ``dense`` outputs of ``plan`` whose channels change under ``flip``.
 
     Args:
         model: the model (run once on the flipped example, in inference mode).
-        example: the example batch.
+        example: the example inputs (every image input is flipped, the others kept).
         plan: the output plan (``flow`` outputs are declared vector fields and not checked).
         flip: ``horizontal`` or ``vertical``.
 
@@ -50,8 +52,8 @@ def flip_warnings(model: nn.Module, example: torch.Tensor, plan: OutputPlan, fli
         return []
     dim = FLIP_DIMS[flip]
     with torch.inference_mode():
-        plain = pytree.tree_leaves(model(example))
-        flipped = pytree.tree_leaves(model(example.flip(dim)))
+        plain = pytree.tree_leaves(example.call(model))
+        flipped = pytree.tree_leaves(example.map(lambda t, _: t.flip(dim) if is_image(t) else t).call(model))
     warnings = []
     for i in dense:
         corr = _channel_correlations(plain[i], flipped[i].flip(dim))

@@ -10,9 +10,10 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from optkit import Pass, PassContext, StageError, count_macs, hookimpl
+from optkit import ExampleInputs, Pass, PassContext, StageError, count_macs, hookimpl
 from optkit_plugins.tta.box_lists import BoxListTTA, box_list_problem
 from optkit_plugins.tta.flip_check import flip_warnings
+from optkit_plugins.tta.image_inputs import first_image, image_inputs_problem
 from optkit_plugins.tta.kinds import OutputPlan, UnknownOutputError, plan_outputs
 from optkit_plugins.tta.wrapper import SAME_SHAPE_SCALES, TestTimeAugmentation, padded_size
 
@@ -85,36 +86,39 @@ class TTA(Pass):
                 flipped without ``flip_idx``, or a model that fails on the augmented inputs.
         """
         opts = self.options
-        ctx.require_single_input("tta")  # the augmentations transform one image batch
-        _check_image_batch(ctx.example_input)
+        inputs = ctx.example_inputs
+        problem = image_inputs_problem(inputs, opts.scales)
+        if problem is not None:
+            raise StageError(problem)
+        image = first_image(inputs.args, inputs.kwargs)  # the reference: outputs are restored to its size
         with torch.inference_mode():
-            output = model(ctx.example_input)
+            output = inputs.call(model)
         same_shape = opts.same_shape
         plan: OutputPlan | None = None
         if isinstance(output, list) and output and all(isinstance(d, dict) for d in output):
-            wrapped: TestTimeAugmentation = self._run_once(self._box_list_wrapper(model, output, ctx), ctx.example_input)
+            wrapped: TestTimeAugmentation = self._run_once(self._box_list_wrapper(model, output, ctx, image), inputs)
         else:
-            plan = self._plan(model, output, ctx.example_input)
+            plan = self._plan(model, output, image)
             stride = opts.stride
             if plan.yolo is not None and plan.yolo.strides and "stride" not in opts.model_fields_set:
                 stride = int(max(plan.yolo.strides))
             try:
-                wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape)
+                wrapped = self._wrap_and_run(model, inputs, plan, stride, same_shape)
             except StageError as exc:
                 # A model of one input size (ViT, Swin, LeViT) rejects the scaled inputs: padded back to
                 # the input size they run, unless the pipeline said same_shape: false.
                 if same_shape or "same_shape" in opts.model_fields_set or any(s > 1.0 for s in opts.scales) or exc.__cause__ is None:
                     raise
-                wrapped = self._wrap_and_run(model, ctx.example_input, plan, stride, same_shape=True)
+                wrapped = self._wrap_and_run(model, inputs, plan, stride, same_shape=True)
                 same_shape = True
                 plan.notes.append(
                     f"the model takes one input size only ({type(exc.__cause__).__name__} at a scaled input): scaled inputs are "
                     "padded back to the input size (same_shape: true)"
                 )
                 ctx.logger.info("tta: %s", plan.notes[-1])
-        height, width = (int(d) for d in ctx.example_input.shape[-2:])
-        base_macs = count_macs(model, ctx.example_input)["macs"]
-        tta_macs = count_macs(wrapped, ctx.example_input)["macs"]
+        height, width = (int(d) for d in image.shape[-2:])
+        base_macs = count_macs(model, inputs)["macs"]
+        tta_macs = count_macs(wrapped, inputs)["macs"]
         ctx.details.update(
             branches=[
                 {
@@ -134,7 +138,7 @@ class TTA(Pass):
             ctx.details.update(merge=opts.merge, outputs=plan.describe(), outputs_from=plan.source)
             if plan.notes:
                 ctx.details["notes"] = plan.notes
-            warnings = [w for flip in opts.flips for w in flip_warnings(model, ctx.example_input, plan, flip)]
+            warnings = [w for flip in opts.flips for w in flip_warnings(model, inputs, plan, flip)]
             if warnings:
                 ctx.details["warnings"] = warnings
                 for warning in warnings:
@@ -143,7 +147,7 @@ class TTA(Pass):
         return wrapped
 
     def _wrap_and_run(
-        self, model: nn.Module, example: torch.Tensor, plan: OutputPlan, stride: int, same_shape: bool
+        self, model: nn.Module, example: ExampleInputs, plan: OutputPlan, stride: int, same_shape: bool
     ) -> TestTimeAugmentation:
         """The wrapper, run once on ``example`` (see :meth:`_run_once`)."""
         opts = self.options
@@ -153,7 +157,7 @@ class TTA(Pass):
         return self._run_once(wrapped, example)
 
     @staticmethod
-    def _run_once(wrapped: TestTimeAugmentation, example: torch.Tensor) -> TestTimeAugmentation:
+    def _run_once(wrapped: TestTimeAugmentation, example: ExampleInputs) -> TestTimeAugmentation:
         """Run ``wrapped`` once on ``example``.
 
         Raises:
@@ -162,7 +166,7 @@ class TTA(Pass):
         """
         try:
             with torch.inference_mode():
-                wrapped(example)
+                example.call(wrapped)
         except ValueError as exc:  # restore_detections: keypoints flipped without flip_idx
             raise StageError(f"tta: {exc}") from None
         # A model with a fixed input size rejects the scaled inputs (ViT asserts, others raise
@@ -172,14 +176,14 @@ class TTA(Pass):
             raise StageError(f"the model fails on the augmented inputs ({type(exc).__name__}: {exc}){hint}") from exc
         return wrapped
 
-    def _box_list_wrapper(self, model: nn.Module, output: list[Any], ctx: PassContext) -> BoxListTTA:
+    def _box_list_wrapper(self, model: nn.Module, output: list[Any], ctx: PassContext, image: torch.Tensor) -> BoxListTTA:
         """The wrapper for a detector returning a list of dicts per image (torchvision's detectors).
 
         Raises:
             StageError: dicts that are not boxes, scores and labels, or options for other outputs.
         """
         opts = self.options
-        problem = box_list_problem(output, int(ctx.example_input.shape[0]))
+        problem = box_list_problem(output, int(image.shape[0]))
         if problem is not None:
             raise StageError(f"tta: the model returns a list of dicts per image, but {problem}")
         other = [name for name in ("output", "output_index", "flip_idx") if getattr(opts, name) is not None]
@@ -216,15 +220,6 @@ class TTA(Pass):
             )
         except UnknownOutputError as exc:
             raise StageError(str(exc)) from exc
-
-
-def _check_image_batch(example: torch.Tensor) -> None:
-    """Refuse, before any work, an input that is no batch of images ``[B, C, H, W]`` or videos ``[B, C, T, H, W]``."""
-    if example.dim() not in (4, 5) or not example.is_floating_point():
-        raise StageError(
-            f"tta augments image batches ([B, C, H, W] or video [B, C, T, H, W], floating point); the model's input is "
-            f"{list(example.shape)} {str(example.dtype).removeprefix('torch.')}, which cannot be resized or flipped"
-        )
 
 
 def _branch_size(scale: float, height: int, width: int, stride: int, same_shape: bool) -> tuple[int, int]:

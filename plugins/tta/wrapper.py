@@ -8,7 +8,9 @@ softmax probabilities are (``merge: softmax``); dense maps have the padding crop
 resized back, un-flipped and averaged; YOLO-layout detections are de-scaled and un-flipped and the
 anchors of all branches concatenated (:mod:`optkit_plugins.tta.detections`).
 
-Every branch calls the wrapped model, so MAC counts include each one. Python control flow depends
+A model of several inputs is called with all of them (positionally and by keyword, as it was
+called): every image input is flipped and scaled alike, the others (token ids, masks) pass through
+(:mod:`optkit_plugins.tta.image_inputs`). Every branch calls the wrapped model, so MAC counts include each one. Python control flow depends
 on shapes only, never on tensor values, so ``torch.export`` captures every branch and the wrapper
 exports to ONNX; ``torch.fx.symbolic_trace``, which cannot see shapes, is refused with an error.
 """
@@ -25,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from optkit_plugins.tta.detections import merge_detections, restore_detections
+from optkit_plugins.tta.image_inputs import DIFFERENT_SIZES, first_image, is_image, sizes_differ
 from optkit_plugins.tta.kinds import Kind, OutputPlan, plan_outputs
 
 __all__ = ["TestTimeAugmentation", "FLIP_DIMS", "MERGES", "padded_size"]
@@ -72,6 +75,7 @@ class TestTimeAugmentation(nn.Module):
     Example:
         >>> tta = TestTimeAugmentation(model, scales=[1.0, 0.83], flips=["horizontal"])
         >>> logits = tta(images)  # 4 branches
+        >>> flow = TestTimeAugmentation(raft, flips=["horizontal"], plan=flow_plan)(frame1, frame2)  # both frames flipped
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -117,19 +121,23 @@ class TestTimeAugmentation(nn.Module):
         """``(scale, flip)`` of every branch, in the order they run."""
         return list(self.branch_list)
 
-    def forward(self, x: torch.Tensor) -> Any:
-        if isinstance(x, torch.fx.Proxy):
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # The model's inputs as it takes them. A first parameter of its own keeps a one-input model's
+        # call model(x), whose export takes dynamic_shapes=({0: batch},) as the model's own would.
+        packed: list[Any] = [x, args, kwargs]  # torch.fx.symbolic_trace hands *args and **kwargs over as proxies
+        if any(isinstance(value, torch.fx.Proxy) for value in packed):
             # Outputs are restored by their shapes, which symbolic tracing cannot see: it would
             # silently keep one branch. torch.export (what the ONNX exporter uses) sees shapes.
             raise torch.fx.proxy.TraceError("TestTimeAugmentation cannot be traced with torch.fx.symbolic_trace; use torch.export.export")
+        args = args if x is None else (x, *args)
+        x = first_image(args, kwargs)
         image_hw = (x.shape[-2], x.shape[-1])
         plan, spec = self.plan, None
         restored: dict[int, list[torch.Tensor]] = {}
         targets: dict[int, tuple[Any, Any]] = {}
         for scale, flip in self.branch_list:
-            branch = x if flip is None else x.flip(FLIP_DIMS[flip])
-            branch, content, padded = self._rescale(branch, scale)
-            output = self.model(branch)
+            branch_args, branch_kwargs, content, padded = self._augment(args, kwargs, scale, flip)
+            output = self.model(*branch_args, **branch_kwargs)
             leaves, spec = pytree.tree_flatten(output)
             if plan is None:
                 plan = plan_outputs(self.model, output, (int(padded[0]), int(padded[1])), x.shape[0])
@@ -155,6 +163,35 @@ class TestTimeAugmentation(nn.Module):
             return pytree.tree_unflatten([merged[i] for i in range(len(plan.kinds))], spec)
         kept = [merged[i] for i in plan.kept]
         return kept[0] if len(kept) == 1 else tuple(kept)
+
+    def _augment(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], scale: float, flip: str | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, Any], tuple[Any, Any]]:
+        """One branch's call: every image input flipped and rescaled alike, the other inputs as they are
+        (the call has an image input: :func:`~optkit_plugins.tta.image_inputs.first_image` found it).
+
+        Returns:
+            The branch's positional and keyword arguments, and the first image input's content and
+            padded sizes (see :meth:`_rescale`).
+
+        Raises:
+            ValueError: image inputs of different sizes at a scale other than 1.
+        """
+        images = [value for value in (*args, *kwargs.values()) if is_image(value)]
+        if scale != 1.0 and sizes_differ(images):
+            raise ValueError(DIFFERENT_SIZES)
+        sizes: list[tuple[tuple[Any, Any], tuple[Any, Any]]] = []
+
+        def one(value: Any) -> Any:
+            if not is_image(value):
+                return value
+            value, content, padded = self._rescale(value if flip is None else value.flip(FLIP_DIMS[flip]), scale)
+            sizes.append((content, padded))
+            return value
+
+        branch_args = tuple(one(value) for value in args)
+        branch_kwargs = {name: one(value) for name, value in kwargs.items()}
+        return branch_args, branch_kwargs, sizes[0][0], sizes[0][1]
 
     def _rescale(self, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, tuple[Any, Any], tuple[Any, Any]]:
         """Resize and pad ``x``; returns it, its content size and its padded size."""
