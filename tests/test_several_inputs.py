@@ -230,7 +230,6 @@ def test_fuse_bn_folds_the_batchnorms_of_a_two_input_model_through_the_test_kit(
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
-        ("tta", "tta handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
         ("finetune: {bn_recalibrate: true}", "finetune: bn_recalibrate feeds one input tensor per batch, and this model takes 2"),
         ("prune_channels", "prune_channels handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
     ],
@@ -241,6 +240,19 @@ def test_passes_of_one_input_refuse_in_one_line_before_any_work(tmp_path, stage,
     assert [s.status for s in report.stages] == ["ok", "failed"]
     assert message in report.error and "\n" not in report.error
     assert report.stages[1].duration_s < 5
+
+
+def test_tta_augments_both_frames_and_refuses_token_inputs_in_one_line(tmp_path):
+    stage = "tta: {scales: [1.0, 0.5], flips: [horizontal], output: flow, stride: 16}"
+    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}passes: [{stage}]\n")
+    tokens = run(tmp_path / "tokens", f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}passes: [tta]\n")
+
+    assert [s.status for s in frames.stages] == ["ok", "ok"], frames.error
+    assert [b["input_hw"] for b in frames.stages[1].details["branches"]] == [[32, 32], [32, 32], [16, 16], [16, 16]]
+    assert frames.stages[1].details["cost_multiplier"] > 2
+    assert [s.status for s in tokens.stages] == ["ok", "failed"]
+    assert "the model's inputs are input_ids [1, 32] int64, attention_mask [1, 32] int64" in tokens.error
+    assert "\n" not in tokens.error
 
 
 def test_channel_pruning_traces_positional_inputs_and_refuses_keyword_ones(tmp_path):
