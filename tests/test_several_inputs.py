@@ -242,13 +242,15 @@ def test_passes_of_one_input_refuse_in_one_line_before_any_work(tmp_path, stage,
     assert report.stages[1].duration_s < 5
 
 
-def test_tta_augments_both_frames_and_refuses_token_inputs_in_one_line(tmp_path):
-    stage = "tta: {scales: [1.0, 0.5], flips: [horizontal], output: flow, stride: 16}"
-    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}passes: [{stage}]\n")
+def test_tta_augments_both_frames_exports_and_refuses_token_inputs_in_one_line(tmp_path):
+    stages = "[{tta: {scales: [1.0, 0.5], flips: [horizontal], output: flow, stride: 16}}, export_onnx]"
+    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}passes: {stages}\n")
     tokens = run(tmp_path / "tokens", f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}passes: [tta]\n")
 
-    assert [s.status for s in frames.stages] == ["ok", "ok"], frames.error
+    assert [s.status for s in frames.stages] == ["ok", "ok", "ok"], frames.error
     assert [b["input_hw"] for b in frames.stages[1].details["branches"]] == [[32, 32], [32, 32], [16, 16], [16, 16]]
+    parity = frames.stages[2].details["parity"]["inputs"]
+    assert parity["batch_2"]["cosine"] > 0.99999 and parity["batch_2"]["outputs"][0]["shape"] == [2, 2, 32, 32]
     assert frames.stages[1].details["cost_multiplier"] > 2
     assert [s.status for s in tokens.stages] == ["ok", "failed"]
     assert "the model's inputs are input_ids [1, 32] int64, attention_mask [1, 32] int64" in tokens.error
