@@ -76,14 +76,16 @@ class TTA(Pass):
     options: Options
 
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
-        """Plan the outputs on the example batch, wrap the model, and run the wrapper once.
+        """Plan the outputs on the example inputs, wrap the model, and run the wrapper once.
 
         Returns:
             The :class:`TestTimeAugmentation` wrapper.
 
         Raises:
-            StageError: an output TTA cannot merge (the message says what to declare), keypoints
-                flipped without ``flip_idx``, or a model that fails on the augmented inputs.
+            StageError: before any work, a model with no image input or with image inputs of
+                different sizes at scales other than 1; an output TTA cannot merge (the message
+                says what to declare), keypoints flipped without ``flip_idx``, or a model that fails
+                on the augmented inputs.
         """
         opts = self.options
         inputs = ctx.example_inputs
