@@ -54,7 +54,7 @@ log = logging.getLogger("quantize_auto_bench")
 #: name → (library, input size, note on the size).
 MODELS: dict[str, tuple[str, int, str]] = {
     "deit_tiny_patch16_224": ("timm", 224, "native"),
-    "swin_tiny_patch4_window7_224": ("timm", 224, "native (its windows fix the size)"),
+    "swin_tiny_patch4_window7_224": ("timm", 112, "img_size=112, not the native 224 (busy machine); last stage padded"),
     "mobilevit_xxs": ("timm", 256, "native"),
     "mobilenetv3_large_100": ("timm", 224, "native"),
     "deeplabv3_mobilenet_v3_large": ("torchvision", 224, "smaller than its 520 training size"),
@@ -67,7 +67,9 @@ def build(name: str) -> torch.nn.Module:
     if MODELS[name][0] == "timm":
         import timm
 
-        return timm.create_model(name, pretrained=False)
+        # A size other than the native one is built for (timm's img_size); "native" rows take the default.
+        sized = {} if MODELS[name][2].startswith("native") else {"img_size": MODELS[name][1]}
+        return timm.create_model(name, pretrained=False, **sized)
     import torchvision
 
     return torchvision.models.get_model(name, weights=None, weights_backbone=None)
