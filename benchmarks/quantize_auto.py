@@ -139,7 +139,8 @@ def run_model(name: str, folder: Path, args: argparse.Namespace) -> dict[str, An
         return {**row, "error": report.error}
     exported, quantized = report.stages[1], report.stages[2]
     auto = quantized.details.get("auto", {})
-    agreement = (quantized.metrics.get("agreement") or {}).get("previous") or {}
+    metrics = {"fp32": exported.metrics.model_dump(), "int8": quantized.metrics.model_dump()}  # typed report: plain dicts here
+    agreement = (metrics["int8"].get("agreement") or {}).get("previous") or {}
     gate = quantized.details.get("similarity_gate") or {}
     row.update(
         {
@@ -160,8 +161,8 @@ def run_model(name: str, folder: Path, args: argparse.Namespace) -> dict[str, An
             },
             "calibration": quantized.details.get("calibration"),
             "reduce_range": quantized.details.get("reduce_range"),
-            "fp32_bytes": exported.metrics.get("size_bytes"),
-            "int8_bytes": quantized.metrics.get("size_bytes"),
+            "fp32_bytes": metrics["fp32"].get("size_bytes"),
+            "int8_bytes": metrics["int8"].get("size_bytes"),
         }
     )
     fp32_file = folder / name / "stages" / "01-export_onnx" / "model.onnx"
