@@ -182,8 +182,9 @@ def time_side_by_side(fp32_file: Path, int8_file: Path, size: int, args: argpars
     }
     noise = check_noise(device, MeasureSpec().noise_max_cv)
     latency = time_round_robin(contenders, example, device, args.warmup, args.rounds)
-    figure = speedup(latency["fp32"], latency["int8"], paired=True)
-    assert figure is not None
+    typed = speedup(latency["fp32"], latency["int8"], paired=True)
+    assert typed is not None
+    figure = typed.model_dump()
     return {
         "noise": noise,
         "fp32_ms": {k: latency["fp32"][k] for k in ("p50", "p50_interval", "p10", "p90", "n")},
