@@ -54,7 +54,7 @@ log = logging.getLogger("quantize_auto_bench")
 #: name → (library, input size, note on the size).
 MODELS: dict[str, tuple[str, int, str]] = {
     "deit_tiny_patch16_224": ("timm", 224, "native"),
-    "swin_tiny_patch4_window7_224": ("timm", 224, "native (its windows fix the size)"),
+    "swin_tiny_patch4_window7_224": ("timm", 112, "img_size=112, not the native 224 (busy machine); last stage padded"),
     "mobilevit_xxs": ("timm", 256, "native"),
     "mobilenetv3_large_100": ("timm", 224, "native"),
     "deeplabv3_mobilenet_v3_large": ("torchvision", 224, "smaller than its 520 training size"),
@@ -67,7 +67,9 @@ def build(name: str) -> torch.nn.Module:
     if MODELS[name][0] == "timm":
         import timm
 
-        return timm.create_model(name, pretrained=False)
+        # A size other than the native one is built for (timm's img_size); "native" rows take the default.
+        sized = {} if MODELS[name][2].startswith("native") else {"img_size": MODELS[name][1]}
+        return timm.create_model(name, pretrained=False, **sized)
     import torchvision
 
     return torchvision.models.get_model(name, weights=None, weights_backbone=None)
@@ -137,7 +139,8 @@ def run_model(name: str, folder: Path, args: argparse.Namespace) -> dict[str, An
         return {**row, "error": report.error}
     exported, quantized = report.stages[1], report.stages[2]
     auto = quantized.details.get("auto", {})
-    agreement = (quantized.metrics.get("agreement") or {}).get("previous") or {}
+    metrics = {"fp32": exported.metrics.model_dump(), "int8": quantized.metrics.model_dump()}  # typed report: plain dicts here
+    agreement = (metrics["int8"].get("agreement") or {}).get("previous") or {}
     gate = quantized.details.get("similarity_gate") or {}
     row.update(
         {
@@ -158,8 +161,8 @@ def run_model(name: str, folder: Path, args: argparse.Namespace) -> dict[str, An
             },
             "calibration": quantized.details.get("calibration"),
             "reduce_range": quantized.details.get("reduce_range"),
-            "fp32_bytes": exported.metrics.get("size_bytes"),
-            "int8_bytes": quantized.metrics.get("size_bytes"),
+            "fp32_bytes": metrics["fp32"].get("size_bytes"),
+            "int8_bytes": metrics["int8"].get("size_bytes"),
         }
     )
     fp32_file = folder / name / "stages" / "01-export_onnx" / "model.onnx"
@@ -179,8 +182,9 @@ def time_side_by_side(fp32_file: Path, int8_file: Path, size: int, args: argpars
     }
     noise = check_noise(device, MeasureSpec().noise_max_cv)
     latency = time_round_robin(contenders, example, device, args.warmup, args.rounds)
-    figure = speedup(latency["fp32"], latency["int8"], paired=True)
-    assert figure is not None
+    typed = speedup(latency["fp32"], latency["int8"], paired=True)
+    assert typed is not None
+    figure = typed.model_dump()
     return {
         "noise": noise,
         "fp32_ms": {k: latency["fp32"][k] for k in ("p50", "p50_interval", "p10", "p90", "n")},

@@ -103,9 +103,41 @@ def test_the_family_and_its_first_candidates_come_from_the_graph():
         ("static", "minmax", ("scores", "mix")),
         ("static", "entropy", ("scores", "mix")),
     ]
+    # Where uint8 x int8 products saturate, the attention family also tries 8-bit uint8 weights, second.
+    saturating = starting_candidates(attention, ["minmax"], int8_saturates=True)
+    assert [(c.mode, c.uint8_weights) for c in saturating] == [("dynamic", False), ("dynamic", True), ("static", False)]
+    assert saturating[1].label == "dynamic MatMul/Gemm, uint8 weights"
     convolutional = graph(node("Conv", ["x", "w"], ["y"], name="c"), node("Gemm", ["y", "w"], ["z"], name="g"), weights=("w",))
     assert graph_family(convolutional) == "convolutional"
-    assert [(c.mode, c.method) for c in starting_candidates(convolutional, ["percentile"])] == [("static", "percentile")]
+    for saturates in (False, True):
+        assert [(c.mode, c.method) for c in starting_candidates(convolutional, ["percentile"], saturates)] == [("static", "percentile")]
+
+
+def test_on_a_cpu_whose_int8_products_saturate_auto_tries_and_writes_uint8_weights(tmp_path, monkeypatch):
+    from optkit import CpuInfo
+    from optkit_plugins.quantize_onnx import plugin
+
+    # An AVX2 CPU without VNNI (dynamic int8 then takes 7-bit weights), whatever CPU runs the test.
+    monkeypatch.setattr(plugin, "cpu_info", lambda: CpuInfo("avx2, no vnni", "x86_64", ("avx2", "fma")))
+    offered: list[Candidate] = []
+
+    def only_uint8(model, methods, int8_saturates=False):
+        offered.extend(starting_candidates(model, methods, int8_saturates))
+        return [candidate for candidate in offered if candidate.uint8_weights]
+
+    # The search is given the uint8 candidate alone, so that the file it writes is that candidate's.
+    monkeypatch.setattr(plugin, "starting_candidates", only_uint8)
+    run = run_auto(tmp_path, "tiny_vit")
+    auto, details = run.stage["details"]["auto"], run.stage["details"]
+
+    assert [candidate.label for candidate in offered][:2] == ["dynamic MatMul/Gemm", "dynamic MatMul/Gemm, uint8 weights"]
+    assert auto["chosen"]["scheme"] == "dynamic MatMul/Gemm, uint8 weights" and auto["chosen"]["holds_tolerance"]
+    assert details["weight_type"] == "uint8" and details["reduce_range"] is False
+    int8 = onnx.load(str(run.run_dir / next(a for a in run.report["stages"][2]["artifacts"] if a.endswith(".onnx"))))
+    initializers = {init.name: init.data_type for init in int8.graph.initializer}
+    weights = [initializers[node.input[1]] for node in int8.graph.node if node.op_type == "MatMulInteger" and node.input[1] in initializers]
+    assert len(weights) >= 8 and set(weights) == {onnx.TensorProto.UINT8}
+    assert run.metrics["drift"]["previous"]["cosine"] >= 0.99
 
 
 class Fakes:

@@ -372,7 +372,10 @@ class QuantizeOnnx(Pass):
         def quantize(candidate: Candidate, path: Path, form: str | None = None) -> Path:
             chosen = Exclusion((*exclusion.op_types, *candidate.float_op_types), (*exclusion.nodes, *candidate.float_nodes))
             if candidate.mode == "dynamic":
-                quantize_dynamic_int8(prepared, path, settings["dynamic"], chosen, only=DYNAMIC_OPS)
+                dynamic = settings["dynamic"]
+                if candidate.uint8_weights:
+                    dynamic = dataclasses.replace(dynamic, weight_type="uint8", reduce_range=False)
+                quantize_dynamic_int8(prepared, path, dynamic, chosen, only=DYNAMIC_OPS)
             else:
                 static = dataclasses.replace(settings["static"], format=form or settings["static"].format)
                 method = candidate.method or "minmax"
@@ -424,12 +427,16 @@ class QuantizeOnnx(Pass):
             folder=work,
         )
         try:
-            chosen = search.run(starting_candidates(model, options.auto.calibrations))
+            # reduce_range was chosen (not pinned) for a CPU whose int8 products saturate: uint8 weights avoid it at 8 bits.
+            saturates = settings["dynamic"].reduce_range and options.reduce_range == "auto" and options.weight_type == "int8"
+            chosen = search.run(starting_candidates(model, options.auto.calibrations, int8_saturates=saturates))
             shutil.copyfile(chosen.path, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         candidate = chosen.candidate
         details.update(schemes[candidate.mode])
+        if candidate.uint8_weights:
+            details.update({"weight_type": "uint8", "reduce_range": False})
         if candidate.mode == "static":
             details["calibration"] = {"method": candidate.method, **record}
         kept = [
