@@ -441,9 +441,10 @@ def test_the_example_pipeline_shrinks_the_model_and_gives_the_accuracy_back(tmp_
     report, _ = run_pipeline(load_pipeline(write_pipeline(yaml.safe_dump(document)), host.get_pass), host)
     baseline, pruned, recalibrated, tuned = (stage.metrics for stage in report.stages)
     assert report.status == "ok"
-    assert pruned["accuracy"]["top1"] < 0.2 < recalibrated["accuracy"]["top1"]
-    assert tuned["accuracy"]["top1"] >= baseline["accuracy"]["top1"] - 0.02
-    assert baseline["macs"] / tuned["macs"] >= 3.0
+    assert pruned.accuracy and recalibrated.accuracy and tuned.accuracy and baseline.accuracy
+    assert pruned.accuracy.top1 < 0.2 < recalibrated.accuracy.top1
+    assert tuned.accuracy.top1 >= baseline.accuracy.top1 - 0.02
+    assert baseline.macs and tuned.macs and baseline.macs / tuned.macs >= 3.0
 
 
 # --- CUDA -------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_seed_makes_a_randomly_built_model_the_same_on_every_run(tmp_path, host)
     pipeline, first = baseline(0, "a")
     _, again = baseline(0, "bb")
     _, other = baseline(1, "ccc")
-    assert pipeline["seed"] == 0
+    assert pipeline.seed == 0
     assert first["picked"] == again["picked"] != other["picked"]
     for key, value in first["weights"].items():
         torch.testing.assert_close(again["weights"][key], value, rtol=0, atol=0)
