@@ -28,7 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
@@ -603,12 +603,70 @@ class RunInfo:
         return len(self.stage_names)
 
 
-class RunReport(ReportModel):
+class ReportFile(ReportModel):
+    """A document written as a ``report.json``: a run's report or a comparison of runs."""
+
+    #: Names the format in errors ("report", "comparison").
+    _format: ClassVar[str] = "report"
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", description="The report format's version (see docs: explanation/report).")
+
+    @property
+    def schema(self) -> int:  # type: ignore[override]  # BaseModel.schema is pydantic v1's deprecated method
+        return self.schema_
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document as its report.json holds it (no NaN: see the module docstring)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_json(self) -> str:
+        """The text of the ``report.json``."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> Self:
+        """Read a report.json dict of schema 1 or 2 (a newer one is refused).
+
+        Raises:
+            PipelineError: a report from a newer optkit, or one that does not fit the models (naming the field).
+        """
+        from pydantic import ValidationError
+
+        schema = data.get("schema", SCHEMA_VERSION)
+        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+            raise PipelineError(
+                f"report.json has schema {schema!r}, written by a newer optkit ({data.get('optkit_version')}); "
+                f"this optkit ({optkit_version()}) reads schema {SCHEMA_VERSION} and older: upgrade optkit",
+                where,
+            )
+        if schema < SCHEMA_VERSION:
+            log.info(
+                "%s: report.json has schema %s (optkit %s), read as schema %s: its figures that were not finite "
+                "were written as the bare tokens NaN/Infinity",
+                where,
+                schema,
+                data.get("optkit_version") or "?",
+                SCHEMA_VERSION,
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            at = ".".join(str(part) for part in first["loc"])
+            raise PipelineError(f"report.json does not fit the {cls._format} schema at {at}: {first['msg']}", where) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a ``report.json`` (or the folder holding one)."""
+        path = Path(path)
+        return cls.from_dict(read_report_json(path), str(path / "report.json" if path.is_dir() else path))
+
+
+class RunReport(ReportFile):
     """The run report: what ``report.json`` holds (:func:`optkit.reporting.writing.write_run_report` writes it)."""
 
     _omit_none: ClassVar[bool] = False
 
-    schema_: int = Field(SCHEMA_VERSION, alias="schema", description="The report format's version (see docs: explanation/report).")
     optkit_version: str = Field("", description="The optkit that wrote the report.")
     environment: Environment = Field(default_factory=Environment, description="Where the run ran.")
     pipeline: PipelineSummary = Field(default_factory=PipelineSummary, description="The pipeline, defaults filled in.")
@@ -627,70 +685,8 @@ class RunReport(ReportModel):
         super().__init__(**data)
 
     @property
-    def schema(self) -> int:  # type: ignore[override]  # BaseModel.schema is pydantic v1's deprecated method
-        return self.schema_
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as report.json holds it (no NaN: see the module docstring)."""
-        return self.model_dump(mode="json", by_alias=True)
-
-    def to_json(self) -> str:
-        """The text of ``report.json``."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> RunReport:
-        """Read a report dict (schema 1 and 2; a newer one is refused).
-
-        Raises:
-            PipelineError: a report from a newer optkit, or one that does not fit the models.
-        """
-        return _validated(cls, data, where, "report")
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunReport:
-        """Read a ``report.json`` (or the folder holding one)."""
-        path = Path(path)
-        return cls.from_dict(read_report_json(path), str(path / "report.json" if path.is_dir() else path))
-
-    @property
     def baseline(self) -> StageResult | None:
         return self.stages[0] if self.stages and self.stages[0].index == 0 else None
-
-
-_ModelT = TypeVar("_ModelT", bound=ReportModel)
-
-
-def _validated(model: type[_ModelT], data: dict[str, Any], where: str, what: str) -> _ModelT:
-    """``data`` (a report.json of schema 1 or 2) read into ``model``; ``what`` names the format in errors.
-
-    Raises:
-        PipelineError: a report from a newer optkit, or one that does not fit the models (naming the field).
-    """
-    from pydantic import ValidationError
-
-    schema = data.get("schema", SCHEMA_VERSION)
-    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-        raise PipelineError(
-            f"report.json has schema {schema!r}, written by a newer optkit ({data.get('optkit_version')}); "
-            f"this optkit ({optkit_version()}) reads schema {SCHEMA_VERSION} and older: upgrade optkit",
-            where,
-        )
-    if schema < SCHEMA_VERSION:
-        log.info(
-            "%s: report.json has schema %s (optkit %s), read as schema %s: its figures that were not finite "
-            "were written as the bare tokens NaN/Infinity",
-            where,
-            schema,
-            data.get("optkit_version") or "?",
-            SCHEMA_VERSION,
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        at = ".".join(str(part) for part in first["loc"])
-        raise PipelineError(f"report.json does not fit the {what} schema at {at}: {first['msg']}", where) from None
 
 
 # --- comparisons ----------------------------------------------------------------------------------------
@@ -746,10 +742,11 @@ class ComparisonMeta(ReportModel):
     notes: list[str] | None = Field(None, description="Notes shown in the header (no plots, older schemas, ...).")
 
 
-class ComparisonReport(ReportModel):
+class ComparisonReport(ReportFile):
     """Several runs side by side: what the ``report.json`` of ``optkit report``, a sweep or a benchmark holds."""
 
     _omit_none: ClassVar[bool] = False
+    _format: ClassVar[str] = "comparison"
 
     schema_: int = Field(SCHEMA_VERSION, alias="schema", description="The report format's version (as a run's report.json).")
     kind: Literal["optkit-comparison"] = Field("optkit-comparison", description="Tells a comparison from a run's report.json.")
@@ -757,29 +754,6 @@ class ComparisonReport(ReportModel):
     status: RunStatus = Field(RunStatus.ok, description="running while a sweep goes on, then ok, failed or interrupted.")
     meta: ComparisonMeta = Field(default_factory=ComparisonMeta, description="Title, command, notes ...")
     runs: list[ComparedRun] = Field(default_factory=list, description="The runs, in the order shown.")
-
-    @property
-    def schema(self) -> int:  # type: ignore[override]  # BaseModel.schema is pydantic v1's deprecated method
-        return self.schema_
-
-    def to_json(self) -> str:
-        """The text of the comparison's ``report.json`` (no NaN: see the module docstring)."""
-        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, allow_nan=False) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "report.json") -> ComparisonReport:
-        """Read a comparison dict.
-
-        Raises:
-            PipelineError: a comparison from a newer optkit, or one that does not fit the models.
-        """
-        return _validated(cls, data, where, "comparison")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ComparisonReport:
-        """Read a comparison's ``report.json`` (or the folder holding one)."""
-        path = Path(path)
-        return cls.from_dict(read_report_json(path), str(path / "report.json" if path.is_dir() else path))
 
 
 def read_report_json(path: str | Path) -> dict[str, Any]:
