@@ -240,8 +240,8 @@ class PruneChannels(Pass):
             yield None
         elif target.metric != "latency":
             yield counted_ratio(target.metric, model, ctx.example_input, ctx.module_rules)
-        else:
-            with LatencyRatio(copy.deepcopy(model), ctx.example_input, ctx.device, target.runtime or "torch") as timed:
+        else:  # the planner cuts copies: ``model`` stays the model before, timed as it is
+            with LatencyRatio(model, ctx.example_input, ctx.device, target.runtime or "torch") as timed:
                 yield timed
 
     def _refuse_for_detector(self, detector: str) -> None:
