@@ -54,7 +54,7 @@ log = logging.getLogger("quantize_auto_bench")
 #: name → (library, input size, note on the size).
 MODELS: dict[str, tuple[str, int, str]] = {
     "deit_tiny_patch16_224": ("timm", 224, "native"),
-    "swin_tiny_patch4_window7_224": ("timm", 112, "img_size=112, not the native 224 (busy machine); last stage padded"),
+    "swin_tiny_patch4_window7_224": ("timm", 224, "native"),
     "mobilevit_xxs": ("timm", 256, "native"),
     "mobilenetv3_large_100": ("timm", 224, "native"),
     "deeplabv3_mobilenet_v3_large": ("torchvision", 224, "smaller than its 520 training size"),
@@ -169,6 +169,8 @@ def run_model(name: str, folder: Path, args: argparse.Namespace) -> dict[str, An
     int8_file = folder / name / "stages" / "02-quantize_onnx" / "model_int8.onnx"
     if quantized.status == "ok" and int8_file.is_file():
         row["latency"] = time_side_by_side(fp32_file, int8_file, MODELS[name][1], args)
+    elif (auto.get("chosen") or {}).get("mode") == "float":  # auto found int8 slower and kept float: its own timing says by how much
+        row["rejected"] = auto["chosen"]["rejected"]
     return row
 
 
@@ -234,6 +236,11 @@ def _ratio(figure: dict[str, Any]) -> str:
     return f"{ratio['value']:.2f} [{ratio['low']:.2f}–{ratio['high']:.2f}]"
 
 
+def _search_ratio(speed: dict[str, Any]) -> str:
+    """int8/fp32 latency from the search's speed-up record (float's time over int8's), its interval inverted."""
+    return f"{1 / speed['speedup']:.2f} [{1 / speed['high']:.2f}–{1 / speed['low']:.2f}]"
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     cpu = CpuInfo.from_dict(env["cpu"]).describe()
@@ -252,7 +259,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         "Latency: fp32 and int8 ONNX timed side by side (one call each per round, seeded shuffled order, batch 1); "
         "int8/fp32 is the median of the per-round ratios with its 95% interval, widened by the 5% run-to-run margin "
-        "(below 1: int8 is faster).",
+        "(below 1: int8 is faster). Where the search found its most accurate-and-fastest int8 slower than float "
+        "(the speed-up's whole interval below 1), mode auto keeps the float graph: the row then gives the search's own "
+        "side-by-side figure for the int8 it rejected.",
         "",
         "| model | input | family | chosen scheme | kept in float | cosine | top-1 agr. | on | int8/fp32 latency | fp32 ms | int8 ms | noise check |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -272,6 +281,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         if latency:
             noise = "busy" if latency["noise"].get("noisy") else "quiet"
             timing = f"{_ratio(latency)} | {latency['fp32_ms']['p50']:.1f} | {latency['int8_ms']['p50']:.1f} | {noise}"
+        elif row.get("rejected"):
+            speed = row["rejected"]["latency_vs_float"]
+            timing = f"float kept: int8 was {_search_ratio(speed)} | {speed['float_ms']:.1f} | {speed['int8_ms']:.1f} | the search's"
         else:
             timing = "– | – | – | –"
         status = "" if row.get("status") == "ok" else f" ({row.get('status')})"
@@ -286,7 +298,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"**{name}** ({row.get('seconds')} s for export and search):", ""]
         for trial in row["candidates"]:
             speed = trial.get("latency_vs_float")
-            timing = f", int8/fp32 {speed['ratio']:.2f} in the search's own timing" if speed else ""
+            timing = f", int8/fp32 {_search_ratio(speed)} in the search's own timing" if speed else ""
             top1 = "" if trial.get("top1_agreement") is None else f", top-1 {trial['top1_agreement']:.3f}"
             if trial.get("error"):
                 lines.append(f"- {trial['scheme']}: could not be quantized: {trial['error']}")

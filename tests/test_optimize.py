@@ -161,6 +161,27 @@ def test_model_hash_follows_the_weights() -> None:
     assert model_hash(model, {"source": "x"}) != before
 
 
+def test_how_many_jobs_fit_is_judged_by_the_rungs_own_jobs(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from optkit.optimize.jobs import PrefixRunner
+
+    runner = PrefixRunner(
+        pipeline=None,  # type: ignore[arg-type]  # affordable() reads only the clock, the executor and the job times
+        model_id="m",
+        cache=None,  # type: ignore[arg-type]
+        executor=SimpleNamespace(workers=1),  # type: ignore[arg-type]
+        folder=tmp_path,
+        deadline=time.monotonic() + 105,
+        baseline_needs={},
+    )
+    runner.job_seconds = {"prune": [10.0, 10.0], "export": [60.0]}
+    # Pruning jobs took 10 s, export jobs 60 s: 10 of the first fit in 105 s, one of the second;
+    # a rung with no job yet is judged by every job so far (mean 26.7 s: 3).
+    assert (runner.affordable(20, "prune"), runner.affordable(20, "export"), runner.affordable(20, "finetune")) == (10, 1, 3)
+    assert runner.affordable(2, "prune") == 2
+
+
 def test_cache_evicts_the_least_recently_used_entries_beyond_its_size(tmp_path: Path) -> None:
     blob = tmp_path / "model.pt"
     blob.write_bytes(b"x" * 4000)
@@ -252,6 +273,33 @@ def test_a_second_search_reuses_the_first_ones_stages_and_chosen_yaml_reproduces
     assert final.macs == chosen.macs
     assert final.accuracy is not None and chosen.top1 is not None
     assert abs(final.accuracy.top1 - chosen.top1) <= 1 / final.accuracy.n + 1e-9  # one sample at most, as kernels round
+
+
+@pytest.mark.slow  # a search over three digits chains
+def test_on_unlabeled_data_the_budget_is_agreement_with_the_eager_model(digits: Path, tmp_path: Path) -> None:
+    # data.eval without labels (-1): the budget holds each candidate's top-1 agreement with the eager model.
+    path = tmp_path / "unlabeled.yaml"
+    eval_data = f'eval: {{source: "python:optimize_toys:unlabeled", kwargs: {{root: "{digits.root / "val"}"}}, batch_size: 120}}'
+    path.write_text(_pipeline_text(digits.root).replace('eval: {source: "imagefolder:val", batch_size: 120}', eval_data))
+    result = _search(path, tmp_path / "out", InProcessExecutor())
+    assert result.to_dict()["judged_by"] == "agreement" and result.baseline.top1 == 1.0
+    by_name = {c.name: c for c in result.candidates}
+    assert by_name["fuse"].top1 == by_name["fuse"].metrics["agreement"]["top1"] >= 0.98 and by_name["fuse"].status == "timed"
+    # Halving the MACs without fine-tuning changes most predictions of the digits CNN: over the budget.
+    pruned = by_name["prune-macs0.5"]
+    assert pruned.top1 is not None and pruned.top1 < 0.9 and pruned.status == "over budget" and "points lost" in pruned.note
+
+
+@pytest.mark.slow  # starts a one-machine Ray
+def test_a_search_runs_its_jobs_as_ray_tasks(digits_pipeline: Path, tmp_path: Path, cli) -> None:
+    result = cli("optimize", digits_pipeline, "--executor", "ray", "--workers", "2", "--no-cache", "--out", tmp_path / "opt")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "opt" / "optimize.json").read_text())
+    assert summary["settings"]["executor"] == "ray" and summary["stages_computed"] >= 3 and not summary["notes"][1:]
+    statuses = {c["name"]: c["status"] for c in summary["candidates"]}
+    assert sorted(statuses) == ["fuse", "prune-macs0.5", "prune-macs0.5+fuse"]
+    # fuse keeps the digits CNN's top-1, so it is computed and timed; pruning half the MACs without fine-tuning is over budget.
+    assert statuses["fuse"] == "timed" and statuses["prune-macs0.5"] == "over budget"
 
 
 def test_optimize_without_eval_data_is_refused(host: Host, tmp_path: Path) -> None:

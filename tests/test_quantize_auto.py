@@ -163,8 +163,8 @@ class Fakes:
             def measure(self, path: Path):
                 return fakes.cosine(fakes.by_path[path]), None
 
-        def timed(files):
-            return {name: {"ratio": self.speeds[self.by_path[path].label]} for name, path in files.items()}
+        def timed(path):
+            return {"speedup": self.speeds[self.by_path[path].label]}
 
         return AutoSearch(
             quantize=self.quantize,
@@ -181,10 +181,50 @@ class Fakes:
 def test_the_fastest_accurate_candidate_is_chosen(tmp_path):
     candidates = [Candidate("dynamic"), Candidate("static", "minmax"), Candidate("static", "percentile")]
     cosines = {"dynamic MatMul/Gemm": 0.995, "static minmax": 0.98, "static percentile": 0.993}
-    fakes = Fakes(tmp_path, lambda c: cosines[c.label], speeds={"dynamic MatMul/Gemm": 0.9, "static percentile": 0.6})
+    fakes = Fakes(tmp_path, lambda c: cosines[c.label], speeds={"dynamic MatMul/Gemm": 1.1, "static percentile": 1.6})
     chosen = fakes.search().run(candidates)
-    assert chosen.candidate.label == "static percentile" and chosen.speed == {"ratio": 0.6}
+    assert chosen.candidate.label == "static percentile" and chosen.speed == {"speedup": 1.6}
     assert len(fakes.quantized) == 3  # no fallback: two candidates held
+
+
+def test_once_a_calibration_holds_the_same_graph_is_not_calibrated_again(tmp_path):
+    candidates = [Candidate("static", "minmax"), Candidate("static", "percentile"), Candidate("static", "percentile", float_nodes=("a",))]
+    fakes = Fakes(tmp_path, lambda c: 0.995)
+    chosen = fakes.search().run(candidates)
+    # percentile would give the same graph as minmax, as fast: skipped; another graph (a node in float) is still tried.
+    assert [c.label for c in fakes.quantized] == ["static minmax", "static percentile, 1 nodes in float"]
+    assert chosen.candidate.label == "static minmax"
+
+
+@pytest.mark.parametrize("keep_float", [True, False])
+def test_int8_slower_than_float_keeps_the_float_graph_unless_told_otherwise(tmp_path, monkeypatch, keep_float):
+    # The timing is faked (speed is the benchmark's business): int8 at 0.8x float's speed, the whole interval below 1.
+    slower = {"speedup": 0.8, "low": 0.7, "high": 0.9, "int8_ms": 5.0, "float_ms": 4.0, "rounds": 3}
+    monkeypatch.setattr("optkit_plugins.quantize_onnx.plugin.speed_versus_float", lambda *args, **kwargs: slower)
+    options = {**AUTO, "auto": {"timing_rounds": 3, "keep_float_if_slower": keep_float}}
+    run = run_auto(tmp_path, "one_sensitive_layer", options)
+    auto = run.stage["details"]["auto"]
+    assert run.stage["status"] == "ok" and "slower than float on this CPU (0.80x [0.70-0.90]" in auto["note"]
+    written = [a for a in run.report["stages"][2]["artifacts"] if a.endswith(".onnx")]
+    if keep_float:
+        # The stage's product is a copy of the float file export_onnx wrote, and nothing int8 is left.
+        assert auto["chosen"]["mode"] == "float" and auto["chosen"]["rejected"]["latency_vs_float"] == slower
+        assert written == ["stages/02-quantize_onnx/model.onnx"] and not list(run.run_dir.rglob("model_int8.onnx"))
+        kept, float_graph = (onnx.load(str(path)).graph for path in (run.run_dir / written[0], exported(run)))
+        assert [n.op_type for n in kept.node] == [n.op_type for n in float_graph.node] and "QuantizeLinear" not in str(kept.node)
+        assert run.metrics["size_bytes"] == run.report["stages"][1]["metrics"]["size_bytes"]
+        assert "float graph is kept" in auto["note"] and "calibration" not in run.stage["details"]
+    else:
+        assert auto["chosen"]["mode"] == "static" and written == ["stages/02-quantize_onnx/model_int8.onnx"]
+        assert run.metrics["size_bytes"] < run.report["stages"][1]["metrics"]["size_bytes"]
+
+
+def test_a_tie_keeps_int8(tmp_path, monkeypatch):
+    tie = {"speedup": 0.97, "low": 0.85, "high": 1.1, "int8_ms": 5.0, "float_ms": 4.9, "rounds": 3}
+    monkeypatch.setattr("optkit_plugins.quantize_onnx.plugin.speed_versus_float", lambda *args, **kwargs: tie)
+    run = run_auto(tmp_path, "one_sensitive_layer", {**AUTO, "auto": {"timing_rounds": 3}})
+    auto = run.stage["details"]["auto"]
+    assert auto["chosen"]["mode"] == "static" and "note" not in auto and run.metrics["size_bytes"] < run.report["stages"][1]["metrics"]["size_bytes"]
 
 
 def test_the_fallback_keeps_more_worst_nodes_in_float_until_the_tolerance_holds_then_narrows(tmp_path):

@@ -415,7 +415,9 @@ def optimize(pipeline: Path, no_cache: bool | None, out: Path | None, **given: A
     chosen = result.chosen
     if chosen is not None:
         speedup = (chosen.speedup or {}).get("value")
-        click.echo(f"chosen: {chosen.name} (top-1 {chosen.top1:.2%}, {speedup:.2f}× the eager model) → {folder}/chosen.yaml")
+        click.echo(
+            f"chosen: {chosen.name} ({result.baseline.judged_by} {chosen.top1:.2%}, {speedup:.2f}× the eager model) → {folder}/chosen.yaml"
+        )
     else:
         click.echo("no candidate within the accuracy budget: the eager model stays")
     click.echo(f"stages reused: {result.stages_reused}, computed: {result.stages_computed} · report: {written['markdown']}")

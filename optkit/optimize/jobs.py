@@ -92,7 +92,8 @@ class PrefixRunner:
     #: Keys of the prefixes taken from the cache / computed by this search.
     reused_keys: set[str] = field(default_factory=set)
     computed_keys: set[str] = field(default_factory=set)
-    job_seconds: list[float] = field(default_factory=list)
+    #: Rung → the seconds each of its jobs took (a rung's jobs are alike: pruning, fine-tuning, export and int8).
+    job_seconds: dict[str, list[float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
     def key(self, prefix: Chain) -> str:
@@ -115,15 +116,18 @@ class PrefixRunner:
     def seconds_left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def affordable(self, count: int) -> int:
-        """How many more jobs fit in the time left, judged by the jobs so far."""
-        per_job = sum(self.job_seconds) / len(self.job_seconds) if self.job_seconds else _FIRST_GUESS_S
+    def affordable(self, count: int, rung: str = "") -> int:
+        """How many more jobs of ``rung`` fit in the time left, judged by its jobs so far (before
+        any has finished, by every rung's)."""
+        seconds = self.job_seconds.get(rung) or [t for times in self.job_seconds.values() for t in times]
+        per_job = sum(seconds) / len(seconds) if seconds else _FIRST_GUESS_S
         workers = max(1, getattr(self.executor, "workers", 1))
         return min(count, max(0, math.floor(self.seconds_left() / per_job * workers)))
 
-    def compute(self, prefixes: list[Chain]) -> dict[Chain, CacheEntry]:
+    def compute(self, prefixes: list[Chain], rung: str = "") -> dict[Chain, CacheEntry]:
         """Each prefix's entry, from the cache or computed (a prefix that is also the start of a
-        longer one in the list is computed by the longer one's job)."""
+        longer one in the list is computed by the longer one's job); ``rung`` names the kind of job,
+        whose earlier durations judge how many fit in the time left."""
         found: dict[Chain, CacheEntry] = {}
         todo: list[Chain] = []
         for prefix in dict.fromkeys(prefixes):
@@ -137,13 +141,14 @@ class PrefixRunner:
         queue = list(longest)
         while queue:
             # A batch of `workers` jobs at a time: each batch's time limit is the time left when it starts.
-            batch = queue[: self.affordable(min(workers, len(queue)))]
+            batch = queue[: self.affordable(min(workers, len(queue)), rung)]
             if not batch:
                 log.info("optimize: %d jobs do not fit in the time left", len(queue))
                 break
             del queue[: len(batch)]
             jobs = [self._job(prefix) for prefix in batch]
             for outcome in self.executor.run([job for job, _, _ in jobs], lambda outcome: None):
+                self.job_seconds.setdefault(rung, []).append(outcome.seconds)
                 self._store(outcome, next((start, prefix) for job, start, prefix in jobs if job.name == outcome.job.name))
         for prefix in todo:
             entry = self.cache.get(self.key(prefix))
@@ -197,7 +202,6 @@ class PrefixRunner:
         """Store every stage the job measured ok: the module at its end, each artifact, and the
         baseline's metrics (a job that started from the model itself)."""
         start, prefix = planned
-        self.job_seconds.append(outcome.seconds)
         report = outcome.report or {}
         stages = report.get("stages") or []
         run_dir = Path(outcome.job.run_dir)

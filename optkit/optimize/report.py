@@ -12,11 +12,23 @@ from typing import Any
 from optkit.files import atomic_write_bytes, atomic_write_text
 from optkit.optimize.pareto import pareto_front
 from optkit.optimize.search import Candidate, OptimizeResult
-from optkit.reporting.plots import PlotsUnavailable, _png, _pyplot
+from optkit.reporting.plots import PlotsUnavailable, figure_png, pyplot
 
 __all__ = ["write_optimize_report", "front_of", "size_front_of"]
 
-_HEADER = ("candidate", "passes", "status", "top-1", "Δ points", "MACs", "size KB", "runtime", "p50 ms", "speed-up [interval]", "pipeline")
+_HEADER = (
+    "candidate",
+    "passes",
+    "status",
+    "{accuracy}",
+    "Δ points",
+    "MACs",
+    "size KB",
+    "runtime",
+    "p50 ms",
+    "speed-up [interval]",
+    "pipeline",
+)
 
 
 def front_of(result: OptimizeResult) -> list[Candidate]:
@@ -29,6 +41,11 @@ def size_front_of(result: OptimizeResult) -> list[Candidate]:
     """The measured points no other beats on both size and accuracy."""
     points = [result.baseline, *(c for c in result.candidates if c.status in ("timed", "measured"))]
     return pareto_front(points, [(lambda c: c.size_bytes, "min"), (lambda c: c.top1, "max")])
+
+
+def _accuracy(result: OptimizeResult) -> str:
+    """What the accuracy figures are: top-1 on labeled data, else top-1 agreement with the eager model."""
+    return "top-1" if result.baseline.judged_by == "top-1" else "agreement with the eager model"
 
 
 def _speedup(c: Candidate) -> str:
@@ -64,7 +81,7 @@ def _plot(result: OptimizeResult) -> bytes | None:
     figures = [(p, p.p50_ms, p.top1) for p in points if p.p50_ms is not None and p.top1 is not None]
     if len(figures) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     largest = max(p.size_bytes or 1 for p, _, _ in figures)
     named = {id(c) for c in front_of(result)} | {id(result.baseline)}  # the others' labels would pile up
@@ -82,27 +99,30 @@ def _plot(result: OptimizeResult) -> bytes | None:
     if result.baseline.top1 is not None:
         floor = (result.baseline.top1 - result.spec.max_accuracy_drop) * 100
         ax.axhline(
-            floor, color="tab:orange", linestyle=":", label=f"accuracy budget ({result.spec.max_accuracy_drop * 100:g} points of top-1)"
+            floor,
+            color="tab:orange",
+            linestyle=":",
+            label=f"accuracy budget ({result.spec.max_accuracy_drop * 100:g} points of {_accuracy(result)})",
         )
-    ax.set(xscale="log", xlabel="p50 latency (ms, log; bars: 95% interval of the median)", ylabel="top-1 on data.eval (%)")
+    ax.set(xscale="log", xlabel="p50 latency (ms, log; bars: 95% interval of the median)", ylabel=f"{_accuracy(result)} on data.eval (%)")
     ax.set_title("optkit optimize: latency against accuracy (marker size: file size; red: chosen)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _summary_lines(result: OptimizeResult) -> list[str]:
     chosen = result.chosen
     lines = [
         f"Budget {result.spec.budget_minutes:g} min, used {result.seconds / 60:.1f} min · target {result.spec.target} · "
-        f"runtime {result.spec.runtime} · at most {result.spec.max_accuracy_drop * 100:g} points of top-1 lost · "
+        f"runtime {result.spec.runtime} · at most {result.spec.max_accuracy_drop * 100:g} points of {_accuracy(result)} lost · "
         f"executor {result.spec.executor}",
         f"Stages reused from the cache: {result.stages_reused} · computed: {result.stages_computed}"
         + (f" · cache {result.cache_dir}" if result.cache_dir else " · cache off"),
     ]
     if chosen is not None:
         lines.append(
-            f"Chosen: **{chosen.name}** — top-1 {chosen.top1:.2%} (baseline {result.baseline.top1:.2%}), speed-up over the eager "
+            f"Chosen: **{chosen.name}** — {_accuracy(result)} {chosen.top1:.2%} (baseline {result.baseline.top1:.2%}), speed-up over the eager "
             f"baseline {_speedup(chosen)}, side by side. Reproduce: `optkit run chosen.yaml`."
         )
     else:
@@ -110,7 +130,11 @@ def _summary_lines(result: OptimizeResult) -> list[str]:
     return lines
 
 
-def _table(rows: list[list[str]], header: tuple[str, ...] = _HEADER) -> list[str]:
+def _header(result: OptimizeResult) -> tuple[str, ...]:
+    return tuple(h.format(accuracy=_accuracy(result)) for h in _HEADER)
+
+
+def _table(rows: list[list[str]], header: tuple[str, ...]) -> list[str]:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
@@ -125,13 +149,13 @@ def render_markdown(result: OptimizeResult, plot: str | None) -> str:
     folder = result.output
     lines = ["# optkit optimize", "", *(f"{line}  " for line in _summary_lines(result)), ""]
     lines += ["## Pareto front: latency against accuracy", ""]
-    lines += _table([_row(c, result, folder) for c in sorted(front_of(result), key=lambda c: c.p50_ms or 0)])
+    lines += _table([_row(c, result, folder) for c in sorted(front_of(result), key=lambda c: c.p50_ms or 0)], _header(result))
     if plot:
         lines += ["", f"![latency against accuracy]({plot})"]
     lines += ["", "## Pareto front: size against accuracy", ""]
-    lines += _table([_row(c, result, folder) for c in sorted(size_front_of(result), key=lambda c: c.size_bytes or 0)])
+    lines += _table([_row(c, result, folder) for c in sorted(size_front_of(result), key=lambda c: c.size_bytes or 0)], _header(result))
     lines += ["", "## Every candidate", ""]
-    lines += _table([_row(c, result, folder) for c in [result.baseline, *result.candidates]])
+    lines += _table([_row(c, result, folder) for c in [result.baseline, *result.candidates]], _header(result))
     if result.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in result.notes)]
     lines += [
@@ -146,7 +170,7 @@ def render_html(result: OptimizeResult, png: bytes | None) -> str:
     folder = result.output
 
     def table(rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(result))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -79,8 +79,16 @@ class Candidate:
 
     @property
     def top1(self) -> float | None:
+        """Top-1 on data.eval; on unlabeled data (labels -1), top-1 agreement with the eager model."""
         accuracy = self.metrics.get("accuracy") or {}
-        return accuracy.get("top1")
+        if accuracy.get("top1") is not None:
+            return accuracy["top1"]
+        return (self.metrics.get("agreement") or {}).get("top1")
+
+    @property
+    def judged_by(self) -> str:
+        """What :attr:`top1` is: ``top-1`` (labels) or ``agreement`` (with the eager model's top-1)."""
+        return "top-1" if (self.metrics.get("accuracy") or {}).get("top1") is not None else "agreement"
 
     @property
     def macs(self) -> int | None:
@@ -132,6 +140,8 @@ class OptimizeResult:
             "schema": "optkit.optimize/1",
             "settings": self.spec.model_dump(mode="json"),
             "seconds": round(self.seconds, 1),
+            # top1 figures are top-1 accuracy on labeled data.eval, else agreement with the eager model's top-1
+            "judged_by": self.baseline.judged_by,
             "stages_reused": self.stages_reused,
             "stages_computed": self.stages_computed,
             "cache_dir": self.cache_dir,
@@ -264,12 +274,20 @@ def _run_rungs(
     # The unpruned chains are completed here too: cheap, and the fallback should time run out later.
     pruned = sorted({prefix_to(c, prune_name) for c in alive if prefix_to(c, prune_name)}, key=len)
     unpruned = [c for c in alive if not prefix_to(c, prune_name)]
+    # The baseline first, in a job of its own: every budget check compares with it, so a long chain
+    # that runs out of time must not take it along.
+    base = runner.compute([()], "baseline").get(())
+    if base is None:
+        raise PipelineError(
+            "optimize: the baseline could not be measured: "
+            + "; ".join(runner.failures.values())
+            + f" (jobs get {spec.budget_minutes * 60 * (1 - TIMING_SHARE):.0f} s of the {spec.budget_minutes:g}-minute budget; "
+            "raise --budget-minutes)"
+        )
+    baseline.metrics, baseline.status = base.metrics, "measured"
     on_rung("prune", len(pruned) + len(unpruned))
-    entries = runner.compute([(), *[c.chain for c in unpruned], *pruned])
+    entries = runner.compute([*[c.chain for c in unpruned], *pruned], "prune")
     _fill(unpruned, entries)
-    if () not in entries:
-        raise PipelineError("optimize: the baseline could not be measured: " + "; ".join(runner.failures.values()))
-    baseline.metrics, baseline.status = entries[()].metrics, "measured"
     for candidate in unpruned:
         drop = _drop(baseline, candidate)
         if candidate.status == "measured" and drop is not None and drop > spec.max_accuracy_drop:
@@ -280,6 +298,8 @@ def _run_rungs(
         if prefix and prefix not in kept:
             candidate.status, candidate.note = "cut", "rung 1 (pruning): not among the cheapest half"
         elif prefix and prefix in entries:
+            if candidate.chain == prefix:  # a chain that only prunes is complete: its figures are known
+                candidate.metrics, candidate.product = entries[prefix].metrics, entries[prefix].product
             proxy = Candidate(prefix, entries[prefix].metrics)
             drop = _drop(baseline, proxy)
             no_finetune = not any(s.pass_name == finetune_name for s in candidate.chain)
@@ -293,7 +313,7 @@ def _run_rungs(
     # The least pruned first (the safest bet), should the time left not fit them all.
     tuned = sorted({prefix_to(c, finetune_name) for c in alive if prefix_to(c, finetune_name)}, key=lambda p: -_proxy_of(p, entries))
     on_rung("finetune", len(tuned))
-    entries = runner.compute(tuned)
+    entries = runner.compute(tuned, "finetune")
     for candidate in alive:
         prefix = prefix_to(candidate, finetune_name)
         if not prefix:
@@ -311,7 +331,7 @@ def _run_rungs(
     alive.sort(key=lambda c: (_proxy(c, entries_of_runner(runner, c)), len(c.chain)))
     alive = [alive[i // 2] if i % 2 == 0 else alive[-1 - i // 2] for i in range(len(alive))]
     on_rung("export", len(alive))
-    _fill(alive, runner.compute([c.chain for c in alive]))
+    _fill(alive, runner.compute([c.chain for c in alive], "export"))
     for candidate in alive:
         drop = _drop(baseline, candidate)
         if candidate.status != "measured":

@@ -16,7 +16,7 @@ from typing import Any
 from optkit.errors import OptkitError
 from optkit.results import ComparedRun, Speedup
 
-__all__ = ["StagePoint", "stage_points", "latency_vs_gmacs_png", "pass_speedups_png", "PlotsUnavailable"]
+__all__ = ["StagePoint", "stage_points", "latency_vs_gmacs_png", "pass_speedups_png", "PlotsUnavailable", "pyplot", "figure_png"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,12 @@ def stage_points(runs: list[ComparedRun]) -> list[StagePoint]:
     return points
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, never a window).
+
+    Raises:
+        PlotsUnavailable: matplotlib is not installed.
+    """
     try:
         import matplotlib
     except ImportError:
@@ -98,10 +103,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any) -> bytes:
+def figure_png(fig: Any) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -114,7 +120,7 @@ def latency_vs_gmacs_png(points: list[StagePoint]) -> bytes | None:
     points = [p for p in points if p.gmacs]
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     stages = list(dict.fromkeys(p.stage for p in points))
     devices = list(dict.fromkeys(p.device for p in points))
     colors = plt.get_cmap("tab10")
@@ -150,7 +156,7 @@ def latency_vs_gmacs_png(points: list[StagePoint]) -> bytes | None:
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _times(value: float, _position: int) -> str:
@@ -174,7 +180,7 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
     points = [p for p in points if p.speedup_vs_previous is not None]
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
 
@@ -228,4 +234,4 @@ def pass_speedups_png(points: list[StagePoint]) -> bytes | None:
         ax.legend(handles=handles, fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)

@@ -18,14 +18,15 @@ The search, after the peers' (OpenVINO's AccuracyAwareQuantization, NNCF's
    ranked node by node (:mod:`~optkit_plugins.quantize_onnx.sensitivity`: the dB each node loses)
    and the worst nodes are kept in float, 1, 2, 4, ... of them, until the tolerance holds or
    ``auto.max_float_share`` of the compute nodes are float.
-4. **Speed.** The accurate candidates are timed side by side with the float graph (one call each
-   per round, shuffled); the fastest is chosen. When it is slower than float the details say so.
+4. **Speed.** Each accurate candidate is timed side by side with the float graph (one call each
+   per round, shuffled: :func:`optkit.time_callable` with ``against``), and the fastest is chosen.
+   When even that one is slower than float (its speed-up's whole interval below 1, as on a CPU
+   without VNNI for some MobileNet-like graphs), the stage keeps the float graph and says so
+   (``auto.keep_float_if_slower``); a tie keeps int8 (smaller, and not shown slower).
 """
 
 from __future__ import annotations
 
-import random
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 
 from optkit import ExampleInputs, compare_outputs, flatten_outputs, time_callable
 
-__all__ = ["Candidate", "Trial", "graph_family", "starting_candidates", "Similarity", "time_ratios", "AutoSearch"]
+__all__ = ["Candidate", "Trial", "graph_family", "starting_candidates", "Similarity", "speed_versus_float", "AutoSearch"]
 
 #: Steps narrowing the fallback's count of float nodes once one holds (each halves the gap to a count that failed).
 REFINE_STEPS = 2
@@ -81,7 +82,8 @@ class Trial:
         cosine: of its outputs to the float graph's on the evaluation samples.
         top1: top-1 agreement with the float graph (``None`` for outputs that are not logits).
         holds: cosine and top-1 agreement within the tolerance.
-        speed: int8 over float latency, timed side by side (``None`` until timed).
+        speed: its speed-up over the float graph, timed side by side (:func:`speed_versus_float`;
+            ``None`` until timed).
         error: why the candidate could not be quantized (its cosine is then -1).
     """
 
@@ -103,6 +105,11 @@ class Trial:
             **({"latency_vs_float": self.speed} if self.speed else {}),
             **({"error": self.error} if self.error else {}),
         }
+
+
+def same_graph(a: Candidate, b: Candidate) -> bool:
+    """``a`` and ``b`` quantize the same nodes the same way (they may differ in calibration method)."""
+    return replace(a, method=None, origin="") == replace(b, method=None, origin="")
 
 
 def attention_matmuls(model: Any) -> list[str]:
@@ -175,39 +182,32 @@ class Similarity:
         return (-1.0 if figures.cosine is None else float(figures.cosine)), figures.top1_agreement
 
 
-def time_ratios(
-    contenders: dict[str, Callable[..., Any]], inputs: ExampleInputs, device: torch.device, rounds: int, warmup: int = 3, seed: int = 0
-) -> dict[str, dict[str, Any]]:
-    """Each contender's latency over ``float``'s (a contender of that name), timed side by side.
-
-    Every round calls each contender once in a seeded shuffled order, so that noise on a shared
-    machine falls on all alike; the ratio of the round's two timings is a pair.
+def speed_versus_float(
+    candidate: Callable[..., Any],
+    float_graph: Callable[..., Any],
+    inputs: ExampleInputs,
+    device: torch.device,
+    rounds: int,
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """``candidate``'s speed-up over ``float_graph``, timed side by side (each round calls both once,
+    in a seeded shuffled order, so noise on a shared machine falls on both alike).
 
     Returns:
-        Name → ``ratio`` (median of the per-round ratios, below 1: faster than float), ``p25`` and
-        ``p75`` of the ratios, ``rounds``.
+        ``speedup`` (float's time over the candidate's: the median of the per-round ratios; above 1:
+        int8 is faster), ``low`` and ``high`` (its 95% interval, widened by the run-to-run margin),
+        ``int8_ms`` and ``float_ms`` (medians), ``rounds``.
     """
-    order = random.Random(seed)
-    names = list(contenders)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(warmup + rounds):
-        for name in order.sample(names, len(names)):
-            elapsed = time_callable(contenders[name], inputs, device, warmup=0, iters=1)["samples"][0]
-            if index >= warmup:
-                times[name].append(elapsed)
-    result = {}
-    for name in names:
-        if name == "float":
-            continue
-        ratios = sorted(t / f for t, f in zip(times[name], times["float"], strict=True))
-        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        result[name] = {
-            "ratio": round(statistics.median(ratios), 4),
-            "p25": round(quartiles[0], 4),
-            "p75": round(quartiles[2], 4),
-            "rounds": rounds,
-        }
-    return result
+    record = time_callable(candidate, inputs, device, warmup=warmup, iters=rounds, cuda_events=False, against=float_graph)
+    figure = record["speedup"] or {}
+    return {
+        "speedup": figure.get("value"),
+        "low": figure.get("low"),
+        "high": figure.get("high"),
+        "int8_ms": record["p50"],
+        "float_ms": record["against"]["p50"],
+        "rounds": rounds,
+    }
 
 
 @dataclass
@@ -222,7 +222,8 @@ class AutoSearch:
             on a form that keeps the float names), as ``(node, figures)`` pairs.
         compute_nodes: how many compute nodes the graph has (the fallback's bound is a share of them).
         max_float_share: the most of them the fallback keeps in float.
-        time: contender name → callable ⇒ ratios (:func:`time_ratios` bound to inputs); ``None``: speed not measured.
+        time: a candidate file → its speed-up over float (:func:`speed_versus_float` bound to the
+            float graph and inputs); ``None``: speed not measured.
         folder: where candidate files go.
 
     Attributes:
@@ -236,7 +237,7 @@ class AutoSearch:
     rank: Callable[[Trial], list[tuple[str, dict[str, Any]]]]
     compute_nodes: int
     max_float_share: float
-    time: Callable[[dict[str, Path]], dict[str, dict[str, Any]]] | None
+    time: Callable[[Path], dict[str, Any]] | None
     folder: Path
     trials: list[Trial] = field(default_factory=list)
     ranked: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -262,7 +263,11 @@ class AutoSearch:
         Returns:
             The chosen trial: the fastest that holds the tolerance, else the most accurate tried.
         """
-        tried = [self._try(candidate) for candidate in candidates]
+        tried: list[Trial] = []
+        for candidate in candidates:
+            # Candidates that differ only in calibration make the same graph, as fast: once one holds, the rest add nothing.
+            if not any(trial.holds and same_graph(trial.candidate, candidate) for trial in tried):
+                tried.append(self._try(candidate))
         accurate = [trial for trial in tried if trial.holds]
         if not accurate:
             fallback = self._fall_back(max(tried, key=lambda trial: trial.cosine))
@@ -270,10 +275,9 @@ class AutoSearch:
         if not accurate:
             return max(self.trials, key=lambda trial: trial.cosine)
         if self.time is not None:
-            speeds = self.time({str(index): trial.path for index, trial in enumerate(accurate)})
-            for index, trial in enumerate(accurate):
-                trial.speed = speeds[str(index)]
-            return min(accurate, key=lambda trial: trial.speed["ratio"] if trial.speed else 1.0)
+            for trial in accurate:
+                trial.speed = self.time(trial.path)
+            return max(accurate, key=lambda trial: (trial.speed or {}).get("speedup") or 0.0)
         return accurate[0]
 
     def _fall_back(self, base: Trial) -> Trial | None:

@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, 
 from torch import nn
 
 from optkit import OnnxArtifact, Pass, PassContext, StageError, Tolerance, cpu_info, file_bytes, hookimpl
-from optkit_plugins.quantize_onnx.auto import DYNAMIC_OPS, AutoSearch, Candidate, Similarity, graph_family, starting_candidates, time_ratios
+from optkit_plugins.quantize_onnx.auto import (
+    DYNAMIC_OPS,
+    AutoSearch,
+    Candidate,
+    Similarity,
+    graph_family,
+    speed_versus_float,
+    starting_candidates,
+)
 from optkit_plugins.quantize_onnx.calibration import CalibrationFeed, data_batches, random_batches
 from optkit_plugins.quantize_onnx.gate import gate_batch, seeded_similarity
 from optkit_plugins.quantize_onnx.graph import (
@@ -76,7 +84,12 @@ class AutoOptions(BaseModel):
         0.5, gt=0, le=1, description="The most of the compute nodes (Conv, MatMul, Gemm) the layer-by-layer fallback keeps in float."
     )
     timing_rounds: int = Field(
-        20, ge=0, description="Rounds timing the accurate candidates side by side with float (0: choose the first accurate, untimed)."
+        20, ge=0, description="Rounds timing each accurate candidate side by side with float (0: choose the first accurate, untimed)."
+    )
+    keep_float_if_slower: bool = Field(
+        True,
+        description="When the fastest accurate int8 candidate is slower than float (its speed-up's whole interval below 1), "
+        "the stage keeps the float graph and says so; false: keep the int8 graph and warn.",
     )
 
 
@@ -202,7 +215,8 @@ class QuantizeOnnx(Pass):
         return None
 
     def apply(self, model: nn.Module, ctx: PassContext) -> OnnxArtifact:
-        """Quantize ``ctx.artifact`` (the float ONNX file) and return the quantized artifact.
+        """Quantize ``ctx.artifact`` (the float ONNX file) and return the quantized artifact (mode auto:
+        a copy of the float one when int8 was slower, see ``auto.keep_float_if_slower``).
 
         Raises:
             StageError: no ONNX model before this stage, fp16 off CUDA, a graph quantized already,
@@ -235,7 +249,9 @@ class QuantizeOnnx(Pass):
             else:
                 prepared = self._prepare(source.path, Path(work), details)
                 exclusion = resolve_exclude(onnx.load(str(prepared), load_external_data=False), options.exclude, float_model)
-                self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source)
+                if not self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source):
+                    details["exclude"] = exclusion.matched or {}
+                    return dataclasses.replace(source, path=keep_float_graph(source.path, ctx), source_model=model)
         ctx.artifact_path(name)
         details["exclude"] = exclusion.matched or {}
         try:
@@ -287,18 +303,19 @@ class QuantizeOnnx(Pass):
 
     def _quantize_int8(
         self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
-    ) -> None:
+    ) -> bool:
+        """Write the int8 graph to ``target``; False when mode auto kept the float graph instead (nothing written)."""
         options = self.options
         if options.mode == "auto":
-            self._auto(prepared, target, exclusion, ctx, graph, source)
-            return
+            return self._auto(prepared, target, exclusion, ctx, graph, source)
         settings = self._int8_scheme(ctx.details)
         if options.mode == "dynamic":
             quantize_dynamic_int8(prepared, target, settings, exclusion)
-            return
+            return True
         feed, record = self._calibration_feed(ctx, graph)
         self._quantize_static(prepared, target, feed, settings, exclusion, options.calibration.method, ctx)
         ctx.details["calibration"] = {"method": options.calibration.method, **record}
+        return True
 
     def _calibration_feed(self, ctx: PassContext, graph: list[GraphInput]) -> tuple[CalibrationFeed, dict[str, Any]]:
         """The calibration batches (data.calibration, or random when asked), and what the report says of them."""
@@ -357,8 +374,12 @@ class QuantizeOnnx(Pass):
 
     def _auto(
         self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
-    ) -> None:
-        """mode auto: the search of :mod:`~optkit_plugins.quantize_onnx.auto`; the chosen file written to ``target``."""
+    ) -> bool:
+        """mode auto: the search of :mod:`~optkit_plugins.quantize_onnx.auto`; the chosen file written to ``target``.
+
+        Returns:
+            False when the float graph is kept (int8 was slower), and nothing was written.
+        """
         import onnx
 
         options, details = self.options, ctx.details
@@ -412,9 +433,10 @@ class QuantizeOnnx(Pass):
             low_top1 = options.min_top1_agreement is not None and top1 is not None and top1 < options.min_top1_agreement
             return not (low_cosine or low_top1)
 
-        def timed(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
-            contenders = {"float": load(source.path), **{name: load(path) for name, path in files.items()}}
-            return time_ratios(contenders, ctx.example_inputs, ctx.device, options.auto.timing_rounds)
+        float_graph = load(source.path)
+
+        def timed(path: Path) -> dict[str, Any]:
+            return speed_versus_float(load(path), float_graph, ctx.example_inputs, ctx.device, options.auto.timing_rounds)
 
         search = AutoSearch(
             quantize=quantize,
@@ -430,43 +452,65 @@ class QuantizeOnnx(Pass):
             # reduce_range was chosen (not pinned) for a CPU whose int8 products saturate: uint8 weights avoid it at 8 bits.
             saturates = settings["dynamic"].reduce_range and options.reduce_range == "auto" and options.weight_type == "int8"
             chosen = search.run(starting_candidates(model, options.auto.calibrations, int8_saturates=saturates))
-            shutil.copyfile(chosen.path, target)
+            speed = chosen.speed or {}
+            slower = chosen.holds and speed.get("high") is not None and speed["high"] < 1.0
+            keep_float = slower and options.auto.keep_float_if_slower
+            if not keep_float:
+                shutil.copyfile(chosen.path, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         candidate = chosen.candidate
-        details.update(schemes[candidate.mode])
-        if candidate.uint8_weights:
-            details.update({"weight_type": "uint8", "reduce_range": False})
-        if candidate.mode == "static":
-            details["calibration"] = {"method": candidate.method, **record}
-        kept = [
-            {**search.ranked[node], "why": "fallback: among the nodes losing the most dB (output SQNR, dB lost)"}
-            if node in search.ranked
-            else {"node": node, "why": "family default: a MatMul of two activations (attention), whose ranges int8 fits poorly"}
-            for node in candidate.float_nodes
-        ]
-        details["auto"] = {
-            "family": graph_family(model),
-            "chosen": {"mode": candidate.mode, **chosen.as_dict()},
-            "kept_in_float": kept,
+        auto: dict[str, Any] = {"family": graph_family(model)}
+        if keep_float:
+            auto["chosen"] = {"mode": "float", "scheme": "float (the fastest accurate int8 was slower)", "rejected": chosen.as_dict()}
+        else:
+            details.update(schemes[candidate.mode])
+            if candidate.uint8_weights:
+                details.update({"weight_type": "uint8", "reduce_range": False})
+            if candidate.mode == "static":
+                details["calibration"] = {"method": candidate.method, **record}
+            kept = [
+                {**search.ranked[node], "why": "fallback: among the nodes losing the most dB (output SQNR, dB lost)"}
+                if node in search.ranked
+                else {"node": node, "why": "family default: a MatMul of two activations (attention), whose ranges int8 fits poorly"}
+                for node in candidate.float_nodes
+            ]
+            auto["chosen"] = {"mode": candidate.mode, **chosen.as_dict()}
+            auto["kept_in_float"] = kept
             # Dynamic int8 leaves the other compute ops in float: ConvInteger is slower than a float Conv on CPUs.
-            "float_op_types": sorted({n.op_type for n in model.graph.node if n.op_type in COMPUTE_OPS} - set(DYNAMIC_OPS))
-            if candidate.mode == "dynamic"
-            else [],
-            "compared_on": f"{similarity.samples} samples: {on}",
-            "candidates": [trial.as_dict() for trial in search.trials],
-        }
+            auto["float_op_types"] = (
+                sorted({n.op_type for n in model.graph.node if n.op_type in COMPUTE_OPS} - set(DYNAMIC_OPS))
+                if candidate.mode == "dynamic"
+                else []
+            )
+        auto["compared_on"] = f"{similarity.samples} samples: {on}"
+        auto["candidates"] = [trial.as_dict() for trial in search.trials]
+        details["auto"] = auto
         if not chosen.holds:
-            details["auto"]["note"] = (
-                "no candidate held the tolerance, the fallback included: the most accurate is kept, and the gate fails it"
+            auto["note"] = "no candidate held the tolerance, the fallback included: the most accurate is kept, and the gate fails it"
+        elif slower:
+            figure = f"{speed['speedup']:.2f}x [{speed['low']:.2f}-{speed['high']:.2f}] the speed of float, timed side by side"
+            auto["note"] = f"the fastest accurate int8 candidate ({candidate.label}) is slower than float on this CPU ({figure}): " + (
+                "the float graph is kept (auto.keep_float_if_slower)"
+                if keep_float
+                else "int8 kept as asked (auto.keep_float_if_slower: false)"
             )
-        elif chosen.speed and chosen.speed["ratio"] > 1.0:
-            note = (
-                f"the fastest accurate int8 candidate is slower than float ({chosen.speed['ratio']:.2f}x its latency, "
-                "median of the per-round ratios): keep the float model where speed matters"
-            )
-            details["auto"]["note"] = note
-            ctx.logger.warning("quantize_onnx: %s", note)
+            ctx.logger.warning("quantize_onnx: %s", auto["note"])
+        return not keep_float
+
+
+def keep_float_graph(source: Path, ctx: PassContext) -> Path:
+    """The float graph as this stage's product (mode auto found int8 slower): a copy in the stage
+    folder, its external data (over 2 GiB) beside it."""
+    import onnx
+
+    path = ctx.artifact_path("model.onnx")
+    graph = onnx.load(str(source))
+    external = file_bytes(source) > source.stat().st_size
+    if external:
+        ctx.artifact_path("model.onnx.data")
+    onnx.save_model(graph, str(path), save_as_external_data=external, location="model.onnx.data")
+    return path
 
 
 @hookimpl
