@@ -404,9 +404,9 @@ def test_finetune_trains_a_token_model_on_a_dataset_of_input_dicts(tmp_path):
     assert report.stages[1].metrics.drift.cosine < 1.0  # the weights moved
 
 
-def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(tmp_path):
+def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width_and_heads(tmp_path):
     """BERT from a config: finetune on ({input_ids, attention_mask}, label) samples; channel pruning (positional inputs)
-    narrows the MLPs and leaves the attention heads whole (reshaped into heads: no module rule for them yet)."""
+    narrows the MLPs and removes whole attention heads (the transformers module rule: 2 heads of 16 -> 1)."""
     pytest.importorskip("transformers")
     train = "data:\n  train: {source: 'python:several_inputs_toys:token_samples', batch_size: 4}\n"
     report = run(tmp_path, hf_bert_section(config=BERT_CONFIG) + QUICK + train + "passes: [{finetune: {max_steps: 2, teacher: none}}]\n")
@@ -419,5 +419,6 @@ def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(
     assert [s.status for s in pruned.stages] == ["ok", "ok"], pruned.error
     channels = pruned.stages[1].details["channels"]
     assert channels["model.bert.encoder.layer.0.intermediate.dense"] == [64, 32]
-    assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 32]
+    assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 16]
+    assert set(pruned.stages[1].details["rules_used"].values()) == {"transformers.models.bert.modeling_bert.BertSelfAttention"}
     assert pruned.stages[1].metrics.macs < pruned.stages[0].metrics.macs
