@@ -233,6 +233,38 @@ def test_falls_back_to_torchscript_when_torch_export_fails(tmp_path):
         torch.testing.assert_close(artifact.load(torch.device("cpu"))(x), model(x), **CLOSE)
 
 
+class TwoInputs(nn.Module):
+    """Two images, ``forward(self, *args, **kwargs)`` as a transformers wrapper (optkit's ``FirstOutput``) takes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_model()
+
+    def forward(self, *args, **kwargs):
+        return self.net(args[0]) + self.net(args[1])
+
+
+class FirstAndRest(TwoInputs):
+    """The same with ``forward(self, x, *rest)``: a named input, then varargs."""
+
+    def forward(self, x, *rest):
+        return self.net(x) + self.net(rest[0])
+
+
+@pytest.mark.parametrize("cls", [TwoInputs, FirstAndRest])
+def test_dynamo_exports_a_forward_of_varargs_with_a_symbolic_batch(tmp_path, cls):
+    """torch.export's dynamic_shapes holds one entry for all that ``*args`` takes (it took one per input)."""
+    from optkit.inputs import ExampleInputs, InputDef
+
+    inputs = ExampleInputs.sample([InputDef("a", (1, 3, 16, 16)), InputDef("b", (1, 3, 16, 16))], seed=0)
+    ctx = make_ctx(tmp_path)
+    ctx.example_inputs, ctx.example_input = inputs, inputs.first
+    ExportOnnx(ExportOnnx.Options(exporter="dynamo")).apply(cls().eval(), ctx)
+
+    assert ctx.details["exporter"] == "dynamo" and ctx.details["batch_dim"] == "batch"
+    assert {k: v["batch"] for k, v in ctx.details["parity"]["inputs"].items()} == {"example": 1, "batch_1": 1, "batch_2": 2, "batch_8": 8}
+
+
 def test_exporter_dynamo_does_not_fall_back(tmp_path):
     with pytest.raises(StageError, match=r"no exporter produced .* \(dynamo: TorchExportError: .*data-dependent"):
         export(make_model(DataDependentBranch), tmp_path, exporter="dynamo")

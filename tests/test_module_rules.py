@@ -94,6 +94,16 @@ def test_attention_layout_names_its_three_axes():
         AttentionHeads(layout=("qkv", "heads", "heads"))
 
 
+def test_attention_heads_name_one_fused_projection_or_three_and_an_optional_output_projection():
+    assert AttentionHeads().projections == ("qkv",)
+    apart = AttentionHeads(qkv=("query", "key", "value"), proj=None)
+    assert apart.projections == ("query", "key", "value") and apart.proj is None
+    with pytest.raises(ValueError, match="qkv must name one fused Linear or three"):
+        AttentionHeads(qkv=("query", "key"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="proj must name a Linear or be None"):
+        AttentionHeads(proj="")
+
+
 def test_rules_are_found_by_class_path_along_the_mro():
     rules = ModuleRules({GAIN_RULE.class_path: GAIN_RULE})
     assert class_path(Gain) == "test_module_rules.Gain"

@@ -231,7 +231,10 @@ def test_fuse_bn_folds_the_batchnorms_of_a_two_input_model_through_the_test_kit(
     ("stage", "message"),
     [
         ("finetune: {bn_recalibrate: true}", "finetune: bn_recalibrate feeds one input tensor per batch, and this model takes 2"),
-        ("prune_channels", "prune_channels handles models of one input tensor, and this model takes 2 (frame1, frame2)"),
+        (
+            "{prune_channels: {target: {macs: 0.5}}}",
+            "prune_channels: a model of 2 inputs (frame1, frame2) is traced on its example inputs, which target cannot use",
+        ),
     ],
 )
 def test_passes_of_one_input_refuse_in_one_line_before_any_work(tmp_path, stage, message):
@@ -257,16 +260,21 @@ def test_tta_augments_both_frames_exports_and_refuses_token_inputs_in_one_line(t
     assert "\n" not in tokens.error
 
 
-def test_channel_pruning_traces_positional_inputs_and_refuses_keyword_ones(tmp_path):
-    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}"
-                 "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
-    tokens = run(tmp_path / "tokens", f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}"
-                 "passes: [{prune_l1: {mode: channels, amount: 0.25}}]\n")
+@pytest.mark.parametrize(
+    ("stage", "refusal"),
+    [
+        ("{prune_l1: {mode: channels, amount: 0.25}}", "takes input_ids, attention_mask by keyword; use mode: unstructured"),
+        ("{prune_channels: {amount: 0.25}}", "takes input_ids, attention_mask by keyword; give model.inputs as a list"),
+    ],
+)
+def test_channel_pruning_traces_positional_inputs_and_refuses_keyword_ones(tmp_path, stage, refusal):
+    frames = run(tmp_path / "frames", f"model:\n  source: python:several_inputs_toys:two_frame\n{FRAMES}{QUICK}passes: [{stage}]\n")
+    tokens = run(tmp_path / "tokens", f"model:\n  source: python:several_inputs_toys:tiny_encoder\n{TOKENS}{QUICK}passes: [{stage}]\n")
 
     assert [s.status for s in frames.stages] == ["ok", "ok"], frames.error
     assert frames.stages[1].metrics.params < frames.stages[0].metrics.params
     assert [s.status for s in tokens.stages] == ["ok", "failed"]
-    assert "takes input_ids, attention_mask by keyword; use mode: unstructured" in tokens.error
+    assert refusal in tokens.error and "\n" not in tokens.error
 
 
 def test_report_json_records_the_inputs(tmp_path):
@@ -396,9 +404,9 @@ def test_finetune_trains_a_token_model_on_a_dataset_of_input_dicts(tmp_path):
     assert report.stages[1].metrics.drift.cosine < 1.0  # the weights moved
 
 
-def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(tmp_path):
+def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width_and_heads(tmp_path):
     """BERT from a config: finetune on ({input_ids, attention_mask}, label) samples; channel pruning (positional inputs)
-    narrows the MLPs and leaves the attention heads whole (reshaped into heads: no module rule for them yet)."""
+    narrows the MLPs and removes whole attention heads (the transformers module rule: 2 heads of 16 -> 1)."""
     pytest.importorskip("transformers")
     train = "data:\n  train: {source: 'python:several_inputs_toys:token_samples', batch_size: 4}\n"
     report = run(tmp_path, hf_bert_section(config=BERT_CONFIG) + QUICK + train + "passes: [{finetune: {max_steps: 2, teacher: none}}]\n")
@@ -411,5 +419,6 @@ def test_hf_bert_finetunes_on_a_dataset_of_token_dicts_and_prunes_its_mlp_width(
     assert [s.status for s in pruned.stages] == ["ok", "ok"], pruned.error
     channels = pruned.stages[1].details["channels"]
     assert channels["model.bert.encoder.layer.0.intermediate.dense"] == [64, 32]
-    assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 32]
+    assert channels["model.bert.encoder.layer.0.attention.self.query"] == [32, 16]
+    assert set(pruned.stages[1].details["rules_used"].values()) == {"transformers.models.bert.modeling_bert.BertSelfAttention"}
     assert pruned.stages[1].metrics.macs < pruned.stages[0].metrics.macs

@@ -66,25 +66,37 @@ def class_path(obj: object) -> str:
 
 @dataclass(frozen=True)
 class AttentionHeads:
-    """Multi-head attention with one fused qkv projection, for channel pruning by whole heads.
+    """Multi-head attention, for channel pruning by whole heads.
 
-    The module computes ``qkv = Linear(x)``, whose rows are laid out as ``layout`` over
-    ``(3, num_heads, head_dim)`` (timm's ``Attention``: ``("qkv", "heads", "dim")``), attention per
-    head, and ``proj = Linear(num_heads * head_dim -> out)`` over the heads' outputs side by side.
-    A head is one unit of pruning: its q, k and v rows of ``qkv`` and its columns of ``proj`` go
+    The module projects its input (channels last) to queries, keys and values, runs attention per
+    head, and puts the heads' outputs side by side (``num_heads * head_dim`` channels). Either one
+    fused Linear computes q, k and v, its rows laid out as ``layout`` over ``(3, num_heads,
+    head_dim)`` (timm's ``Attention``: ``qkv="qkv"``, ``("qkv", "heads", "dim")``), or three
+    Linears compute them apart, each with rows ``(num_heads, head_dim)`` (transformers' BERT and
+    ViT: ``qkv=("query", "key", "value")``). An output projection ``proj`` inside the module reads
+    the heads' outputs; with ``proj=None`` the module returns them, and the operator rules follow
+    their channels into whatever reads them (BERT's ``BertSelfOutput.dense``, a sibling module).
+
+    A head is one unit of pruning: its q, k and v rows and its columns of the projection go
     together, ``head_dim`` (and the softmax scale) stays as trained, and the attribute
-    ``num_heads`` is set to the heads kept.
+    ``num_heads`` is set to the heads kept. Any other 4-d output with ``num_heads`` in dimension 1
+    (the attention probabilities, ``[batch, heads, queries, keys]``) loses the same heads.
 
     Attributes:
-        qkv: the name of the child ``nn.Linear`` computing q, k and v.
-        proj: the name of the child ``nn.Linear`` after attention.
+        qkv: the name of the child ``nn.Linear`` computing q, k and v, or the names of three
+            children computing q, k and v apart (dotted paths below the module are allowed).
+        proj: the name of the child ``nn.Linear`` after attention, or ``None`` when the module
+            returns the heads' outputs side by side.
         num_heads: the module's attribute holding the number of heads.
         head_dim: the module's attribute holding the width of one head.
-        layout: the order of the axes of ``qkv``'s output rows.
+        layout: the order of the axes of a fused ``qkv``'s output rows.
+
+    Example:
+        >>> AttentionHeads(qkv=("query", "key", "value"), proj=None, num_heads="num_attention_heads", head_dim="attention_head_size")
     """
 
-    qkv: str = "qkv"
-    proj: str = "proj"
+    qkv: str | tuple[str, str, str] = "qkv"
+    proj: str | None = "proj"
     num_heads: str = "num_heads"
     head_dim: str = "head_dim"
     layout: tuple[str, str, str] = ("qkv", "heads", "dim")
@@ -92,6 +104,17 @@ class AttentionHeads:
     def __post_init__(self) -> None:
         if set(self.layout) != _LAYOUT_AXES or len(self.layout) != 3:
             raise ValueError(f"AttentionHeads.layout must order 'qkv', 'heads' and 'dim', got {self.layout!r}")
+        fused = isinstance(self.qkv, str) and bool(self.qkv)
+        apart = isinstance(self.qkv, tuple) and len(self.qkv) == 3 and all(isinstance(n, str) and n for n in self.qkv)
+        if not (fused or apart):
+            raise ValueError(f"AttentionHeads.qkv must name one fused Linear or three (q, k, v), got {self.qkv!r}")
+        if self.proj is not None and (not isinstance(self.proj, str) or not self.proj):
+            raise ValueError(f"AttentionHeads.proj must name a Linear or be None, got {self.proj!r}")
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        """The Linears computing q, k and v: one fused, or three apart."""
+        return (self.qkv,) if isinstance(self.qkv, str) else self.qkv
 
 
 @dataclass(frozen=True)

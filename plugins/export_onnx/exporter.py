@@ -17,6 +17,7 @@ order), so the recorded structure puts ONNX outputs back into the model's own tu
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import time
@@ -187,9 +188,16 @@ def dynamic_dims(example: ExampleInputs, dynamic_batch: bool) -> list[dict[int, 
 
 
 def _dynamic_shapes(module: nn.Module, example: ExampleInputs) -> tuple[Any, ...]:
-    """torch.export's ``dynamic_shapes``: one entry per argument of ``forward`` (the wrapper's ``*tensors`` is one)."""
+    """torch.export's ``dynamic_shapes``: one entry per argument of ``forward``, where a ``*args``
+    (the wrapper's ``*tensors``, a model's ``forward(*args, **kwargs)``) is one entry for all it takes."""
     dims = tuple(dynamic_dims(example, True))
-    return (dims,) if isinstance(module, _PositionalCall) else dims
+    named = 0
+    for parameter in inspect.signature(module.forward).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*dims[:named], dims[named:])
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            named += 1
+    return dims
 
 
 def _export_dynamo(

@@ -145,16 +145,15 @@ class PruneChannels(Pass):
             StageError: an unknown criterion, a criterion that returns a wrong shape, or a target not reached.
         """
         options = self.options
-        ctx.require_single_input(self.name)  # its trace and cost targets feed one input tensor
+        example = self._example(ctx)
         criterion = self._criterion(ctx)
         detector = torchvision_detector(model)
         if detector is not None:
-            self._refuse_for_detector(detector)
+            self._refuse_whole_model_options(f"torchvision's {detector} is pruned in its backbone alone, on its transformed example input")
         excluded, keep = channel_limits(model, options, ctx.details, self.name)
         whole = current = copy.deepcopy(model).eval()
-        example = ctx.example_input
         if detector is not None:  # the backbone alone: see optkit_plugins.prune_l1.detectors
-            current, example = backbone_to_prune(whole, detector, example, ctx.details)
+            current, example = backbone_to_prune(whole, detector, ctx.require_single_input(self.name), ctx.details)
         target = options.target
         with self._cost(target, current, ctx) as ratio_of:
             pruned = self._prune(current, example, criterion, excluded, keep, target, ratio_of, ctx)
@@ -166,7 +165,7 @@ class PruneChannels(Pass):
     def _prune(
         self,
         current: nn.Module,
-        example: torch.Tensor,
+        example: torch.Tensor | tuple[torch.Tensor, ...],
         criterion: Importance,
         excluded: list[str],
         keep: dict[str, str],
@@ -244,9 +243,34 @@ class PruneChannels(Pass):
             with LatencyRatio(model, ctx.example_input, ctx.device, target.runtime or "torch") as timed:
                 yield timed
 
-    def _refuse_for_detector(self, detector: str) -> None:
-        """The options that run the whole model on data or measure it refuse a torchvision detector,
-        whose backbone alone is pruned (on the batch its transform makes of the example input).
+    def _example(self, ctx: PassContext) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """What the channel trace runs the model on: the one input tensor, or the tuple of several
+        positional inputs (a model of several is pruned by ``amount`` on its example inputs alone).
+
+        Raises:
+            StageError: the model takes inputs by keyword, or several inputs with an option that
+                needs one (see :meth:`_refuse_whole_model_options`).
+        """
+        inputs = ctx.example_inputs
+        if inputs.single:
+            return ctx.example_input
+        if inputs.kwargs:
+            raise StageError(
+                f"{self.name} traces models called with positional inputs, and this one takes {', '.join(inputs.kwargs)} "
+                "by keyword; give model.inputs as a list"
+            )
+        self._refuse_whole_model_options(
+            f"a model of {len(inputs.args)} inputs ({', '.join(inputs.names)}) is traced on its example inputs"
+        )
+        return tuple(inputs.args)
+
+    def _refuse_whole_model_options(self, what: str) -> None:
+        """The options that run the whole model on data or measure it refuse a model pruned on its
+        example input alone (a torchvision detector's backbone, on the batch its transform makes of
+        the example input; a model of several inputs).
+
+        Args:
+            what: the model and how it is pruned, the start of the message.
 
         Raises:
             StageError: ``target``, ``importance: taylor``, ``allocation: sensitivity`` or ``steps`` > 1.
@@ -264,8 +288,7 @@ class PruneChannels(Pass):
         ]
         if used:
             raise StageError(
-                f"{self.name}: torchvision's {detector} is pruned in its backbone alone, on its transformed example input, "
-                f"which {', '.join(used)} cannot use (they measure or train the whole model on data); use amount with "
+                f"{self.name}: {what}, which {', '.join(used)} cannot use (they measure or train the whole model on data); use amount with "
                 "importance l1, l2, bn_scale or random and allocation uniform or global"
             )
 
