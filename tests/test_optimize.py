@@ -280,11 +280,14 @@ def test_on_unlabeled_data_the_budget_is_agreement_with_the_eager_model(digits: 
     # data.eval without labels (-1): the budget holds each candidate's top-1 agreement with the eager model.
     path = tmp_path / "unlabeled.yaml"
     eval_data = f'eval: {{source: "python:optimize_toys:unlabeled", kwargs: {{root: "{digits.root / "val"}"}}, batch_size: 120}}'
-    path.write_text(_pipeline_text(digits.root).replace('eval: {source: "imagefolder:val", batch_size: 120}', eval_data))
+    text = _pipeline_text(digits.root).replace('eval: {source: "imagefolder:val", batch_size: 120}', eval_data)
+    path.write_text(text.replace("iters: 5, threads: 1", "iters: 5"))  # threads unset: the search times with one
     result = _search(path, tmp_path / "out", InProcessExecutor())
     assert result.to_dict()["judged_by"] == "agreement" and result.baseline.top1 == 1.0
     by_name = {c.name: c for c in result.candidates}
     assert by_name["fuse"].top1 == by_name["fuse"].metrics["agreement"]["top1"] >= 0.98 and by_name["fuse"].status == "timed"
+    # Its pipeline file times with the threads the search timed with, so optkit run reproduces the speed-up.
+    assert yaml.safe_load(Path(by_name["fuse"].pipeline_file).read_text())["measure"]["threads"] == 1
     # Halving the MACs without fine-tuning changes most predictions of the digits CNN: over the budget.
     pruned = by_name["prune-macs0.5"]
     assert pruned.top1 is not None and pruned.top1 < 0.9 and pruned.status == "over budget" and "points lost" in pruned.note

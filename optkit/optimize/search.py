@@ -394,7 +394,7 @@ def _time_side_by_side(
         return None
     # One thread each unless measure.threads says otherwise: on a loaded machine a multi-threaded
     # runtime waits for its slowest thread, and runtimes called in turn fight over the cores.
-    threads = pipeline.measure.threads or 1
+    threads = timing_threads(pipeline)
     settings = pipeline.measure.model_copy(update={"latency": True, "compare": "interleaved", "threads": threads})
     notes.append(
         f"timed with {threads} intra-op thread{'s' if threads > 1 else ''} for torch and onnxruntime alike"
@@ -417,6 +417,11 @@ def _time_side_by_side(
         if candidate is not baseline:
             candidate.status = "timed"
     return timing.summary.model_dump(mode="json", exclude_none=True)
+
+
+def timing_threads(pipeline: Pipeline) -> int:
+    """Intra-op threads of the side-by-side timing: ``measure.threads``, else one."""
+    return pipeline.measure.threads or 1
 
 
 def _load_product(candidate: Candidate, pipeline: Pipeline, device: Any, threads: int) -> Any:
@@ -462,6 +467,8 @@ def _write_pipeline(pipeline: Pipeline, candidate: Candidate, folder: Path) -> P
     model, _ = absolute_sections(pipeline)
     passes = [step.as_pass_item() for step in candidate.chain]
     document = pipeline_document(pipeline, model, passes, folder.parent / "reruns" / candidate.name, latency=True)
+    # The threads the search timed with (rung 4), so that optkit run reproduces its speed-up.
+    document["measure"]["threads"] = timing_threads(pipeline)
     path = folder / f"{candidate.name}.yaml"
     header = f"# optkit optimize candidate {candidate.name}: optkit run {path.name}\n"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False, default_flow_style=None), encoding="utf-8")
