@@ -24,6 +24,7 @@ from optkit_plugins.quantize_onnx.graph import (
     COMPUTE_OPS,
     Exclusion,
     GraphInput,
+    detection_postprocess,
     graph_inputs,
     op_census,
     refuse_quantized,
@@ -234,7 +235,8 @@ class QuantizeOnnx(Pass):
                 onnx.save(convert_fp16(float_model, exclusion), str(target))
             else:
                 prepared = self._prepare(source.path, Path(work), details)
-                exclusion = resolve_exclude(onnx.load(str(prepared), load_external_data=False), options.exclude, float_model)
+                graph = onnx.load(str(prepared), load_external_data=False)
+                exclusion = _keep_postprocess(graph, resolve_exclude(graph, options.exclude, float_model), details)
                 self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source)
         ctx.artifact_path(name)
         details["exclude"] = exclusion.matched or {}
@@ -250,9 +252,16 @@ class QuantizeOnnx(Pass):
         if not on_data:
             # The runner holds the similarity bounds to these figures (report.json's similarity_gate).
             fixed_batch = graph_inputs(float_model)[0].fixed_batch
-            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_inputs, ctx.device, fixed_batch)
+            gate = details["similarity_gate"] = seeded_similarity(source, target, ctx.example_inputs, ctx.device, fixed_batch)
+            if gate.get("warning"):
+                ctx.logger.warning("quantize_onnx: similarity gate: %s", gate["warning"])
         where = "data.eval" if on_data else details["similarity_gate"]["on"]
         details["tolerance"] = self.tolerance().describe() + f" against the float ONNX model (on {where})"
+        if not on_data and "detections" in details["similarity_gate"]:
+            details["tolerance"] += (
+                "; for detections, top-1 agreement is the share of the float model's detections the quantized one finds "
+                "(same label, IoU >= 0.5) and the cosine that of the matched boxes and scores"
+            )
         return dataclasses.replace(source, path=target, source_model=model)
 
     def _int8_scheme(self, details: dict[str, Any], mode: str | None = None) -> Int8Settings:
@@ -281,9 +290,9 @@ class QuantizeOnnx(Pass):
             details["preprocess"] = "off"
             return source
         prepared = work / "preprocessed.onnx"
-        failure = preprocess(source, prepared)
-        details["preprocess"] = "quant_pre_process" if failure is None else f"failed, quantized as exported: {failure}"
-        return source if failure is not None else prepared
+        done = preprocess(source, prepared)
+        details["preprocess"] = done
+        return source if done.startswith("failed") else prepared
 
     def _quantize_int8(
         self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
@@ -405,7 +414,7 @@ class QuantizeOnnx(Pass):
             on = f"{taken} samples of data.eval"
         else:
             batches, on = [gate_batch(ctx.example_inputs)], "the similarity gate's seeded batch"
-        similarity = Similarity(load(source.path), batches, load)
+        similarity = Similarity(load(source.path), batches, load, graph[0].fixed_batch)
 
         def holds(cosine: float, top1: float | None) -> bool:
             low_cosine = options.min_cosine is not None and cosine < options.min_cosine
@@ -453,7 +462,12 @@ class QuantizeOnnx(Pass):
             "float_op_types": sorted({n.op_type for n in model.graph.node if n.op_type in COMPUTE_OPS} - set(DYNAMIC_OPS))
             if candidate.mode == "dynamic"
             else [],
-            "compared_on": f"{similarity.samples} samples: {on}",
+            "compared_on": f"{similarity.samples} samples: {on}"
+            + (
+                f"; detections matched by {similarity.detections['matched_by']} ({similarity.detections['reference']} float detections)"
+                if similarity.detections
+                else ""
+            ),
             "candidates": [trial.as_dict() for trial in search.trials],
         }
         if not chosen.holds:
@@ -467,6 +481,19 @@ class QuantizeOnnx(Pass):
             )
             details["auto"]["note"] = note
             ctx.logger.warning("quantize_onnx: %s", note)
+
+
+def _keep_postprocess(graph: Any, exclusion: Exclusion, details: dict[str, Any]) -> Exclusion:
+    """``exclusion`` and, for a detector exported with its postprocess, that postprocess (recorded in ``details``)."""
+    postprocess = [name for name in detection_postprocess(graph) if name not in exclusion.nodes]
+    if not postprocess:
+        return exclusion
+    details["detection_postprocess"] = {
+        "kept_in_float": len(postprocess),
+        "why": "a detector's postprocess (anchors, box decoding, score thresholds, top-k, NMS) computes pixel coordinates "
+        "and the scores NMS sorts: int8 would put them on a 256-step grid; the network (backbone, heads) is quantized",
+    }
+    return dataclasses.replace(exclusion, nodes=(*exclusion.nodes, *postprocess))
 
 
 @hookimpl
