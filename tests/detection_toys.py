@@ -139,3 +139,23 @@ class ConvNMSDetector(nn.Module):
 
 def conv_nms_detector() -> nn.Module:
     return ConvNMSDetector().eval()
+
+
+class SharedHead(nn.Module):
+    """One convolution (non-zero bias) applied to two feature levels of very different ranges, as an RPN or
+    RetinaNet head is applied to every FPN level: the exported graph has two Convs reading one bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+        nn.init.constant_(self.head.bias, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.stem(x))
+        return torch.cat([self.head(features).flatten(1), self.head(features * 20).flatten(1)], 1)
+
+
+def shared_head() -> nn.Module:
+    return SharedHead().eval()

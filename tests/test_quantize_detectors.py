@@ -93,3 +93,23 @@ def test_int8_of_a_detector_keeps_its_postprocess_in_float_and_gates_on_matched_
     assert gate["samples"] == 32 and gate["detections"]["reference"] == 320  # 10 detections per image
     assert gate["top1"] >= 0.95 and gate["cosine"] >= 0.99, gate
     assert "top-1 agreement is the share of the float model's detections" in stage.details["tolerance"]
+
+
+def test_a_bias_shared_by_two_convolutions_is_quantized_at_each_ones_scale(tmp_path):
+    """onnxruntime's static quantizer stores a bias at the scale of the first Conv that reads it and reuses
+    it: the second level's bias came out 20x too large (its input range is 20x the first's)."""
+    pipeline = {
+        "model": {"source": "python:detection_toys:shared_head", "input_shape": [1, 3, 8, 8]},
+        "measure": {"latency": False},
+        "passes": [
+            {"export_onnx": {"exporter": "torchscript"}},
+            {"quantize_onnx": {"calibration": {"random": True, "batches": 2}, "min_top1_agreement": None}},
+        ],
+        "output": str(tmp_path / "run"),
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
+    report, _ = run_pipeline(tmp_path / "p.yaml")
+    stage = report.stages[-1]
+    assert report.status == "ok", stage.error
+    assert stage.details["biases_copied"] == 2 and stage.details["graph"]["ops"]["QLinearConv"] == 3
+    assert stage.details["similarity_gate"]["cosine"] >= 0.99

@@ -35,12 +35,16 @@ def call_by_image(run: Callable[..., Any], batch: ExampleInputs, fixed_batch: in
     Samples beyond the last whole slice are left out."""
     if fixed_batch is None or batch.batch_size <= fixed_batch:
         return batch.call(run)
-    first = batch.map(lambda tensor, _: tensor[:fixed_batch]).call(run)
+
+    def part(start: int) -> Any:
+        return batch.map(lambda tensor, _: tensor[start : start + fixed_batch]).call(run)
+
+    first = part(0)
     if not is_detections(first):
         return batch.call(run)
     images = list(first)
     for start in range(fixed_batch, batch.batch_size - fixed_batch + 1, fixed_batch):
-        images.extend(batch.map(lambda tensor, _, start=start: tensor[start : start + fixed_batch]).call(run))
+        images.extend(part(start))
     return images
 
 

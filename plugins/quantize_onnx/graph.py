@@ -21,6 +21,7 @@ __all__ = [
     "op_census",
     "COMPUTE_OPS",
     "detection_postprocess",
+    "own_biases",
 ]
 
 #: Op types that carry a model's multiply-accumulates: what "left in float" is counted over.
@@ -228,3 +229,39 @@ def detection_postprocess(model: onnx.ModelProto) -> list[str]:
             if types.get(name, onnx.TensorProto.FLOAT) in floats:
                 pending.append(source)
     return [node.name for node in (*nodes, *inner) if id(node) not in network and node.name]
+
+
+def own_biases(model: onnx.ModelProto) -> list[str]:
+    """Give every Conv and Gemm of the main graph a bias initializer of its own, in place.
+
+    onnxruntime's static quantizer stores a bias as int32 at the scale ``input scale x weight scale`` of
+    the first node that reads it, and later readers reuse it: where the exporter shares one bias (an RPN
+    or RetinaNet head applied to every FPN level; equal zero biases, deduplicated) the other nodes get a
+    bias at another node's scale, or an initializer quantized for another operator (BERT's LayerNorm bias
+    read by its pooler's Gemm). A bias read through an ``Identity`` of an initializer (TorchScript's way to
+    share) is copied too, since the quantizer reads only initializers.
+
+    Returns:
+        the names of the nodes given a copy.
+    """
+    import onnx
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    identity_of = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity" and node.input[0] in initializers}
+    readers: Counter[str] = Counter(name for node in graph.node for name in node.input)
+    copied = []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+            continue
+        bias = node.input[2]
+        source = identity_of.get(bias, bias)
+        if source not in initializers or (source == bias and readers[bias] == 1):
+            continue
+        own = onnx.TensorProto()
+        own.CopyFrom(initializers[source])
+        own.name = f"{source}/{node.name or len(copied)}"
+        graph.initializer.append(own)
+        node.input[2] = own.name
+        copied.append(node.name)
+    return copied

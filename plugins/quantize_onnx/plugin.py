@@ -27,6 +27,7 @@ from optkit_plugins.quantize_onnx.graph import (
     detection_postprocess,
     graph_inputs,
     op_census,
+    own_biases,
     refuse_quantized,
     resolve_exclude,
 )
@@ -235,7 +236,12 @@ class QuantizeOnnx(Pass):
                 onnx.save(convert_fp16(float_model, exclusion), str(target))
             else:
                 prepared = self._prepare(source.path, Path(work), details)
-                graph = onnx.load(str(prepared), load_external_data=False)
+                graph = onnx.load(str(prepared))
+                owned = own_biases(graph)
+                if owned:
+                    details["biases_copied"] = len(owned)  # shared biases: each node quantizes its own (own_biases)
+                    prepared = Path(work) / "own_biases.onnx"
+                    onnx.save_model(graph, str(prepared), save_as_external_data=True, location=f"{prepared.name}.data")
                 exclusion = _keep_postprocess(graph, resolve_exclude(graph, options.exclude, float_model), details)
                 self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source)
         ctx.artifact_path(name)
