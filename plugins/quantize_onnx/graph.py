@@ -250,7 +250,7 @@ def own_biases(model: onnx.ModelProto) -> list[str]:
     initializers = {init.name: init for init in graph.initializer}
     identity_of = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity" and node.input[0] in initializers}
     readers: Counter[str] = Counter(name for node in graph.node for name in node.input)
-    copied = []
+    copied: list[str] = []
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
             continue
