@@ -108,3 +108,54 @@ class ToyBoxListDetector(nn.Module):
                 }
             )
         return detections
+
+
+class ConvNMSDetector(nn.Module):
+    """A small network (two convolutions, zero biases: TorchScript's export shares them through an Identity)
+    and a torchvision-like postprocess: one box per pixel decoded from the features, scores, NMS, top 10,
+    returned as per-image dicts. Exports with NonMaxSuppression, like torchvision's detectors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+        for conv in (self.stem, self.head):
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        import torchvision
+
+        features = self.head(torch.relu(self.stem(x)))[0]  # [4, H, W]: score logit, two size offsets, class logit
+        rows, cols = torch.meshgrid(torch.arange(x.shape[2]), torch.arange(x.shape[3]), indexing="ij")
+        corner = torch.stack([cols, rows], -1).flatten(0, 1).float()
+        size = 2.0 + 4.0 * features[1:3].flatten(1).t().sigmoid()
+        boxes = torch.cat([corner, corner + size], 1)
+        scores = features[0].flatten().sigmoid()
+        labels = (features[3].flatten() > 0).long() + 1
+        keep = torchvision.ops.nms(boxes, scores, 0.5)[:10]
+        return [{"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}]
+
+
+def conv_nms_detector() -> nn.Module:
+    return ConvNMSDetector().eval()
+
+
+class SharedHead(nn.Module):
+    """One convolution (non-zero bias) applied to two feature levels of very different ranges, as an RPN or
+    RetinaNet head is applied to every FPN level: the exported graph has two Convs reading one bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+        nn.init.constant_(self.head.bias, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.stem(x))
+        return torch.cat([self.head(features).flatten(1), self.head(features * 20).flatten(1)], 1)
+
+
+def shared_head() -> nn.Module:
+    return SharedHead().eval()

@@ -10,8 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from optkit import run_pipeline
 from optkit.errors import StageError
 from optkit.passes import PassContext
 from optkit.results import DriftComparison
@@ -440,3 +442,27 @@ def test_the_artifact_session_does_not_spin_between_calls(tmp_path):
     artifact, _ = export(make_model(), tmp_path)
     options = artifact.session(torch.device("cpu")).get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def data_dependent_branch() -> nn.Module:
+    return make_model(DataDependentBranch)
+
+
+def test_what_torch_export_prints_while_failing_goes_to_the_report_not_the_console(tmp_path, capfd):
+    """torch.export prints the partial graph of a failed export to stderr (a detector's: ~850 lines, twice);
+    the fallback to TorchScript keeps it out of the console, in library_warnings and the debug log."""
+    pipeline = {
+        "model": {"source": "python:test_export_onnx:data_dependent_branch", "input_shape": [1, 3, 16, 16]},
+        "measure": {"latency": False},
+        "passes": ["export_onnx"],
+        "output": str(tmp_path / "run"),
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
+    capfd.readouterr()
+    report, _ = run_pipeline(tmp_path / "p.yaml")
+    printed = capfd.readouterr()
+    stage = report.stages[1]
+    assert report.status == "ok" and stage.details["exporter"] == "torchscript"
+    assert "def forward" not in printed.err + printed.out
+    (kept,) = [line for line in stage.details["library_warnings"] if "torch.onnx.export (dynamo) printed" in line]
+    assert kept.startswith("UserWarning: torch.onnx.export (dynamo) printed ") and "kept in the debug log" in kept

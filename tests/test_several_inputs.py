@@ -304,8 +304,10 @@ def test_hf_bert_with_given_inputs_runs_baseline_export_and_static_int8(tmp_path
     report = run(tmp_path, hf_bert_section(config=BERT_CONFIG) + TOKENS + QUICK + INT8_STATIC)
 
     assert [s.status for s in report.stages] == ["ok"] * 3, report.error
-    # onnxruntime's pre-processing stops short on BERT and saves its temporary model in the working directory
-    assert report.stages[2].details["preprocess"].startswith("failed") and not list(cwd.iterdir())
+    # onnxruntime's symbolic shape inference stops short on BERT (and saves its temporary model in the working
+    # directory): pre-processing runs again without it
+    assert report.stages[2].details["preprocess"].startswith("quant_pre_process without symbolic shape inference")
+    assert not list(cwd.iterdir())
     bert = transformers.BertForSequenceClassification(transformers.BertConfig(**BERT_CONFIG, attn_implementation="eager"))
     sample = ExampleInputs.sample(
         [InputDef("input_ids", (1, 32), torch.int64, 0, 100, True), InputDef("attention_mask", (1, 32), torch.int64, 1, 2, True)], seed=0

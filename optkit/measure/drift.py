@@ -247,7 +247,9 @@ def tolerance_failure(
     """Why a stage breaks ``tolerance``, each bound it sets, against the stage before; or ``None``.
 
     The element-wise bound (``atol``/``rtol``) is checked on ``drift`` (the seeded batch, where
-    exact arithmetic must agree on any input). The similarity bounds (``cosine``,
+    exact arithmetic must agree on any input). Outputs that are not comparable fail, except per-image
+    detections held to similarity bounds on ``on_data``: a quantized detector's lists differ in count
+    and order, and its pass compares them (matched by IoU). The similarity bounds (``cosine``,
     ``top1_agreement``) are checked on ``on_data`` when given (the stage against the stage before
     on data.eval: :func:`optkit.measure.accuracy.similarity_to`), else on ``drift``: a quantized
     model is calibrated for real inputs, and the seeded batch of random values is not one.
@@ -259,7 +261,10 @@ def tolerance_failure(
             more samples than the seeded batch (a pass's ``similarity_gate``), or ``None``.
         where: the samples ``on_data`` covers, for the message.
     """
-    if not drift.comparable:
+    elementwise = tolerance.atol is not None and tolerance.rtol is not None
+    # Per-image detections of another count or order (a quantized detector's) are compared by the pass's
+    # own gate (on_data: detections matched by IoU), when only similarity bounds apply.
+    if not drift.comparable and not (drift.detections and on_data is not None and not elementwise):
         return _shape_change(drift)
     if tolerance.atol is not None and tolerance.rtol is not None:
         problem = drift_exceeds(drift, tolerance.atol, tolerance.rtol)

@@ -145,6 +145,31 @@ def symbolic_batch_dim(model: onnx.ModelProto) -> str | None:
 
 
 @contextlib.contextmanager
+def _printed_to_stderr() -> Iterator[None]:
+    """Keep what the block prints to ``sys.stderr`` off the console; afterwards (also when it raises) the
+    whole text goes to the debug log and one line, as a :class:`UserWarning`, to the stage's
+    ``details.library_warnings`` (the runner records warnings there instead of printing them).
+
+    torch.export prints the partial FX graph of a failed export to ``sys.stderr`` (hundreds of lines for
+    a detector whose postprocess has data-dependent shapes), before export_onnx falls back to TorchScript.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        text = printed.getvalue().strip()
+        if text:
+            log.debug("torch.onnx.export (dynamo) printed to stderr:\n%s", text)
+            first = next(line.strip() for line in text.splitlines() if line.strip())
+            warnings.warn(
+                f"torch.onnx.export (dynamo) printed {len(text.splitlines())} lines to stderr, kept in the debug log "
+                f"(torch.export's partial graph of a failed export, when it fails); the first: {first[:120]}",
+                stacklevel=1,
+            )
+
+
+@contextlib.contextmanager
 def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
     logger = logging.getLogger(name)
     previous = logger.level
@@ -213,6 +238,7 @@ def _export_dynamo(
     # opset conversion is logged with a traceback by onnxscript, and is reported by the caller
     # as the reason for the fallback instead.
     with (
+        _printed_to_stderr(),
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
         _quiet_logger("onnxscript.version_converter"),

@@ -35,6 +35,8 @@ from typing import Any, Literal
 import torch
 
 from optkit import ExampleInputs, compare_outputs, flatten_outputs, time_callable
+from optkit_plugins.quantize_onnx.detections import is_detections
+from optkit_plugins.quantize_onnx.gate import call_by_image, detection_similarity
 
 __all__ = ["Candidate", "Trial", "graph_family", "starting_candidates", "Similarity", "speed_versus_float", "AutoSearch"]
 
@@ -165,21 +167,38 @@ class Similarity:
         run_float: the float graph, called as the model is.
         batches: the evaluation samples.
         load: a quantized file → its callable (run like the float one).
+        fixed_batch: the graph's fixed batch size, if any (detections are then collected slice by slice).
     """
 
-    def __init__(self, run_float: Callable[..., Any], batches: Sequence[ExampleInputs], load: Callable[[Path], Callable[..., Any]]):
-        self.batches, self.load = list(batches), load
+    def __init__(
+        self,
+        run_float: Callable[..., Any],
+        batches: Sequence[ExampleInputs],
+        load: Callable[[Path], Callable[..., Any]],
+        fixed_batch: int | None = None,
+    ):
+        self.batches, self.load, self.fixed_batch = list(batches), load, fixed_batch
+        self.detections: dict[str, Any] | None = None
         self.reference = self._outputs(run_float)
         self.samples = sum(batch.batch_size for batch in self.batches)
 
-    def _outputs(self, run: Callable[..., Any]) -> list[torch.Tensor]:
-        per_batch = [flatten_outputs(batch.call(run)) for batch in self.batches]
+    def _outputs(self, run: Callable[..., Any]) -> Any:
+        outputs = [call_by_image(run, batch, self.fixed_batch) for batch in self.batches]
+        if all(is_detections(output) for output in outputs):
+            return [image for output in outputs for image in output]  # per-image detections: one list of every image
+        per_batch = [flatten_outputs(output) for output in outputs]
         return [torch.cat([leaves[i].detach().cpu().float() for leaves in per_batch]) for i in range(len(per_batch[0]))]
 
     def measure(self, path: Path) -> tuple[float, float | None]:
-        """Cosine and top-1 agreement of ``path``'s outputs with the float graph's."""
-        figures = compare_outputs(self._outputs(self.load(path)), self.reference)
-        return (-1.0 if figures.cosine is None else float(figures.cosine)), figures.top1_agreement
+        """Cosine and top-1 agreement of ``path``'s outputs with the float graph's; for per-image detections
+        those of the similarity gate (matched by IoU; ``detections``: the counts of the last call)."""
+        outputs = self._outputs(self.load(path))
+        if is_detections(self.reference) and is_detections(outputs):
+            figures = detection_similarity(outputs, self.reference)
+            self.detections = figures["detections"]
+            return float(figures["cosine"]), figures["top1"]
+        compared = compare_outputs(outputs, self.reference)
+        return (-1.0 if compared.cosine is None else float(compared.cosine)), compared.top1_agreement
 
 
 def speed_versus_float(

@@ -32,8 +32,10 @@ from optkit_plugins.quantize_onnx.graph import (
     COMPUTE_OPS,
     Exclusion,
     GraphInput,
+    detection_postprocess,
     graph_inputs,
     op_census,
+    own_biases,
     refuse_quantized,
     resolve_exclude,
 )
@@ -248,7 +250,13 @@ class QuantizeOnnx(Pass):
                 onnx.save(convert_fp16(float_model, exclusion), str(target))
             else:
                 prepared = self._prepare(source.path, Path(work), details)
-                exclusion = resolve_exclude(onnx.load(str(prepared), load_external_data=False), options.exclude, float_model)
+                graph = onnx.load(str(prepared))
+                owned = own_biases(graph)
+                if owned:
+                    details["biases_copied"] = len(owned)  # shared biases: each node quantizes its own (own_biases)
+                    prepared = Path(work) / "own_biases.onnx"
+                    onnx.save_model(graph, str(prepared), save_as_external_data=True, location=f"{prepared.name}.data")
+                exclusion = _keep_postprocess(graph, resolve_exclude(graph, options.exclude, float_model), details)
                 if not self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source):
                     details["exclude"] = exclusion.matched or {}
                     return dataclasses.replace(source, path=keep_float_graph(source.path, ctx), source_model=model)
@@ -266,9 +274,16 @@ class QuantizeOnnx(Pass):
         if not on_data:
             # The runner holds the similarity bounds to these figures (report.json's similarity_gate).
             fixed_batch = graph_inputs(float_model)[0].fixed_batch
-            details["similarity_gate"] = seeded_similarity(source, target, ctx.example_inputs, ctx.device, fixed_batch)
+            gate = details["similarity_gate"] = seeded_similarity(source, target, ctx.example_inputs, ctx.device, fixed_batch)
+            if gate.get("warning"):
+                ctx.logger.warning("quantize_onnx: similarity gate: %s", gate["warning"])
         where = "data.eval" if on_data else details["similarity_gate"]["on"]
         details["tolerance"] = self.tolerance().describe() + f" against the float ONNX model (on {where})"
+        if not on_data and "detections" in details["similarity_gate"]:
+            details["tolerance"] += (
+                "; for detections, top-1 agreement is the share of the float model's detections the quantized one finds "
+                "(same label, IoU >= 0.5) and the cosine that of the matched boxes and scores"
+            )
         return dataclasses.replace(source, path=target, source_model=model)
 
     def _int8_scheme(self, details: dict[str, Any], mode: str | None = None) -> Int8Settings:
@@ -297,9 +312,9 @@ class QuantizeOnnx(Pass):
             details["preprocess"] = "off"
             return source
         prepared = work / "preprocessed.onnx"
-        failure = preprocess(source, prepared)
-        details["preprocess"] = "quant_pre_process" if failure is None else f"failed, quantized as exported: {failure}"
-        return source if failure is not None else prepared
+        done = preprocess(source, prepared)
+        details["preprocess"] = done
+        return source if done.startswith("failed") else prepared
 
     def _quantize_int8(
         self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
@@ -426,7 +441,7 @@ class QuantizeOnnx(Pass):
             on = f"{taken} samples of data.eval"
         else:
             batches, on = [gate_batch(ctx.example_inputs)], "the similarity gate's seeded batch"
-        similarity = Similarity(load(source.path), batches, load)
+        similarity = Similarity(load(source.path), batches, load, graph[0].fixed_batch)
 
         def holds(cosine: float, top1: float | None) -> bool:
             low_cosine = options.min_cosine is not None and cosine < options.min_cosine
@@ -483,7 +498,11 @@ class QuantizeOnnx(Pass):
                 if candidate.mode == "dynamic"
                 else []
             )
-        auto["compared_on"] = f"{similarity.samples} samples: {on}"
+        auto["compared_on"] = f"{similarity.samples} samples: {on}" + (
+            f"; detections matched by {similarity.detections['matched_by']} ({similarity.detections['reference']} float detections)"
+            if similarity.detections
+            else ""
+        )
         auto["candidates"] = [trial.as_dict() for trial in search.trials]
         details["auto"] = auto
         if not chosen.holds:
@@ -511,6 +530,19 @@ def keep_float_graph(source: Path, ctx: PassContext) -> Path:
         ctx.artifact_path("model.onnx.data")
     onnx.save_model(graph, str(path), save_as_external_data=external, location="model.onnx.data")
     return path
+
+
+def _keep_postprocess(graph: Any, exclusion: Exclusion, details: dict[str, Any]) -> Exclusion:
+    """``exclusion`` and, for a detector exported with its postprocess, that postprocess (recorded in ``details``)."""
+    postprocess = [name for name in detection_postprocess(graph) if name not in exclusion.nodes]
+    if not postprocess:
+        return exclusion
+    details["detection_postprocess"] = {
+        "kept_in_float": len(postprocess),
+        "why": "a detector's postprocess (anchors, box decoding, score thresholds, top-k, NMS) computes pixel coordinates "
+        "and the scores NMS sorts: int8 would put them on a 256-step grid; the network (backbone, heads) is quantized",
+    }
+    return dataclasses.replace(exclusion, nodes=(*exclusion.nodes, *postprocess))
 
 
 @hookimpl

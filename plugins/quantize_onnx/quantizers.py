@@ -48,9 +48,27 @@ class Int8Settings:
     weight_type: str = "int8"
 
 
-def preprocess(source: Path, target: Path) -> str | None:
+def preprocess(source: Path, target: Path) -> str:
     """onnxruntime's recommended pre-processing (symbolic and ONNX shape inference, graph
-    optimization) of ``source`` into ``target``; returns why it failed (``target`` unwritten), or ``None``."""
+    optimization) of ``source`` into ``target``; returns what was done, for the report.
+
+    Where symbolic shape inference fails (data-dependent shapes: a detector's NonZero and
+    NonMaxSuppression, BERT's attention mask), it is skipped and the rest runs: ONNX shape inference
+    and the optimizer still fold what the exporter left (Identity nodes forwarding a shared
+    initializer, which the quantizer cannot read as a Conv bias). Returns ``"failed, ..."`` (``target``
+    unwritten) when that fails too: the graph is then quantized as exported.
+    """
+    first = _pre_process(source, target)
+    if first is None:
+        return "quant_pre_process"
+    second = _pre_process(source, target, skip_symbolic_shape=True)
+    if second is None:
+        return f"quant_pre_process without symbolic shape inference (it failed: {first})"
+    return f"failed, quantized as exported: {first}; without symbolic shape inference: {second}"
+
+
+def _pre_process(source: Path, target: Path, **options: bool) -> str | None:
+    """One call of ``quant_pre_process``; why it failed, or ``None``."""
     from onnxruntime.quantization import quant_pre_process
 
     try:
@@ -58,9 +76,9 @@ def preprocess(source: Path, target: Path) -> str | None:
         # sym_shape_infer_temp.onnx and its data into the working directory: it is made the
         # target's folder (a temporary one) for the call.
         with contextlib.chdir(target.parent):
-            quant_pre_process(str(source.resolve()), str(target.resolve()))
+            quant_pre_process(str(source.resolve()), str(target.resolve()), **options)
     # Shape inference and the optimizer run on arbitrary graphs and fail in many ways; the
-    # graph is then quantized as exported, and the report says why.
+    # caller says why.
     except Exception as exc:
         log.debug("quant_pre_process failed", exc_info=True)
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
