@@ -272,10 +272,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             continue
         chosen = row["chosen"] or {}
         kept = row.get("kept_in_float") or []
-        kept_text = f"{len(kept)} nodes" if kept else "none"
+        kept_text = "the whole graph" if row.get("rejected") else f"{len(kept)} nodes" if kept else "none"
         if row.get("float_op_types"):
             kept_text += f"; op types {', '.join(row['float_op_types'])}"
         gate = row["gate"]
+        if row.get("rejected"):  # float kept: the figures of the int8 it rejected, on the samples the search used
+            rejected = row["rejected"]
+            samples = (row.get("compared_on") or "").split(" ")[0]
+            gate = {"cosine": rejected["cosine"], "top1_agreement": rejected["top1_agreement"], "samples": f"{samples} (int8 rejected)"}
         top1 = "–" if gate.get("top1_agreement") is None else f"{gate['top1_agreement']:.3f}"
         latency = row.get("latency")
         if latency:
