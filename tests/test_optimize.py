@@ -305,6 +305,41 @@ def test_a_search_runs_its_jobs_as_ray_tasks(digits_pipeline: Path, tmp_path: Pa
     assert statuses["fuse"] == "timed" and statuses["prune-macs0.5"] == "over budget"
 
 
+def test_a_model_without_data_is_refused_in_one_line_and_model_flags_need_a_model(digits_pipeline: Path, tmp_path: Path, cli) -> None:
+    result = cli("optimize", "torchvision:resnet18", "--out", tmp_path / "out")
+    assert result.exit_code != 0 and "give --data" in result.output and not (tmp_path / "out").exists()
+    result = cli("optimize", digits_pipeline, "--data", tmp_path)
+    assert result.exit_code == 2 and "--data: only with a MODEL" in result.output
+
+
+def test_model_pipeline_makes_folders_absolute_and_keeps_other_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optkit.optimize.settings import model_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "val").mkdir()
+    document = model_pipeline("torchvision:resnet18", "val", train="imagefolder:train", input_shape=[1, 3, 64, 64], weights="none")
+    assert document["model"] == {"source": "torchvision:resnet18", "input_shape": [1, 3, 64, 64], "weights": "none"}
+    assert document["data"]["eval"]["source"] == f"imagefolder:{tmp_path / 'val'}"
+    assert document["data"]["train"] == {"source": f"imagefolder:{tmp_path / 'train'}", "shuffle": True}
+    assert model_pipeline("hf:bert", "python:my.mod:ds")["data"]["eval"]["source"] == "python:my.mod:ds"
+    assert model_pipeline("hf:bert", "python:my.mod:ds")["output"] == "runs/bert"
+
+
+@pytest.mark.slow  # a search of the digits CNN named on the command line
+def test_optimize_a_model_named_on_the_command_line(digits: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "opt"
+    result = cli(
+        "optimize", "python:optkit.data:digits_cnn", "--data", digits.root / "val", "--input-shape", "1,3,32,32",
+        "--runtime", "torch", "--budget-minutes", "2", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load((out / "pipeline.yaml").read_text())
+    assert written["model"]["source"] == "python:optkit.data:digits_cnn" and written["data"]["eval"]["source"].endswith("/val")
+    summary = json.loads((out / "optimize.json").read_text())
+    assert summary["baseline"]["top1"] is not None and summary["judged_by"] == "top-1"
+    assert {"fuse", "prune-macs0.5"} <= {c["name"] for c in summary["candidates"]}
+
+
 def test_optimize_without_eval_data_is_refused(host: Host, tmp_path: Path) -> None:
     from optkit.optimize.search import optimize
 

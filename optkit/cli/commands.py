@@ -374,7 +374,11 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 
 @cli.command(epilog=EXIT_CODES)
 @_common_options
-@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.argument("pipeline", metavar="PIPELINE_OR_MODEL", type=click.Path(path_type=Path))
+@click.option("--data", "data_source", help="With a MODEL: data.eval (an image folder, or python:pkg.mod:dataset; labels -1: agreement).")
+@click.option("--train", "train_source", help="With a MODEL: data.train, for fine-tuning after pruning.")
+@click.option("--input-shape", "-s", help="With a MODEL: its input batch shape (1,3,224,224).")
+@click.option("--weights", help="With a MODEL: none, a torchvision weights name (DEFAULT) or a checkpoint path.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), help="Top-1 a chosen model may lose (0.01: one point; default 0.01).")
 @click.option("--target", type=click.Choice(["latency", "macs", "size"]), help="What to minimise (default latency).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "torch"]), help="Where candidates run (default onnxruntime).")
@@ -386,8 +390,18 @@ def report(runs: tuple[Path, ...], output: Path, title: str | None) -> None:
 @click.option(
     "--out", "--output", "-o", "out", type=click.Path(path_type=Path), help="Search folder (default: the pipeline's output + -optimize)."
 )
-def optimize(pipeline: Path, no_cache: bool | None, out: Path | None, **given: Any) -> None:
-    """Find the fastest chain of passes for PIPELINE's model within an accuracy budget.
+def optimize(
+    pipeline: Path,
+    data_source: str | None,
+    train_source: str | None,
+    input_shape: str | None,
+    weights: str | None,
+    no_cache: bool | None,
+    out: Path | None,
+    **given: Any,
+) -> None:
+    """Find the fastest chain of passes for a model within an accuracy budget: PIPELINE's model and
+    data, or a MODEL (e.g. torchvision:resnet50) with --data.
 
     Candidate chains (fuse, prune to MAC targets, finetune, export, int8) are built from the
     installed passes, searched by successive halving within the time budget, timed side by side
@@ -402,6 +416,23 @@ def optimize(pipeline: Path, no_cache: bool | None, out: Path | None, **given: A
     from optkit.sweep.executors import make_executor
 
     host = session().host
+    model_flags = {"--data": data_source, "--train": train_source, "--input-shape": input_shape, "--weights": weights}
+    if not pipeline.is_file():
+        import yaml
+
+        from optkit.optimize.settings import model_pipeline
+        from optkit.run.info import parse_input_shape
+
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+        model = str(pipeline)
+        document = model_pipeline(model, data_source, train=train_source, input_shape=shape, weights=weights)
+        out = Path(out or f"{document['output']}-optimize")
+        out.mkdir(parents=True, exist_ok=True)
+        pipeline = out / "pipeline.yaml"  # the search's model and data, as a file that optkit run and optimize take
+        pipeline.write_text(f"# optkit optimize {model}: the model and data it searched from\n" + yaml.safe_dump(document, sort_keys=False))
+    elif any(value is not None for value in model_flags.values()):
+        named = ", ".join(flag for flag, value in model_flags.items() if value is not None)
+        raise click.UsageError(f"{named}: only with a MODEL; {pipeline} is a pipeline file, whose model: and data: sections say that")
     spec = load_pipeline(pipeline, host.get_pass, host.get_source, producers=host.passes_producing, get_dataset=host.get_dataset)
     given["cache"] = False if no_cache else None
     settings = merged_settings(spec.spec.optimize, given)
