@@ -48,6 +48,12 @@ def _accuracy(result: OptimizeResult) -> str:
     return "top-1" if result.baseline.judged_by == "top-1" else "agreement with the eager model"
 
 
+def _points(result: OptimizeResult) -> str:
+    """The budget in points: ``1 point``, ``0.5 points``."""
+    points = result.spec.max_accuracy_drop * 100
+    return f"{points:g} point{'' if points == 1 else 's'}"
+
+
 def _speedup(c: Candidate) -> str:
     figure = c.speedup or {}
     if figure.get("value") is None:
@@ -102,7 +108,7 @@ def _plot(result: OptimizeResult) -> bytes | None:
             floor,
             color="tab:orange",
             linestyle=":",
-            label=f"accuracy budget ({result.spec.max_accuracy_drop * 100:g} points of {_accuracy(result)})",
+            label=f"accuracy budget ({_points(result)} of {_accuracy(result)})",
         )
     ax.set(xscale="log", xlabel="p50 latency (ms, log; bars: 95% interval of the median)", ylabel=f"{_accuracy(result)} on data.eval (%)")
     ax.set_title("optkit optimize: latency against accuracy (marker size: file size; red: chosen)")
@@ -115,7 +121,7 @@ def _summary_lines(result: OptimizeResult) -> list[str]:
     chosen = result.chosen
     lines = [
         f"Budget {result.spec.budget_minutes:g} min, used {result.seconds / 60:.1f} min · target {result.spec.target} · "
-        f"runtime {result.spec.runtime} · at most {result.spec.max_accuracy_drop * 100:g} points of {_accuracy(result)} lost · "
+        f"runtime {result.spec.runtime} · at most {_points(result)} of {_accuracy(result)} lost · "
         f"executor {result.spec.executor}",
         f"Stages reused from the cache: {result.stages_reused} · computed: {result.stages_computed}"
         + (f" · cache {result.cache_dir}" if result.cache_dir else " · cache off"),
