@@ -95,6 +95,22 @@ def test_int8_of_a_detector_keeps_its_postprocess_in_float_and_gates_on_matched_
     assert "top-1 agreement is the share of the float model's detections" in stage.details["tolerance"]
 
 
+def test_a_detector_failing_the_gate_is_not_told_to_give_data_eval(tmp_path):
+    # data.eval holds classifier labels: for detections the fix is the bound alone.
+    quantize = {"mode": "static", "calibration": {"random": True, "batches": 2}, "min_cosine": 1.0}
+    pipeline = {
+        "model": {"source": "python:detection_toys:conv_nms_detector", "input_shape": [1, 3, 16, 16]},
+        "measure": {"latency": False},
+        "passes": [{"export_onnx": {"dynamic_batch": False}}, {"quantize_onnx": quantize}],
+        "output": str(tmp_path / "run"),
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
+    report, _ = run_pipeline(tmp_path / "p.yaml")
+    error = report.stages[-1].error or ""
+    assert report.status != "ok" and "lower the tolerance options of quantize_onnx to accept it" in error, error
+    assert "data.eval" not in error
+
+
 def test_a_bias_shared_by_two_convolutions_is_quantized_at_each_ones_scale(tmp_path):
     """onnxruntime's static quantizer stores a bias at the scale of the first Conv that reads it and reuses
     it: the second level's bias came out 20x too large (its input range is 20x the first's)."""
