@@ -275,36 +275,6 @@ def test_a_second_search_reuses_the_first_ones_stages_and_chosen_yaml_reproduces
     assert abs(final.accuracy.top1 - chosen.top1) <= 1 / final.accuracy.n + 1e-9  # one sample at most, as kernels round
 
 
-@pytest.mark.slow  # a search over three digits chains
-def test_on_unlabeled_data_the_budget_is_agreement_with_the_eager_model(digits: Path, tmp_path: Path) -> None:
-    # data.eval without labels (-1): the budget holds each candidate's top-1 agreement with the eager model.
-    path = tmp_path / "unlabeled.yaml"
-    eval_data = f'eval: {{source: "python:optimize_toys:unlabeled", kwargs: {{root: "{digits.root / "val"}"}}, batch_size: 120}}'
-    text = _pipeline_text(digits.root).replace('eval: {source: "imagefolder:val", batch_size: 120}', eval_data)
-    path.write_text(text.replace("iters: 5, threads: 1", "iters: 5"))  # threads unset: the search times with one
-    result = _search(path, tmp_path / "out", InProcessExecutor())
-    assert result.to_dict()["judged_by"] == "agreement" and result.baseline.top1 == 1.0
-    by_name = {c.name: c for c in result.candidates}
-    assert by_name["fuse"].top1 == by_name["fuse"].metrics["agreement"]["top1"] >= 0.98 and by_name["fuse"].status == "timed"
-    # Its pipeline file times with the threads the search timed with, so optkit run reproduces the speed-up.
-    assert yaml.safe_load(Path(by_name["fuse"].pipeline_file).read_text())["measure"]["threads"] == 1
-    # Halving the MACs without fine-tuning changes most predictions of the digits CNN: over the budget.
-    pruned = by_name["prune-macs0.5"]
-    assert pruned.top1 is not None and pruned.top1 < 0.9 and pruned.status == "over budget" and "points lost" in pruned.note
-
-
-@pytest.mark.slow  # starts a one-machine Ray
-def test_a_search_runs_its_jobs_as_ray_tasks(digits_pipeline: Path, tmp_path: Path, cli) -> None:
-    result = cli("optimize", digits_pipeline, "--executor", "ray", "--workers", "2", "--no-cache", "--out", tmp_path / "opt")
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "opt" / "optimize.json").read_text())
-    assert summary["settings"]["executor"] == "ray" and summary["stages_computed"] >= 3 and not summary["notes"][1:]
-    statuses = {c["name"]: c["status"] for c in summary["candidates"]}
-    assert sorted(statuses) == ["fuse", "prune-macs0.5", "prune-macs0.5+fuse"]
-    # fuse keeps the digits CNN's top-1, so it is computed and timed; pruning half the MACs without fine-tuning is over budget.
-    assert statuses["fuse"] == "timed" and statuses["prune-macs0.5"] == "over budget"
-
-
 def test_a_model_without_data_is_refused_in_one_line_and_model_flags_need_a_model(digits_pipeline: Path, tmp_path: Path, cli) -> None:
     result = cli("optimize", "torchvision:resnet18", "--out", tmp_path / "out")
     assert result.exit_code != 0 and "give --data" in result.output and not (tmp_path / "out").exists()
@@ -325,19 +295,37 @@ def test_model_pipeline_makes_folders_absolute_and_keeps_other_sources(tmp_path:
     assert model_pipeline("hf:bert", "python:my.mod:ds")["output"] == "runs/bert"
 
 
-@pytest.mark.slow  # a search of the digits CNN named on the command line
-def test_optimize_a_model_named_on_the_command_line(digits: Path, tmp_path: Path, cli) -> None:
+@pytest.mark.slow  # one search through the command line, its jobs as Ray tasks
+def test_a_model_named_on_the_command_line_searched_with_ray_on_unlabeled_data(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import optkit.data
+
+    # Ray's workers and each job import python:optimize_toys from here.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
+    weights = Path(optkit.data.__file__).parent / "digits_cnn.safetensors"  # the shipped, trained weights
     out = tmp_path / "opt"
     result = cli(
-        "optimize", "python:optkit.data:digits_cnn", "--data", digits.root / "val", "--input-shape", "1,3,32,32",
-        "--runtime", "torch", "--budget-minutes", "2", "--out", out,
+        "optimize", "python:optkit.data:digits_cnn", "--weights", weights, "--data", "python:optimize_toys:unlabeled_digits",
+        "--input-shape", "1,3,32,32", "--runtime", "torch", "--budget-minutes", "3", "--executor", "ray", "--workers", "2",
+        "--no-cache", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    written = yaml.safe_load((out / "pipeline.yaml").read_text())
-    assert written["model"]["source"] == "python:optkit.data:digits_cnn" and written["data"]["eval"]["source"].endswith("/val")
+    written = yaml.safe_load((out / "pipeline.yaml").read_text())  # what the search ran from
+    assert written["model"]["source"] == "python:optkit.data:digits_cnn" and written["data"]["eval"]["source"] == "python:optimize_toys:unlabeled_digits"
     summary = json.loads((out / "optimize.json").read_text())
-    assert summary["baseline"]["top1"] is not None and summary["judged_by"] == "top-1"
-    assert {"fuse", "prune-macs0.5"} <= {c["name"] for c in summary["candidates"]}
+    assert summary["settings"]["executor"] == "ray" and summary["stages_computed"] >= 3
+    # Labels -1: the budget is top-1 agreement with the eager model.
+    assert summary["judged_by"] == "agreement" and summary["baseline"]["top1"] == 1.0 and "agreement" in result.output
+    by_name = {c["name"]: c for c in summary["candidates"]}
+    assert by_name["fuse"]["status"] == "timed" and by_name["fuse"]["top1"] >= 0.98
+    # Halving the MACs without fine-tuning changes most of the trained CNN's predictions: over the budget.
+    pruned = by_name["prune-macs0.5"]
+    assert pruned["top1"] is not None and pruned["top1"] < 0.9 and pruned["status"] == "over budget"
+    # Each candidate's pipeline file times with the threads the search timed with (one: measure.threads unset).
+    assert yaml.safe_load(Path(by_name["fuse"]["pipeline_file"]).read_text())["measure"]["threads"] == 1
 
 
 def test_optimize_without_eval_data_is_refused(host: Host, tmp_path: Path) -> None:
