@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from optkit import run_pipeline
+from optkit import RunReport, run_pipeline
 from optkit_plugins.quantize_onnx.detections import match_detections
 from optkit_plugins.quantize_onnx.gate import detection_similarity
 from optkit_plugins.quantize_onnx.graph import detection_postprocess
@@ -72,9 +72,8 @@ def test_the_postprocess_of_a_graph_with_nms_is_what_the_convolutions_do_not_rea
     assert detection_postprocess(without_nms) == []
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
-def test_int8_of_a_detector_keeps_its_postprocess_in_float_and_gates_on_matched_detections(tmp_path, mode):
-    quantize = {"mode": mode, **({"calibration": {"random": True, "batches": 2}} if mode == "static" else {})}
+def quantize_toy_detector(tmp_path, quantize: dict) -> RunReport:
+    """The toy NMS detector exported at batch 1 and quantized with ``quantize``'s options."""
     pipeline = {
         "model": {"source": "python:detection_toys:conv_nms_detector", "input_shape": [1, 3, 16, 16]},
         "measure": {"latency": False},
@@ -83,6 +82,12 @@ def test_int8_of_a_detector_keeps_its_postprocess_in_float_and_gates_on_matched_
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
     report, _ = run_pipeline(tmp_path / "p.yaml")
+    return report
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_of_a_detector_keeps_its_postprocess_in_float_and_gates_on_matched_detections(tmp_path, mode):
+    report = quantize_toy_detector(tmp_path, {"mode": mode, **({"calibration": {"random": True, "batches": 2}} if mode == "static" else {})})
     stage = report.stages[-1]
     assert report.status == "ok", stage.error
     assert stage.details["detection_postprocess"]["kept_in_float"] > 10
@@ -97,15 +102,7 @@ def test_int8_of_a_detector_keeps_its_postprocess_in_float_and_gates_on_matched_
 
 def test_a_detector_failing_the_gate_is_not_told_to_give_data_eval(tmp_path):
     # data.eval holds classifier labels: for detections the fix is the bound alone.
-    quantize = {"mode": "static", "calibration": {"random": True, "batches": 2}, "min_cosine": 1.0}
-    pipeline = {
-        "model": {"source": "python:detection_toys:conv_nms_detector", "input_shape": [1, 3, 16, 16]},
-        "measure": {"latency": False},
-        "passes": [{"export_onnx": {"dynamic_batch": False}}, {"quantize_onnx": quantize}],
-        "output": str(tmp_path / "run"),
-    }
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline))
-    report, _ = run_pipeline(tmp_path / "p.yaml")
+    report = quantize_toy_detector(tmp_path, {"mode": "static", "calibration": {"random": True, "batches": 2}, "min_cosine": 1.0})
     error = report.stages[-1].error or ""
     assert report.status != "ok" and "lower the tolerance options of quantize_onnx to accept it" in error, error
     assert "data.eval" not in error

@@ -4,13 +4,14 @@ come from and how images become tensors."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from optkit.config.documents import SourceSpec, StrictModel
 
-__all__ = ["DATA_ROLES", "TransformSpec", "DatasetSpec", "DataSpec", "available_cpus"]
+__all__ = ["DATA_ROLES", "TransformSpec", "DatasetSpec", "DataSpec", "available_cpus", "data_source"]
 
 #: The entries of ``data:`` that name a data set, in the order they are built.
 DATA_ROLES = ("eval", "train", "calibration")
@@ -119,3 +120,8 @@ class DataSpec(StrictModel):
     def datasets(self) -> dict[str, DatasetSpec]:
         """The entries given, by role (``eval``, ``train``, ``calibration``)."""
         return {role: spec for role in DATA_ROLES if (spec := getattr(self, role)) is not None}
+
+
+def data_source(text: str) -> str:
+    """A data source as given on the command line: a folder (or a text without a scheme) is ``imagefolder:FOLDER``."""
+    return f"imagefolder:{text}" if Path(text).expanduser().exists() or ":" not in text else text

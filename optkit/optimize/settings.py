@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from optkit.config.data import data_source
 from optkit.config.optimize import OptimizeSpec
 from optkit.errors import PipelineError
 
@@ -54,8 +55,8 @@ def model_pipeline(
         )
 
     def source(text: str) -> str:
-        """A folder, or ``imagefolder:FOLDER``, made absolute (the file is written elsewhere); other sources as given."""
-        scheme, _, rest = text.partition(":") if ":" in text and not Path(text).expanduser().exists() else ("imagefolder", ":", text)
+        """:func:`~optkit.config.data.data_source`, an image folder made absolute (the file is written elsewhere)."""
+        scheme, _, rest = data_source(text).partition(":")
         return f"imagefolder:{Path(rest).expanduser().resolve()}" if scheme == "imagefolder" else text
 
     spec: dict[str, Any] = {"source": model}

@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from optkit.config.data import DataSpec
+from optkit.config.data import DataSpec, data_source
 from optkit.config.pipeline import MeasureSpec, ModelSpec, check_input_shape
 from optkit.errors import PipelineError
 from optkit.host.facade import Host
@@ -61,10 +61,8 @@ def data_spec(source: str, transform: dict[str, Any] | None = None, limit: int |
     Raises:
         PipelineError: a transform key or value that a pipeline file would refuse.
     """
-    if Path(source).expanduser().exists() or ":" not in source:
-        source = f"imagefolder:{source}"
     try:
-        return DataSpec(transform=transform or {}, eval={"source": source, "limit": limit, "batch_size": batch_size})
+        return DataSpec(transform=transform or {}, eval={"source": data_source(source), "limit": limit, "batch_size": batch_size})
     except ValidationError as exc:
         raise PipelineError(f"--data/--transform: {_first_error(exc)}") from None
 

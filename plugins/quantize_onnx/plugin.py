@@ -441,14 +441,13 @@ class QuantizeOnnx(Pass):
             on = f"{taken} samples of data.eval"
         else:
             batches, on = [gate_batch(ctx.example_inputs)], "the similarity gate's seeded batch"
-        similarity = Similarity(load(source.path), batches, load, graph[0].fixed_batch)
+        float_graph = load(source.path)  # the reference of the similarity and of the timing alike
+        similarity = Similarity(float_graph, batches, load, graph[0].fixed_batch)
 
         def holds(cosine: float, top1: float | None) -> bool:
             low_cosine = options.min_cosine is not None and cosine < options.min_cosine
             low_top1 = options.min_top1_agreement is not None and top1 is not None and top1 < options.min_top1_agreement
             return not (low_cosine or low_top1)
-
-        float_graph = load(source.path)
 
         def timed(path: Path) -> dict[str, Any]:
             return speed_versus_float(load(path), float_graph, ctx.example_inputs, ctx.device, options.auto.timing_rounds)
