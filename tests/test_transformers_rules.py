@@ -27,16 +27,26 @@ HEAD = 16
 #: (LayerNorm over a narrower stream computes other statistics, which no zeroing reproduces).
 HEADS_ONLY = {
     pattern: "kept for the masking check"
-    for pattern in ("*.output.dense", "*.intermediate.dense", "*.pooler.dense", "*classifier", "*.fc1", "*.fc2", "*.projection")
+    for pattern in (
+        "*.output.dense",
+        "*.intermediate.dense",
+        "*.pooler.dense",
+        "*classifier",
+        "*classifier.dense",
+        "*.fc1",
+        "*.fc2",
+        "*.projection",
+    )
 }
 #: Masking compares layers of different widths (sums in another order): float32 rounding only.
 EXACT = {"rtol": 1e-5, "atol": 1e-6}
 
 
-def tiny_bert(seed: int = 0) -> nn.Module:
+def tiny_bert(seed: int = 0, family: str = "Bert") -> nn.Module:
+    """A tiny ``{family}ForSequenceClassification`` (BERT or one of the models that copy its attention)."""
     torch.manual_seed(seed)
-    config = transformers.BertConfig(**BERT, attn_implementation="eager")
-    return FirstOutput(transformers.BertForSequenceClassification(config)).eval()
+    config = getattr(transformers, f"{family}Config")(**BERT, attn_implementation="eager")
+    return FirstOutput(getattr(transformers, f"{family}ForSequenceClassification")(config)).eval()
 
 
 def tokens() -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,15 +95,25 @@ def l1_head_scores(qkv: list[nn.Linear], head: int) -> list[float]:
     return scores.tolist()
 
 
-def test_bert_loses_whole_heads_and_computes_what_the_model_with_those_heads_masked_computes():
-    model = tiny_bert()
+@pytest.mark.parametrize(
+    ("family", "rule"),
+    [
+        ("Bert", "transformers.models.bert.modeling_bert.BertSelfAttention"),
+        ("Roberta", "transformers.models.roberta.modeling_roberta.RobertaSelfAttention"),
+        ("XLMRoberta", "transformers.models.xlm_roberta.modeling_xlm_roberta.XLMRobertaSelfAttention"),
+        ("Camembert", "transformers.models.camembert.modeling_camembert.CamembertSelfAttention"),
+        ("Electra", "transformers.models.electra.modeling_electra.ElectraSelfAttention"),
+    ],
+)
+def test_bert_loses_whole_heads_and_computes_what_the_model_with_those_heads_masked_computes(family, rule):
+    model = tiny_bert(family=family)
     ids, mask = tokens()
     result = prune_channels(model, (ids, mask), 0.5, rules=RULES, keep_outputs=HEADS_ONLY)
     pruned = result.model
 
-    assert set(result.rules_used.values()) == {"transformers.models.bert.modeling_bert.BertSelfAttention"}
+    assert set(result.rules_used.values()) == {rule}
     removed, attentions = [], []
-    for layer, before in zip(pruned.model.bert.encoder.layer, model.model.bert.encoder.layer, strict=True):
+    for layer, before in zip(pruned.model.base_model.encoder.layer, model.model.base_model.encoder.layer, strict=True):
         attention = layer.attention.self
         assert (attention.num_attention_heads, attention.attention_head_size, attention.all_head_size) == (2, HEAD, 2 * HEAD)
         assert [attention.query.out_features, attention.key.out_features, attention.value.out_features] == [2 * HEAD] * 3
@@ -114,19 +134,30 @@ def test_bert_loses_whole_heads_and_computes_what_the_model_with_those_heads_mas
     trained(ids, mask).sum().backward()
 
 
-def test_vit_loses_whole_heads_with_its_projection_inside_and_computes_the_masked_model():
+@pytest.mark.parametrize(
+    ("family", "head", "rule"),
+    [
+        ("ViT", "ForImageClassification", "transformers.models.vit.modeling_vit.ViTAttention"),
+        ("DeiT", "ForImageClassification", "transformers.models.deit.modeling_deit.DeiTAttention"),
+        ("Dinov2", "Model", "transformers.models.dinov2.modeling_dinov2.Dinov2Attention"),
+    ],
+)
+def test_vit_loses_whole_heads_with_its_projection_inside_and_computes_the_masked_model(family, head, rule):
     torch.manual_seed(0)
-    config = transformers.ViTConfig(
+    config = getattr(transformers, f"{family}Config")(
         hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, image_size=32, patch_size=8, num_labels=5
     )
-    model = FirstOutput(transformers.ViTForImageClassification(config)).eval()
+    model = FirstOutput(getattr(transformers, f"{family}{head}")(config)).eval()
     x = torch.randn(2, 3, 32, 32)
     result = prune_channels(model, x, 0.5, rules=RULES, keep_outputs=HEADS_ONLY)
     pruned = result.model
 
-    assert set(result.rules_used.values()) == {"transformers.models.vit.modeling_vit.ViTAttention"}
+    assert set(result.rules_used.values()) == {rule}
     removed, attentions = [], []
-    for layer, before in zip(pruned.model.vit.layers, model.model.vit.layers, strict=True):
+    blocks = [m for m in pruned.model.modules() if type(m).__name__.endswith("Layer")]
+    originals = [m for m in model.model.modules() if type(m).__name__.endswith("Layer")]
+    assert len(blocks) == 2
+    for layer, before in zip(blocks, originals, strict=True):
         attention, original = layer.attention, before.attention
         assert (attention.num_attention_heads, attention.head_dim) == (2, 12)
         assert (attention.q_proj.out_features, attention.o_proj.in_features, attention.o_proj.out_features) == (24, 24, 48)
