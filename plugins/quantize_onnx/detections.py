@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torchvision.ops import box_iou
 
 __all__ = ["MATCH_IOU", "is_detections", "match_detections"]
 
@@ -38,16 +39,6 @@ def is_detections(output: Any) -> bool:
     )
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every box of ``a`` [A, 4] with every box of ``b`` [B, 4] (x1, y1, x2, y2): [A, B]."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    low = torch.maximum(a[:, None, :2], b[None, :, :2])
-    high = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (high - low).clamp(min=0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-12)
-
-
 def match_detections(outputs: list[dict[str, torch.Tensor]], reference: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Match ``outputs``' detections to ``reference``'s, image by image (see the module's docstring).
 
@@ -63,7 +54,7 @@ def match_detections(outputs: list[dict[str, torch.Tensor]], reference: list[dic
         got = {key: got[key].detach().double().cpu() for key in ("boxes", "scores", "labels")}
         want = {key: want[key].detach().double().cpu() for key in ("boxes", "scores", "labels")}
         order = want["scores"].argsort(descending=True, stable=True)
-        overlap = _iou(want["boxes"][order], got["boxes"])
+        overlap = box_iou(want["boxes"][order], got["boxes"]).nan_to_num(0.0)  # NaN: two boxes of no area
         overlap[want["labels"][order][:, None] != got["labels"][None, :]] = -1.0
         used = torch.zeros(got["scores"].shape[0], dtype=torch.bool)
         for row, index in enumerate(order.tolist()):

@@ -257,9 +257,9 @@ class QuantizeOnnx(Pass):
                     prepared = Path(work) / "own_biases.onnx"
                     onnx.save_model(graph, str(prepared), save_as_external_data=True, location=f"{prepared.name}.data")
                 exclusion = _keep_postprocess(graph, resolve_exclude(graph, options.exclude, float_model), details)
-                if not self._quantize_int8(prepared, target, exclusion, ctx, graph_inputs(float_model), source):
+                if not self._quantize_int8(prepared, graph, target, exclusion, ctx, graph_inputs(float_model), source):
                     details["exclude"] = exclusion.matched or {}
-                    return dataclasses.replace(source, path=keep_float_graph(source.path, ctx), source_model=model)
+                    return dataclasses.replace(source, path=keep_float_graph(float_model, source.path, ctx), source_model=model)
         ctx.artifact_path(name)
         details["exclude"] = exclusion.matched or {}
         try:
@@ -317,12 +317,20 @@ class QuantizeOnnx(Pass):
         return source if done.startswith("failed") else prepared
 
     def _quantize_int8(
-        self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
+        self,
+        prepared: Path,
+        model: Any,
+        target: Path,
+        exclusion: Exclusion,
+        ctx: PassContext,
+        graph: list[GraphInput],
+        source: OnnxArtifact,
     ) -> bool:
-        """Write the int8 graph to ``target``; False when mode auto kept the float graph instead (nothing written)."""
+        """Write the int8 graph of ``prepared`` (loaded: ``model``) to ``target``; False when mode auto kept
+        the float graph instead (nothing written)."""
         options = self.options
         if options.mode == "auto":
-            return self._auto(prepared, target, exclusion, ctx, graph, source)
+            return self._auto(prepared, model, target, exclusion, ctx, graph, source)
         settings = self._int8_scheme(ctx.details)
         if options.mode == "dynamic":
             quantize_dynamic_int8(prepared, target, settings, exclusion)
@@ -388,17 +396,22 @@ class QuantizeOnnx(Pass):
             ctx.logger.debug("%s", printed.getvalue().rstrip())
 
     def _auto(
-        self, prepared: Path, target: Path, exclusion: Exclusion, ctx: PassContext, graph: list[GraphInput], source: OnnxArtifact
+        self,
+        prepared: Path,
+        model: Any,
+        target: Path,
+        exclusion: Exclusion,
+        ctx: PassContext,
+        graph: list[GraphInput],
+        source: OnnxArtifact,
     ) -> bool:
-        """mode auto: the search of :mod:`~optkit_plugins.quantize_onnx.auto`; the chosen file written to ``target``.
+        """mode auto: the search of :mod:`~optkit_plugins.quantize_onnx.auto` over ``prepared`` (loaded: ``model``);
+        the chosen file written to ``target``.
 
         Returns:
             False when the float graph is kept (int8 was slower), and nothing was written.
         """
-        import onnx
-
         options, details = self.options, ctx.details
-        model = onnx.load(str(prepared), load_external_data=False)
         feed, record = self._calibration_feed(ctx, graph)
         schemes: dict[str, dict[str, Any]] = {"static": {}, "dynamic": {}}
         settings = {mode: self._int8_scheme(schemes[mode], mode) for mode in schemes}
@@ -517,13 +530,12 @@ class QuantizeOnnx(Pass):
         return not keep_float
 
 
-def keep_float_graph(source: Path, ctx: PassContext) -> Path:
-    """The float graph as this stage's product (mode auto found int8 slower): a copy in the stage
-    folder, its external data (over 2 GiB) beside it."""
+def keep_float_graph(graph: Any, source: Path, ctx: PassContext) -> Path:
+    """The float graph (``graph``, loaded from ``source``) as this stage's product (mode auto found int8
+    slower): a copy in the stage folder, its external data (over 2 GiB) beside it."""
     import onnx
 
     path = ctx.artifact_path("model.onnx")
-    graph = onnx.load(str(source))
     external = file_bytes(source) > source.stat().st_size
     if external:
         ctx.artifact_path("model.onnx.data")
